@@ -1,0 +1,59 @@
+# ngx_http_sf_oauth_module
+#
+#   make          build build/ngx_http_sf_oauth_module.so for Debian's nginx
+#   make test     install what is missing, build, run t/*.t with prove
+#   make run      start nginx with conf.example against the mock Salesforce
+#                 (or a real org when the SF_* variables are set)
+
+NGINX       ?= /usr/sbin/nginx
+NGINX_SRC   ?= /usr/share/nginx/src
+BUILD       := build
+MODULE      := $(BUILD)/ngx_http_sf_oauth_module.so
+OBJS        := $(BUILD)/nginx/objs
+
+DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
+                libpcre2-dev zlib1g-dev gcc make perl python3 curl
+
+SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
+
+.PHONY: all deps test run clean
+
+all: $(MODULE)
+
+# Installs the Debian packages that are missing; nothing when all are there.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	        | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	        >/dev/null || exit 1; \
+	fi
+
+# nginx's configure tree from nginx-dev, configured with the flags Debian's
+# binary was built with, so that the module's signature matches it.
+$(OBJS)/Makefile: config | deps
+	rm -rf $(BUILD)/nginx
+	mkdir -p $(BUILD)
+	cp -r $(NGINX_SRC) $(BUILD)/nginx
+	cd $(BUILD)/nginx && bash -c '. ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	        --add-dynamic-module=$(CURDIR)' > ../configure.log 2>&1 \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(OBJS)/Makefile $(SOURCES)
+	$(MAKE) -C $(BUILD)/nginx -f objs/Makefile modules
+	cp $(OBJS)/ngx_http_sf_oauth_module.so $@
+
+test: deps $(MODULE)
+	prove -r t/
+
+run: deps $(MODULE)
+	./run.sh
+
+clean:
+	rm -rf $(BUILD)

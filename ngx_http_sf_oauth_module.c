@@ -1,0 +1,950 @@
+
+/*
+ * ngx_http_sf_oauth_module: puts a cached Salesforce OAuth access token on
+ * every request proxied to Salesforce, and refreshes it with the
+ * refresh-token grant, one refresh at a time for all workers.
+ *
+ * This file holds the module definition, the directives and the variables.
+ * The work is done in src/: see src/ngx_http_sf_oauth.h for the map.
+ */
+
+
+#include <openssl/evp.h>
+
+#include "ngx_http_sf_oauth.h"
+
+
+static ngx_int_t ngx_http_sf_oauth_add_variables(ngx_conf_t *cf);
+static void *ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_sf_oauth_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle);
+static void ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_sf_oauth_check_credential(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
+static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *url);
+static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *name, ngx_str_t *path,
+    ngx_str_t *value);
+static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+static ngx_int_t ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_sf_oauth_instance_url_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_sf_oauth_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+static ngx_command_t  ngx_http_sf_oauth_commands[] = {
+
+    { ngx_string("sf_oauth_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_sf_oauth_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth_credential"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_sf_oauth_credential,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_sf_oauth,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_sf_oauth_module_ctx = {
+    ngx_http_sf_oauth_add_variables,       /* preconfiguration */
+    ngx_http_sf_oauth_init,                /* postconfiguration */
+
+    ngx_http_sf_oauth_create_main_conf,    /* create main configuration */
+    ngx_http_sf_oauth_init_main_conf,      /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_sf_oauth_create_loc_conf,     /* create location configuration */
+    ngx_http_sf_oauth_merge_loc_conf       /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_sf_oauth_module = {
+    NGX_MODULE_V1,
+    &ngx_http_sf_oauth_module_ctx,         /* module context */
+    ngx_http_sf_oauth_commands,            /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_sf_oauth_init_process,        /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_sf_oauth_exit_process,        /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_sf_oauth_vars[] = {
+
+    { ngx_string("sf_oauth_token"), NULL,
+      ngx_http_sf_oauth_token_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("sf_oauth_instance_url"), NULL,
+      ngx_http_sf_oauth_instance_url_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("sf_oauth_status"), NULL,
+      ngx_http_sf_oauth_status_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_sf_oauth_statuses[] = {
+    ngx_null_string,
+    ngx_string("HIT"),
+    ngx_string("WAIT"),
+    ngx_string("ERROR"),
+    ngx_string("RETRY")
+};
+
+
+static char *
+ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_main_conf_t *smcf = conf;
+
+    u_char                    *p;
+    ssize_t                    size;
+    ngx_str_t                 *value, name, s;
+    ngx_uint_t                 i;
+    ngx_shm_zone_t            *shm_zone, **zp;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    value = cf->args->elts;
+
+    size = 0;
+    name.len = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+
+            name.data = value[i].data + 5;
+
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone size \"%V\": expected "
+                                   "zone=NAME:SIZE", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+
+            if (size == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone size \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (size < (ssize_t) (8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small: it needs at "
+                                   "least %uzk", &value[i],
+                                   8 * ngx_pagesize / 1024);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"zone=NAME:SIZE\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                     &ngx_http_sf_oauth_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate sf_oauth_zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_sf_oauth_zone_t));
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone->name = name;
+
+    if (ngx_array_init(&zone->creds, cf->pool, 4,
+                       sizeof(ngx_http_sf_oauth_cred_t *))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_sf_oauth_init_zone;
+    shm_zone->data = zone;
+
+    zp = ngx_array_push(&smcf->zones);
+    if (zp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zp = shm_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_main_conf_t *smcf = conf;
+
+    char                       *rv;
+    ngx_str_t                  *value;
+    ngx_uint_t                  i;
+    ngx_conf_t                  save;
+    ngx_http_sf_oauth_cred_t   *cred, **cp;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > NGX_HTTP_SF_OAUTH_NAME_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid sf_oauth_credential name \"%V\": it "
+                           "must have 1 to %d characters", &value[1],
+                           NGX_HTTP_SF_OAUTH_NAME_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (!(isalnum(value[1].data[i]) || value[1].data[i] == '_'
+              || value[1].data[i] == '-' || value[1].data[i] == '.'))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid sf_oauth_credential name \"%V\": "
+                               "use letters, digits, \"_\", \"-\" and \".\"",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cp = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cp[i]->name.len == value[1].len
+            && ngx_strncmp(cp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate sf_oauth_credential \"%V\", "
+                               "first defined in %s:%ui",
+                               &value[1], cp[i]->file, cp[i]->line);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    cred = ngx_pcalloc(cf->pool, sizeof(ngx_http_sf_oauth_cred_t));
+    if (cred == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cred->name = value[1];
+    cred->timeout = NGX_CONF_UNSET_MSEC;
+    cred->file = cf->conf_file->file.name.data;
+    cred->line = cf->conf_file->line;
+    ngx_queue_init(&cred->waiters);
+
+    save = *cf;
+    cf->handler = ngx_http_sf_oauth_credential_param;
+    cf->handler_conf = (char *) cred;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rv = ngx_http_sf_oauth_check_credential(cf, cred);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    cp = ngx_array_push(&smcf->creds);
+    if (cp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *cp = cred;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth_credential_param(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = (ngx_http_sf_oauth_cred_t *) conf;
+
+    ngx_str_t  *value, *dst;
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts != 2) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of arguments in \"%V\" of "
+                           "sf_oauth_credential \"%V\": it takes one value",
+                           &value[0], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_strcmp(value[0].data, "zone") == 0) {
+        dst = &cred->zone_name;
+
+    } else if (ngx_strcmp(value[0].data, "token_url") == 0) {
+        dst = &cred->token_url;
+
+    } else if (ngx_strcmp(value[0].data, "client_id") == 0) {
+        dst = &cred->client_id;
+
+    } else if (ngx_strcmp(value[0].data, "client_secret") == 0
+               || ngx_strcmp(value[0].data, "client_secret_file") == 0)
+    {
+        dst = &cred->client_secret;
+
+    } else if (ngx_strcmp(value[0].data, "refresh_token") == 0
+               || ngx_strcmp(value[0].data, "refresh_token_file") == 0)
+    {
+        dst = &cred->refresh_token;
+
+    } else if (ngx_strcmp(value[0].data, "timeout") == 0) {
+
+        if (cred->timeout != NGX_CONF_UNSET_MSEC) {
+            goto duplicate;
+        }
+
+        cred->timeout = ngx_parse_time(&value[1], 0);
+
+        if (cred->timeout == (ngx_msec_t) NGX_ERROR || cred->timeout == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid timeout \"%V\" in "
+                               "sf_oauth_credential \"%V\"",
+                               &value[1], &cred->name);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown directive \"%V\" in sf_oauth_credential "
+                           "\"%V\"", &value[0], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (dst->data) {
+        goto duplicate;
+    }
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"%V\" in sf_oauth_credential \"%V\"",
+                           &value[0], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (dst == &cred->token_url) {
+        return ngx_http_sf_oauth_set_url(cf, cred, &value[1]);
+    }
+
+    if (value[0].len > 5
+        && ngx_strcmp(value[0].data + value[0].len - 5, "_file") == 0)
+    {
+        return ngx_http_sf_oauth_read_file(cf, cred, &value[0], &value[1],
+                                           dst);
+    }
+
+    *dst = value[1];
+
+    return NGX_CONF_OK;
+
+duplicate:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"%V\" is duplicate in sf_oauth_credential \"%V\"%s",
+                       &value[0], &cred->name,
+                       value[0].len > 5 ? ": set a secret once, either "
+                                          "inline or from a file" : "");
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *url)
+{
+    size_t     skip;
+    ngx_url_t  u;
+
+    if (url->len > 8 && ngx_strncasecmp(url->data, (u_char *) "https://", 8)
+                        == 0)
+    {
+        skip = 8;
+        u.default_port = 443;
+
+    } else if (url->len > 7
+               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
+    {
+        skip = 7;
+        u.default_port = 80;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid token_url \"%V\" in sf_oauth_credential "
+                           "\"%V\": it must start with https:// or http://",
+                           url, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = url->data + skip;
+    u.url.len = url->len - skip;
+    u.default_port = (skip == 8) ? 443 : 80;
+    u.uri_part = 1;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid token_url \"%V\" in sf_oauth_credential "
+                           "\"%V\": %s", url, &cred->name,
+                           u.err ? u.err : "no host");
+        return NGX_CONF_ERROR;
+    }
+
+    cred->token_url = *url;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Reads a secret from a file at configuration time, as root in the master:
+ * the worker user needs no access to it.  Surrounding white space, such as
+ * a final newline, is not part of the secret.
+ */
+
+static char *
+ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *name, ngx_str_t *path, ngx_str_t *value)
+{
+    u_char          *p, *last;
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_str_t        full;
+    ngx_file_info_t  fi;
+
+    full = *path;
+
+    if (ngx_conf_full_name(cf->cycle, &full, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(full.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %V \"%V\" of sf_oauth_credential "
+                           "\"%V\"", name, &full, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V \"%V\" of sf_oauth_credential \"%V\" is not "
+                           "a regular file", name, &full, &cred->name);
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
+    if (p == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
+
+    (void) ngx_close_file(fd);
+
+    if (n == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %V \"%V\" of sf_oauth_credential "
+                           "\"%V\"", name, &full, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V \"%V\" of sf_oauth_credential \"%V\" is "
+                           "larger than %d bytes", name, &full, &cred->name,
+                           NGX_HTTP_SF_OAUTH_SECRET_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    last = p + n;
+
+    while (p < last && isspace(*p)) {
+        p++;
+    }
+
+    while (last > p && isspace(last[-1])) {
+        last--;
+    }
+
+    if (p == last) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V \"%V\" of sf_oauth_credential \"%V\" is empty",
+                           name, &full, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *last = '\0';
+
+    value->data = p;
+    value->len = last - p;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth_check_credential(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char         md[EVP_MAX_MD_SIZE];
+    unsigned int   n;
+    EVP_MD_CTX    *md_ctx;
+    const char    *missing;
+
+    missing = NULL;
+
+    if (cred->zone_name.len == 0) {
+        missing = "zone";
+
+    } else if (cred->token_url.len == 0) {
+        missing = "token_url";
+
+    } else if (cred->client_id.len == 0) {
+        missing = "client_id";
+
+    } else if (cred->refresh_token.len == 0) {
+        missing = "refresh_token\" or \"refresh_token_file";
+    }
+
+    if (missing) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has no \"%s\"",
+                           &cred->name, missing);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->refresh_token.len > NGX_HTTP_SF_OAUTH_REFRESH_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the refresh token of sf_oauth_credential \"%V\" "
+                           "is longer than %d bytes", &cred->name,
+                           NGX_HTTP_SF_OAUTH_REFRESH_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(cred->timeout, 10000);
+
+    /* a zone declared later in the file is resolved in init_main_conf */
+    cred->shm_zone = ngx_shared_memory_add(cf, &cred->zone_name, 0,
+                                           &ngx_http_sf_oauth_module);
+    if (cred->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    /*
+     * The fingerprint of what makes a token: a change of any of these on
+     * reload drops the cached token and restarts from the configured
+     * refresh token.
+     */
+
+    md_ctx = EVP_MD_CTX_new();
+    if (md_ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1
+        || EVP_DigestUpdate(md_ctx, cred->token_url.data,
+                            cred->token_url.len + 1) != 1
+        || EVP_DigestUpdate(md_ctx, cred->client_id.data,
+                            cred->client_id.len + 1) != 1
+        || EVP_DigestUpdate(md_ctx, cred->refresh_token.data,
+                            cred->refresh_token.len + 1) != 1
+        || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
+    {
+        EVP_MD_CTX_free(md_ctx);
+        return NGX_CONF_ERROR;
+    }
+
+    EVP_MD_CTX_free(md_ctx);
+
+    ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_loc_conf_t *slcf = conf;
+
+    ngx_str_t  *value;
+
+    if (slcf->cred != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        slcf->cred = NULL;
+        return NGX_CONF_OK;
+    }
+
+    /* credentials may be defined after use: resolved in merge */
+    slcf->cred = NULL;
+    slcf->name = value[1];
+    slcf->file = cf->conf_file->file.name.data;
+    slcf->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_sf_oauth_main_conf_t));
+    if (smcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&smcf->creds, cf->pool, 4,
+                       sizeof(ngx_http_sf_oauth_cred_t *))
+        != NGX_OK
+        || ngx_array_init(&smcf->zones, cf->pool, 2,
+                          sizeof(ngx_shm_zone_t *))
+           != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return smcf;
+}
+
+
+static char *
+ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_sf_oauth_main_conf_t *smcf = conf;
+
+    ngx_uint_t                  i;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_cred_t  **cred, **cp;
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+
+        zone = cred[i]->shm_zone->data;
+
+        if (zone == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_credential \"%V\" uses unknown zone "
+                          "\"%V\": declare it with \"sf_oauth_zone "
+                          "zone=%V:1m;\" in %s:%ui", &cred[i]->name,
+                          &cred[i]->zone_name, &cred[i]->zone_name,
+                          cred[i]->file, cred[i]->line);
+            return NGX_CONF_ERROR;
+        }
+
+        cp = ngx_array_push(&zone->creds);
+        if (cp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *cp = cred[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
+
+    slcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_sf_oauth_loc_conf_t));
+    if (slcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     slcf->name = { 0, NULL };
+     *     slcf->file = NULL;
+     *     slcf->line = 0;
+     */
+
+    slcf->cred = NGX_CONF_UNSET_PTR;
+
+    return slcf;
+}
+
+
+static char *
+ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_sf_oauth_loc_conf_t *prev = parent;
+    ngx_http_sf_oauth_loc_conf_t *conf = child;
+
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    if (conf->cred == NGX_CONF_UNSET_PTR) {
+        conf->cred = prev->cred;
+        conf->name = prev->name;
+        conf->file = prev->file;
+        conf->line = prev->line;
+    }
+
+    if (conf->cred == NGX_CONF_UNSET_PTR) {
+        conf->cred = NULL;
+    }
+
+    if (conf->cred || conf->name.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->name.len == conf->name.len
+            && ngx_strncmp(cred[i]->name.data, conf->name.data,
+                           conf->name.len) == 0)
+        {
+            conf->cred = cred[i];
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "unknown sf_oauth_credential \"%V\" in \"sf_oauth\" "
+                  "in %s:%ui", &conf->name, conf->file, conf->line);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_sf_oauth_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_sf_oauth_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+
+    if (smcf == NULL || smcf->creds.nelts == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_sf_oauth_client_init(cycle);
+}
+
+
+static void
+ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+
+    if (smcf == NULL || smcf->creds.nelts == 0) {
+        return;
+    }
+
+    ngx_http_sf_oauth_client_exit(cycle);
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_sf_oauth_module);
+
+    if (ctx == NULL || ctx->authorization.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->authorization.len - (sizeof("Bearer ") - 1);
+    v->data = ctx->authorization.data + sizeof("Bearer ") - 1;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_instance_url_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                      url;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
+
+    if (slcf->cred == NULL || slcf->cred->node == NULL
+        || ngx_http_sf_oauth_store_instance_url(slcf->cred, r->pool, &url)
+           != NGX_OK
+        || url.len == 0)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = url.len;
+    v->data = url.data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_sf_oauth_module);
+
+    if (ctx == NULL || ctx->status == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ngx_http_sf_oauth_statuses[ctx->status].len;
+    v->data = ngx_http_sf_oauth_statuses[ctx->status].data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}

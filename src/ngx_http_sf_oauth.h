@@ -1,0 +1,254 @@
+
+/*
+ * ngx_http_sf_oauth_module: OAuth for Salesforce APIs in front of proxy_pass.
+ *
+ * Declarations shared by the module's source files.  Each file holds one
+ * concern:
+ *
+ *   ngx_http_sf_oauth_module.c   module definition, directives, variables
+ *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
+ *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
+ *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
+ *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
+ *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
+ */
+
+
+#ifndef _NGX_HTTP_SF_OAUTH_H_INCLUDED_
+#define _NGX_HTTP_SF_OAUTH_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_HTTP_SF_OAUTH_NAME_MAX       64
+#define NGX_HTTP_SF_OAUTH_TOKEN_MAX      4096
+#define NGX_HTTP_SF_OAUTH_REFRESH_MAX    2048
+#define NGX_HTTP_SF_OAUTH_URL_MAX        1024
+#define NGX_HTTP_SF_OAUTH_ERROR_MAX      512
+#define NGX_HTTP_SF_OAUTH_SECRET_MAX     4096
+#define NGX_HTTP_SF_OAUTH_BODY_MAX       65536
+
+/* hex characters of a fingerprint: the only form a secret is ever logged in */
+#define NGX_HTTP_SF_OAUTH_FP_LEN         8
+
+/* how long past the token request timeout a refresh lease stays valid */
+#define NGX_HTTP_SF_OAUTH_LEASE_SLACK    2000
+
+/* how often a waiting request re-reads the zone, bounds in milliseconds */
+#define NGX_HTTP_SF_OAUTH_POLL_MIN       5
+#define NGX_HTTP_SF_OAUTH_POLL_MAX       50
+
+/* backoff after failed token requests, milliseconds */
+#define NGX_HTTP_SF_OAUTH_BACKOFF_MIN    1000
+#define NGX_HTTP_SF_OAUTH_BACKOFF_MAX    60000
+#define NGX_HTTP_SF_OAUTH_HOLD           300000
+
+
+/* state of a credential's record in the zone */
+#define NGX_HTTP_SF_OAUTH_EMPTY          0
+#define NGX_HTTP_SF_OAUTH_VALID          1
+#define NGX_HTTP_SF_OAUTH_FAILED         2
+
+/* what a request did, as $sf_oauth_status reports it */
+#define NGX_HTTP_SF_OAUTH_HIT            1
+#define NGX_HTTP_SF_OAUTH_WAIT           2
+#define NGX_HTTP_SF_OAUTH_ERROR          3
+#define NGX_HTTP_SF_OAUTH_RETRY          4
+
+/* the answer of a zone lookup */
+#define NGX_HTTP_SF_OAUTH_GOT_TOKEN      0
+#define NGX_HTTP_SF_OAUTH_GOT_ERROR      1
+#define NGX_HTTP_SF_OAUTH_GOT_WAIT       2
+#define NGX_HTTP_SF_OAUTH_GOT_LEASE      3
+
+/* classes of token request failures */
+#define NGX_HTTP_SF_OAUTH_TRANSIENT      0
+#define NGX_HTTP_SF_OAUTH_OPERATOR       1
+
+
+typedef struct {
+    ngx_queue_t                  queue;
+
+    uint64_t                     conf_fp;
+    ngx_uint_t                   generation;
+    ngx_uint_t                   state;
+
+    ngx_pid_t                    lease_pid;
+    ngx_msec_t                   lease_deadline;
+
+    ngx_msec_t                   backoff_until;
+    ngx_uint_t                   failures;
+    time_t                       error_time;
+
+    time_t                       token_time;
+    uint64_t                     issued_at;
+
+    ngx_uint_t                   token_requests;
+    ngx_uint_t                   token_failures;
+
+    size_t                       name_len;
+    size_t                       token_len;
+    size_t                       refresh_len;
+    size_t                       url_len;
+    size_t                       error_len;
+
+    u_char                       token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    u_char                       name[NGX_HTTP_SF_OAUTH_NAME_MAX];
+    u_char                       token[NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+    u_char                       refresh[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
+    u_char                       instance_url[NGX_HTTP_SF_OAUTH_URL_MAX];
+    u_char                       error[NGX_HTTP_SF_OAUTH_ERROR_MAX];
+} ngx_http_sf_oauth_node_t;
+
+
+typedef struct {
+    ngx_queue_t                  nodes;
+} ngx_http_sf_oauth_sh_t;
+
+
+typedef struct {
+    ngx_http_sf_oauth_sh_t      *sh;
+    ngx_slab_pool_t             *shpool;
+    ngx_str_t                    name;
+    ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+} ngx_http_sf_oauth_zone_t;
+
+
+typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+
+    ngx_str_t                    zone_name;
+    ngx_shm_zone_t              *shm_zone;
+    ngx_str_t                    token_url;
+    ngx_str_t                    client_id;
+    ngx_str_t                    client_secret;
+    ngx_str_t                    refresh_token;
+    ngx_msec_t                   timeout;
+
+    uint64_t                     conf_fp;
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+
+    /* the rest is private to each worker process */
+
+    ngx_http_sf_oauth_node_t    *node;
+    ngx_queue_t                  waiters;
+    ngx_http_sf_oauth_transfer_t *transfer;
+
+    /* recent secrets of this credential, for the log redaction */
+    ngx_uint_t                   seen_generation;
+    ngx_uint_t                   seen_next;
+    size_t                       seen_len[3];
+    u_char                       seen[3][NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+} ngx_http_sf_oauth_cred_t;
+
+
+typedef struct {
+    ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+    ngx_array_t                  zones;       /* ngx_shm_zone_t * */
+} ngx_http_sf_oauth_main_conf_t;
+
+
+typedef struct {
+    ngx_http_sf_oauth_cred_t    *cred;
+    ngx_str_t                    name;
+    u_char                      *file;
+    ngx_uint_t                   line;
+} ngx_http_sf_oauth_loc_conf_t;
+
+
+typedef struct {
+    ngx_http_request_t          *request;
+    ngx_http_sf_oauth_cred_t    *cred;
+
+    ngx_uint_t                   status;
+    ngx_uint_t                   generation;
+
+    /* "Bearer <token>" as sent upstream; the token itself follows "Bearer " */
+    ngx_str_t                    authorization;
+
+    ngx_event_t                  wait;
+    ngx_queue_t                  queue;
+    ngx_msec_t                   deadline;
+    ngx_msec_t                   poll;
+
+    unsigned                     waiting:1;
+    unsigned                     cleanup:1;
+} ngx_http_sf_oauth_ctx_t;
+
+
+/* what a zone lookup hands back */
+typedef struct {
+    ngx_uint_t                   generation;
+    ngx_str_t                    authorization;
+    ngx_str_t                    error;
+    time_t                       retry_after;
+    ngx_str_t                    refresh_token;
+} ngx_http_sf_oauth_lookup_t;
+
+
+/* a parsed token endpoint answer */
+typedef struct {
+    ngx_uint_t                   ok;
+    ngx_uint_t                   error_class;
+
+    ngx_str_t                    access_token;
+    ngx_str_t                    instance_url;
+    ngx_str_t                    refresh_token;
+    uint64_t                     issued_at;
+
+    /* what failed, for the log and the 502 body; never holds a secret */
+    ngx_str_t                    error;
+    /* what the operator should do about it */
+    ngx_str_t                    hint;
+} ngx_http_sf_oauth_token_t;
+
+
+extern ngx_module_t  ngx_http_sf_oauth_module;
+
+
+/* store */
+ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
+void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok);
+void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *url);
+void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
+
+/* client */
+ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *refresh_token);
+
+/* parse */
+void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
+    u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
+void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
+    ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
+    const char *fmt, ...);
+
+/* handler */
+ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
+void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok);
+
+/* redact */
+void ngx_http_sf_oauth_redact_install(ngx_http_request_t *r);
+void ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
+    u_char *secret, size_t len);
+size_t ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
+    size_t len, size_t size);
+
+
+#endif /* _NGX_HTTP_SF_OAUTH_H_INCLUDED_ */

@@ -1,0 +1,216 @@
+
+/*
+ * Secret redaction in the error log.
+ *
+ * nginx itself writes the token into the log at debug level: the proxy
+ * module dumps the whole upstream request header ("http proxy header:"),
+ * and scripts log the values of variables such as $sf_oauth_token.  So a
+ * request that carries a token gets a log writer on its connection's log
+ * that replaces every known secret of every credential (the client
+ * secret, the configured and rotated refresh tokens, the recent access
+ * tokens) with its fingerprint before the line reaches any error_log.
+ *
+ * The writer stays until nginx resets the connection's log for the next
+ * location, and it only refers to configuration memory, so it is safe for
+ * whatever the connection logs afterwards.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+
+static void ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
+static size_t ngx_http_sf_oauth_redact_one(u_char *buf, size_t len,
+    size_t size, u_char *secret, size_t slen);
+
+
+void
+ngx_http_sf_oauth_redact_install(ngx_http_request_t *r)
+{
+    ngx_log_t                 *log;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    log = r->connection->log;
+
+    if (log->writer == ngx_http_sf_oauth_redact_writer) {
+        return;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    /*
+     * The connection's log is a copy of the location's error_log; the
+     * writer takes over writing to that log and to the ones after it,
+     * so that none of them ever sees the line before it is redacted.
+     */
+
+    log->writer = ngx_http_sf_oauth_redact_writer;
+    log->wdata = clcf->error_log;
+    log->next = NULL;
+}
+
+
+static void
+ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    u_char                          out[NGX_MAX_ERROR_STR];
+    size_t                          n;
+    ngx_log_t                      *l, *first;
+    ngx_uint_t                      i, debug_connection;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    n = ngx_min(len, sizeof(out));
+    ngx_memcpy(out, buf, n);
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+
+    if (smcf) {
+        cred = smcf->creds.elts;
+
+        for (i = 0; i < smcf->creds.nelts; i++) {
+            n = ngx_http_sf_oauth_redact(cred[i], out, n, sizeof(out));
+        }
+    }
+
+    first = log->wdata;
+    debug_connection = (log->log_level & NGX_LOG_DEBUG_CONNECTION) != 0;
+
+    for (l = first; l; l = l->next) {
+
+        if (l != first && l->log_level < level && !debug_connection) {
+            break;
+        }
+
+        if (l->writer) {
+            l->writer(l, level, out, n);
+            continue;
+        }
+
+        (void) ngx_write_fd(l->file->fd, out, n);
+    }
+}
+
+
+/* remembers a secret this worker has handled, so that logs can hide it */
+
+void
+ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
+    u_char *secret, size_t len)
+{
+    ngx_uint_t  i;
+
+    if (len == 0 || len > NGX_HTTP_SF_OAUTH_TOKEN_MAX) {
+        return;
+    }
+
+    for (i = 0; i < 3; i++) {
+        if (cred->seen_len[i] == len
+            && ngx_memcmp(cred->seen[i], secret, len) == 0)
+        {
+            return;
+        }
+    }
+
+    if (cred->refresh_token.len == len
+        && ngx_memcmp(cred->refresh_token.data, secret, len) == 0)
+    {
+        return;
+    }
+
+    i = cred->seen_next;
+    cred->seen_next = (i + 1) % 3;
+
+    ngx_memcpy(cred->seen[i], secret, len);
+    cred->seen_len[i] = len;
+}
+
+
+/*
+ * Replaces each secret of a credential in buf with its fingerprint mark;
+ * the result never grows past size bytes.  Returns the new length.
+ */
+
+size_t
+ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
+    size_t len, size_t size)
+{
+    ngx_uint_t  i;
+
+    len = ngx_http_sf_oauth_redact_one(buf, len, size,
+                                       cred->client_secret.data,
+                                       cred->client_secret.len);
+    len = ngx_http_sf_oauth_redact_one(buf, len, size,
+                                       cred->refresh_token.data,
+                                       cred->refresh_token.len);
+
+    for (i = 0; i < 3; i++) {
+        len = ngx_http_sf_oauth_redact_one(buf, len, size, cred->seen[i],
+                                           cred->seen_len[i]);
+    }
+
+    return len;
+}
+
+
+static size_t
+ngx_http_sf_oauth_redact_one(u_char *buf, size_t len, size_t size,
+    u_char *secret, size_t slen)
+{
+    u_char  *s, *d, *end, *last, *p, tmp[NGX_MAX_ERROR_STR];
+    u_char   mark[sizeof("[sf_oauth:]") - 1 + NGX_HTTP_SF_OAUTH_FP_LEN];
+    size_t   n;
+
+    if (slen == 0 || len < slen
+        || ngx_strlcasestrn(buf, buf + len, secret, slen - 1) == NULL)
+    {
+        goto tail;
+    }
+
+    p = ngx_cpymem(mark, "[sf_oauth:", sizeof("[sf_oauth:") - 1);
+    ngx_http_sf_oauth_fingerprint(p, secret, slen);
+    p[NGX_HTTP_SF_OAUTH_FP_LEN] = ']';
+
+    s = buf;
+    end = buf + len;
+    d = tmp;
+    last = tmp + ngx_min(size, sizeof(tmp));
+
+    while (s < end && d < last) {
+
+        if ((size_t) (end - s) >= slen && ngx_memcmp(s, secret, slen) == 0) {
+            n = ngx_min(sizeof(mark), (size_t) (last - d));
+            d = ngx_cpymem(d, mark, n);
+            s += slen;
+            continue;
+        }
+
+        *d++ = *s++;
+    }
+
+    len = d - tmp;
+    ngx_memcpy(buf, tmp, len);
+
+tail:
+
+    /*
+     * A log line cut at nginx's length limit may end in the first part of
+     * a secret: that part is masked too, from 6 characters on.
+     */
+
+    if (len >= NGX_MAX_ERROR_STR - NGX_LINEFEED_SIZE && slen > 6) {
+        end = buf + len - NGX_LINEFEED_SIZE;
+
+        for (n = ngx_min(slen - 1, (size_t) (end - buf)); n >= 6; n--) {
+            if (ngx_memcmp(end - n, secret, n) == 0) {
+                ngx_memset(end - n, '*', n);
+                break;
+            }
+        }
+    }
+
+    return len;
+}

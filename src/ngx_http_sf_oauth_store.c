@@ -1,0 +1,474 @@
+
+/*
+ * The token store: one record per credential in an nginx shared memory
+ * zone, so that every worker uses one access token and one refresh.
+ *
+ * A record holds the access token and its generation, the current refresh
+ * token (Salesforce may rotate it), the refresh lease (owner pid and
+ * deadline), the last error and the backoff.  Records are keyed by the
+ * credential name, so a reload maps them back; a fingerprint of the
+ * credential's configuration drops a token that a changed configuration
+ * no longer vouches for.
+ */
+
+
+#include <openssl/evp.h>
+
+#include "ngx_http_sf_oauth.h"
+
+
+static ngx_int_t ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
+    ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
+static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_uint_t failures,
+    ngx_uint_t error_class);
+
+
+ngx_int_t
+ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_sf_oauth_zone_t  *ozone = data;
+
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_cred_t **cred;
+
+    zone = shm_zone->data;
+
+    if (ozone) {
+        /* a reload: keep the records, attach the new credentials to them */
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+
+    } else {
+        zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+        if (shm_zone->shm.exists) {
+            zone->sh = zone->shpool->data;
+
+        } else {
+            zone->sh = ngx_slab_alloc(zone->shpool,
+                                      sizeof(ngx_http_sf_oauth_sh_t));
+            if (zone->sh == NULL) {
+                goto too_small;
+            }
+
+            zone->shpool->data = zone->sh;
+            ngx_queue_init(&zone->sh->nodes);
+
+            len = sizeof(" in sf_oauth_zone \"\"") + shm_zone->shm.name.len;
+
+            zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+            if (zone->shpool->log_ctx == NULL) {
+                goto too_small;
+            }
+
+            ngx_sprintf(zone->shpool->log_ctx, " in sf_oauth_zone \"%V\"%Z",
+                        &shm_zone->shm.name);
+        }
+    }
+
+    /* running out of room is reported below, with the way out */
+    zone->shpool->log_nomem = 0;
+
+    cred = zone->creds.elts;
+
+    for (i = 0; i < zone->creds.nelts; i++) {
+        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) != NGX_OK) {
+            goto too_small;
+        }
+    }
+
+    return NGX_OK;
+
+too_small:
+
+    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                  "sf_oauth_zone \"%V\" is too small for %ui credentials "
+                  "of about %uz bytes each: give it a larger size",
+                  &shm_zone->shm.name, zone->creds.nelts,
+                  sizeof(ngx_http_sf_oauth_node_t));
+
+    return NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_queue_t               *q;
+    ngx_http_sf_oauth_node_t  *node;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (q = ngx_queue_head(&zone->sh->nodes);
+         q != ngx_queue_sentinel(&zone->sh->nodes);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
+
+        if (node->name_len == cred->name.len
+            && ngx_memcmp(node->name, cred->name.data, cred->name.len) == 0)
+        {
+            if (node->conf_fp != cred->conf_fp) {
+                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                              "sf_oauth: credential \"%V\" changed its "
+                              "token_url, client_id or refresh token: "
+                              "its cached token is dropped", &cred->name);
+
+                ngx_http_sf_oauth_store_reset(cred, node);
+            }
+
+            cred->node = node;
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return NGX_OK;
+        }
+    }
+
+    node = ngx_slab_calloc_locked(zone->shpool,
+                                  sizeof(ngx_http_sf_oauth_node_t));
+    if (node == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    node->name_len = cred->name.len;
+    ngx_memcpy(node->name, cred->name.data, cred->name.len);
+
+    ngx_http_sf_oauth_store_reset(cred, node);
+
+    ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
+
+    cred->node = node;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    node->conf_fp = cred->conf_fp;
+    node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+    node->generation++;
+    node->token_len = 0;
+    node->url_len = 0;
+    node->error_len = 0;
+    node->failures = 0;
+    node->backoff_until = 0;
+    node->issued_at = 0;
+
+    /* a lease of an old worker is left alone: its answer is discarded */
+
+    ngx_explicit_memzero(node->token, sizeof(node->token));
+    ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+
+    node->refresh_len = cred->refresh_token.len;
+    ngx_memcpy(node->refresh, cred->refresh_token.data,
+               cred->refresh_token.len);
+}
+
+
+/*
+ * The lookup of every request.  With a valid token it copies
+ * "Bearer <token>" into the request pool: that copy is the whole cost of
+ * the hot path.  Otherwise it tells the caller to fail, to wait, or to
+ * start the refresh itself under a lease.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk)
+{
+    u_char                    *p;
+    ngx_msec_t                 now;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
+
+        lk->authorization.len = sizeof("Bearer ") - 1 + node->token_len;
+
+        p = ngx_pnalloc(pool, lk->authorization.len);
+        if (p == NULL) {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
+        }
+
+        lk->authorization.data = p;
+        p = ngx_cpymem(p, "Bearer ", sizeof("Bearer ") - 1);
+        ngx_memcpy(p, node->token, node->token_len);
+
+        lk->generation = node->generation;
+
+        if (cred->seen_generation != node->generation) {
+            cred->seen_generation = node->generation;
+            ngx_http_sf_oauth_redact_remember(cred, node->token,
+                                              node->token_len);
+        }
+
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        return NGX_HTTP_SF_OAUTH_GOT_TOKEN;
+    }
+
+    now = ngx_current_msec;
+
+    if (node->state == NGX_HTTP_SF_OAUTH_FAILED
+        && (ngx_msec_int_t) (node->backoff_until - now) > 0)
+    {
+        lk->error.len = node->error_len;
+        lk->error.data = ngx_pnalloc(pool, node->error_len);
+        if (lk->error.data == NULL) {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(lk->error.data, node->error, node->error_len);
+        lk->retry_after = (node->backoff_until - now + 999) / 1000;
+
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
+
+    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+    }
+
+    /* take the lease: this worker makes the token request */
+
+    if (node->lease_pid && node->lease_pid != ngx_pid) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": taking over the token "
+                      "refresh of process %P", &cred->name, node->lease_pid);
+    }
+
+    node->lease_pid = ngx_pid;
+    node->lease_deadline = now + cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+    node->token_requests++;
+
+    lk->refresh_token.len = node->refresh_len;
+    lk->refresh_token.data = ngx_pnalloc(pool, node->refresh_len);
+    if (lk->refresh_token.data == NULL) {
+        node->lease_pid = 0;
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(lk->refresh_token.data, node->refresh, node->refresh_len);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+}
+
+
+/*
+ * Whether the refresh lease may be taken, with the zone locked: nobody
+ * holds it, or its holder is past its deadline or gone.  A lease of this
+ * very process without a transfer in flight is stale too: a worker that
+ * reused a dead worker's pid.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    if (node->lease_pid == 0) {
+        return 1;
+    }
+
+    if (cred->transfer) {
+        /* this worker's own request is still in flight */
+        return 0;
+    }
+
+    if (node->lease_pid == ngx_pid) {
+        return 1;
+    }
+
+    if ((ngx_msec_int_t) (node->lease_deadline - ngx_current_msec) <= 0) {
+        return 1;
+    }
+
+    if (kill(node->lease_pid, 0) == -1 && ngx_errno == NGX_ESRCH) {
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* stores the outcome of this worker's token request and drops its lease */
+
+void
+ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_msec_t                 delay;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (node->lease_pid == ngx_pid) {
+        node->lease_pid = 0;
+    }
+
+    if (node->conf_fp != cred->conf_fp) {
+        /* a reload changed the credential meanwhile: the answer is stale */
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
+
+    if (tok->ok) {
+        node->state = NGX_HTTP_SF_OAUTH_VALID;
+        node->generation++;
+
+        node->token_len = tok->access_token.len;
+        ngx_memcpy(node->token, tok->access_token.data, node->token_len);
+        ngx_http_sf_oauth_fingerprint(node->token_fp, node->token,
+                                      node->token_len);
+
+        node->url_len = tok->instance_url.len;
+        ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
+
+        if (tok->refresh_token.len) {
+            ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+            node->refresh_len = tok->refresh_token.len;
+            ngx_memcpy(node->refresh, tok->refresh_token.data,
+                       node->refresh_len);
+        }
+
+        node->issued_at = tok->issued_at;
+        node->token_time = ngx_time();
+        node->failures = 0;
+        node->backoff_until = 0;
+        node->error_len = 0;
+
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
+
+    node->token_failures++;
+    node->failures++;
+    node->error_time = ngx_time();
+
+    node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
+    ngx_memcpy(node->error, tok->error.data, node->error_len);
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
+        delay = ngx_http_sf_oauth_backoff(node->failures, tok->error_class);
+
+        node->state = NGX_HTTP_SF_OAUTH_FAILED;
+        node->backoff_until = ngx_current_msec + delay;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* gives up this worker's lease without a result, as on exit */
+
+void
+ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (cred->node->lease_pid == ngx_pid) {
+        cred->node->lease_pid = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+ngx_int_t
+ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *url)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    url->len = node->url_len;
+    url->data = ngx_pnalloc(pool, node->url_len + 1);
+
+    if (url->data) {
+        ngx_memcpy(url->data, node->instance_url, node->url_len);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return url->data ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * Exponential backoff with jitter for transient failures; a long hold for
+ * failures that only the operator can cure.
+ */
+
+static ngx_msec_t
+ngx_http_sf_oauth_backoff(ngx_uint_t failures, ngx_uint_t error_class)
+{
+    ngx_msec_t  delay;
+
+    if (error_class == NGX_HTTP_SF_OAUTH_OPERATOR) {
+        return NGX_HTTP_SF_OAUTH_HOLD;
+    }
+
+    delay = NGX_HTTP_SF_OAUTH_BACKOFF_MIN;
+
+    while (--failures && delay < NGX_HTTP_SF_OAUTH_BACKOFF_MAX) {
+        delay *= 2;
+    }
+
+    delay = ngx_min(delay, NGX_HTTP_SF_OAUTH_BACKOFF_MAX);
+
+    /* up to a fifth less, so that many proxies do not retry in step */
+    return delay - (ngx_msec_t) ngx_random() % (delay / 5 + 1);
+}
+
+
+/* the first hex digits of the SHA-256 of a secret: safe to log */
+
+void
+ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len)
+{
+    u_char        md[EVP_MAX_MD_SIZE];
+    unsigned int  n;
+
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1) {
+        ngx_memset(dst, '?', NGX_HTTP_SF_OAUTH_FP_LEN);
+        return;
+    }
+
+    ngx_hex_dump(dst, md, NGX_HTTP_SF_OAUTH_FP_LEN / 2);
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/perl
+
+# nginx -t accepts a good configuration and rejects each bad one with a
+# message that names the directive and the problem.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use SfTest;
+use Test::More;
+
+my $t = SfTest->new;
+my $dir = $t->dir;
+
+sub check {
+    my ($name, $http, $expect) = @_;
+
+    $t->write_conf($http . <<'EOF');
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / {
+            sf_oauth crm;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+    }
+EOF
+
+    my ($rc, $out) = $t->test_conf;
+
+    if (!defined $expect) {
+        is($rc, 0, "$name: accepted") or diag($out);
+        return;
+    }
+
+    isnt($rc, 0, "$name: rejected");
+    like($out, $expect, "$name: says why") or diag($out);
+}
+
+my $zone = "    sf_oauth_zone zone=sf:1m;\n";
+
+check('good configuration', $zone . $t->credential, undef);
+
+check('credential declared after its use and zone after credential',
+      $t->credential . $zone, undef);
+
+check('secret and refresh token from files', do {
+    open my $fh, '>', "$dir/secret" or die;
+    print $fh "$SfTest::CLIENT_SECRET\n";
+    close $fh;
+    open $fh, '>', "$dir/refresh" or die;
+    print $fh "  $SfTest::REFRESH_TOKEN \n";
+    close $fh;
+    $zone . $t->credential(client_secret => undef,
+                           client_secret_file => "$dir/secret",
+                           refresh_token => undef,
+                           refresh_token_file => "$dir/refresh");
+}, undef);
+
+check('unknown credential in sf_oauth',
+      $zone . $t->credential(name => 'other'),
+      qr/unknown sf_oauth_credential "crm" in "sf_oauth" in \S+nginx\.conf:\d+/);
+
+check('credential without zone', $zone . $t->credential(zone => undef),
+      qr/sf_oauth_credential "crm" has no "zone"/);
+
+check('credential without token_url',
+      $zone . $t->credential(token_url => undef),
+      qr/sf_oauth_credential "crm" has no "token_url"/);
+
+check('credential without client_id',
+      $zone . $t->credential(client_id => undef),
+      qr/sf_oauth_credential "crm" has no "client_id"/);
+
+check('credential without refresh token',
+      $zone . $t->credential(refresh_token => undef),
+      qr/sf_oauth_credential "crm" has no "refresh_token" or "refresh_token_file"/);
+
+check('unreadable client_secret_file',
+      $zone . $t->credential(client_secret => undef,
+                             client_secret_file => "$dir/no-such-file"),
+      qr/cannot read client_secret_file "\Q$dir\E\/no-such-file" of sf_oauth_credential "crm".*No such file/);
+
+check('unreadable refresh_token_file',
+      $zone . $t->credential(refresh_token => undef,
+                             refresh_token_file => "$dir/no-such-file"),
+      qr/cannot read refresh_token_file "\Q$dir\E\/no-such-file"/);
+
+check('empty refresh_token_file', do {
+    open my $fh, '>', "$dir/empty" or die;
+    close $fh;
+    $zone . $t->credential(refresh_token => undef,
+                           refresh_token_file => "$dir/empty");
+}, qr/refresh_token_file "\Q$dir\E\/empty" of sf_oauth_credential "crm" is empty/);
+
+check('secret inline and from a file',
+      $zone . $t->credential(client_secret_file => "$dir/secret"),
+      qr/"client_secret_file" is duplicate in sf_oauth_credential "crm"/);
+
+check('token_url that is not http(s)',
+      $zone . $t->credential(token_url => 'ftp://login.salesforce.com/x'),
+      qr/invalid token_url "ftp:\/\/login\.salesforce\.com\/x" in sf_oauth_credential "crm": it must start with https:\/\/ or http:\/\//);
+
+check('token_url without host',
+      $zone . $t->credential(token_url => 'https:///services/oauth2/token'),
+      qr/invalid token_url "https:\/\/\/services\/oauth2\/token"/);
+
+check('token_url with a bad port',
+      $zone . $t->credential(token_url => 'https://login.salesforce.com:99999/'),
+      qr/invalid token_url .*invalid port/);
+
+check('duplicate credential name',
+      $zone . $t->credential . $t->credential,
+      qr/duplicate sf_oauth_credential "crm", first defined in \S+:\d+/);
+
+check('duplicate zone', $zone . $zone . $t->credential,
+      qr/duplicate sf_oauth_zone "sf"/);
+
+check('zone too small', "    sf_oauth_zone zone=sf:8k;\n" . $t->credential,
+      qr/zone "zone=sf:8k" is too small: it needs at least 32k/);
+
+check('zone too small for its credentials',
+      "    sf_oauth_zone zone=sf:32k;\n"
+      . join('', map { $t->credential(name => "c$_") } 1 .. 6)
+      . $t->credential,
+      qr/sf_oauth_zone "sf" is too small for 7 credentials/);
+
+check('credential with an unknown zone', $zone . $t->credential(zone => 'nope'),
+      qr/sf_oauth_credential "crm" uses unknown zone "nope"/);
+
+check('zone without size', "    sf_oauth_zone zone=sf;\n" . $t->credential,
+      qr/invalid zone size "zone=sf": expected zone=NAME:SIZE/);
+
+check('unknown directive in a credential',
+      $zone . $t->credential(timeout => '5s') =~ s/timeout 5s/tiemout 5s/r,
+      qr/unknown directive "tiemout" in sf_oauth_credential "crm"/);
+
+check('bad timeout', $zone . $t->credential(timeout => 'soon'),
+      qr/invalid timeout "soon" in sf_oauth_credential "crm"/);
+
+check('two values for one parameter',
+      $zone . $t->credential(client_id => 'a b'),
+      qr/invalid number of arguments in "client_id" of sf_oauth_credential "crm"/);
+
+check('bad credential name',
+      $zone . $t->credential(name => 'a/b') . $t->credential,
+      qr/invalid sf_oauth_credential name "a\/b"/);
+
+check('sf_oauth off is accepted', $zone . $t->credential
+      . "    server { listen 127.0.0.1:%%PORT%%; location /x { sf_oauth off; } }\n",
+      undef);
+
+done_testing;

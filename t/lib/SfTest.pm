@@ -1,0 +1,412 @@
+package SfTest;
+
+# The test harness: a temp directory with an nginx.conf, a real nginx
+# (/usr/sbin/nginx, 2 workers, the built module via load_module) and the
+# mock Salesforce (t/lib/mock_sf.py), on free ports of 127.0.0.1.
+#
+# When an SfTest object goes away it stops nginx and the mock by pid and
+# checks that error.log has no [alert], [crit] or [emerg] line.
+#
+# Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+our $ROOT = abs_path(dirname(__FILE__) . '/../..');
+our $NGINX = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
+our $MODULE = "$ROOT/build/ngx_http_sf_oauth_module.so";
+
+our $CLIENT_ID = '3MVG9mock.client.id';
+our $CLIENT_SECRET = 'mock-client-secret-0123456789';
+our $REFRESH_TOKEN = '5Aep861mockRefreshToken0123456789';
+
+sub new {
+    my ($class, %opt) = @_;
+
+    my $dir = tempdir('sf_oauth_test_XXXXXX', TMPDIR => 1,
+                      CLEANUP => !$ENV{SF_TEST_KEEP});
+
+    # the workers run as nobody: they must reach their temp paths
+    chmod 0755, $dir;
+
+    my $self = bless {
+        dir => $dir,
+        port => free_port(),
+        mock_port => free_port(),
+        workers => $opt{workers} || 2,
+        log_level => $opt{log_level} || 'info',
+        mock_args => $opt{mock_args} || [],
+    }, $class;
+
+    diag("test dir $dir") if $ENV{SF_TEST_KEEP};
+
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub port { $_[0]{port} }
+sub mock_port { $_[0]{mock_port} }
+sub mock_url { 'http://127.0.0.1:' . $_[0]{mock_port} }
+
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1)
+        or die "no free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub wait_port {
+    my ($port, $what) = @_;
+
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port, Proto => 'tcp');
+        if ($s) {
+            close $s;
+            return 1;
+        }
+        sleep 0.05;
+    }
+
+    die "$what did not listen on port $port";
+}
+
+# -- the mock Salesforce -------------------------------------------------
+
+sub start_mock {
+    my ($self, @args) = @_;
+
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/mock.log";
+        open STDERR, '>&', \*STDOUT;
+        exec 'python3', "$ROOT/t/lib/mock_sf.py",
+             '--port', $self->{mock_port},
+             '--client-id', $CLIENT_ID,
+             '--client-secret', $CLIENT_SECRET,
+             '--refresh-token', $REFRESH_TOKEN,
+             @{ $self->{mock_args} }, @args;
+        die "exec python3: $!";
+    }
+
+    $self->{mock_pid} = $pid;
+    wait_port($self->{mock_port}, 'the mock Salesforce');
+
+    return $self;
+}
+
+sub mock {
+    my ($self, $hook, $query) = @_;
+
+    my $url = $self->mock_url . "/__mock/$hook" . ($query ? "?$query" : '');
+    my $method = $hook eq 'stats' ? 'GET' : 'POST';
+    my $res = HTTP::Tiny->new(timeout => 10)->request($method, $url);
+
+    die "mock $hook: $res->{status} $res->{content}" unless $res->{success};
+
+    return decode_json($res->{content});
+}
+
+sub mode { $_[0]->mock('mode', "mode=$_[1]") }
+sub token_requests { $_[0]->mock('stats')->{token_requests} }
+
+# -- nginx ---------------------------------------------------------------
+
+# The standard credential block against the mock; %opt overrides lines.
+sub credential {
+    my ($self, %opt) = @_;
+
+    my $name = delete $opt{name} // 'crm';
+    my %line = (
+        zone => 'sf',
+        token_url => $self->mock_url . '/services/oauth2/token',
+        client_id => $CLIENT_ID,
+        client_secret => $CLIENT_SECRET,
+        refresh_token => $REFRESH_TOKEN,
+        %opt,
+    );
+
+    my $block = "    sf_oauth_credential $name {\n";
+    for my $k (qw(zone token_url client_id client_secret client_secret_file
+                  refresh_token refresh_token_file timeout))
+    {
+        next unless defined $line{$k};
+        $block .= "        $k $line{$k};\n";
+    }
+    return $block . "    }\n";
+}
+
+# Writes nginx.conf: the main boilerplate around the given http{} content.
+# %%PORT%%, %%MOCK%% and %%DIR%% are replaced.
+sub write_conf {
+    my ($self, $http) = @_;
+
+    my $d = $self->{dir};
+    my $conf = <<"EOF";
+load_module $MODULE;
+
+worker_processes $self->{workers};
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log $self->{log_level};
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log $d/access.log;
+
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+
+$http
+}
+EOF
+
+    $conf =~ s/%%PORT%%/$self->{port}/g;
+    $conf =~ s/%%MOCK%%/$self->{mock_port}/g;
+    $conf =~ s/%%DIR%%/$d/g;
+
+    open my $fh, '>', "$d/nginx.conf" or die "$d/nginx.conf: $!";
+    print $fh $conf;
+    close $fh;
+
+    return $self;
+}
+
+# A typical configuration: the zone, one credential and a proxied location.
+sub simple_conf {
+    my ($self, %opt) = @_;
+
+    my $extra = delete $opt{location_extra} // '';
+    my $http_extra = delete $opt{http_extra} // '';
+
+    return $self->write_conf(
+        "    sf_oauth_zone zone=sf:1m;\n"
+        . $self->credential(%opt)
+        . $http_extra
+        . <<'EOF' . $extra . <<'EOF2');
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location /services/ {
+            sf_oauth crm;
+            add_header X-SF-OAuth-Status $sf_oauth_status always;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+EOF
+        }
+
+        location /plain/ {
+            add_header X-SF-OAuth-Status "[$sf_oauth_status]" always;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+    }
+EOF2
+}
+
+# nginx -t on the written configuration: (exit code, output)
+sub test_conf {
+    my ($self) = @_;
+
+    my $out = `$NGINX -t -p $self->{dir}/ -c $self->{dir}/nginx.conf 2>&1`;
+    return ($? >> 8, $out);
+}
+
+sub start {
+    my ($self) = @_;
+
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/stderr.log";
+        open STDERR, '>&', \*STDOUT;
+        exec $NGINX, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf";
+        die "exec $NGINX: $!";
+    }
+
+    $self->{nginx_pid} = $pid;
+
+    eval { wait_port($self->{port}, 'nginx') };
+    if ($@) {
+        my $err = $self->slurp('stderr.log') . $self->slurp('error.log');
+        die "nginx did not start:\n$err";
+    }
+
+    # both workers up: each writes a line when it starts
+    for (1 .. 100) {
+        last if $self->worker_pids >= $self->{workers};
+        sleep 0.05;
+    }
+
+    return $self;
+}
+
+sub worker_pids {
+    my ($self) = @_;
+
+    my $master = $self->{nginx_pid} or return ();
+    my @pids = `pgrep -P $master`;
+    chomp @pids;
+    return @pids;
+}
+
+sub reload {
+    my ($self) = @_;
+
+    my @old = $self->worker_pids;
+    kill 'HUP', $self->{nginx_pid};
+
+    # new workers in, old workers gone
+    for (1 .. 200) {
+        my %now = map { $_ => 1 } $self->worker_pids;
+        last if !grep { $now{$_} } @old and keys %now >= $self->{workers};
+        sleep 0.05;
+    }
+
+    return $self;
+}
+
+sub stop {
+    my ($self) = @_;
+
+    if (my $pid = delete $self->{nginx_pid}) {
+        kill 'QUIT', $pid;
+        my $gone = 0;
+        for (1 .. 200) {
+            if (waitpid($pid, WNOHANG) == $pid) {
+                $gone = 1;
+                last;
+            }
+            sleep 0.05;
+        }
+        if (!$gone) {
+            kill 'KILL', $pid;
+            waitpid($pid, 0);
+            fail('nginx stopped on QUIT within 10 s');
+        }
+    }
+
+    return $self;
+}
+
+sub stop_mock {
+    my ($self) = @_;
+
+    if (my $pid = delete $self->{mock_pid}) {
+        kill 'TERM', $pid;
+        waitpid($pid, 0);
+    }
+}
+
+# Stops everything and checks the error log; call before done_testing.
+sub finish {
+    my ($self) = @_;
+
+    $self->stop;
+    $self->stop_mock;
+
+    my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/,
+              $self->error_log;
+
+    ok(!@bad, 'error.log has no alert, crit or emerg')
+        or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
+}
+
+sub DESTROY {
+    my ($self) = @_;
+
+    local $?;
+
+    $self->stop;
+    $self->stop_mock;
+}
+
+sub slurp {
+    my ($self, $file) = @_;
+
+    open my $fh, '<', "$self->{dir}/$file" or return '';
+    local $/;
+    return <$fh>;
+}
+
+sub error_log { $_[0]->slurp('error.log') }
+
+# -- clients -------------------------------------------------------------
+
+# One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case
+# names) and content, as HTTP::Tiny gives them.
+sub http {
+    my ($self, $method, $path, %opt) = @_;
+
+    my $ua = HTTP::Tiny->new(timeout => $opt{timeout} || 30,
+                             keep_alive => 0);
+    my %args = (headers => $opt{headers} || {});
+    $args{content} = $opt{body} if defined $opt{body};
+
+    my $res = $ua->request($method,
+                           "http://127.0.0.1:$self->{port}$path", \%args);
+    $res->{json} = eval { decode_json($res->{content}) }
+        if ($res->{headers}{'content-type'} // '') =~ /json/;
+
+    return $res;
+}
+
+sub get { my $self = shift; $self->http('GET', @_) }
+
+# Sends n requests at once over n connections, then reads every answer.
+# Returns the list of status codes (0 for no answer).
+sub parallel {
+    my ($self, $n, $path, %opt) = @_;
+
+    my $timeout = $opt{timeout} || 30;
+    my (@socks, %buf, %idx);
+
+    for my $i (0 .. $n - 1) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $self->{port},
+                                      Proto => 'tcp')
+            or die "connect: $!";
+        print $s "GET $path HTTP/1.1\r\nHost: localhost\r\n"
+                 . "Connection: close\r\n\r\n";
+        push @socks, $s;
+        $idx{fileno $s} = $i;
+        $buf{$i} = '';
+    }
+
+    my $sel = IO::Select->new(@socks);
+    my $end = time + $timeout;
+
+    while ($sel->count && time < $end) {
+        for my $s ($sel->can_read(0.5)) {
+            my $n = sysread($s, my $chunk, 65536);
+            if (!$n) {
+                $sel->remove($s);
+                close $s;
+                next;
+            }
+            $buf{ $idx{fileno $s} } .= $chunk;
+        }
+    }
+
+    return map { $buf{$_} =~ m{^HTTP/1\.\d (\d+)} ? $1 : 0 } 0 .. $n - 1;
+}
+
+1;

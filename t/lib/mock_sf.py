@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""A mock Salesforce for the tests and for `make run`.
+
+Python standard library only.  It answers like Salesforce does:
+
+  POST /services/oauth2/token    the refresh-token grant, with Salesforce's
+                                 success JSON and its error bodies
+  *    /services/...             the API: 200 JSON for a valid bearer token,
+                                 401 INVALID_SESSION_ID otherwise
+
+Test hooks, under /__mock/ (never used by the module):
+
+  GET  /__mock/stats             counters and the issued secrets, as JSON
+  POST /__mock/mode?mode=M       the token endpoint's mode (see MODES)
+  POST /__mock/revoke            every issued access token dies
+  POST /__mock/reset             counters, tokens and mode back to the start
+
+Modes of the token endpoint:
+
+  normal          200 with a new access token
+  rotation        200, and a new refresh token each time; the old one dies,
+                  and presenting a dead one revokes everything (like
+                  Salesforce)
+  down            503 with an HTML maintenance page
+  slow            like normal after 2 seconds
+  hang            never answers (until the mode changes or 120 s)
+  garbage         200 with a body that is not JSON
+  huge            200 with a 1 MiB JSON body
+  empty           200 with an empty body
+  invalid_grant   400 invalid_grant "expired access/refresh token"
+  invalid_client  400 invalid_client "invalid client credentials"
+  crlf            200 with an access token that holds CR LF
+  no_instance     200 with an instance_url that is not http(s)
+"""
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
+         "empty", "invalid_grant", "invalid_client", "crlf", "no_instance")
+
+ORG_ID = "00D5g000004Tmock"
+
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        self.lock = threading.Condition()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.mode = "normal"
+            self.token_requests = 0
+            self.token_ok = 0
+            self.api_requests = 0
+            self.api_401 = 0
+            self.access_tokens = set()
+            self.issued_access = []
+            self.refresh_tokens = {self.args.refresh_token}
+            self.issued_refresh = [self.args.refresh_token]
+            self.in_flight = set()
+            self.last_token_form = {}
+            self.lock.notify_all()
+
+
+def new_access_token():
+    return ORG_ID + "!AR" + secrets.token_urlsafe(60).replace("-", "x")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "MockSalesforce/1.0"
+
+    def log_message(self, fmt, *args):
+        if self.server.state.args.verbose:
+            sys.stderr.write("mock_sf: " + fmt % args + "\n")
+
+    # -- plumbing -------------------------------------------------------
+
+    def body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            return data
+        return self.rfile.read(n) if n else b""
+
+    def send(self, status, body, ctype="application/json", headers=()):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self.route()
+
+    def do_POST(self):
+        self.route()
+
+    def do_PUT(self):
+        self.route()
+
+    def do_PATCH(self):
+        self.route()
+
+    def do_DELETE(self):
+        self.route()
+
+    def do_HEAD(self):
+        self.route()
+
+    def route(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/__mock/"):
+            return self.control(path)
+        if path == "/services/oauth2/token":
+            return self.token()
+        if path.startswith("/services/"):
+            return self.api(path)
+        self.send(404, [{"errorCode": "NOT_FOUND",
+                         "message": "The requested resource does not exist"}])
+
+    # -- test hooks -----------------------------------------------------
+
+    def control(self, path):
+        st = self.server.state
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        self.body()
+        if path == "/__mock/stats":
+            with st.lock:
+                return self.send(200, {
+                    "mode": st.mode,
+                    "token_requests": st.token_requests,
+                    "token_ok": st.token_ok,
+                    "api_requests": st.api_requests,
+                    "api_401": st.api_401,
+                    "valid_refresh_tokens": sorted(st.refresh_tokens),
+                    "issued_access_tokens": st.issued_access,
+                    "issued_refresh_tokens": st.issued_refresh,
+                    "last_token_form": st.last_token_form,
+                })
+        if path == "/__mock/mode":
+            mode = query.get("mode", [""])[0]
+            if mode not in MODES:
+                return self.send(400, {"error": "unknown mode " + mode})
+            with st.lock:
+                st.mode = mode
+                st.lock.notify_all()
+            return self.send(200, {"mode": mode})
+        if path == "/__mock/revoke":
+            with st.lock:
+                st.access_tokens.clear()
+            return self.send(200, {"revoked": True})
+        if path == "/__mock/reset":
+            st.reset()
+            return self.send(200, {"reset": True})
+        return self.send(404, {"error": "no such hook"})
+
+    # -- the token endpoint ---------------------------------------------
+
+    def token(self):
+        st = self.server.state
+        args = st.args
+        raw = self.body()
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(
+            raw.decode("latin-1")).items()}
+
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            import base64
+            cid, _, csec = base64.b64decode(auth[6:]).decode().partition(":")
+            form.setdefault("client_id", cid)
+            form.setdefault("client_secret", csec)
+
+        with st.lock:
+            st.token_requests += 1
+            st.last_token_form = {
+                "grant_type": form.get("grant_type"),
+                "client_id": form.get("client_id"),
+                "has_client_secret": "client_secret" in form,
+                "content_type": self.headers.get("Content-Type"),
+                "accept": self.headers.get("Accept"),
+                "method": self.command,
+            }
+            mode = st.mode
+
+        if self.command != "POST":
+            return self.send(405, "", ctype="text/plain")
+
+        if mode == "down":
+            return self.send(503, "<html><body><h1>Down for maintenance"
+                                  "</h1></body></html>", ctype="text/html")
+        if mode == "hang":
+            deadline = time.time() + 120
+            with st.lock:
+                while st.mode == "hang" and time.time() < deadline:
+                    st.lock.wait(0.5)
+            self.close_connection = True
+            return
+        if mode == "garbage":
+            return self.send(200, "this is { not json", ctype="text/plain")
+        if mode == "empty":
+            return self.send(200, "")
+        if mode == "huge":
+            pad = "x" * (1 << 20)
+            return self.send(200, {"access_token": "x", "padding": pad})
+        if mode == "invalid_grant":
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "expired access/refresh token"})
+        if mode == "invalid_client":
+            return self.send(400, {"error": "invalid_client",
+                                   "error_description":
+                                   "invalid client credentials"})
+        if mode == "slow":
+            time.sleep(2)
+
+        if form.get("grant_type") != "refresh_token":
+            return self.send(400, {"error": "unsupported_grant_type",
+                                   "error_description":
+                                   "grant type not supported"})
+        if form.get("client_id") != args.client_id:
+            return self.send(400, {"error": "invalid_client_id",
+                                   "error_description":
+                                   "client identifier invalid"})
+        if form.get("client_secret") != args.client_secret:
+            return self.send(400, {"error": "invalid_client",
+                                   "error_description":
+                                   "invalid client credentials"})
+
+        rt = form.get("refresh_token", "")
+        with st.lock:
+            if rt in st.in_flight:
+                return self.send(400, {
+                    "error": "invalid_grant",
+                    "error_description":
+                    "token request is already being processed"})
+            if rt not in st.refresh_tokens:
+                if rt in st.issued_refresh:
+                    # reuse of a rotated-out token: revoke everything
+                    st.refresh_tokens.clear()
+                    st.access_tokens.clear()
+                return self.send(400, {"error": "invalid_grant",
+                                       "error_description":
+                                       "expired access/refresh token"})
+            st.in_flight.add(rt)
+
+        try:
+            time.sleep(args.token_delay)
+            token = new_access_token()
+            if mode == "crlf":
+                token = token[:20] + "\r\nX-Injected: 1"
+            instance = args.instance_url
+            if mode == "no_instance":
+                instance = "ftp://example.com"
+            reply = {
+                "access_token": token,
+                "signature": secrets.token_urlsafe(32),
+                "scope": "refresh_token api",
+                "instance_url": instance,
+                "id": "%s/id/%s/005000000000001" % (args.login_url, ORG_ID),
+                "token_type": "Bearer",
+                "issued_at": str(int(time.time() * 1000)),
+            }
+            with st.lock:
+                st.token_ok += 1
+                st.access_tokens.add(token)
+                st.issued_access.append(token)
+                if mode == "rotation":
+                    new_rt = "5Aep861mock" + secrets.token_urlsafe(40)
+                    st.refresh_tokens.discard(rt)
+                    st.refresh_tokens.add(new_rt)
+                    st.issued_refresh.append(new_rt)
+                    reply["refresh_token"] = new_rt
+        finally:
+            with st.lock:
+                st.in_flight.discard(rt)
+
+        return self.send(200, reply)
+
+    # -- the API ----------------------------------------------------------
+
+    def api(self, path):
+        st = self.server.state
+        data = self.body()
+        auths = self.headers.get_all("Authorization") or []
+        token = auths[0][7:] if auths and auths[0].startswith("Bearer ") \
+            else None
+        with st.lock:
+            st.api_requests += 1
+            ok = token in st.access_tokens and len(auths) == 1
+            if not ok:
+                st.api_401 += 1
+        if not ok:
+            return self.send(401, [{"message": "Session expired or invalid",
+                                    "errorCode": "INVALID_SESSION_ID"}])
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() != "authorization"}
+        return self.send(200, {
+            "method": self.command,
+            "path": self.path,
+            "authorization": auths[0],
+            "authorization_count": len(auths),
+            "body_sha256": hashlib.sha256(data).hexdigest(),
+            "body_length": len(data),
+            "headers": headers,
+        })
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--client-id", default="3MVG9mock.client.id")
+    ap.add_argument("--client-secret", default="mock-client-secret-0123456789")
+    ap.add_argument("--refresh-token", default="5Aep861mockRefreshToken0123456789")
+    ap.add_argument("--instance-url", default=None)
+    ap.add_argument("--token-delay", type=float, default=0.05,
+                    help="seconds a successful token request takes")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+
+    args.login_url = "http://127.0.0.1:%d" % args.port
+    if args.instance_url is None:
+        args.instance_url = args.login_url
+
+    ThreadingHTTPServer.request_queue_size = 1024
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.allow_reuse_address = True
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.state = State(args)
+    sys.stderr.write("mock_sf: listening on 127.0.0.1:%d\n" % args.port)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
