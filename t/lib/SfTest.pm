@@ -205,7 +205,8 @@ sub simple_conf {
         . $http_extra
         . <<'EOF' . $extra . <<'EOF2');
     server {
-        listen 127.0.0.1:%%PORT%%;
+        # reuseport spreads connections over both workers
+        listen 127.0.0.1:%%PORT%% reuseport;
 
         location /services/ {
             sf_oauth crm;
