@@ -39,6 +39,8 @@ static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
     ngx_str_t *value);
 static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 static ngx_int_t ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -68,6 +70,13 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_sf_oauth,
       NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth_info"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_sf_oauth_info,
+      0,
       0,
       NULL },
 
@@ -674,6 +683,18 @@ ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_sf_oauth_info_handler;
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf)
 {
@@ -828,6 +849,7 @@ ngx_http_sf_oauth_add_variables(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_sf_oauth_init(ngx_conf_t *cf)
 {
+    ngx_array_t                *a;
     ngx_http_handler_pt        *h;
     ngx_http_core_main_conf_t  *cmcf;
 
@@ -840,7 +862,24 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 
     *h = ngx_http_sf_oauth_handler;
 
-    return NGX_OK;
+    /*
+     * Log handlers run in the order of the array, and the access log's
+     * came first: ours goes in front of it, so that the access log never
+     * sees the token in $http_authorization.
+     */
+
+    a = &cmcf->phases[NGX_HTTP_LOG_PHASE].handlers;
+
+    h = ngx_array_push(a);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h = a->elts;
+    ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
+    h[0] = ngx_http_sf_oauth_log_handler;
+
+    return ngx_http_sf_oauth_filter_init(cf);
 }
 
 

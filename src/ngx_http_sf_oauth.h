@@ -10,7 +10,9 @@
  *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
+ *   ngx_http_sf_oauth_filter.c   response filter: the token leaves the request
  *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
+ *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
  */
 
 
@@ -174,6 +176,9 @@ typedef struct {
     /* "Bearer <token>" as sent upstream; the token itself follows "Bearer " */
     ngx_str_t                    authorization;
 
+    /* what the client sent, put back once the upstream request is built */
+    ngx_str_t                    client_authorization;
+
     ngx_event_t                  wait;
     ngx_queue_t                  queue;
     ngx_msec_t                   deadline;
@@ -181,6 +186,7 @@ typedef struct {
 
     unsigned                     waiting:1;
     unsigned                     cleanup:1;
+    unsigned                     client_had_authorization:1;
 } ngx_http_sf_oauth_ctx_t;
 
 
@@ -221,6 +227,8 @@ ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *url);
 void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
@@ -240,8 +248,16 @@ void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
+void ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
 void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
+
+/* filter */
+ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
+
+/* status */
+ngx_int_t ngx_http_sf_oauth_info_handler(ngx_http_request_t *r);
 
 /* redact */
 void ngx_http_sf_oauth_redact_install(ngx_http_request_t *r);

@@ -26,7 +26,7 @@ static void ngx_http_sf_oauth_wake(ngx_event_t *ev);
 static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_cleanup(void *data);
 static ngx_int_t ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r,
-    ngx_str_t *value);
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *value);
 static ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
 static ngx_int_t ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
@@ -97,7 +97,7 @@ ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     case NGX_HTTP_SF_OAUTH_GOT_TOKEN:
 
-        if (ngx_http_sf_oauth_set_authorization(r, &lk.authorization)
+        if (ngx_http_sf_oauth_set_authorization(r, ctx, &lk.authorization)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -357,8 +357,21 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * The token goes into the Authorization header that proxy_pass forwards.
+ * It stays there only while the upstream request is built: the header
+ * filter and the log phase put the client's own value back (see
+ * ngx_http_sf_oauth_hide_authorization), so that $http_authorization in
+ * add_header or access_log never shows the token.  The element's
+ * lowcase_key marks a value of ours.
+ */
+
+static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
+
+
 static ngx_int_t
-ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r, ngx_str_t *value)
+ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
 
@@ -371,13 +384,55 @@ ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r, ngx_str_t *value)
         }
 
         ngx_str_set(&h->key, "Authorization");
-        h->lowcase_key = (u_char *) "authorization";
-        h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
-
         r->headers_in.authorization = h;
+
+    } else if (h->lowcase_key != ngx_http_sf_oauth_lowcase_key) {
+        ctx->client_authorization = h->value;
+        ctx->client_had_authorization = 1;
     }
 
+    h->lowcase_key = ngx_http_sf_oauth_lowcase_key;
+    h->hash = ngx_hash_key(h->lowcase_key, sizeof("authorization") - 1);
     h->value = *value;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r)
+{
+    ngx_table_elt_t          *h;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    h = r->headers_in.authorization;
+
+    if (h == NULL
+        || h->lowcase_key != ngx_http_sf_oauth_lowcase_key
+        || h->hash == 0)
+    {
+        return;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+    if (ctx && ctx->client_had_authorization) {
+        h->value = ctx->client_authorization;
+        return;
+    }
+
+    /* no client value known: hide the element from $http_authorization */
+    h->hash = 0;
+    ngx_str_null(&h->value);
+}
+
+
+/* the log phase: runs before the access log, see ngx_http_sf_oauth_init */
+
+ngx_int_t
+ngx_http_sf_oauth_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_sf_oauth_hide_authorization(r);
 
     return NGX_OK;
 }

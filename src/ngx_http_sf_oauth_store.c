@@ -362,7 +362,8 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_time = ngx_time();
         node->failures = 0;
         node->backoff_until = 0;
-        node->error_len = 0;
+
+        /* the last error stays, for the status output */
 
         ngx_shmtx_unlock(&shpool->mutex);
         return;
@@ -401,6 +402,22 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
         cred->node->lease_pid = 0;
     }
 
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* a copy of the record, for the status output */
+
+void
+ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *copy)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
     ngx_shmtx_unlock(&shpool->mutex);
 }
 

@@ -215,6 +215,10 @@ sub simple_conf {
 EOF
         }
 
+        location = /sf_oauth_info {
+            sf_oauth_info;
+        }
+
         location /plain/ {
             add_header X-SF-OAuth-Status "[$sf_oauth_status]" always;
             proxy_pass http://127.0.0.1:%%MOCK%%/services/;

@@ -31,6 +31,8 @@ Modes of the token endpoint:
   invalid_client  400 invalid_client "invalid client credentials"
   crlf            200 with an access token that holds CR LF
   no_instance     200 with an instance_url that is not http(s)
+  leaky           400 whose error_description echoes the client secret and
+                  the refresh token (a hostile endpoint)
 """
 
 import argparse
@@ -44,7 +46,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
-         "empty", "invalid_grant", "invalid_client", "crlf", "no_instance")
+         "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
+         "leaky")
 
 ORG_ID = "00D5g000004Tmock"
 
@@ -234,6 +237,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(400, {"error": "invalid_client",
                                    "error_description":
                                    "invalid client credentials"})
+        if mode == "leaky":
+            return self.send(400, {"error": "invalid_request",
+                                   "error_description":
+                                   "bad refresh_token %s for secret %s" % (
+                                       form.get("refresh_token"),
+                                       form.get("client_secret"))})
         if mode == "slow":
             time.sleep(2)
 
