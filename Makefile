@@ -12,7 +12,8 @@ MODULE      := $(BUILD)/ngx_http_sf_oauth_module.so
 OBJS        := $(BUILD)/nginx/objs
 
 DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
-                libpcre2-dev zlib1g-dev gcc make perl python3 curl
+                libpcre2-dev zlib1g-dev gcc make perl python3 curl procps \
+                ca-certificates
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
@@ -47,7 +48,8 @@ $(OBJS)/Makefile: config | deps
 
 $(MODULE): $(OBJS)/Makefile $(SOURCES)
 	$(MAKE) -C $(BUILD)/nginx -f objs/Makefile modules
-	cp $(OBJS)/ngx_http_sf_oauth_module.so $@
+	@# a new inode: a running nginx keeps the old file mapped intact
+	cp $(OBJS)/ngx_http_sf_oauth_module.so $@.tmp && mv -f $@.tmp $@
 
 test: deps $(MODULE)
 	prove -r t/

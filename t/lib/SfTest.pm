@@ -292,7 +292,7 @@ sub reload {
 sub stop {
     my ($self) = @_;
 
-    if (my $pid = delete $self->{nginx_pid}) {
+    if (my $pid = $self->{nginx_pid}) {
         kill 'QUIT', $pid;
         my $gone = 0;
         for (1 .. 200) {
@@ -303,10 +303,11 @@ sub stop {
             sleep 0.05;
         }
         if (!$gone) {
-            kill 'KILL', $pid;
+            kill 'KILL', $self->worker_pids, $pid;
             waitpid($pid, 0);
             fail('nginx stopped on QUIT within 10 s');
         }
+        delete $self->{nginx_pid};
     }
 
     return $self;

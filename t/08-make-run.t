@@ -1,0 +1,67 @@
+#!/usr/bin/perl
+
+# `make run` starts nginx with conf.example against the bundled mock, and
+# a request through it reaches the mock with a token.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use SfTest;
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX qw(:sys_wait_h setsid);
+use Test::More;
+use Time::HiRes qw(sleep);
+
+my $port = SfTest::free_port();
+my $mock_port = SfTest::free_port();
+my $log = SfTest->new->dir . '/run.log';
+
+my $pid = fork() // die "fork: $!";
+
+if ($pid == 0) {
+    setsid();
+    open STDOUT, '>', $log;
+    open STDERR, '>&', \*STDOUT;
+    delete @ENV{grep { /^SF_/ } keys %ENV};
+    $ENV{PORT} = $port;
+    $ENV{MOCK_PORT} = $mock_port;
+    exec 'make', '-s', '-C', $SfTest::ROOT, 'run';
+    die "exec make: $!";
+}
+
+eval { SfTest::wait_port($port, 'make run') };
+is($@, '', 'make run listens') or diag(`cat $log`);
+
+my $ua = HTTP::Tiny->new(timeout => 10);
+my $r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/sobjects");
+is($r->{status}, 200, 'a request through make run: 200') or diag($r->{content});
+like(decode_json($r->{content})->{authorization} // '', qr/^Bearer 00D/,
+     'it reached the mock with a token');
+is($r->{headers}{'x-sf-oauth-status'}, 'WAIT', 'the first request waited');
+
+$r = $ua->get("http://127.0.0.1:$port/sf_oauth_info");
+is(decode_json($r->{content})->{credentials}[0]{state}, 'valid',
+   'sf_oauth_info shows a valid token');
+
+kill 'INT', -$pid;
+my $gone = 0;
+for (1 .. 100) {
+    if (waitpid($pid, WNOHANG) == $pid) {
+        $gone = 1;
+        last;
+    }
+    sleep 0.1;
+}
+ok($gone, 'make run stops on Ctrl-C');
+kill 'KILL', -$pid unless $gone;
+
+sleep 0.5;
+ok(!IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port"), 'nginx is gone');
+ok(!IO::Socket::INET->new(PeerAddr => "127.0.0.1:$mock_port"), 'the mock is gone');
+
+my $errors = `grep -E '\\[(alert|crit|emerg)\\]' $SfTest::ROOT/build/run/error.log`;
+is($errors, '', 'make run: no alert, crit or emerg');
+
+done_testing;
