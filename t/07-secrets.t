@@ -34,12 +34,13 @@ $t->start;
 
 my @bodies;
 
-# cold start, hot path, a POST, rotation
+# cold start with a POST body, hot path, rotation
 for my $i (1 .. 5) {
-    my $r = $t->http($i % 2 ? 'GET' : 'POST', '/services/data/v59.0/',
-                     body => $i % 2 ? undef : '{"a":1}',
+    my $r = $t->http($i % 2 ? 'POST' : 'GET', '/services/data/v59.0/',
+                     body => $i % 2 ? '{"a":1}' : undef,
                      headers => { Authorization => 'Bearer client-junk' });
     is($r->{status}, 200, "request $i: 200");
+    is($r->{json}{body_length}, $i % 2 ? 7 : 0, "request $i: body passed");
 }
 push @bodies, $t->get('/sf_oauth_info')->{content};
 
