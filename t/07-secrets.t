@@ -71,7 +71,7 @@ my @secrets = ($SfTest::CLIENT_SECRET, $SfTest::REFRESH_TOKEN,
 is(scalar @{ $stats->{issued_access_tokens} }, 1, 'one access token issued');
 ok(@{ $stats->{issued_refresh_tokens} } >= 2, 'a rotated refresh token issued');
 
-my %logs = map { ($_, $t->slurp($_)) }
+my %logs = map {; $_ => $t->slurp($_) }
            qw(error.log access.log full.log stderr.log);
 
 ok(length $logs{'error.log'} > 10000, 'the debug log was written');

@@ -353,7 +353,7 @@ sub slurp {
 
     open my $fh, '<', "$self->{dir}/$file" or return '';
     local $/;
-    return <$fh>;
+    return scalar(<$fh>) // '';
 }
 
 sub error_log { $_[0]->slurp('error.log') }
