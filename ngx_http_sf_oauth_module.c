@@ -849,11 +849,22 @@ ngx_http_sf_oauth_add_variables(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_sf_oauth_init(ngx_conf_t *cf)
 {
-    ngx_array_t                *a;
-    ngx_http_handler_pt        *h;
-    ngx_http_core_main_conf_t  *cmcf;
+    ngx_str_t                       name;
+    ngx_array_t                    *a;
+    ngx_http_handler_pt            *h;
+    ngx_http_core_main_conf_t      *cmcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+
+    /* a replay invalidates a cached $http_authorization */
+    ngx_str_set(&name, "http_authorization");
+
+    smcf->authorization_index = ngx_http_get_variable_index(cf, &name);
+    if (smcf->authorization_index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {

@@ -43,6 +43,12 @@
 #define NGX_HTTP_SF_OAUTH_POLL_MIN       5
 #define NGX_HTTP_SF_OAUTH_POLL_MAX       50
 
+/* how long 401s pass through once a refreshed token was rejected too */
+#define NGX_HTTP_SF_OAUTH_UNCURED_HOLD   30000
+
+/* the r->buffered bit of a request held for a replay (stock 1.22 uses 0x07) */
+#define NGX_HTTP_SF_OAUTH_BUFFERED       0x08
+
 /* backoff after failed token requests, milliseconds */
 #define NGX_HTTP_SF_OAUTH_BACKOFF_MIN    1000
 #define NGX_HTTP_SF_OAUTH_BACKOFF_MAX    60000
@@ -84,6 +90,10 @@ typedef struct {
     ngx_msec_t                   backoff_until;
     ngx_uint_t                   failures;
     time_t                       error_time;
+
+    ngx_msec_t                   uncured_until;
+    ngx_uint_t                   invalidations;
+    ngx_uint_t                   replays;
 
     time_t                       token_time;
     uint64_t                     issued_at;
@@ -155,6 +165,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
     ngx_array_t                  zones;       /* ngx_shm_zone_t * */
+    ngx_int_t                    authorization_index;
 } ngx_http_sf_oauth_main_conf_t;
 
 
@@ -184,9 +195,16 @@ typedef struct {
     ngx_msec_t                   deadline;
     ngx_msec_t                   poll;
 
+    /* saved when a 401 is held: the proxy_buffering off path changes them */
+    size_t                       limit_rate;
+
     unsigned                     waiting:1;
+    unsigned                     wait_begun:1;
     unsigned                     cleanup:1;
     unsigned                     client_had_authorization:1;
+    unsigned                     held:1;
+    unsigned                     replayed:1;
+    unsigned                     limit_rate_set:1;
 } ngx_http_sf_oauth_ctx_t;
 
 
@@ -227,6 +245,11 @@ ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_invalidate(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation);
+ngx_int_t ngx_http_sf_oauth_store_replayable(ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
+    ngx_log_t *log);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
@@ -249,6 +272,8 @@ void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
 void ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
 void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);

@@ -19,10 +19,14 @@
 
 
 static ngx_int_t ngx_http_sf_oauth_apply(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx);
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_lookup_t *lk);
 static ngx_int_t ngx_http_sf_oauth_wait(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_wake(ngx_event_t *ev);
+static void ngx_http_sf_oauth_unhold(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_replay(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_cleanup(void *data);
 static ngx_int_t ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r,
@@ -44,7 +48,9 @@ static ngx_str_t  ngx_http_sf_oauth_error_timeout =
 ngx_int_t
 ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 {
+    ngx_int_t                      rc;
     ngx_http_sf_oauth_ctx_t       *ctx;
+    ngx_http_sf_oauth_lookup_t     lk;
     ngx_http_sf_oauth_loc_conf_t  *slcf;
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
@@ -79,53 +85,62 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 
     ngx_http_sf_oauth_redact_install(r);
 
-    return ngx_http_sf_oauth_apply(r, ctx);
+    rc = ngx_http_sf_oauth_apply(r, ctx, &lk);
+
+    if (rc == NGX_HTTP_BAD_GATEWAY) {
+        return ngx_http_sf_oauth_fail_request(r, ctx, &lk.error,
+                                              lk.retry_after);
+    }
+
+    return rc;
 }
 
 
-/* one zone lookup and what follows from it */
+/*
+ * One zone lookup and what follows from it: NGX_DECLINED with the header
+ * set, NGX_AGAIN while waiting, or NGX_HTTP_BAD_GATEWAY with lk->error.
+ */
 
 static ngx_int_t
-ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
+    ngx_http_sf_oauth_lookup_t *lk)
 {
-    ngx_int_t                    rc;
-    ngx_http_sf_oauth_lookup_t   lk;
+    ngx_int_t  rc;
 
-    rc = ngx_http_sf_oauth_store_lookup(ctx->cred, r->pool, &lk);
+    rc = ngx_http_sf_oauth_store_lookup(ctx->cred, r->pool, lk);
 
     switch (rc) {
 
     case NGX_HTTP_SF_OAUTH_GOT_TOKEN:
 
-        if (ngx_http_sf_oauth_set_authorization(r, ctx, &lk.authorization)
+        if (ngx_http_sf_oauth_set_authorization(r, ctx, &lk->authorization)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ctx->authorization = lk.authorization;
-        ctx->generation = lk.generation;
+        ctx->authorization = lk->authorization;
+        ctx->generation = lk->generation;
 
         if (ctx->status == 0) {
             ctx->status = NGX_HTTP_SF_OAUTH_HIT;
         }
 
-        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "sf_oauth: credential \"%V\": token generation %ui "
-                       "(%s)", &ctx->cred->name, lk.generation,
-                       ctx->status == NGX_HTTP_SF_OAUTH_HIT ? "hit" : "waited");
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sf_oauth: credential \"%V\": token generation %ui",
+                       &ctx->cred->name, lk->generation);
 
         return NGX_DECLINED;
 
     case NGX_HTTP_SF_OAUTH_GOT_ERROR:
-        return ngx_http_sf_oauth_fail_request(r, ctx, &lk.error,
-                                              lk.retry_after);
+        return NGX_HTTP_BAD_GATEWAY;
 
     case NGX_HTTP_SF_OAUTH_GOT_LEASE:
 
-        if (ngx_http_sf_oauth_start(ctx->cred, &lk) != NGX_OK) {
-            return ngx_http_sf_oauth_fail_request(r, ctx,
-                                            &ngx_http_sf_oauth_error_start, 1);
+        if (ngx_http_sf_oauth_start(ctx->cred, lk) != NGX_OK) {
+            lk->error = ngx_http_sf_oauth_error_start;
+            lk->retry_after = 1;
+            return NGX_HTTP_BAD_GATEWAY;
         }
 
         /* fall through */
@@ -190,11 +205,17 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
         ctx->wait.handler = ngx_http_sf_oauth_wake;
         ctx->wait.data = r->connection;
         ctx->wait.log = r->connection->log;
+    }
 
+    if (!ctx->wait_begun) {
+        ctx->wait_begun = 1;
         ctx->deadline = ngx_current_msec + ctx->cred->timeout
                         + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
         ctx->poll = NGX_HTTP_SF_OAUTH_POLL_MIN;
-        ctx->status = NGX_HTTP_SF_OAUTH_WAIT;
+
+        if (ctx->status == 0) {
+            ctx->status = NGX_HTTP_SF_OAUTH_WAIT;
+        }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "sf_oauth: credential \"%V\": waiting for a token",
@@ -210,21 +231,63 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     ctx->poll = ngx_min(ctx->poll * 2, NGX_HTTP_SF_OAUTH_POLL_MAX);
 
-    /* a client that goes away while waiting is noticed and finalized */
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    if (!ctx->held) {
+        /* a client that goes away while waiting is noticed and finalized */
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+    }
+
+    /*
+     * A held request keeps the handlers nginx gave it: the upstream's
+     * while it drains the 401, then ngx_http_writer and
+     * ngx_http_test_reading once it is parked.
+     */
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * The header filter swallowed a 401 from Salesforce for this request and
+ * holds it (see ngx_http_sf_oauth_filter.c).  It waits for a token like a
+ * cold request, woken by the same events, and is then replayed.  The first
+ * look at the zone is posted, never done in the filter's own call stack.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ctx->held = 1;
+    ctx->status = NGX_HTTP_SF_OAUTH_RETRY;
+    ctx->limit_rate = r->limit_rate;
+    ctx->limit_rate_set = r->limit_rate_set;
+
+    r->preserve_body = 1;
+    r->buffered |= NGX_HTTP_SF_OAUTH_BUFFERED;
+
+    ngx_http_sf_oauth_store_invalidate(ctx->cred, ctx->generation);
+
+    ctx->wait_begun = 0;
+
+    if (ngx_http_sf_oauth_wait(r, ctx) != NGX_AGAIN) {
+        return NGX_ERROR;
+    }
+
+    ngx_del_timer(&ctx->wait);
+    ngx_post_event(&ctx->wait, &ngx_posted_events);
+
+    return NGX_OK;
 }
 
 
 static void
 ngx_http_sf_oauth_wake(ngx_event_t *ev)
 {
-    ngx_int_t                 rc;
-    ngx_connection_t         *c;
-    ngx_http_request_t       *r;
-    ngx_http_sf_oauth_ctx_t  *ctx;
+    ngx_int_t                    rc;
+    ngx_connection_t            *c;
+    ngx_http_request_t          *r;
+    ngx_http_sf_oauth_ctx_t     *ctx;
+    ngx_http_sf_oauth_lookup_t   lk;
 
     ctx = (ngx_http_sf_oauth_ctx_t *)
               ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, wait));
@@ -235,7 +298,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
 
     ngx_http_sf_oauth_unwait(ctx);
 
-    rc = ngx_http_sf_oauth_apply(r, ctx);
+    rc = ngx_http_sf_oauth_apply(r, ctx, &lk);
 
     if (rc == NGX_AGAIN) {
         if ((ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0) {
@@ -248,22 +311,105 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
                       "sf_oauth: credential \"%V\": %V",
                       &ctx->cred->name, &ngx_http_sf_oauth_error_timeout);
 
-        rc = ngx_http_sf_oauth_fail_request(r, ctx,
-                                            &ngx_http_sf_oauth_error_timeout,
-                                            1);
+        lk.error = ngx_http_sf_oauth_error_timeout;
+        lk.retry_after = 1;
+        rc = NGX_HTTP_BAD_GATEWAY;
+    }
+
+    ctx->wait_begun = 0;
+
+    if (ctx->held) {
+        ngx_http_sf_oauth_unhold(r, ctx);
     }
 
     if (rc == NGX_DECLINED) {
-        /* the header is set: go on with the phases where they stopped */
-        r->read_event_handler = ngx_http_block_reading;
-        r->write_event_handler = ngx_http_core_run_phases;
-        ngx_http_core_run_phases(r);
 
-    } else if (rc != NGX_DONE) {
+        if (ctx->replayed) {
+            ngx_http_sf_oauth_replay(r, ctx);
+
+        } else {
+            /* the header is set: go on with the phases where they stopped */
+            r->read_event_handler = ngx_http_block_reading;
+            r->write_event_handler = ngx_http_core_run_phases;
+            ngx_http_core_run_phases(r);
+        }
+
+    } else if (rc == NGX_HTTP_BAD_GATEWAY) {
+        (void) ngx_http_sf_oauth_fail_request(r, ctx, &lk.error,
+                                              lk.retry_after);
+
+    } else {
         ngx_http_finalize_request(r, rc);
     }
 
     ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * Undoes what holding a 401 did to the request, so that a new response can
+ * start from scratch: the replay's, or the 502.  No byte of the 401 has
+ * left: it never got past this module's header filter.
+ */
+
+static void
+ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ctx->held = 0;
+    ctx->replayed = 1;
+
+    r->buffered &= ~NGX_HTTP_SF_OAUTH_BUFFERED;
+
+    /* ngx_http_writer set send_timeout while the request was parked */
+    if (c->write->timer_set && !c->write->delayed) {
+        ngx_del_timer(c->write);
+    }
+
+    ngx_http_clean_header(r);
+
+    r->disable_not_modified = 0;
+    r->allow_ranges = 0;
+    r->single_range = 0;
+    r->limit_rate = ctx->limit_rate;
+    r->limit_rate_set = ctx->limit_rate_set;
+}
+
+
+/*
+ * Runs the location's content handler again, the proxy's: it creates a new
+ * upstream (closing one that may still drain the 401) and finds the request
+ * body read already, so it sends the same method, headers and body.
+ */
+
+static void
+ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_http_variable_value_t      *vv;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: credential \"%V\": replaying the request",
+                   &ctx->cred->name);
+
+    /* a cached $http_authorization would resend the dead token */
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
+    vv = &r->variables[smcf->authorization_index];
+    vv->valid = 0;
+    vv->not_found = 0;
+
+    if (r->content_handler == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "sf_oauth: no content handler to replay the request");
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_finalize_request(r, r->content_handler(r));
 }
 
 

@@ -387,6 +387,109 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * A 401 from Salesforce for a token of this generation: the token is dead.
+ * Only that token is dropped; one that another request refreshed in the
+ * meantime is kept.
+ */
+
+void
+ngx_http_sf_oauth_store_invalidate(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation)
+{
+    u_char                     fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    ngx_uint_t                 dropped;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    dropped = node->state == NGX_HTTP_SF_OAUTH_VALID
+              && node->generation == generation;
+
+    if (dropped) {
+        node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+        node->invalidations++;
+        ngx_memcpy(fp, node->token_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (dropped) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": Salesforce rejected "
+                      "access token fp:%*s with 401, refreshing",
+                      &cred->name, (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, fp);
+    }
+}
+
+
+/* whether a 401 may be replayed: not while refreshes are known not to help */
+
+ngx_int_t
+ngx_http_sf_oauth_store_replayable(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    rc = (ngx_msec_int_t) (node->uncured_until - ngx_current_msec) <= 0;
+
+    if (rc) {
+        node->replays++;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * A replayed request got 401 with a freshly refreshed token: a refresh does
+ * not cure this 401.  For a while 401s pass through without a refresh, so
+ * that such requests cannot become a refresh storm.
+ */
+
+void
+ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
+    ngx_log_t *log)
+{
+    ngx_uint_t                 first;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    first = (ngx_msec_int_t) (node->uncured_until - ngx_current_msec) <= 0;
+    node->uncured_until = ngx_current_msec + NGX_HTTP_SF_OAUTH_UNCURED_HOLD;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (first) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "sf_oauth: credential \"%V\": Salesforce answered 401 "
+                      "to a request replayed with a new token: a refresh "
+                      "does not cure this 401 (API access, IP restriction "
+                      "or session security level of the user?); 401s pass "
+                      "through unchanged for %M s",
+                      &cred->name,
+                      (ngx_msec_t) NGX_HTTP_SF_OAUTH_UNCURED_HOLD / 1000);
+    }
+}
+
+
 /* gives up this worker's lease without a result, as on exit */
 
 void

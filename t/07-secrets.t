@@ -44,6 +44,12 @@ for my $i (1 .. 5) {
 }
 push @bodies, $t->get('/sf_oauth_info')->{content};
 
+# a 401 replay: the dead token and the new one
+$t->mock('revoke');
+my $r = $t->http('POST', '/services/data/v59.0/', body => '{"b":2}');
+is($r->{status}, 200, 'replayed after a revoke: 200');
+is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'replayed: RETRY');
+
 # the token request fails with a hostile answer that echoes the secrets
 $t->simple_conf(
     client_secret => undef,
@@ -54,7 +60,7 @@ $t->simple_conf(
 $t->reload;
 $t->mode('leaky');
 
-my $r = $t->get('/services/data/v59.0/');
+$r = $t->get('/services/data/v59.0/');
 is($r->{status}, 502, 'hostile token endpoint: 502');
 like($r->{json}{error_description},
      qr/bad refresh_token \[sf_oauth:[0-9a-f]{8}\] for secret \[sf_oauth:[0-9a-f]{8}\]/,
@@ -68,7 +74,7 @@ my @secrets = ($SfTest::CLIENT_SECRET, $SfTest::REFRESH_TOKEN,
                'other-refresh-token',
                @{ $stats->{issued_access_tokens} },
                @{ $stats->{issued_refresh_tokens} });
-is(scalar @{ $stats->{issued_access_tokens} }, 1, 'one access token issued');
+is(scalar @{ $stats->{issued_access_tokens} }, 2, 'two access tokens issued');
 ok(@{ $stats->{issued_refresh_tokens} } >= 2, 'a rotated refresh token issued');
 
 my %logs = map {; $_ => $t->slurp($_) }
@@ -91,13 +97,14 @@ for my $body (@bodies) {
 
 # $http_authorization is what the client sent, never the token
 my @full = split /\n/, $logs{'full.log'};
-is(scalar @full, 6, 'six requests in the access log');
+is(scalar @full, 7, 'seven requests in the access log');
 is(scalar(grep { /^(HIT|WAIT) Bearer client-junk$/ } @full), 5,
    '$http_authorization in the access log is the client\'s own header');
-like($full[5], qr/^ERROR -$/, 'no client header: $http_authorization empty');
+like($full[5], qr/^RETRY -$/, 'replayed, no client header: $http_authorization empty');
+like($full[6], qr/^ERROR -$/, 'no client header: $http_authorization empty');
 
 # the redaction did work on nginx's own lines: they show the fingerprint
-my $fp = substr(sha256_hex($stats->{issued_access_tokens}[0]), 0, 8);
+my $fp = substr(sha256_hex($stats->{issued_access_tokens}[1]), 0, 8);
 like($logs{'error.log'}, qr/Authorization: Bearer \[sf_oauth:$fp\]/,
      "nginx's proxy header dump shows the fingerprint");
 like($logs{'error.log'}, qr/X-Token-Copy: \[sf_oauth:$fp\]/,

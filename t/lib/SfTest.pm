@@ -206,7 +206,7 @@ sub simple_conf {
         . <<'EOF' . $extra . <<'EOF2');
     server {
         # reuseport spreads connections over both workers
-        listen 127.0.0.1:%%PORT%% reuseport;
+        listen 127.0.0.1:%%PORT%% reuseport default_server;
 
         location /services/ {
             sf_oauth crm;
@@ -370,8 +370,8 @@ sub http {
     my %args = (headers => $opt{headers} || {});
     $args{content} = $opt{body} if defined $opt{body};
 
-    my $res = $ua->request($method,
-                           "http://127.0.0.1:$self->{port}$path", \%args);
+    my $port = $opt{port} || $self->{port};
+    my $res = $ua->request($method, "http://127.0.0.1:$port$path", \%args);
     $res->{json} = eval { decode_json($res->{content}) }
         if ($res->{headers}{'content-type'} // '') =~ /json/;
 

@@ -13,6 +13,9 @@ Test hooks, under /__mock/ (never used by the module):
   GET  /__mock/stats             counters and the issued secrets, as JSON
   POST /__mock/mode?mode=M       the token endpoint's mode (see MODES)
   POST /__mock/revoke            every issued access token dies
+  POST /__mock/api_mode?mode=M   "reject": the API answers 401 even to a
+                                 valid token (a 401 a refresh cannot cure);
+                                 "normal" again
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -33,6 +36,16 @@ Modes of the token endpoint:
   no_instance     200 with an instance_url that is not http(s)
   leaky           400 whose error_description echoes the client secret and
                   the refresh token (a hostile endpoint)
+
+API paths with special answers (after the token check):
+
+  /services/data/chunked?n=N     a chunked response of N chunks
+  /services/data/big?bytes=N     a response of N bytes, with Content-Length
+  ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
+
+/__mock/stats lists every API request in "api_log": method, path, status,
+the SHA-256 of the body received, and the client's port (to see upstream
+keepalive).
 """
 
 import argparse
@@ -65,6 +78,8 @@ class State:
             self.token_ok = 0
             self.api_requests = 0
             self.api_401 = 0
+            self.api_mode = "normal"
+            self.api_log = []
             self.access_tokens = set()
             self.issued_access = []
             self.refresh_tokens = {self.args.refresh_token}
@@ -163,6 +178,7 @@ class Handler(BaseHTTPRequestHandler):
                     "issued_access_tokens": st.issued_access,
                     "issued_refresh_tokens": st.issued_refresh,
                     "last_token_form": st.last_token_form,
+                    "api_log": st.api_log,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -172,6 +188,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.mode = mode
                 st.lock.notify_all()
             return self.send(200, {"mode": mode})
+        if path == "/__mock/api_mode":
+            with st.lock:
+                st.api_mode = query.get("mode", ["normal"])[0]
+            return self.send(200, {"api_mode": st.api_mode})
         if path == "/__mock/revoke":
             with st.lock:
                 st.access_tokens.clear()
@@ -313,18 +333,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def api(self, path):
         st = self.server.state
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         data = self.body()
         auths = self.headers.get_all("Authorization") or []
         token = auths[0][7:] if auths and auths[0].startswith("Bearer ") \
             else None
         with st.lock:
             st.api_requests += 1
-            ok = token in st.access_tokens and len(auths) == 1
+            ok = (token in st.access_tokens and len(auths) == 1
+                  and st.api_mode != "reject")
             if not ok:
                 st.api_401 += 1
+            st.api_log.append({
+                "method": self.command,
+                "path": self.path,
+                "status": 200 if ok else 401,
+                "body_sha256": hashlib.sha256(data).hexdigest(),
+                "peer_port": self.client_address[1],
+            })
         if not ok:
+            if "empty401" in query:
+                return self.send(401, "")
+            if "html401" in query:
+                return self.send(401, "<html><body>401</body></html>",
+                                 ctype="text/html")
             return self.send(401, [{"message": "Session expired or invalid",
                                     "errorCode": "INVALID_SESSION_ID"}])
+        if path == "/services/data/chunked":
+            return self.chunked(int(query.get("n", ["10"])[0]))
+        if path == "/services/data/big":
+            return self.big(int(query.get("bytes", ["1048576"])[0]))
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() != "authorization"}
         return self.send(200, {
@@ -335,7 +373,31 @@ class Handler(BaseHTTPRequestHandler):
             "body_sha256": hashlib.sha256(data).hexdigest(),
             "body_length": len(data),
             "headers": headers,
+            "peer_port": self.client_address[1],
         })
+
+    def chunked(self, n):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(n):
+            chunk = json.dumps({"chunk": i}).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def big(self, size):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        block = bytes(range(256)) * 256
+        sent = 0
+        while sent < size:
+            n = min(len(block), size - sent)
+            self.wfile.write(block[:n])
+            sent += n
 
 
 def main():
