@@ -17,7 +17,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test run clean
+.PHONY: all deps test test-valgrind run clean
 
 all: $(MODULE)
 
@@ -53,6 +53,13 @@ $(MODULE): $(OBJS)/Makefile $(SOURCES)
 
 test: deps $(MODULE)
 	prove -r t/
+
+# the same suite with every nginx process under valgrind
+test-valgrind: deps $(MODULE)
+	@command -v valgrind >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind \
+	    >/dev/null; }
+	SF_TEST_VALGRIND=1 prove -r t/
 
 run: deps $(MODULE)
 	./run.sh

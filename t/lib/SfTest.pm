@@ -69,9 +69,9 @@ sub free_port {
 }
 
 sub wait_port {
-    my ($port, $what) = @_;
+    my ($port, $what, $tries) = @_;
 
-    for (1 .. 100) {
+    for (1 .. $tries || 100) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                       PeerPort => $port, Proto => 'tcp');
         if ($s) {
@@ -243,13 +243,19 @@ sub start {
     if ($pid == 0) {
         open STDOUT, '>>', "$self->{dir}/stderr.log";
         open STDERR, '>&', \*STDOUT;
-        exec $NGINX, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf";
+        my @valgrind = $ENV{SF_TEST_VALGRIND}
+            ? ('valgrind', '-q', '--error-limit=no', '--num-callers=30',
+               "--log-file=$self->{dir}/valgrind.%p.log",
+               "--suppressions=$ROOT/t/valgrind.supp")
+            : ();
+        exec @valgrind, $NGINX, '-p', "$self->{dir}/",
+             '-c', "$self->{dir}/nginx.conf";
         die "exec $NGINX: $!";
     }
 
     $self->{nginx_pid} = $pid;
 
-    eval { wait_port($self->{port}, 'nginx') };
+    eval { wait_port($self->{port}, 'nginx', $ENV{SF_TEST_VALGRIND} ? 600 : 100) };
     if ($@) {
         my $err = $self->slurp('stderr.log') . $self->slurp('error.log');
         die "nginx did not start:\n$err";
@@ -337,6 +343,12 @@ sub finish {
 
     ok(!@bad, 'error.log has no alert, crit or emerg')
         or diag(join "\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]);
+
+    if ($ENV{SF_TEST_VALGRIND}) {
+        my $report = join '', map { $self->slurp($_) }
+                     map { s{.*/}{}r } glob "$self->{dir}/valgrind.*.log";
+        is($report, '', 'valgrind reports nothing') or diag($report);
+    }
 }
 
 sub DESTROY {
