@@ -297,6 +297,11 @@ like($log, qr{^GET /services/data/v59\.0/sobjects/Account/GET 200 RETRY up=\[401
 like($log, qr{^GET /services/data/gone 499 RETRY}m,
      'the client that left: 499');
 
+my $info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
+ok($info->{replays} >= 100, "sf_oauth_info counts the replays ($info->{replays})");
+ok($info->{rejected_tokens} >= 10,
+   "sf_oauth_info counts the rejected tokens ($info->{rejected_tokens})");
+
 # -- a refresh that fails during a replay -----------------------------------
 
 $t->mode('invalid_grant');
