@@ -9,8 +9,6 @@
  */
 
 
-#include <openssl/evp.h>
-
 #include "ngx_http_sf_oauth.h"
 
 
@@ -28,15 +26,6 @@ static char *ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
-    ngx_command_t *dummy, void *conf);
-static char *ngx_http_sf_oauth_check_credential(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred);
-static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *url);
-static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *name, ngx_str_t *path,
-    ngx_str_t *value);
 static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -258,7 +247,6 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char                       *rv;
     ngx_str_t                  *value;
     ngx_uint_t                  i;
-    ngx_conf_t                  save;
     ngx_http_sf_oauth_cred_t   *cred, **cp;
 
     value = cf->args->elts;
@@ -304,24 +292,11 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cred->name = value[1];
-    cred->timeout = NGX_CONF_UNSET_MSEC;
     cred->file = cf->conf_file->file.name.data;
     cred->line = cf->conf_file->line;
     ngx_queue_init(&cred->waiters);
 
-    save = *cf;
-    cf->handler = ngx_http_sf_oauth_credential_param;
-    cf->handler_conf = (char *) cred;
-
-    rv = ngx_conf_parse(cf, NULL);
-
-    *cf = save;
-
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    rv = ngx_http_sf_oauth_check_credential(cf, cred);
+    rv = ngx_http_sf_oauth_credential_block(cf, cred);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -332,324 +307,6 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     *cp = cred;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_sf_oauth_credential_param(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf)
-{
-    ngx_http_sf_oauth_cred_t  *cred = (ngx_http_sf_oauth_cred_t *) conf;
-
-    ngx_str_t  *value, *dst;
-
-    value = cf->args->elts;
-
-    if (cf->args->nelts != 2) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid number of arguments in \"%V\" of "
-                           "sf_oauth_credential \"%V\": it takes one value",
-                           &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_strcmp(value[0].data, "zone") == 0) {
-        dst = &cred->zone_name;
-
-    } else if (ngx_strcmp(value[0].data, "token_url") == 0) {
-        dst = &cred->token_url;
-
-    } else if (ngx_strcmp(value[0].data, "client_id") == 0) {
-        dst = &cred->client_id;
-
-    } else if (ngx_strcmp(value[0].data, "client_secret") == 0
-               || ngx_strcmp(value[0].data, "client_secret_file") == 0)
-    {
-        dst = &cred->client_secret;
-
-    } else if (ngx_strcmp(value[0].data, "refresh_token") == 0
-               || ngx_strcmp(value[0].data, "refresh_token_file") == 0)
-    {
-        dst = &cred->refresh_token;
-
-    } else if (ngx_strcmp(value[0].data, "timeout") == 0) {
-
-        if (cred->timeout != NGX_CONF_UNSET_MSEC) {
-            goto duplicate;
-        }
-
-        cred->timeout = ngx_parse_time(&value[1], 0);
-
-        if (cred->timeout == (ngx_msec_t) NGX_ERROR || cred->timeout == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid timeout \"%V\" in "
-                               "sf_oauth_credential \"%V\"",
-                               &value[1], &cred->name);
-            return NGX_CONF_ERROR;
-        }
-
-        return NGX_CONF_OK;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown directive \"%V\" in sf_oauth_credential "
-                           "\"%V\"", &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (dst->data) {
-        goto duplicate;
-    }
-
-    if (value[1].len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "empty \"%V\" in sf_oauth_credential \"%V\"",
-                           &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (dst == &cred->token_url) {
-        return ngx_http_sf_oauth_set_url(cf, cred, &value[1]);
-    }
-
-    if (value[0].len > 5
-        && ngx_strcmp(value[0].data + value[0].len - 5, "_file") == 0)
-    {
-        return ngx_http_sf_oauth_read_file(cf, cred, &value[0], &value[1],
-                                           dst);
-    }
-
-    *dst = value[1];
-
-    return NGX_CONF_OK;
-
-duplicate:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "\"%V\" is duplicate in sf_oauth_credential \"%V\"%s",
-                       &value[0], &cred->name,
-                       value[0].len > 5 ? ": set a secret once, either "
-                                          "inline or from a file" : "");
-    return NGX_CONF_ERROR;
-}
-
-
-static char *
-ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *url)
-{
-    size_t     skip;
-    ngx_url_t  u;
-
-    if (url->len > 8 && ngx_strncasecmp(url->data, (u_char *) "https://", 8)
-                        == 0)
-    {
-        skip = 8;
-        u.default_port = 443;
-
-    } else if (url->len > 7
-               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
-    {
-        skip = 7;
-        u.default_port = 80;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid token_url \"%V\" in sf_oauth_credential "
-                           "\"%V\": it must start with https:// or http://",
-                           url, &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url.data = url->data + skip;
-    u.url.len = url->len - skip;
-    u.default_port = (skip == 8) ? 443 : 80;
-    u.uri_part = 1;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.host.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid token_url \"%V\" in sf_oauth_credential "
-                           "\"%V\": %s", url, &cred->name,
-                           u.err ? u.err : "no host");
-        return NGX_CONF_ERROR;
-    }
-
-    cred->token_url = *url;
-
-    return NGX_CONF_OK;
-}
-
-
-/*
- * Reads a secret from a file at configuration time, as root in the master:
- * the worker user needs no access to it.  Surrounding white space, such as
- * a final newline, is not part of the secret.
- */
-
-static char *
-ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *name, ngx_str_t *path, ngx_str_t *value)
-{
-    u_char          *p, *last;
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_str_t        full;
-    ngx_file_info_t  fi;
-
-    full = *path;
-
-    if (ngx_conf_full_name(cf->cycle, &full, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    fd = ngx_open_file(full.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %V \"%V\" of sf_oauth_credential "
-                           "\"%V\"", name, &full, &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%V \"%V\" of sf_oauth_credential \"%V\" is not "
-                           "a regular file", name, &full, &cred->name);
-        (void) ngx_close_file(fd);
-        return NGX_CONF_ERROR;
-    }
-
-    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-    if (p == NULL) {
-        (void) ngx_close_file(fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-
-    (void) ngx_close_file(fd);
-
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %V \"%V\" of sf_oauth_credential "
-                           "\"%V\"", name, &full, &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%V \"%V\" of sf_oauth_credential \"%V\" is "
-                           "larger than %d bytes", name, &full, &cred->name,
-                           NGX_HTTP_SF_OAUTH_SECRET_MAX);
-        return NGX_CONF_ERROR;
-    }
-
-    last = p + n;
-
-    while (p < last && isspace(*p)) {
-        p++;
-    }
-
-    while (last > p && isspace(last[-1])) {
-        last--;
-    }
-
-    if (p == last) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%V \"%V\" of sf_oauth_credential \"%V\" is empty",
-                           name, &full, &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *last = '\0';
-
-    value->data = p;
-    value->len = last - p;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_sf_oauth_check_credential(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred)
-{
-    u_char         md[EVP_MAX_MD_SIZE];
-    unsigned int   n;
-    EVP_MD_CTX    *md_ctx;
-    const char    *missing;
-
-    missing = NULL;
-
-    if (cred->zone_name.len == 0) {
-        missing = "zone";
-
-    } else if (cred->token_url.len == 0) {
-        missing = "token_url";
-
-    } else if (cred->client_id.len == 0) {
-        missing = "client_id";
-
-    } else if (cred->refresh_token.len == 0) {
-        missing = "refresh_token\" or \"refresh_token_file";
-    }
-
-    if (missing) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sf_oauth_credential \"%V\" has no \"%s\"",
-                           &cred->name, missing);
-        return NGX_CONF_ERROR;
-    }
-
-    if (cred->refresh_token.len > NGX_HTTP_SF_OAUTH_REFRESH_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "the refresh token of sf_oauth_credential \"%V\" "
-                           "is longer than %d bytes", &cred->name,
-                           NGX_HTTP_SF_OAUTH_REFRESH_MAX);
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_conf_init_msec_value(cred->timeout, 10000);
-
-    /* a zone declared later in the file is resolved in init_main_conf */
-    cred->shm_zone = ngx_shared_memory_add(cf, &cred->zone_name, 0,
-                                           &ngx_http_sf_oauth_module);
-    if (cred->shm_zone == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    /*
-     * The fingerprint of what makes a token: a change of any of these on
-     * reload drops the cached token and restarts from the configured
-     * refresh token.
-     */
-
-    md_ctx = EVP_MD_CTX_new();
-    if (md_ctx == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1
-        || EVP_DigestUpdate(md_ctx, cred->token_url.data,
-                            cred->token_url.len + 1) != 1
-        || EVP_DigestUpdate(md_ctx, cred->client_id.data,
-                            cred->client_id.len + 1) != 1
-        || EVP_DigestUpdate(md_ctx, cred->refresh_token.data,
-                            cred->refresh_token.len + 1) != 1
-        || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
-    {
-        EVP_MD_CTX_free(md_ctx);
-        return NGX_CONF_ERROR;
-    }
-
-    EVP_MD_CTX_free(md_ctx);
-
-    ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
 
     return NGX_CONF_OK;
 }

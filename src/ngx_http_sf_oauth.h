@@ -6,6 +6,7 @@
  * concern:
  *
  *   ngx_http_sf_oauth_module.c   module definition, directives, variables
+ *   ngx_http_sf_oauth_credential.c  the sf_oauth_credential block, secrets
  *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
  *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
@@ -48,11 +49,6 @@
 
 /* the r->buffered bit of a request held for a replay (stock 1.22 uses 0x07) */
 #define NGX_HTTP_SF_OAUTH_BUFFERED       0x08
-
-/* backoff after failed token requests, milliseconds */
-#define NGX_HTTP_SF_OAUTH_BACKOFF_MIN    1000
-#define NGX_HTTP_SF_OAUTH_BACKOFF_MAX    60000
-#define NGX_HTTP_SF_OAUTH_HOLD           300000
 
 
 /* state of a credential's record in the zone */
@@ -140,8 +136,16 @@ typedef struct {
     ngx_str_t                    token_url;
     ngx_str_t                    client_id;
     ngx_str_t                    client_secret;
+    ngx_str_t                    client_secret_file;
     ngx_str_t                    refresh_token;
+    ngx_str_t                    refresh_token_file;
+    ngx_str_t                    ca_file;
     ngx_msec_t                   timeout;
+    ngx_msec_t                   backoff_min;
+    ngx_msec_t                   backoff_max;
+    ngx_msec_t                   hold;
+    ngx_flag_t                   ssl_verify;
+    ngx_flag_t                   world_readable;
 
     uint64_t                     conf_fp;
 
@@ -237,6 +241,10 @@ typedef struct {
 
 extern ngx_module_t  ngx_http_sf_oauth_module;
 
+
+/* credential */
+char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
 
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);

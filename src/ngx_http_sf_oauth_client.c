@@ -237,8 +237,14 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     curl_easy_setopt(tr->easy, CURLOPT_CONNECTTIMEOUT_MS,
                      (long) cred->timeout);
     curl_easy_setopt(tr->easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(tr->easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(tr->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(tr->easy, CURLOPT_SSL_VERIFYPEER,
+                     cred->ssl_verify ? 1L : 0L);
+    curl_easy_setopt(tr->easy, CURLOPT_SSL_VERIFYHOST,
+                     cred->ssl_verify ? 2L : 0L);
+
+    if (cred->ca_file.len) {
+        curl_easy_setopt(tr->easy, CURLOPT_CAINFO, cred->ca_file.data);
+    }
     curl_easy_setopt(tr->easy, CURLOPT_USERAGENT,
                      "ngx_http_sf_oauth_module");
 

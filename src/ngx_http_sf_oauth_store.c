@@ -23,8 +23,8 @@ static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
-static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_uint_t failures,
-    ngx_uint_t error_class);
+static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t failures, ngx_uint_t error_class);
 
 
 ngx_int_t
@@ -377,7 +377,8 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_memcpy(node->error, tok->error.data, node->error_len);
 
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
-        delay = ngx_http_sf_oauth_backoff(node->failures, tok->error_class);
+        delay = ngx_http_sf_oauth_backoff(cred, node->failures,
+                                          tok->error_class);
 
         node->state = NGX_HTTP_SF_OAUTH_FAILED;
         node->backoff_until = ngx_current_msec + delay;
@@ -556,21 +557,22 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
  */
 
 static ngx_msec_t
-ngx_http_sf_oauth_backoff(ngx_uint_t failures, ngx_uint_t error_class)
+ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t failures,
+    ngx_uint_t error_class)
 {
     ngx_msec_t  delay;
 
     if (error_class == NGX_HTTP_SF_OAUTH_OPERATOR) {
-        return NGX_HTTP_SF_OAUTH_HOLD;
+        return cred->hold;
     }
 
-    delay = NGX_HTTP_SF_OAUTH_BACKOFF_MIN;
+    delay = cred->backoff_min;
 
-    while (--failures && delay < NGX_HTTP_SF_OAUTH_BACKOFF_MAX) {
+    while (--failures && delay < cred->backoff_max) {
         delay *= 2;
     }
 
-    delay = ngx_min(delay, NGX_HTTP_SF_OAUTH_BACKOFF_MAX);
+    delay = ngx_min(delay, cred->backoff_max);
 
     /* up to a fifth less, so that many proxies do not retry in step */
     return delay - (ngx_msec_t) ngx_random() % (delay / 5 + 1);

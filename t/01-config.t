@@ -44,13 +44,17 @@ check('good configuration', $zone . $t->credential, undef);
 check('credential declared after its use and zone after credential',
       $t->credential . $zone, undef);
 
+sub write_file {
+    my ($name, $content, $mode) = @_;
+    open my $fh, '>', "$dir/$name" or die;
+    print $fh $content;
+    close $fh;
+    chmod $mode // 0600, "$dir/$name";
+}
+
 check('secret and refresh token from files', do {
-    open my $fh, '>', "$dir/secret" or die;
-    print $fh "$SfTest::CLIENT_SECRET\n";
-    close $fh;
-    open $fh, '>', "$dir/refresh" or die;
-    print $fh "  $SfTest::REFRESH_TOKEN \n";
-    close $fh;
+    write_file('secret', "$SfTest::CLIENT_SECRET\n");
+    write_file('refresh', "  $SfTest::REFRESH_TOKEN \n");
     $zone . $t->credential(client_secret => undef,
                            client_secret_file => "$dir/secret",
                            refresh_token => undef,
@@ -87,15 +91,57 @@ check('unreadable refresh_token_file',
       qr/cannot read refresh_token_file "\Q$dir\E\/no-such-file"/);
 
 check('empty refresh_token_file', do {
-    open my $fh, '>', "$dir/empty" or die;
-    close $fh;
+    write_file('empty', '');
     $zone . $t->credential(refresh_token => undef,
                            refresh_token_file => "$dir/empty");
 }, qr/refresh_token_file "\Q$dir\E\/empty" of sf_oauth_credential "crm" is empty/);
 
 check('secret inline and from a file',
       $zone . $t->credential(client_secret_file => "$dir/secret"),
-      qr/"client_secret_file" is duplicate in sf_oauth_credential "crm"/);
+      qr/sf_oauth_credential "crm" has both "client_secret" and "client_secret_file": set a secret once/);
+
+check('world-readable secret file', do {
+    write_file('open-secret', "$SfTest::CLIENT_SECRET\n", 0644);
+    $zone . $t->credential(client_secret => undef,
+                           client_secret_file => "$dir/open-secret");
+}, qr/client_secret_file "\Q$dir\E\/open-secret" of sf_oauth_credential "crm" is readable by everyone: "chmod o-rwx" it, or accept the risk with "allow_world_readable on"/);
+
+check('world-readable secret file, allowed',
+      $zone . $t->credential(client_secret => undef,
+                             client_secret_file => "$dir/open-secret")
+      =~ s/(client_secret_file)/allow_world_readable on;\n        $1/r,
+      undef);
+
+$ENV{SF_TEST_SECRET} = $SfTest::CLIENT_SECRET;
+check('secret from the environment',
+      $zone . $t->credential(client_secret => 'env:SF_TEST_SECRET'), undef);
+
+check('secret from an unset environment variable',
+      $zone . $t->credential(client_secret => 'env:SF_TEST_NOT_SET'),
+      qr/"client_secret" of sf_oauth_credential "crm" is "env:SF_TEST_NOT_SET", but that environment variable is not set or empty/);
+
+check('duplicate parameter',
+      $zone . $t->credential =~ s/(client_id [^;]+;)/$1 $1/r,
+      qr/"client_id" is duplicate in sf_oauth_credential "crm"/);
+
+check('backoff and hold', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 backoff 2s 30s; hold 10m;/r, undef);
+
+check('bad backoff', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 backoff 30s 2s;/r,
+      qr/invalid "backoff 30s 2s" in sf_oauth_credential "crm": it takes the first and the longest delay/);
+
+check('unreadable ca_file', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 ca_file $dir\/no-ca.pem;/r,
+      qr/cannot read ca_file "\Q$dir\E\/no-ca.pem" of sf_oauth_credential "crm"/);
+
+{
+    $t->write_conf($zone . $t->credential =~ s/(client_id [^;]+;)/$1 ssl_verify off;/r);
+    my ($rc, $out) = $t->test_conf;
+    is($rc, 0, 'ssl_verify off: accepted');
+    like($out, qr/\[warn\].*sf_oauth_credential "crm" has "ssl_verify off": the token endpoint's certificate is not checked/,
+         'ssl_verify off: warns');
+}
 
 check('token_url that is not http(s)',
       $zone . $t->credential(token_url => 'ftp://login.salesforce.com/x'),
@@ -136,11 +182,11 @@ check('unknown directive in a credential',
       qr/unknown directive "tiemout" in sf_oauth_credential "crm"/);
 
 check('bad timeout', $zone . $t->credential(timeout => 'soon'),
-      qr/invalid timeout "soon" in sf_oauth_credential "crm"/);
+      qr/invalid value "soon" of "timeout" in sf_oauth_credential "crm"/);
 
 check('two values for one parameter',
       $zone . $t->credential(client_id => 'a b'),
-      qr/invalid number of arguments in "client_id" of sf_oauth_credential "crm"/);
+      qr/invalid number of arguments in "client_id" of sf_oauth_credential "crm": it takes 1/);
 
 check('bad credential name',
       $zone . $t->credential(name => 'a/b') . $t->credential,

@@ -20,6 +20,7 @@ my $dir = $t->dir;
 open my $fh, '>', "$dir/secret" or die;
 print $fh "$SfTest::CLIENT_SECRET\n";
 close $fh;
+chmod 0600, "$dir/secret";
 
 # the token also travels through a script variable, which nginx logs
 $t->simple_conf(

@@ -1,0 +1,537 @@
+
+/*
+ * The sf_oauth_credential block: its parameters, where its secrets come
+ * from (inline, a file, an environment variable), and the fingerprint of
+ * what makes a token.
+ *
+ * The parameters are an ngx_command_t table run by a block handler, so
+ * they parse like any nginx directive, with nginx's own slot functions.
+ */
+
+
+#include <openssl/evp.h>
+
+#include "ngx_http_sf_oauth.h"
+
+
+static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_sf_oauth_secret(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred, const char *name, ngx_str_t *value,
+    ngx_str_t *path);
+static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred, const char *name, ngx_str_t *path,
+    ngx_str_t *value);
+static char *ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred);
+
+
+static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
+
+    { ngx_string("zone"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, zone_name), NULL },
+
+    { ngx_string("token_url"), NGX_CONF_TAKE1, ngx_http_sf_oauth_set_url, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, token_url), NULL },
+
+    { ngx_string("client_id"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, client_id), NULL },
+
+    { ngx_string("client_secret"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, client_secret), NULL },
+
+    { ngx_string("client_secret_file"), NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, client_secret_file), NULL },
+
+    { ngx_string("refresh_token"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, refresh_token), NULL },
+
+    { ngx_string("refresh_token_file"), NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, refresh_token_file), NULL },
+
+    { ngx_string("timeout"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, timeout), NULL },
+
+    { ngx_string("backoff"), NGX_CONF_TAKE2, ngx_http_sf_oauth_set_backoff, 0,
+      0, NULL },
+
+    { ngx_string("hold"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, hold), NULL },
+
+    { ngx_string("ca_file"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, ca_file), NULL },
+
+    { ngx_string("ssl_verify"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, ssl_verify), NULL },
+
+    { ngx_string("allow_world_readable"), NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, world_readable), NULL },
+
+      ngx_null_command
+};
+
+
+/* parses the block of a new credential and checks it whole */
+
+char *
+ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    char        *rv;
+    ngx_conf_t   save;
+    const char  *missing;
+
+    cred->timeout = NGX_CONF_UNSET_MSEC;
+    cred->backoff_min = NGX_CONF_UNSET_MSEC;
+    cred->backoff_max = NGX_CONF_UNSET_MSEC;
+    cred->hold = NGX_CONF_UNSET_MSEC;
+    cred->ssl_verify = NGX_CONF_UNSET;
+    cred->world_readable = NGX_CONF_UNSET;
+
+    save = *cf;
+    cf->handler = ngx_http_sf_oauth_credential_param;
+    cf->handler_conf = (char *) cred;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    ngx_conf_init_msec_value(cred->timeout, 10000);
+    ngx_conf_init_msec_value(cred->backoff_min, 1000);
+    ngx_conf_init_msec_value(cred->backoff_max, 60000);
+    ngx_conf_init_msec_value(cred->hold, 300000);
+    ngx_conf_init_value(cred->ssl_verify, 1);
+    ngx_conf_init_value(cred->world_readable, 0);
+
+    /* the secrets, once the file permission rule is known */
+
+    rv = ngx_http_sf_oauth_secret(cf, cred, "client_secret",
+                                  &cred->client_secret,
+                                  &cred->client_secret_file);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rv = ngx_http_sf_oauth_secret(cf, cred, "refresh_token",
+                                  &cred->refresh_token,
+                                  &cred->refresh_token_file);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    missing = NULL;
+
+    if (cred->zone_name.len == 0) {
+        missing = "zone";
+
+    } else if (cred->token_url.len == 0) {
+        missing = "token_url";
+
+    } else if (cred->client_id.len == 0) {
+        missing = "client_id";
+
+    } else if (cred->refresh_token.len == 0) {
+        missing = "refresh_token\" or \"refresh_token_file";
+    }
+
+    if (missing) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has no \"%s\"",
+                           &cred->name, missing);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->refresh_token.len > NGX_HTTP_SF_OAUTH_REFRESH_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the refresh token of sf_oauth_credential \"%V\" "
+                           "is longer than %d bytes", &cred->name,
+                           NGX_HTTP_SF_OAUTH_REFRESH_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"timeout\" of sf_oauth_credential \"%V\" must "
+                           "be more than 0", &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->ca_file.len) {
+        if (ngx_conf_full_name(cf->cycle, &cred->ca_file, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (access((char *) cred->ca_file.data, R_OK) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               "cannot read ca_file \"%V\" of "
+                               "sf_oauth_credential \"%V\"",
+                               &cred->ca_file, &cred->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (!cred->ssl_verify) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "sf_oauth_credential \"%V\" has \"ssl_verify "
+                           "off\": the token endpoint's certificate is not "
+                           "checked, and anyone on the path can take the "
+                           "refresh token", &cred->name);
+    }
+
+    /* a zone declared later in the file is resolved in init_main_conf */
+    cred->shm_zone = ngx_shared_memory_add(cf, &cred->zone_name, 0,
+                                           &ngx_http_sf_oauth_module);
+    if (cred->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_sf_oauth_fingerprint_conf(cred);
+}
+
+
+static char *
+ngx_http_sf_oauth_credential_param(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = (ngx_http_sf_oauth_cred_t *) conf;
+
+    char           *rv;
+    ngx_str_t      *value;
+    ngx_uint_t      argc;
+    ngx_command_t  *cmd;
+
+    value = cf->args->elts;
+
+    for (cmd = ngx_http_sf_oauth_credential_commands; cmd->name.len; cmd++) {
+        if (cmd->name.len == value[0].len
+            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
+        {
+            break;
+        }
+    }
+
+    if (cmd->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown directive \"%V\" in sf_oauth_credential "
+                           "\"%V\"", &value[0], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    argc = (cmd->type & NGX_CONF_TAKE2) ? 3 : 2;
+
+    if (cf->args->nelts != argc) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of arguments in \"%V\" of "
+                           "sf_oauth_credential \"%V\": it takes %ui",
+                           &value[0], &cred->name, argc - 1);
+        return NGX_CONF_ERROR;
+    }
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"%V\" in sf_oauth_credential \"%V\"",
+                           &value[0], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = cmd->set(cf, cmd, cred);
+
+    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
+        return rv;
+    }
+
+    if (ngx_strcmp(rv, "invalid value") == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" of \"%V\" in "
+                           "sf_oauth_credential \"%V\"",
+                           &value[1], &value[0], &cred->name);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" %s in sf_oauth_credential \"%V\"",
+                           &value[0], rv, &cred->name);
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = conf;
+
+    size_t      skip;
+    ngx_str_t  *url;
+    ngx_url_t   u;
+
+    if (cred->token_url.data) {
+        return "is duplicate";
+    }
+
+    url = &((ngx_str_t *) cf->args->elts)[1];
+
+    if (url->len > 8
+        && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
+    {
+        skip = 8;
+
+    } else if (url->len > 7
+               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
+    {
+        skip = 7;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid token_url \"%V\" in sf_oauth_credential "
+                           "\"%V\": it must start with https:// or http://",
+                           url, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.data = url->data + skip;
+    u.url.len = url->len - skip;
+    u.default_port = (skip == 8) ? 443 : 80;
+    u.uri_part = 1;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.host.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid token_url \"%V\" in sf_oauth_credential "
+                           "\"%V\": %s", url, &cred->name,
+                           u.err ? u.err : "no host");
+        return NGX_CONF_ERROR;
+    }
+
+    cred->token_url = *url;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = conf;
+
+    ngx_str_t  *value;
+
+    if (cred->backoff_min != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    cred->backoff_min = ngx_parse_time(&value[1], 0);
+    cred->backoff_max = ngx_parse_time(&value[2], 0);
+
+    if (cred->backoff_min == (ngx_msec_t) NGX_ERROR
+        || cred->backoff_max == (ngx_msec_t) NGX_ERROR
+        || cred->backoff_min == 0
+        || cred->backoff_max < cred->backoff_min)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"backoff %V %V\" in sf_oauth_credential "
+                           "\"%V\": it takes the first and the longest delay, "
+                           "such as \"backoff 1s 60s\"",
+                           &value[1], &value[2], &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A secret is set once: inline, as "env:NAME" (from the master's
+ * environment; list NAME with nginx's "env" directive so that it stays on
+ * reload), or from a file.
+ */
+
+static char *
+ngx_http_sf_oauth_secret(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+    const char *name, ngx_str_t *value, ngx_str_t *path)
+{
+    u_char  *env;
+
+    if (value->len && path->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has both \"%s\" and "
+                           "\"%s_file\": set a secret once", &cred->name,
+                           name, name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (path->len) {
+        return ngx_http_sf_oauth_read_file(cf, cred, name, path, value);
+    }
+
+    if (value->len > 4 && ngx_strncmp(value->data, "env:", 4) == 0) {
+        env = (u_char *) getenv((char *) value->data + 4);
+
+        if (env == NULL || *env == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%s\" of sf_oauth_credential \"%V\" is "
+                               "\"%V\", but that environment variable is "
+                               "not set or empty", name, &cred->name, value);
+            return NGX_CONF_ERROR;
+        }
+
+        value->data = env;
+        value->len = ngx_strlen(env);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Reads a secret from a file at configuration time, as root in the master:
+ * the worker user needs no access to it.  A file that others may read is
+ * refused, unless "allow_world_readable on".  Surrounding white space, such
+ * as a final newline, is not part of the secret.
+ */
+
+static char *
+ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+    const char *name, ngx_str_t *path, ngx_str_t *value)
+{
+    u_char          *p, *last;
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %s_file \"%V\" of sf_oauth_credential "
+                           "\"%V\"", name, path, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "not a regular file", name, path, &cred->name);
+        goto failed;
+    }
+
+    if ((ngx_file_access(&fi) & S_IROTH) && !cred->world_readable) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "readable by everyone: \"chmod o-rwx\" it, or "
+                           "accept the risk with \"allow_world_readable on\"",
+                           name, path, &cred->name);
+        goto failed;
+    }
+
+    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
+    if (p == NULL) {
+        goto failed;
+    }
+
+    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
+
+    if (n == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %s_file \"%V\" of sf_oauth_credential "
+                           "\"%V\"", name, path, &cred->name);
+        goto failed;
+    }
+
+    (void) ngx_close_file(fd);
+
+    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "larger than %d bytes", name, path, &cred->name,
+                           NGX_HTTP_SF_OAUTH_SECRET_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    last = p + n;
+
+    while (p < last && isspace(*p)) {
+        p++;
+    }
+
+    while (last > p && isspace(last[-1])) {
+        last--;
+    }
+
+    if (p == last) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "empty", name, path, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *last = '\0';
+
+    value->data = p;
+    value->len = last - p;
+
+    return NGX_CONF_OK;
+
+failed:
+
+    (void) ngx_close_file(fd);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * The fingerprint of what makes a token: a change of any of these on
+ * reload drops the cached token and restarts from the configured refresh
+ * token.
+ */
+
+static char *
+ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char         md[EVP_MAX_MD_SIZE];
+    unsigned int   n;
+    EVP_MD_CTX    *md_ctx;
+
+    md_ctx = EVP_MD_CTX_new();
+    if (md_ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1
+        || EVP_DigestUpdate(md_ctx, cred->token_url.data,
+                            cred->token_url.len + 1) != 1
+        || EVP_DigestUpdate(md_ctx, cred->client_id.data,
+                            cred->client_id.len + 1) != 1
+        || EVP_DigestUpdate(md_ctx, cred->refresh_token.data,
+                            cred->refresh_token.len + 1) != 1
+        || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
+    {
+        EVP_MD_CTX_free(md_ctx);
+        return NGX_CONF_ERROR;
+    }
+
+    EVP_MD_CTX_free(md_ctx);
+
+    ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
+
+    return NGX_CONF_OK;
+}
