@@ -19,6 +19,7 @@ static void *ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_int_t ngx_http_sf_oauth_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle);
 static void ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle);
 
@@ -94,7 +95,7 @@ ngx_module_t  ngx_http_sf_oauth_module = {
     ngx_http_sf_oauth_commands,            /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_sf_oauth_init_module,         /* init module */
     ngx_http_sf_oauth_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -548,6 +549,36 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     h[0] = ngx_http_sf_oauth_log_handler;
 
     return ngx_http_sf_oauth_filter_init(cf);
+}
+
+
+/* at start and on reload, in the master: warnings for the error log */
+
+static ngx_int_t
+ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+    if (smcf == NULL) {
+        return NGX_OK;
+    }
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (!cred[i]->ssl_verify) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "sf_oauth: credential \"%V\": ssl_verify is off, "
+                          "the token endpoint's certificate is not checked",
+                          &cred[i]->name);
+        }
+    }
+
+    return NGX_OK;
 }
 
 

@@ -81,6 +81,16 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
 
     ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
 
+    /* cJSON decodes \u0000 into a string it then sees as shorter */
+    if (ngx_strlcasestrn(body, body + len, (u_char *) "\\u0000", 6 - 1)) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "the token endpoint does not answer like "
+                               "Salesforce",
+                               "HTTP %l from the token endpoint with a NUL "
+                               "character (\\u0000) in its JSON", status);
+        return;
+    }
+
     root = (len == 0) ? NULL : cJSON_ParseWithLength((char *) body, len);
 
     if (root == NULL || !cJSON_IsObject(root)) {

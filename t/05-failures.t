@@ -45,6 +45,21 @@ my @cases = (
     [ 'no_instance', 'no_instance', {},
       qr/the token response has no usable "instance_url"/,
       qr/does not answer like Salesforce/ ],
+    [ 'deep_json', 'deep_json', {},
+      qr/HTTP 200 from the token endpoint with a non-JSON body/,
+      qr/check that token_url/ ],
+    [ 'wrong_types', 'wrong_types', {},
+      qr/the token response has no usable "access_token"/,
+      qr/does not answer like Salesforce/ ],
+    [ 'nul', 'nul', {},
+      qr/HTTP 200 from the token endpoint with a NUL character \(\\u0000\) in its JSON/,
+      qr/does not answer like Salesforce/ ],
+    [ 'slowloris', 'slowloris', { timeout => '2s' },
+      qr/token request failed: Operation timed out after 2\d\d\d milliseconds with \d+ out of \d+ bytes received/,
+      qr/slow or unreachable/ ],
+    [ 'redirect', 'redirect', {},
+      qr/the token endpoint redirects \(HTTP 302\) to "https:\/\/login\.example\.com\/services\/oauth2\/token"/,
+      qr/redirects are not followed/ ],
     [ 'refused', 'normal', { token_url => "http://127.0.0.1:$dead_port/services/oauth2/token" },
       qr/token request failed: Failed to connect to 127.0.0.1 port $dead_port/,
       qr/check that token_url is reachable/ ],
@@ -62,6 +77,7 @@ for my $case (@cases) {
     truncate($t->dir . '/error.log', 0);
     $t->simple_conf(%$cred);
     $t->start;
+    my @workers = sort $t->worker_pids;
 
     my $r = $t->get('/services/data/v59.0/sobjects');
 
@@ -82,6 +98,9 @@ for my $case (@cases) {
 
     $r = $t->get('/services/data/v59.0/');
     like($r->{headers}{'retry-after'} // '', qr/^\d+$/, "$name: Retry-After");
+
+    is_deeply([sort $t->worker_pids], \@workers, "$name: the workers live on");
+    is($t->get('/plain/data/')->{status}, 401, "$name: nginx still serves");
 
     my @lines = grep { /\[error\].*sf_oauth/ } split /\n/, $t->error_log;
     is(scalar @lines, 1, "$name: one error line") or diag(join "\n", @lines);

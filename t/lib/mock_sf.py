@@ -36,6 +36,12 @@ Modes of the token endpoint:
   no_instance     200 with an instance_url that is not http(s)
   leaky           400 whose error_description echoes the client secret and
                   the refresh token (a hostile endpoint)
+  deep_json       200 with JSON nested 20000 levels deep
+  wrong_types     200 with a number for access_token, a list for
+                  instance_url
+  nul             200 with an access token that holds \u0000
+  slowloris       200 whose body comes one byte a second
+  redirect        302 to another URL
 
 API paths with special answers (after the token check):
 
@@ -60,7 +66,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
          "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
-         "leaky")
+         "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect")
 
 ORG_ID = "00D5g000004Tmock"
 
@@ -263,6 +269,34 @@ class Handler(BaseHTTPRequestHandler):
                                    "bad refresh_token %s for secret %s" % (
                                        form.get("refresh_token"),
                                        form.get("client_secret"))})
+        if mode == "deep_json":
+            return self.send(200, "[" * 20000 + "]" * 20000)
+        if mode == "wrong_types":
+            return self.send(200, {"access_token": 12345,
+                                   "instance_url": ["https://x"],
+                                   "issued_at": {"a": 1}})
+        if mode == "nul":
+            return self.send(200, '{"access_token": "00Dabc\\u0000evil", '
+                                  '"instance_url": "https://x.example.com"}')
+        if mode == "slowloris":
+            body = json.dumps({"access_token": new_access_token(),
+                               "instance_url": args.instance_url}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        if mode == "redirect":
+            return self.send(302, "", headers=[(
+                "Location", "https://login.example.com/services/oauth2/token")])
         if mode == "slow":
             time.sleep(2)
 
@@ -409,10 +443,13 @@ def main():
     ap.add_argument("--instance-url", default=None)
     ap.add_argument("--token-delay", type=float, default=0.05,
                     help="seconds a successful token request takes")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate")
+    ap.add_argument("--tls-key", help="and this key")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
-    args.login_url = "http://127.0.0.1:%d" % args.port
+    scheme = "https" if args.tls_cert else "http"
+    args.login_url = "%s://127.0.0.1:%d" % (scheme, args.port)
     if args.instance_url is None:
         args.instance_url = args.login_url
 
@@ -421,6 +458,11 @@ def main():
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.state = State(args)
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     sys.stderr.write("mock_sf: listening on 127.0.0.1:%d\n" % args.port)
     sys.stderr.flush()
     try:
