@@ -139,7 +139,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char                    *p;
     ssize_t                    size;
-    ngx_str_t                 *value, name, s;
+    ngx_str_t                 *value, name, s, state, key;
     ngx_uint_t                 i;
     ngx_shm_zone_t            *shm_zone, **zp;
     ngx_http_sf_oauth_zone_t  *zone;
@@ -148,6 +148,8 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     size = 0;
     name.len = 0;
+    ngx_str_null(&state);
+    ngx_str_null(&key);
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -188,8 +190,29 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "state=", 6) == 0
+            && value[i].len > 6)
+        {
+            state.data = value[i].data + 6;
+            state.len = value[i].len - 6;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "key=", 4) == 0 && value[i].len > 4) {
+            key.data = value[i].data + 4;
+            key.len = value[i].len - 4;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if ((state.len == 0) != (key.len == 0)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"state=\" and \"key=\" of sf_oauth_zone go "
+                           "together: the state file is always encrypted");
         return NGX_CONF_ERROR;
     }
 
@@ -218,6 +241,13 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     zone->name = name;
+
+    if (state.len
+        && ngx_http_sf_oauth_state_conf(cf, zone, &state, &key)
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_array_init(&zone->creds, cf->pool, 4,
                        sizeof(ngx_http_sf_oauth_cred_t *))
@@ -552,12 +582,16 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 }
 
 
-/* at start and on reload, in the master: warnings for the error log */
+/*
+ * At start and on reload, in the master: the state directories, and
+ * warnings for the error log.
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
 {
     ngx_uint_t                      i;
+    ngx_shm_zone_t                **zone;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
@@ -565,6 +599,16 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
                                                ngx_http_sf_oauth_module);
     if (smcf == NULL) {
         return NGX_OK;
+    }
+
+    zone = smcf->zones.elts;
+
+    for (i = 0; i < smcf->zones.nelts; i++) {
+        if (ngx_http_sf_oauth_state_init_dir(cycle, zone[i]->data)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     cred = smcf->creds.elts;

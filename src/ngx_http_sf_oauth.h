@@ -8,6 +8,7 @@
  *   ngx_http_sf_oauth_module.c   module definition, directives, variables
  *   ngx_http_sf_oauth_credential.c  the sf_oauth_credential block, secrets
  *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
+ *   ngx_http_sf_oauth_state.c    the zone's encrypted state file
  *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
@@ -114,6 +115,10 @@ typedef struct {
 
 typedef struct {
     ngx_queue_t                  nodes;
+
+    /* the worker writing the state file, and whether to write once more */
+    ngx_pid_t                    writer;
+    ngx_uint_t                   dirty;
 } ngx_http_sf_oauth_sh_t;
 
 
@@ -122,6 +127,10 @@ typedef struct {
     ngx_slab_pool_t             *shpool;
     ngx_str_t                    name;
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+
+    /* the state file, if any, and its AES-256 key */
+    ngx_str_t                    state;
+    u_char                       key[32];
 } ngx_http_sf_oauth_zone_t;
 
 
@@ -264,6 +273,15 @@ ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *url);
 void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
 
+/* state file */
+char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_zone_t *zone, ngx_str_t *state, ngx_str_t *key);
+ngx_int_t ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
+void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
+    ngx_log_t *log);
+void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
+
 /* client */
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);
 void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
@@ -273,6 +291,7 @@ ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
 /* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
+ngx_int_t ngx_http_sf_oauth_check_token(ngx_str_t *s);
 void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
     const char *fmt, ...);

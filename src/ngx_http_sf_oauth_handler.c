@@ -486,6 +486,10 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_http_sf_oauth_store_result(cred, tok);
 
+    if (tok->ok) {
+        ngx_http_sf_oauth_state_save(cred);
+    }
+
     for (q = ngx_queue_head(&cred->waiters);
          q != ngx_queue_sentinel(&cred->waiters);
          q = ngx_queue_next(q))

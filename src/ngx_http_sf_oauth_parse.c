@@ -24,7 +24,6 @@ static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
-static ngx_int_t ngx_http_sf_oauth_check_token(ngx_str_t *s);
 static ngx_int_t ngx_http_sf_oauth_check_url(ngx_str_t *s);
 static size_t ngx_http_sf_oauth_printable(u_char *dst, const char *src,
     size_t max);
@@ -309,7 +308,7 @@ ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root, const char *name,
 
 /* a token goes into a header: printable ASCII, no space, quote or escape */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_sf_oauth_check_token(ngx_str_t *s)
 {
     size_t  i;

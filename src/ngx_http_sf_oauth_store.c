@@ -33,11 +33,12 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_http_sf_oauth_zone_t  *ozone = data;
 
     size_t                     len;
-    ngx_uint_t                 i;
+    ngx_uint_t                 i, fresh;
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t **cred;
 
     zone = shm_zone->data;
+    fresh = 0;
 
     if (ozone) {
         /* a reload: keep the records, attach the new credentials to them */
@@ -51,8 +52,10 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             zone->sh = zone->shpool->data;
 
         } else {
-            zone->sh = ngx_slab_alloc(zone->shpool,
-                                      sizeof(ngx_http_sf_oauth_sh_t));
+            fresh = 1;
+
+            zone->sh = ngx_slab_calloc(zone->shpool,
+                                       sizeof(ngx_http_sf_oauth_sh_t));
             if (zone->sh == NULL) {
                 goto too_small;
             }
@@ -81,6 +84,14 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         if (ngx_http_sf_oauth_store_attach(zone, cred[i]) != NGX_OK) {
             goto too_small;
         }
+    }
+
+    /* a new zone, at start: the tokens from the state file, if any */
+
+    if (fresh && zone->state.len) {
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        ngx_http_sf_oauth_state_load(zone, shm_zone->shm.log);
+        ngx_shmtx_unlock(&zone->shpool->mutex);
     }
 
     return NGX_OK;
