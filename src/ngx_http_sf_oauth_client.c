@@ -41,6 +41,7 @@ static int ngx_http_sf_oauth_timer(CURLM *multi, long timeout_ms,
 static void ngx_http_sf_oauth_event_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_timer_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_check_done(void);
+static void ngx_http_sf_oauth_abandon(ngx_cycle_t *cycle, const char *when);
 static void ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr,
     CURLcode code);
 static void ngx_http_sf_oauth_transfer_free(ngx_http_sf_oauth_transfer_t *tr);
@@ -51,6 +52,7 @@ static ngx_int_t ngx_http_sf_oauth_form_add(ngx_http_sf_oauth_transfer_t *tr,
 
 
 static CURLM             *ngx_http_sf_oauth_multi;
+static ngx_uint_t         ngx_http_sf_oauth_in_flight;
 static ngx_event_t        ngx_http_sf_oauth_timer_event;
 
 /* nginx's timer debug lines read the fd of ev->data as a connection */
@@ -84,7 +86,6 @@ ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle)
     ngx_http_sf_oauth_timer_event.data = &ngx_http_sf_oauth_timer_conn;
     ngx_http_sf_oauth_timer_event.log = cycle->log;
 
-    /* a token request must not hold up a graceful shutdown on its own */
     ngx_http_sf_oauth_timer_event.cancelable = 1;
 
     return NGX_OK;
@@ -94,31 +95,14 @@ ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle)
 void
 ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                  i;
-    ngx_connection_t           *c;
-    ngx_http_sf_oauth_cred_t  **cred;
-    ngx_http_sf_oauth_main_conf_t *smcf;
+    ngx_uint_t         i;
+    ngx_connection_t  *c;
 
     if (ngx_http_sf_oauth_multi == NULL) {
         return;
     }
 
-    smcf = ngx_http_cycle_get_module_main_conf(cycle,
-                                               ngx_http_sf_oauth_module);
-
-    cred = smcf->creds.elts;
-
-    for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->transfer) {
-            ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
-                          "sf_oauth: credential \"%V\": token request "
-                          "abandoned on exit", &cred[i]->name);
-
-            ngx_http_sf_oauth_store_release(cred[i]);
-            ngx_http_sf_oauth_transfer_free(cred[i]->transfer);
-            cred[i]->transfer = NULL;
-        }
-    }
+    ngx_http_sf_oauth_abandon(cycle, "on exit");
 
     curl_multi_cleanup(ngx_http_sf_oauth_multi);
     ngx_http_sf_oauth_multi = NULL;
@@ -142,6 +126,40 @@ ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle)
     }
 
     curl_global_cleanup();
+}
+
+
+/*
+ * Drops the token requests in flight, giving their leases back so that
+ * another worker takes over at once.  A refresh token that Salesforce
+ * rotates in such a request is lost, so this happens only on exit or when
+ * worker_shutdown_timeout runs out.
+ */
+
+static void
+ngx_http_sf_oauth_abandon(ngx_cycle_t *cycle, const char *when)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->transfer) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "sf_oauth: credential \"%V\": token request "
+                          "abandoned %s", &cred[i]->name, when);
+
+            ngx_http_sf_oauth_store_release(cred[i]);
+            ngx_http_sf_oauth_transfer_free(cred[i]->transfer);
+            cred[i]->transfer = NULL;
+            ngx_http_sf_oauth_in_flight--;
+        }
+    }
 }
 
 
@@ -257,6 +275,7 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     }
 
     cred->transfer = tr;
+    ngx_http_sf_oauth_in_flight++;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": token request to \"%V\"",
@@ -424,6 +443,15 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
 static int
 ngx_http_sf_oauth_timer(CURLM *multi, long timeout_ms, void *userp)
 {
+    /*
+     * While a token request is in flight, a graceful shutdown (reload,
+     * quit) waits for it, at most the credential's timeout: a refresh
+     * token that Salesforce rotates in it must reach the zone.
+     */
+
+    ngx_http_sf_oauth_timer_event.cancelable =
+                                           (ngx_http_sf_oauth_in_flight == 0);
+
     if (timeout_ms < 0) {
         if (ngx_http_sf_oauth_timer_event.timer_set) {
             ngx_del_timer(&ngx_http_sf_oauth_timer_event);
@@ -445,6 +473,13 @@ ngx_http_sf_oauth_event_handler(ngx_event_t *ev)
     ngx_connection_t  *c;
 
     c = ev->data;
+
+    if (c->close) {
+        /* worker_shutdown_timeout ran out: it wins over the wait above */
+        ngx_http_sf_oauth_abandon((ngx_cycle_t *) ngx_cycle,
+                                  "at worker_shutdown_timeout");
+        return;
+    }
 
     curl_multi_socket_action(ngx_http_sf_oauth_multi, c->fd,
                              ev->write ? CURL_CSELECT_OUT : CURL_CSELECT_IN,
@@ -506,6 +541,7 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
 
     cred = tr->cred;
     cred->transfer = NULL;
+    ngx_http_sf_oauth_in_flight--;
 
     status = 0;
     curl_easy_getinfo(tr->easy, CURLINFO_RESPONSE_CODE, &status);

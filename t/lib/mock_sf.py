@@ -16,6 +16,7 @@ Test hooks, under /__mock/ (never used by the module):
   POST /__mock/api_mode?mode=M   "reject": the API answers 401 even to a
                                  valid token (a 401 a refresh cannot cure);
                                  "normal" again
+  POST /__mock/delay?seconds=S   how long a successful token request takes
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -79,6 +80,7 @@ class State:
 
     def reset(self):
         with self.lock:
+            self.args.token_delay = self.args.initial_delay
             self.mode = "normal"
             self.token_requests = 0
             self.token_ok = 0
@@ -194,6 +196,9 @@ class Handler(BaseHTTPRequestHandler):
                 st.mode = mode
                 st.lock.notify_all()
             return self.send(200, {"mode": mode})
+        if path == "/__mock/delay":
+            st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
+            return self.send(200, {"delay": st.args.token_delay})
         if path == "/__mock/api_mode":
             with st.lock:
                 st.api_mode = query.get("mode", ["normal"])[0]
@@ -450,6 +455,7 @@ def main():
 
     scheme = "https" if args.tls_cert else "http"
     args.login_url = "%s://127.0.0.1:%d" % (scheme, args.port)
+    args.initial_delay = args.token_delay
     if args.instance_url is None:
         args.instance_url = args.login_url
 

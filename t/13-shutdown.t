@@ -1,0 +1,133 @@
+#!/usr/bin/perl
+
+# A worker that shuts down gracefully (reload) with a token request in
+# flight waits for it, so that a rotated refresh token reaches the zone,
+# but never past worker_shutdown_timeout.  A worker that hangs past its
+# lease deadline is taken over.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use SfTest;
+use IO::Socket::INET;
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+my $t = SfTest->new;
+$t->start_mock;
+
+sub start_refresh_and_leave {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port) or die;
+    print $s "GET /services/data/leave HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    sleep 0.3;
+    close $s;
+}
+
+sub refreshing_pid {
+    my $info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
+    return $info->{refreshing} ? $info->{lease_pid} : 0;
+}
+
+# -- a rotated refresh token arriving during a reload is kept ---------------
+
+$t->mode('rotation');
+$t->mock('delay', 'seconds=2');
+$t->simple_conf;
+$t->start;
+
+start_refresh_and_leave();
+my $owner = refreshing_pid();
+ok($owner, 'a worker is refreshing; its client has left');
+
+kill 'HUP', $t->{nginx_pid};
+sleep 1;
+ok(kill(0, $owner), 'the old worker waits for its token request');
+
+my $start = time;
+sleep 0.1 while kill(0, $owner) && time - $start < 10;
+ok(!kill(0, $owner), sprintf('and exits when it is done (%.1f s)', time - $start));
+
+my $stats = $t->mock('stats');
+is($stats->{token_ok}, 1, 'the token request completed');
+my $info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
+is($info->{state}, 'valid', 'its token reached the zone');
+ok($info->{refresh_token_rotated}, 'and so did the rotated refresh token');
+
+$t->mock('revoke');
+my $r = $t->get('/services/data/');
+is($r->{status}, 200, 'the next refresh works');
+is(scalar @{ $t->mock('stats')->{valid_refresh_tokens} }, 1,
+   'with the rotated refresh token: Salesforce revoked nothing');
+
+$t->stop;
+
+# -- but not past worker_shutdown_timeout -----------------------------------
+
+$t->mock('reset');
+$t->mode('hang');
+$t->simple_conf(timeout => '30s',
+                http_extra => '') ;
+my $conf = $t->slurp('nginx.conf');
+$conf =~ s/^events/worker_shutdown_timeout 1s;\n\nevents/m;
+open my $fh, '>', $t->dir . '/nginx.conf' or die;
+print $fh $conf;
+close $fh;
+truncate $t->dir . '/error.log', 0;
+$t->start;
+
+start_refresh_and_leave();
+$owner = refreshing_pid();
+ok($owner, 'a worker is refreshing against a hung endpoint');
+
+$start = time;
+kill 'HUP', $t->{nginx_pid};
+sleep 0.1 while kill(0, $owner) && time - $start < 20;
+my $took = time - $start;
+ok(!kill(0, $owner), 'the old worker exits');
+ok($took < 5, sprintf('within worker_shutdown_timeout, not the 30 s timeout (%.1f s)', $took));
+like($t->error_log, qr/credential "crm": token request abandoned at worker_shutdown_timeout/,
+     'the abandoned request is logged');
+
+$t->mode('normal');
+is($t->get('/services/data/')->{status}, 200, 'the new workers refresh at once');
+
+$t->stop;
+
+# -- a hung owner is taken over at its lease deadline -----------------------
+
+$t->mock('reset');
+$t->mode('slow');
+$t->simple_conf(timeout => '1s');
+truncate $t->dir . '/error.log', 0;
+$t->start;
+
+start_refresh_and_leave();
+$owner = refreshing_pid();
+ok($owner, 'a worker is refreshing');
+kill 'STOP', $owner;
+$t->mode('normal');
+
+# 1 s timeout + 2 s slack: the lease passes, another worker takes over
+$start = time;
+my @status;
+for (1 .. 15) {
+    # a request that lands on the stopped worker times out; the next
+    # connection may land on the other
+    $r = $t->get('/services/data/', timeout => 2);
+    push @status, $r->{status};
+    last if $r->{status} == 200;
+}
+$took = time - $start;
+kill 'CONT', $owner;
+
+is($status[-1], 200, 'a request succeeds while the owner is stopped')
+    or diag("@status");
+ok($took < 8, sprintf('after the lease deadline (%.1f s)', $took));
+like($t->error_log, qr/taking over the token refresh of process $owner/,
+     'the takeover is logged');
+
+$t->finish;
+
+done_testing;
