@@ -10,6 +10,8 @@ use warnings;
 
 use lib 't/lib';
 use SfTest;
+use IO::Socket::INET;
+use JSON::PP;
 use Test::More;
 
 my $t = SfTest->new;
@@ -80,6 +82,37 @@ is($t->token_requests, 1, 'hot path: still one token request');
 $r = $t->get('/services/data/v59.0/');
 is($r->{json}{authorization}, "Bearer $token",
    'a request without Authorization gets the token');
+
+# a client cannot smuggle a second Authorization header in
+{
+    my $before = $t->mock('stats')->{api_requests};
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port) or die;
+    print $s "GET /services/data/v59.0/ HTTP/1.1\r\nHost: localhost\r\n"
+             . "Authorization: Bearer one\r\nauthorization: Bearer two\r\n"
+             . "Connection: close\r\n\r\n";
+    my $answer = join '', <$s>;
+    like($answer, qr{^HTTP/1\.1 400}, 'two Authorization headers: 400');
+    is($t->mock('stats')->{api_requests}, $before,
+       'two Authorization headers: nothing reaches Salesforce');
+}
+
+# header names that look like Authorization are not Authorization
+{
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port) or die;
+    print $s "GET /services/data/v59.0/ HTTP/1.1\r\nHost: localhost\r\n"
+             . "Authorization_: Bearer x\r\nX-Authorization: Bearer y\r\n"
+             . "AUTHORIZATION: Bearer client\r\nConnection: close\r\n\r\n";
+    my $answer = join '', <$s>;
+    my ($body) = $answer =~ /\r\n\r\n(.*)$/s;
+    my $json = eval { JSON::PP::decode_json($body) } || {};
+    is($json->{authorization}, "Bearer $token",
+       'look-alike headers: the token is in the one Authorization');
+    is($json->{authorization_count}, 1, 'look-alike headers: one Authorization');
+    ok(!exists $json->{headers}{'Authorization_'},
+       'an Authorization_ header is dropped by nginx');
+}
 
 # bodies and methods pass through
 my $body = '{"Name":"Acme"}' x 100;
