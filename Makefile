@@ -17,7 +17,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-valgrind run clean
+.PHONY: all deps test test-valgrind fuzz run clean
 
 all: $(MODULE)
 
@@ -60,6 +60,37 @@ test-valgrind: deps $(MODULE)
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind \
 	    >/dev/null; }
 	SF_TEST_VALGRIND=1 prove -r t/
+
+# libFuzzer targets for the token response parser and the state file
+# reader, built with clang, ASan and UBSan against a small stand-in for
+# nginx's core (fuzz/ngx_shim.c); each runs FUZZ_TIME seconds from the seed
+# corpus in fuzz/corpus (copied, so that the run adds nothing to the tree).
+FUZZ_TIME   ?= 60
+FUZZ_CC     := clang
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=undefined \
+               $(addprefix -I $(BUILD)/nginx/,src/core src/event \
+                   src/event/modules src/os/unix objs src/http \
+                   src/http/modules src/http/v2) -I src
+FUZZ_LIBS   := -lcjson -lcrypto
+
+FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
+               src/ngx_http_sf_oauth_codec.c
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRCS) src/ngx_http_sf_oauth.h \
+                 | $(OBJS)/Makefile
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_$*.c $(FUZZ_SRCS) $(FUZZ_LIBS)
+
+fuzz: deps $(BUILD)/fuzz_parse $(BUILD)/fuzz_state
+	@command -v $(FUZZ_CC) >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang \
+	    >/dev/null; }
+	for t in parse state; do \
+	    rm -rf $(BUILD)/corpus-$$t && cp -r fuzz/corpus/$$t \
+	        $(BUILD)/corpus-$$t && \
+	    $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=70000 \
+	        -print_final_stats=1 $(BUILD)/corpus-$$t || exit 1; \
+	done
 
 run: deps $(MODULE)
 	./run.sh

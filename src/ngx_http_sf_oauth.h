@@ -8,7 +8,8 @@
  *   ngx_http_sf_oauth_module.c   module definition, directives, variables
  *   ngx_http_sf_oauth_credential.c  the sf_oauth_credential block, secrets
  *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
- *   ngx_http_sf_oauth_state.c    the zone's encrypted state file
+ *   ngx_http_sf_oauth_state.c    the zone's state file: configuration, I/O
+ *   ngx_http_sf_oauth_codec.c    the state file's contents and encryption
  *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
@@ -281,6 +282,14 @@ ngx_int_t ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
 void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
     ngx_log_t *log);
 void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
+
+/* state file contents */
+u_char *ngx_http_sf_oauth_state_encode(u_char *key,
+    ngx_http_sf_oauth_node_t *nodes, ngx_uint_t n, ngx_pool_t *pool,
+    size_t *len);
+ngx_int_t ngx_http_sf_oauth_state_decode(u_char *key, u_char *data,
+    size_t len, ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec,
+    const char **why);
 
 /* client */
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);

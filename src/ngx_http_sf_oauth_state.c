@@ -2,11 +2,9 @@
 /*
  * The state file of a zone ("sf_oauth_zone ... state=PATH key=PATH"): the
  * refresh and access tokens of every credential, so that a full restart
- * needs no token request and a rotated refresh token is never lost.
- *
- * Format: the magic "SFOAUTH1", a 12-byte random nonce, the 16-byte GCM
- * tag, then the AES-256-GCM ciphertext of a JSON document.  The magic is
- * authenticated too.
+ * needs no token request and a rotated refresh token is never lost.  The
+ * contents and their encryption are in ngx_http_sf_oauth_codec.c; this
+ * file does the configuration and the I/O.
  *
  * The file is written after every new token, by the worker that got it:
  * a temp file in the same directory, fsync, rename, mode 0600.  One worker
@@ -18,32 +16,14 @@
  */
 
 
-#include <openssl/evp.h>
-#include <openssl/rand.h>
-#include <cjson/cJSON.h>
-
 #include "ngx_http_sf_oauth.h"
 
 
-#define NGX_HTTP_SF_OAUTH_MAGIC       "SFOAUTH1"
-#define NGX_HTTP_SF_OAUTH_MAGIC_LEN   8
-#define NGX_HTTP_SF_OAUTH_NONCE_LEN   12
-#define NGX_HTTP_SF_OAUTH_TAG_LEN     16
-#define NGX_HTTP_SF_OAUTH_HEADER_LEN                                         \
-    (NGX_HTTP_SF_OAUTH_MAGIC_LEN + NGX_HTTP_SF_OAUTH_NONCE_LEN               \
-     + NGX_HTTP_SF_OAUTH_TAG_LEN)
 #define NGX_HTTP_SF_OAUTH_STATE_MAX   (4 * 1024 * 1024)
 
 
 static ngx_int_t ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log);
-static ngx_int_t ngx_http_sf_oauth_crypt(ngx_http_sf_oauth_zone_t *zone,
-    ngx_uint_t encrypt, u_char *nonce, u_char *tag, u_char *in, size_t len,
-    u_char *out);
-static ngx_int_t ngx_http_sf_oauth_state_record(cJSON *item,
-    ngx_http_sf_oauth_node_t *rec);
-static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
-    u_char *dst, size_t max, size_t *len, ngx_uint_t optional);
 
 
 /* "key=PATH": 32 bytes, raw or as 64 hex digits; others may not read it */
@@ -198,22 +178,15 @@ ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
 void
 ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
 {
-    u_char                     *data, *plain;
+    u_char                     *data;
     size_t                      len;
     ssize_t                     n;
-    cJSON                      *root, *list, *item;
     ngx_fd_t                    fd;
     ngx_uint_t                  i, j, nrec, restored;
     const char                 *why;
     ngx_file_info_t             fi;
     ngx_http_sf_oauth_node_t   *rec, *node;
     ngx_http_sf_oauth_cred_t  **cred;
-
-    data = NULL;
-    plain = NULL;
-    root = NULL;
-    rec = NULL;
-    nrec = 0;
 
     fd = ngx_open_file(zone->state.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
 
@@ -232,91 +205,43 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
         return;
     }
 
-    why = NULL;
+    data = NULL;
+    len = 0;
+    why = "it cannot be read";
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        why = "cannot stat it";
-        goto failed;
+    if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR) {
+        len = (size_t) ngx_file_size(&fi);
+
+        if (len > NGX_HTTP_SF_OAUTH_STATE_MAX) {
+            why = "it is too large";
+
+        } else {
+            data = ngx_alloc(len + 1, log);
+        }
     }
 
-    len = (size_t) ngx_file_size(&fi);
+    n = data ? ngx_read_fd(fd, data, len) : -1;
 
-    if (len < NGX_HTTP_SF_OAUTH_HEADER_LEN + 2) {
-        why = "it is truncated";
-        goto failed;
-    }
+    (void) ngx_close_file(fd);
 
-    if (len > NGX_HTTP_SF_OAUTH_STATE_MAX) {
-        why = "it is too large";
-        goto failed;
-    }
-
-    data = ngx_alloc(len, log);
-    plain = ngx_alloc(len, log);
-
-    if (data == NULL || plain == NULL) {
-        why = "out of memory";
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, data, len);
-
-    if (n != (ssize_t) len) {
-        why = "it cannot be read whole";
-        goto failed;
-    }
-
-    if (ngx_memcmp(data, NGX_HTTP_SF_OAUTH_MAGIC,
-                   NGX_HTTP_SF_OAUTH_MAGIC_LEN) != 0)
+    if (n != (ssize_t) len
+        || ngx_http_sf_oauth_state_decode(zone->key, data, len, &rec, &nrec,
+                                          &why)
+           != NGX_OK)
     {
-        why = "it is not an sf_oauth state file";
-        goto failed;
-    }
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "sf_oauth_zone \"%V\": the state file \"%V\" is "
+                      "ignored: %s; starting from the configured refresh "
+                      "tokens", &zone->name, &zone->state, why);
 
-    len -= NGX_HTTP_SF_OAUTH_HEADER_LEN;
-
-    if (ngx_http_sf_oauth_crypt(zone, 0, data + NGX_HTTP_SF_OAUTH_MAGIC_LEN,
-                                data + NGX_HTTP_SF_OAUTH_MAGIC_LEN
-                                     + NGX_HTTP_SF_OAUTH_NONCE_LEN,
-                                data + NGX_HTTP_SF_OAUTH_HEADER_LEN, len,
-                                plain)
-        != NGX_OK)
-    {
-        why = "it does not decrypt: a wrong key, or the file was changed, "
-              "truncated or damaged";
-        goto failed;
-    }
-
-    root = cJSON_ParseWithLength((char *) plain, len);
-    list = cJSON_GetObjectItemCaseSensitive(root, "credentials");
-
-    if (!cJSON_IsArray(list)) {
-        why = "its contents are not valid";
-        goto failed;
-    }
-
-    nrec = cJSON_GetArraySize(list);
-
-    rec = ngx_alloc(ngx_max(nrec, 1) * sizeof(ngx_http_sf_oauth_node_t), log);
-    if (rec == NULL) {
-        why = "out of memory";
-        goto failed;
-    }
-
-    /* every record is checked before any is used: never half a file */
-
-    i = 0;
-
-    cJSON_ArrayForEach(item, list) {
-        if (i >= nrec
-            || ngx_http_sf_oauth_state_record(item, &rec[i]) != NGX_OK)
-        {
-            why = "a record in it is not valid";
-            goto failed;
+        if (data) {
+            ngx_free(data);
         }
 
-        i++;
+        return;
     }
+
+    ngx_free(data);
 
     restored = 0;
     cred = zone->creds.elts;
@@ -364,144 +289,13 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
         }
     }
 
+    ngx_explicit_memzero(rec, ngx_max(nrec, 1)
+                              * sizeof(ngx_http_sf_oauth_node_t));
+    ngx_free(rec);
+
     ngx_log_error(NGX_LOG_NOTICE, log, 0,
                   "sf_oauth_zone \"%V\": restored %ui credentials from the "
                   "state file \"%V\"", &zone->name, restored, &zone->state);
-
-    goto done;
-
-failed:
-
-    ngx_log_error(NGX_LOG_ERR, log, 0,
-                  "sf_oauth_zone \"%V\": the state file \"%V\" is ignored: "
-                  "%s; starting from the configured refresh tokens",
-                  &zone->name, &zone->state, why);
-
-done:
-
-    (void) ngx_close_file(fd);
-
-    if (root) {
-        cJSON_Delete(root);
-    }
-
-    if (plain) {
-        ngx_explicit_memzero(plain, ngx_file_size(&fi));
-        ngx_free(plain);
-    }
-
-    if (data) {
-        ngx_free(data);
-    }
-
-    if (rec) {
-        ngx_explicit_memzero(rec, ngx_max(nrec, 1)
-                                  * sizeof(ngx_http_sf_oauth_node_t));
-        ngx_free(rec);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_sf_oauth_state_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
-{
-    cJSON      *fp, *num;
-    ngx_str_t   s;
-    ngx_int_t   n;
-    ngx_uint_t  i;
-
-    ngx_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
-
-    if (!cJSON_IsObject(item)
-        || ngx_http_sf_oauth_json_str(item, "name", rec->name,
-                                      NGX_HTTP_SF_OAUTH_NAME_MAX,
-                                      &rec->name_len, 0)
-           != NGX_OK
-        || ngx_http_sf_oauth_json_str(item, "refresh_token", rec->refresh,
-                                      NGX_HTTP_SF_OAUTH_REFRESH_MAX,
-                                      &rec->refresh_len, 0)
-           != NGX_OK
-        || ngx_http_sf_oauth_json_str(item, "access_token", rec->token,
-                                      NGX_HTTP_SF_OAUTH_TOKEN_MAX,
-                                      &rec->token_len, 1)
-           != NGX_OK
-        || ngx_http_sf_oauth_json_str(item, "instance_url", rec->instance_url,
-                                      NGX_HTTP_SF_OAUTH_URL_MAX,
-                                      &rec->url_len, 1)
-           != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    fp = cJSON_GetObjectItemCaseSensitive(item, "conf_fp");
-
-    if (!cJSON_IsString(fp) || ngx_strlen(fp->valuestring) != 16) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < 8; i++) {
-        n = ngx_hextoi((u_char *) fp->valuestring + 2 * i, 2);
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        ((u_char *) &rec->conf_fp)[i] = (u_char) n;
-    }
-
-    num = cJSON_GetObjectItemCaseSensitive(item, "issued_at");
-    rec->issued_at = cJSON_IsNumber(num) && num->valuedouble > 0
-                     ? (uint64_t) num->valuedouble : 0;
-
-    num = cJSON_GetObjectItemCaseSensitive(item, "token_time");
-    rec->token_time = cJSON_IsNumber(num) && num->valuedouble > 0
-                      ? (time_t) num->valuedouble : 0;
-
-    /* a token goes into a header: the same rules as from Salesforce */
-
-    s.data = rec->token;
-    s.len = rec->token_len;
-
-    if (s.len && (rec->url_len == 0
-                  || ngx_http_sf_oauth_check_token(&s) != NGX_OK))
-    {
-        return NGX_ERROR;
-    }
-
-    s.data = rec->refresh;
-    s.len = rec->refresh_len;
-
-    return ngx_http_sf_oauth_check_token(&s);
-}
-
-
-static ngx_int_t
-ngx_http_sf_oauth_json_str(cJSON *obj, const char *name, u_char *dst,
-    size_t max, size_t *len, ngx_uint_t optional)
-{
-    cJSON  *item;
-    size_t  n;
-
-    item = cJSON_GetObjectItemCaseSensitive(obj, name);
-
-    if (item == NULL && optional) {
-        *len = 0;
-        return NGX_OK;
-    }
-
-    if (!cJSON_IsString(item) || item->valuestring == NULL) {
-        return NGX_ERROR;
-    }
-
-    n = ngx_strlen(item->valuestring);
-
-    if ((n == 0 && !optional) || n > max) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(dst, item->valuestring, n);
-    *len = n;
-
-    return NGX_OK;
 }
 
 
@@ -568,10 +362,8 @@ static ngx_int_t
 ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log)
 {
-    u_char                    *out, *p, hex[17];
-    char                      *json;
+    u_char                    *out;
     size_t                     len;
-    cJSON                     *root, *list, *item;
     ngx_fd_t                   fd;
     ngx_str_t                  tmp;
     ngx_uint_t                 i, n;
@@ -610,109 +402,16 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    root = cJSON_CreateObject();
-    list = cJSON_AddArrayToObject(root, "credentials");
-
-    if (list == NULL) {
-        goto failed;
-    }
-
-    for (i = 0; i < n; i++) {
-        node = &nodes[i];
-
-        item = cJSON_CreateObject();
-        if (item == NULL) {
-            goto failed;
-        }
-
-        cJSON_AddItemToArray(list, item);
-
-        node->name[ngx_min(node->name_len, NGX_HTTP_SF_OAUTH_NAME_MAX - 1)]
-            = '\0';
-        ngx_hex_dump(hex, (u_char *) &node->conf_fp, 8);
-        hex[16] = '\0';
-
-        /* the records' buffers have room for the terminating zero */
-
-        if (cJSON_AddStringToObject(item, "name", (char *) node->name) == NULL
-            || cJSON_AddStringToObject(item, "conf_fp", (char *) hex) == NULL)
-        {
-            goto failed;
-        }
-
-        if (node->refresh_len < NGX_HTTP_SF_OAUTH_REFRESH_MAX) {
-            node->refresh[node->refresh_len] = '\0';
-
-            if (cJSON_AddStringToObject(item, "refresh_token",
-                                        (char *) node->refresh)
-                == NULL)
-            {
-                goto failed;
-            }
-        }
-
-        if (node->state == NGX_HTTP_SF_OAUTH_VALID
-            && node->token_len < NGX_HTTP_SF_OAUTH_TOKEN_MAX
-            && node->url_len < NGX_HTTP_SF_OAUTH_URL_MAX)
-        {
-            node->token[node->token_len] = '\0';
-            node->instance_url[node->url_len] = '\0';
-
-            if (cJSON_AddStringToObject(item, "access_token",
-                                        (char *) node->token) == NULL
-                || cJSON_AddStringToObject(item, "instance_url",
-                                           (char *) node->instance_url)
-                   == NULL
-                || cJSON_AddNumberToObject(item, "issued_at",
-                                           (double) node->issued_at) == NULL
-                || cJSON_AddNumberToObject(item, "token_time",
-                                           (double) node->token_time) == NULL)
-            {
-                goto failed;
-            }
-        }
-    }
-
-    json = cJSON_PrintUnformatted(root);
-
-    cJSON_Delete(root);
-    root = NULL;
+    out = ngx_http_sf_oauth_state_encode(zone->key, nodes, n, pool, &len);
 
     ngx_explicit_memzero(nodes, n * sizeof(ngx_http_sf_oauth_node_t));
 
-    if (json == NULL) {
-        goto failed;
-    }
-
-    len = ngx_strlen(json);
-
-    out = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_HEADER_LEN + len);
     if (out == NULL) {
-        ngx_explicit_memzero(json, len);
-        cJSON_free(json);
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(out, NGX_HTTP_SF_OAUTH_MAGIC, NGX_HTTP_SF_OAUTH_MAGIC_LEN);
-
-    if (RAND_bytes(p, NGX_HTTP_SF_OAUTH_NONCE_LEN) != 1
-        || ngx_http_sf_oauth_crypt(zone, 1, p, p + NGX_HTTP_SF_OAUTH_NONCE_LEN,
-                                   (u_char *) json, len,
-                                   out + NGX_HTTP_SF_OAUTH_HEADER_LEN)
-           != NGX_OK)
-    {
-        ngx_explicit_memzero(json, len);
-        cJSON_free(json);
         ngx_log_error(NGX_LOG_ALERT, log, 0,
-                      "sf_oauth_zone \"%V\": cannot encrypt the state",
+                      "sf_oauth_zone \"%V\": cannot encode the state",
                       &zone->name);
         return NGX_ERROR;
     }
-
-    ngx_explicit_memzero(json, len);
-    cJSON_free(json);
-
-    len += NGX_HTTP_SF_OAUTH_HEADER_LEN;
 
     /* temp file, fsync, rename: the file is always whole */
 
@@ -759,63 +458,4 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
                    "sf_oauth_zone \"%V\": state file written", &zone->name);
 
     return NGX_OK;
-
-failed:
-
-    if (root) {
-        cJSON_Delete(root);
-    }
-
-    ngx_explicit_memzero(nodes, n * sizeof(ngx_http_sf_oauth_node_t));
-
-    ngx_log_error(NGX_LOG_ALERT, log, 0,
-                  "sf_oauth_zone \"%V\": cannot build the state",
-                  &zone->name);
-
-    return NGX_ERROR;
-}
-
-
-/* AES-256-GCM of a whole buffer; the magic is authenticated data */
-
-static ngx_int_t
-ngx_http_sf_oauth_crypt(ngx_http_sf_oauth_zone_t *zone, ngx_uint_t encrypt,
-    u_char *nonce, u_char *tag, u_char *in, size_t len, u_char *out)
-{
-    int              n, rc;
-    EVP_CIPHER_CTX  *ctx;
-
-    ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL,
-                           encrypt ? 1 : 0) == 1
-         && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN,
-                                NGX_HTTP_SF_OAUTH_NONCE_LEN, NULL) == 1
-         && EVP_CipherInit_ex(ctx, NULL, NULL, zone->key, nonce,
-                              encrypt ? 1 : 0) == 1
-         && EVP_CipherUpdate(ctx, NULL, &n,
-                             (u_char *) NGX_HTTP_SF_OAUTH_MAGIC,
-                             NGX_HTTP_SF_OAUTH_MAGIC_LEN) == 1
-         && EVP_CipherUpdate(ctx, out, &n, in, (int) len) == 1;
-
-    if (rc && !encrypt) {
-        rc = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG,
-                                 NGX_HTTP_SF_OAUTH_TAG_LEN, tag) == 1;
-    }
-
-    if (rc) {
-        rc = EVP_CipherFinal_ex(ctx, out + n, &n) == 1;
-    }
-
-    if (rc && encrypt) {
-        rc = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG,
-                                 NGX_HTTP_SF_OAUTH_TAG_LEN, tag) == 1;
-    }
-
-    EVP_CIPHER_CTX_free(ctx);
-
-    return rc ? NGX_OK : NGX_ERROR;
 }
