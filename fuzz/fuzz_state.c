@@ -16,7 +16,8 @@
 #include <openssl/evp.h>
 
 
-static u_char  key[32] = { 0x5a, 0x5a, 0x5a, 0x5a };
+static u_char     key[32] = { 0x5a, 0x5a, 0x5a, 0x5a };
+static ngx_log_t  fuzz_log;
 
 
 static u_char *
@@ -70,7 +71,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     why = NULL;
 
-    if (ngx_http_sf_oauth_state_decode(key, file, len, &recs, &n, &why)
+    if (ngx_http_sf_oauth_state_decode(key, file, len, &recs, &n, &why, &fuzz_log)
         != NGX_OK)
     {
         if (why == NULL || recs != NULL) {

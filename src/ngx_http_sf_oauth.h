@@ -289,7 +289,7 @@ u_char *ngx_http_sf_oauth_state_encode(u_char *key,
     size_t *len);
 ngx_int_t ngx_http_sf_oauth_state_decode(u_char *key, u_char *data,
     size_t len, ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec,
-    const char **why);
+    const char **why, ngx_log_t *log);
 
 /* client */
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);

@@ -175,7 +175,8 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
 
 ngx_int_t
 ngx_http_sf_oauth_state_decode(u_char *key, u_char *data, size_t len,
-    ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec, const char **why)
+    ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec, const char **why,
+    ngx_log_t *log)
 {
     u_char                    *plain;
     cJSON                     *root, *list, *item;
@@ -201,7 +202,7 @@ ngx_http_sf_oauth_state_decode(u_char *key, u_char *data, size_t len,
 
     len -= NGX_HTTP_SF_OAUTH_HEADER_LEN;
 
-    plain = ngx_alloc(len, NULL);
+    plain = ngx_alloc(len, log);
     if (plain == NULL) {
         *why = "out of memory";
         return NGX_ERROR;
@@ -236,7 +237,7 @@ ngx_http_sf_oauth_state_decode(u_char *key, u_char *data, size_t len,
 
     n = cJSON_GetArraySize(list);
 
-    rec = ngx_alloc(ngx_max(n, 1) * sizeof(ngx_http_sf_oauth_node_t), NULL);
+    rec = ngx_alloc(ngx_max(n, 1) * sizeof(ngx_http_sf_oauth_node_t), log);
     if (rec == NULL) {
         cJSON_Delete(root);
         *why = "out of memory";

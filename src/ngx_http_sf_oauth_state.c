@@ -226,7 +226,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
 
     if (n != (ssize_t) len
         || ngx_http_sf_oauth_state_decode(zone->key, data, len, &rec, &nrec,
-                                          &why)
+                                          &why, log)
            != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, log, 0,
