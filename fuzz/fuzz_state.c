@@ -71,7 +71,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     why = NULL;
 
-    if (ngx_http_sf_oauth_state_decode(key, file, len, &recs, &n, &why, &fuzz_log)
+    if (ngx_http_sf_oauth_state_decode(key, file, len, &recs, &n, &why,
+                                       &fuzz_log)
         != NGX_OK)
     {
         if (why == NULL || recs != NULL) {

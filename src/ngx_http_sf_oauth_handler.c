@@ -634,7 +634,8 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
                    sizeof("{\"error\":\"sf_oauth_token_unavailable\","
                           "\"error_description\":\"") - 1);
     p = (u_char *) ngx_escape_json(p, error->data, error->len);
-    p = ngx_cpymem(p, "\",\"credential\":\"", sizeof("\",\"credential\":\"") - 1);
+    p = ngx_cpymem(p, "\",\"credential\":\"",
+                   sizeof("\",\"credential\":\"") - 1);
     p = ngx_cpymem(p, ctx->cred->name.data, ctx->cred->name.len);
     p = ngx_cpymem(p, "\"}\n", sizeof("\"}\n") - 1);
 
