@@ -61,6 +61,7 @@ done
 esc() { printf '%s' "$1" | sed 's/[&|]/\\&/g'; }
 
 umask 077
+[ -s "$run/sf.key" ] || openssl rand -hex 32 > "$run/sf.key"
 sed -e "s|@MODULE@|$top/build/ngx_http_sf_oauth_module.so|" \
     -e "s|@RUNDIR@|$run|g" \
     -e "s|@PORT@|$port|" \
