@@ -17,7 +17,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-valgrind fuzz run clean
+.PHONY: all deps test test-valgrind fuzz bench run clean
 
 all: $(MODULE)
 
@@ -91,6 +91,14 @@ fuzz: deps $(BUILD)/fuzz_parse $(BUILD)/fuzz_state
 	    $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=70000 \
 	        -print_final_stats=1 $(BUILD)/corpus-$$t || exit 1; \
 	done
+
+# wrk A/B against plain proxy_pass, a revoke storm and a soak; writes
+# bench/results.md (about 3 minutes)
+bench: deps $(MODULE)
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	    >/dev/null; }
+	perl bench/bench.pl
 
 run: deps $(MODULE)
 	./run.sh

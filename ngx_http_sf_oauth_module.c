@@ -638,7 +638,11 @@ ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    return ngx_http_sf_oauth_client_init(cycle);
+    if (ngx_http_sf_oauth_client_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_sf_oauth_ahead_init(cycle);
 }
 
 

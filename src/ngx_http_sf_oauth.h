@@ -13,7 +13,8 @@
  *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
- *   ngx_http_sf_oauth_filter.c   response filter: the token leaves the request
+ *   ngx_http_sf_oauth_filter.c   response filter: the 401 replay
+ *   ngx_http_sf_oauth_ahead.c    the refresh ahead of expiry, on a timer
  *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
  *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
  */
@@ -96,6 +97,11 @@ typedef struct {
     time_t                       token_time;
     uint64_t                     issued_at;
 
+    /* for the refresh ahead of expiry: when the token was got, last used */
+    ngx_msec_t                   token_msec;
+    ngx_msec_t                   last_use;
+    ngx_uint_t                   ahead_refreshes;
+
     ngx_uint_t                   token_requests;
     ngx_uint_t                   token_failures;
 
@@ -154,6 +160,8 @@ typedef struct {
     ngx_msec_t                   backoff_min;
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   hold;
+    ngx_msec_t                   lifetime;
+    ngx_msec_t                   refresh_ahead;
     ngx_flag_t                   ssl_verify;
     ngx_flag_t                   world_readable;
 
@@ -256,10 +264,15 @@ extern ngx_module_t  ngx_http_sf_oauth_module;
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
 
+/* refresh ahead of expiry */
+ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
+
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
@@ -313,6 +326,8 @@ ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
 ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
 void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
+ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);

@@ -63,6 +63,12 @@ static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
     { ngx_string("hold"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, hold), NULL },
 
+    { ngx_string("lifetime"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, lifetime), NULL },
+
+    { ngx_string("refresh_ahead"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, refresh_ahead), NULL },
+
     { ngx_string("ca_file"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, ca_file), NULL },
 
@@ -91,6 +97,8 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     cred->backoff_min = NGX_CONF_UNSET_MSEC;
     cred->backoff_max = NGX_CONF_UNSET_MSEC;
     cred->hold = NGX_CONF_UNSET_MSEC;
+    cred->lifetime = NGX_CONF_UNSET_MSEC;
+    cred->refresh_ahead = NGX_CONF_UNSET_MSEC;
     cred->ssl_verify = NGX_CONF_UNSET;
     cred->world_readable = NGX_CONF_UNSET;
 
@@ -110,6 +118,11 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_conf_init_msec_value(cred->backoff_min, 1000);
     ngx_conf_init_msec_value(cred->backoff_max, 60000);
     ngx_conf_init_msec_value(cred->hold, 300000);
+    ngx_conf_init_msec_value(cred->lifetime, 0);
+
+    /* 5 minutes ahead, or a fifth of a shorter lifetime */
+    ngx_conf_init_msec_value(cred->refresh_ahead,
+                             ngx_min(300000, cred->lifetime / 5));
     ngx_conf_init_value(cred->ssl_verify, 1);
     ngx_conf_init_value(cred->world_readable, 0);
 
@@ -163,6 +176,22 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"timeout\" of sf_oauth_credential \"%V\" must "
                            "be more than 0", &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->lifetime && cred->refresh_ahead >= cred->lifetime) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"refresh_ahead\" of sf_oauth_credential \"%V\" "
+                           "must be shorter than its \"lifetime\"",
+                           &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->lifetime == 0 && cred->refresh_ahead != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"refresh_ahead\" of sf_oauth_credential \"%V\" "
+                           "needs a \"lifetime\": the org's session timeout",
+                           &cred->name);
         return NGX_CONF_ERROR;
     }
 

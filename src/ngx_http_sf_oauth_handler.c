@@ -35,8 +35,6 @@ static ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
 static ngx_int_t ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
-static ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_lookup_t *lk);
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_start =
@@ -154,7 +152,9 @@ ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 }
 
 
-static ngx_int_t
+/* starts this worker's token request under the lease it has just taken */
+
+ngx_int_t
 ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk)
 {

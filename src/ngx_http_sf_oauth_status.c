@@ -156,12 +156,13 @@ ngx_http_sf_oauth_info_cred(u_char *p, ngx_http_sf_oauth_cred_t *cred,
     p = ngx_sprintf(p, "\"refreshing\":%s,\"lease_pid\":%P,"
                     "\"token_requests\":%ui,\"token_failures\":%ui,"
                     "\"consecutive_failures\":%ui,\"retry_in\":%M,"
-                    "\"rejected_tokens\":%ui,\"replays\":%ui,",
+                    "\"rejected_tokens\":%ui,\"replays\":%ui,"
+                    "\"ahead_refreshes\":%ui,",
                     refreshing ? "true" : "false",
                     refreshing ? node->lease_pid : 0,
                     node->token_requests, node->token_failures,
                     node->failures, retry, node->invalidations,
-                    node->replays);
+                    node->replays, node->ahead_refreshes);
 
     p = ngx_cpymem(p, "\"last_error\":\"", sizeof("\"last_error\":\"") - 1);
     p = (u_char *) ngx_escape_json(p, node->error, node->error_len);

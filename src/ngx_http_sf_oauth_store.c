@@ -224,6 +224,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         ngx_memcpy(p, node->token, node->token_len);
 
         lk->generation = node->generation;
+        node->last_use = ngx_current_msec;
 
         if (cred->seen_generation != node->generation) {
             cred->seen_generation = node->generation;
@@ -371,6 +372,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->issued_at = tok->issued_at;
         node->token_time = ngx_time();
+        node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;
 
@@ -499,6 +501,72 @@ ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
                       &cred->name,
                       (ngx_msec_t) NGX_HTTP_SF_OAUTH_UNCURED_HOLD / 1000);
     }
+}
+
+
+/*
+ * The refresh ahead of expiry, from a timer.  Salesforce's session timeout
+ * slides with each use, so a token is estimated to expire "lifetime" after
+ * its last use (or after it was got, if later).  When that is less than
+ * "refresh_ahead" away and nobody refreshes, this worker takes the lease.
+ * *next says when to look again.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next)
+{
+    ngx_msec_t                 now, due;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
+        /* no token to keep fresh: requests will get one */
+        ngx_shmtx_unlock(&shpool->mutex);
+        *next = cred->refresh_ahead;
+        return NGX_DECLINED;
+    }
+
+    due = ((ngx_msec_int_t) (node->last_use - node->token_msec) > 0
+           ? node->last_use : node->token_msec)
+          + cred->lifetime - cred->refresh_ahead;
+
+    if ((ngx_msec_int_t) (due - now) > 0) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        *next = due - now;
+        return NGX_DECLINED;
+    }
+
+    *next = cred->refresh_ahead;
+
+    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    lk->refresh_token.len = node->refresh_len;
+    lk->refresh_token.data = ngx_pnalloc(pool, node->refresh_len);
+    if (lk->refresh_token.data == NULL) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(lk->refresh_token.data, node->refresh, node->refresh_len);
+
+    node->lease_pid = ngx_pid;
+    node->lease_deadline = now + cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+    node->token_requests++;
+    node->ahead_refreshes++;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_HTTP_SF_OAUTH_GOT_LEASE;
 }
 
 

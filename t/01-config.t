@@ -131,6 +131,17 @@ check('bad backoff', $zone . $t->credential
       =~ s/(client_id [^;]+;)/$1 backoff 30s 2s;/r,
       qr/invalid "backoff 30s 2s" in sf_oauth_credential "crm": it takes the first and the longest delay/);
 
+check('lifetime and refresh_ahead', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 lifetime 2h; refresh_ahead 5m;/r, undef);
+
+check('refresh_ahead not shorter than lifetime', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 lifetime 5m; refresh_ahead 5m;/r,
+      qr/"refresh_ahead" of sf_oauth_credential "crm" must be shorter than its "lifetime"/);
+
+check('refresh_ahead without lifetime', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 refresh_ahead 5m;/r,
+      qr/"refresh_ahead" of sf_oauth_credential "crm" needs a "lifetime": the org's session timeout/);
+
 check('unreadable ca_file', $zone . $t->credential
       =~ s/(client_id [^;]+;)/$1 ca_file $dir\/no-ca.pem;/r,
       qr/cannot read ca_file "\Q$dir\E\/no-ca.pem" of sf_oauth_credential "crm"/);

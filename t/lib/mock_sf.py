@@ -17,6 +17,13 @@ Test hooks, under /__mock/ (never used by the module):
                                  valid token (a 401 a refresh cannot cure);
                                  "normal" again
   POST /__mock/delay?seconds=S   how long a successful token request takes
+  POST /__mock/fixed?token=T     issue T as the access token from now on
+                                 (the benchmark's upstream knows it); empty:
+                                 random tokens again
+  POST /__mock/lifetime?seconds=S[&absolute=1]
+                                 access tokens die S seconds after their
+                                 last use (Salesforce's sliding session
+                                 timeout), or after they were issued; 0: never
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -89,6 +96,11 @@ class State:
             self.api_mode = "normal"
             self.api_log = []
             self.access_tokens = set()
+            self.lifetime = 0
+            self.absolute = False
+            self.fixed_token = ""
+            self.token_issued = {}
+            self.token_used = {}
             self.issued_access = []
             self.refresh_tokens = {self.args.refresh_token}
             self.issued_refresh = [self.args.refresh_token]
@@ -196,6 +208,15 @@ class Handler(BaseHTTPRequestHandler):
                 st.mode = mode
                 st.lock.notify_all()
             return self.send(200, {"mode": mode})
+        if path == "/__mock/lifetime":
+            with st.lock:
+                st.lifetime = float(query.get("seconds", ["0"])[0])
+                st.absolute = query.get("absolute", ["0"])[0] == "1"
+            return self.send(200, {"lifetime": st.lifetime})
+        if path == "/__mock/fixed":
+            with st.lock:
+                st.fixed_token = query.get("token", [""])[0]
+            return self.send(200, {"fixed": st.fixed_token})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -337,7 +358,7 @@ class Handler(BaseHTTPRequestHandler):
 
         try:
             time.sleep(args.token_delay)
-            token = new_access_token()
+            token = st.fixed_token or new_access_token()
             if mode == "crlf":
                 token = token[:20] + "\r\nX-Injected: 1"
             instance = args.instance_url
@@ -355,6 +376,7 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.token_ok += 1
                 st.access_tokens.add(token)
+                st.token_issued[token] = st.token_used[token] = time.time()
                 st.issued_access.append(token)
                 if mode == "rotation":
                     new_rt = "5Aep861mock" + secrets.token_urlsafe(40)
@@ -379,8 +401,16 @@ class Handler(BaseHTTPRequestHandler):
             else None
         with st.lock:
             st.api_requests += 1
+            now = time.time()
+            if token in st.access_tokens and st.lifetime:
+                since = st.token_issued[token] if st.absolute \
+                    else st.token_used[token]
+                if now - since > st.lifetime:
+                    st.access_tokens.discard(token)
             ok = (token in st.access_tokens and len(auths) == 1
                   and st.api_mode != "reject")
+            if ok:
+                st.token_used[token] = now
             if not ok:
                 st.api_401 += 1
             st.api_log.append({

@@ -1,0 +1,110 @@
+
+/*
+ * The refresh ahead of expiry ("lifetime" and "refresh_ahead" in a
+ * credential).  Salesforce's token response has no expiry, so without
+ * help a token dies under a live request, which the 401 replay then
+ * cures.  With the org's session timeout configured, each worker looks
+ * at its credentials on a timer, and the one that finds a token close to
+ * its estimated expiry takes the lease and refreshes it in the
+ * background: requests keep using the old token meanwhile and never wait.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+
+static void ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev);
+
+
+static ngx_event_t       ngx_http_sf_oauth_ahead_event;
+static ngx_connection_t  ngx_http_sf_oauth_ahead_conn;
+
+
+ngx_int_t
+ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->lifetime) {
+            break;
+        }
+    }
+
+    if (i == smcf->creds.nelts) {
+        return NGX_OK;
+    }
+
+    /* nginx's timer debug lines read the fd of ev->data as a connection */
+    ngx_http_sf_oauth_ahead_conn.fd = (ngx_socket_t) -1;
+
+    ngx_http_sf_oauth_ahead_event.handler = ngx_http_sf_oauth_ahead_handler;
+    ngx_http_sf_oauth_ahead_event.data = &ngx_http_sf_oauth_ahead_conn;
+    ngx_http_sf_oauth_ahead_event.log = cycle->log;
+    ngx_http_sf_oauth_ahead_event.cancelable = 1;
+
+    ngx_add_timer(&ngx_http_sf_oauth_ahead_event, 1000);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
+{
+    ngx_int_t                       rc;
+    ngx_msec_t                      next, wait;
+    ngx_uint_t                      i;
+    ngx_pool_t                     *pool;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_lookup_t      lk;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    pool = ngx_create_pool(1024, ev->log);
+    if (pool == NULL) {
+        ngx_add_timer(ev, 1000);
+        return;
+    }
+
+    next = 1000;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+
+        if (cred[i]->lifetime == 0 || cred[i]->transfer) {
+            continue;
+        }
+
+        rc = ngx_http_sf_oauth_store_ahead(cred[i], pool, &lk, &wait);
+
+        next = ngx_min(next, wait);
+
+        if (rc != NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                      "sf_oauth: credential \"%V\": refreshing the token "
+                      "ahead of its expiry", &cred[i]->name);
+
+        (void) ngx_http_sf_oauth_start(cred[i], &lk);
+    }
+
+    ngx_destroy_pool(pool);
+
+    /* look again when the next token comes due, 50 ms to 1 s from now */
+    ngx_add_timer(ev, ngx_max(next, 50));
+}
