@@ -74,7 +74,9 @@ $t->write_conf("    sf_oauth_zone zone=sf:1m;\n" . $t->credential . <<"EOF");
         proxy_http_version 1.1;
         proxy_set_header Connection "";
 
+        # a location's own proxy_set_header drops the inherited ones
         location /a/ {
+            proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer $token";
             proxy_pass http://fast;
         }
@@ -248,7 +250,7 @@ chomp $ncpu;
 my $kernel = `uname -sr`;
 chomp $kernel;
 my ($nginx) = `/usr/sbin/nginx -v 2>&1` =~ m{nginx/(\S+)};
-my ($wrkv) = `wrk -v 2>&1` =~ /wrk ([\d.]+)/;
+my ($wrkv) = `wrk -v 2>&1` =~ /wrk \S*?([\d.]+)/;
 my $date = `date -u '+%Y-%m-%d %H:%M UTC'`;
 chomp $date;
 

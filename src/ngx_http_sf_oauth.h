@@ -102,6 +102,11 @@ typedef struct {
     ngx_msec_t                   last_use;
     ngx_uint_t                   ahead_refreshes;
 
+    /* what introspection said: the token of exp_generation expires at exp */
+    time_t                       exp;
+    ngx_uint_t                   exp_generation;
+    ngx_uint_t                   introspections;
+
     ngx_uint_t                   token_requests;
     ngx_uint_t                   token_failures;
 
@@ -150,6 +155,7 @@ typedef struct {
     ngx_str_t                    zone_name;
     ngx_shm_zone_t              *shm_zone;
     ngx_str_t                    token_url;
+    ngx_str_t                    introspect_url;
     ngx_str_t                    client_id;
     ngx_str_t                    client_secret;
     ngx_str_t                    client_secret_file;
@@ -162,6 +168,7 @@ typedef struct {
     ngx_msec_t                   hold;
     ngx_msec_t                   lifetime;
     ngx_msec_t                   refresh_ahead;
+    ngx_flag_t                   introspect;
     ngx_flag_t                   ssl_verify;
     ngx_flag_t                   world_readable;
 
@@ -233,6 +240,7 @@ typedef struct {
 /* what a zone lookup hands back */
 typedef struct {
     ngx_uint_t                   generation;
+    ngx_uint_t                   introspect;
     ngx_str_t                    authorization;
     ngx_str_t                    error;
     time_t                       retry_after;
@@ -243,6 +251,8 @@ typedef struct {
 /* a parsed token endpoint answer */
 typedef struct {
     ngx_uint_t                   ok;
+    ngx_uint_t                   active;
+    time_t                       exp;
     ngx_uint_t                   error_class;
 
     ngx_str_t                    access_token;
@@ -266,6 +276,8 @@ char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 
 /* refresh ahead of expiry */
 ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok);
 
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
@@ -273,6 +285,9 @@ ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
+ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
@@ -308,12 +323,14 @@ ngx_int_t ngx_http_sf_oauth_state_decode(u_char *key, u_char *data,
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);
 void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *refresh_token);
+    ngx_str_t *secret, ngx_uint_t introspect, ngx_uint_t generation);
 
 /* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_check_token(ngx_str_t *s);
+void ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
+    u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
     const char *fmt, ...);

@@ -7,6 +7,10 @@
  * at its credentials on a timer, and the one that finds a token close to
  * its estimated expiry takes the lease and refreshes it in the
  * background: requests keep using the old token meanwhile and never wait.
+ *
+ * With "introspect on" the expiry is not estimated but asked of
+ * Salesforce (/services/oauth2/introspect) when it comes due: a token in
+ * use has slid further, one that is not is refreshed.
  */
 
 
@@ -32,7 +36,7 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->lifetime) {
+        if (cred[i]->lifetime || cred[i]->introspect) {
             break;
         }
     }
@@ -84,7 +88,9 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 
     for (i = 0; i < smcf->creds.nelts; i++) {
 
-        if (cred[i]->lifetime == 0 || cred[i]->transfer) {
+        if ((cred[i]->lifetime == 0 && !cred[i]->introspect)
+            || cred[i]->transfer)
+        {
             continue;
         }
 
@@ -93,6 +99,17 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
         next = ngx_min(next, wait);
 
         if (rc != NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+            continue;
+        }
+
+        if (lk.introspect) {
+            if (ngx_http_sf_oauth_client_start(cred[i], &lk.authorization, 1,
+                                               lk.generation)
+                != NGX_OK)
+            {
+                ngx_http_sf_oauth_store_release(cred[i]);
+            }
+
             continue;
         }
 
@@ -107,4 +124,51 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 
     /* look again when the next token comes due, 50 ms to 1 s from now */
     ngx_add_timer(ev, ngx_max(next, 50));
+}
+
+
+void
+ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_pool_t                  *pool;
+    ngx_http_sf_oauth_lookup_t   lk;
+
+    if (!tok->ok) {
+        tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,
+                                                  tok->error.len,
+                                                  tok->error.len);
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": token introspection "
+                      "failed: %V; asking again in 30 s", &cred->name,
+                      &tok->error);
+    }
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        ngx_http_sf_oauth_store_release(cred);
+        return;
+    }
+
+    if (ngx_http_sf_oauth_store_introspected(cred, generation, tok, pool, &lk)
+        == NGX_HTTP_SF_OAUTH_GOT_LEASE)
+    {
+        if (tok->active) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": refreshing the token "
+                          "ahead of its expiry in %T s", &cred->name,
+                          tok->exp - ngx_time());
+
+        } else {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": Salesforce says the "
+                          "token is no longer active: refreshing",
+                          &cred->name);
+        }
+
+        (void) ngx_http_sf_oauth_start(cred, &lk);
+    }
+
+    ngx_destroy_pool(pool);
 }

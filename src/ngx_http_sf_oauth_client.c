@@ -29,7 +29,9 @@ struct ngx_http_sf_oauth_transfer_s {
     size_t                       post_len;
     u_char                      *body;
     size_t                       body_len;
+    ngx_uint_t                   generation;
     unsigned                     too_large:1;
+    unsigned                     introspect:1;
     char                         errbuf[CURL_ERROR_SIZE];
 };
 
@@ -163,10 +165,18 @@ ngx_http_sf_oauth_abandon(ngx_cycle_t *cycle, const char *when)
 }
 
 
+/*
+ * Starts a token request: the refresh grant, or with "introspect" set the
+ * introspection of the access token in "secret" (of token generation
+ * "generation").
+ */
+
 ngx_int_t
 ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *refresh_token)
+    ngx_str_t *secret, ngx_uint_t introspect, ngx_uint_t generation)
 {
+    ngx_str_t                     *url;
+    const char                    *first, *name;
     u_char                        *p;
     size_t                         len;
     ngx_pool_t                    *pool;
@@ -186,6 +196,19 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
 
     tr->pool = pool;
     tr->cred = cred;
+    tr->introspect = introspect;
+    tr->generation = generation;
+
+    if (introspect) {
+        url = &cred->introspect_url;
+        first = "token_type_hint=access_token";
+        name = "token";
+
+    } else {
+        url = &cred->token_url;
+        first = "grant_type=refresh_token";
+        name = "refresh_token";
+    }
 
     tr->body = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_BODY_MAX);
     if (tr->body == NULL) {
@@ -193,10 +216,10 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     }
 
     /* every value may triple when percent-encoded */
-    len = sizeof("grant_type=refresh_token&client_id=&client_secret="
-                 "&refresh_token=")
+    len = ngx_strlen(first) + sizeof("&client_id=&client_secret=&=")
+          + ngx_strlen(name)
           + 3 * (cred->client_id.len + cred->client_secret.len
-                 + refresh_token->len);
+                 + secret->len);
 
     p = ngx_pnalloc(pool, len);
     if (p == NULL) {
@@ -204,8 +227,7 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     }
 
     tr->post = (char *) p;
-    p = ngx_cpymem(p, "grant_type=refresh_token",
-                   sizeof("grant_type=refresh_token") - 1);
+    p = ngx_cpymem(p, first, ngx_strlen(first));
 
     if (ngx_http_sf_oauth_form_add(tr, p, "client_id", &cred->client_id, &p)
         != NGX_OK
@@ -213,9 +235,7 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
             && ngx_http_sf_oauth_form_add(tr, p, "client_secret",
                                           &cred->client_secret, &p)
                != NGX_OK)
-        || ngx_http_sf_oauth_form_add(tr, p, "refresh_token", refresh_token,
-                                      &p)
-           != NGX_OK)
+        || ngx_http_sf_oauth_form_add(tr, p, name, secret, &p) != NGX_OK)
     {
         goto failed;
     }
@@ -234,7 +254,7 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
 
     /* curl copies the URL; the post body is only pointed to */
 
-    if (curl_easy_setopt(tr->easy, CURLOPT_URL, cred->token_url.data)
+    if (curl_easy_setopt(tr->easy, CURLOPT_URL, url->data)
         != CURLE_OK
         || curl_easy_setopt(tr->easy, CURLOPT_PROTOCOLS_STR, "http,https")
            != CURLE_OK)
@@ -279,7 +299,7 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": token request to \"%V\"",
-                   &cred->name, &cred->token_url);
+                   &cred->name, url);
 
     return NGX_OK;
 
@@ -583,9 +603,19 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
                                "the token endpoint redirects (HTTP %l) to "
                                "\"%*s\"", status, n, buf);
 
+    } else if (tr->introspect) {
+        ngx_http_sf_oauth_parse_introspect(tr->pool, status, tr->body,
+                                           tr->body_len, &tok);
+
     } else {
         ngx_http_sf_oauth_parse_response(tr->pool, status, tr->body,
                                          tr->body_len, &tok);
+    }
+
+    if (tr->introspect) {
+        ngx_http_sf_oauth_introspect_done(cred, tr->generation, &tok);
+        ngx_http_sf_oauth_transfer_free(tr);
+        return;
     }
 
     ngx_http_sf_oauth_refresh_done(cred, &tok);

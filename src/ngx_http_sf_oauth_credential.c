@@ -69,6 +69,9 @@ static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
     { ngx_string("refresh_ahead"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, refresh_ahead), NULL },
 
+    { ngx_string("introspect"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, introspect), NULL },
+
     { ngx_string("ca_file"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, ca_file), NULL },
 
@@ -99,6 +102,7 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     cred->hold = NGX_CONF_UNSET_MSEC;
     cred->lifetime = NGX_CONF_UNSET_MSEC;
     cred->refresh_ahead = NGX_CONF_UNSET_MSEC;
+    cred->introspect = NGX_CONF_UNSET;
     cred->ssl_verify = NGX_CONF_UNSET;
     cred->world_readable = NGX_CONF_UNSET;
 
@@ -119,10 +123,14 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_conf_init_msec_value(cred->backoff_max, 60000);
     ngx_conf_init_msec_value(cred->hold, 300000);
     ngx_conf_init_msec_value(cred->lifetime, 0);
+    ngx_conf_init_value(cred->introspect, 0);
 
     /* 5 minutes ahead, or a fifth of a shorter lifetime */
     ngx_conf_init_msec_value(cred->refresh_ahead,
-                             ngx_min(300000, cred->lifetime / 5));
+                             cred->lifetime ? ngx_min(300000,
+                                                      cred->lifetime / 5)
+                                            : (cred->introspect ? 300000
+                                                                : 0));
     ngx_conf_init_value(cred->ssl_verify, 1);
     ngx_conf_init_value(cred->world_readable, 0);
 
@@ -187,12 +195,40 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
-    if (cred->lifetime == 0 && cred->refresh_ahead != 0) {
+    if (cred->lifetime == 0 && !cred->introspect && cred->refresh_ahead != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"refresh_ahead\" of sf_oauth_credential \"%V\" "
-                           "needs a \"lifetime\": the org's session timeout",
-                           &cred->name);
+                           "needs a \"lifetime\": the org's session timeout, "
+                           "or \"introspect on\"", &cred->name);
         return NGX_CONF_ERROR;
+    }
+
+    if (cred->introspect) {
+        if (cred->token_url.len < sizeof("/token") - 1
+            || ngx_strncmp(cred->token_url.data + cred->token_url.len
+                           - (sizeof("/token") - 1), "/token",
+                           sizeof("/token") - 1) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"introspect on\" of sf_oauth_credential "
+                               "\"%V\" needs a token_url ending in "
+                               "\"/token\": the introspection endpoint is "
+                               "next to it", &cred->name);
+            return NGX_CONF_ERROR;
+        }
+
+        cred->introspect_url.len = cred->token_url.len
+                                   - (sizeof("token") - 1)
+                                   + sizeof("introspect") - 1;
+        cred->introspect_url.data = ngx_pnalloc(cf->pool,
+                                                cred->introspect_url.len + 1);
+        if (cred->introspect_url.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_sprintf(cred->introspect_url.data, "%*s%s%Z",
+                    cred->token_url.len - (sizeof("token") - 1),
+                    cred->token_url.data, "introspect");
     }
 
     if (cred->ca_file.len) {

@@ -164,7 +164,7 @@ ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_redact_remember(cred, lk->refresh_token.data,
                                       lk->refresh_token.len);
 
-    rc = ngx_http_sf_oauth_client_start(cred, &lk->refresh_token);
+    rc = ngx_http_sf_oauth_client_start(cred, &lk->refresh_token, 0, 0);
 
     ngx_explicit_memzero(lk->refresh_token.data, lk->refresh_token.len);
 

@@ -199,6 +199,57 @@ done:
 }
 
 
+/* the answer of /services/oauth2/introspect: "active" and "exp" */
+
+void
+ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
+    u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok)
+{
+    cJSON  *root, *active, *exp;
+
+    ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
+
+    root = (len == 0) ? NULL : cJSON_ParseWithLength((char *) body, len);
+
+    if (!cJSON_IsObject(root)) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "check that token_url is Salesforce's",
+                               "HTTP %l from the introspection endpoint "
+                               "without a JSON object", status);
+        goto done;
+    }
+
+    if (status != 200) {
+        ngx_http_sf_oauth_parse_error(pool, status, root, tok);
+        goto done;
+    }
+
+    active = cJSON_GetObjectItemCaseSensitive(root, "active");
+    exp = cJSON_GetObjectItemCaseSensitive(root, "exp");
+
+    if (!cJSON_IsBool(active)
+        || (cJSON_IsTrue(active)
+            && (!cJSON_IsNumber(exp) || exp->valuedouble < 0
+                || exp->valuedouble > 1e11)))
+    {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "the endpoint does not answer like "
+                               "Salesforce",
+                               "the introspection answer has no usable "
+                               "\"active\" and \"exp\"");
+        goto done;
+    }
+
+    tok->ok = 1;
+    tok->active = cJSON_IsTrue(active);
+    tok->exp = tok->active ? (time_t) exp->valuedouble : 0;
+
+done:
+
+    cJSON_Delete(root);
+}
+
+
 static void
 ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
     ngx_http_sf_oauth_token_t *tok)

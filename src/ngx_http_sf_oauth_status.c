@@ -157,12 +157,17 @@ ngx_http_sf_oauth_info_cred(u_char *p, ngx_http_sf_oauth_cred_t *cred,
                     "\"token_requests\":%ui,\"token_failures\":%ui,"
                     "\"consecutive_failures\":%ui,\"retry_in\":%M,"
                     "\"rejected_tokens\":%ui,\"replays\":%ui,"
-                    "\"ahead_refreshes\":%ui,",
+                    "\"ahead_refreshes\":%ui,\"introspections\":%ui,"
+                    "\"token_expires_in\":%T,",
                     refreshing ? "true" : "false",
                     refreshing ? node->lease_pid : 0,
                     node->token_requests, node->token_failures,
                     node->failures, retry, node->invalidations,
-                    node->replays, node->ahead_refreshes);
+                    node->replays, node->ahead_refreshes,
+                    node->introspections,
+                    node->exp_generation == node->generation
+                    && node->state == NGX_HTTP_SF_OAUTH_VALID
+                    ? node->exp - now : (time_t) -1);
 
     p = ngx_cpymem(p, "\"last_error\":\"", sizeof("\"last_error\":\"") - 1);
     p = (u_char *) ngx_escape_json(p, node->error, node->error_len);

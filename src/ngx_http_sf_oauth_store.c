@@ -23,6 +23,12 @@ static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_store_refresh_ahead(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
+static ngx_int_t ngx_http_sf_oauth_store_introspect(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
 static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t failures, ngx_uint_t error_class);
 
@@ -533,6 +539,10 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
         return NGX_DECLINED;
     }
 
+    if (cred->introspect) {
+        return ngx_http_sf_oauth_store_introspect(cred, node, pool, lk, next);
+    }
+
     due = ((ngx_msec_int_t) (node->last_use - node->token_msec) > 0
            ? node->last_use : node->token_msec)
           + cred->lifetime - cred->refresh_ahead;
@@ -550,6 +560,22 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
         return NGX_DECLINED;
     }
 
+    return ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
+}
+
+
+/* with the zone locked: the lease, for a refresh in the background */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    lk->introspect = 0;
     lk->refresh_token.len = node->refresh_len;
     lk->refresh_token.data = ngx_pnalloc(pool, node->refresh_len);
     if (lk->refresh_token.data == NULL) {
@@ -560,13 +586,130 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_memcpy(lk->refresh_token.data, node->refresh, node->refresh_len);
 
     node->lease_pid = ngx_pid;
-    node->lease_deadline = now + cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+    node->lease_deadline = ngx_current_msec + cred->timeout
+                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
     node->token_requests++;
     node->ahead_refreshes++;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
     return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+}
+
+
+/*
+ * With "introspect on", with the zone locked: the token's expiry as
+ * Salesforce last said it.  When it is unknown for this token, or less
+ * than refresh_ahead away (it may have slid since), the lease is taken to
+ * ask again.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next)
+{
+    ngx_msec_int_t    left;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    *next = 1000;
+
+    if (node->exp_generation == node->generation) {
+        left = (ngx_msec_int_t) (node->exp - ngx_time()) * 1000
+               - (ngx_msec_int_t) cred->refresh_ahead;
+
+        if (left > 0) {
+            ngx_shmtx_unlock(&shpool->mutex);
+            *next = (ngx_msec_t) left;
+            return NGX_DECLINED;
+        }
+    }
+
+    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    lk->introspect = 1;
+    lk->generation = node->generation;
+    lk->authorization.len = node->token_len;
+    lk->authorization.data = ngx_pnalloc(pool, node->token_len);
+    if (lk->authorization.data == NULL) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(lk->authorization.data, node->token, node->token_len);
+
+    node->lease_pid = ngx_pid;
+    node->lease_deadline = ngx_current_msec + cred->timeout
+                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+    node->introspections++;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+}
+
+
+/*
+ * What introspection said about the token of "generation": its expiry, or
+ * that it is gone.  Returns NGX_HTTP_SF_OAUTH_GOT_LEASE, the lease kept,
+ * when the token is to be refreshed now.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (node->lease_pid == ngx_pid) {
+        node->lease_pid = 0;
+    }
+
+    if (node->generation != generation
+        || node->state != NGX_HTTP_SF_OAUTH_VALID
+        || node->conf_fp != cred->conf_fp)
+    {
+        /* a newer token came meanwhile */
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    node->exp_generation = generation;
+
+    if (!tok->ok) {
+        /* ask again in half a minute */
+        node->exp = ngx_time() + cred->refresh_ahead / 1000 + 30;
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    node->exp = tok->exp;
+
+    if (tok->active
+        && (ngx_msec_int_t) (tok->exp - ngx_time()) * 1000
+           > (ngx_msec_int_t) cred->refresh_ahead)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    if (!tok->active) {
+        node->invalidations++;
+    }
+
+    return ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
 }
 
 

@@ -142,6 +142,14 @@ check('refresh_ahead without lifetime', $zone . $t->credential
       =~ s/(client_id [^;]+;)/$1 refresh_ahead 5m;/r,
       qr/"refresh_ahead" of sf_oauth_credential "crm" needs a "lifetime": the org's session timeout/);
 
+check('introspect with refresh_ahead', $zone . $t->credential
+      =~ s/(client_id [^;]+;)/$1 introspect on; refresh_ahead 1m;/r, undef);
+
+check('introspect without a token_url ending in /token', $zone
+      . $t->credential(token_url => 'https://login.salesforce.com/oauth')
+      =~ s/(client_id [^;]+;)/$1 introspect on;/r,
+      qr/"introspect on" of sf_oauth_credential "crm" needs a token_url ending in "\/token"/);
+
 check('unreadable ca_file', $zone . $t->credential
       =~ s/(client_id [^;]+;)/$1 ca_file $dir\/no-ca.pem;/r,
       qr/cannot read ca_file "\Q$dir\E\/no-ca.pem" of sf_oauth_credential "crm"/);

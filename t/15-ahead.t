@@ -81,6 +81,41 @@ is_deeply(\%steady, { '200 HIT' => 16 }, 'steady use for 8 s: all hits');
 ok($t->token_requests - $before <= 1,
    'steady use: no refresh needed (at most one already due)');
 
+$t->stop;
+
+# -- introspect on: the expiry asked of Salesforce, no lifetime configured ------
+
+$t->mock('reset');
+$t->mock('lifetime', 'seconds=3');
+truncate $t->dir . '/error.log', 0;
+conf("        introspect on;\n        refresh_ahead 1s;");
+$t->start;
+
+is($t->get('/services/data/')->{headers}{'x-sf-oauth-status'}, 'WAIT',
+   'introspect: cold start');
+my $intro = idle_pattern();
+is_deeply($intro, { '200 HIT' => 4 },
+          'introspect: after every idle spell, a hit');
+my $stats = $t->mock('stats');
+ok($stats->{introspections} >= 4,
+   "introspect: Salesforce was asked ($stats->{introspections} times)");
+is($stats->{api_401}, 0, 'introspect: Salesforce never saw a dead token');
+like($t->error_log, qr/refreshing the token ahead of its expiry in \d+ s/,
+     'introspect: the refresh is logged with the expiry');
+
+# steady use: the expiry slides, introspection says so, nothing is refreshed
+$before = $t->token_requests;
+%steady = ();
+for (1 .. 16) {
+    my $r = $t->get('/services/data/');
+    $steady{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
+    sleep 0.5;
+}
+is_deeply(\%steady, { '200 HIT' => 16 }, 'introspect, steady use: all hits');
+ok($t->token_requests - $before <= 1, 'introspect, steady use: no refresh');
+ok($t->mock('stats')->{introspections} > $stats->{introspections},
+   'introspect, steady use: the expiry was checked again');
+
 $t->finish;
 
 done_testing;

@@ -5,6 +5,9 @@ Python standard library only.  It answers like Salesforce does:
 
   POST /services/oauth2/token    the refresh-token grant, with Salesforce's
                                  success JSON and its error bodies
+  POST /services/oauth2/introspect
+                                 token introspection: active, and exp (the
+                                 token's expiry under the mock's lifetime)
   *    /services/...             the API: 200 JSON for a valid bearer token,
                                  401 INVALID_SESSION_ID otherwise
 
@@ -101,6 +104,7 @@ class State:
             self.fixed_token = ""
             self.token_issued = {}
             self.token_used = {}
+            self.introspections = 0
             self.issued_access = []
             self.refresh_tokens = {self.args.refresh_token}
             self.issued_refresh = [self.args.refresh_token]
@@ -175,6 +179,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.control(path)
         if path == "/services/oauth2/token":
             return self.token()
+        if path == "/services/oauth2/introspect":
+            return self.introspect()
         if path.startswith("/services/"):
             return self.api(path)
         self.send(404, [{"errorCode": "NOT_FOUND",
@@ -199,6 +205,7 @@ class Handler(BaseHTTPRequestHandler):
                     "issued_refresh_tokens": st.issued_refresh,
                     "last_token_form": st.last_token_form,
                     "api_log": st.api_log,
+                    "introspections": st.introspections,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -389,6 +396,38 @@ class Handler(BaseHTTPRequestHandler):
                 st.in_flight.discard(rt)
 
         return self.send(200, reply)
+
+    def introspect(self):
+        st = self.server.state
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(
+            self.body().decode("latin-1")).items()}
+        if (form.get("client_id") != st.args.client_id
+                or form.get("client_secret") != st.args.client_secret):
+            return self.send(401, {"error": "invalid_client",
+                                   "error_description":
+                                   "invalid client credentials"})
+        token = form.get("token", "")
+        now = time.time()
+        with st.lock:
+            st.introspections += 1
+            active = token in st.access_tokens
+            exp = now + 7200
+            if active and st.lifetime:
+                since = st.token_issued[token] if st.absolute \
+                    else st.token_used[token]
+                exp = since + st.lifetime
+                if now > exp:
+                    active = False
+                    st.access_tokens.discard(token)
+        if not active:
+            return self.send(200, {"active": False})
+        return self.send(200, {
+            "active": True, "scope": "api refresh_token",
+            "client_id": st.args.client_id, "username": "user@example.com",
+            "sub": st.args.login_url + "/id/" + ORG_ID + "/005000000000001",
+            "token_type": "access_token", "exp": int(exp),
+            "iat": int(st.token_issued.get(token, now)),
+            "nbf": int(st.token_issued.get(token, now))})
 
     # -- the API ----------------------------------------------------------
 
