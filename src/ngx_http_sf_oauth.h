@@ -338,6 +338,8 @@ void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
 void ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);

@@ -609,7 +609,6 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     u_char            *p;
     ngx_buf_t         *b;
     ngx_int_t          rc;
-    ngx_chain_t        out;
     ngx_table_elt_t   *h;
 
     ctx->status = NGX_HTTP_SF_OAUTH_ERROR;
@@ -640,14 +639,6 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     p = ngx_cpymem(p, "\"}\n", sizeof("\"}\n") - 1);
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_BAD_GATEWAY;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
@@ -674,6 +665,28 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
         h->value.len = ngx_sprintf(h->value.data, "%T", retry_after)
                        - h->value.data;
     }
+
+    return ngx_http_sf_oauth_send_json(r, NGX_HTTP_BAD_GATEWAY, b);
+}
+
+
+/* sends a JSON body made by this module: the 502 error, sf_oauth_info */
+
+ngx_int_t
+ngx_http_sf_oauth_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
 
     rc = ngx_http_send_header(r);
 

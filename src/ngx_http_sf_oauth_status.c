@@ -32,7 +32,6 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
     ngx_uint_t                      i;
-    ngx_chain_t                     out;
     ngx_http_sf_oauth_node_t       *node;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
@@ -72,28 +71,9 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
 
     ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
 
-    p = ngx_cpymem(p, "]}\n", sizeof("]}\n") - 1);
+    b->last = ngx_cpymem(p, "]}\n", sizeof("]}\n") - 1);
 
-    b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_sf_oauth_send_json(r, NGX_HTTP_OK, b);
 }
 
 

@@ -23,6 +23,9 @@ static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool, ngx_str_t *dst,
+    u_char *secret, size_t len);
 static ngx_int_t ngx_http_sf_oauth_store_refresh_ahead(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
@@ -206,6 +209,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk)
 {
     u_char                    *p;
+    ngx_int_t                  rc;
     ngx_msec_t                 now;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
@@ -276,21 +280,40 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
                       "refresh of process %P", &cred->name, node->lease_pid);
     }
 
-    node->lease_pid = ngx_pid;
-    node->lease_deadline = now + cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
-    node->token_requests++;
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->refresh_token,
+                                      node->refresh, node->refresh_len);
+    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+        node->token_requests++;
+    }
 
-    lk->refresh_token.len = node->refresh_len;
-    lk->refresh_token.data = ngx_pnalloc(pool, node->refresh_len);
-    if (lk->refresh_token.data == NULL) {
-        node->lease_pid = 0;
-        ngx_shmtx_unlock(&shpool->mutex);
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * With the zone locked: the lease for this worker, and a copy of the
+ * secret its request sends (the refresh token, or the access token to
+ * introspect) in the caller's pool.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool, ngx_str_t *dst,
+    u_char *secret, size_t len)
+{
+    dst->data = ngx_pnalloc(pool, len);
+    if (dst->data == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(lk->refresh_token.data, node->refresh, node->refresh_len);
+    ngx_memcpy(dst->data, secret, len);
+    dst->len = len;
 
-    ngx_shmtx_unlock(&shpool->mutex);
+    node->lease_pid = ngx_pid;
+    node->lease_deadline = ngx_current_msec + cred->timeout
+                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
     return NGX_HTTP_SF_OAUTH_GOT_LEASE;
 }
@@ -522,6 +545,7 @@ ngx_int_t
 ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next)
 {
+    ngx_int_t                  rc;
     ngx_msec_t                 now, due;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
@@ -534,33 +558,32 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
         /* no token to keep fresh: requests will get one */
-        ngx_shmtx_unlock(&shpool->mutex);
         *next = cred->refresh_ahead;
-        return NGX_DECLINED;
+        rc = NGX_DECLINED;
+
+    } else if (cred->introspect) {
+        rc = ngx_http_sf_oauth_store_introspect(cred, node, pool, lk, next);
+
+    } else {
+        due = ((ngx_msec_int_t) (node->last_use - node->token_msec) > 0
+               ? node->last_use : node->token_msec)
+              + cred->lifetime - cred->refresh_ahead;
+
+        if ((ngx_msec_int_t) (due - now) > 0) {
+            *next = due - now;
+            rc = NGX_DECLINED;
+
+        } else {
+            *next = cred->refresh_ahead;
+            rc = ngx_http_sf_oauth_lease_free(cred, node)
+                 ? ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk)
+                 : NGX_DECLINED;
+        }
     }
 
-    if (cred->introspect) {
-        return ngx_http_sf_oauth_store_introspect(cred, node, pool, lk, next);
-    }
+    ngx_shmtx_unlock(&shpool->mutex);
 
-    due = ((ngx_msec_int_t) (node->last_use - node->token_msec) > 0
-           ? node->last_use : node->token_msec)
-          + cred->lifetime - cred->refresh_ahead;
-
-    if ((ngx_msec_int_t) (due - now) > 0) {
-        ngx_shmtx_unlock(&shpool->mutex);
-        *next = due - now;
-        return NGX_DECLINED;
-    }
-
-    *next = cred->refresh_ahead;
-
-    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
-        ngx_shmtx_unlock(&shpool->mutex);
-        return NGX_DECLINED;
-    }
-
-    return ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
+    return rc;
 }
 
 
@@ -571,29 +594,19 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk)
 {
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    ngx_int_t  rc;
 
     lk->introspect = 0;
-    lk->refresh_token.len = node->refresh_len;
-    lk->refresh_token.data = ngx_pnalloc(pool, node->refresh_len);
-    if (lk->refresh_token.data == NULL) {
-        ngx_shmtx_unlock(&shpool->mutex);
-        return NGX_ERROR;
+
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->refresh_token,
+                                      node->refresh, node->refresh_len);
+
+    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+        node->token_requests++;
+        node->ahead_refreshes++;
     }
 
-    ngx_memcpy(lk->refresh_token.data, node->refresh, node->refresh_len);
-
-    node->lease_pid = ngx_pid;
-    node->lease_deadline = ngx_current_msec + cred->timeout
-                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
-    node->token_requests++;
-    node->ahead_refreshes++;
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+    return rc;
 }
 
 
@@ -609,10 +622,8 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next)
 {
-    ngx_msec_int_t    left;
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    ngx_int_t       rc;
+    ngx_msec_int_t  left;
 
     *next = 1000;
 
@@ -621,36 +632,26 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
                - (ngx_msec_int_t) cred->refresh_ahead;
 
         if (left > 0) {
-            ngx_shmtx_unlock(&shpool->mutex);
             *next = (ngx_msec_t) left;
             return NGX_DECLINED;
         }
     }
 
     if (!ngx_http_sf_oauth_lease_free(cred, node)) {
-        ngx_shmtx_unlock(&shpool->mutex);
         return NGX_DECLINED;
     }
 
     lk->introspect = 1;
     lk->generation = node->generation;
-    lk->authorization.len = node->token_len;
-    lk->authorization.data = ngx_pnalloc(pool, node->token_len);
-    if (lk->authorization.data == NULL) {
-        ngx_shmtx_unlock(&shpool->mutex);
-        return NGX_ERROR;
+
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->authorization,
+                                      node->token, node->token_len);
+
+    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+        node->introspections++;
     }
 
-    ngx_memcpy(lk->authorization.data, node->token, node->token_len);
-
-    node->lease_pid = ngx_pid;
-    node->lease_deadline = ngx_current_msec + cred->timeout
-                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
-    node->introspections++;
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+    return rc;
 }
 
 
@@ -665,6 +666,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk)
 {
+    ngx_int_t                  rc;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -709,7 +711,11 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
         node->invalidations++;
     }
 
-    return ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
+    rc = ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
 }
 
 

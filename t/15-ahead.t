@@ -27,6 +27,17 @@ sub conf {
     close $fh;
 }
 
+# a request every 0.5 s for 8 s
+sub steady_pattern {
+    my (%status);
+    for (1 .. 16) {
+        my $r = $t->get('/services/data/');
+        $status{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
+        sleep 0.5;
+    }
+    return \%status;
+}
+
 sub idle_pattern {
     my (%status);
     for (1 .. 4) {
@@ -71,13 +82,7 @@ is($info->{ahead_refreshes}, $ahead, 'sf_oauth_info counts them');
 # -- steady use: the sliding timeout never runs out ----------------------------
 
 my $before = $t->token_requests;
-my %steady;
-for (1 .. 16) {
-    my $r = $t->get('/services/data/');
-    $steady{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-    sleep 0.5;
-}
-is_deeply(\%steady, { '200 HIT' => 16 }, 'steady use for 8 s: all hits');
+is_deeply(steady_pattern(), { '200 HIT' => 16 }, 'steady use for 8 s: all hits');
 ok($t->token_requests - $before <= 1,
    'steady use: no refresh needed (at most one already due)');
 
@@ -105,13 +110,8 @@ like($t->error_log, qr/refreshing the token ahead of its expiry in \d+ s/,
 
 # steady use: the expiry slides, introspection says so, nothing is refreshed
 $before = $t->token_requests;
-%steady = ();
-for (1 .. 16) {
-    my $r = $t->get('/services/data/');
-    $steady{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-    sleep 0.5;
-}
-is_deeply(\%steady, { '200 HIT' => 16 }, 'introspect, steady use: all hits');
+is_deeply(steady_pattern(), { '200 HIT' => 16 },
+          'introspect, steady use: all hits');
 ok($t->token_requests - $before <= 1, 'introspect, steady use: no refresh');
 ok($t->mock('stats')->{introspections} > $stats->{introspections},
    'introspect, steady use: the expiry was checked again');
