@@ -239,6 +239,10 @@ typedef struct {
 
 /* what a zone lookup hands back */
 typedef struct {
+    /* asked: this many zeroed bytes (a ctx) in front of the header value */
+    size_t                       ctx_size;
+    void                        *ctx;
+
     ngx_uint_t                   generation;
     ngx_uint_t                   introspect;
     ngx_str_t                    authorization;

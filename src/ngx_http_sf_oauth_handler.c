@@ -20,6 +20,9 @@
 
 static ngx_int_t ngx_http_sf_oauth_apply(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_lookup_t *lk);
+static ngx_int_t ngx_http_sf_oauth_act(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_int_t rc,
+    ngx_http_sf_oauth_lookup_t *lk);
 static ngx_int_t ngx_http_sf_oauth_wait(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_wake(ngx_event_t *ev);
@@ -57,33 +60,44 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
+    ngx_http_sf_oauth_redact_install(r);
+
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (ctx) {
-        if (ctx->waiting) {
-            return NGX_AGAIN;
-        }
+    if (ctx == NULL) {
 
-        if (ctx->authorization.len) {
-            /* resumed after a wait, the header is in place */
-            return NGX_DECLINED;
-        }
+        /* the hot path: one allocation holds the ctx and the header */
 
-    } else {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
+        lk.ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
+
+        rc = ngx_http_sf_oauth_store_lookup(slcf->cred, r->pool, &lk);
+
+        ctx = lk.ctx;
+
         if (ctx == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
+            if (ctx == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
         }
 
         ctx->request = r;
         ctx->cred = slcf->cred;
 
         ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
+
+        rc = ngx_http_sf_oauth_act(r, ctx, rc, &lk);
+
+    } else if (ctx->waiting) {
+        return NGX_AGAIN;
+
+    } else if (ctx->authorization.len) {
+        /* resumed after a wait, the header is in place */
+        return NGX_DECLINED;
+
+    } else {
+        rc = ngx_http_sf_oauth_apply(r, ctx, &lk);
     }
-
-    ngx_http_sf_oauth_redact_install(r);
-
-    rc = ngx_http_sf_oauth_apply(r, ctx, &lk);
 
     if (rc == NGX_HTTP_BAD_GATEWAY) {
         return ngx_http_sf_oauth_fail_request(r, ctx, &lk.error,
@@ -105,8 +119,20 @@ ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 {
     ngx_int_t  rc;
 
+    lk->ctx_size = 0;
+
     rc = ngx_http_sf_oauth_store_lookup(ctx->cred, r->pool, lk);
 
+    return ngx_http_sf_oauth_act(r, ctx, rc, lk);
+}
+
+
+/* what follows from the answer "rc" of a zone lookup */
+
+static ngx_int_t
+ngx_http_sf_oauth_act(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
+    ngx_int_t rc, ngx_http_sf_oauth_lookup_t *lk)
+{
     switch (rc) {
 
     case NGX_HTTP_SF_OAUTH_GOT_TOKEN:

@@ -199,8 +199,9 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
 
 /*
  * The lookup of every request.  With a valid token it copies
- * "Bearer <token>" into the request pool: that copy is the whole cost of
- * the hot path.  Otherwise it tells the caller to fail, to wait, or to
+ * "Bearer <token>" into the request pool, after the request's ctx when the
+ * caller asks for one: that one allocation is the whole cost of the hot
+ * path.  Otherwise it tells the caller to fail, to wait, or to
  * start the refresh itself under a lease.
  */
 
@@ -219,14 +220,22 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    lk->ctx = NULL;
+
     if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
 
         lk->authorization.len = sizeof("Bearer ") - 1 + node->token_len;
 
-        p = ngx_pnalloc(pool, lk->authorization.len);
+        p = ngx_palloc(pool, lk->ctx_size + lk->authorization.len);
         if (p == NULL) {
             ngx_shmtx_unlock(&shpool->mutex);
             return NGX_ERROR;
+        }
+
+        if (lk->ctx_size) {
+            ngx_memzero(p, lk->ctx_size);
+            lk->ctx = p;
+            p += lk->ctx_size;
         }
 
         lk->authorization.data = p;
