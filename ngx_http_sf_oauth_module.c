@@ -604,6 +604,8 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
     zone = smcf->zones.elts;
 
     for (i = 0; i < smcf->zones.nelts; i++) {
+        ngx_http_sf_oauth_state_report(cycle, zone[i]->data);
+
         if (ngx_http_sf_oauth_state_init_dir(cycle, zone[i]->data)
             != NGX_OK)
         {

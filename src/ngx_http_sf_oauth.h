@@ -143,6 +143,11 @@ typedef struct {
     /* the state file, if any, and its AES-256 key */
     ngx_str_t                    state;
     u_char                       key[32];
+
+    /* why a configured key cannot be used */
+    ngx_str_t                    key_path;
+    const char                  *key_error;
+    ngx_err_t                    key_errno;
 } ngx_http_sf_oauth_zone_t;
 
 
@@ -310,6 +315,8 @@ void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_zone_t *zone, ngx_str_t *state, ngx_str_t *key);
 ngx_int_t ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
+void ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_zone_t *zone);
 void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
     ngx_log_t *log);

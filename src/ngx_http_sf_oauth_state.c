@@ -26,7 +26,12 @@ static ngx_int_t ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log);
 
 
-/* "key=PATH": 32 bytes, raw or as 64 hex digits; others may not read it */
+/*
+ * "key=PATH": 32 bytes, raw or as 64 hex digits; others may not read it.
+ * A key that is missing or unusable does not stop nginx: the zone then
+ * runs without its state file, which init_module reports in the error log
+ * (ngx_http_sf_oauth_state_report).
+ */
 
 char *
 ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
@@ -47,13 +52,14 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
         return NGX_CONF_ERROR;
     }
 
+    zone->key_path = *key;
+
     fd = ngx_open_file(key->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
 
     if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read the key \"%V\" of sf_oauth_zone "
-                           "\"%V\"", key, &zone->name);
-        return NGX_CONF_ERROR;
+        zone->key_errno = ngx_errno;
+        zone->key_error = "cannot be read";
+        goto unusable;
     }
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
@@ -101,12 +107,36 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
 
     ngx_explicit_memzero(buf, sizeof(buf));
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "the key \"%V\" of sf_oauth_zone \"%V\" must hold 32 "
-                       "bytes, or 64 hex digits: make one with \"openssl "
-                       "rand -hex 32\"", key, &zone->name);
+    zone->key_error = "must hold 32 bytes, or 64 hex digits: make one with "
+                      "\"openssl rand -hex 32\"";
 
-    return NGX_CONF_ERROR;
+unusable:
+
+    ngx_conf_log_error(NGX_LOG_ERR, cf, zone->key_errno,
+                       "the key \"%V\" of sf_oauth_zone \"%V\" %s; the "
+                       "state file is not used", key, &zone->name,
+                       zone->key_error);
+
+    zone->state.len = 0;
+
+    return NGX_CONF_OK;
+}
+
+
+/* at start, in the error log: a zone whose state file cannot be used */
+
+void
+ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone)
+{
+    if (zone->key_error) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, zone->key_errno,
+                      "the key \"%V\" of sf_oauth_zone \"%V\" %s; the "
+                      "state file is not used: tokens start from the "
+                      "configured refresh tokens and rotated ones are not "
+                      "kept across a restart", &zone->key_path, &zone->name,
+                      zone->key_error);
+    }
 }
 
 
