@@ -168,13 +168,19 @@ for my $round (1 .. $rounds) {
     }
 }
 
+# The machine's speed drifts between runs: each round's a and b ran back
+# to back, so the ratios are taken per round, and their median reported.
 my %ab;
 for my $k (qw(rps p50 p99)) {
     $ab{a}{$k} = median(map { $_->{$k} } @a);
     $ab{b}{$k} = median(map { $_->{$k} } @b);
 }
-my $ratio = $ab{b}{rps} / $ab{a}{rps};
-my $p99_ratio = $ab{b}{p99} / $ab{a}{p99};
+my @ratios = map { $b[$_]{rps} / $a[$_]{rps} } 0 .. $#a;
+my @p99_ratios = map { $b[$_]{p99} / $a[$_]{p99} } 0 .. $#a;
+my $ratio = median(@ratios);
+my $p99_ratio = median(@p99_ratios);
+my $ratios = join ', ', map { sprintf '%.3f', $_ } @ratios;
+my $p99s = join ', ', map { sprintf '%.3f', $_ } @p99_ratios;
 my $ab_errors = 0;
 $ab_errors += $_->{non2xx} + $_->{socket_errors} for @a, @b;
 my $token_requests_ab = $t->token_requests;
@@ -259,7 +265,7 @@ my $table = sprintf <<'EOF',
 |---|---|---|---|
 | (a) proxy_pass, static Authorization | %.0f | %.3f | %.3f |
 | (b) sf_oauth, cached token | %.0f | %.3f | %.3f |
-| ratio b/a | %.3f | | %.3f |
+| ratio b/a, median of the rounds' | %.3f | | %.3f |
 EOF
     $ab{a}{rps}, $ab{a}{p50}, $ab{a}{p99}, $ab{b}{rps}, $ab{b}{p50},
     $ab{b}{p99}, $ratio, $p99_ratio;
@@ -275,11 +281,13 @@ so absolute numbers are low and only the ratios mean something.
 
 ## A/B: the hot path
 
-wrk -t2 -c64, $duration s a run, $rounds rounds interleaved (a b, b a, ...),
-medians. Both paths proxy to the same nginx upstream over a keepalive pool;
+wrk -t2 -c64, $duration s a run, $rounds rounds interleaved (a b, b a, ...);
+medians of the runs, and of each round's ratio (a and b of a round ran
+back to back, so the drift of a shared machine cancels). Both paths proxy to the same nginx upstream over a keepalive pool;
 the upstream answers 200 only to the expected bearer token.
 
 $table
+Ratios b/a of each round (requests/s): $ratios; (p99): $p99s.
 Errors in all A/B runs (non-2xx and socket errors): $ab_errors.
 Token requests during the A/B runs: $token_requests_ab (the one at warm-up).
 
