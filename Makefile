@@ -17,7 +17,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-valgrind fuzz bench run clean
+.PHONY: all deps test test-valgrind fuzz fuzz-deps bench run clean
 
 all: $(MODULE)
 
@@ -81,10 +81,14 @@ $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRCS) src/ngx_http_sf_oauth.h \
                  | $(OBJS)/Makefile
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_$*.c $(FUZZ_SRCS) $(FUZZ_LIBS)
 
-fuzz: deps $(BUILD)/fuzz_parse $(BUILD)/fuzz_state
-	@command -v $(FUZZ_CC) >/dev/null || { apt-get update -qq && \
+fuzz-deps: deps
+	@dpkg-query -W -f='$${Status}' libclang-rt-14-dev 2>/dev/null \
+	    | grep -q "install ok installed" && command -v $(FUZZ_CC) \
+	    >/dev/null || { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang \
-	    >/dev/null; }
+	    libclang-rt-14-dev >/dev/null; }
+
+fuzz: fuzz-deps $(BUILD)/fuzz_parse $(BUILD)/fuzz_state
 	for t in parse state; do \
 	    rm -rf $(BUILD)/corpus-$$t && cp -r fuzz/corpus/$$t \
 	        $(BUILD)/corpus-$$t && \
