@@ -25,9 +25,14 @@ sub start_refresh_and_leave {
     close $s;
 }
 
+# the pid of the worker that holds the refresh lease, once one does
 sub refreshing_pid {
-    my $info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
-    return $info->{refreshing} ? $info->{lease_pid} : 0;
+    for (1 .. 100) {
+        my $info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
+        return $info->{lease_pid} if $info->{refreshing};
+        sleep 0.05;
+    }
+    return 0;
 }
 
 # -- a rotated refresh token arriving during a reload is kept ---------------
