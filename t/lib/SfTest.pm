@@ -59,13 +59,21 @@ sub port { $_[0]{port} }
 sub mock_port { $_[0]{mock_port} }
 sub mock_url { 'http://127.0.0.1:' . $_[0]{mock_port} }
 
+# A port nobody listens on, and one this process has not handed out yet:
+# the kernel may give the same free port twice in a row.
+my %given;
+
 sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Proto => 'tcp', Listen => 1)
-        or die "no free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                      LocalPort => 0, Proto => 'tcp',
+                                      Listen => 1)
+            or die "no free port: $!";
+        my $port = $s->sockport;
+        close $s;
+        return $port unless $given{$port}++;
+    }
+    die 'no free port that was not given already';
 }
 
 sub wait_port {
