@@ -332,6 +332,8 @@ ngx_int_t ngx_http_sf_oauth_state_decode(u_char *key, u_char *data,
 
 /* client */
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
+    ngx_event_handler_pt handler, ngx_log_t *log);
 void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *secret, ngx_uint_t introspect, ngx_uint_t generation);

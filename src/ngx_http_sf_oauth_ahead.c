@@ -20,8 +20,7 @@
 static void ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev);
 
 
-static ngx_event_t       ngx_http_sf_oauth_ahead_event;
-static ngx_connection_t  ngx_http_sf_oauth_ahead_conn;
+static ngx_event_t  ngx_http_sf_oauth_ahead_event;
 
 
 ngx_int_t
@@ -45,13 +44,8 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    /* nginx's timer debug lines read the fd of ev->data as a connection */
-    ngx_http_sf_oauth_ahead_conn.fd = (ngx_socket_t) -1;
-
-    ngx_http_sf_oauth_ahead_event.handler = ngx_http_sf_oauth_ahead_handler;
-    ngx_http_sf_oauth_ahead_event.data = &ngx_http_sf_oauth_ahead_conn;
-    ngx_http_sf_oauth_ahead_event.log = cycle->log;
-    ngx_http_sf_oauth_ahead_event.cancelable = 1;
+    ngx_http_sf_oauth_timer_init(&ngx_http_sf_oauth_ahead_event,
+                                 ngx_http_sf_oauth_ahead_handler, cycle->log);
 
     ngx_add_timer(&ngx_http_sf_oauth_ahead_event, 1000);
 

@@ -56,8 +56,6 @@ static ngx_int_t ngx_http_sf_oauth_form_add(ngx_http_sf_oauth_transfer_t *tr,
 static CURLM             *ngx_http_sf_oauth_multi;
 static ngx_uint_t         ngx_http_sf_oauth_in_flight;
 static ngx_event_t        ngx_http_sf_oauth_timer_event;
-
-/* nginx's timer debug lines read the fd of ev->data as a connection */
 static ngx_connection_t   ngx_http_sf_oauth_timer_conn;
 
 
@@ -82,15 +80,29 @@ ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle)
     curl_multi_setopt(ngx_http_sf_oauth_multi, CURLMOPT_TIMERFUNCTION,
                       ngx_http_sf_oauth_timer);
 
-    ngx_http_sf_oauth_timer_conn.fd = (ngx_socket_t) -1;
-
-    ngx_http_sf_oauth_timer_event.handler = ngx_http_sf_oauth_timer_handler;
-    ngx_http_sf_oauth_timer_event.data = &ngx_http_sf_oauth_timer_conn;
-    ngx_http_sf_oauth_timer_event.log = cycle->log;
-
-    ngx_http_sf_oauth_timer_event.cancelable = 1;
+    ngx_http_sf_oauth_timer_init(&ngx_http_sf_oauth_timer_event,
+                                 ngx_http_sf_oauth_timer_handler, cycle->log);
 
     return NGX_OK;
+}
+
+
+/*
+ * A cancelable timer event of this module's, not tied to a connection.
+ * nginx's timer debug lines read the fd of ev->data as a connection: it
+ * points to one with fd -1.
+ */
+
+void
+ngx_http_sf_oauth_timer_init(ngx_event_t *ev, ngx_event_handler_pt handler,
+    ngx_log_t *log)
+{
+    ngx_http_sf_oauth_timer_conn.fd = (ngx_socket_t) -1;
+
+    ev->handler = handler;
+    ev->data = &ngx_http_sf_oauth_timer_conn;
+    ev->log = log;
+    ev->cancelable = 1;
 }
 
 
