@@ -82,10 +82,15 @@ sub wait_port {
     for (1 .. $tries || 100) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                       PeerPort => $port, Proto => 'tcp');
-        if ($s) {
+
+        # a connect to a free local port can land on itself (TCP
+        # simultaneous open with the same source port): not a listener
+        if ($s && $s->sockport != $port) {
             close $s;
             return 1;
         }
+
+        close $s if $s;
         sleep 0.05;
     }
 
