@@ -119,6 +119,11 @@ static ngx_http_variable_t  ngx_http_sf_oauth_vars[] = {
       ngx_http_sf_oauth_status_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    /* the client's own header, never the token: see the handler */
+    { ngx_string("http_authorization"), NULL,
+      ngx_http_sf_oauth_authorization_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -537,22 +542,19 @@ ngx_http_sf_oauth_add_variables(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_sf_oauth_init(ngx_conf_t *cf)
 {
-    ngx_str_t                       name;
     ngx_array_t                    *a;
     ngx_http_handler_pt            *h;
     ngx_http_core_main_conf_t      *cmcf;
-    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
-    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
 
-    /* a replay invalidates a cached $http_authorization */
-    ngx_str_set(&name, "http_authorization");
-
-    smcf->authorization_index = ngx_http_get_variable_index(cf, &name);
-    if (smcf->authorization_index == NGX_ERROR) {
+    /* after an internal redirect, before the next location sees anything */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL) {
         return NGX_ERROR;
     }
+
+    *h = ngx_http_sf_oauth_rewrite_handler;
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
@@ -563,8 +565,9 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 
     /*
      * Log handlers run in the order of the array, and the access log's
-     * came first: ours goes in front of it, so that the access log never
-     * sees the token in $http_authorization.
+     * came first: ours goes in front of it, so that a token still in the
+     * header (an upstream request that was never built) is out before
+     * anything logs.
      */
 
     a = &cmcf->phases[NGX_HTTP_LOG_PHASE].handlers;
@@ -670,9 +673,11 @@ ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r->main, ngx_http_sf_oauth_module);
+    /* only the main request of an sf_oauth location: never a subrequest */
 
-    if (ctx == NULL || ctx->authorization.len == 0) {
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+    if (r != r->main || ctx == NULL || ctx->authorization.len == 0) {
         v->not_found = 1;
         return NGX_OK;
     }

@@ -47,10 +47,25 @@
 #define NGX_HTTP_SF_OAUTH_POLL_MIN       5
 #define NGX_HTTP_SF_OAUTH_POLL_MAX       50
 
-/* how long 401s pass through once a refreshed token was rejected too */
-#define NGX_HTTP_SF_OAUTH_UNCURED_HOLD   30000
+/*
+ * The interval between refreshes caused by 401s once tokens that such a
+ * refresh got were rejected too (a 401 no refresh cures): it doubles from
+ * the first to the second bound, in milliseconds.
+ */
+#define NGX_HTTP_SF_OAUTH_REJECT_MIN     1000
+#define NGX_HTTP_SF_OAUTH_REJECT_MAX     15000
 
-/* the r->buffered bit of a request held for a replay (stock 1.22 uses 0x07) */
+/*
+ * The r->buffered bit of a request held for a replay.  In stock nginx
+ * 1.22 to 1.29, r->buffered holds NGX_HTTP_SSI_BUFFERED 0x01,
+ * NGX_HTTP_SUB_BUFFERED 0x02, NGX_HTTP_COPY_BUFFERED 0x04,
+ * NGX_HTTP_WRITE_BUFFERED 0x10 and NGX_HTTP_GZIP_BUFFERED 0x20.  The
+ * image filter's NGX_HTTP_IMAGE_BUFFERED is 0x08 too, but it is set on
+ * r->connection->buffered, another field, and only while the image
+ * filter reads a response body: a held 401 never reaches that filter
+ * (this module's header filter runs before it).  t/19-scope.t runs
+ * image_filter in an sf_oauth location.
+ */
 #define NGX_HTTP_SF_OAUTH_BUFFERED       0x08
 
 
@@ -64,6 +79,11 @@
 #define NGX_HTTP_SF_OAUTH_WAIT           2
 #define NGX_HTTP_SF_OAUTH_ERROR          3
 #define NGX_HTTP_SF_OAUTH_RETRY          4
+
+/* what a 401 means for the token, see ngx_http_sf_oauth_store_rejected */
+#define NGX_HTTP_SF_OAUTH_REJ_NEWER      0
+#define NGX_HTTP_SF_OAUTH_REJ_DROPPED    1
+#define NGX_HTTP_SF_OAUTH_REJ_LATER      2
 
 /* the answer of a zone lookup */
 #define NGX_HTTP_SF_OAUTH_GOT_TOKEN      0
@@ -90,7 +110,10 @@ typedef struct {
     ngx_uint_t                   failures;
     time_t                       error_time;
 
-    ngx_msec_t                   uncured_until;
+    /* 401s: tokens in a row whose replays got 401 too, and the last drop */
+    ngx_uint_t                   uncured;
+    ngx_uint_t                   uncured_generation;
+    ngx_msec_t                   rejected_at;
     ngx_uint_t                   invalidations;
     ngx_uint_t                   replays;
 
@@ -199,7 +222,6 @@ typedef struct {
 typedef struct {
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
     ngx_array_t                  zones;       /* ngx_shm_zone_t * */
-    ngx_int_t                    authorization_index;
 } ngx_http_sf_oauth_main_conf_t;
 
 
@@ -218,26 +240,47 @@ typedef struct {
     ngx_uint_t                   status;
     ngx_uint_t                   generation;
 
-    /* "Bearer <token>" as sent upstream; the token itself follows "Bearer " */
+    /* "Bearer <token>" for the upstream; the token itself follows "Bearer " */
     ngx_str_t                    authorization;
 
-    /* what the client sent, put back once the upstream request is built */
-    ngx_str_t                    client_authorization;
+    /* the location's content handler (the proxy's), run by this module's */
+    ngx_http_handler_pt          content_handler;
+
+    /* the upstream this module gave the token to */
+    ngx_http_upstream_t         *upstream;
+
+    /*
+     * The header element that holds the token while the upstream request
+     * is built, and what it held before: the client's value, or nothing
+     * ("pushed": the element was added).
+     */
+    ngx_table_elt_t             *header;
+    ngx_str_t                    saved_value;
+    u_char                      *saved_lowcase_key;
+    ngx_uint_t                   saved_hash;
+
+    /* finds this ctx again after an internal redirect zeroed r->ctx */
+    ngx_pool_cleanup_t           cln;
 
     ngx_event_t                  wait;
     ngx_queue_t                  queue;
     ngx_msec_t                   deadline;
     ngx_msec_t                   poll;
 
+    /* a held 401 too soon after an uncured one: when to ask again */
+    ngx_msec_t                   rejected_until;
+
     /* saved when a 401 is held: the proxy_buffering off path changes them */
     size_t                       limit_rate;
 
     unsigned                     waiting:1;
     unsigned                     wait_begun:1;
-    unsigned                     cleanup:1;
-    unsigned                     client_had_authorization:1;
+    unsigned                     pushed:1;
+    unsigned                     unshared:1;
     unsigned                     held:1;
     unsigned                     replayed:1;
+    unsigned                     noted:1;
+    unsigned                     later:1;
     unsigned                     limit_rate_set:1;
 } ngx_http_sf_oauth_ctx_t;
 
@@ -300,11 +343,11 @@ ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
-void ngx_http_sf_oauth_store_invalidate(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation);
-ngx_int_t ngx_http_sf_oauth_store_replayable(ngx_http_sf_oauth_cred_t *cred);
-void ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
-    ngx_log_t *log);
+ngx_int_t ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_msec_t *until);
+void ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t cured, ngx_log_t *log);
+void ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
@@ -350,12 +393,21 @@ void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
-void ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
+ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r);
+void ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+void ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+ngx_int_t ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_sf_oauth_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
+void ngx_http_sf_oauth_held_done(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,

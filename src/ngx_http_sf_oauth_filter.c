@@ -34,7 +34,9 @@
  *
  * Limits: a body streamed with proxy_request_buffering off is gone, so
  * such a 401 passes through; a replayed request's own 401 passes through,
- * never a second refresh.
+ * never a second refresh.  Whether a 401 drops the token and refreshes,
+ * or waits because refreshes did not cure 401s lately, is the store's
+ * rule (ngx_http_sf_oauth_store_rejected).
  */
 
 
@@ -74,16 +76,26 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+    ctx = ngx_http_sf_oauth_get_ctx(r);
 
-    if (ctx
-        && ctx->authorization.len
+    if (ctx == NULL) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ctx->authorization.len
+        && ctx == ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module)
         && r->headers_out.status == NGX_HTTP_UNAUTHORIZED
         && r->upstream
+        && r->upstream == ctx->upstream
         && r->upstream->headers_in.status_n == NGX_HTTP_UNAUTHORIZED
         && !r->header_sent
         && ngx_http_sf_oauth_replayable(r, ctx))
     {
+        ngx_http_sf_oauth_unset_token(r, ctx);
+
+        /* a swallowed 401 is not cached either */
+        r->upstream->cacheable = 0;
+
         if (ngx_http_sf_oauth_hold(r, ctx) == NGX_OK) {
             /* swallowed: nothing of this 401 goes further */
             return NGX_OK;
@@ -92,7 +104,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    ngx_http_sf_oauth_hide_authorization(r);
+    ngx_http_sf_oauth_response_header(r, ctx);
 
     return ngx_http_next_header_filter(r);
 }
@@ -105,7 +117,7 @@ ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->replayed) {
-        ngx_http_sf_oauth_store_uncured(ctx->cred, r->connection->log);
+        /* the replay's own 401 passes: one refresh and one replay at most */
         return 0;
     }
 
@@ -115,17 +127,6 @@ ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
                       "through, not replayed: the request body was streamed "
                       "(proxy_request_buffering off) and is gone",
                       &ctx->cred->name);
-
-        ngx_http_sf_oauth_store_invalidate(ctx->cred, ctx->generation);
-        return 0;
-    }
-
-    if (!ngx_http_sf_oauth_store_replayable(ctx->cred)) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sf_oauth: credential \"%V\": upstream 401 passed "
-                      "through, not replayed: a refreshed token was "
-                      "rejected too, less than %M s ago", &ctx->cred->name,
-                      (ngx_msec_t) NGX_HTTP_SF_OAUTH_UNCURED_HOLD / 1000);
         return 0;
     }
 
@@ -136,16 +137,23 @@ ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    ngx_uint_t                last;
     ngx_chain_t              *cl;
     ngx_http_sf_oauth_ctx_t  *ctx;
 
+    if (r != r->main) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (ctx == NULL || !ctx->held || r != r->main) {
+    if (ctx == NULL || !ctx->held) {
         return ngx_http_next_body_filter(r, in);
     }
 
     /* the swallowed 401's body: consumed, so the upstream drains it */
+
+    last = 0;
 
     for (cl = in; cl; cl = cl->next) {
         cl->buf->pos = cl->buf->last;
@@ -153,6 +161,15 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         if (cl->buf->in_file) {
             cl->buf->file_pos = cl->buf->file_last;
         }
+
+        if (cl->buf->last_buf) {
+            last = 1;
+        }
+    }
+
+    if (last) {
+        /* the upstream finalizes the request now: parked, then woken */
+        ngx_http_sf_oauth_held_done(r, ctx);
     }
 
     return NGX_OK;

@@ -8,10 +8,33 @@
  * costs a token request, and an auth_request subrequest never carries the
  * Salesforce token.
  *
+ * Only a request that goes to an upstream needs a token: one whose
+ * location has a content handler (proxy_pass and the like).  Static
+ * files, "return", try_files and sf_oauth_info are never gated.
+ *
  * A waiting request is suspended without blocking the worker.  It is woken
  * by an event: at once when this worker's own token request completes, or
  * by a short timer (5 ms, backing off to 50 ms) that re-reads the zone
  * while another worker refreshes.  Each waiter has a deadline.
+ *
+ * Where the token goes (the rule: only on the upstream request of an
+ * sf_oauth location, and in $sf_oauth_token):
+ *
+ *   - The precontent handler only looks the token up.  It is put into
+ *     the Authorization header by this module's content handler, which
+ *     wraps the location's own (the proxy's), and taken out again as soon
+ *     as the upstream request is built.  So try_files, mirror, an
+ *     internal redirect or an auth_request never see it in the header.
+ *   - A mirror subrequest shares the elements of the main request's
+ *     header list: when a subrequest exists, the main request gets a
+ *     list of its own before the token goes in.
+ *   - If the upstream request is built later (a body still to read, a
+ *     cache lock), the token is taken out when the response header comes,
+ *     before an internal redirect runs the next location, and in the log
+ *     phase, whichever comes first.
+ *   - $http_authorization is this module's variable: it always shows the
+ *     client's own header, never the token, so nothing that evaluates it
+ *     (proxy_set_header, a cache key, add_header, a log) can copy it.
  */
 
 
@@ -32,8 +55,14 @@ static void ngx_http_sf_oauth_replay(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_cleanup(void *data);
-static ngx_int_t ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *value);
+static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_content_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
+static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_end_upstream(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
 static ngx_int_t ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
@@ -60,11 +89,16 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    ngx_http_sf_oauth_redact_install(r);
-
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
     if (ctx == NULL) {
+
+        if (r->content_handler == NULL
+            || r->content_handler == ngx_http_sf_oauth_info_handler)
+        {
+            /* no upstream: a static file, try_files, the status output */
+            return NGX_DECLINED;
+        }
 
         /* the hot path: one allocation holds the ctx and the header */
 
@@ -84,6 +118,15 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
         ctx->request = r;
         ctx->cred = slcf->cred;
 
+        /* a pool cleanup of the ctx's own: no allocation, and it survives */
+        ctx->cln.handler = ngx_http_sf_oauth_cleanup;
+        ctx->cln.data = ctx;
+        ctx->cln.next = r->pool->cleanup;
+        r->pool->cleanup = &ctx->cln;
+
+        ctx->content_handler = r->content_handler;
+        r->content_handler = ngx_http_sf_oauth_content_handler;
+
         ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
 
         rc = ngx_http_sf_oauth_act(r, ctx, rc, &lk);
@@ -92,7 +135,7 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
         return NGX_AGAIN;
 
     } else if (ctx->authorization.len) {
-        /* resumed after a wait, the header is in place */
+        /* resumed after a wait, the token is known */
         return NGX_DECLINED;
 
     } else {
@@ -102,6 +145,51 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
     if (rc == NGX_HTTP_BAD_GATEWAY) {
         return ngx_http_sf_oauth_fail_request(r, ctx, &lk.error,
                                               lk.retry_after);
+    }
+
+    return rc;
+}
+
+
+/*
+ * The location's content handler while a request of an sf_oauth location
+ * runs: the token goes into the Authorization header, the proxy's handler
+ * builds the upstream request from it, and the token comes out again.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+    if (ctx == NULL || ctx->authorization.len == 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "sf_oauth: content handler without a token");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* nginx dumps the upstream request header at debug level */
+    ngx_http_sf_oauth_redact_install(r);
+
+    if (ngx_http_sf_oauth_set_token(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ctx->content_handler(r);
+
+    /*
+     * The request is still ours: the content phase and the replay both
+     * finalize it with rc only after this returns.
+     */
+
+    ctx->upstream = r->upstream;
+    ctx->noted = 0;
+
+    if (r->upstream && r->upstream->request_bufs) {
+        ngx_http_sf_oauth_unset_token(r, ctx);
     }
 
     return rc;
@@ -137,12 +225,7 @@ ngx_http_sf_oauth_act(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 
     case NGX_HTTP_SF_OAUTH_GOT_TOKEN:
 
-        if (ngx_http_sf_oauth_set_authorization(r, ctx, &lk->authorization)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
+        /* the header gets it in the content phase, not before */
         ctx->authorization = lk->authorization;
         ctx->generation = lk->generation;
 
@@ -216,18 +299,7 @@ ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
 static ngx_int_t
 ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_pool_cleanup_t  *cln;
-
-    if (!ctx->cleanup) {
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        cln->handler = ngx_http_sf_oauth_cleanup;
-        cln->data = ctx;
-        ctx->cleanup = 1;
-
+    if (ctx->wait.handler == NULL) {
         ctx->wait.handler = ngx_http_sf_oauth_wake;
         ctx->wait.data = r->connection;
         ctx->wait.log = r->connection->log;
@@ -283,6 +355,15 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 ngx_int_t
 ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
+    ngx_int_t   rc;
+    ngx_msec_t  until;
+
+    rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
+                                          &until);
+
+    ngx_http_sf_oauth_store_count_replay(ctx->cred);
+
+    ctx->noted = 1;
     ctx->held = 1;
     ctx->status = NGX_HTTP_SF_OAUTH_RETRY;
     ctx->limit_rate = r->limit_rate;
@@ -291,12 +372,22 @@ ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
     r->preserve_body = 1;
     r->buffered |= NGX_HTTP_SF_OAUTH_BUFFERED;
 
-    ngx_http_sf_oauth_store_invalidate(ctx->cred, ctx->generation);
-
     ctx->wait_begun = 0;
 
     if (ngx_http_sf_oauth_wait(r, ctx) != NGX_AGAIN) {
         return NGX_ERROR;
+    }
+
+    if (rc == NGX_HTTP_SF_OAUTH_REJ_LATER) {
+        /* a 401 that refreshes did not cure lately: ask again at "until" */
+        ctx->later = 1;
+        ctx->rejected_until = until;
+        ctx->deadline += until - ngx_current_msec;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sf_oauth: credential \"%V\": 401 held, the next "
+                       "refresh in %M ms", &ctx->cred->name,
+                       until - ngx_current_msec);
     }
 
     ngx_del_timer(&ctx->wait);
@@ -306,10 +397,47 @@ ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 }
 
 
+/*
+ * The held 401 has been read to its end and nginx has parked the request
+ * under its writer: the send_timeout that the writer set does not apply
+ * to a request that sends nothing, only the module's own wait does.
+ */
+
+void
+ngx_http_sf_oauth_held_done(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    if (!ctx->wait.posted) {
+        if (ctx->wait.timer_set) {
+            ngx_del_timer(&ctx->wait);
+        }
+
+        ngx_post_event(&ctx->wait, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_held_writer(ngx_http_request_t *r)
+{
+    ngx_event_t  *wev;
+
+    wev = r->connection->write;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: held request write event");
+
+    if (wev->timer_set && !wev->delayed) {
+        ngx_del_timer(wev);
+    }
+}
+
+
 static void
 ngx_http_sf_oauth_wake(ngx_event_t *ev)
 {
     ngx_int_t                    rc;
+    ngx_msec_t                   until;
     ngx_connection_t            *c;
     ngx_http_request_t          *r;
     ngx_http_sf_oauth_ctx_t     *ctx;
@@ -323,6 +451,33 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
     ngx_http_set_log_request(c->log, r);
 
     ngx_http_sf_oauth_unwait(ctx);
+
+    if (ctx->held && (r->upstream == NULL || r->upstream->cleanup == NULL)) {
+        /* the 401 is drained and the request parked: no send_timeout */
+        r->write_event_handler = ngx_http_sf_oauth_held_writer;
+        ngx_http_sf_oauth_held_writer(r);
+    }
+
+    if (ctx->later) {
+        rc = NGX_HTTP_SF_OAUTH_REJ_LATER;
+
+        if ((ngx_msec_int_t) (ctx->rejected_until - ngx_current_msec) <= 0) {
+            rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
+                                                  &until);
+            if (rc == NGX_HTTP_SF_OAUTH_REJ_LATER) {
+                ctx->rejected_until = until;
+            }
+        }
+
+        if (rc == NGX_HTTP_SF_OAUTH_REJ_LATER
+            && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0)
+        {
+            (void) ngx_http_sf_oauth_wait(r, ctx);
+            return;
+        }
+
+        ctx->later = 0;
+    }
 
     rc = ngx_http_sf_oauth_apply(r, ctx, &lk);
 
@@ -354,7 +509,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
             ngx_http_sf_oauth_replay(r, ctx);
 
         } else {
-            /* the header is set: go on with the phases where they stopped */
+            /* the token is known: go on with the phases where they stopped */
             r->read_event_handler = ngx_http_block_reading;
             r->write_event_handler = ngx_http_core_run_phases;
             ngx_http_core_run_phases(r);
@@ -365,6 +520,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
                                               lk.retry_after);
 
     } else {
+        ngx_http_sf_oauth_end_upstream(r);
         ngx_http_finalize_request(r, rc);
     }
 
@@ -402,6 +558,10 @@ ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
     r->single_range = 0;
     r->limit_rate = ctx->limit_rate;
     r->limit_rate_set = ctx->limit_rate_set;
+
+    /* as the content phase leaves them before a content handler runs */
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
 }
 
 
@@ -414,26 +574,9 @@ ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 static void
 ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_http_variable_value_t      *vv;
-    ngx_http_sf_oauth_main_conf_t  *smcf;
-
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "sf_oauth: credential \"%V\": replaying the request",
                    &ctx->cred->name);
-
-    /* a cached $http_authorization would resend the dead token */
-
-    smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
-    vv = &r->variables[smcf->authorization_index];
-    vv->valid = 0;
-    vv->not_found = 0;
-
-    if (r->content_handler == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "sf_oauth: no content handler to replay the request");
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
 
     ngx_http_finalize_request(r, r->content_handler(r));
 }
@@ -534,72 +677,278 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
- * The token goes into the Authorization header that proxy_pass forwards.
- * It stays there only while the upstream request is built: the header
- * filter and the log phase put the client's own value back (see
- * ngx_http_sf_oauth_hide_authorization), so that $http_authorization in
- * add_header or access_log never shows the token.  The element's
- * lowcase_key marks a value of ours.
+ * The token in the Authorization header, for the upstream request only.
+ * The element's lowcase_key marks a value of this module's: whatever
+ * finds the header between here and ngx_http_sf_oauth_unset_token() can
+ * tell (see ngx_http_sf_oauth_authorization_variable).
  */
 
 static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
 
 
 static ngx_int_t
-ngx_http_sf_oauth_set_authorization(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *value)
+ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_table_elt_t  *h;
 
-    h = r->headers_in.authorization;
+    h = ctx->header;
 
     if (h == NULL) {
-        h = ngx_list_push(&r->headers_in.headers);
-        if (h == NULL) {
-            return NGX_ERROR;
+
+        if (r->main->count > 1 && !ctx->unshared) {
+            /* a subrequest (mirror) may share the header list's elements */
+            if (ngx_http_sf_oauth_unshare(r) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            ctx->unshared = 1;
         }
 
-        ngx_str_set(&h->key, "Authorization");
-        r->headers_in.authorization = h;
+        h = r->headers_in.authorization;
 
-    } else if (h->lowcase_key != ngx_http_sf_oauth_lowcase_key) {
-        ctx->client_authorization = h->value;
-        ctx->client_had_authorization = 1;
+        if (h) {
+            ctx->saved_value = h->value;
+            ctx->saved_lowcase_key = h->lowcase_key;
+            ctx->saved_hash = h->hash;
+            ctx->pushed = 0;
+
+        } else {
+            h = ngx_list_push(&r->headers_in.headers);
+            if (h == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_str_set(&h->key, "Authorization");
+            r->headers_in.authorization = h;
+            ctx->pushed = 1;
+        }
+
+        ctx->header = h;
     }
 
     h->lowcase_key = ngx_http_sf_oauth_lowcase_key;
     h->hash = ngx_hash_key(h->lowcase_key, sizeof("authorization") - 1);
-    h->value = *value;
+    h->value = ctx->authorization;
 
     return NGX_OK;
 }
 
 
+/* takes the token out of the header again: the client's value, or none */
+
 void
-ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r)
+ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_table_elt_t          *h;
+    ngx_list_part_t  *last;
+    ngx_table_elt_t  *h;
+
+    h = ctx->header;
+
+    if (h == NULL) {
+        return;
+    }
+
+    ctx->header = NULL;
+
+    if (!ctx->pushed) {
+        h->value = ctx->saved_value;
+        h->lowcase_key = ctx->saved_lowcase_key;
+        h->hash = ctx->saved_hash;
+        return;
+    }
+
+    if (r->headers_in.authorization == h) {
+        r->headers_in.authorization = NULL;
+    }
+
+    /* the element was pushed last, and nothing pushes after it */
+
+    last = r->headers_in.headers.last;
+
+    if (last->nelts && (ngx_table_elt_t *) last->elts + last->nelts - 1 == h) {
+        last->nelts--;
+        return;
+    }
+
+    /* not the last one after all: it stays, as a header that says nothing */
+
+    h->hash = 0;
+    ngx_str_set(&h->key, "X-SF-OAuth");
+    h->lowcase_key = (u_char *) "x-sf-oauth";
+    ngx_str_null(&h->value);
+}
+
+
+/*
+ * Gives the main request a header list of its own, with copies of the
+ * elements: a subrequest made before (mirror) keeps the old list, whose
+ * elements it shares, so that it never sees the token.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
+{
+    ngx_uint_t        i, n;
+    ngx_list_t        old;
+    ngx_table_elt_t  *h, *dst, *auth;
+    ngx_list_part_t  *part;
+
+    old = r->headers_in.headers;
+    auth = NULL;
+    n = 0;
+
+    for (part = &old.part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    if (ngx_list_init(&r->headers_in.headers, r->pool, n + 1,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (part = &old.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            dst = ngx_list_push(&r->headers_in.headers);
+            if (dst == NULL) {
+                return NGX_ERROR;
+            }
+
+            *dst = h[i];
+
+            if (&h[i] == r->headers_in.authorization) {
+                auth = dst;
+            }
+        }
+    }
+
+    r->headers_in.authorization = auth;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: a header list of its own, %ui elements", n);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request's ctx, also after an internal redirect zeroed the module
+ * contexts: the ctx's own pool cleanup finds it then.
+ */
+
+ngx_http_sf_oauth_ctx_t *
+ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t       *cln;
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    h = r->headers_in.authorization;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (h == NULL
-        || h->lowcase_key != ngx_http_sf_oauth_lowcase_key
-        || h->hash == 0)
+    if (ctx || !r->internal) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_sf_oauth_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A 401 from the upstream that got this request's token, whatever the
+ * location does with it (passed through, intercepted by error_page):
+ * the token is dead, unless a newer one is there already.
+ */
+
+static void
+ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_msec_t  until;
+
+    if (ctx->noted
+        || ctx->upstream == NULL
+        || ctx->upstream != r->upstream
+        || ctx->upstream->headers_in.status_n != NGX_HTTP_UNAUTHORIZED)
     {
         return;
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+    ctx->noted = 1;
 
-    if (ctx && ctx->client_had_authorization) {
-        h->value = ctx->client_authorization;
+    if (ctx->replayed) {
+        ngx_http_sf_oauth_store_replayed(ctx->cred, ctx->generation, 0,
+                                         r->connection->log);
         return;
     }
 
-    /* no client value known: hide the element from $http_authorization */
-    h->hash = 0;
-    ngx_str_null(&h->value);
+    (void) ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
+                                            &until);
+}
+
+
+/*
+ * The rewrite phase: runs first in every location.  After an internal
+ * redirect (error_page, try_files, a named location) the token is taken
+ * out of the header before the next location can see it, and a 401 that
+ * error_page intercepted is noted.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r)
+{
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    if (r != r->main || !r->internal) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module)) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_sf_oauth_get_ctx(r);
+
+    if (ctx) {
+        ngx_http_sf_oauth_unset_token(r, ctx);
+        ngx_http_sf_oauth_note_401(r, ctx);
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* the response header: the token is out, and a 401 is noted */
+
+void
+ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_http_sf_oauth_unset_token(r, ctx);
+
+    if (ctx->upstream == NULL || ctx->upstream != r->upstream) {
+        return;
+    }
+
+    if (ctx->upstream->headers_in.status_n == NGX_HTTP_UNAUTHORIZED) {
+        /* a 401 of an sf_oauth location is never cached */
+        ctx->upstream->cacheable = 0;
+        ngx_http_sf_oauth_note_401(r, ctx);
+
+    } else if (ctx->replayed && !ctx->noted) {
+        ctx->noted = 1;
+        ngx_http_sf_oauth_store_replayed(ctx->cred, ctx->generation, 1,
+                                         r->connection->log);
+    }
 }
 
 
@@ -608,9 +957,88 @@ ngx_http_sf_oauth_hide_authorization(ngx_http_request_t *r)
 ngx_int_t
 ngx_http_sf_oauth_log_handler(ngx_http_request_t *r)
 {
-    ngx_http_sf_oauth_hide_authorization(r);
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    if (r == r->main) {
+        ctx = ngx_http_sf_oauth_get_ctx(r);
+
+        if (ctx) {
+            ngx_http_sf_oauth_unset_token(r, ctx);
+        }
+    }
 
     return NGX_OK;
+}
+
+
+/*
+ * $http_authorization: the client's own Authorization header, never the
+ * token.  Exact variable names win over the "http_" prefix, so this
+ * variable is what every $http_authorization in the configuration reads.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                *value;
+    ngx_table_elt_t          *h;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    h = r->headers_in.authorization;
+    value = h ? &h->value : NULL;
+
+    if (h && h->lowcase_key == ngx_http_sf_oauth_lowcase_key) {
+        ctx = ngx_http_sf_oauth_get_ctx(r->main);
+
+        value = (ctx && ctx->header == h && !ctx->pushed)
+                ? &ctx->saved_value : NULL;
+    }
+
+    if (value == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = value->len;
+    v->data = value->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Ends an upstream that is still attached to the request (the held 401,
+ * still streaming), as ngx_http_upstream_create() does before it reuses a
+ * request: with a reference of its own, so that the upstream's finalize
+ * does not free the request, which is then answered here.
+ */
+
+static void
+ngx_http_sf_oauth_end_upstream(ngx_http_request_t *r)
+{
+    ngx_http_cleanup_pt   handler;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    if (u == NULL || u->cleanup == NULL) {
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: ending the upstream of the held 401");
+
+    handler = *u->cleanup;
+
+    r->main->count++;
+    handler(r);
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
 }
 
 
@@ -620,6 +1048,8 @@ static ngx_int_t
 ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after)
 {
+    ngx_http_sf_oauth_end_upstream(r);
+
     ngx_http_finalize_request(r,
                    ngx_http_sf_oauth_send_error(r, ctx, error, retry_after));
 

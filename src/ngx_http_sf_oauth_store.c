@@ -440,32 +440,69 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
- * A 401 from Salesforce for a token of this generation: the token is dead.
- * Only that token is dropped; one that another request refreshed in the
- * meantime is kept.
+ * Salesforce answered 401 to the token of "generation".  The rule that
+ * keeps a 401 from becoming a refresh storm is scoped to the token:
+ *
+ *   - a newer token is there already: the request is replayed with it,
+ *     and nothing is refreshed (NGX_HTTP_SF_OAUTH_REJ_NEWER);
+ *   - it is the current token: it is dropped and a refresh follows
+ *     (NGX_HTTP_SF_OAUTH_REJ_DROPPED), unless the last tokens that a 401
+ *     made us get were rejected too when their requests were replayed.
+ *     Then each further 401 refresh waits a growing interval after the
+ *     last one (1 s, 2 s, 4 s, up to NGX_HTTP_SF_OAUTH_REJECT_MAX), and
+ *     the caller is told when to ask again (NGX_HTTP_SF_OAUTH_REJ_LATER,
+ *     *until).  A replay that succeeds resets the interval.
+ *
+ * So an endpoint that no refresh cures costs a few token requests a
+ * minute, and a real revocation is cured by the first 401 after it.
  */
 
-void
-ngx_http_sf_oauth_store_invalidate(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation)
+ngx_int_t
+ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_msec_t *until)
 {
     u_char                     fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    ngx_int_t                  rc;
     ngx_uint_t                 dropped;
+    ngx_msec_t                 now, wait;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
     node = cred->node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    now = ngx_current_msec;
+    dropped = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    dropped = node->state == NGX_HTTP_SF_OAUTH_VALID
-              && node->generation == generation;
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
+        /* dropped already, or refreshing, or failed: the lookup tells */
+        rc = NGX_HTTP_SF_OAUTH_REJ_DROPPED;
 
-    if (dropped) {
-        node->state = NGX_HTTP_SF_OAUTH_EMPTY;
-        node->invalidations++;
-        ngx_memcpy(fp, node->token_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+    } else if (node->generation != generation) {
+        rc = NGX_HTTP_SF_OAUTH_REJ_NEWER;
+
+    } else {
+        wait = 0;
+
+        if (node->uncured) {
+            wait = (ngx_msec_t) NGX_HTTP_SF_OAUTH_REJECT_MIN
+                   << ngx_min(node->uncured - 1, 8);
+            wait = ngx_min(wait, NGX_HTTP_SF_OAUTH_REJECT_MAX);
+        }
+
+        if (wait && (ngx_msec_int_t) (node->rejected_at + wait - now) > 0) {
+            *until = node->rejected_at + wait;
+            rc = NGX_HTTP_SF_OAUTH_REJ_LATER;
+
+        } else {
+            node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+            node->invalidations++;
+            node->rejected_at = now;
+            ngx_memcpy(fp, node->token_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+            dropped = 1;
+            rc = NGX_HTTP_SF_OAUTH_REJ_DROPPED;
+        }
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -476,56 +513,45 @@ ngx_http_sf_oauth_store_invalidate(ngx_http_sf_oauth_cred_t *cred,
                       "access token fp:%*s with 401, refreshing",
                       &cred->name, (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, fp);
     }
-}
-
-
-/* whether a 401 may be replayed: not while refreshes are known not to help */
-
-ngx_int_t
-ngx_http_sf_oauth_store_replayable(ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_int_t                  rc;
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_node_t  *node;
-
-    node = cred->node;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    rc = (ngx_msec_int_t) (node->uncured_until - ngx_current_msec) <= 0;
-
-    if (rc) {
-        node->replays++;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
 
     return rc;
 }
 
 
 /*
- * A replayed request got 401 with a freshly refreshed token: a refresh does
- * not cure this 401.  For a while 401s pass through without a refresh, so
- * that such requests cannot become a refresh storm.
+ * The answer to a request replayed after a 401 with the token of
+ * "generation": "cured" if it was not a 401 again.  Counted once per
+ * token, so that many replays of one refresh count as one.
  */
 
 void
-ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
-    ngx_log_t *log)
+ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t cured, ngx_log_t *log)
 {
     ngx_uint_t                 first;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
     node = cred->node;
+
+    if (cured && node->uncured == 0) {
+        /* the usual case, read without the lock: nothing to reset */
+        return;
+    }
+
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    first = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    first = (ngx_msec_int_t) (node->uncured_until - ngx_current_msec) <= 0;
-    node->uncured_until = ngx_current_msec + NGX_HTTP_SF_OAUTH_UNCURED_HOLD;
+    if (cured) {
+        node->uncured = 0;
+        node->uncured_generation = 0;
+
+    } else if (node->uncured_generation != generation) {
+        node->uncured_generation = generation;
+        first = (node->uncured++ == 0);
+    }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -534,11 +560,27 @@ ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
                       "sf_oauth: credential \"%V\": Salesforce answered 401 "
                       "to a request replayed with a new token: a refresh "
                       "does not cure this 401 (API access, IP restriction "
-                      "or session security level of the user?); 401s pass "
-                      "through unchanged for %M s",
-                      &cred->name,
-                      (ngx_msec_t) NGX_HTTP_SF_OAUTH_UNCURED_HOLD / 1000);
+                      "or session security level of the user?); further "
+                      "401 refreshes wait %M s, growing to %M s, until a "
+                      "replay succeeds", &cred->name,
+                      (ngx_msec_t) NGX_HTTP_SF_OAUTH_REJECT_MIN / 1000,
+                      (ngx_msec_t) NGX_HTTP_SF_OAUTH_REJECT_MAX / 1000);
     }
+}
+
+
+/* a request held for a replay, for the status output */
+
+void
+ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    cred->node->replays++;
+    ngx_shmtx_unlock(&shpool->mutex);
 }
 
 

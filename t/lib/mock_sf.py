@@ -56,6 +56,12 @@ Modes of the token endpoint:
 
 API paths with special answers (after the token check):
 
+  ?reject=1                      a 401 even to a valid token (one endpoint
+                                 that no refresh cures)
+  ?slow401=1                     the 401 is chunked, its last chunk 50 ms late
+  ?big401=N                      the 401 has a body of N bytes
+  ?cache401=1                    the 401 says Cache-Control: max-age=300
+
   /services/data/chunked?n=N     a chunked response of N chunks
   /services/data/big?bytes=N     a response of N bytes, with Content-Length
   ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
@@ -63,6 +69,11 @@ API paths with special answers (after the token check):
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
 keepalive).
+
+  *    /echo/...                 any other host a configuration sends to
+                                 (a mirror, an error_page fallback): 200,
+                                 and "echo_log" in the stats records the
+                                 method, path and Authorization header
 """
 
 import argparse
@@ -110,6 +121,7 @@ class State:
             self.issued_refresh = [self.args.refresh_token]
             self.in_flight = set()
             self.last_token_form = {}
+            self.echo_log = []
             self.lock.notify_all()
 
 
@@ -183,6 +195,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.introspect()
         if path.startswith("/services/"):
             return self.api(path)
+        if path.startswith("/echo/"):
+            return self.echo(path)
         self.send(404, [{"errorCode": "NOT_FOUND",
                          "message": "The requested resource does not exist"}])
 
@@ -206,6 +220,7 @@ class Handler(BaseHTTPRequestHandler):
                     "last_token_form": st.last_token_form,
                     "api_log": st.api_log,
                     "introspections": st.introspections,
+                    "echo_log": st.echo_log,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -447,7 +462,7 @@ class Handler(BaseHTTPRequestHandler):
                 if now - since > st.lifetime:
                     st.access_tokens.discard(token)
             ok = (token in st.access_tokens and len(auths) == 1
-                  and st.api_mode != "reject")
+                  and st.api_mode != "reject" and "reject" not in query)
             if ok:
                 st.token_used[token] = now
             if not ok:
@@ -460,6 +475,15 @@ class Handler(BaseHTTPRequestHandler):
                 "peer_port": self.client_address[1],
             })
         if not ok:
+            if "slow401" in query:
+                return self.slow401()
+            if "big401" in query:
+                n = int(query["big401"][0])
+                return self.send(401, "x" * n, ctype="text/plain")
+            if "cache401" in query:
+                return self.send(401, [{"message": "Session expired or invalid",
+                                        "errorCode": "INVALID_SESSION_ID"}],
+                                 headers=[("Cache-Control", "max-age=300")])
             if "empty401" in query:
                 return self.send(401, "")
             if "html401" in query:
@@ -483,6 +507,33 @@ class Handler(BaseHTTPRequestHandler):
             "headers": headers,
             "peer_port": self.client_address[1],
         })
+
+    def echo(self, path):
+        st = self.server.state
+        data = self.body()
+        with st.lock:
+            st.echo_log.append({
+                "method": self.command,
+                "path": self.path,
+                "authorization": self.headers.get_all("Authorization") or [],
+                "body_length": len(data),
+            })
+        return self.send(200, {"echo": self.path})
+
+    def slow401(self):
+        body = json.dumps([{"message": "Session expired or invalid",
+                            "errorCode": "INVALID_SESSION_ID"}]).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+            self.wfile.flush()
+            time.sleep(0.05)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
 
     def chunked(self, n):
         self.send_response(200)
