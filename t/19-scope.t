@@ -153,6 +153,12 @@ for my $with (0, 1) {
 }
 
 {
+    # the access log is written after the response: wait for both lines
+    for (1 .. 100) {
+        last if ($t->slurp('seen.log') =~ tr/\n//) >= 2;
+        select undef, undef, undef, 0.05;
+    }
+
     my $log = $t->slurp('seen.log');
     like($log, qr{^/services/seen/data/s1 auth=\[\Q$client_auth\E\]$}m,
          'access log: $http_authorization is the client\'s');
