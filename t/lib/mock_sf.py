@@ -64,6 +64,7 @@ API paths with special answers (after the token check):
 
   /services/data/chunked?n=N     a chunked response of N chunks
   /services/data/big?bytes=N     a response of N bytes, with Content-Length
+  /services/data/image.png       a 20x10 PNG image
   ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
 
 /__mock/stats lists every API request in "api_log": method, path, status,
@@ -123,6 +124,24 @@ class State:
             self.last_token_form = {}
             self.echo_log = []
             self.lock.notify_all()
+
+
+def png(width, height):
+    """A small grey PNG image (a document attachment, say)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        body = kind + data
+        return (struct.pack(">I", len(data)) + body
+                + struct.pack(">I", zlib.crc32(body) & 0xffffffff))
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                         0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def new_access_token():
@@ -495,6 +514,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.chunked(int(query.get("n", ["10"])[0]))
         if path == "/services/data/big":
             return self.big(int(query.get("bytes", ["1048576"])[0]))
+        if path == "/services/data/image.png":
+            return self.send(200, png(20, 10), ctype="image/png")
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() != "authorization"}
         return self.send(200, {
