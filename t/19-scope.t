@@ -28,7 +28,8 @@ print $fh "a static file\n";
 close $fh;
 
 $t->simple_conf(
-    http_extra => $t->credential(name => 'scoped') . <<'EOF',
+    http_extra => $t->credential(name => 'scoped')
+                  . $t->credential(name => 'deny') . <<'EOF',
     proxy_cache_path %%DIR%%/cache keys_zone=sfc:1m;
 
     log_format seen '$request_uri auth=[$http_authorization]';
@@ -76,6 +77,30 @@ $t->simple_conf(
         location @fallback {
             rewrite ^ /echo/fallback break;
             proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+
+        location /services/authreq/ {
+            sf_oauth crm;
+            auth_request /auth;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+
+        location = /auth {
+            internal;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_pass http://127.0.0.1:%%MOCK%%/echo/auth;
+        }
+
+        location /services/authdeny/ {
+            sf_oauth deny;
+            auth_request /deny;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+
+        location = /deny {
+            internal;
+            return 403;
         }
 
         location /services/tried/ {
@@ -239,6 +264,26 @@ $t->mock('revoke');
     ok($e, 'the try_files fallback got the request');
     is_deeply($e->{authorization}, [],
               'try_files fallback: no token');
+}
+
+# -- auth_request runs first, and never sees the token --------------------
+
+{
+    my $r = $t->http('POST', '/services/authreq/data/a', port => $other,
+                     headers => { Authorization => $client_auth },
+                     body => '{"a":1}');
+    is($r->{status}, 200, 'auth_request allows: 200');
+    is($r->{json}{authorization}, 'Bearer ' . (tokens())[-1],
+       'auth_request allows: Salesforce gets the token');
+    my ($e) = grep { $_->{path} =~ m{^/echo/auth} } echo_log();
+    ok($e, 'the auth_request subrequest ran');
+    is_deeply($e->{authorization}, [$client_auth],
+              'the auth_request subrequest got the client\'s header');
+
+    my $before = $t->token_requests;
+    $r = $t->http('GET', '/services/authdeny/data/d', port => $other);
+    is($r->{status}, 403, 'auth_request denies: 403');
+    is($t->token_requests, $before, 'a denied request costs no token request');
 }
 
 # -- sf_oauth at server level gates only what goes upstream ----------------
