@@ -24,7 +24,7 @@ static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
-static ngx_int_t ngx_http_sf_oauth_check_url(ngx_str_t *s);
+static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
 static size_t ngx_http_sf_oauth_printable(u_char *dst, const char *src,
     size_t max);
 
@@ -74,9 +74,10 @@ void
 ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
     size_t len, ngx_http_sf_oauth_token_t *tok)
 {
-    cJSON      *root, *item;
-    ngx_str_t   s;
-    ngx_uint_t  i;
+    cJSON       *root, *item;
+    ngx_str_t    s;
+    ngx_uint_t   i;
+    const char  *why;
 
     ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
 
@@ -141,14 +142,22 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
     if (ngx_http_sf_oauth_copy_field(pool, root, "instance_url",
                                      NGX_HTTP_SF_OAUTH_URL_MAX,
                                      &tok->instance_url)
-        != NGX_OK
-        || ngx_http_sf_oauth_check_url(&tok->instance_url) != NGX_OK)
+        != NGX_OK)
     {
+        why = "it is missing or not a string of 1 to 1024 bytes";
+
+    } else {
+        why = ngx_http_sf_oauth_check_url(&tok->instance_url);
+    }
+
+    if (why) {
+        /* the URL itself is the endpoint's text: it is not echoed */
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "the token endpoint does not answer like "
                                "Salesforce",
                                "the token response has no usable "
-                               "\"instance_url\" (an http or https URL)");
+                               "\"instance_url\": %s; only "
+                               "http(s)://HOST[:PORT] is accepted", why);
         goto done;
     }
 
@@ -376,38 +385,113 @@ ngx_http_sf_oauth_check_token(ngx_str_t *s)
 }
 
 
-static ngx_int_t
+/*
+ * instance_url is where "proxy_pass $sf_oauth_instance_url" sends every
+ * request, so it may name a scheme, a host and a port, and nothing that
+ * would change the request: no path, query or fragment, which proxy_pass
+ * would put in place of the request's URI, and no user information.  The
+ * host is a DNS name or IPv4 address (letters, digits, "-" and ".") or an
+ * IPv6 address in brackets; the port is 1 to 65535.  A trailing "/" alone
+ * is stripped.  Returns NULL for a good URL, else what is wrong with it.
+ */
+
+static const char *
 ngx_http_sf_oauth_check_url(ngx_str_t *s)
 {
-    size_t  skip;
+    u_char      *p, *end, *host;
+    ngx_uint_t   port, n;
 
-    if (s->len > 8 && ngx_strncasecmp(s->data, (u_char *) "https://", 8) == 0)
-    {
-        skip = 8;
+    p = s->data;
+    end = s->data + s->len;
 
-    } else if (s->len > 7
-               && ngx_strncasecmp(s->data, (u_char *) "http://", 7) == 0)
+    if (s->len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
+        p += 8;
+
+    } else if (s->len > 7 && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0)
     {
-        skip = 7;
+        p += 7;
 
     } else {
-        return NGX_ERROR;
-    }
-
-    if (s->data[skip] == '/') {
-        return NGX_ERROR;
+        return "it is not an http or https URL";
     }
 
     if (ngx_http_sf_oauth_check_token(s) != NGX_OK) {
-        return NGX_ERROR;
+        return "it has spaces, quotes or characters that are not printable";
+    }
+
+    for (host = p; host < end; host++) {
+        if (*host == '@') {
+            return "it has user information";
+        }
+    }
+
+    if (end - p > 1 && end[-1] == '/') {
+        end--;
+    }
+
+    host = p;
+
+    if (*p == '[') {
+
+        for (p++; p < end; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')
+                  || (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (p == end || *p != ']' || p == host + 1) {
+            return "it has an invalid IPv6 address";
+        }
+
+        p++;
+
+    } else {
+
+        for ( /* void */ ; p < end; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
+                  || (*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (p == host) {
+            return (p < end && *p != '/' && *p != '?' && *p != '#')
+                   ? "its host has characters other than letters, digits, "
+                     "\"-\" and \".\""
+                   : "it has no host";
+        }
+    }
+
+    if (p < end && *p == ':') {
+
+        port = 0;
+
+        for (p++, n = 0; p < end && *p >= '0' && *p <= '9' && n < 6; p++) {
+            port = port * 10 + (*p - '0');
+            n++;
+        }
+
+        if (n == 0 || n > 5 || port == 0 || port > 65535
+            || (p < end && *p != '/' && *p != '?' && *p != '#'))
+        {
+            return "it has an invalid port";
+        }
+    }
+
+    if (p < end) {
+        return (*p == '/' || *p == '?' || *p == '#')
+               ? "it has a path, a query or a fragment"
+               : "its host has characters other than letters, digits, "
+                 "\"-\" and \".\"";
     }
 
     /* proxy_pass $sf_oauth_instance_url wants no trailing slash */
-    while (s->len > skip + 1 && s->data[s->len - 1] == '/') {
-        s->len--;
-    }
+    s->len = end - s->data;
 
-    return NGX_OK;
+    return NULL;
 }
 
 

@@ -27,6 +27,10 @@ Test hooks, under /__mock/ (never used by the module):
                                  access tokens die S seconds after their
                                  last use (Salesforce's sliding session
                                  timeout), or after they were issued; 0: never
+  POST /__mock/instance_url?url=U
+                                 answer successful token requests with U
+                                 as the instance_url (to try bad ones);
+                                 no url: the mock's own URL again
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -62,7 +66,7 @@ API paths with special answers (after the token check):
 
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
-keepalive).
+keepalive); "not_found" counts requests outside /services/.
 """
 
 import argparse
@@ -95,6 +99,7 @@ class State:
             self.token_requests = 0
             self.token_ok = 0
             self.api_requests = 0
+            self.not_found = 0
             self.api_401 = 0
             self.api_mode = "normal"
             self.api_log = []
@@ -110,6 +115,7 @@ class State:
             self.issued_refresh = [self.args.refresh_token]
             self.in_flight = set()
             self.last_token_form = {}
+            self.instance_url = self.args.instance_url
             self.lock.notify_all()
 
 
@@ -183,6 +189,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.introspect()
         if path.startswith("/services/"):
             return self.api(path)
+        with self.server.state.lock:
+            self.server.state.not_found += 1
         self.send(404, [{"errorCode": "NOT_FOUND",
                          "message": "The requested resource does not exist"}])
 
@@ -199,6 +207,7 @@ class Handler(BaseHTTPRequestHandler):
                     "token_requests": st.token_requests,
                     "token_ok": st.token_ok,
                     "api_requests": st.api_requests,
+                    "not_found": st.not_found,
                     "api_401": st.api_401,
                     "valid_refresh_tokens": sorted(st.refresh_tokens),
                     "issued_access_tokens": st.issued_access,
@@ -224,6 +233,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.fixed_token = query.get("token", [""])[0]
             return self.send(200, {"fixed": st.fixed_token})
+        if path == "/__mock/instance_url":
+            with st.lock:
+                st.instance_url = query.get("url", [st.args.instance_url])[0]
+            return self.send(200, {"instance_url": st.instance_url})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -368,7 +381,8 @@ class Handler(BaseHTTPRequestHandler):
             token = st.fixed_token or new_access_token()
             if mode == "crlf":
                 token = token[:20] + "\r\nX-Injected: 1"
-            instance = args.instance_url
+            with st.lock:
+                instance = st.instance_url
             if mode == "no_instance":
                 instance = "ftp://example.com"
             reply = {
