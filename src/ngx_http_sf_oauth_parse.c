@@ -2,8 +2,15 @@
 /*
  * The token endpoint's answer, parsed with cJSON into a token or into an
  * error that says what failed and what the operator should do.  Nothing
- * of the answer is trusted: sizes are bounded, characters are checked, and
- * error texts from the endpoint are reduced to printable ASCII.
+ * of the answer is trusted: sizes are bounded and characters are checked.
+ *
+ * An error text goes to the log and to clients' 502 bodies, and a hostile
+ * or broken endpoint may echo secrets in it, whole or cut anywhere.  So
+ * the module never echoes an endpoint's text beyond a known-safe form:
+ * the "error" code if Salesforce documents it or it is a short word of
+ * [a-z_], the "error_description" only as one of Salesforce's own
+ * descriptions, spelt from the table below; anything else is named by its
+ * size only, like a body that is not JSON.
  */
 
 
@@ -22,11 +29,11 @@ typedef struct {
 
 static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
+static const char *ngx_http_sf_oauth_known_description(u_char *desc,
+    size_t len);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
 static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
-static size_t ngx_http_sf_oauth_printable(u_char *dst, const char *src,
-    size_t max);
 
 
 /* the token errors of Salesforce, in the order they are to be matched */
@@ -70,6 +77,46 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
 };
 
 
+/*
+ * The error descriptions of Salesforce's token and introspection
+ * endpoints: the only ones echoed, and in these words, not the endpoint's
+ * bytes.  A description matches when it equals one of them, ignoring case
+ * and surrounding white space.
+ */
+
+static const char  *ngx_http_sf_oauth_descriptions[] = {
+    "expired access/refresh token",
+    "authentication failure",
+    "token request is already being processed",
+    "IP restricted or invalid login hours",
+    "invalid client credentials",
+    "client identifier invalid",
+    "client secret invalid",
+    "invalid user credentials",
+    "grant type not supported",
+    "user hasn't approved this consumer",
+    "audience is invalid",
+    "Audience validation failed",
+    "expired authorization code",
+    "invalid authorization code",
+    "invalid assertion",
+    "user is inactive",
+    "inactive user",
+    "inactive organization",
+    "organization is locked, closed, or suspended",
+    "user is not admin approved to access this app",
+    "number of login attempts exceeded",
+    "requested scope is not allowed",
+    "secure connection required",
+    "unknown error",
+    NULL
+};
+
+
+/* an error code that is not Salesforce's is echoed only if [a-z_]{1,40} */
+#define NGX_HTTP_SF_OAUTH_CODE_MAX  40
+
+
 void
 ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
     size_t len, ngx_http_sf_oauth_token_t *tok)
@@ -98,22 +145,40 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
             cJSON_Delete(root);
         }
 
+        /* a body that is not JSON is never echoed: its size only */
+
+        if (len == 0) {
+            ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                   status >= 500
+                                   ? "Salesforce may be down or in "
+                                     "maintenance; the module retries with "
+                                     "backoff"
+                                   : "check that token_url is Salesforce's "
+                                     "/services/oauth2/token",
+                                   status >= 500
+                                   ? "HTTP %l from the token endpoint, "
+                                     "empty body"
+                                   : "HTTP %l from the token endpoint with "
+                                     "an empty body, expected a JSON object",
+                                   status);
+            return;
+        }
+
         if (status >= 500) {
             ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                    "Salesforce may be down or in maintenance; "
                                    "the module retries with backoff",
                                    "HTTP %l from the token endpoint, "
-                                   "%s body", status,
-                                   len ? "non-JSON" : "empty");
+                                   "non-JSON body of %uz bytes", status, len);
             return;
         }
 
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "check that token_url is Salesforce's "
                                "/services/oauth2/token",
-                               "HTTP %l from the token endpoint with %s "
-                               "body, expected a JSON object", status,
-                               len ? "a non-JSON" : "an empty");
+                               "HTTP %l from the token endpoint with a "
+                               "non-JSON body of %uz bytes, expected a JSON "
+                               "object", status, len);
         return;
     }
 
@@ -224,7 +289,8 @@ ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "check that token_url is Salesforce's",
                                "HTTP %l from the introspection endpoint "
-                               "without a JSON object", status);
+                               "without a JSON object (a body of %uz bytes)",
+                               status, len);
         goto done;
     }
 
@@ -263,25 +329,28 @@ static void
 ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
     ngx_http_sf_oauth_token_t *tok)
 {
-    u_char                          error[64], desc[256];
-    size_t                          elen, dlen;
-    cJSON                          *item;
-    ngx_uint_t                      i;
-    ngx_http_sf_oauth_error_hint_t *h;
+    u_char                          *error, *desc, ebuf[64], dbuf[64];
+    size_t                           elen, dlen, n;
+    cJSON                           *item;
+    ngx_uint_t                       i;
+    const char                      *known;
+    ngx_http_sf_oauth_error_hint_t  *h;
 
+    error = NULL;
+    desc = NULL;
     elen = 0;
     dlen = 0;
 
     item = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (cJSON_IsString(item)) {
-        elen = ngx_http_sf_oauth_printable(error, item->valuestring,
-                                           sizeof(error));
+    if (cJSON_IsString(item) && item->valuestring) {
+        error = (u_char *) item->valuestring;
+        elen = ngx_strlen(error);
     }
 
     item = cJSON_GetObjectItemCaseSensitive(root, "error_description");
-    if (cJSON_IsString(item)) {
-        dlen = ngx_http_sf_oauth_printable(desc, item->valuestring,
-                                           sizeof(desc));
+    if (cJSON_IsString(item) && item->valuestring) {
+        desc = (u_char *) item->valuestring;
+        dlen = ngx_strlen(desc);
     }
 
     if (elen == 0) {
@@ -292,6 +361,8 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
                                "an \"error\"", status);
         return;
     }
+
+    /* the class and the hint: matched on the text, which is not echoed */
 
     for (h = ngx_http_sf_oauth_error_hints; h->error; h++) {
 
@@ -305,11 +376,10 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
             break;
         }
 
-        for (i = 0; i < dlen; i++) {
-            if (ngx_strlen(h->description) <= dlen - i
-                && ngx_strncasecmp(desc + i, (u_char *) h->description,
-                                   ngx_strlen(h->description))
-                   == 0)
+        n = ngx_strlen(h->description);
+
+        for (i = 0; n <= dlen && i <= dlen - n; i++) {
+            if (ngx_strncasecmp(desc + i, (u_char *) h->description, n) == 0)
             {
                 goto found;
             }
@@ -318,20 +388,83 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
 
 found:
 
-    if (h->error == NULL) {
-        /* an error Salesforce does not document: 5xx transient, else hold */
-        ngx_http_sf_oauth_fail(pool, tok,
-                               status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
-                                             : NGX_HTTP_SF_OAUTH_OPERATOR,
-                               "see Salesforce's OAuth error codes",
-                               "Salesforce answered HTTP %l: %*s: %*s",
-                               status, elen, error, dlen, desc);
-        return;
+    /* what is echoed: Salesforce's code, or a short word, or its size */
+
+    if (h->error) {
+        error = (u_char *) h->error;
+
+    } else {
+        for (i = 0; i < elen && i < NGX_HTTP_SF_OAUTH_CODE_MAX; i++) {
+            if (!((error[i] >= 'a' && error[i] <= 'z') || error[i] == '_')) {
+                break;
+            }
+        }
+
+        if (i != elen) {
+            n = ngx_sprintf(ebuf, "(error code withheld: %uz bytes)", elen)
+                - ebuf;
+            error = ebuf;
+            elen = n;
+        }
     }
 
-    ngx_http_sf_oauth_fail(pool, tok, h->error_class, h->hint,
-                           "Salesforce answered HTTP %l: %*s: %*s",
-                           status, elen, error, dlen, desc);
+    known = ngx_http_sf_oauth_known_description(desc, dlen);
+
+    if (known) {
+        desc = (u_char *) known;
+        dlen = ngx_strlen(known);
+
+    } else if (dlen) {
+        n = ngx_sprintf(dbuf, "(description withheld: %uz bytes)", dlen)
+            - dbuf;
+        desc = dbuf;
+        dlen = n;
+
+    } else {
+        desc = (u_char *) "";
+    }
+
+    /* an error Salesforce does not document: 5xx transient, else hold */
+
+    ngx_http_sf_oauth_fail(pool, tok,
+                           h->error ? h->error_class
+                           : status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
+                                           : NGX_HTTP_SF_OAUTH_OPERATOR,
+                           h->error ? h->hint
+                                    : "see Salesforce's OAuth error codes",
+                           "Salesforce answered HTTP %l: %*s%s%*s",
+                           status, elen, error, dlen ? ": " : "", dlen, desc);
+}
+
+
+static const char *
+ngx_http_sf_oauth_known_description(u_char *desc, size_t len)
+{
+    size_t        n;
+    const char  **d;
+
+    while (len && (*desc == ' ' || *desc == '\t')) {
+        desc++;
+        len--;
+    }
+
+    while (len && (desc[len - 1] == ' ' || desc[len - 1] == '\t')) {
+        len--;
+    }
+
+    if (len == 0) {
+        return NULL;
+    }
+
+    for (d = ngx_http_sf_oauth_descriptions; *d; d++) {
+        n = ngx_strlen(*d);
+
+        if (n == len && ngx_strncasecmp(desc, (u_char *) *d, n) == 0) {
+            return *d;
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -492,21 +625,6 @@ ngx_http_sf_oauth_check_url(ngx_str_t *s)
     s->len = end - s->data;
 
     return NULL;
-}
-
-
-/* an untrusted string reduced to printable ASCII, at most max bytes */
-
-static size_t
-ngx_http_sf_oauth_printable(u_char *dst, const char *src, size_t max)
-{
-    size_t  n;
-
-    for (n = 0; *src && n < max; src++) {
-        dst[n++] = (*src >= 0x20 && *src < 0x7f) ? (u_char) *src : '?';
-    }
-
-    return n;
 }
 
 

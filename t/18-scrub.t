@@ -161,4 +161,125 @@ $t->stop;
 
 $t->finish;
 
+# -- error texts of the endpoint: echoed only in a known-safe form ------------
+
+# A hostile or broken endpoint echoes secrets in its error texts, whole or
+# cut anywhere; redaction only knows whole secrets, and only those this
+# worker has seen.  So nothing of an endpoint's text is echoed beyond
+# Salesforce's own codes and descriptions: no prefix of any secret may
+# reach a response, the debug log or the access log.
+
+my $s = SfTest->new(log_level => 'debug');
+$s->start_mock;
+my $sdir = $s->dir;
+
+open my $kf, '>', "$sdir/key" or die;
+print $kf 'c3' x 32, "\n";
+close $kf;
+chmod 0600, "$sdir/key";
+
+$s->simple_conf;
+my $conf = $s->slurp('nginx.conf');
+$conf =~ s{sf_oauth_zone zone=sf:1m;}
+          {sf_oauth_zone zone=sf:1m state=$sdir/state/sf.state key=$sdir/key;};
+$conf =~ s{(client_id [^;]+;)}
+          {$1\n        introspect on;\n        refresh_ahead 1s;\n        backoff 10ms 10ms;\n        hold 10ms;};
+open my $cf, '>', "$sdir/nginx.conf" or die;
+print $cf $conf;
+close $cf;
+
+$s->mode('rotation');
+$s->start;
+
+my @bodies;
+
+$r = $s->get('/services/data/');
+is($r->{status}, 200, 'scrub: a token, with a rotated refresh token');
+$r = $s->get('/services/data/');
+is($r->{headers}{'x-sf-oauth-status'}, 'HIT', 'scrub: then hits');
+
+# each hostile answer fails the refresh after a 401
+$s->mock('revoke');
+
+my @leaky = (
+    [ 'leaky_cut_refresh',
+      qr/^Salesforce answered HTTP 400: invalid_grant: \(description withheld: \d+ bytes\)$/ ],
+    [ 'leaky_cut_secret',
+      qr/^Salesforce answered HTTP 400: \(error code withheld: 73 bytes\): \(description withheld: 265 bytes\)$/ ],
+    [ 'leaky_prefix',
+      qr/^Salesforce answered HTTP 400: invalid_grant: \(description withheld: \d+ bytes\)$/ ],
+    [ 'leaky_code',
+      qr/^Salesforce answered HTTP 400: \(error code withheld: 37 bytes\): \(description withheld: 27 bytes\)$/ ],
+    [ 'leaky',
+      qr/^Salesforce answered HTTP 400: invalid_request: \(description withheld: \d+ bytes\)$/ ],
+    [ 'invalid_client',
+      qr/^Salesforce answered HTTP 400: invalid_client: invalid client credentials$/ ],
+);
+
+for my $case (@leaky) {
+    my ($mode, $want) = @$case;
+
+    $s->mode($mode);
+    select(undef, undef, undef, 0.05);          # the 10 ms backoff
+
+    $r = $s->get('/services/data/');
+    is($r->{status}, 502, "$mode: 502");
+    like(ref $r->{json} eq 'HASH' ? $r->{json}{error_description} // '' : '',
+         $want, "$mode: the endpoint's text is withheld, its size said")
+        or diag($r->{content});
+    push @bodies, $r->{content}, $s->get('/sf_oauth_info')->{content};
+}
+
+# a new token, saved in the state file
+$s->mode('normal');
+select(undef, undef, undef, 0.05);
+$r = $s->get('/services/data/');
+is($r->{status}, 200, 'scrub: a new token');
+$s->stop;
+
+# a full restart: the token is restored from the state file and
+# introspected before any request uses it; the answer echoes it
+$s->mode('leaky_introspect');
+$s->start;
+
+my $warned;
+for (1 .. 100) {
+    last if ($warned) = $s->error_log =~ /(token introspection failed: .*)/;
+    select(undef, undef, undef, 0.1);
+}
+
+like($warned // '',
+     qr/token introspection failed: Salesforce answered HTTP 400: invalid_request: \(description withheld: \d+ bytes\); asking again in 30 s/,
+     'introspection error: the echoed token is withheld');
+like($s->error_log, qr/restored 1 credentials from the state file/,
+     'introspection error: the token came from the state file');
+
+$s->mode('normal');
+push @bodies, $s->get('/sf_oauth_info')->{content};
+$s->stop;
+
+$stats = $s->mock('stats');
+my @secrets = ($SfTest::CLIENT_SECRET, $SfTest::REFRESH_TOKEN,
+               @{ $stats->{issued_access_tokens} },
+               @{ $stats->{issued_refresh_tokens} });
+ok(@{ $stats->{issued_access_tokens} } >= 2, 'scrub: access tokens issued');
+ok(@{ $stats->{issued_refresh_tokens} } >= 2, 'scrub: a refresh token rotated');
+ok($stats->{introspections} >= 1, 'scrub: the restored token was introspected');
+
+my %texts = (
+    'error.log' => $s->error_log,
+    'access.log' => $s->slurp('access.log'),
+    'response bodies' => join("\n", @bodies),
+);
+
+ok(length $texts{'error.log'} > 10000, 'scrub: the debug log was written');
+
+for my $name (sort keys %texts) {
+    my @found = grep { index($texts{$name}, substr($_, 0, 12)) >= 0 } @secrets;
+    is(scalar @found, 0, "$name: no 12-character prefix of any secret")
+        or diag(map { substr($_, 0, 12) . "...\n" } @found);
+}
+
+$s->finish;
+
 done_testing;

@@ -51,6 +51,22 @@ Modes of the token endpoint:
   no_instance     200 with an instance_url that is not http(s)
   leaky           400 whose error_description echoes the client secret and
                   the refresh token (a hostile endpoint)
+  leaky_cut_refresh
+                  400 invalid_grant whose error_description echoes the
+                  refresh token after 236 bytes, so that a cut at 256 bytes
+                  leaves its first 20 characters
+  leaky_cut_secret
+                  400 whose error code echoes the client secret after 44
+                  bytes (a cut at 64 leaves 20 characters), and whose
+                  error_description does the same after 236 bytes
+  leaky_prefix    400 invalid_grant whose error_description echoes the
+                  first 20 characters of the refresh token and of the
+                  client secret
+  leaky_code      400 with the client secret inside the error code and a
+                  description Salesforce does not send
+  leaky_introspect
+                  token requests as normal; introspection answers 400 with
+                  the access token echoed in the error_description
   deep_json       200 with JSON nested 20000 levels deep
   wrong_types     200 with a number for access_token, a list for
                   instance_url
@@ -81,7 +97,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
          "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
-         "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect")
+         "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect",
+         "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
+         "leaky_code", "leaky_introspect")
 
 ORG_ID = "00D5g000004Tmock"
 
@@ -315,6 +333,26 @@ class Handler(BaseHTTPRequestHandler):
                                    "bad refresh_token %s for secret %s" % (
                                        form.get("refresh_token"),
                                        form.get("client_secret"))})
+        rt_sent = form.get("refresh_token") or ""
+        secret_sent = form.get("client_secret") or ""
+        if mode == "leaky_cut_refresh":
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "r" * 236 + rt_sent})
+        if mode == "leaky_cut_secret":
+            return self.send(400, {"error": "e" * 44 + secret_sent,
+                                   "error_description":
+                                   "s" * 236 + secret_sent})
+        if mode == "leaky_prefix":
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "refresh token %s... rejected, client "
+                                   "secret %s... unknown" % (
+                                       rt_sent[:20], secret_sent[:20])})
+        if mode == "leaky_code":
+            return self.send(400, {"error": "invalid_" + secret_sent,
+                                   "error_description":
+                                   "no such thing at Salesforce"})
         if mode == "deep_json":
             return self.send(200, "[" * 20000 + "]" * 20000)
         if mode == "wrong_types":
@@ -422,6 +460,14 @@ class Handler(BaseHTTPRequestHandler):
                                    "invalid client credentials"})
         token = form.get("token", "")
         now = time.time()
+        with st.lock:
+            leaky = st.mode == "leaky_introspect"
+            if leaky:
+                st.introspections += 1
+        if leaky:
+            return self.send(400, {"error": "invalid_request",
+                                   "error_description":
+                                   "cannot introspect " + token})
         with st.lock:
             st.introspections += 1
             active = token in st.access_tokens
