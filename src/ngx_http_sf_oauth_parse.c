@@ -468,6 +468,106 @@ ngx_http_sf_oauth_known_description(u_char *desc, size_t len)
 }
 
 
+/*
+ * A redirect of the token endpoint, which is not followed.  Its target is
+ * the endpoint's text too: only its origin is echoed, checked like an
+ * instance_url, and its path only if it is the token endpoint's own.
+ */
+
+void
+ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
+    const char *location, ngx_http_sf_oauth_token_t *tok)
+{
+    size_t       len, n;
+    u_char      *p, *end;
+    ngx_str_t    origin;
+
+    if (location == NULL) {
+        location = "";
+    }
+
+    len = ngx_strlen(location);
+    p = (u_char *) location;
+    end = p + len;
+
+    origin.len = 0;
+    origin.data = NULL;
+
+    if (len <= NGX_HTTP_SF_OAUTH_URL_MAX) {
+
+        for ( /* void */ ; end - p >= 3; p++) {
+            if (p[0] == ':' && p[1] == '/' && p[2] == '/') {
+                break;
+            }
+        }
+
+        if (end - p >= 3) {
+
+            for (p += 3; p < end; p++) {
+                if (*p == '/' || *p == '?' || *p == '#') {
+                    break;
+                }
+            }
+
+            origin.len = p - (u_char *) location;
+            origin.data = ngx_pnalloc(pool, origin.len);
+
+            if (origin.data == NULL) {
+                origin.len = 0;
+
+            } else {
+                ngx_memcpy(origin.data, location, origin.len);
+
+                if (ngx_http_sf_oauth_check_url(&origin) != NULL) {
+                    origin.len = 0;
+                }
+            }
+        }
+    }
+
+    if (len == 0) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "the token endpoint does not answer like "
+                               "Salesforce",
+                               "the token endpoint redirects (HTTP %l) "
+                               "without a Location", status);
+        return;
+    }
+
+    if (origin.len == 0) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "set token_url to the URL the endpoint "
+                               "redirects to; redirects are not followed",
+                               "the token endpoint redirects (HTTP %l) to a "
+                               "URL of %uz bytes (withheld)", status, len);
+        return;
+    }
+
+    n = end - p;
+
+    if (n == 0
+        || (n == 1 && *p == '/')
+        || (n == sizeof("/services/oauth2/token") - 1
+            && ngx_strncmp(p, "/services/oauth2/token", n) == 0))
+    {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "set token_url to the URL the endpoint "
+                               "redirects to; redirects are not followed",
+                               "the token endpoint redirects (HTTP %l) to "
+                               "\"%V%*s\"", status, &origin, n, p);
+        return;
+    }
+
+    ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                           "set token_url to the URL the endpoint "
+                           "redirects to; redirects are not followed",
+                           "the token endpoint redirects (HTTP %l) to "
+                           "\"%V\" and a path or query of %uz bytes "
+                           "(withheld)",
+                           status, &origin, n);
+}
+
+
 static ngx_int_t
 ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root, const char *name,
     size_t max, ngx_str_t *dst)

@@ -210,6 +210,8 @@ my @leaky = (
       qr/^Salesforce answered HTTP 400: invalid_grant: \(description withheld: \d+ bytes\)$/ ],
     [ 'leaky_code',
       qr/^Salesforce answered HTTP 400: \(error code withheld: 37 bytes\): \(description withheld: 27 bytes\)$/ ],
+    [ 'redirect_leaky',
+      qr/^the token endpoint redirects \(HTTP 302\) to "https:\/\/login\.example\.com" and a path or query of \d+ bytes \(withheld\)$/ ],
     [ 'leaky',
       qr/^Salesforce answered HTTP 400: invalid_request: \(description withheld: \d+ bytes\)$/ ],
     [ 'invalid_client',

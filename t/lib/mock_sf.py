@@ -64,6 +64,8 @@ Modes of the token endpoint:
                   client secret
   leaky_code      400 with the client secret inside the error code and a
                   description Salesforce does not send
+  redirect_leaky  302 to a URL whose query echoes the refresh token after
+                  236 bytes (a cut at 256 leaves 20 characters)
   leaky_introspect
                   token requests as normal; introspection answers 400 with
                   the access token echoed in the error_description
@@ -99,7 +101,7 @@ MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
          "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
          "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect",
          "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
-         "leaky_code", "leaky_introspect")
+         "leaky_code", "leaky_introspect", "redirect_leaky")
 
 ORG_ID = "00D5g000004Tmock"
 
@@ -349,6 +351,10 @@ class Handler(BaseHTTPRequestHandler):
                                    "refresh token %s... rejected, client "
                                    "secret %s... unknown" % (
                                        rt_sent[:20], secret_sent[:20])})
+        if mode == "redirect_leaky":
+            url = "https://login.example.com/services/oauth2/token?x="
+            return self.send(302, "", headers=[(
+                "Location", url + "q" * (236 - len(url)) + rt_sent)])
         if mode == "leaky_code":
             return self.send(400, {"error": "invalid_" + secret_sent,
                                    "error_description":
