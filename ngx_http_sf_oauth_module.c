@@ -228,6 +228,30 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /* the name goes into logs and sf_oauth_info: as a credential's name */
+
+    if (name.len > NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid sf_oauth_zone name \"%*s...\": it must "
+                           "have 1 to %d characters, not %uz",
+                           (size_t) NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX,
+                           name.data, NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX,
+                           name.len);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 0; i < name.len; i++) {
+        if (!(isalnum(name.data[i]) || name.data[i] == '_'
+              || name.data[i] == '-' || name.data[i] == '.'))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid sf_oauth_zone name \"%V\": use "
+                               "letters, digits, \"_\", \"-\" and \".\"",
+                               &name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     shm_zone = ngx_shared_memory_add(cf, &name, size,
                                      &ngx_http_sf_oauth_module);
     if (shm_zone == NULL) {

@@ -30,6 +30,7 @@
 
 
 #define NGX_HTTP_SF_OAUTH_NAME_MAX       64
+#define NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX  64
 #define NGX_HTTP_SF_OAUTH_TOKEN_MAX      4096
 #define NGX_HTTP_SF_OAUTH_REFRESH_MAX    2048
 #define NGX_HTTP_SF_OAUTH_URL_MAX        1024
@@ -387,6 +388,8 @@ void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
 ngx_int_t ngx_http_sf_oauth_check_token(ngx_str_t *s);
 void ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
+void ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
+    const char *location, ngx_http_sf_oauth_token_t *tok);
 void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
     const char *fmt, ...);

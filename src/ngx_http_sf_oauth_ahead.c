@@ -97,6 +97,15 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
         }
 
         if (lk.introspect) {
+            /*
+             * A token restored from the state file may not have served a
+             * request in this worker yet: the log redaction learns it
+             * here, in case the endpoint's answer echoes it.
+             */
+
+            ngx_http_sf_oauth_redact_remember(cred[i], lk.authorization.data,
+                                              lk.authorization.len);
+
             if (ngx_http_sf_oauth_client_start(cred[i], &lk.authorization, 1,
                                                lk.generation)
                 != NGX_OK)
@@ -129,6 +138,7 @@ ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t   lk;
 
     if (!tok->ok) {
+        /* the parser echoes no text of the endpoint's; redact all the same */
         tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,
                                                   tok->error.len,
                                                   tok->error.len);

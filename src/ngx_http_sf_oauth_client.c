@@ -566,8 +566,6 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
 {
     long                        status;
     char                       *location;
-    u_char                      buf[256];
-    size_t                      n;
     ngx_http_sf_oauth_cred_t   *cred;
     ngx_http_sf_oauth_token_t   tok;
 
@@ -602,18 +600,9 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
         location = NULL;
         curl_easy_getinfo(tr->easy, CURLINFO_REDIRECT_URL, &location);
 
-        /* an untrusted URL: printable ASCII only, cut short */
-        for (n = 0; location && location[n] && n < sizeof(buf); n++) {
-            buf[n] = (location[n] > 0x20 && location[n] < 0x7f)
-                     ? (u_char) location[n] : '?';
-        }
-
+        /* an untrusted URL: the parser echoes a known-safe part of it */
         ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
-        ngx_http_sf_oauth_fail(tr->pool, &tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "set token_url to the URL the endpoint "
-                               "redirects to; redirects are not followed",
-                               "the token endpoint redirects (HTTP %l) to "
-                               "\"%*s\"", status, n, buf);
+        ngx_http_sf_oauth_parse_redirect(tr->pool, status, location, &tok);
 
     } else if (tr->introspect) {
         ngx_http_sf_oauth_parse_introspect(tr->pool, status, tr->body,

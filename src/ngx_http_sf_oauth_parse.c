@@ -2,8 +2,15 @@
 /*
  * The token endpoint's answer, parsed with cJSON into a token or into an
  * error that says what failed and what the operator should do.  Nothing
- * of the answer is trusted: sizes are bounded, characters are checked, and
- * error texts from the endpoint are reduced to printable ASCII.
+ * of the answer is trusted: sizes are bounded and characters are checked.
+ *
+ * An error text goes to the log and to clients' 502 bodies, and a hostile
+ * or broken endpoint may echo secrets in it, whole or cut anywhere.  So
+ * the module never echoes an endpoint's text beyond a known-safe form:
+ * the "error" code if Salesforce documents it or it is a short word of
+ * [a-z_], the "error_description" only as one of Salesforce's own
+ * descriptions, spelt from the table below; anything else is named by its
+ * size only, like a body that is not JSON.
  */
 
 
@@ -22,11 +29,11 @@ typedef struct {
 
 static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
+static const char *ngx_http_sf_oauth_known_description(u_char *desc,
+    size_t len);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
-static ngx_int_t ngx_http_sf_oauth_check_url(ngx_str_t *s);
-static size_t ngx_http_sf_oauth_printable(u_char *dst, const char *src,
-    size_t max);
+static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
 
 
 /* the token errors of Salesforce, in the order they are to be matched */
@@ -70,13 +77,54 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
 };
 
 
+/*
+ * The error descriptions of Salesforce's token and introspection
+ * endpoints: the only ones echoed, and in these words, not the endpoint's
+ * bytes.  A description matches when it equals one of them, ignoring case
+ * and surrounding white space.
+ */
+
+static const char  *ngx_http_sf_oauth_descriptions[] = {
+    "expired access/refresh token",
+    "authentication failure",
+    "token request is already being processed",
+    "IP restricted or invalid login hours",
+    "invalid client credentials",
+    "client identifier invalid",
+    "client secret invalid",
+    "invalid user credentials",
+    "grant type not supported",
+    "user hasn't approved this consumer",
+    "audience is invalid",
+    "Audience validation failed",
+    "expired authorization code",
+    "invalid authorization code",
+    "invalid assertion",
+    "user is inactive",
+    "inactive user",
+    "inactive organization",
+    "organization is locked, closed, or suspended",
+    "user is not admin approved to access this app",
+    "number of login attempts exceeded",
+    "requested scope is not allowed",
+    "secure connection required",
+    "unknown error",
+    NULL
+};
+
+
+/* an error code that is not Salesforce's is echoed only if [a-z_]{1,40} */
+#define NGX_HTTP_SF_OAUTH_CODE_MAX  40
+
+
 void
 ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
     size_t len, ngx_http_sf_oauth_token_t *tok)
 {
-    cJSON      *root, *item;
-    ngx_str_t   s;
-    ngx_uint_t  i;
+    cJSON       *root, *item;
+    ngx_str_t    s;
+    ngx_uint_t   i;
+    const char  *why;
 
     ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
 
@@ -97,22 +145,40 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
             cJSON_Delete(root);
         }
 
+        /* a body that is not JSON is never echoed: its size only */
+
+        if (len == 0) {
+            ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                   status >= 500
+                                   ? "Salesforce may be down or in "
+                                     "maintenance; the module retries with "
+                                     "backoff"
+                                   : "check that token_url is Salesforce's "
+                                     "/services/oauth2/token",
+                                   status >= 500
+                                   ? "HTTP %l from the token endpoint, "
+                                     "empty body"
+                                   : "HTTP %l from the token endpoint with "
+                                     "an empty body, expected a JSON object",
+                                   status);
+            return;
+        }
+
         if (status >= 500) {
             ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                    "Salesforce may be down or in maintenance; "
                                    "the module retries with backoff",
                                    "HTTP %l from the token endpoint, "
-                                   "%s body", status,
-                                   len ? "non-JSON" : "empty");
+                                   "non-JSON body of %uz bytes", status, len);
             return;
         }
 
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "check that token_url is Salesforce's "
                                "/services/oauth2/token",
-                               "HTTP %l from the token endpoint with %s "
-                               "body, expected a JSON object", status,
-                               len ? "a non-JSON" : "an empty");
+                               "HTTP %l from the token endpoint with a "
+                               "non-JSON body of %uz bytes, expected a JSON "
+                               "object", status, len);
         return;
     }
 
@@ -141,14 +207,22 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
     if (ngx_http_sf_oauth_copy_field(pool, root, "instance_url",
                                      NGX_HTTP_SF_OAUTH_URL_MAX,
                                      &tok->instance_url)
-        != NGX_OK
-        || ngx_http_sf_oauth_check_url(&tok->instance_url) != NGX_OK)
+        != NGX_OK)
     {
+        why = "it is missing or not a string of 1 to 1024 bytes";
+
+    } else {
+        why = ngx_http_sf_oauth_check_url(&tok->instance_url);
+    }
+
+    if (why) {
+        /* the URL itself is the endpoint's text: it is not echoed */
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "the token endpoint does not answer like "
                                "Salesforce",
                                "the token response has no usable "
-                               "\"instance_url\" (an http or https URL)");
+                               "\"instance_url\": %s; only "
+                               "http(s)://HOST[:PORT] is accepted", why);
         goto done;
     }
 
@@ -215,7 +289,8 @@ ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
         ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
                                "check that token_url is Salesforce's",
                                "HTTP %l from the introspection endpoint "
-                               "without a JSON object", status);
+                               "without a JSON object (a body of %uz bytes)",
+                               status, len);
         goto done;
     }
 
@@ -254,25 +329,28 @@ static void
 ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
     ngx_http_sf_oauth_token_t *tok)
 {
-    u_char                          error[64], desc[256];
-    size_t                          elen, dlen;
-    cJSON                          *item;
-    ngx_uint_t                      i;
-    ngx_http_sf_oauth_error_hint_t *h;
+    u_char                          *error, *desc, ebuf[64], dbuf[64];
+    size_t                           elen, dlen, n;
+    cJSON                           *item;
+    ngx_uint_t                       i;
+    const char                      *known;
+    ngx_http_sf_oauth_error_hint_t  *h;
 
+    error = NULL;
+    desc = NULL;
     elen = 0;
     dlen = 0;
 
     item = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (cJSON_IsString(item)) {
-        elen = ngx_http_sf_oauth_printable(error, item->valuestring,
-                                           sizeof(error));
+    if (cJSON_IsString(item) && item->valuestring) {
+        error = (u_char *) item->valuestring;
+        elen = ngx_strlen(error);
     }
 
     item = cJSON_GetObjectItemCaseSensitive(root, "error_description");
-    if (cJSON_IsString(item)) {
-        dlen = ngx_http_sf_oauth_printable(desc, item->valuestring,
-                                           sizeof(desc));
+    if (cJSON_IsString(item) && item->valuestring) {
+        desc = (u_char *) item->valuestring;
+        dlen = ngx_strlen(desc);
     }
 
     if (elen == 0) {
@@ -283,6 +361,8 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
                                "an \"error\"", status);
         return;
     }
+
+    /* the class and the hint: matched on the text, which is not echoed */
 
     for (h = ngx_http_sf_oauth_error_hints; h->error; h++) {
 
@@ -296,11 +376,10 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
             break;
         }
 
-        for (i = 0; i < dlen; i++) {
-            if (ngx_strlen(h->description) <= dlen - i
-                && ngx_strncasecmp(desc + i, (u_char *) h->description,
-                                   ngx_strlen(h->description))
-                   == 0)
+        n = ngx_strlen(h->description);
+
+        for (i = 0; n <= dlen && i <= dlen - n; i++) {
+            if (ngx_strncasecmp(desc + i, (u_char *) h->description, n) == 0)
             {
                 goto found;
             }
@@ -309,20 +388,183 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
 
 found:
 
-    if (h->error == NULL) {
-        /* an error Salesforce does not document: 5xx transient, else hold */
-        ngx_http_sf_oauth_fail(pool, tok,
-                               status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
-                                             : NGX_HTTP_SF_OAUTH_OPERATOR,
-                               "see Salesforce's OAuth error codes",
-                               "Salesforce answered HTTP %l: %*s: %*s",
-                               status, elen, error, dlen, desc);
+    /* what is echoed: Salesforce's code, or a short word, or its size */
+
+    if (h->error) {
+        error = (u_char *) h->error;
+
+    } else {
+        for (i = 0; i < elen && i < NGX_HTTP_SF_OAUTH_CODE_MAX; i++) {
+            if (!((error[i] >= 'a' && error[i] <= 'z') || error[i] == '_')) {
+                break;
+            }
+        }
+
+        if (i != elen) {
+            n = ngx_sprintf(ebuf, "(error code withheld: %uz bytes)", elen)
+                - ebuf;
+            error = ebuf;
+            elen = n;
+        }
+    }
+
+    known = ngx_http_sf_oauth_known_description(desc, dlen);
+
+    if (known) {
+        desc = (u_char *) known;
+        dlen = ngx_strlen(known);
+
+    } else if (dlen) {
+        n = ngx_sprintf(dbuf, "(description withheld: %uz bytes)", dlen)
+            - dbuf;
+        desc = dbuf;
+        dlen = n;
+
+    } else {
+        desc = (u_char *) "";
+    }
+
+    /* an error Salesforce does not document: 5xx transient, else hold */
+
+    ngx_http_sf_oauth_fail(pool, tok,
+                           h->error ? h->error_class
+                           : status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
+                                           : NGX_HTTP_SF_OAUTH_OPERATOR,
+                           h->error ? h->hint
+                                    : "see Salesforce's OAuth error codes",
+                           "Salesforce answered HTTP %l: %*s%s%*s",
+                           status, elen, error, dlen ? ": " : "", dlen, desc);
+}
+
+
+static const char *
+ngx_http_sf_oauth_known_description(u_char *desc, size_t len)
+{
+    size_t        n;
+    const char  **d;
+
+    while (len && (*desc == ' ' || *desc == '\t')) {
+        desc++;
+        len--;
+    }
+
+    while (len && (desc[len - 1] == ' ' || desc[len - 1] == '\t')) {
+        len--;
+    }
+
+    if (len == 0) {
+        return NULL;
+    }
+
+    for (d = ngx_http_sf_oauth_descriptions; *d; d++) {
+        n = ngx_strlen(*d);
+
+        if (n == len && ngx_strncasecmp(desc, (u_char *) *d, n) == 0) {
+            return *d;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A redirect of the token endpoint, which is not followed.  Its target is
+ * the endpoint's text too: only its origin is echoed, checked like an
+ * instance_url, and its path only if it is the token endpoint's own.
+ */
+
+void
+ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
+    const char *location, ngx_http_sf_oauth_token_t *tok)
+{
+    size_t       len, n;
+    u_char      *p, *end;
+    ngx_str_t    origin;
+
+    if (location == NULL) {
+        location = "";
+    }
+
+    len = ngx_strlen(location);
+    p = (u_char *) location;
+    end = p + len;
+
+    origin.len = 0;
+    origin.data = NULL;
+
+    if (len <= NGX_HTTP_SF_OAUTH_URL_MAX) {
+
+        for ( /* void */ ; end - p >= 3; p++) {
+            if (p[0] == ':' && p[1] == '/' && p[2] == '/') {
+                break;
+            }
+        }
+
+        if (end - p >= 3) {
+
+            for (p += 3; p < end; p++) {
+                if (*p == '/' || *p == '?' || *p == '#') {
+                    break;
+                }
+            }
+
+            origin.len = p - (u_char *) location;
+            origin.data = ngx_pnalloc(pool, origin.len);
+
+            if (origin.data == NULL) {
+                origin.len = 0;
+
+            } else {
+                ngx_memcpy(origin.data, location, origin.len);
+
+                if (ngx_http_sf_oauth_check_url(&origin) != NULL) {
+                    origin.len = 0;
+                }
+            }
+        }
+    }
+
+    if (len == 0) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "the token endpoint does not answer like "
+                               "Salesforce",
+                               "the token endpoint redirects (HTTP %l) "
+                               "without a Location", status);
         return;
     }
 
-    ngx_http_sf_oauth_fail(pool, tok, h->error_class, h->hint,
-                           "Salesforce answered HTTP %l: %*s: %*s",
-                           status, elen, error, dlen, desc);
+    if (origin.len == 0) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "set token_url to the URL the endpoint "
+                               "redirects to; redirects are not followed",
+                               "the token endpoint redirects (HTTP %l) to a "
+                               "URL of %uz bytes (withheld)", status, len);
+        return;
+    }
+
+    n = end - p;
+
+    if (n == 0
+        || (n == 1 && *p == '/')
+        || (n == sizeof("/services/oauth2/token") - 1
+            && ngx_strncmp(p, "/services/oauth2/token", n) == 0))
+    {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "set token_url to the URL the endpoint "
+                               "redirects to; redirects are not followed",
+                               "the token endpoint redirects (HTTP %l) to "
+                               "\"%V%*s\"", status, &origin, n, p);
+        return;
+    }
+
+    ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                           "set token_url to the URL the endpoint "
+                           "redirects to; redirects are not followed",
+                           "the token endpoint redirects (HTTP %l) to "
+                           "\"%V\" and a path or query of %uz bytes "
+                           "(withheld)",
+                           status, &origin, n);
 }
 
 
@@ -376,53 +618,113 @@ ngx_http_sf_oauth_check_token(ngx_str_t *s)
 }
 
 
-static ngx_int_t
+/*
+ * instance_url is where "proxy_pass $sf_oauth_instance_url" sends every
+ * request, so it may name a scheme, a host and a port, and nothing that
+ * would change the request: no path, query or fragment, which proxy_pass
+ * would put in place of the request's URI, and no user information.  The
+ * host is a DNS name or IPv4 address (letters, digits, "-" and ".") or an
+ * IPv6 address in brackets; the port is 1 to 65535.  A trailing "/" alone
+ * is stripped.  Returns NULL for a good URL, else what is wrong with it.
+ */
+
+static const char *
 ngx_http_sf_oauth_check_url(ngx_str_t *s)
 {
-    size_t  skip;
+    u_char      *p, *end, *host;
+    ngx_uint_t   port, n;
 
-    if (s->len > 8 && ngx_strncasecmp(s->data, (u_char *) "https://", 8) == 0)
-    {
-        skip = 8;
+    p = s->data;
+    end = s->data + s->len;
 
-    } else if (s->len > 7
-               && ngx_strncasecmp(s->data, (u_char *) "http://", 7) == 0)
+    if (s->len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
+        p += 8;
+
+    } else if (s->len > 7 && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0)
     {
-        skip = 7;
+        p += 7;
 
     } else {
-        return NGX_ERROR;
-    }
-
-    if (s->data[skip] == '/') {
-        return NGX_ERROR;
+        return "it is not an http or https URL";
     }
 
     if (ngx_http_sf_oauth_check_token(s) != NGX_OK) {
-        return NGX_ERROR;
+        return "it has spaces, quotes or characters that are not printable";
+    }
+
+    for (host = p; host < end; host++) {
+        if (*host == '@') {
+            return "it has user information";
+        }
+    }
+
+    if (end - p > 1 && end[-1] == '/') {
+        end--;
+    }
+
+    host = p;
+
+    if (*p == '[') {
+
+        for (p++; p < end; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')
+                  || (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (p == end || *p != ']' || p == host + 1) {
+            return "it has an invalid IPv6 address";
+        }
+
+        p++;
+
+    } else {
+
+        for ( /* void */ ; p < end; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
+                  || (*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (p == host) {
+            return (p < end && *p != '/' && *p != '?' && *p != '#')
+                   ? "its host has characters other than letters, digits, "
+                     "\"-\" and \".\""
+                   : "it has no host";
+        }
+    }
+
+    if (p < end && *p == ':') {
+
+        port = 0;
+
+        for (p++, n = 0; p < end && *p >= '0' && *p <= '9' && n < 6; p++) {
+            port = port * 10 + (*p - '0');
+            n++;
+        }
+
+        if (n == 0 || n > 5 || port == 0 || port > 65535
+            || (p < end && *p != '/' && *p != '?' && *p != '#'))
+        {
+            return "it has an invalid port";
+        }
+    }
+
+    if (p < end) {
+        return (*p == '/' || *p == '?' || *p == '#')
+               ? "it has a path, a query or a fragment"
+               : "its host has characters other than letters, digits, "
+                 "\"-\" and \".\"";
     }
 
     /* proxy_pass $sf_oauth_instance_url wants no trailing slash */
-    while (s->len > skip + 1 && s->data[s->len - 1] == '/') {
-        s->len--;
-    }
+    s->len = end - s->data;
 
-    return NGX_OK;
-}
-
-
-/* an untrusted string reduced to printable ASCII, at most max bytes */
-
-static size_t
-ngx_http_sf_oauth_printable(u_char *dst, const char *src, size_t max)
-{
-    size_t  n;
-
-    for (n = 0; *src && n < max; src++) {
-        dst[n++] = (*src >= 0x20 && *src < 0x7f) ? (u_char) *src : '?';
-    }
-
-    return n;
+    return NULL;
 }
 
 

@@ -9,9 +9,13 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static u_char *ngx_http_sf_oauth_info_cred(u_char *p,
+static size_t ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
+static u_char *ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
-    ngx_uint_t last);
+    ngx_uint_t last_cred);
+static u_char *ngx_http_sf_oauth_info_str(u_char *p, u_char *last,
+    const char *key, u_char *s, size_t len);
 
 
 static const char  *ngx_http_sf_oauth_states[] = {
@@ -19,18 +23,25 @@ static const char  *ngx_http_sf_oauth_states[] = {
 };
 
 
-/* the JSON of one credential is at most this long, the error escaped */
-#define NGX_HTTP_SF_OAUTH_INFO_LEN                                           \
-    (1024 + 2 * NGX_HTTP_SF_OAUTH_NAME_MAX + NGX_HTTP_SF_OAUTH_URL_MAX       \
-     + 6 * NGX_HTTP_SF_OAUTH_ERROR_MAX)
+/*
+ * The JSON of one credential is sized from what it prints: the strings
+ * by their escaped lengths, plus a bound on the rest, the keys and
+ * punctuation (about 600 bytes) and the numbers, each at most
+ * NGX_INT64_LEN.  Printing is bounded by that size all the same.
+ */
+
+#define NGX_HTTP_SF_OAUTH_INFO_KEYS      1024
+#define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   16
 
 
 ngx_int_t
 ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
 {
-    u_char                         *p;
+    u_char                         *p, *last;
+    size_t                          len;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
+    ngx_str_t                      *part;
     ngx_uint_t                      i;
     ngx_http_sf_oauth_node_t       *node;
     ngx_http_sf_oauth_cred_t      **cred;
@@ -48,15 +59,49 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
     smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
     cred = smcf->creds.elts;
 
-    b = ngx_create_temp_buf(r->pool, sizeof("{\"credentials\":[\n]}\n")
-                                     + smcf->creds.nelts
-                                       * NGX_HTTP_SF_OAUTH_INFO_LEN);
-    if (b == NULL) {
+    node = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_node_t));
+    if (node == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    node = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_node_t));
-    if (node == NULL) {
+    part = ngx_palloc(r->pool, (smcf->creds.nelts + 1) * sizeof(ngx_str_t));
+    if (part == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* each credential from one snapshot: sized, then printed */
+
+    len = sizeof("{\"credentials\":[\n]}\n") - 1;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        ngx_http_sf_oauth_store_snapshot(cred[i], node);
+
+        part[i].len = ngx_http_sf_oauth_info_len(cred[i], node);
+        part[i].data = ngx_pnalloc(r->pool, part[i].len);
+
+        if (part[i].data == NULL) {
+            ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        last = part[i].data + part[i].len;
+        p = ngx_http_sf_oauth_info_cred(part[i].data, last, cred[i], node,
+                                        i == smcf->creds.nelts - 1);
+
+        if (p == last) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "sf_oauth: the status of credential \"%V\" was "
+                          "cut at %uz bytes", &cred[i]->name, part[i].len);
+        }
+
+        part[i].len = p - part[i].data;
+        len += part[i].len;
+    }
+
+    ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -64,12 +109,8 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
                    sizeof("{\"credentials\":[\n") - 1);
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        ngx_http_sf_oauth_store_snapshot(cred[i], node);
-        p = ngx_http_sf_oauth_info_cred(p, cred[i], node,
-                                        i == smcf->creds.nelts - 1);
+        p = ngx_cpymem(p, part[i].data, part[i].len);
     }
-
-    ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
 
     b->last = ngx_cpymem(p, "]}\n", sizeof("]}\n") - 1);
 
@@ -77,9 +118,27 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
 }
 
 
+static size_t
+ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    return NGX_HTTP_SF_OAUTH_INFO_KEYS
+           + NGX_HTTP_SF_OAUTH_INFO_NUMBERS * NGX_INT64_LEN
+           + cred->name.len
+           + ngx_escape_json(NULL, cred->name.data, cred->name.len)
+           + cred->zone_name.len
+           + ngx_escape_json(NULL, cred->zone_name.data, cred->zone_name.len)
+           + node->url_len
+           + ngx_escape_json(NULL, node->instance_url, node->url_len)
+           + node->error_len
+           + ngx_escape_json(NULL, node->error, node->error_len);
+}
+
+
 static u_char *
-ngx_http_sf_oauth_info_cred(u_char *p, ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *node, ngx_uint_t last)
+ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
+    ngx_uint_t last_cred)
 {
     u_char      token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     u_char      refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
@@ -115,46 +174,77 @@ ngx_http_sf_oauth_info_cred(u_char *p, ngx_http_sf_oauth_cred_t *cred,
         retry = (node->backoff_until - ngx_current_msec + 999) / 1000;
     }
 
-    /* names and URLs are checked printable; the error is escaped */
+    /* every string is escaped, whatever was checked before */
 
-    p = ngx_sprintf(p, "{\"name\":\"%V\",\"zone\":\"%V\",\"state\":\"%s\","
-                    "\"generation\":%ui,",
-                    &cred->name, &cred->zone_name,
-                    ngx_http_sf_oauth_states[node->state], node->generation);
+    p = ngx_http_sf_oauth_info_str(p, last, "{\"name\":", cred->name.data,
+                                   cred->name.len);
+    p = ngx_http_sf_oauth_info_str(p, last, ",\"zone\":",
+                                   cred->zone_name.data, cred->zone_name.len);
 
-    p = ngx_sprintf(p, "\"token_fp\":\"%*s\",\"token_age\":%T,"
-                    "\"issued_at\":%uL,\"instance_url\":\"%*s\",",
-                    (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, token_fp,
-                    node->token_len ? now - node->token_time : (time_t) -1,
-                    node->issued_at, node->url_len, node->instance_url);
+    p = ngx_slprintf(p, last, ",\"state\":\"%s\",\"generation\":%ui,",
+                     ngx_http_sf_oauth_states[node->state], node->generation);
 
-    p = ngx_sprintf(p, "\"refresh_token_fp\":\"%*s\","
-                    "\"refresh_token_rotated\":%s,",
-                    (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, refresh_fp,
-                    rotated ? "true" : "false");
+    p = ngx_slprintf(p, last, "\"token_fp\":\"%*s\",\"token_age\":%T,"
+                     "\"issued_at\":%uL",
+                     (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, token_fp,
+                     node->token_len ? now - node->token_time : (time_t) -1,
+                     node->issued_at);
 
-    p = ngx_sprintf(p, "\"refreshing\":%s,\"lease_pid\":%P,"
-                    "\"token_requests\":%ui,\"token_failures\":%ui,"
-                    "\"consecutive_failures\":%ui,\"retry_in\":%M,"
-                    "\"rejected_tokens\":%ui,\"replays\":%ui,"
-                    "\"ahead_refreshes\":%ui,\"introspections\":%ui,"
-                    "\"token_expires_in\":%T,",
-                    refreshing ? "true" : "false",
-                    refreshing ? node->lease_pid : 0,
-                    node->token_requests, node->token_failures,
-                    node->failures, retry, node->invalidations,
-                    node->replays, node->ahead_refreshes,
-                    node->introspections,
-                    node->exp_generation == node->generation
-                    && node->state == NGX_HTTP_SF_OAUTH_VALID
-                    ? node->exp - now : (time_t) -1);
+    p = ngx_http_sf_oauth_info_str(p, last, ",\"instance_url\":",
+                                   node->instance_url, node->url_len);
 
-    p = ngx_cpymem(p, "\"last_error\":\"", sizeof("\"last_error\":\"") - 1);
-    p = (u_char *) ngx_escape_json(p, node->error, node->error_len);
+    p = ngx_slprintf(p, last, ",\"refresh_token_fp\":\"%*s\","
+                     "\"refresh_token_rotated\":%s,",
+                     (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, refresh_fp,
+                     rotated ? "true" : "false");
 
-    p = ngx_sprintf(p, "\",\"last_error_age\":%T}%s\n",
-                    node->error_time ? now - node->error_time : (time_t) -1,
-                    last ? "" : ",");
+    p = ngx_slprintf(p, last, "\"refreshing\":%s,\"lease_pid\":%P,"
+                     "\"token_requests\":%ui,\"token_failures\":%ui,"
+                     "\"consecutive_failures\":%ui,\"retry_in\":%M,"
+                     "\"rejected_tokens\":%ui,\"replays\":%ui,"
+                     "\"ahead_refreshes\":%ui,\"introspections\":%ui,"
+                     "\"token_expires_in\":%T",
+                     refreshing ? "true" : "false",
+                     refreshing ? node->lease_pid : 0,
+                     node->token_requests, node->token_failures,
+                     node->failures, retry, node->invalidations,
+                     node->replays, node->ahead_refreshes,
+                     node->introspections,
+                     node->exp_generation == node->generation
+                     && node->state == NGX_HTTP_SF_OAUTH_VALID
+                     ? node->exp - now : (time_t) -1);
+
+    p = ngx_http_sf_oauth_info_str(p, last, ",\"last_error\":", node->error,
+                                   node->error_len);
+
+    p = ngx_slprintf(p, last, ",\"last_error_age\":%T}%s\n",
+                     node->error_time ? now - node->error_time : (time_t) -1,
+                     last_cred ? "" : ",");
+
+    return p;
+}
+
+
+/* a key and its string value, escaped, if all of it fits */
+
+static u_char *
+ngx_http_sf_oauth_info_str(u_char *p, u_char *last, const char *key,
+    u_char *s, size_t len)
+{
+    size_t  klen;
+
+    klen = ngx_strlen(key);
+
+    if ((size_t) (last - p)
+        < klen + 2 + len + ngx_escape_json(NULL, s, len))
+    {
+        return last;
+    }
+
+    p = ngx_cpymem(p, key, klen);
+    *p++ = '"';
+    p = (u_char *) ngx_escape_json(p, s, len);
+    *p++ = '"';
 
     return p;
 }

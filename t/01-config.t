@@ -211,6 +211,35 @@ check('bad credential name',
       $zone . $t->credential(name => 'a/b') . $t->credential,
       qr/invalid sf_oauth_credential name "a\/b"/);
 
+# zone names: the character set and length of credential names
+my $zone64 = 'z' x 60 . '_-.9';
+
+check('zone name of 64 characters',
+      "    sf_oauth_zone zone=$zone64:1m;\n" . $t->credential(zone => $zone64),
+      undef);
+
+check('zone name of 65 characters',
+      "    sf_oauth_zone zone=${zone64}x:1m;\n"
+      . $t->credential(zone => "${zone64}x"),
+      qr/invalid sf_oauth_zone name "$zone64\.\.\.": it must have 1 to 64 characters, not 65/);
+
+# nginx's own limit on a parameter is 4096 bytes
+check('zone name of 4000 characters',
+      "    sf_oauth_zone zone=" . 'y' x 4000 . ":1m;\n"
+      . $t->credential(zone => 'y' x 4000),
+      qr/invalid sf_oauth_zone name "y{64}\.\.\.": it must have 1 to 64 characters, not 4000/);
+
+check('zone name with a slash',
+      "    sf_oauth_zone zone=a/b:1m;\n" . $t->credential(zone => 'a/b'),
+      qr/invalid sf_oauth_zone name "a\/b": use letters, digits, "_", "-" and "\."/);
+
+check('zone name with a quote',
+      "    sf_oauth_zone zone=a\"b:1m;\n" . $t->credential(zone => "'a\"b'"),
+      qr/invalid sf_oauth_zone name "a"b": use letters, digits/);
+
+check('empty zone name', "    sf_oauth_zone zone=:1m;\n" . $t->credential,
+      qr/"sf_oauth_zone" must have "zone=NAME:SIZE" parameter/);
+
 check('sf_oauth off is accepted', $zone . $t->credential
       . "    server { listen 127.0.0.1:%%PORT%%; location /x { sf_oauth off; } }\n",
       undef);

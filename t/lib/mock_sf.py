@@ -27,6 +27,10 @@ Test hooks, under /__mock/ (never used by the module):
                                  access tokens die S seconds after their
                                  last use (Salesforce's sliding session
                                  timeout), or after they were issued; 0: never
+  POST /__mock/instance_url?url=U
+                                 answer successful token requests with U
+                                 as the instance_url (to try bad ones);
+                                 no url: the mock's own URL again
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -47,6 +51,24 @@ Modes of the token endpoint:
   no_instance     200 with an instance_url that is not http(s)
   leaky           400 whose error_description echoes the client secret and
                   the refresh token (a hostile endpoint)
+  leaky_cut_refresh
+                  400 invalid_grant whose error_description echoes the
+                  refresh token after 236 bytes, so that a cut at 256 bytes
+                  leaves its first 20 characters
+  leaky_cut_secret
+                  400 whose error code echoes the client secret after 44
+                  bytes (a cut at 64 leaves 20 characters), and whose
+                  error_description does the same after 236 bytes
+  leaky_prefix    400 invalid_grant whose error_description echoes the
+                  first 20 characters of the refresh token and of the
+                  client secret
+  leaky_code      400 with the client secret inside the error code and a
+                  description Salesforce does not send
+  redirect_leaky  302 to a URL whose query echoes the refresh token after
+                  236 bytes (a cut at 256 leaves 20 characters)
+  leaky_introspect
+                  token requests as normal; introspection answers 400 with
+                  the access token echoed in the error_description
   deep_json       200 with JSON nested 20000 levels deep
   wrong_types     200 with a number for access_token, a list for
                   instance_url
@@ -69,7 +91,7 @@ API paths with special answers (after the token check):
 
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
-keepalive).
+keepalive); "not_found" counts requests outside /services/ and /echo/.
 
   *    /echo/...                 any other host a configuration sends to
                                  (a mirror, an error_page fallback): 200,
@@ -89,7 +111,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
          "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
-         "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect")
+         "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect",
+         "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
+         "leaky_code", "leaky_introspect", "redirect_leaky")
 
 ORG_ID = "00D5g000004Tmock"
 
@@ -107,6 +131,7 @@ class State:
             self.token_requests = 0
             self.token_ok = 0
             self.api_requests = 0
+            self.not_found = 0
             self.api_401 = 0
             self.api_mode = "normal"
             self.api_log = []
@@ -123,6 +148,7 @@ class State:
             self.in_flight = set()
             self.last_token_form = {}
             self.echo_log = []
+            self.instance_url = self.args.instance_url
             self.lock.notify_all()
 
 
@@ -216,6 +242,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.api(path)
         if path.startswith("/echo/"):
             return self.echo(path)
+        with self.server.state.lock:
+            self.server.state.not_found += 1
         self.send(404, [{"errorCode": "NOT_FOUND",
                          "message": "The requested resource does not exist"}])
 
@@ -232,6 +260,7 @@ class Handler(BaseHTTPRequestHandler):
                     "token_requests": st.token_requests,
                     "token_ok": st.token_ok,
                     "api_requests": st.api_requests,
+                    "not_found": st.not_found,
                     "api_401": st.api_401,
                     "valid_refresh_tokens": sorted(st.refresh_tokens),
                     "issued_access_tokens": st.issued_access,
@@ -258,6 +287,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.fixed_token = query.get("token", [""])[0]
             return self.send(200, {"fixed": st.fixed_token})
+        if path == "/__mock/instance_url":
+            with st.lock:
+                st.instance_url = query.get("url", [st.args.instance_url])[0]
+            return self.send(200, {"instance_url": st.instance_url})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -336,6 +369,30 @@ class Handler(BaseHTTPRequestHandler):
                                    "bad refresh_token %s for secret %s" % (
                                        form.get("refresh_token"),
                                        form.get("client_secret"))})
+        rt_sent = form.get("refresh_token") or ""
+        secret_sent = form.get("client_secret") or ""
+        if mode == "leaky_cut_refresh":
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "r" * 236 + rt_sent})
+        if mode == "leaky_cut_secret":
+            return self.send(400, {"error": "e" * 44 + secret_sent,
+                                   "error_description":
+                                   "s" * 236 + secret_sent})
+        if mode == "leaky_prefix":
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "refresh token %s... rejected, client "
+                                   "secret %s... unknown" % (
+                                       rt_sent[:20], secret_sent[:20])})
+        if mode == "redirect_leaky":
+            url = "https://login.example.com/services/oauth2/token?x="
+            return self.send(302, "", headers=[(
+                "Location", url + "q" * (236 - len(url)) + rt_sent)])
+        if mode == "leaky_code":
+            return self.send(400, {"error": "invalid_" + secret_sent,
+                                   "error_description":
+                                   "no such thing at Salesforce"})
         if mode == "deep_json":
             return self.send(200, "[" * 20000 + "]" * 20000)
         if mode == "wrong_types":
@@ -402,7 +459,8 @@ class Handler(BaseHTTPRequestHandler):
             token = st.fixed_token or new_access_token()
             if mode == "crlf":
                 token = token[:20] + "\r\nX-Injected: 1"
-            instance = args.instance_url
+            with st.lock:
+                instance = st.instance_url
             if mode == "no_instance":
                 instance = "ftp://example.com"
             reply = {
@@ -442,6 +500,14 @@ class Handler(BaseHTTPRequestHandler):
                                    "invalid client credentials"})
         token = form.get("token", "")
         now = time.time()
+        with st.lock:
+            leaky = st.mode == "leaky_introspect"
+            if leaky:
+                st.introspections += 1
+        if leaky:
+            return self.send(400, {"error": "invalid_request",
+                                   "error_description":
+                                   "cannot introspect " + token})
         with st.lock:
             st.introspections += 1
             active = token in st.access_tokens
