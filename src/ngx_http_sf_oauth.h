@@ -29,6 +29,12 @@
 #include <ngx_http.h>
 
 
+/*
+ * Inclusive maximum lengths, in bytes, of what the configuration, the
+ * token parser, the zone record and the state file all accept: a value is
+ * refused where "len > MAX", and a record's buffer holds exactly MAX bytes,
+ * with no room for a terminating zero.
+ */
 #define NGX_HTTP_SF_OAUTH_NAME_MAX       64
 #define NGX_HTTP_SF_OAUTH_TOKEN_MAX      4096
 #define NGX_HTTP_SF_OAUTH_REFRESH_MAX    2048

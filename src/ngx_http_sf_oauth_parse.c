@@ -165,7 +165,9 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
                                    "the token endpoint does not answer like "
                                    "Salesforce",
                                    "the token response has an unusable "
-                                   "\"refresh_token\"");
+                                   "\"refresh_token\" (printable "
+                                   "characters, at most %d bytes)",
+                                   NGX_HTTP_SF_OAUTH_REFRESH_MAX);
             goto done;
         }
     }

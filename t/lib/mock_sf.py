@@ -27,6 +27,9 @@ Test hooks, under /__mock/ (never used by the module):
                                  access tokens die S seconds after their
                                  last use (Salesforce's sliding session
                                  timeout), or after they were issued; 0: never
+  POST /__mock/refresh_len?length=N
+                                 rotated refresh tokens are exactly N bytes
+                                 long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -102,6 +105,7 @@ class State:
             self.lifetime = 0
             self.absolute = False
             self.fixed_token = ""
+            self.refresh_len = 0
             self.token_issued = {}
             self.token_used = {}
             self.introspections = 0
@@ -224,6 +228,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.fixed_token = query.get("token", [""])[0]
             return self.send(200, {"fixed": st.fixed_token})
+        if path == "/__mock/refresh_len":
+            with st.lock:
+                st.refresh_len = int(query.get("length", ["0"])[0])
+            return self.send(200, {"refresh_len": st.refresh_len})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -387,6 +395,9 @@ class Handler(BaseHTTPRequestHandler):
                 st.issued_access.append(token)
                 if mode == "rotation":
                     new_rt = "5Aep861mock" + secrets.token_urlsafe(40)
+                    if st.refresh_len:
+                        new_rt = (new_rt * (st.refresh_len // len(new_rt)
+                                            + 1))[:st.refresh_len]
                     st.refresh_tokens.discard(rt)
                     st.refresh_tokens.add(new_rt)
                     st.issued_refresh.append(new_rt)
