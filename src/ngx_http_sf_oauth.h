@@ -137,14 +137,22 @@ typedef struct {
     /* the worker writing the state file, and whether to write once more */
     ngx_pid_t                    writer;
     ngx_uint_t                   dirty;
+
+    /* a reload resized the zone: its records went to a new zone */
+    ngx_uint_t                   retired;
 } ngx_http_sf_oauth_sh_t;
 
 
-typedef struct {
+typedef struct ngx_http_sf_oauth_zone_s  ngx_http_sf_oauth_zone_t;
+
+struct ngx_http_sf_oauth_zone_s {
     ngx_http_sf_oauth_sh_t      *sh;
     ngx_slab_pool_t             *shpool;
     ngx_str_t                    name;
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+
+    /* on a reload that resized the zone: the old one, until it is copied */
+    ngx_http_sf_oauth_zone_t    *resized;
 
     /* the state file, if any, and its AES-256 key */
     ngx_str_t                    state;
@@ -154,7 +162,7 @@ typedef struct {
     ngx_str_t                    key_path;
     const char                  *key_error;
     ngx_err_t                    key_errno;
-} ngx_http_sf_oauth_zone_t;
+};
 
 
 typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
@@ -296,6 +304,8 @@ void ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
 
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
