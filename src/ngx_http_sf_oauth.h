@@ -80,6 +80,11 @@
 /* classes of token request failures */
 #define NGX_HTTP_SF_OAUTH_TRANSIENT      0
 #define NGX_HTTP_SF_OAUTH_OPERATOR       1
+/* another request with the same refresh token is at Salesforce: retry soon */
+#define NGX_HTTP_SF_OAUTH_BUSY           2
+
+/* the first retry after a BUSY answer, in milliseconds; it doubles */
+#define NGX_HTTP_SF_OAUTH_BUSY_RETRY     250
 
 
 typedef struct {
@@ -95,6 +100,10 @@ typedef struct {
     ngx_msec_t                   backoff_until;
     ngx_uint_t                   failures;
     time_t                       error_time;
+
+    /* BUSY answers in a row, and no token request before busy_until */
+    ngx_uint_t                   busy;
+    ngx_msec_t                   busy_until;
 
     ngx_msec_t                   uncured_until;
     ngx_uint_t                   invalidations;

@@ -33,7 +33,7 @@ static size_t ngx_http_sf_oauth_printable(u_char *dst, const char *src,
 
 static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
 
-    { "invalid_grant", "already being processed", NGX_HTTP_SF_OAUTH_TRANSIENT,
+    { "invalid_grant", "already being processed", NGX_HTTP_SF_OAUTH_BUSY,
       "another token request with the same refresh token is in progress; "
       "the module retries after a short backoff" },
 

@@ -607,7 +607,10 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+    if (!ngx_http_sf_oauth_lease_free(cred, node)
+        || (node->busy && (ngx_msec_int_t) (node->busy_until - now) > 0))
+    {
+        /* a refresh runs, or the one that ran gets a quick retry soon */
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
@@ -757,6 +760,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;
+        node->busy = 0;
 
         /* the last error stays, for the status output */
 
@@ -765,11 +769,34 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     node->token_failures++;
-    node->failures++;
     node->error_time = ngx_time();
 
     node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
     ngx_memcpy(node->error, tok->error.data, node->error_len);
+
+    if (tok->error_class == NGX_HTTP_SF_OAUTH_BUSY) {
+
+        /*
+         * Salesforce is still processing a request with this refresh
+         * token: one of a worker that died or hung and was taken over, or
+         * of another proxy.  Its answer is a moment away, so the state
+         * stays as it is, waiting requests keep waiting, and the refresh
+         * is tried again soon, sooner than any backoff: 250 ms, doubling.
+         */
+
+        delay = (ngx_msec_t) NGX_HTTP_SF_OAUTH_BUSY_RETRY
+                << ngx_min(node->busy, 8);
+
+        node->busy++;
+        node->busy_until = ngx_current_msec
+                           + ngx_min(delay, cred->backoff_max);
+
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
+
+    node->failures++;
+    node->busy = 0;
 
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
         delay = ngx_http_sf_oauth_backoff(cred, node->failures,
