@@ -584,9 +584,9 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 
 /*
  * At start and on reload, in the master, once the new configuration is
- * committed: the zones drop the records of removed credentials (and take
- * over those of a resized zone), the state directories, and warnings for
- * the error log.
+ * committed: the records of the zones (carried over from zones that
+ * change, dropped for removed credentials), the state directories, and
+ * warnings for the error log.
  */
 
 static ngx_int_t
@@ -603,10 +603,11 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    ngx_http_sf_oauth_store_commit(cycle, &smcf->zones);
+
     zone = smcf->zones.elts;
 
     for (i = 0; i < smcf->zones.nelts; i++) {
-        ngx_http_sf_oauth_store_commit(cycle, zone[i]->data);
         ngx_http_sf_oauth_state_report(cycle, zone[i]->data);
 
         if (ngx_http_sf_oauth_state_init_dir(cycle, zone[i]->data)

@@ -160,7 +160,7 @@ struct ngx_http_sf_oauth_zone_s {
     ngx_str_t                    name;
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
 
-    /* on a reload that resized the zone: the old one, until it is copied */
+    /* on a reload that resized the zone: the old one, until the commit */
     ngx_http_sf_oauth_zone_t    *resized;
 
     /* the state file, if any, and its AES-256 key */
@@ -208,6 +208,8 @@ typedef struct {
     /* the rest is private to each worker process */
 
     ngx_http_sf_oauth_node_t    *node;
+    /* the record was made by this configuration, not found in the zone */
+    ngx_uint_t                   fresh;
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 
@@ -313,8 +315,7 @@ void ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
 
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
-void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone);
+void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,

@@ -25,7 +25,14 @@ static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_store_find(
 static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_store_old_zone(
     ngx_shm_zone_t *shm_zone);
 static void ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone);
+    ngx_array_t *zones);
+static ngx_int_t ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle,
+    ngx_shm_zone_t *oshm);
+static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_store_cred(
+    ngx_array_t *zones, ngx_str_t *name);
+static void ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
+    ngx_http_sf_oauth_cred_t *cred);
 static ngx_int_t ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred);
 static ngx_int_t ngx_http_sf_oauth_store_retired(
     ngx_http_sf_oauth_cred_t *cred);
@@ -50,15 +57,16 @@ static ngx_str_t  ngx_http_sf_oauth_error_removed =
     ngx_string("the credential was removed by a reload");
 
 static ngx_str_t  ngx_http_sf_oauth_error_retired =
-    ngx_string("a reload resized the sf_oauth_zone: this old worker process "
-               "starts no token request");
+    ngx_string("a reload resized or removed the sf_oauth_zone: this old "
+               "worker process starts no token request");
 
 
 /*
  * At start and on reload, in the master.  A reload that keeps the zone's
  * size hands over the old zone ("data"); one that changes it gets a new,
  * empty zone, into which the records of the old one are copied once the
- * new configuration is committed (ngx_http_sf_oauth_store_commit).
+ * new configuration is committed (ngx_http_sf_oauth_store_commit).  A new
+ * zone reads its state file, but a resized one: its old records are newer.
  */
 
 ngx_int_t
@@ -176,32 +184,42 @@ too_small:
 
 
 /*
- * Once a configuration is committed (init_module, in the master): the
- * records of credentials that it no longer has are dropped, and a resized
- * zone gets the records of the old one.  Until then a reload may still
- * fail, and the running configuration keeps using its records.
+ * Once a configuration is committed (init_module, in the master, while
+ * ngx_cycle is still the running configuration's): a credential whose
+ * record is new in its zone gets the record it had in a zone of the
+ * running configuration (a zone resized or renamed, or another zone), and
+ * then every zone drops the records of credentials it no longer has.
+ * Until then a reload may still fail, and the running configuration keeps
+ * using its records.
  */
 
 void
-ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone)
+ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 {
-    ngx_uint_t  n;
+    ngx_uint_t                 i, n;
+    ngx_shm_zone_t           **shm_zone;
+    ngx_http_sf_oauth_zone_t  *zone;
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    n = ngx_http_sf_oauth_store_prune(zone);
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    if (n) {
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                      "sf_oauth_zone \"%V\": dropped the records of %ui "
-                      "credentials that are no longer configured",
-                      &zone->name, n);
+    if (!ngx_is_init_cycle(ngx_cycle)) {
+        ngx_http_sf_oauth_store_carry(cycle, zones);
     }
 
-    if (zone->resized) {
-        ngx_http_sf_oauth_store_carry(cycle, zone);
+    shm_zone = zones->elts;
+
+    for (i = 0; i < zones->nelts; i++) {
+        zone = shm_zone[i]->data;
         zone->resized = NULL;
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        n = ngx_http_sf_oauth_store_prune(zone);
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        if (n) {
+            ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                          "sf_oauth_zone \"%V\": dropped the records of %ui "
+                          "credentials that are no longer configured",
+                          &zone->name, n);
+        }
     }
 }
 
@@ -227,6 +245,7 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
         }
 
         cred->node = node;
+        cred->fresh = 0;
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_OK;
     }
@@ -246,6 +265,7 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
 
     cred->node = node;
+    cred->fresh = 1;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -377,91 +397,209 @@ ngx_http_sf_oauth_store_old_zone(ngx_shm_zone_t *shm_zone)
 
 
 /*
- * A resized zone, at the commit: each record of the old zone whose
- * credential is still configured, unchanged, is copied into the new zone:
- * the token, the rotated refresh token, the backoff.  The old zone is
- * marked retired in the same breath, under its lock: the old workers,
- * which never see the new zone, start no token request from then on.
+ * At the commit: the zones of the running configuration, each under its
+ * lock.  One that the new configuration does not keep (it was resized or
+ * removed) is marked retired: its workers, which never see the new zones,
+ * start no token request in it from then on.  Each of its credentials
+ * whose record is new in the new configuration gets a copy of the old
+ * record: the token, the rotated refresh token, the backoff.
  */
 
 static void
-ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone)
+ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
 {
-    ngx_pid_t                   pid;
-    ngx_uint_t                  i, n;
-    ngx_queue_t                 queue;
-    ngx_http_sf_oauth_zone_t   *old;
-    ngx_http_sf_oauth_node_t   *onode, *node;
+    ngx_uint_t                  i, j;
+    ngx_shm_zone_t             *oshm;
+    ngx_list_part_t            *part;
+    ngx_http_sf_oauth_zone_t   *ozone;
+    ngx_http_sf_oauth_cred_t  **ocred, *cred;
+
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+    oshm = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return;
+            }
+
+            part = part->next;
+            oshm = part->elts;
+            i = 0;
+        }
+
+        ozone = oshm[i].data;
+
+        if (oshm[i].tag != &ngx_http_sf_oauth_module
+            || ozone == NULL || ozone->sh == NULL)
+        {
+            continue;
+        }
+
+        ngx_shmtx_lock(&ozone->shpool->mutex);
+
+        if (!ngx_http_sf_oauth_store_kept(cycle, &oshm[i])) {
+            ozone->sh->retired = 1;
+        }
+
+        ocred = ozone->creds.elts;
+
+        for (j = 0; j < ozone->creds.nelts; j++) {
+            cred = ngx_http_sf_oauth_store_cred(zones, &ocred[j]->name);
+
+            if (cred && cred->fresh) {
+                ngx_http_sf_oauth_store_copy(cycle, ozone, ocred[j], cred);
+            }
+        }
+
+        ngx_shmtx_unlock(&ozone->shpool->mutex);
+    }
+}
+
+
+/* whether the new configuration keeps a zone of the running one */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
+{
+    ngx_uint_t        i;
+    ngx_shm_zone_t   *shm;
+    ngx_list_part_t  *part;
+
+    part = &cycle->shared_memory.part;
+    shm = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            shm = part->elts;
+            i = 0;
+        }
+
+        if (shm[i].shm.addr == oshm->shm.addr) {
+            return 1;
+        }
+    }
+}
+
+
+/* the credential of a name in the new configuration */
+
+static ngx_http_sf_oauth_cred_t *
+ngx_http_sf_oauth_store_cred(ngx_array_t *zones, ngx_str_t *name)
+{
+    ngx_uint_t                  i, j;
+    ngx_shm_zone_t            **shm_zone;
+    ngx_http_sf_oauth_zone_t   *zone;
     ngx_http_sf_oauth_cred_t  **cred;
 
-    old = zone->resized;
-    cred = zone->creds.elts;
-    n = 0;
+    shm_zone = zones->elts;
 
-    ngx_shmtx_lock(&old->shpool->mutex);
+    for (i = 0; i < zones->nelts; i++) {
+        zone = shm_zone[i]->data;
+        cred = zone->creds.elts;
 
-    old->sh->retired = 1;
-
-    for (i = 0; i < zone->creds.nelts; i++) {
-
-        onode = ngx_http_sf_oauth_store_find(old, &cred[i]->name);
-
-        if (onode == NULL) {
-            continue;
+        for (j = 0; j < zone->creds.nelts; j++) {
+            if (cred[j]->name.len == name->len
+                && ngx_memcmp(cred[j]->name.data, name->data, name->len)
+                   == 0)
+            {
+                return cred[j];
+            }
         }
+    }
 
-        if (onode->conf_fp != cred[i]->conf_fp) {
-            ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                          "sf_oauth: credential \"%V\" changed its "
-                          "token_url, client_id or refresh token: "
-                          "its cached token is dropped", &cred[i]->name);
-            continue;
-        }
+    return NULL;
+}
 
-        /* the new zone is not used yet: no worker of this cycle runs */
 
-        node = cred[i]->node;
-        queue = node->queue;
-        ngx_memcpy(node, onode, sizeof(ngx_http_sf_oauth_node_t));
-        node->queue = queue;
+/*
+ * With the old zone locked: the old record of a credential into its new
+ * one, unless the credential changed.  No worker of the new configuration
+ * runs yet, but workers of the running one may use the new zone if it is
+ * kept: it is locked too.
+ */
 
-        n++;
+static void
+ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_pid_t                  pid;
+    ngx_queue_t                queue;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_node_t  *onode, *node;
 
-        pid = onode->lease_pid;
+    zone = cred->shm_zone->data;
+    onode = ocred->node;
 
-        if (pid == 0
-            || (ngx_msec_int_t) (onode->lease_deadline - ngx_current_msec)
-               <= 0
-            || (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH))
-        {
-            node->lease_pid = 0;
-            continue;
-        }
+    if (onode == NULL || zone->shpool == ozone->shpool
+        || !ngx_http_sf_oauth_store_mine(ocred))
+    {
+        return;
+    }
 
-        /*
-         * The lease is kept: the new workers wait for it to end, then
-         * take the refresh over, from the refresh token copied here.
-         */
+    /* one source only */
+    cred->fresh = 0;
 
+    if (onode->conf_fp != cred->conf_fp) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "sf_oauth: credential \"%V\" changed its "
+                      "token_url, client_id or refresh token: "
+                      "its cached token is dropped", &cred->name);
+        return;
+    }
+
+    pid = onode->lease_pid;
+
+    if (pid
+        && ((ngx_msec_int_t) (onode->lease_deadline - ngx_current_msec) <= 0
+            || (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)))
+    {
+        pid = 0;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = cred->node;
+    queue = node->queue;
+    ngx_memcpy(node, onode, sizeof(ngx_http_sf_oauth_node_t));
+    node->queue = queue;
+
+    /*
+     * A lease in flight is kept: the new workers wait for it to end, then
+     * take the refresh over, from the refresh token copied here.
+     */
+
+    node->lease_pid = pid;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "sf_oauth: credential \"%V\": its record was carried over "
+                  "from the old sf_oauth_zone \"%V\" to the new "
+                  "sf_oauth_zone \"%V\"", &cred->name, &ozone->name,
+                  &zone->name);
+
+    if (pid) {
         ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                       "sf_oauth: credential \"%V\": the token request of "
-                      "process %P was in flight when this reload resized "
+                      "process %P was in flight when this reload moved its "
+                      "record from the old sf_oauth_zone \"%V\" to the new "
                       "sf_oauth_zone \"%V\": the token it gets stays in the "
                       "old zone, and the new workers refresh again from "
                       "the refresh token the zone held; if Salesforce "
                       "rotated it, that refresh fails with invalid_grant "
                       "and the refresh token must be configured anew; "
-                      "resize the zone while no refresh runs",
-                      &cred[i]->name, pid, &zone->name);
+                      "change or resize zones while no refresh runs",
+                      &cred->name, pid, &ozone->name, &zone->name);
     }
-
-    ngx_shmtx_unlock(&old->shpool->mutex);
-
-    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "sf_oauth_zone \"%V\" was resized: the records of %ui "
-                  "credentials were carried over to the new zone",
-                  &zone->name, n);
 }
 
 
@@ -483,7 +621,7 @@ ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* whether a reload resized the credential's zone: see store_carry */
+/* whether a reload dropped the credential's zone: see store_carry */
 
 static ngx_int_t
 ngx_http_sf_oauth_store_retired(ngx_http_sf_oauth_cred_t *cred)

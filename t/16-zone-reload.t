@@ -31,12 +31,17 @@ sub conf {
     my $size = delete $opt{size} // '1m';
     my $state = delete $opt{state};
     my @others = @{ delete $opt{others} // [] };
+    my $zone_name = delete $opt{zone_name} // 'sf';
+    my @keep = @{ delete $opt{keep_zones} // [] };
 
     my $extra = join '', map { $t->credential(name => $_) } @others;
-    $t->simple_conf(%opt, name => $name, http_extra => $extra);
+    $extra .= join '', map { "    sf_oauth_zone zone=$_:1m;\n" } @keep;
+    $t->simple_conf(%opt, name => $name, zone => $zone_name,
+                    http_extra => $extra);
 
     my $conf = $t->slurp('nginx.conf');
-    my $zone = "zone=sf:$size" . ($state ? " state=$state key=$dir/key" : '');
+    my $zone = "zone=$zone_name:$size"
+               . ($state ? " state=$state key=$dir/key" : '');
     $conf =~ s/sf_oauth_zone zone=sf:1m;/sf_oauth_zone $zone;/;
     $conf =~ s/sf_oauth crm;/sf_oauth $name;/;
     my $locations = join '', map { <<"EOF" } @others;
@@ -170,7 +175,7 @@ isnt($stats->{valid_refresh_tokens}[0], $SfTest::REFRESH_TOKEN,
 conf(size => '2m');
 ok(reloaded(), 'resize 1m -> 2m: the reload succeeds');
 like($t->error_log,
-     qr/\[notice\].*sf_oauth_zone "sf" was resized: the records of 1 credentials were carried over to the new zone/,
+     qr/\[notice\].*credential "crm": its record was carried over from the old sf_oauth_zone "sf" to the new sf_oauth_zone "sf"/,
      'the carry-over is logged');
 
 $r = $t->get('/services/data/');
@@ -194,8 +199,48 @@ conf(size => '1m', client_id => '3MVG9other.client');
 ok(reloaded(), 'resize 2m -> 1m with another client_id: the reload succeeds');
 like($t->error_log, qr/credential "crm" changed its token_url, client_id or refresh token/,
      'the changed credential starts over');
-like($t->error_log, qr/the records of 0 credentials were carried over/,
-     'nothing carried over');
+is(scalar(() = $t->error_log =~ /its record was carried over/g), 1,
+   'nothing carried over');
+is($t->get('/services/data/')->{status}, 502,
+   'the configured client_id is used (the mock knows another)');
+$t->stop;
+
+# -- a reload that renames the zone, or moves the credential to another -------
+
+$t->mock('reset');
+$t->mode('rotation');
+conf(zone_name => 'a');
+truncate "$dir/error.log", 0;
+$t->start;
+
+$r = $t->get('/services/data/');
+is($r->{status}, 200, 'zone a: 200');
+$token = $r->{json}{authorization};
+
+# "a" becomes "b"; then crm moves to "c" while "b" stays (with "keep")
+for my $step ([ 'b', 'zone renamed a -> b', [] ],
+              [ 'c', 'credential moved b -> c, b kept', [ 'b' ] ])
+{
+    my ($zone, $what, $keep) = @$step;
+    conf(zone_name => $zone, keep_zones => $keep);
+    ok(reloaded(), "$what: the reload succeeds");
+    like($t->error_log,
+         qr/credential "crm": its record was carried over from the old sf_oauth_zone "\w" to the new sf_oauth_zone "$zone"/,
+         "$what: the carry-over is logged");
+    $r = $t->get('/services/data/');
+    is($r->{headers}{'x-sf-oauth-status'}, 'HIT', "$what: HIT");
+    is($r->{json}{authorization}, $token, "$what: the same token");
+
+    $t->mock('revoke');
+    $r = $t->get('/services/data/');
+    is($r->{status}, 200, "$what: the refresh works");
+    is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', "$what: replayed");
+    $stats = $t->mock('stats');
+    is(scalar @{ $stats->{valid_refresh_tokens} }, 1,
+       "$what: Salesforce revoked nothing");
+    $token = $r->{json}{authorization};
+}
+is($t->token_requests, 3, 'three token requests in all: the first and one per revoke');
 $t->stop;
 
 # -- a resize while a refresh is in flight: a loud warning ----------------------
@@ -228,7 +273,7 @@ ok($owner, 'a worker refreshes, its request at the token endpoint');
 conf(size => '2m', timeout => '2s');
 ok(reloaded(), 'resize during the refresh: the reload succeeds');
 like($t->error_log,
-     qr/\[warn\].*credential "crm": the token request of process $owner was in flight when this reload resized sf_oauth_zone "sf"/,
+     qr/\[warn\].*credential "crm": the token request of process $owner was in flight when this reload moved its record from the old sf_oauth_zone "sf" to the new sf_oauth_zone "sf"/,
      'a warning names the credential and the process');
 
 # the old worker gave up at its timeout and is gone: the new ones refresh
