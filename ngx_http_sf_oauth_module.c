@@ -610,7 +610,9 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 
 
 /*
- * At start and on reload, in the master: the state directories, and
+ * At start and on reload, in the master, once the new configuration is
+ * committed: the records of the zones (carried over from zones that
+ * change, dropped for removed credentials), the state directories, and
  * warnings for the error log.
  */
 
@@ -627,6 +629,8 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
     if (smcf == NULL) {
         return NGX_OK;
     }
+
+    ngx_http_sf_oauth_store_commit(cycle, &smcf->zones);
 
     zone = smcf->zones.elts;
 

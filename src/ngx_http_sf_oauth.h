@@ -29,6 +29,12 @@
 #include <ngx_http.h>
 
 
+/*
+ * Inclusive maximum lengths, in bytes, of what the configuration, the
+ * token parser, the zone record and the state file all accept: a value is
+ * refused where "len > MAX", and a record's buffer holds exactly MAX bytes,
+ * with no room for a terminating zero.
+ */
 #define NGX_HTTP_SF_OAUTH_NAME_MAX       64
 #define NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX  64
 #define NGX_HTTP_SF_OAUTH_TOKEN_MAX      4096
@@ -95,6 +101,11 @@
 /* classes of token request failures */
 #define NGX_HTTP_SF_OAUTH_TRANSIENT      0
 #define NGX_HTTP_SF_OAUTH_OPERATOR       1
+/* another request with the same refresh token is at Salesforce: retry soon */
+#define NGX_HTTP_SF_OAUTH_BUSY           2
+
+/* the first retry after a BUSY answer, in milliseconds; it doubles */
+#define NGX_HTTP_SF_OAUTH_BUSY_RETRY     250
 
 
 typedef struct {
@@ -115,6 +126,11 @@ typedef struct {
     ngx_uint_t                   uncured;
     ngx_uint_t                   uncured_generation;
     ngx_msec_t                   rejected_at;
+
+    /* BUSY answers in a row, and no token request before busy_until */
+    ngx_uint_t                   busy;
+    ngx_msec_t                   busy_until;
+
     ngx_uint_t                   invalidations;
     ngx_uint_t                   replays;
 
@@ -155,14 +171,22 @@ typedef struct {
     /* the worker writing the state file, and whether to write once more */
     ngx_pid_t                    writer;
     ngx_uint_t                   dirty;
+
+    /* a reload resized the zone: its records went to a new zone */
+    ngx_uint_t                   retired;
 } ngx_http_sf_oauth_sh_t;
 
 
-typedef struct {
+typedef struct ngx_http_sf_oauth_zone_s  ngx_http_sf_oauth_zone_t;
+
+struct ngx_http_sf_oauth_zone_s {
     ngx_http_sf_oauth_sh_t      *sh;
     ngx_slab_pool_t             *shpool;
     ngx_str_t                    name;
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+
+    /* on a reload that resized the zone: the old one, until the commit */
+    ngx_http_sf_oauth_zone_t    *resized;
 
     /* the state file, if any, and its AES-256 key */
     ngx_str_t                    state;
@@ -172,7 +196,7 @@ typedef struct {
     ngx_str_t                    key_path;
     const char                  *key_error;
     ngx_err_t                    key_errno;
-} ngx_http_sf_oauth_zone_t;
+};
 
 
 typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
@@ -209,6 +233,8 @@ typedef struct {
     /* the rest is private to each worker process */
 
     ngx_http_sf_oauth_node_t    *node;
+    /* the record was made by this configuration, not found in the zone */
+    ngx_uint_t                   fresh;
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 
@@ -334,6 +360,7 @@ void ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
 
 /* store */
 ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,

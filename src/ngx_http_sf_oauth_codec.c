@@ -35,6 +35,8 @@ static ngx_int_t ngx_http_sf_oauth_crypt(u_char *key, ngx_uint_t encrypt,
     u_char *nonce, u_char *tag, u_char *in, size_t len, u_char *out);
 static ngx_int_t ngx_http_sf_oauth_add_record(cJSON *list,
     ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_add_str(cJSON *item, const char *name,
+    u_char *data, size_t len);
 static ngx_int_t ngx_http_sf_oauth_record(cJSON *item,
     ngx_http_sf_oauth_node_t *rec);
 static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
@@ -42,8 +44,8 @@ static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
 
 
 /*
- * The records (copies, changed here) to the file's bytes, allocated from
- * the pool.  The JSON in clear is wiped before it is freed.
+ * The records to the file's bytes, allocated from the pool.  The JSON in
+ * clear is wiped before it is freed.
  */
 
 u_char *
@@ -110,7 +112,7 @@ ngx_http_sf_oauth_state_encode(u_char *key, ngx_http_sf_oauth_node_t *nodes,
 static ngx_int_t
 ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
 {
-    u_char  hex[17];
+    u_char  hex[16];
     cJSON  *item;
 
     item = cJSON_CreateObject();
@@ -120,42 +122,43 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
 
     cJSON_AddItemToArray(list, item);
 
-    /* each buffer has room for the terminating zero but a full one */
+    /* the limits of the configuration and of the token parser, inclusive */
 
-    if (node->name_len >= NGX_HTTP_SF_OAUTH_NAME_MAX
-        || node->refresh_len >= NGX_HTTP_SF_OAUTH_REFRESH_MAX)
+    if (node->name_len > NGX_HTTP_SF_OAUTH_NAME_MAX
+        || node->refresh_len > NGX_HTTP_SF_OAUTH_REFRESH_MAX)
     {
         return NGX_ERROR;
     }
-
-    node->name[node->name_len] = '\0';
-    node->refresh[node->refresh_len] = '\0';
 
     ngx_hex_dump(hex, (u_char *) &node->conf_fp, sizeof(uint64_t));
-    hex[16] = '\0';
 
-    if (cJSON_AddStringToObject(item, "name", (char *) node->name) == NULL
-        || cJSON_AddStringToObject(item, "conf_fp", (char *) hex) == NULL
-        || cJSON_AddStringToObject(item, "refresh_token",
-                                   (char *) node->refresh) == NULL)
+    if (ngx_http_sf_oauth_add_str(item, "name", node->name, node->name_len)
+        != NGX_OK
+        || ngx_http_sf_oauth_add_str(item, "conf_fp", hex, sizeof(hex))
+           != NGX_OK
+        || ngx_http_sf_oauth_add_str(item, "refresh_token", node->refresh,
+                                     node->refresh_len)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (node->state != NGX_HTTP_SF_OAUTH_VALID
-        || node->token_len >= NGX_HTTP_SF_OAUTH_TOKEN_MAX
-        || node->url_len >= NGX_HTTP_SF_OAUTH_URL_MAX)
-    {
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
         return NGX_OK;
     }
 
-    node->token[node->token_len] = '\0';
-    node->instance_url[node->url_len] = '\0';
+    if (node->token_len > NGX_HTTP_SF_OAUTH_TOKEN_MAX
+        || node->url_len > NGX_HTTP_SF_OAUTH_URL_MAX)
+    {
+        return NGX_ERROR;
+    }
 
-    if (cJSON_AddStringToObject(item, "access_token", (char *) node->token)
-        == NULL
-        || cJSON_AddStringToObject(item, "instance_url",
-                                   (char *) node->instance_url) == NULL
+    if (ngx_http_sf_oauth_add_str(item, "access_token", node->token,
+                                  node->token_len)
+        != NGX_OK
+        || ngx_http_sf_oauth_add_str(item, "instance_url", node->instance_url,
+                                     node->url_len)
+           != NGX_OK
         || cJSON_AddNumberToObject(item, "issued_at",
                                    (double) node->issued_at) == NULL
         || cJSON_AddNumberToObject(item, "token_time",
@@ -165,6 +168,35 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A string member from a record's buffer, which holds no terminating zero:
+ * a value may fill it.  The copy made to terminate it is wiped.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_add_str(cJSON *item, const char *name, u_char *data,
+    size_t len)
+{
+    u_char  *p, buf[NGX_HTTP_SF_OAUTH_TOKEN_MAX + 1];
+    cJSON   *s;
+
+    /* the access token is the largest value a record holds */
+
+    if (len > NGX_HTTP_SF_OAUTH_TOKEN_MAX) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(buf, data, len);
+    *p = '\0';
+
+    s = cJSON_AddStringToObject(item, name, (char *) buf);
+
+    ngx_explicit_memzero(buf, len);
+
+    return s ? NGX_OK : NGX_ERROR;
 }
 
 

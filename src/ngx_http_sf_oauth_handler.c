@@ -620,6 +620,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
     u_char                    fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    ngx_uint_t                level;
     ngx_queue_t              *q;
     ngx_http_sf_oauth_ctx_t  *ctx;
 
@@ -648,7 +649,11 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
                                                   tok->error.len,
                                                   tok->error.len);
 
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+        /* "already being processed" is retried at once: no error yet */
+        level = (tok->error_class == NGX_HTTP_SF_OAUTH_BUSY)
+                ? NGX_LOG_WARN : NGX_LOG_ERR;
+
+        ngx_log_error(level, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": %V; %V",
                       &cred->name, &tok->error, &tok->hint);
     }

@@ -40,7 +40,7 @@ static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
 
 static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
 
-    { "invalid_grant", "already being processed", NGX_HTTP_SF_OAUTH_TRANSIENT,
+    { "invalid_grant", "already being processed", NGX_HTTP_SF_OAUTH_BUSY,
       "another token request with the same refresh token is in progress; "
       "the module retries after a short backoff" },
 
@@ -239,7 +239,9 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
                                    "the token endpoint does not answer like "
                                    "Salesforce",
                                    "the token response has an unusable "
-                                   "\"refresh_token\"");
+                                   "\"refresh_token\" (printable "
+                                   "characters, at most %d bytes)",
+                                   NGX_HTTP_SF_OAUTH_REFRESH_MAX);
             goto done;
         }
     }

@@ -141,8 +141,11 @@ ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
 
 
 /*
- * At start, in the master, as root: the state file's directory is made if
- * missing and given to the worker user, who writes the file.
+ * At start and on reload, in the master, as root: the state file's
+ * directory is made if missing and given to the worker user, who writes
+ * the file.  A directory that cannot be made (its parent is missing, say)
+ * does not stop nginx: it is an error line, and the zone runs without its
+ * state file.
  */
 
 ngx_int_t
@@ -151,6 +154,7 @@ ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
 {
     u_char           *p, *dir;
     ngx_err_t         err;
+    const char       *what;
     ngx_core_conf_t  *ccf;
 
     if (zone->state.len == 0) {
@@ -173,14 +177,12 @@ ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
     if (ngx_create_dir(dir, 0700) == NGX_FILE_ERROR) {
         err = ngx_errno;
 
-        if (err != NGX_EEXIST) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
-                          ngx_create_dir_n " \"%s\" for the state of "
-                          "sf_oauth_zone \"%V\" failed", dir, &zone->name);
-            return NGX_ERROR;
+        if (err == NGX_EEXIST) {
+            return NGX_OK;
         }
 
-        return NGX_OK;
+        what = ngx_create_dir_n;
+        goto failed;
     }
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
@@ -188,11 +190,24 @@ ngx_http_sf_oauth_state_init_dir(ngx_cycle_t *cycle,
     if (geteuid() == 0
         && chown((char *) dir, ccf->user, ccf->group) == -1)
     {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "chown(\"%s\") for the state of sf_oauth_zone \"%V\" "
-                      "failed", dir, &zone->name);
-        return NGX_ERROR;
+        err = ngx_errno;
+        what = "chown()";
+        goto failed;
     }
+
+    return NGX_OK;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, cycle->log, err,
+                  "sf_oauth_zone \"%V\": cannot create the directory \"%s\" "
+                  "of the state file \"%V\" (%s failed): create it, "
+                  "writable by nginx's worker user, and reload; the zone "
+                  "runs without its state file: rotated refresh tokens are "
+                  "not kept across a restart",
+                  &zone->name, dir, &zone->state, what);
+
+    zone->state.len = 0;
 
     return NGX_OK;
 }

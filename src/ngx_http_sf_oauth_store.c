@@ -19,6 +19,23 @@
 
 static ngx_int_t ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     ngx_http_sf_oauth_cred_t *cred);
+static ngx_uint_t ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone);
+static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_store_find(
+    ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name);
+static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_store_old_zone(
+    ngx_shm_zone_t *shm_zone);
+static void ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle,
+    ngx_array_t *zones);
+static ngx_int_t ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle,
+    ngx_shm_zone_t *oshm);
+static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_store_cred(
+    ngx_array_t *zones, ngx_str_t *name);
+static void ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
+    ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_store_retired(
+    ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
@@ -36,13 +53,29 @@ static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t failures, ngx_uint_t error_class);
 
 
+static ngx_str_t  ngx_http_sf_oauth_error_removed =
+    ngx_string("the credential was removed by a reload");
+
+static ngx_str_t  ngx_http_sf_oauth_error_retired =
+    ngx_string("a reload resized or removed the sf_oauth_zone: this old "
+               "worker process starts no token request");
+
+
+/*
+ * At start and on reload, in the master.  A reload that keeps the zone's
+ * size hands over the old zone ("data"); one that changes it gets a new,
+ * empty zone, into which the records of the old one are copied once the
+ * new configuration is committed (ngx_http_sf_oauth_store_commit).  A new
+ * zone reads its state file, but a resized one: its old records are newer.
+ */
+
 ngx_int_t
 ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_sf_oauth_zone_t  *ozone = data;
 
     size_t                     len;
-    ngx_uint_t                 i, fresh;
+    ngx_uint_t                 i, n, fresh, pruned;
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t **cred;
 
@@ -81,6 +114,8 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
             ngx_sprintf(zone->shpool->log_ctx, " in sf_oauth_zone \"%V\"%Z",
                         &shm_zone->shm.name);
+
+            zone->resized = ngx_http_sf_oauth_store_old_zone(shm_zone);
         }
     }
 
@@ -88,16 +123,47 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     zone->shpool->log_nomem = 0;
 
     cred = zone->creds.elts;
+    pruned = 0;
 
     for (i = 0; i < zone->creds.nelts; i++) {
+        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) == NGX_OK) {
+            continue;
+        }
+
+        /*
+         * No room: the records of credentials that the new configuration
+         * no longer has would go at the commit anyway; they go now.
+         */
+
+        if (pruned++) {
+            goto too_small;
+        }
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        n = ngx_http_sf_oauth_store_prune(zone);
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        if (n == 0) {
+            goto too_small;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                      "sf_oauth_zone \"%V\": dropped the records of %ui "
+                      "credentials that are no longer configured",
+                      &shm_zone->shm.name, n);
+
         if (ngx_http_sf_oauth_store_attach(zone, cred[i]) != NGX_OK) {
             goto too_small;
         }
     }
 
-    /* a new zone, at start: the tokens from the state file, if any */
+    /*
+     * A new zone, at start: the tokens from the state file, if any.  A
+     * resized zone gets the records of the old one instead: they are
+     * never older than the file.
+     */
 
-    if (fresh && zone->state.len) {
+    if (fresh && zone->state.len && zone->resized == NULL) {
         ngx_shmtx_lock(&zone->shpool->mutex);
         ngx_http_sf_oauth_state_load(zone, shm_zone->shm.log);
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -108,12 +174,53 @@ ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 too_small:
 
     ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                  "sf_oauth_zone \"%V\" is too small for %ui credentials "
-                  "of about %uz bytes each: give it a larger size",
-                  &shm_zone->shm.name, zone->creds.nelts,
-                  sizeof(ngx_http_sf_oauth_node_t));
+                  "sf_oauth_zone \"%V\" of %uzk is too small for its %ui "
+                  "credentials, about %uz bytes each: give it a larger size",
+                  &shm_zone->shm.name, shm_zone->shm.size / 1024,
+                  zone->creds.nelts, sizeof(ngx_http_sf_oauth_node_t));
 
     return NGX_ERROR;
+}
+
+
+/*
+ * Once a configuration is committed (init_module, in the master, while
+ * ngx_cycle is still the running configuration's): a credential whose
+ * record is new in its zone gets the record it had in a zone of the
+ * running configuration (a zone resized or renamed, or another zone), and
+ * then every zone drops the records of credentials it no longer has.
+ * Until then a reload may still fail, and the running configuration keeps
+ * using its records.
+ */
+
+void
+ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
+{
+    ngx_uint_t                 i, n;
+    ngx_shm_zone_t           **shm_zone;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    if (!ngx_is_init_cycle(ngx_cycle)) {
+        ngx_http_sf_oauth_store_carry(cycle, zones);
+    }
+
+    shm_zone = zones->elts;
+
+    for (i = 0; i < zones->nelts; i++) {
+        zone = shm_zone[i]->data;
+        zone->resized = NULL;
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        n = ngx_http_sf_oauth_store_prune(zone);
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        if (n) {
+            ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                          "sf_oauth_zone \"%V\": dropped the records of %ui "
+                          "credentials that are no longer configured",
+                          &zone->name, n);
+        }
+    }
 }
 
 
@@ -121,33 +228,26 @@ static ngx_int_t
 ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     ngx_http_sf_oauth_cred_t *cred)
 {
-    ngx_queue_t               *q;
     ngx_http_sf_oauth_node_t  *node;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    for (q = ngx_queue_head(&zone->sh->nodes);
-         q != ngx_queue_sentinel(&zone->sh->nodes);
-         q = ngx_queue_next(q))
-    {
-        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
+    node = ngx_http_sf_oauth_store_find(zone, &cred->name);
 
-        if (node->name_len == cred->name.len
-            && ngx_memcmp(node->name, cred->name.data, cred->name.len) == 0)
-        {
-            if (node->conf_fp != cred->conf_fp) {
-                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                              "sf_oauth: credential \"%V\" changed its "
-                              "token_url, client_id or refresh token: "
-                              "its cached token is dropped", &cred->name);
+    if (node) {
+        if (node->conf_fp != cred->conf_fp) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\" changed its "
+                          "token_url, client_id or refresh token: "
+                          "its cached token is dropped", &cred->name);
 
-                ngx_http_sf_oauth_store_reset(cred, node);
-            }
-
-            cred->node = node;
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-            return NGX_OK;
+            ngx_http_sf_oauth_store_reset(cred, node);
         }
+
+        cred->node = node;
+        cred->fresh = 0;
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_OK;
     }
 
     node = ngx_slab_calloc_locked(zone->shpool,
@@ -165,10 +265,372 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
 
     cred->node = node;
+    cred->fresh = 1;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return NGX_OK;
+}
+
+
+/*
+ * With the zone locked: frees the records of credentials that the zone's
+ * configuration does not have, their secrets wiped first.  A worker of an
+ * older configuration that still points to one finds a record that is not
+ * its credential's (ngx_http_sf_oauth_store_mine) and leaves it alone.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone)
+{
+    ngx_uint_t                  i, n;
+    ngx_queue_t                *q, *next;
+    ngx_http_sf_oauth_node_t   *node;
+    ngx_http_sf_oauth_cred_t  **cred;
+
+    n = 0;
+    cred = zone->creds.elts;
+
+    for (q = ngx_queue_head(&zone->sh->nodes);
+         q != ngx_queue_sentinel(&zone->sh->nodes);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
+
+        for (i = 0; i < zone->creds.nelts; i++) {
+            if (node->name_len == cred[i]->name.len
+                && ngx_memcmp(node->name, cred[i]->name.data,
+                              node->name_len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i < zone->creds.nelts) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_slab_free_locked(zone->shpool, node);
+        n++;
+    }
+
+    return n;
+}
+
+
+/* with the zone locked: the record of a credential name */
+
+static ngx_http_sf_oauth_node_t *
+ngx_http_sf_oauth_store_find(ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name)
+{
+    ngx_queue_t               *q;
+    ngx_http_sf_oauth_node_t  *node;
+
+    for (q = ngx_queue_head(&zone->sh->nodes);
+         q != ngx_queue_sentinel(&zone->sh->nodes);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
+
+        if (node->name_len == name->len
+            && ngx_memcmp(node->name, name->data, name->len) == 0)
+        {
+            return node;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * On a reload that resized the zone, in init_zone: the zone of the same
+ * name in the running configuration.  ngx_cycle is still the old cycle,
+ * and the old zone stays mapped until the new cycle is committed.
+ */
+
+static ngx_http_sf_oauth_zone_t *
+ngx_http_sf_oauth_store_old_zone(ngx_shm_zone_t *shm_zone)
+{
+    ngx_uint_t        i;
+    ngx_shm_zone_t   *oshm;
+    ngx_list_part_t  *part;
+
+    if (ngx_is_init_cycle(ngx_cycle)) {
+        return NULL;
+    }
+
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+    oshm = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            oshm = part->elts;
+            i = 0;
+        }
+
+        if (oshm[i].tag != shm_zone->tag
+            || oshm[i].shm.name.len != shm_zone->shm.name.len
+            || ngx_strncmp(oshm[i].shm.name.data, shm_zone->shm.name.data,
+                           shm_zone->shm.name.len)
+               != 0)
+        {
+            continue;
+        }
+
+        if (oshm[i].data == NULL || oshm[i].shm.addr == NULL) {
+            return NULL;
+        }
+
+        return oshm[i].data;
+    }
+}
+
+
+/*
+ * At the commit: the zones of the running configuration, each under its
+ * lock.  One that the new configuration does not keep (it was resized or
+ * removed) is marked retired: its workers, which never see the new zones,
+ * start no token request in it from then on.  Each of its credentials
+ * whose record is new in the new configuration gets a copy of the old
+ * record: the token, the rotated refresh token, the backoff.
+ */
+
+static void
+ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
+{
+    ngx_uint_t                  i, j;
+    ngx_shm_zone_t             *oshm;
+    ngx_list_part_t            *part;
+    ngx_http_sf_oauth_zone_t   *ozone;
+    ngx_http_sf_oauth_cred_t  **ocred, *cred;
+
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+    oshm = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return;
+            }
+
+            part = part->next;
+            oshm = part->elts;
+            i = 0;
+        }
+
+        ozone = oshm[i].data;
+
+        if (oshm[i].tag != &ngx_http_sf_oauth_module
+            || ozone == NULL || ozone->sh == NULL)
+        {
+            continue;
+        }
+
+        ngx_shmtx_lock(&ozone->shpool->mutex);
+
+        if (!ngx_http_sf_oauth_store_kept(cycle, &oshm[i])) {
+            ozone->sh->retired = 1;
+        }
+
+        ocred = ozone->creds.elts;
+
+        for (j = 0; j < ozone->creds.nelts; j++) {
+            cred = ngx_http_sf_oauth_store_cred(zones, &ocred[j]->name);
+
+            if (cred && cred->fresh) {
+                ngx_http_sf_oauth_store_copy(cycle, ozone, ocred[j], cred);
+            }
+        }
+
+        ngx_shmtx_unlock(&ozone->shpool->mutex);
+    }
+}
+
+
+/* whether the new configuration keeps a zone of the running one */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
+{
+    ngx_uint_t        i;
+    ngx_shm_zone_t   *shm;
+    ngx_list_part_t  *part;
+
+    part = &cycle->shared_memory.part;
+    shm = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            shm = part->elts;
+            i = 0;
+        }
+
+        if (shm[i].shm.addr == oshm->shm.addr) {
+            return 1;
+        }
+    }
+}
+
+
+/* the credential of a name in the new configuration */
+
+static ngx_http_sf_oauth_cred_t *
+ngx_http_sf_oauth_store_cred(ngx_array_t *zones, ngx_str_t *name)
+{
+    ngx_uint_t                  i, j;
+    ngx_shm_zone_t            **shm_zone;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_cred_t  **cred;
+
+    shm_zone = zones->elts;
+
+    for (i = 0; i < zones->nelts; i++) {
+        zone = shm_zone[i]->data;
+        cred = zone->creds.elts;
+
+        for (j = 0; j < zone->creds.nelts; j++) {
+            if (cred[j]->name.len == name->len
+                && ngx_memcmp(cred[j]->name.data, name->data, name->len)
+                   == 0)
+            {
+                return cred[j];
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * With the old zone locked: the old record of a credential into its new
+ * one, unless the credential changed.  No worker of the new configuration
+ * runs yet, but workers of the running one may use the new zone if it is
+ * kept: it is locked too.
+ */
+
+static void
+ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_pid_t                  pid;
+    ngx_queue_t                queue;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_node_t  *onode, *node;
+
+    zone = cred->shm_zone->data;
+    onode = ocred->node;
+
+    if (onode == NULL || zone->shpool == ozone->shpool
+        || !ngx_http_sf_oauth_store_mine(ocred))
+    {
+        return;
+    }
+
+    /* one source only */
+    cred->fresh = 0;
+
+    if (onode->conf_fp != cred->conf_fp) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "sf_oauth: credential \"%V\" changed its "
+                      "token_url, client_id or refresh token: "
+                      "its cached token is dropped", &cred->name);
+        return;
+    }
+
+    pid = onode->lease_pid;
+
+    if (pid
+        && ((ngx_msec_int_t) (onode->lease_deadline - ngx_current_msec) <= 0
+            || (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)))
+    {
+        pid = 0;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = cred->node;
+    queue = node->queue;
+    ngx_memcpy(node, onode, sizeof(ngx_http_sf_oauth_node_t));
+    node->queue = queue;
+
+    /*
+     * A lease in flight is kept: the new workers wait for it to end, then
+     * take the refresh over, from the refresh token copied here.
+     */
+
+    node->lease_pid = pid;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "sf_oauth: credential \"%V\": its record was carried over "
+                  "from the old sf_oauth_zone \"%V\" to the new "
+                  "sf_oauth_zone \"%V\"", &cred->name, &ozone->name,
+                  &zone->name);
+
+    if (pid) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the token request of "
+                      "process %P was in flight when this reload moved its "
+                      "record from the old sf_oauth_zone \"%V\" to the new "
+                      "sf_oauth_zone \"%V\": the token it gets stays in the "
+                      "old zone, and the new workers refresh again from "
+                      "the refresh token the zone held; if Salesforce "
+                      "rotated it, that refresh fails with invalid_grant "
+                      "and the refresh token must be configured anew; "
+                      "change or resize zones while no refresh runs",
+                      &cred->name, pid, &ozone->name, &zone->name);
+    }
+}
+
+
+/*
+ * With the zone locked: whether the credential's record is still its own.
+ * A reload drops the records of removed credentials, while workers of the
+ * older configuration may still be finishing requests.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+
+    return node->name_len == cred->name.len
+           && ngx_memcmp(node->name, cred->name.data, cred->name.len) == 0;
+}
+
+
+/* whether a reload dropped the credential's zone: see store_carry */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_retired(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    return zone->sh->retired;
 }
 
 
@@ -221,6 +683,13 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     lk->ctx = NULL;
+
+    if (!ngx_http_sf_oauth_store_mine(cred)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        lk->error = ngx_http_sf_oauth_error_removed;
+        lk->retry_after = 1;
+        return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
 
     if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
 
@@ -276,9 +745,19 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+    if (!ngx_http_sf_oauth_lease_free(cred, node)
+        || (node->busy && (ngx_msec_int_t) (node->busy_until - now) > 0))
+    {
+        /* a refresh runs, or the one that ran gets a quick retry soon */
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+    }
+
+    if (ngx_http_sf_oauth_store_retired(cred)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        lk->error = ngx_http_sf_oauth_error_retired;
+        lk->retry_after = 1;
+        return NGX_HTTP_SF_OAUTH_GOT_ERROR;
     }
 
     /* take the lease: this worker makes the token request */
@@ -379,6 +858,12 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    if (!ngx_http_sf_oauth_store_mine(cred)) {
+        /* a reload removed the credential meanwhile */
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
+
     if (node->lease_pid == ngx_pid) {
         node->lease_pid = 0;
     }
@@ -413,6 +898,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;
+        node->busy = 0;
 
         /* the last error stays, for the status output */
 
@@ -421,11 +907,34 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     node->token_failures++;
-    node->failures++;
     node->error_time = ngx_time();
 
     node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
     ngx_memcpy(node->error, tok->error.data, node->error_len);
+
+    if (tok->error_class == NGX_HTTP_SF_OAUTH_BUSY) {
+
+        /*
+         * Salesforce is still processing a request with this refresh
+         * token: one of a worker that died or hung and was taken over, or
+         * of another proxy.  Its answer is a moment away, so the state
+         * stays as it is, waiting requests keep waiting, and the refresh
+         * is tried again soon, sooner than any backoff: 250 ms, doubling.
+         */
+
+        delay = (ngx_msec_t) NGX_HTTP_SF_OAUTH_BUSY_RETRY
+                << ngx_min(node->busy, 8);
+
+        node->busy++;
+        node->busy_until = ngx_current_msec
+                           + ngx_min(delay, cred->backoff_max);
+
+        ngx_shmtx_unlock(&shpool->mutex);
+        return;
+    }
+
+    node->failures++;
+    node->busy = 0;
 
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
         delay = ngx_http_sf_oauth_backoff(cred, node->failures,
@@ -475,7 +984,9 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
+    if (!ngx_http_sf_oauth_store_mine(cred)
+        || node->state != NGX_HTTP_SF_OAUTH_VALID)
+    {
         /* dropped already, or refreshing, or failed: the lookup tells */
         rc = NGX_HTTP_SF_OAUTH_REJ_DROPPED;
 
@@ -544,7 +1055,10 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (cured) {
+    if (!ngx_http_sf_oauth_store_mine(cred)) {
+        /* a record of another configuration's */
+
+    } else if (cured) {
         node->uncured = 0;
         node->uncured_generation = 0;
 
@@ -579,7 +1093,11 @@ ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred)
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
-    cred->node->replays++;
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        cred->node->replays++;
+    }
+
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
@@ -607,7 +1125,12 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
+    if (!ngx_http_sf_oauth_store_mine(cred)) {
+        /* a reload removed the credential */
+        *next = cred->refresh_ahead;
+        rc = NGX_DECLINED;
+
+    } else if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
         /* no token to keep fresh: requests will get one */
         *next = cred->refresh_ahead;
         rc = NGX_DECLINED;
@@ -627,6 +1150,7 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
         } else {
             *next = cred->refresh_ahead;
             rc = ngx_http_sf_oauth_lease_free(cred, node)
+                 && !ngx_http_sf_oauth_store_retired(cred)
                  ? ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk)
                  : NGX_DECLINED;
         }
@@ -688,7 +1212,9 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
         }
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)) {
+    if (!ngx_http_sf_oauth_lease_free(cred, node)
+        || ngx_http_sf_oauth_store_retired(cred))
+    {
         return NGX_DECLINED;
     }
 
@@ -726,6 +1252,11 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
+    if (!ngx_http_sf_oauth_store_mine(cred)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
     if (node->lease_pid == ngx_pid) {
         node->lease_pid = 0;
     }
@@ -762,6 +1293,11 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
         node->invalidations++;
     }
 
+    if (ngx_http_sf_oauth_store_retired(cred)) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
     rc = ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk);
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -781,7 +1317,9 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (cred->node->lease_pid == ngx_pid) {
+    if (ngx_http_sf_oauth_store_mine(cred)
+        && cred->node->lease_pid == ngx_pid)
+    {
         cred->node->lease_pid = 0;
     }
 
@@ -800,7 +1338,15 @@ ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
-    ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
+
+    } else {
+        /* a reload removed the credential: nothing to show */
+        ngx_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+    }
+
     ngx_shmtx_unlock(&shpool->mutex);
 }
 
@@ -817,11 +1363,11 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    url->len = node->url_len;
-    url->data = ngx_pnalloc(pool, node->url_len + 1);
+    url->len = ngx_http_sf_oauth_store_mine(cred) ? node->url_len : 0;
+    url->data = ngx_pnalloc(pool, url->len + 1);
 
     if (url->data) {
-        ngx_memcpy(url->data, node->instance_url, node->url_len);
+        ngx_memcpy(url->data, node->instance_url, url->len);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

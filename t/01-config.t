@@ -188,7 +188,7 @@ check('zone too small for its credentials',
       "    sf_oauth_zone zone=sf:32k;\n"
       . join('', map { $t->credential(name => "c$_") } 1 .. 6)
       . $t->credential,
-      qr/sf_oauth_zone "sf" is too small for 7 credentials/);
+      qr/sf_oauth_zone "sf" of 32k is too small for its 7 credentials/);
 
 check('credential with an unknown zone', $zone . $t->credential(zone => 'nope'),
       qr/sf_oauth_credential "crm" uses unknown zone "nope"/);

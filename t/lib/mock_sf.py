@@ -31,6 +31,9 @@ Test hooks, under /__mock/ (never used by the module):
                                  answer successful token requests with U
                                  as the instance_url (to try bad ones);
                                  no url: the mock's own URL again
+  POST /__mock/refresh_len?length=N
+                                 rotated refresh tokens are exactly N bytes
+                                 long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
 
 Modes of the token endpoint:
@@ -139,6 +142,7 @@ class State:
             self.lifetime = 0
             self.absolute = False
             self.fixed_token = ""
+            self.refresh_len = 0
             self.token_issued = {}
             self.token_used = {}
             self.introspections = 0
@@ -291,6 +295,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.instance_url = query.get("url", [st.args.instance_url])[0]
             return self.send(200, {"instance_url": st.instance_url})
+        if path == "/__mock/refresh_len":
+            with st.lock:
+                st.refresh_len = int(query.get("length", ["0"])[0])
+            return self.send(200, {"refresh_len": st.refresh_len})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -479,6 +487,9 @@ class Handler(BaseHTTPRequestHandler):
                 st.issued_access.append(token)
                 if mode == "rotation":
                     new_rt = "5Aep861mock" + secrets.token_urlsafe(40)
+                    if st.refresh_len:
+                        new_rt = (new_rt * (st.refresh_len // len(new_rt)
+                                            + 1))[:st.refresh_len]
                     st.refresh_tokens.discard(rt)
                     st.refresh_tokens.add(new_rt)
                     st.issued_refresh.append(new_rt)
