@@ -18,6 +18,8 @@ static char *ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_find_credential(
+    ngx_conf_t *cf, ngx_http_sf_oauth_loc_conf_t *conf);
 static ngx_int_t ngx_http_sf_oauth_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle);
@@ -486,6 +488,7 @@ ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
     /*
      * set by ngx_pcalloc():
      *
+     *     slcf->handler = NULL;
      *     slcf->name = { 0, NULL };
      *     slcf->file = NULL;
      *     slcf->line = 0;
@@ -503,9 +506,7 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_sf_oauth_loc_conf_t *prev = parent;
     ngx_http_sf_oauth_loc_conf_t *conf = child;
 
-    ngx_uint_t                      i;
-    ngx_http_sf_oauth_cred_t      **cred;
-    ngx_http_sf_oauth_main_conf_t  *smcf;
+    ngx_http_core_loc_conf_t  *clcf;
 
     if (conf->cred == NGX_CONF_UNSET_PTR) {
         conf->cred = prev->cred;
@@ -518,9 +519,44 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->cred = NULL;
     }
 
-    if (conf->cred || conf->name.len == 0) {
-        return NGX_CONF_OK;
+    if (conf->cred == NULL && conf->name.len) {
+        conf->cred = ngx_http_sf_oauth_find_credential(cf, conf);
+        if (conf->cred == NULL) {
+            return NGX_CONF_ERROR;
+        }
     }
+
+    /*
+     * A location that has a content handler of its own (proxy_pass and
+     * the like) runs this module's instead, which wraps it: so does
+     * every request that nginx runs in it, subrequests and clones too.
+     * The handler is final by now: merging follows parsing, and the
+     * proxy module, merged earlier, has set those of "if" and
+     * "limit_except" blocks.
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (conf->cred
+        && clcf->handler
+        && clcf->handler != ngx_http_sf_oauth_content_handler
+        && clcf->handler != ngx_http_sf_oauth_info_handler)
+    {
+        conf->handler = clcf->handler;
+        clcf->handler = ngx_http_sf_oauth_content_handler;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_http_sf_oauth_cred_t *
+ngx_http_sf_oauth_find_credential(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *conf)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
 
@@ -531,8 +567,7 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             && ngx_strncmp(cred[i]->name.data, conf->name.data,
                            conf->name.len) == 0)
         {
-            conf->cred = cred[i];
-            return NGX_CONF_OK;
+            return cred[i];
         }
     }
 
@@ -540,7 +575,7 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                   "unknown sf_oauth_credential \"%V\" in \"sf_oauth\" "
                   "in %s:%ui", &conf->name, conf->file, conf->line);
 
-    return NGX_CONF_ERROR;
+    return NULL;
 }
 
 
@@ -701,11 +736,11 @@ ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    /* only the main request of an sf_oauth location: never a subrequest */
+    /* only a request of an sf_oauth location: not a mirror's, say */
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (r != r->main || ctx == NULL || ctx->authorization.len == 0) {
+    if (ctx == NULL || ctx->authorization.len == 0) {
         v->not_found = 1;
         return NGX_OK;
     }

@@ -254,6 +254,10 @@ typedef struct {
 
 typedef struct {
     ngx_http_sf_oauth_cred_t    *cred;
+
+    /* the location's own content handler (the proxy's), wrapped */
+    ngx_http_handler_pt          handler;
+
     ngx_str_t                    name;
     u_char                      *file;
     ngx_uint_t                   line;
@@ -269,9 +273,6 @@ typedef struct {
 
     /* "Bearer <token>" for the upstream; the token itself follows "Bearer " */
     ngx_str_t                    authorization;
-
-    /* the location's content handler (the proxy's), run by this module's */
-    ngx_http_handler_pt          content_handler;
 
     /* the upstream this module gave the token to */
     ngx_http_upstream_t         *upstream;
@@ -424,6 +425,7 @@ void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_content_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
 ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r);
 void ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,

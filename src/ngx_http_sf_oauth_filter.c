@@ -72,17 +72,16 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    if (r != r->main) {
-        return ngx_http_next_header_filter(r);
-    }
-
     ctx = ngx_http_sf_oauth_get_ctx(r);
 
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
     }
 
-    if (ctx->authorization.len
+    /* only a main request is held and replayed */
+
+    if (r == r->main
+        && ctx->authorization.len
         && ctx == ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module)
         && r->headers_out.status == NGX_HTTP_UNAUTHORIZED
         && r->upstream

@@ -55,8 +55,11 @@ static void ngx_http_sf_oauth_replay(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_cleanup(void *data);
+static void ngx_http_sf_oauth_init_ctx(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t **cp);
 static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
-static ngx_int_t ngx_http_sf_oauth_content_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
@@ -73,6 +76,8 @@ static ngx_str_t  ngx_http_sf_oauth_error_start =
     ngx_string("the token request could not be started");
 static ngx_str_t  ngx_http_sf_oauth_error_timeout =
     ngx_string("timed out waiting for the token refresh");
+static ngx_str_t  ngx_http_sf_oauth_error_clone =
+    ngx_string("no token yet for a background subrequest");
 
 
 ngx_int_t
@@ -85,20 +90,14 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
 
-    if (slcf->cred == NULL || r != r->main) {
+    if (slcf->cred == NULL || slcf->handler == NULL) {
+        /* no upstream: a static file, try_files, the status output */
         return NGX_DECLINED;
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
     if (ctx == NULL) {
-
-        if (r->content_handler == NULL
-            || r->content_handler == ngx_http_sf_oauth_info_handler)
-        {
-            /* no upstream: a static file, try_files, the status output */
-            return NGX_DECLINED;
-        }
 
         /* the hot path: one allocation holds the ctx and the header */
 
@@ -115,19 +114,7 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
             }
         }
 
-        ctx->request = r;
-        ctx->cred = slcf->cred;
-
-        /* a pool cleanup of the ctx's own: no allocation, and it survives */
-        ctx->cln.handler = ngx_http_sf_oauth_cleanup;
-        ctx->cln.data = ctx;
-        ctx->cln.next = r->pool->cleanup;
-        r->pool->cleanup = &ctx->cln;
-
-        ctx->content_handler = r->content_handler;
-        r->content_handler = ngx_http_sf_oauth_content_handler;
-
-        ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
+        ngx_http_sf_oauth_init_ctx(r, ctx, slcf->cred);
 
         rc = ngx_http_sf_oauth_act(r, ctx, rc, &lk);
 
@@ -152,20 +139,43 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 
 
 /*
- * The location's content handler while a request of an sf_oauth location
- * runs: the token goes into the Authorization header, the proxy's handler
- * builds the upstream request from it, and the token comes out again.
+ * The content handler of every location with sf_oauth and a content
+ * handler of its own (the proxy's), which it wraps: see
+ * ngx_http_sf_oauth_merge_loc_conf.  The token goes into the
+ * Authorization header, the proxy's handler builds the upstream request
+ * from it, and the token comes out again.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                 rc;
-    ngx_http_sf_oauth_ctx_t  *ctx;
+    ngx_int_t                      rc;
+    ngx_http_sf_oauth_ctx_t       *ctx;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
+
+    if (slcf->handler == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "sf_oauth: no content handler to run");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (ctx == NULL || ctx->authorization.len == 0) {
+    if (ctx == NULL) {
+        /*
+         * A clone subrequest (slice, proxy_cache_background_update)
+         * starts in the content phase: it looks the token up here.
+         */
+
+        rc = ngx_http_sf_oauth_clone(r, &ctx);
+        if (ctx == NULL) {
+            return rc;
+        }
+    }
+
+    if (ctx->authorization.len == 0) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "sf_oauth: content handler without a token");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -178,7 +188,7 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ctx->content_handler(r);
+    rc = slcf->handler(r);
 
     /*
      * The request is still ours: the content phase and the replay both
@@ -193,6 +203,92 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
     }
 
     return rc;
+}
+
+
+/*
+ * The ctx of a request of an sf_oauth location.  Its pool cleanup is a
+ * part of it, linked by hand: no allocation, and it finds the ctx again
+ * after an internal redirect zeroed the module contexts.
+ */
+
+static void
+ngx_http_sf_oauth_init_ctx(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_cred_t *cred)
+{
+    ctx->request = r;
+    ctx->cred = cred;
+
+    ctx->cln.handler = ngx_http_sf_oauth_cleanup;
+    ctx->cln.data = ctx;
+    ctx->cln.next = r->pool->cleanup;
+    r->pool->cleanup = &ctx->cln;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
+}
+
+
+/*
+ * A clone subrequest comes with this module's content handler but without
+ * a ctx: it gets the cached token, or a 502 (a refresh is started if none
+ * runs).  It cannot wait: it is a background cache update, whose answer
+ * no client waits for.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t **cp)
+{
+    ngx_int_t                      rc;
+    ngx_http_sf_oauth_ctx_t       *ctx;
+    ngx_http_sf_oauth_lookup_t     lk;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
+
+    *cp = NULL;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
+
+    lk.ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
+
+    rc = ngx_http_sf_oauth_store_lookup(slcf->cred, r->pool, &lk);
+
+    ctx = lk.ctx;
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ngx_http_sf_oauth_init_ctx(r, ctx, slcf->cred);
+
+    switch (rc) {
+
+    case NGX_HTTP_SF_OAUTH_GOT_TOKEN:
+        ctx->authorization = lk.authorization;
+        ctx->generation = lk.generation;
+        ctx->status = NGX_HTTP_SF_OAUTH_HIT;
+        *cp = ctx;
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_GOT_LEASE:
+        (void) ngx_http_sf_oauth_start(slcf->cred, &lk);
+
+        /* fall through */
+
+    case NGX_HTTP_SF_OAUTH_GOT_WAIT:
+        lk.error = ngx_http_sf_oauth_error_clone;
+        lk.retry_after = 1;
+
+        /* fall through */
+
+    case NGX_HTTP_SF_OAUTH_GOT_ERROR:
+        return ngx_http_sf_oauth_send_error(r, ctx, &lk.error,
+                                            lk.retry_after);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 }
 
 
@@ -701,8 +797,11 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
 
     if (h == NULL) {
 
-        if (r->main->count > 1 && !ctx->unshared) {
-            /* a subrequest (mirror) may share the header list's elements */
+        if ((r != r->main || r->main->count > 1) && !ctx->unshared) {
+            /*
+             * A subrequest shares the header list's elements with its
+             * parent, and a main request with its subrequests (mirror).
+             */
             if (ngx_http_sf_oauth_unshare(r) != NGX_OK) {
                 return NGX_ERROR;
             }
@@ -768,6 +867,10 @@ ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
         r->headers_in.authorization = NULL;
     }
 
+    /* a copy of the list made meanwhile (a clone subrequest) sees it dead */
+    h->hash = 0;
+    ngx_str_null(&h->value);
+
     /* the element was pushed last, and nothing pushes after it */
 
     last = r->headers_in.headers.last;
@@ -779,7 +882,6 @@ ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
 
     /* not the last one after all: it stays, as a header that says nothing */
 
-    h->hash = 0;
     ngx_str_set(&h->key, "X-SF-OAuth");
     h->lowcase_key = (u_char *) "x-sf-oauth";
     ngx_str_null(&h->value);
@@ -819,6 +921,12 @@ ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
+
+            if (h[i].lowcase_key == ngx_http_sf_oauth_lowcase_key) {
+                /* a token, or a dead one: another request's, never copied */
+                continue;
+            }
+
             dst = ngx_list_push(&r->headers_in.headers);
             if (dst == NULL) {
                 return NGX_ERROR;
@@ -858,9 +966,17 @@ ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r)
         return ctx;
     }
 
+    if (r != r->main) {
+        return NULL;
+    }
+
     for (cln = r->pool->cleanup; cln; cln = cln->next) {
         if (cln->handler == ngx_http_sf_oauth_cleanup) {
-            return cln->data;
+            ctx = cln->data;
+
+            if (ctx->request == r) {
+                return ctx;
+            }
         }
     }
 
@@ -994,7 +1110,11 @@ ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
     value = h ? &h->value : NULL;
 
     if (h && h->lowcase_key == ngx_http_sf_oauth_lowcase_key) {
-        ctx = ngx_http_sf_oauth_get_ctx(r->main);
+        ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+        if (ctx == NULL || ctx->header != h) {
+            ctx = ngx_http_sf_oauth_get_ctx(r->main);
+        }
 
         value = (ctx && ctx->header == h && !ctx->pushed)
                 ? &ctx->saved_value : NULL;

@@ -45,6 +45,8 @@ Modes of the token endpoint:
   down            503 with an HTML maintenance page
   slow            like normal after 2 seconds
   hang            never answers (until the mode changes or 120 s)
+  hang_once       the next token request hangs like that, the ones after
+                  it are answered as in "normal"
   garbage         200 with a body that is not JSON
   huge            200 with a 1 MiB JSON body
   empty           200 with an empty body
@@ -112,7 +114,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("normal", "rotation", "down", "slow", "hang", "garbage", "huge",
+MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
+         "hang_released", "garbage", "huge",
          "empty", "invalid_grant", "invalid_client", "crlf", "no_instance",
          "leaky", "deep_json", "wrong_types", "nul", "slowloris", "redirect",
          "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
@@ -349,13 +352,20 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "down":
             return self.send(503, "<html><body><h1>Down for maintenance"
                                   "</h1></body></html>", ctype="text/html")
+        if mode == "hang_once":
+            with st.lock:
+                st.mode = "hang_released"
+            mode = "hang"
         if mode == "hang":
             deadline = time.time() + 120
             with st.lock:
-                while st.mode == "hang" and time.time() < deadline:
+                while (st.mode in ("hang", "hang_released")
+                       and time.time() < deadline):
                     st.lock.wait(0.5)
             self.close_connection = True
             return
+        if mode == "hang_released":
+            mode = "normal"
         if mode == "garbage":
             return self.send(200, "this is { not json", ctype="text/plain")
         if mode == "empty":
