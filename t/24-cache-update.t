@@ -58,6 +58,11 @@ bg_case('client header', '/services/data/bga?cache401=1',
         { Authorization => 'Bearer the-client-own' }, 0);
 bg_case('revoked', '/services/data/bgb?cache401=1', {}, 1);
 
+# more than 20 headers: the header list has a second part, which a clone
+# subrequest shares with the main request
+bg_case('25 headers', '/services/data/bgc?cache401=1',
+        { map { ("X-Pad-$_" => "v$_") } 1 .. 25 }, 0);
+
 $t->finish;
 
 done_testing;

@@ -35,6 +35,7 @@ Test hooks, under /__mock/ (never used by the module):
                                  rotated refresh tokens are exactly N bytes
                                  long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
+  POST /__mock/reset_echo        forget the echo_log
 
 Modes of the token endpoint:
 
@@ -92,6 +93,9 @@ API paths with special answers (after the token check):
   /services/data/chunked?n=N     a chunked response of N chunks
   /services/data/big?bytes=N     a response of N bytes, with Content-Length
   /services/data/image.png       a 20x10 PNG image
+  ?accel=URI                     200 with X-Accel-Redirect: URI
+  ?ssi=URI                       an HTML page that SSI-includes URI
+  ?html=1                        a small HTML page
   ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
 
 /__mock/stats lists every API request in "api_log": method, path, status,
@@ -313,6 +317,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.access_tokens.clear()
             return self.send(200, {"revoked": True})
+        if path == "/__mock/reset_echo":
+            with st.lock:
+                st.echo_log = []
+            return self.send(200, {"reset_echo": True})
         if path == "/__mock/reset":
             st.reset()
             return self.send(200, {"reset": True})
@@ -601,6 +609,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.chunked(int(query.get("n", ["10"])[0]))
         if path == "/services/data/big":
             return self.big(int(query.get("bytes", ["1048576"])[0]))
+        if "accel" in query:
+            return self.send(200, "", ctype="text/plain", headers=[
+                ("X-Accel-Redirect", query["accel"][0])])
+        if "ssi" in query:
+            return self.send(200, '<p><!--# include virtual="%s" --></p>\n'
+                             % query["ssi"][0], ctype="text/html")
+        if "html" in query:
+            return self.send(200, "<html><body>Account Acme</body></html>\n",
+                             ctype="text/html")
         if path == "/services/data/image.png":
             return self.send(200, png(20, 10), ctype="image/png")
         headers = {k: v for k, v in self.headers.items()
