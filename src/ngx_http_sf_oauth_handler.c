@@ -55,8 +55,9 @@ static void ngx_http_sf_oauth_replay(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_cleanup(void *data);
-static void ngx_http_sf_oauth_init_ctx(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_cred_t *cred);
+static ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_create_ctx(
+    ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk, ngx_int_t *rc);
 static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t **cp);
 static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
@@ -99,22 +100,10 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 
     if (ctx == NULL) {
 
-        /* the hot path: one allocation holds the ctx and the header */
-
-        lk.ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
-
-        rc = ngx_http_sf_oauth_store_lookup(slcf->cred, r->pool, &lk);
-
-        ctx = lk.ctx;
-
+        ctx = ngx_http_sf_oauth_create_ctx(r, slcf->cred, &lk, &rc);
         if (ctx == NULL) {
-            ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
-            if (ctx == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        ngx_http_sf_oauth_init_ctx(r, ctx, slcf->cred);
 
         rc = ngx_http_sf_oauth_act(r, ctx, rc, &lk);
 
@@ -207,15 +196,33 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
 
 
 /*
- * The ctx of a request of an sf_oauth location.  Its pool cleanup is a
- * part of it, linked by hand: no allocation, and it finds the ctx again
- * after an internal redirect zeroed the module contexts.
+ * The first lookup of a request of an sf_oauth location, with its ctx: on
+ * the hot path one allocation holds the ctx and the header value.  The
+ * ctx's pool cleanup is a part of it, linked by hand: no allocation, and
+ * it finds the ctx again after an internal redirect zeroed the module
+ * contexts.  *rc is the lookup's answer.
  */
 
-static void
-ngx_http_sf_oauth_init_ctx(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_cred_t *cred)
+static ngx_http_sf_oauth_ctx_t *
+ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk,
+    ngx_int_t *rc)
 {
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    lk->ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
+
+    *rc = ngx_http_sf_oauth_store_lookup(cred, r->pool, lk);
+
+    ctx = lk->ctx;
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
+        if (ctx == NULL) {
+            return NULL;
+        }
+    }
+
     ctx->request = r;
     ctx->cred = cred;
 
@@ -225,6 +232,8 @@ ngx_http_sf_oauth_init_ctx(ngx_http_request_t *r,
     r->pool->cleanup = &ctx->cln;
 
     ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
+
+    return ctx;
 }
 
 
@@ -247,20 +256,10 @@ ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t **cp)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
 
-    lk.ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
-
-    rc = ngx_http_sf_oauth_store_lookup(slcf->cred, r->pool, &lk);
-
-    ctx = lk.ctx;
-
+    ctx = ngx_http_sf_oauth_create_ctx(r, slcf->cred, &lk, &rc);
     if (ctx == NULL) {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
-        if (ctx == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_http_sf_oauth_init_ctx(r, ctx, slcf->cred);
 
     switch (rc) {
 
