@@ -37,12 +37,12 @@ is($@, '', 'make run listens') or diag(`cat $log`);
 my $ua = HTTP::Tiny->new(timeout => 10);
 my $r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/sobjects");
 is($r->{status}, 200, 'a request through make run: 200') or diag($r->{content});
-like(decode_json($r->{content})->{authorization} // '', qr/^Bearer 00D/,
+like((eval { decode_json($r->{content}) } // {})->{authorization} // '', qr/^Bearer 00D/,
      'it reached the mock with a token');
 is($r->{headers}{'x-sf-oauth-status'}, 'WAIT', 'the first request waited');
 
 $r = $ua->get("http://127.0.0.1:$port/sf_oauth_info");
-is(decode_json($r->{content})->{credentials}[0]{state}, 'valid',
+is((eval { decode_json($r->{content}) } // {})->{credentials}[0]{state}, 'valid',
    'sf_oauth_info shows a valid token');
 
 kill 'INT', -$pid;
