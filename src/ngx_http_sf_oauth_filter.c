@@ -16,16 +16,22 @@
  *   - The header filter swallows the upstream's 401: it marks the request
  *     body to be kept (r->preserve_body: else the upstream closes a body
  *     temp file), holds the request with a bit of r->buffered that no
- *     stock module uses, and returns NGX_OK without calling the next
- *     filter.  Holding with r->main->count instead crashed: the upstream's
+ *     stock module sets on r->buffered (NGX_HTTP_SF_OAUTH_BUFFERED says
+ *     why), and returns NGX_OK without calling the next filter.  Holding with r->main->count instead crashed: the upstream's
  *     finalize consumes the count while the replayed upstream is live.
  *   - The body filter marks every buffer of the 401 consumed.  The
  *     upstream drains it, gives a keepalive connection back to its pool,
  *     and its final ngx_http_finalize_request() parks the request because
  *     of the buffered bit, with ngx_http_test_reading watching the client.
+ *     The last buffer wakes the request at once, so that the writer's
+ *     send_timeout is taken off: a held request sends nothing, and only
+ *     the module's own deadline bounds its wait.
  *   - When the refresh completes, ngx_http_sf_oauth_handler.c clears the
  *     header, sets the new token and runs the proxy's content handler
  *     again: a new upstream, the same method, headers and body.
+ *   - When the refresh fails instead, an upstream still streaming the
+ *     401 is ended first (as ngx_http_upstream_create() ends one), and
+ *     only then does the request get the module's 502.
  *
  * This was verified on the stock Debian nginx 1.22.1 with GET, POST,
  * PATCH, HEAD, bodies spooled to temp files, chunked and 20 MiB responses,
