@@ -29,6 +29,7 @@ static char *ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_sf_oauth_name_chars(ngx_str_t *name);
 static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -242,16 +243,12 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    for (i = 0; i < name.len; i++) {
-        if (!(isalnum(name.data[i]) || name.data[i] == '_'
-              || name.data[i] == '-' || name.data[i] == '.'))
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid sf_oauth_zone name \"%V\": use "
-                               "letters, digits, \"_\", \"-\" and \".\"",
-                               &name);
-            return NGX_CONF_ERROR;
-        }
+    if (!ngx_http_sf_oauth_name_chars(&name)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid sf_oauth_zone name \"%V\": use "
+                           "letters, digits, \"_\", \"-\" and \".\"",
+                           &name);
+        return NGX_CONF_ERROR;
     }
 
     shm_zone = ngx_shared_memory_add(cf, &name, size,
@@ -301,6 +298,25 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* the names of zones and credentials go into logs and JSON as they are */
+
+static ngx_int_t
+ngx_http_sf_oauth_name_chars(ngx_str_t *name)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < name->len; i++) {
+        if (!(isalnum(name->data[i]) || name->data[i] == '_'
+              || name->data[i] == '-' || name->data[i] == '.'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 static char *
 ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -321,16 +337,12 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    for (i = 0; i < value[1].len; i++) {
-        if (!(isalnum(value[1].data[i]) || value[1].data[i] == '_'
-              || value[1].data[i] == '-' || value[1].data[i] == '.'))
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid sf_oauth_credential name \"%V\": "
-                               "use letters, digits, \"_\", \"-\" and \".\"",
-                               &value[1]);
-            return NGX_CONF_ERROR;
-        }
+    if (!ngx_http_sf_oauth_name_chars(&value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid sf_oauth_credential name \"%V\": "
+                           "use letters, digits, \"_\", \"-\" and \".\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
     }
 
     cp = smcf->creds.elts;
