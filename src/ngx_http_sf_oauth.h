@@ -438,8 +438,7 @@ ngx_int_t ngx_http_sf_oauth_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-void ngx_http_sf_oauth_held_done(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx);
+void ngx_http_sf_oauth_wake_now(ngx_http_sf_oauth_ctx_t *ctx);
 void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,

@@ -174,7 +174,7 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     if (last) {
         /* the upstream finalizes the request now: parked, then woken */
-        ngx_http_sf_oauth_held_done(r, ctx);
+        ngx_http_sf_oauth_wake_now(ctx);
     }
 
     return NGX_OK;

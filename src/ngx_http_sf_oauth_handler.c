@@ -485,28 +485,27 @@ ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
                        until - ngx_current_msec);
     }
 
-    ngx_del_timer(&ctx->wait);
-    ngx_post_event(&ctx->wait, &ngx_posted_events);
+    ngx_http_sf_oauth_wake_now(ctx);
 
     return NGX_OK;
 }
 
 
 /*
- * The held 401 has been read to its end and nginx has parked the request
- * under its writer: the send_timeout that the writer set does not apply
- * to a request that sends nothing, only the module's own wait does.
+ * Wakes a waiting request as soon as the current event is handled, not
+ * at its next poll: this worker's refresh is over, a 401 was just held,
+ * or a held 401 has been read to its end (nginx then parks the request
+ * under its writer, whose send_timeout the wake takes off).
  */
 
 void
-ngx_http_sf_oauth_held_done(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_wake_now(ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (!ctx->wait.posted) {
-        if (ctx->wait.timer_set) {
-            ngx_del_timer(&ctx->wait);
-        }
+    if (ctx->wait.timer_set) {
+        ngx_del_timer(&ctx->wait);
+    }
 
+    if (!ctx->wait.posted) {
         ngx_post_event(&ctx->wait, &ngx_posted_events);
     }
 }
@@ -764,14 +763,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
          q = ngx_queue_next(q))
     {
         ctx = ngx_queue_data(q, ngx_http_sf_oauth_ctx_t, queue);
-
-        if (ctx->wait.timer_set) {
-            ngx_del_timer(&ctx->wait);
-        }
-
-        if (!ctx->wait.posted) {
-            ngx_post_event(&ctx->wait, &ngx_posted_events);
-        }
+        ngx_http_sf_oauth_wake_now(ctx);
     }
 }
 
@@ -883,7 +875,6 @@ ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
 
     ngx_str_set(&h->key, "X-SF-OAuth");
     h->lowcase_key = (u_char *) "x-sf-oauth";
-    ngx_str_null(&h->value);
 }
 
 
