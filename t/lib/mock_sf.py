@@ -125,7 +125,7 @@ MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
          "leaky_code", "leaky_introspect", "redirect_leaky")
 
-ORG_ID = "00D5g000004Tmock"
+ORG_ID = "00D5g000004TmoK"   # 15 characters, as a real org id
 
 
 class State:
