@@ -74,6 +74,7 @@ static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_encoded(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
@@ -243,6 +244,10 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     static ngx_str_t  streamed = ngx_string(
         "the SOAP envelope cannot get the session: "
         "proxy_request_buffering is off in this location");
+    static ngx_str_t  encoded = ngx_string(
+        "a compressed SOAP envelope (Content-Encoding) cannot get the "
+        "session: send it uncompressed (in Data Loader or WSC, turn "
+        "request compression off)");
 
     /* ngx_http_proxy_loc_conf_t starts with its ngx_http_upstream_conf_t */
     ucf = ngx_http_get_module_loc_conf(r, ngx_http_proxy_module);
@@ -261,6 +266,20 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
                                    NGX_HTTP_INTERNAL_SERVER_ERROR, &streamed);
     }
 
+    if (ngx_http_sf_oauth_encoded(r)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
+                      "%V", &ctx->cred->name, &encoded);
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST,
+                                                &encoded);
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_body_read);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
@@ -268,6 +287,40 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     }
 
     return NGX_DONE;
+}
+
+
+/* whether the request body is compressed (Content-Encoding: gzip) */
+
+static ngx_int_t
+ngx_http_sf_oauth_encoded(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (h[i].hash
+                && h[i].key.len == sizeof("Content-Encoding") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "Content-Encoding",
+                                   sizeof("Content-Encoding") - 1)
+                   == 0
+                && !(h[i].value.len == sizeof("identity") - 1
+                     && ngx_strncasecmp(h[i].value.data,
+                                        (u_char *) "identity",
+                                        sizeof("identity") - 1)
+                        == 0))
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
 }
 
 
