@@ -551,6 +551,8 @@ ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,
     ngx_uint_t status);
 ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
     u_char *body, size_t len, ngx_uint_t whole);
+ngx_int_t ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
+    size_t *len, ngx_uint_t *whole);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
