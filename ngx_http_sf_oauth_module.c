@@ -662,6 +662,10 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_sf_oauth_log_handler;
 
+    if (ngx_http_sf_oauth_request_body_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_sf_oauth_filter_init(cf);
 }
 
