@@ -27,8 +27,8 @@
  * With FUZZ_KNOWN=1 in the environment, the bugs already reported are let
  * pass, so that a long run looks for others (see fuzz/repro/README):
  * a reason that is not UTF-8, a namespace prefix that the rewrite leaves
- * undeclared, an envelope in an encoding that is not ASCII-compatible, a
- * Body start tag that does not end well.
+ * undeclared, an envelope in EBCDIC or UTF-7 (offsets that are not the
+ * bytes'), a Body start tag that does not end well.
  */
 
 #define _GNU_SOURCE
@@ -204,8 +204,8 @@ check_sessions(xmlDocPtr doc, const u_char *out, size_t len)
 
 
 /*
- * "<Body" or "<prefix:Body", and then 1: a space, ">" or "/"; 2: anything
- * else (libxml2 reports a start tag before it finds that it does not end)
+ * "<Body" or "<prefix:Body", and then 1: a space, ">" or "/"; 2: another
+ * byte (libxml2 reports a start tag before it finds that it does not end)
  */
 
 static int
@@ -218,26 +218,28 @@ body_tag(const u_char *p, size_t len)
     }
 
     for (i = 1; i < len; i++) {
-        if (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'
-            || p[i] == '>' || p[i] == '/')
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z')
+              || (p[i] >= '0' && p[i] <= '9') || p[i] == '_' || p[i] == '-'
+              || p[i] == '.' || p[i] == ':' || p[i] >= 0x80))
         {
             break;
         }
     }
 
-    if (i >= 5 && memcmp(p + i - 4, "Body", 4) == 0
-        && (i == 5 || p[i - 5] == ':'))
+    if (i < 5 || memcmp(p + i - 4, "Body", 4) != 0
+        || (i > 5 && p[i - 5] != ':'))
     {
-        return i < len ? 1 : 2;
+        return 0;
     }
 
-    for (i = 1; i + 4 <= len; i++) {
-        if (memcmp(p + i, "Body", 4) == 0) {
-            return (i == 1 || p[i - 1] == ':') ? 2 : 0;
-        }
+    if (i < len
+        && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'
+            || p[i] == '>' || p[i] == '/'))
+    {
+        return 1;
     }
 
-    return 0;
+    return 2;
 }
 
 
@@ -313,14 +315,13 @@ check_fault(ngx_pool_t *pool, ngx_str_t *why)
     ngx_http_request_t   r;
 
     if (known) {
-        want = malloc(why->len + 1);
-        memcpy(want, why->data, why->len);
-        want[why->len] = '\0';
-        len = xmlCheckUTF8(want);
-        free(want);
-
-        if (len == 0) {
-            return;
+        /* quoted client bytes: anything but printable ASCII */
+        for (len = 0; len < why->len; len++) {
+            if (why->data[len] >= 0x7f
+                || (why->data[len] < 0x20 && why->data[len] != '\n'))
+            {
+                return;
+            }
         }
     }
 
@@ -521,8 +522,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* 4. the rest: the client's bytes from its Body on */
 
-    if (known && len && body[0] == 0x4c) {
-        /* EBCDIC's "<" */
+    if (known && len
+        && (body[0] == 0x4c
+            || memmem(body, len, "encoding=\"UTF-7\"", 16) != NULL))
+    {
+        /* EBCDIC's "<", or UTF-7: not ASCII-compatible or transparent */
         free(out);
         goto done;
     }
