@@ -74,7 +74,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                    src/event/modules src/os/unix objs src/http \
                    src/http/modules src/http/v2) -I src \
                -I /usr/include/libxml2
-FUZZ_LIBS   := -lcjson -lcrypto -lxml2
+FUZZ_LIBS   := -lcjson -lcrypto -lxml2 -lz
 
 FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
                src/ngx_http_sf_oauth_codec.c \

@@ -352,8 +352,14 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         err = xmlParseChunk(ctxt, (char *) ps.head + ps.len - got, (int) got,
                             got == 0);
 
-        if (ctxt->input && ctxt->input->buf && ctxt->input->buf->encoder) {
-            /* a declared encoding: the parser's offsets are not bytes */
+        if ((ctxt->input && ctxt->input->buf && ctxt->input->buf->encoder)
+            || (ctxt->encoding
+                && ngx_strcasecmp((u_char *) ctxt->encoding,
+                                  (u_char *) "UTF-8") != 0
+                && ngx_strcasecmp((u_char *) ctxt->encoding,
+                                  (u_char *) "US-ASCII") != 0))
+        {
+            /* another encoding: the parser's offsets are not bytes */
             ps.error = "the envelope is not in UTF-8";
             break;
         }
