@@ -596,6 +596,11 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
     }
 
+    if (conf->soap_login && conf->cred) {
+        /* its refreshes read the identity service for login() answers */
+        conf->cred->soap_login = 1;
+    }
+
     /*
      * A location that has a content handler of its own (proxy_pass and
      * the like) runs this module's instead, which wraps it: so does

@@ -57,6 +57,23 @@
 /* a Salesforce record id: 15 characters, or 18 with its checksum */
 #define NGX_HTTP_SF_OAUTH_ID_MAX         18
 
+/*
+ * What the identity service says of the token's user, for SOAP login()
+ * emulation: these fields of its answer, each at most FIELD_MAX bytes.
+ */
+#define NGX_HTTP_SF_OAUTH_USERNAME       0
+#define NGX_HTTP_SF_OAUTH_EMAIL          1
+#define NGX_HTTP_SF_OAUTH_FULL_NAME      2
+#define NGX_HTTP_SF_OAUTH_LANGUAGE       3
+#define NGX_HTTP_SF_OAUTH_LOCALE         4
+#define NGX_HTTP_SF_OAUTH_TIMEZONE       5
+#define NGX_HTTP_SF_OAUTH_USER_TYPE      6
+#define NGX_HTTP_SF_OAUTH_FIELDS         7
+#define NGX_HTTP_SF_OAUTH_FIELD_MAX      128
+
+/* how long a failed identity request is not tried again, milliseconds */
+#define NGX_HTTP_SF_OAUTH_IDENTITY_RETRY 60000
+
 /* hex characters of a fingerprint: the only form a secret is ever logged in */
 #define NGX_HTTP_SF_OAUTH_FP_LEN         8
 
@@ -185,6 +202,12 @@ typedef struct {
     u_char                       org_id[NGX_HTTP_SF_OAUTH_ID_MAX];
     u_char                       user_id[NGX_HTTP_SF_OAUTH_ID_MAX];
 
+    /* the identity service's answer about user_id, once read */
+    ngx_uint_t                   identity_known;
+    size_t                       field_len[NGX_HTTP_SF_OAUTH_FIELDS];
+    u_char                       field[NGX_HTTP_SF_OAUTH_FIELDS]
+                                      [NGX_HTTP_SF_OAUTH_FIELD_MAX];
+
     u_char                       token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     u_char                       name[NGX_HTTP_SF_OAUTH_NAME_MAX];
     u_char                       token[NGX_HTTP_SF_OAUTH_TOKEN_MAX];
@@ -269,6 +292,11 @@ typedef struct {
 
     /* the token generation a JWT-format token was last logged for */
     ngx_uint_t                   jwt_generation;
+
+    /* a location answers SOAP login() with this credential's identity */
+    ngx_uint_t                   soap_login;
+    ngx_http_sf_oauth_transfer_t *identity;
+    ngx_msec_t                   identity_tried;
 
     /* recent secrets of this credential, for the log redaction */
     ngx_uint_t                   seen_generation;
@@ -408,6 +436,15 @@ typedef struct {
 } ngx_http_sf_oauth_lookup_t;
 
 
+/* who the token's user is: the ids, and what the identity service said */
+typedef struct {
+    ngx_str_t                    org_id;
+    ngx_str_t                    user_id;
+    ngx_uint_t                   known;
+    ngx_str_t                    field[NGX_HTTP_SF_OAUTH_FIELDS];
+} ngx_http_sf_oauth_who_t;
+
+
 /* a parsed token endpoint answer */
 typedef struct {
     ngx_uint_t                   ok;
@@ -466,7 +503,11 @@ void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *url);
 ngx_int_t ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
-    ngx_pool_t *pool, ngx_str_t *org_id, ngx_str_t *user_id);
+    ngx_pool_t *pool, ngx_http_sf_oauth_who_t *who);
+void ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_who_t *who);
+ngx_uint_t ngx_http_sf_oauth_store_identity_known(
+    ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
 
 /* state file */
@@ -495,6 +536,8 @@ void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
 void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *secret, ngx_uint_t introspect, ngx_uint_t generation);
+ngx_int_t ngx_http_sf_oauth_client_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
 
 /* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
@@ -504,6 +547,8 @@ void ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
     const char *location, ngx_http_sf_oauth_token_t *tok);
+ngx_int_t ngx_http_sf_oauth_parse_who(ngx_pool_t *pool, long status,
+    u_char *body, size_t len, ngx_http_sf_oauth_who_t *who);
 void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
     const char *fmt, ...);
@@ -548,7 +593,7 @@ ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_request_t *r,
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
-    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *org_id, ngx_str_t *user_id,
+    ngx_http_sf_oauth_envelope_t *env, ngx_http_sf_oauth_who_t *who,
     ngx_uint_t sandbox);
 
 /* verdict */

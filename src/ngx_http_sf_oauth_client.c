@@ -32,6 +32,8 @@ struct ngx_http_sf_oauth_transfer_s {
     ngx_uint_t                   generation;
     unsigned                     too_large:1;
     unsigned                     introspect:1;
+    unsigned                     identity:1;
+    ngx_http_sf_oauth_who_t      who;
     char                         errbuf[CURL_ERROR_SIZE];
 };
 
@@ -51,6 +53,12 @@ static size_t ngx_http_sf_oauth_write(char *ptr, size_t size, size_t nmemb,
     void *userdata);
 static ngx_int_t ngx_http_sf_oauth_form_add(ngx_http_sf_oauth_transfer_t *tr,
     u_char *p, const char *name, ngx_str_t *value, u_char **out);
+static ngx_http_sf_oauth_transfer_t *ngx_http_sf_oauth_transfer_new(
+    ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_transfer_add(
+    ngx_http_sf_oauth_transfer_t *tr, ngx_str_t *url);
+static void ngx_http_sf_oauth_identity_done(ngx_http_sf_oauth_transfer_t *tr,
+    CURLcode code);
 
 
 static CURLM             *ngx_http_sf_oauth_multi;
@@ -173,6 +181,12 @@ ngx_http_sf_oauth_abandon(ngx_cycle_t *cycle, const char *when)
             cred[i]->transfer = NULL;
             ngx_http_sf_oauth_in_flight--;
         }
+
+        if (cred[i]->identity) {
+            ngx_http_sf_oauth_transfer_free(cred[i]->identity);
+            cred[i]->identity = NULL;
+            ngx_http_sf_oauth_in_flight--;
+        }
     }
 }
 
@@ -192,22 +206,14 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
     u_char                        *p;
     size_t                         len;
     ngx_pool_t                    *pool;
-    CURLMcode                      mc;
     ngx_http_sf_oauth_transfer_t  *tr;
 
-    pool = ngx_create_pool(4096, ngx_cycle->log);
-    if (pool == NULL) {
-        return NGX_ERROR;
-    }
-
-    tr = ngx_pcalloc(pool, sizeof(ngx_http_sf_oauth_transfer_t));
+    tr = ngx_http_sf_oauth_transfer_new(cred);
     if (tr == NULL) {
-        ngx_destroy_pool(pool);
         return NGX_ERROR;
     }
 
-    tr->pool = pool;
-    tr->cred = cred;
+    pool = tr->pool;
     tr->introspect = introspect;
     tr->generation = generation;
 
@@ -220,11 +226,6 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
         url = &cred->token_url;
         first = "grant_type=refresh_token";
         name = "refresh_token";
-    }
-
-    tr->body = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_BODY_MAX);
-    if (tr->body == NULL) {
-        goto failed;
     }
 
     /* every value may triple when percent-encoded */
@@ -264,23 +265,196 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
         goto failed;
     }
 
-    /* curl copies the URL; the post body is only pointed to */
+    /* the post body is only pointed to */
+
+    curl_easy_setopt(tr->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(tr->easy, CURLOPT_POSTFIELDS, tr->post);
+    curl_easy_setopt(tr->easy, CURLOPT_POSTFIELDSIZE, (long) tr->post_len);
+
+    if (ngx_http_sf_oauth_transfer_add(tr, url) != NGX_OK) {
+        goto failed;
+    }
+
+    cred->transfer = tr;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": token request to \"%V\"",
+                   &cred->name, url);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_http_sf_oauth_transfer_free(tr);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * Reads the identity service, the "id" URL of a token answer, on the token
+ * endpoint's host: ORIGIN/id/ORG_ID/USER_ID, with the access token.  What
+ * it says of the user goes to the zone, for SOAP login() emulation.  It
+ * runs beside the token requests, under no lease, at most one at a time
+ * per credential and worker; a failure costs only the names in userInfo.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_client_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token)
+{
+    u_char                        *p, *host, *last;
+    ngx_str_t                      url;
+    ngx_http_sf_oauth_transfer_t  *tr;
+
+    if (cred->identity) {
+        return NGX_OK;
+    }
+
+    last = cred->token_url.data + cred->token_url.len;
+
+    host = ngx_strlcasestrn(cred->token_url.data, last, (u_char *) "://",
+                            sizeof("://") - 1 - 1);
+    if (host == NULL) {
+        return NGX_ERROR;
+    }
+
+    host += sizeof("://") - 1;
+
+    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
+        /* void */
+    }
+
+    tr = ngx_http_sf_oauth_transfer_new(cred);
+    if (tr == NULL) {
+        return NGX_ERROR;
+    }
+
+    tr->identity = 1;
+
+    url.len = (p - cred->token_url.data) + sizeof("/id//") - 1
+              + org_id->len + user_id->len;
+    url.data = ngx_pnalloc(tr->pool, url.len + 1);
+
+    p = (url.data == NULL) ? NULL
+        : ngx_cpymem(url.data, cred->token_url.data,
+                     p - cred->token_url.data);
+
+    tr->who.user_id.data = ngx_pnalloc(tr->pool, user_id->len);
+    tr->post = ngx_pnalloc(tr->pool, sizeof("Authorization: Bearer ")
+                                     + token->len);
+
+    if (p == NULL || tr->who.user_id.data == NULL || tr->post == NULL) {
+        goto failed;
+    }
+
+    *ngx_sprintf(p, "/id/%V/%V", org_id, user_id) = '\0';
+
+    tr->who.user_id.len = ngx_cpymem(tr->who.user_id.data, user_id->data,
+                                     user_id->len)
+                          - tr->who.user_id.data;
+
+    /* the header holds the token: wiped with the post body at the end */
+    tr->post_len = ngx_sprintf((u_char *) tr->post, "Authorization: Bearer %V",
+                               token)
+                   - (u_char *) tr->post;
+    tr->post[tr->post_len] = '\0';
+
+    tr->easy = curl_easy_init();
+    if (tr->easy == NULL) {
+        goto failed;
+    }
+
+    tr->headers = curl_slist_append(NULL, "Accept: application/json");
+    if (tr->headers == NULL) {
+        goto failed;
+    }
+
+    if (curl_slist_append(tr->headers, tr->post) == NULL) {
+        goto failed;
+    }
+
+    curl_easy_setopt(tr->easy, CURLOPT_HTTPGET, 1L);
+
+    if (ngx_http_sf_oauth_transfer_add(tr, &url) != NGX_OK) {
+        goto failed;
+    }
+
+    cred->identity = tr;
+    cred->identity_tried = ngx_current_msec;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": identity request to \"%V\"",
+                   &cred->name, &url);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_http_sf_oauth_transfer_free(tr);
+
+    return NGX_ERROR;
+}
+
+
+/* a transfer with its pool and its answer's buffer */
+
+static ngx_http_sf_oauth_transfer_t *
+ngx_http_sf_oauth_transfer_new(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_pool_t                    *pool;
+    ngx_http_sf_oauth_transfer_t  *tr;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    tr = ngx_pcalloc(pool, sizeof(ngx_http_sf_oauth_transfer_t));
+    if (tr == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    tr->pool = pool;
+    tr->cred = cred;
+
+    tr->body = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_BODY_MAX);
+    if (tr->body == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    return tr;
+}
+
+
+/*
+ * The options every transfer has, and the transfer on the multi handle.
+ * curl copies the URL.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_transfer_add(ngx_http_sf_oauth_transfer_t *tr,
+    ngx_str_t *url)
+{
+    CURLMcode                  mc;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = tr->cred;
 
     if (curl_easy_setopt(tr->easy, CURLOPT_URL, url->data)
         != CURLE_OK
         || curl_easy_setopt(tr->easy, CURLOPT_PROTOCOLS_STR, "http,https")
            != CURLE_OK)
     {
-        goto failed;
+        return NGX_ERROR;
     }
 
     curl_easy_setopt(tr->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(tr->easy, CURLOPT_PRIVATE, tr);
     curl_easy_setopt(tr->easy, CURLOPT_ERRORBUFFER, tr->errbuf);
     curl_easy_setopt(tr->easy, CURLOPT_HTTPHEADER, tr->headers);
-    curl_easy_setopt(tr->easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(tr->easy, CURLOPT_POSTFIELDS, tr->post);
-    curl_easy_setopt(tr->easy, CURLOPT_POSTFIELDSIZE, (long) tr->post_len);
     curl_easy_setopt(tr->easy, CURLOPT_WRITEFUNCTION, ngx_http_sf_oauth_write);
     curl_easy_setopt(tr->easy, CURLOPT_WRITEDATA, tr);
     curl_easy_setopt(tr->easy, CURLOPT_TIMEOUT_MS, (long) cred->timeout);
@@ -303,23 +477,12 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "sf_oauth: curl_multi_add_handle() failed: %s",
                       curl_multi_strerror(mc));
-        goto failed;
+        return NGX_ERROR;
     }
 
-    cred->transfer = tr;
     ngx_http_sf_oauth_in_flight++;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "sf_oauth: credential \"%V\": token request to \"%V\"",
-                   &cred->name, url);
-
     return NGX_OK;
-
-failed:
-
-    ngx_http_sf_oauth_transfer_free(tr);
-
-    return NGX_ERROR;
 }
 
 
@@ -375,12 +538,18 @@ ngx_http_sf_oauth_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 static void
 ngx_http_sf_oauth_transfer_free(ngx_http_sf_oauth_transfer_t *tr)
 {
+    struct curl_slist  *sl;
+
     if (tr->easy) {
         curl_multi_remove_handle(ngx_http_sf_oauth_multi, tr->easy);
         curl_easy_cleanup(tr->easy);
     }
 
     if (tr->headers) {
+        for (sl = tr->headers; sl; sl = sl->next) {
+            ngx_explicit_memzero(sl->data, ngx_strlen(sl->data));
+        }
+
         curl_slist_free_all(tr->headers);
     }
 
@@ -569,6 +738,11 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
     ngx_http_sf_oauth_cred_t   *cred;
     ngx_http_sf_oauth_token_t   tok;
 
+    if (tr->identity) {
+        ngx_http_sf_oauth_identity_done(tr, code);
+        return;
+    }
+
     cred = tr->cred;
     cred->transfer = NULL;
     ngx_http_sf_oauth_in_flight--;
@@ -628,6 +802,50 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
             ngx_explicit_memzero(tok.refresh_token.data,
                                  tok.refresh_token.len);
         }
+    }
+
+    ngx_http_sf_oauth_transfer_free(tr);
+}
+
+
+/* the identity service answered: what it says goes to the zone */
+
+static void
+ngx_http_sf_oauth_identity_done(ngx_http_sf_oauth_transfer_t *tr,
+    CURLcode code)
+{
+    long                       status;
+    ngx_int_t                  rc;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = tr->cred;
+    cred->identity = NULL;
+    ngx_http_sf_oauth_in_flight--;
+
+    status = 0;
+    curl_easy_getinfo(tr->easy, CURLINFO_RESPONSE_CODE, &status);
+
+    rc = (code == CURLE_OK && !tr->too_large)
+         ? ngx_http_sf_oauth_parse_who(tr->pool, status, tr->body,
+                                       tr->body_len, &tr->who)
+         : NGX_DECLINED;
+
+    if (rc == NGX_OK) {
+        ngx_http_sf_oauth_store_identity_set(cred, &tr->who);
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": identity of user %V "
+                      "read", &cred->name, &tr->who.user_id);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the identity service "
+                      "did not answer with the user's identity (%s, HTTP %l): "
+                      "SOAP login() answers carry the ids only; check that "
+                      "the connected app's scopes include \"id\" or "
+                      "\"openid\"", &cred->name,
+                      code != CURLE_OK ? curl_easy_strerror(code) : "ok",
+                      status);
     }
 
     ngx_http_sf_oauth_transfer_free(tr);

@@ -969,7 +969,9 @@ ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
         }
 
         if (ngx_buf_in_memory(b)) {
+            /* an upstream retry rewinds a request buffer to its start */
             b->pos += skip;
+            b->start = b->pos;
         }
 
         if (b->in_file) {
@@ -1240,13 +1242,14 @@ ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
 
 ngx_int_t
 ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
-    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *org_id, ngx_str_t *user_id,
+    ngx_http_sf_oauth_envelope_t *env, ngx_http_sf_oauth_who_t *who,
     ngx_uint_t sandbox)
 {
     u_char       *p, *soap, *api, *version, *last;
     size_t        len;
     ngx_buf_t    *b;
-    ngx_str_t     host, scheme, prefix, ver, ns;
+    ngx_str_t     host, scheme, prefix, ver, ns, *f, *org_id, *user_id;
+    ngx_uint_t    i;
 
     static u_char  start[] =
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
@@ -1301,7 +1304,23 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len = sizeof(start) - 1 + ns.len + 2048
+    /* the identity service's words, empty when it was not read */
+
+    f = who->field;
+    len = 0;
+
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_FIELDS; i++) {
+        if (ngx_http_sf_oauth_envelope_escape(r->pool, &f[i]) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        len += f[i].len;
+    }
+
+    org_id = &who->org_id;
+    user_id = &who->user_id;
+
+    len += sizeof(start) - 1 + ns.len + 2048
           + 2 * (scheme.len + host.len + prefix.len + ver.len)
           + 4 * NGX_HTTP_SF_OAUTH_ID_MAX;
 
@@ -1347,21 +1366,26 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
                 "<roleId xsi:nil=\"true\"/>"
                 "<sessionSecondsValid>7200</sessionSecondsValid>"
                 "<userDefaultCurrencyIsoCode xsi:nil=\"true\"/>"
-                "<userEmail></userEmail>"
-                "<userFullName></userFullName>"
+                "<userEmail>%V</userEmail>"
+                "<userFullName>%V</userFullName>"
                 "<userId>%V</userId>"
-                "<userLanguage></userLanguage>"
-                "<userLocale></userLocale>"
-                "<userName></userName>"
-                "<userTimeZone></userTimeZone>"
-                "<userType></userType>"
-                "<userUiSkin></userUiSkin>"
+                "<userLanguage>%V</userLanguage>"
+                "<userLocale>%V</userLocale>"
+                "<userName>%V</userName>"
+                "<userTimeZone>%V</userTimeZone>"
+                "<userType>%V</userType>"
+                "<userUiSkin>Theme3</userUiSkin>"
                 "</userInfo>"
                 "</result></loginResponse>",
                 &scheme, &host, &prefix, &ver, org_id,
                 sandbox ? "true" : "false",
                 &scheme, &host, &prefix, (int) *api, &ver, org_id,
-                org_id, user_id, org_id, user_id);
+                org_id, user_id, org_id,
+                &f[NGX_HTTP_SF_OAUTH_EMAIL], &f[NGX_HTTP_SF_OAUTH_FULL_NAME],
+                user_id, &f[NGX_HTTP_SF_OAUTH_LANGUAGE],
+                &f[NGX_HTTP_SF_OAUTH_LOCALE], &f[NGX_HTTP_SF_OAUTH_USERNAME],
+                &f[NGX_HTTP_SF_OAUTH_TIMEZONE],
+                &f[NGX_HTTP_SF_OAUTH_USER_TYPE]);
     }
 
     b->last = ngx_slprintf(p, b->end, "</soapenv:Body></soapenv:Envelope>\n");

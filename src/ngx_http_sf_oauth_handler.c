@@ -80,6 +80,9 @@ static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
+static void ngx_http_sf_oauth_login_wait(ngx_event_t *ev);
+static ngx_int_t ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
@@ -417,30 +420,125 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 
 
 /*
- * login() or logout() answered here (sf_oauth_soap_login on): the ids
- * come from the token's identity, "sandbox" from the token URL.
+ * login() or logout() answered here (sf_oauth_soap_login on).  The ids
+ * come from the token answer; the user's names from the identity service,
+ * read once: a login() waits for that read, at most the credential's
+ * timeout, then answers with what is known.
  */
 
 static ngx_int_t
 ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env)
 {
-    u_char     *last;
-    ngx_str_t   org_id, user_id, *url;
-    ngx_uint_t  sandbox;
+    ngx_str_t                  token;
+    ngx_http_sf_oauth_who_t    who;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = ctx->cred;
+    ctx->envelope = env;
+
+    if (env->call != NGX_HTTP_SF_OAUTH_CALL_LOGIN) {
+        return ngx_http_sf_oauth_soap_answer(r, ctx);
+    }
+
+    if (ngx_http_sf_oauth_store_identity(cred, r->pool, &who) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (who.known || who.org_id.len == 0) {
+        return ngx_http_sf_oauth_soap_answer(r, ctx);
+    }
+
+    if (cred->identity == NULL
+        && (cred->identity_tried == 0
+            || ngx_current_msec - cred->identity_tried
+               >= NGX_HTTP_SF_OAUTH_IDENTITY_RETRY))
+    {
+        token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
+        token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
+
+        (void) ngx_http_sf_oauth_client_identity(cred, &who.org_id,
+                                                 &who.user_id, &token);
+    }
+
+    if (cred->identity == NULL) {
+        return ngx_http_sf_oauth_soap_answer(r, ctx);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: credential \"%V\": login() waits for the "
+                   "identity service", &cred->name);
+
+    ctx->wait.handler = ngx_http_sf_oauth_login_wait;
+    ctx->wait.data = r->connection;
+    ctx->wait.log = r->connection->log;
+    ctx->deadline = ngx_current_msec + cred->timeout;
+
+    ngx_add_timer(&ctx->wait, NGX_HTTP_SF_OAUTH_POLL_MAX);
+
+    /* a client that goes away while waiting is noticed and finalized */
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_sf_oauth_login_wait(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = (ngx_http_sf_oauth_ctx_t *)
+              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, wait));
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    if (ctx->cred->identity
+        && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0)
+    {
+        ngx_add_timer(ev, NGX_HTTP_SF_OAUTH_POLL_MAX);
+        return;
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    ngx_http_finalize_request(r, ngx_http_sf_oauth_soap_answer(r, ctx));
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the answer to login() or logout(), with what is known of the user */
+
+static ngx_int_t
+ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    u_char                        *last;
+    ngx_str_t                     *url;
+    ngx_uint_t                     sandbox;
+    ngx_http_sf_oauth_who_t        who;
+    ngx_http_sf_oauth_envelope_t  *env;
 
     static ngx_str_t  unknown = ngx_string(
         "login() cannot be answered: the token endpoint's answer had no "
         "usable \"id\" (the identity URL with the org and user ids)");
 
-    if (ngx_http_sf_oauth_store_identity(ctx->cred, r->pool, &org_id,
-                                         &user_id)
+    env = ctx->envelope;
+
+    if (ngx_http_sf_oauth_store_identity(ctx->cred, r->pool, &who)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN && org_id.len == 0) {
+    if (env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN && who.org_id.len == 0) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sf_oauth: credential \"%V\": %V", &ctx->cred->name,
                       &unknown);
@@ -466,8 +564,7 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
                   env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN
                   ? "login" : "logout");
 
-    return ngx_http_sf_oauth_envelope_login(r, env, &org_id, &user_id,
-                                            sandbox);
+    return ngx_http_sf_oauth_envelope_login(r, env, &who, sandbox);
 }
 
 
@@ -1032,6 +1129,15 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 
     if (tok->ok) {
         ngx_http_sf_oauth_state_save(cred);
+
+        if (cred->soap_login && tok->org_id.len
+            && !ngx_http_sf_oauth_store_identity_known(cred))
+        {
+            /* SOAP login() answers tell who the user is: read it once */
+            (void) ngx_http_sf_oauth_client_identity(cred, &tok->org_id,
+                                                     &tok->user_id,
+                                                     &tok->access_token);
+        }
     }
 
     for (q = ngx_queue_head(&cred->waiters);

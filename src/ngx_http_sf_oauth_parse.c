@@ -346,6 +346,94 @@ ngx_http_sf_oauth_parse_id(u_char **p, u_char *last, ngx_str_t *id)
 }
 
 
+/*
+ * The identity service's answer (a GET of the "id" URL with the token):
+ * the user's name, email and settings, for the userInfo of SOAP login()
+ * emulation.  It must be about who->user_id.  A value longer than
+ * NGX_HTTP_SF_OAUTH_FIELD_MAX bytes stays empty; control characters, which
+ * XML cannot hold, become "?".
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_parse_who(ngx_pool_t *pool, long status, u_char *body,
+    size_t len, ngx_http_sf_oauth_who_t *who)
+{
+    u_char      *p;
+    size_t       n, k;
+    cJSON       *root, *item;
+    ngx_int_t    rc;
+    ngx_uint_t   i;
+
+    static const char  *names[NGX_HTTP_SF_OAUTH_FIELDS] = {
+        "username", "email", "display_name", "language", "locale",
+        "timezone", "user_type"
+    };
+
+    if (status != 200 || len == 0) {
+        return NGX_DECLINED;
+    }
+
+    root = cJSON_ParseWithLength((char *) body, len);
+
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return NGX_DECLINED;
+    }
+
+    rc = NGX_DECLINED;
+
+    item = cJSON_GetObjectItemCaseSensitive(root, "user_id");
+
+    if (!cJSON_IsString(item)
+        || ngx_strlen(item->valuestring) != who->user_id.len
+        || ngx_strncmp(item->valuestring, who->user_id.data,
+                       who->user_id.len)
+           != 0)
+    {
+        goto done;
+    }
+
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_FIELDS; i++) {
+        ngx_str_null(&who->field[i]);
+
+        item = cJSON_GetObjectItemCaseSensitive(root, names[i]);
+
+        if (!cJSON_IsString(item)) {
+            continue;
+        }
+
+        n = ngx_strlen(item->valuestring);
+
+        if (n > NGX_HTTP_SF_OAUTH_FIELD_MAX) {
+            continue;
+        }
+
+        p = ngx_pnalloc(pool, n);
+        if (p == NULL) {
+            rc = NGX_ERROR;
+            goto done;
+        }
+
+        for (k = 0; k < n; k++) {
+            p[k] = ((u_char) item->valuestring[k] < 0x20
+                    || item->valuestring[k] == 0x7f)
+                   ? '?' : (u_char) item->valuestring[k];
+        }
+
+        who->field[i].data = p;
+        who->field[i].len = n;
+    }
+
+    rc = NGX_OK;
+
+done:
+
+    cJSON_Delete(root);
+
+    return rc;
+}
+
+
 /* the answer of /services/oauth2/introspect: "active" and "exp" */
 
 void

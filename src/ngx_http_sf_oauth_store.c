@@ -645,6 +645,7 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     node->url_len = 0;
     node->org_id_len = 0;
     node->user_id_len = 0;
+    node->identity_known = 0;
     node->error_len = 0;
     node->failures = 0;
     node->backoff_until = 0;
@@ -889,6 +890,15 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
 
         if (tok->org_id.len) {
+            if (tok->user_id.len != node->user_id_len
+                || ngx_strncmp(tok->user_id.data, node->user_id,
+                               node->user_id_len)
+                   != 0)
+            {
+                /* another user: what the identity service said is not its */
+                node->identity_known = 0;
+            }
+
             node->org_id_len = tok->org_id.len;
             ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
             node->user_id_len = tok->user_id.len;
@@ -1385,41 +1395,107 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* the ids of the token's user and org, empty when not known */
+/*
+ * Who the token's user is: the ids (empty when not known) and, once read,
+ * what the identity service said of that user.
+ */
 
 ngx_int_t
 ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
-    ngx_pool_t *pool, ngx_str_t *org_id, ngx_str_t *user_id)
+    ngx_pool_t *pool, ngx_http_sf_oauth_who_t *who)
 {
+    u_char                    *p;
+    ngx_uint_t                 i;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
     node = cred->node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
-    org_id->data = ngx_pnalloc(pool, 2 * NGX_HTTP_SF_OAUTH_ID_MAX);
-    if (org_id->data == NULL) {
+    ngx_memzero(who, sizeof(ngx_http_sf_oauth_who_t));
+
+    p = ngx_pnalloc(pool, 2 * NGX_HTTP_SF_OAUTH_ID_MAX
+                          + NGX_HTTP_SF_OAUTH_FIELDS
+                            * NGX_HTTP_SF_OAUTH_FIELD_MAX);
+    if (p == NULL) {
         return NGX_ERROR;
     }
-
-    user_id->data = org_id->data + NGX_HTTP_SF_OAUTH_ID_MAX;
 
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_mine(cred)) {
-        org_id->len = node->org_id_len;
-        user_id->len = node->user_id_len;
-        ngx_memcpy(org_id->data, node->org_id, org_id->len);
-        ngx_memcpy(user_id->data, node->user_id, user_id->len);
+        who->org_id.data = p;
+        who->org_id.len = node->org_id_len;
+        p = ngx_cpymem(p, node->org_id, node->org_id_len);
 
-    } else {
-        org_id->len = 0;
-        user_id->len = 0;
+        who->user_id.data = p;
+        who->user_id.len = node->user_id_len;
+        p = ngx_cpymem(p, node->user_id, node->user_id_len);
+
+        who->known = node->identity_known;
+
+        for (i = 0; who->known && i < NGX_HTTP_SF_OAUTH_FIELDS; i++) {
+            who->field[i].data = p;
+            who->field[i].len = node->field_len[i];
+            p = ngx_cpymem(p, node->field[i], node->field_len[i]);
+        }
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
     return NGX_OK;
+}
+
+
+/* whether the identity service was read for the token's user */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_identity_known(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t        known;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    known = ngx_http_sf_oauth_store_mine(cred) && cred->node->identity_known;
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return known;
+}
+
+
+/* what the identity service said, if it is about the token's user still */
+
+void
+ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_who_t *who)
+{
+    ngx_uint_t                 i;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)
+        && who->user_id.len == node->user_id_len
+        && ngx_strncmp(who->user_id.data, node->user_id, node->user_id_len)
+           == 0)
+    {
+        for (i = 0; i < NGX_HTTP_SF_OAUTH_FIELDS; i++) {
+            node->field_len[i] = ngx_min(who->field[i].len,
+                                         NGX_HTTP_SF_OAUTH_FIELD_MAX);
+            ngx_memcpy(node->field[i], who->field[i].data,
+                       node->field_len[i]);
+        }
+
+        node->identity_known = 1;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
 }
 
 

@@ -75,6 +75,12 @@ EOF
             proxy_pass http://127.0.0.1:%%MOCK%%/services/;
         }
 
+        location /login/services/ {
+            sf_oauth crm;
+            sf_oauth_soap_login on;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+
         location /cut/services/ {
             sf_oauth crm;
             proxy_pass http://127.0.0.1:$cut_port/services/;
@@ -116,6 +122,54 @@ sub slurp_file {
     open my $fh, '<', $f or return '';
     local $/;
     return <$fh>;
+}
+
+# -- login() emulation: the identity service, read once -----------------
+
+my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
+    . qq{<n1:login xmlns:n1="urn:partner.soap.sforce.com">}
+    . qq{<n1:username>someone\@acme.example</n1:username>}
+    . qq{<n1:password>PW-never-leaves</n1:password></n1:login></se:Body>}
+    . qq{</se:Envelope>};
+
+{
+    # the first call of all: it waits for the token, then for the identity
+    my $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+    is($r->{status}, 200, 'login(): 200, cold');
+    like($r->{content}, qr{<userName>integration\@mock\.example\.com</userName>},
+         'login(): userName from the identity service, on the first call');
+    like($r->{content},
+         qr{<userFullName>Mock &lt;Integration&gt; &amp; Co</userFullName>},
+         'login(): userFullName, XML-escaped');
+    like($r->{content}, qr{<userEmail>integration\@mock\.example\.com</userEmail>}
+         , 'login(): userEmail');
+    like($r->{content}, qr{<userTimeZone>America/Los_Angeles</userTimeZone>},
+         'login(): userTimeZone');
+    like($r->{content}, qr{<organizationId>00D\w{12}</organizationId>},
+         'login(): organizationId from the id URL');
+    like($r->{content}, qr{<userId>005\w{12}</userId>},
+         'login(): userId from the id URL');
+    unlike($r->{content}, qr/PW-never-leaves|someone/,
+           'login(): the caller\'s username and password are not echoed');
+
+    for (1 .. 4) {
+        $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+        like($r->{content}, qr{<userName>integration\@mock}, 'login() again');
+    }
+
+    is($t->mock('stats')->{identity_requests}, 1,
+       'the identity service is read once, for both workers');
+    unlike($t->error_log, qr/PW-never-leaves/, 'the password is not logged');
+
+    # a refresh for the same user does not read it again
+    $t->mock('revoke');
+    is($t->get('/services/data/v59.0/sobjects')->{status}, 200,
+       'a revoke is cured');
+    $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+    like($r->{content}, qr{<userName>integration\@mock},
+         'login() after a refresh: the same user');
+    is($t->mock('stats')->{identity_requests}, 1,
+       'a refresh for the same user does not read the identity again');
 }
 
 # -- $request_body in proxy_cache_key, proxy_set_header and the log ------
@@ -205,6 +259,32 @@ sub slurp_file {
 }
 
 $t->stop;
+
+# -- the identity service fails: login() answers with the ids ------------
+
+{
+    my $u = SfTest->new;
+    $u->start_mock;
+    $u->simple_conf(location_extra => "            sf_oauth_soap_login on;\n");
+    $u->mock('identity_mode', 'mode=fail');
+    $u->start;
+
+    my $r = $u->http('POST', '/services/Soap/u/59.0', body => $LOGIN,
+                     headers => { 'Content-Type' => 'text/xml' });
+    is($r->{status}, 200, 'identity service down: login() still answers');
+    like($r->{content}, qr{<userId>005\w{12}</userId>.*<userName></userName>}s,
+         'the ids, and no name');
+    like($u->error_log, qr/\[warn\].*identity service did not answer/,
+         'a failed identity request is a warn');
+
+    $r = $u->http('POST', '/services/Soap/u/59.0', body => $LOGIN,
+                  headers => { 'Content-Type' => 'text/xml' });
+    is($r->{status}, 200, 'login() again');
+    cmp_ok($u->mock('stats')->{identity_requests}, '<=', 2,
+           'a failed identity request is not tried again at once '
+           . '(at most once per worker)');
+    $u->stop;
+}
 
 # -- nginx -t: error_page takes SOAP 500s and Bulk 400s -------------------
 

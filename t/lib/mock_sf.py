@@ -102,6 +102,9 @@ API paths with special answers (after the token check):
 the SHA-256 of the body received, and the client's port (to see upstream
 keepalive); "not_found" counts requests outside /services/ and /echo/.
 
+  GET  /id/ORG_ID/USER_ID        the identity service: who the token's user
+                                 is (403 for a token that is not valid, or
+                                 after POST /__mock/identity_mode?mode=fail)
   *    /echo/...                 any other host a configuration sends to
                                  (a mirror, an error_page fallback): 200,
                                  and "echo_log" in the stats records the
@@ -142,6 +145,8 @@ class State:
             self.token_ok = 0
             self.api_requests = 0
             self.not_found = 0
+            self.identity_requests = 0
+            self.identity_mode = "normal"
             self.api_401 = 0
             self.api_mode = "normal"
             self.api_log = []
@@ -253,6 +258,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.api(path)
         if path.startswith("/echo/"):
             return self.echo(path)
+        if path.startswith("/id/"):
+            return self.identity(path)
         with self.server.state.lock:
             self.server.state.not_found += 1
         self.send(404, [{"errorCode": "NOT_FOUND",
@@ -280,6 +287,7 @@ class Handler(BaseHTTPRequestHandler):
                     "api_log": st.api_log,
                     "introspections": st.introspections,
                     "echo_log": st.echo_log,
+                    "identity_requests": st.identity_requests,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -289,6 +297,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.mode = mode
                 st.lock.notify_all()
             return self.send(200, {"mode": mode})
+        if path == "/__mock/identity_mode":
+            with st.lock:
+                st.identity_mode = query.get("mode", ["normal"])[0]
+            return self.send(200, {"identity_mode": st.identity_mode})
         if path == "/__mock/lifetime":
             with st.lock:
                 st.lifetime = float(query.get("seconds", ["0"])[0])
@@ -559,6 +571,38 @@ class Handler(BaseHTTPRequestHandler):
             "nbf": int(st.token_issued.get(token, now))})
 
     # -- the API ----------------------------------------------------------
+
+    def identity(self, path):
+        """The identity service: GET /id/ORG_ID/USER_ID with a valid
+        access token answers who the user is, as Salesforce does."""
+        st = self.server.state
+        auths = self.headers.get_all("Authorization") or []
+        token = auths[0][7:] if auths and auths[0].startswith("Bearer ") \
+            else None
+        with st.lock:
+            st.identity_requests += 1
+            ok = token in st.access_tokens and st.identity_mode != "fail"
+        parts = path.split("/")
+        if not ok or len(parts) != 4 or parts[2] != ORG_ID:
+            return self.send(403, "Bad_OAuth_Token", ctype="text/plain")
+        base = "http://127.0.0.1:%d" % self.server.server_address[1]
+        return self.send(200, {
+            "id": base + path,
+            "asserted_user": True,
+            "user_id": parts[3],
+            "organization_id": ORG_ID,
+            "username": "integration@mock.example.com",
+            "nick_name": "integration",
+            "display_name": "Mock <Integration> & Co",
+            "email": "integration@mock.example.com",
+            "first_name": "Mock",
+            "last_name": "Integration",
+            "timezone": "America/Los_Angeles",
+            "language": "en_US",
+            "locale": "en_US",
+            "user_type": "STANDARD",
+            "active": True,
+        })
 
     def api(self, path):
         st = self.server.state
