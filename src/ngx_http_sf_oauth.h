@@ -471,6 +471,11 @@ typedef struct {
 extern ngx_module_t  ngx_http_sf_oauth_module;
 
 
+/* module */
+ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_buf_t *b);
+
+
 /* credential */
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
@@ -566,8 +571,6 @@ void ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
 ngx_int_t ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_sf_oauth_request_body_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_sf_oauth_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 void ngx_http_sf_oauth_wake_now(ngx_http_sf_oauth_ctx_t *ctx);

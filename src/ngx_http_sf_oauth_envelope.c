@@ -117,8 +117,6 @@ static ssize_t ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos,
 static ngx_int_t ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri);
 static ngx_int_t ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool,
     ngx_str_t *s);
-static ngx_int_t ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_buf_t *b);
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
 
@@ -1227,7 +1225,7 @@ ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
     p = (u_char *) ngx_escape_html(p, why->data, why->len);
     b->last = ngx_cpymem(p, end, sizeof(end) - 1);
 
-    return ngx_http_sf_oauth_envelope_send(r, status, b);
+    return ngx_http_sf_oauth_send(r, status, "text/xml; charset=utf-8", b);
 }
 
 
@@ -1390,7 +1388,8 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
 
     b->last = ngx_slprintf(p, b->end, "</soapenv:Body></soapenv:Envelope>\n");
 
-    return ngx_http_sf_oauth_envelope_send(r, NGX_HTTP_OK, b);
+    return ngx_http_sf_oauth_send(r, NGX_HTTP_OK, "text/xml; charset=utf-8",
+                              b);
 }
 
 
@@ -1415,37 +1414,6 @@ ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool, ngx_str_t *s)
     s->len = len;
 
     return NGX_OK;
-}
-
-
-/* sends an XML answer of the module's own */
-
-static ngx_int_t
-ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_buf_t *b)
-{
-    ngx_int_t    rc;
-    ngx_chain_t  out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "text/xml; charset=utf-8");
-    r->headers_out.content_type_len = sizeof("text/xml") - 1;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
 }
 
 

@@ -360,34 +360,22 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     body = r->request_body ? r->request_body->bufs : NULL;
     plain = body;
 
-    if (ctx->encoding) {
-        rc = ngx_http_sf_oauth_envelope_inflate(r, body, &plain, &why);
-
-        if (rc == NGX_ERROR) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-
-        if (rc == NGX_DECLINED) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "sf_oauth: credential \"%V\": SOAP envelope "
-                          "refused: %V", &ctx->cred->name, &why);
-
-            ngx_http_finalize_request(r,
-                ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
-            return;
-        }
-    }
-
     env = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_envelope_t));
     if (env == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    ngx_http_sf_oauth_envelope_namespace(r, &ns);
+    /* a gzip-compressed envelope is inflated first */
 
-    rc = ngx_http_sf_oauth_envelope_parse(r->pool, plain, &ns, env, &why);
+    rc = ctx->encoding
+         ? ngx_http_sf_oauth_envelope_inflate(r, body, &plain, &why)
+         : NGX_OK;
+
+    if (rc == NGX_OK) {
+        ngx_http_sf_oauth_envelope_namespace(r, &ns);
+        rc = ngx_http_sf_oauth_envelope_parse(r->pool, plain, &ns, env, &why);
+    }
 
     if (rc == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -1922,36 +1910,6 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
                        - h->value.data;
     }
 
-    return ngx_http_sf_oauth_send_json(r, NGX_HTTP_BAD_GATEWAY, b);
-}
-
-
-/* sends a JSON body made by this module: the 502 error, sf_oauth_info */
-
-ngx_int_t
-ngx_http_sf_oauth_send_json(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_buf_t *b)
-{
-    ngx_int_t    rc;
-    ngx_chain_t  out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_sf_oauth_send(r, NGX_HTTP_BAD_GATEWAY, "application/json",
+                              b);
 }

@@ -114,7 +114,7 @@ ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
 
     b->last = ngx_cpymem(p, "]}\n", sizeof("]}\n") - 1);
 
-    return ngx_http_sf_oauth_send_json(r, NGX_HTTP_OK, b);
+    return ngx_http_sf_oauth_send(r, NGX_HTTP_OK, "application/json", b);
 }
 
 
