@@ -31,8 +31,8 @@ static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
 static const char *ngx_http_sf_oauth_known_description(u_char *desc,
     size_t len);
-static void ngx_http_sf_oauth_parse_identity(cJSON *root,
-    ngx_http_sf_oauth_token_t *tok);
+static ngx_int_t ngx_http_sf_oauth_parse_identity(ngx_pool_t *pool,
+    cJSON *root, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_parse_id(u_char **p, u_char *last,
     ngx_str_t *id);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
@@ -250,7 +250,12 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
         }
     }
 
-    ngx_http_sf_oauth_parse_identity(root, tok);
+    if (ngx_http_sf_oauth_parse_identity(pool, root, tok) != NGX_OK) {
+        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                               "the module retries with backoff",
+                               "out of memory");
+        goto done;
+    }
 
     /* issued_at is informational: epoch milliseconds as a string */
 
@@ -284,26 +289,36 @@ done:
 /*
  * The token's user: "id" is the identity URL, .../id/ORG_ID/USER_ID.  It
  * is optional: without it, SOAP login() emulation has no ids to give.
+ * The ids are copied: the JSON goes before the answer is used.
  */
 
-static void
-ngx_http_sf_oauth_parse_identity(cJSON *root, ngx_http_sf_oauth_token_t *tok)
+static ngx_int_t
+ngx_http_sf_oauth_parse_identity(ngx_pool_t *pool, cJSON *root,
+    ngx_http_sf_oauth_token_t *tok)
 {
     u_char  *p, *last;
+    size_t   len;
     cJSON   *item;
 
     item = cJSON_GetObjectItemCaseSensitive(root, "id");
 
     if (!cJSON_IsString(item)) {
-        return;
+        return NGX_OK;
     }
 
-    p = (u_char *) item->valuestring;
-    last = p + ngx_strlen(p);
+    len = ngx_strlen(item->valuestring);
+
+    p = ngx_pnalloc(pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, item->valuestring, len);
+    last = p + len;
 
     p = ngx_strlcasestrn(p, last, (u_char *) "/id/", sizeof("/id/") - 1 - 1);
     if (p == NULL) {
-        return;
+        return NGX_OK;
     }
 
     p += sizeof("/id/") - 1;
@@ -316,6 +331,8 @@ ngx_http_sf_oauth_parse_identity(cJSON *root, ngx_http_sf_oauth_token_t *tok)
         ngx_str_null(&tok->org_id);
         ngx_str_null(&tok->user_id);
     }
+
+    return NGX_OK;
 }
 
 

@@ -258,7 +258,7 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
     $t->mock('fixed', 'token=');
 }
 
-$t->stop;
+$t->finish;
 
 # -- the identity service fails: login() answers with the ids ------------
 
@@ -283,7 +283,7 @@ $t->stop;
     cmp_ok($u->mock('stats')->{identity_requests}, '<=', 2,
            'a failed identity request is not tried again at once '
            . '(at most once per worker)');
-    $u->stop;
+    $u->finish;
 }
 
 # -- nginx -t: error_page takes SOAP 500s and Bulk 400s -------------------
