@@ -10,6 +10,10 @@ Python standard library only.  It answers like Salesforce does:
                                  token's expiry under the mock's lifetime)
   *    /services/...             the API: 200 JSON for a valid bearer token,
                                  401 INVALID_SESSION_ID otherwise
+  POST /services/Soap/u/V, /c/V, /m/V, /T/V, /class/NAME
+                                 SOAP (partner, enterprise, metadata,
+                                 tooling, Apex web services): see below
+  *    /services/async/V/job...  Bulk API 1.0: see below
 
 Test hooks, under /__mock/ (never used by the module):
 
@@ -36,6 +40,12 @@ Test hooks, under /__mock/ (never used by the module):
                                  long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
   POST /__mock/reset_echo        forget the echo_log
+  *    /__mock/xxe               counts a fetch in "xxe_hits" (the URL of an
+                                 XXE attempt: a fetch means an XML parser
+                                 on the way resolved an external entity)
+  GET  /__mock/wsdl/partner.wsdl?endpoint=URL
+                                 t/lib/wsdl/partner.wsdl with its service
+                                 address set to URL
 
 Modes of the token endpoint:
 
@@ -97,10 +107,76 @@ API paths with special answers (after the token check):
   ?ssi=URI                       an HTML page that SSI-includes URI
   ?html=1                        a small HTML page
   ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
+  ?notrest=1                     a valid token gets 401 "This session is not
+                                 valid for use with the REST API" (which no
+                                 refresh cures; NOT_REST_BODY)
 
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
 keepalive); "not_found" counts requests outside /services/ and /echo/.
+
+SOAP (POST; the envelope parsed namespace-aware, any prefix):
+
+  The session is Header/SessionHeader/sessionId in the endpoint's namespace
+  (urn:partner.soap.sforce.com for /u/, urn:enterprise... for /c/,
+  http://soap.sforce.com/2006/04/metadata for /m/, urn:tooling... for /T/,
+  http://soap.sforce.com/schemas/class/NAME for /class/NAME); one in another
+  namespace is no session.  Valid means a live access token, as for the
+  REST API.  A dead, missing or invalid session is HTTP 500 with
+  Salesforce's INVALID_SESSION_ID fault (SOAP_INVALID_SESSION, byte for
+  byte).  A DOCTYPE, XML that does not parse, or a root other than a SOAP
+  1.1 Envelope is a 500 soapenv:Client fault; fewer bytes than
+  Content-Length within 10 s is a 400.  Operations (the Body's first child,
+  in the endpoint's namespace):
+
+  login (u, c)          no session needed; LoginResult (a session id that
+                        is not an access token); records the username and
+                        whether a password came in "soap_logins"
+  query, queryAll (u, c, T)
+                        a QueryResult of 2 Accounts; SOQL containing "bad":
+                        500 sf:MALFORMED_QUERY (SOAP_MALFORMED_QUERY),
+                        "trap": 500 sf:INVALID_FIELD whose text mentions
+                        INVALID_SESSION_ID (SOAP_TRAP_FAULT), "custom500":
+                        500 sf:UNKNOWN_EXCEPTION with the headers
+                        X-Mock-Fault and Sforce-Limit-Info
+  create (u, c)         a SaveResult with an id per sObjects element
+  describeSObject (u, c)
+                        Account's DescribeSObjectResult; other types 500
+                        sf:INVALID_TYPE
+  deploy (m)            takes a base64 ZipFile of any size; records in
+                        "soap_deploys" the body's length, its SHA-256, the
+                        SHA-256 from the Body start tag to the end
+                        ("tail"), and the decoded zip's length and SHA-256;
+                        answers an AsyncResult id
+  anything (T, class)   <opResponse><result>ok</result></opResponse>
+
+  Stats: "soap_calls" (per operation), "soap_session_ids" (every sessionId
+  text found in any Header, any namespace), "soap_log" (per call: path,
+  op, status, content_length header, body_len, body/tail SHA-256, header
+  present, the namespaces of the SessionHeaders, the sessionIds, the one
+  used, whether it was valid, Authorization headers, error),
+  "soap_last_envelope" (the last body; its first 64 KiB when over 1 MiB,
+  then "soap_last_truncated").
+
+Bulk API 1.0 (/services/async/V/...; XML jobs, or JSON jobs when the job
+was created with Content-Type application/json):
+
+  POST job               create a job (jobInfo XML or JSON): 201
+  GET/POST job/ID        job info / close or abort it (state Closed|Aborted)
+  POST job/ID/batch      add a batch (CSV or a JSON list): 201, Queued
+  GET  job/ID/batch/BID  batch info, Completed
+  GET  job/ID/batch/BID/result
+                         CSV (text/csv) or JSON results, one id a record
+
+  The session is X-SFDC-Session only (exactly one, a live access token).
+  A dead one is HTTP 400 InvalidSessionId (BULK_INVALID_SESSION_XML, or
+  BULK_INVALID_SESSION_JSON for JSON), byte for byte.  An unknown job is
+  400 InvalidJob with the header X-Mock-Bulk-Error.  Stats: "bulk_log" (per
+  call: method, path, status, the X-SFDC-Session values, the Authorization
+  headers, content type, body length and SHA-256), "bulk_sessions" (every
+  X-SFDC-Session value received).
+
+SOAP and Bulk calls count in "api_requests" and "api_log" too.
 
   *    /echo/...                 any other host a configuration sends to
                                  (a mirror, an error_page fallback): 200,
