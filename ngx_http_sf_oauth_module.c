@@ -722,6 +722,8 @@ ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    ngx_http_sf_oauth_envelope_init();
+
     return ngx_http_sf_oauth_ahead_init(cycle);
 }
 

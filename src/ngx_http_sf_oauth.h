@@ -14,6 +14,9 @@
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
  *   ngx_http_sf_oauth_filter.c   response filter: the 401 replay
+ *   ngx_http_sf_oauth_envelope.c the SOAP envelope: the session in it
+ *   ngx_http_sf_oauth_verdict.c  whether an error response says the
+ *                                session is dead (REST, SOAP, Bulk 1.0)
  *   ngx_http_sf_oauth_ahead.c    the refresh ahead of expiry, on a timer
  *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
  *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
@@ -43,6 +46,13 @@
 #define NGX_HTTP_SF_OAUTH_ERROR_MAX      512
 #define NGX_HTTP_SF_OAUTH_SECRET_MAX     4096
 #define NGX_HTTP_SF_OAUTH_BODY_MAX       65536
+
+/* a SOAP envelope's head, up to its Body, and the sessionIds in it */
+#define NGX_HTTP_SF_OAUTH_HEAD_MAX       65536
+#define NGX_HTTP_SF_OAUTH_EDITS_MAX      8
+
+/* how much of an error response is read to tell a dead session */
+#define NGX_HTTP_SF_OAUTH_INSPECT_MAX    65536
 
 /* hex characters of a fingerprint: the only form a secret is ever logged in */
 #define NGX_HTTP_SF_OAUTH_FP_LEN         8
@@ -91,6 +101,11 @@
 #define NGX_HTTP_SF_OAUTH_REJ_NEWER      0
 #define NGX_HTTP_SF_OAUTH_REJ_DROPPED    1
 #define NGX_HTTP_SF_OAUTH_REJ_LATER      2
+
+/* the API a request goes to, from its URI */
+#define NGX_HTTP_SF_OAUTH_REST           0
+#define NGX_HTTP_SF_OAUTH_SOAP           1
+#define NGX_HTTP_SF_OAUTH_BULK           2
 
 /* the answer of a zone lookup */
 #define NGX_HTTP_SF_OAUTH_GOT_TOKEN      0
@@ -238,6 +253,9 @@ typedef struct {
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 
+    /* the token generation a JWT-format token was last logged for */
+    ngx_uint_t                   jwt_generation;
+
     /* recent secrets of this credential, for the log redaction */
     ngx_uint_t                   seen_generation;
     ngx_uint_t                   seen_next;
@@ -264,6 +282,29 @@ typedef struct {
 } ngx_http_sf_oauth_loc_conf_t;
 
 
+/* a SOAP envelope's plan: see ngx_http_sf_oauth_envelope.c */
+typedef struct {
+    ngx_array_t                  pieces;      /* ngx_str_t, tokens between */
+    ngx_chain_t                 *rest;
+    off_t                        size;
+    ngx_uint_t                   login;
+} ngx_http_sf_oauth_envelope_t;
+
+
+/*
+ * A header element that holds the token while the upstream request is
+ * built, and what it held before: the client's value, or nothing
+ * ("pushed": the element was added).
+ */
+typedef struct {
+    ngx_table_elt_t             *header;
+    ngx_str_t                    saved_value;
+    u_char                      *saved_lowcase_key;
+    ngx_uint_t                   saved_hash;
+    ngx_uint_t                   pushed;
+} ngx_http_sf_oauth_slot_t;
+
+
 typedef struct {
     ngx_http_request_t          *request;
     ngx_http_sf_oauth_cred_t    *cred;
@@ -277,15 +318,21 @@ typedef struct {
     /* the upstream this module gave the token to */
     ngx_http_upstream_t         *upstream;
 
+    /* Authorization, and X-SFDC-Session for Bulk 1.0 */
+    ngx_http_sf_oauth_slot_t     auth;
+    ngx_http_sf_oauth_slot_t     session;
+
+    /* REST, SOAP or Bulk 1.0 */
+    ngx_uint_t                   kind;
+
     /*
-     * The header element that holds the token while the upstream request
-     * is built, and what it held before: the client's value, or nothing
-     * ("pushed": the element was added).
+     * A SOAP request's envelope: its plan, and the client's body and
+     * length, which the request holds again once the upstream request is
+     * built.
      */
-    ngx_table_elt_t             *header;
-    ngx_str_t                    saved_value;
-    u_char                      *saved_lowcase_key;
-    ngx_uint_t                   saved_hash;
+    ngx_http_sf_oauth_envelope_t *envelope;
+    ngx_chain_t                 *client_body;
+    off_t                        client_length;
 
     /* finds this ctx again after an internal redirect zeroed r->ctx */
     ngx_pool_cleanup_t           cln;
@@ -298,12 +345,17 @@ typedef struct {
     /* a held 401 too soon after an uncured one: when to ask again */
     ngx_msec_t                   rejected_until;
 
+    /* the body of a response that may say the session is dead, so far */
+    ngx_buf_t                   *inspected;
+
     /* saved when a 401 is held: the proxy_buffering off path changes them */
     size_t                       limit_rate;
 
     unsigned                     waiting:1;
     unsigned                     wait_begun:1;
-    unsigned                     pushed:1;
+    unsigned                     kind_known:1;
+    unsigned                     body_set:1;
+    unsigned                     inspecting:1;
     unsigned                     unshared:1;
     unsigned                     held:1;
     unsigned                     replayed:1;
@@ -443,6 +495,27 @@ void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk);
+
+/* envelope */
+void ngx_http_sf_oauth_envelope_init(void);
+ngx_uint_t ngx_http_sf_oauth_envelope_kind(ngx_http_request_t *r);
+void ngx_http_sf_oauth_envelope_namespace(ngx_http_request_t *r,
+    ngx_str_t *ns);
+ngx_int_t ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool,
+    ngx_chain_t *body, ngx_str_t *ns, ngx_http_sf_oauth_envelope_t *env,
+    ngx_str_t *why);
+ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
+    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
+    off_t *size);
+ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
+ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *why);
+
+/* verdict */
+ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,
+    ngx_uint_t status);
+ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
+    u_char *body, size_t len, ngx_uint_t whole);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);

@@ -54,6 +54,13 @@ static ngx_int_t ngx_http_sf_oauth_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_int_t ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_sf_oauth_inspect(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_sf_oauth_dead(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t whole);
+static ngx_int_t ngx_http_sf_oauth_pass(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_consume(ngx_chain_t *in);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -84,29 +91,45 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    /* only a main request is held and replayed */
+    /*
+     * Only a main request's response from the upstream that got the
+     * token is held and replayed, and only one that may say the session
+     * is dead: a 401, a SOAP 500, a Bulk 1.0 400.
+     */
 
     if (r == r->main
         && ctx->authorization.len
         && ctx == ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module)
-        && r->headers_out.status == NGX_HTTP_UNAUTHORIZED
         && r->upstream
         && r->upstream == ctx->upstream
-        && r->upstream->headers_in.status_n == NGX_HTTP_UNAUTHORIZED
+        && r->upstream->headers_in.status_n == r->headers_out.status
+        && ngx_http_sf_oauth_verdict_candidate(ctx->kind,
+                                               r->headers_out.status)
         && !r->header_sent
         && ngx_http_sf_oauth_replayable(r, ctx))
     {
         ngx_http_sf_oauth_unset_token(r, ctx);
 
-        /* a swallowed 401 is not cached either */
+        /* a response held for the session is not cached either */
         r->upstream->cacheable = 0;
+        r->preserve_body = 1;
 
-        if (ngx_http_sf_oauth_hold(r, ctx) == NGX_OK) {
-            /* swallowed: nothing of this 401 goes further */
-            return NGX_OK;
+        if (r->header_only || r->headers_out.content_length_n == 0) {
+
+            if (ngx_http_sf_oauth_dead(r, ctx, 1)) {
+                /* swallowed: nothing of this response goes further */
+                return ngx_http_sf_oauth_hold(r, ctx);
+            }
+
+            return ngx_http_sf_oauth_pass(r, ctx);
         }
 
-        return NGX_ERROR;
+        /* its body tells: see ngx_http_sf_oauth_inspect */
+
+        ctx->inspecting = 1;
+        r->buffered |= NGX_HTTP_SF_OAUTH_BUFFERED;
+
+        return NGX_OK;
     }
 
     ngx_http_sf_oauth_response_header(r, ctx);
@@ -115,23 +138,23 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 }
 
 
-/* whether this upstream 401 is to be replayed, and why not if not */
+/* whether this response is to be replayed, and why not if not */
 
 static ngx_int_t
 ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->replayed) {
-        /* the replay's own 401 passes: one refresh and one replay at most */
+        /* the replay's own answer passes: one refresh and one replay */
         return 0;
     }
 
     if (r->request_body_no_buffering) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sf_oauth: credential \"%V\": upstream 401 passed "
+                      "sf_oauth: credential \"%V\": upstream %ui passed "
                       "through, not replayed: the request body was streamed "
                       "(proxy_request_buffering off) and is gone",
-                      &ctx->cred->name);
+                      &ctx->cred->name, r->headers_out.status);
         return 0;
     }
 
@@ -152,25 +175,29 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-    if (ctx == NULL || !ctx->held) {
+    if (ctx == NULL) {
         return ngx_http_next_body_filter(r, in);
     }
 
-    /* the swallowed 401's body: consumed, so the upstream drains it */
+    if (ctx->inspecting) {
+        return ngx_http_sf_oauth_inspect(r, ctx, in);
+    }
+
+    if (!ctx->held) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* the swallowed response's body: consumed, so the upstream drains it */
 
     last = 0;
 
     for (cl = in; cl; cl = cl->next) {
-        cl->buf->pos = cl->buf->last;
-
-        if (cl->buf->in_file) {
-            cl->buf->file_pos = cl->buf->file_last;
-        }
-
         if (cl->buf->last_buf) {
             last = 1;
         }
     }
+
+    ngx_http_sf_oauth_consume(in);
 
     if (last) {
         /* the upstream finalizes the request now: parked, then woken */
@@ -178,4 +205,186 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The body of a candidate response, read into a buffer of the module's
+ * and consumed, up to NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes, its end, or a
+ * part in a temp file (a big response: not a session's fault).  Then the
+ * verdict: a dead session is held like a 401 always was; any other
+ * response goes on, its header first, then what was read, byte for byte,
+ * then the rest as it comes.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
+    ngx_chain_t *in)
+{
+    off_t         len;
+    size_t        n, prior;
+    ngx_int_t     rc;
+    ngx_buf_t    *b, *copy;
+    ngx_uint_t    last, full;
+    ngx_chain_t  *cl, *out;
+
+    b = ctx->inspected;
+
+    if (b == NULL) {
+        len = r->headers_out.content_length_n;
+
+        if (len <= 0 || len > NGX_HTTP_SF_OAUTH_INSPECT_MAX) {
+            len = NGX_HTTP_SF_OAUTH_INSPECT_MAX;
+        }
+
+        b = ngx_create_temp_buf(r->pool, (size_t) len);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->inspected = b;
+    }
+
+    prior = b->last - b->pos;
+    last = 0;
+    full = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+
+        if (cl->buf->last_buf) {
+            last = 1;
+        }
+
+        if (!ngx_buf_in_memory(cl->buf)) {
+            if (ngx_buf_size(cl->buf)) {
+                full = 1;
+            }
+
+            continue;
+        }
+
+        n = cl->buf->last - cl->buf->pos;
+
+        if (n > (size_t) (b->end - b->last)) {
+            n = b->end - b->last;
+            full = 1;
+        }
+
+        b->last = ngx_cpymem(b->last, cl->buf->pos, n);
+    }
+
+    if (!last && !full) {
+        ngx_http_sf_oauth_consume(in);
+        return NGX_OK;
+    }
+
+    if (ngx_http_sf_oauth_dead(r, ctx, last && !full)) {
+
+        if (ngx_http_sf_oauth_hold(r, ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        /* the rest of it is drained as a held response's */
+        return ngx_http_sf_oauth_body_filter(r, in);
+    }
+
+    rc = ngx_http_sf_oauth_pass(r, ctx);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        ngx_http_sf_oauth_consume(in);
+        return (rc > NGX_OK) ? NGX_ERROR : rc;
+    }
+
+    out = in;
+
+    if (prior) {
+        copy = ngx_calloc_buf(r->pool);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        copy->pos = b->pos;
+        copy->last = b->pos + prior;
+        copy->temporary = 1;
+
+        out = ngx_alloc_chain_link(r->pool);
+        if (out == NULL) {
+            return NGX_ERROR;
+        }
+
+        out->buf = copy;
+        out->next = in;
+    }
+
+    return ngx_http_next_body_filter(r, out);
+}
+
+
+/* whether the response held so far says that the session is dead */
+
+static ngx_int_t
+ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
+    ngx_uint_t whole)
+{
+    size_t      len;
+    u_char     *body;
+    ngx_int_t   dead;
+
+    ctx->inspecting = 0;
+
+    body = ctx->inspected ? ctx->inspected->pos : NULL;
+    len = ctx->inspected ? ctx->inspected->last - ctx->inspected->pos : 0;
+
+    dead = ngx_http_sf_oauth_verdict(ctx->kind, r->headers_out.status, body,
+                                     len, whole);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: upstream %ui, %uz bytes%s read: %s",
+                   r->headers_out.status, len, whole ? "" : " (not all)",
+                   dead ? "dead session" : "passed");
+
+    return dead;
+}
+
+
+/* a held response that is not about the session goes on after all */
+
+static ngx_int_t
+ngx_http_sf_oauth_pass(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+{
+    r->buffered &= ~NGX_HTTP_SF_OAUTH_BUFFERED;
+
+    if (r->headers_out.status == NGX_HTTP_UNAUTHORIZED) {
+        /* the token is not dead: it stays */
+        ctx->noted = 1;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": upstream 401 passed "
+                      "through without a refresh: Salesforce says the "
+                      "session is not valid for use with the REST API (a "
+                      "high-assurance session level or an IP restriction in "
+                      "the connected app's or profile's session settings)",
+                      &ctx->cred->name);
+    }
+
+    ngx_http_sf_oauth_response_header(r, ctx);
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+/* marks every buffer of "in" sent */
+
+static void
+ngx_http_sf_oauth_consume(ngx_chain_t *in)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+
+        if (cl->buf->in_file) {
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+    }
 }

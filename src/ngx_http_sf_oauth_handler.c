@@ -63,6 +63,17 @@ static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
 static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+static ngx_table_elt_t *ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_slot_t *slot, ngx_table_elt_t *h, ngx_str_t *key,
+    u_char *lowcase_key, ngx_str_t *value);
+static ngx_table_elt_t *ngx_http_sf_oauth_find_session(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
+static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_slot_t *slot);
+static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
@@ -71,6 +82,10 @@ static ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
 static ngx_int_t ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
+
+
+/* the proxy's module: its location conf starts with the upstream conf */
+extern ngx_module_t  ngx_http_proxy_module;
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_start =
@@ -170,6 +185,20 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (!ctx->kind_known) {
+        ctx->kind = ngx_http_sf_oauth_envelope_kind(r);
+        ctx->kind_known = 1;
+    }
+
+    if (ctx->kind == NGX_HTTP_SF_OAUTH_SOAP
+        && ctx->envelope == NULL
+        && r == r->main
+        && r->method == NGX_HTTP_POST)
+    {
+        /* the envelope is read and parsed first; then this runs again */
+        return ngx_http_sf_oauth_read_envelope(r, ctx);
+    }
+
     /* nginx dumps the upstream request header at debug level */
     ngx_http_sf_oauth_redact_install(r);
 
@@ -192,6 +221,104 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
     }
 
     return rc;
+}
+
+
+/*
+ * A SOAP request: its body is read before the proxy's handler runs, so
+ * that the envelope can be parsed and the token put into it.  A body that
+ * the proxy would stream (proxy_request_buffering off) cannot be: it is
+ * gone before the token could go in.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_upstream_conf_t  *ucf;
+
+    static ngx_str_t  streamed = ngx_string(
+        "the SOAP envelope cannot get the session: "
+        "proxy_request_buffering is off in this location");
+
+    /* ngx_http_proxy_loc_conf_t starts with its ngx_http_upstream_conf_t */
+    ucf = ngx_http_get_module_loc_conf(r, ngx_http_proxy_module);
+
+    if (!ucf->request_buffering) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": %V: turn it on where "
+                      "SOAP requests go", &ctx->cred->name, &streamed);
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_sf_oauth_envelope_fault(r,
+                                   NGX_HTTP_INTERNAL_SERVER_ERROR, &streamed);
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_body_read);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+/* the SOAP request's body is read: its envelope is parsed, then proxied */
+
+static void
+ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      ns, why;
+    ngx_chain_t                   *body;
+    ngx_http_sf_oauth_ctx_t       *ctx;
+    ngx_http_sf_oauth_envelope_t  *env;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+    if (ctx == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    body = r->request_body ? r->request_body->bufs : NULL;
+
+    env = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_envelope_t));
+    if (env == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_sf_oauth_envelope_namespace(r, &ns);
+
+    rc = ngx_http_sf_oauth_envelope_parse(r->pool, body, &ns, env, &why);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
+                      "%V", &ctx->cred->name, &why);
+
+        ngx_http_finalize_request(r,
+               ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
+        return;
+    }
+
+    ctx->envelope = env;
+    ctx->client_body = body;
+    ctx->client_length = r->headers_in.content_length_n;
+
+    ngx_http_finalize_request(r, ngx_http_sf_oauth_content_handler(r));
 }
 
 
@@ -769,93 +896,235 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
- * The token in the Authorization header, for the upstream request only.
- * The element's lowcase_key marks a value of this module's: whatever
- * finds the header between here and ngx_http_sf_oauth_unset_token() can
- * tell (see ngx_http_sf_oauth_authorization_variable).
+ * The token in the Authorization header, for the upstream request only;
+ * for Bulk 1.0, or when the client sent one, in X-SFDC-Session too; for
+ * SOAP, in the envelope.  An element's lowcase_key marks a value of this
+ * module's: whatever finds the header between here and
+ * ngx_http_sf_oauth_unset_token() can tell (see
+ * ngx_http_sf_oauth_authorization_variable).
  */
 
 static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
+static u_char  ngx_http_sf_oauth_lowcase_session[] = "x-sfdc-session";
 
 
 static ngx_int_t
 ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
+    ngx_str_t         token;
     ngx_table_elt_t  *h;
 
-    h = ctx->header;
+    static ngx_str_t  auth = ngx_string("Authorization");
+    static ngx_str_t  session = ngx_string("X-SFDC-Session");
 
-    if (h == NULL) {
-
-        if ((r != r->main || r->main->count > 1) && !ctx->unshared) {
-            /*
-             * A subrequest shares the header list's elements with its
-             * parent, and a main request with its subrequests (mirror).
-             */
-            if (ngx_http_sf_oauth_unshare(r) != NGX_OK) {
-                return NGX_ERROR;
-            }
-
-            ctx->unshared = 1;
+    if (ctx->auth.header == NULL
+        && (r != r->main || r->main->count > 1) && !ctx->unshared)
+    {
+        /*
+         * A subrequest shares the header list's elements with its
+         * parent, and a main request with its subrequests (mirror).
+         */
+        if (ngx_http_sf_oauth_unshare(r) != NGX_OK) {
+            return NGX_ERROR;
         }
 
-        h = r->headers_in.authorization;
-
-        if (h) {
-            ctx->saved_value = h->value;
-            ctx->saved_lowcase_key = h->lowcase_key;
-            ctx->saved_hash = h->hash;
-            ctx->pushed = 0;
-
-        } else {
-            h = ngx_list_push(&r->headers_in.headers);
-            if (h == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_str_set(&h->key, "Authorization");
-            r->headers_in.authorization = h;
-            ctx->pushed = 1;
-        }
-
-        ctx->header = h;
+        ctx->unshared = 1;
     }
 
-    h->lowcase_key = ngx_http_sf_oauth_lowcase_key;
-    h->hash = ngx_hash_key(h->lowcase_key, sizeof("authorization") - 1);
-    h->value = ctx->authorization;
+    h = ngx_http_sf_oauth_set_header(r, &ctx->auth,
+                                     r->headers_in.authorization, &auth,
+                                     ngx_http_sf_oauth_lowcase_key,
+                                     &ctx->authorization);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    r->headers_in.authorization = h;
+
+    token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
+    token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
+
+    h = ctx->session.header;
+
+    if (h == NULL) {
+        h = ngx_http_sf_oauth_find_session(r);
+    }
+
+    if (h || ctx->kind == NGX_HTTP_SF_OAUTH_BULK) {
+        if (ngx_http_sf_oauth_set_header(r, &ctx->session, h, &session,
+                                         ngx_http_sf_oauth_lowcase_session,
+                                         &token)
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ctx->envelope) {
+        return ngx_http_sf_oauth_set_envelope(r, ctx, &token);
+    }
 
     return NGX_OK;
 }
 
 
-/* takes the token out of the header again: the client's value, or none */
+/*
+ * One header element gets "value": "h", the client's, or a new one with
+ * "key".  The element is returned.
+ */
+
+static ngx_table_elt_t *
+ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_slot_t *slot, ngx_table_elt_t *h, ngx_str_t *key,
+    u_char *lowcase_key, ngx_str_t *value)
+{
+    if (slot->header) {
+        h = slot->header;
+
+    } else if (h) {
+        slot->saved_value = h->value;
+        slot->saved_lowcase_key = h->lowcase_key;
+        slot->saved_hash = h->hash;
+        slot->pushed = 0;
+        slot->header = h;
+
+    } else {
+        h = ngx_list_push(&r->headers_in.headers);
+        if (h == NULL) {
+            return NULL;
+        }
+
+        h->key = *key;
+        slot->pushed = 1;
+        slot->header = h;
+    }
+
+    h->lowcase_key = lowcase_key;
+    h->hash = ngx_hash_key(lowcase_key, key->len);
+    h->value = *value;
+
+    return h;
+}
+
+
+/* the client's X-SFDC-Session, if it sent one */
+
+static ngx_table_elt_t *
+ngx_http_sf_oauth_find_session(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (h[i].key.len == sizeof("X-SFDC-Session") - 1
+                && h[i].hash
+                && ngx_strncasecmp(h[i].key.data, (u_char *) "X-SFDC-Session",
+                                   sizeof("X-SFDC-Session") - 1)
+                   == 0)
+            {
+                return &h[i];
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * The envelope with the token goes to the upstream: the request body, and
+ * its length, are the envelope's until the upstream request is built.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token)
+{
+    off_t         size;
+    ngx_chain_t  *body;
+
+    if (ngx_http_sf_oauth_envelope_jwt(token)
+        && ctx->cred->jwt_generation != ctx->generation)
+    {
+        ctx->cred->jwt_generation = ctx->generation;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": the access token is a "
+                      "JWT, and the SOAP API refuses JWT-based access tokens "
+                      "with INVALID_SESSION_ID: turn off \"Issue JSON Web "
+                      "Token (JWT)-based access tokens for named users\" in "
+                      "the connected app's OAuth settings",
+                      &ctx->cred->name);
+    }
+
+    if (ngx_http_sf_oauth_envelope_body(r->pool, ctx->envelope, token, &body,
+                                        &size)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    r->request_body->bufs = body;
+    r->headers_in.content_length_n = size;
+    ctx->body_set = 1;
+
+    return NGX_OK;
+}
+
+
+/* takes the token out of the request again: the client's values, or none */
 
 void
 ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
+    ngx_table_elt_t  *h;
+
+    if (ctx->body_set) {
+        ctx->body_set = 0;
+        r->request_body->bufs = ctx->client_body;
+        r->headers_in.content_length_n = ctx->client_length;
+    }
+
+    /* the element pushed last goes first */
+
+    ngx_http_sf_oauth_unset_header(r, &ctx->session);
+
+    h = ctx->auth.header;
+
+    if (h && ctx->auth.pushed && r->headers_in.authorization == h) {
+        r->headers_in.authorization = NULL;
+    }
+
+    ngx_http_sf_oauth_unset_header(r, &ctx->auth);
+}
+
+
+static void
+ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_slot_t *slot)
+{
     ngx_list_part_t  *last;
     ngx_table_elt_t  *h;
 
-    h = ctx->header;
+    h = slot->header;
 
     if (h == NULL) {
         return;
     }
 
-    ctx->header = NULL;
+    slot->header = NULL;
 
-    if (!ctx->pushed) {
-        h->value = ctx->saved_value;
-        h->lowcase_key = ctx->saved_lowcase_key;
-        h->hash = ctx->saved_hash;
+    if (!slot->pushed) {
+        h->value = slot->saved_value;
+        h->lowcase_key = slot->saved_lowcase_key;
+        h->hash = slot->saved_hash;
         return;
-    }
-
-    if (r->headers_in.authorization == h) {
-        r->headers_in.authorization = NULL;
     }
 
     /* a copy of the list made meanwhile (a clone subrequest) sees it dead */
@@ -912,7 +1181,9 @@ ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
 
         for (i = 0; i < part->nelts; i++) {
 
-            if (h[i].lowcase_key == ngx_http_sf_oauth_lowcase_key) {
+            if (h[i].lowcase_key == ngx_http_sf_oauth_lowcase_key
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_session)
+            {
                 /* a token, or a dead one: another request's, never copied */
                 continue;
             }
@@ -1102,12 +1373,12 @@ ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
     if (h && h->lowcase_key == ngx_http_sf_oauth_lowcase_key) {
         ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
-        if (ctx == NULL || ctx->header != h) {
+        if (ctx == NULL || ctx->auth.header != h) {
             ctx = ngx_http_sf_oauth_get_ctx(r->main);
         }
 
-        value = (ctx && ctx->header == h && !ctx->pushed)
-                ? &ctx->saved_value : NULL;
+        value = (ctx && ctx->auth.header == h && !ctx->auth.pushed)
+                ? &ctx->auth.saved_value : NULL;
     }
 
     if (value == NULL) {

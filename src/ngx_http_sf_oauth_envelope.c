@@ -1,0 +1,1158 @@
+
+/*
+ * The SOAP envelope: the session in a request's SessionHeader.
+ *
+ * SOAP does not read the Authorization header: the session travels in the
+ * envelope, <Header><SessionHeader><sessionId>.  A client's envelope is
+ * parsed once, when its body has been read, by libxml2's SAX2 push parser:
+ * namespace-aware (any prefix, or a default namespace), with comments and
+ * CDATA, and with no DTD at all, so no entity can be declared, expanded or
+ * fetched (an XXE through the proxy).  A SOAP message must not hold a DTD
+ * anyway (SOAP 1.1, section 3).
+ *
+ * Only the head is read: the bytes up to the start tag of the Body, at
+ * most NGX_HTTP_SF_OAUTH_HEAD_MAX.  The parse stops there, and the rest
+ * of the body is sent as nginx read it, from memory or from its temp file:
+ * a 50 MB Metadata deploy costs the head, not the body.
+ *
+ * The parse gives a plan: the head cut into pieces, with a token to go
+ * between each two, and the rest of the body.  Where the token goes:
+ *
+ *   - the content of each sessionId of a SessionHeader of the Header,
+ *     whatever the client put there (text, CDATA, comments, nothing);
+ *   - a SessionHeader without a sessionId gets one;
+ *   - a Header without a SessionHeader gets one, in the endpoint's
+ *     namespace;
+ *   - an envelope without a Header gets one, before the Body.
+ *
+ * The positions come from the parser: xmlByteConsumed() in a start tag's
+ * callback is the offset of its ">" or "/>", and in an end tag's callback
+ * the offset just past its ">".  The "<" of a tag is the last one before
+ * those: a "<" cannot occur inside a tag.
+ *
+ * The plan is applied each time the proxy builds an upstream request, with
+ * the token of that moment: the first request and its replay after a dead
+ * session get their own.  Between the two the request body holds the
+ * client's envelope again.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+#include <libxml/parser.h>
+
+
+/* what the parse has seen, by depth: 1 the Envelope, 2 Header, 3, 4 */
+typedef struct {
+    ngx_pool_t                  *pool;
+    xmlParserCtxtPtr             ctxt;
+
+    u_char                      *head;
+    size_t                       len;
+
+    ngx_str_t                   *ns;
+
+    ngx_uint_t                   depth;
+    ngx_uint_t                   in_header;
+    ngx_uint_t                   in_session;
+
+    /* where the current Header, SessionHeader and sessionId start */
+    off_t                        header_start;
+    off_t                        session_start;
+    off_t                        id_start;
+
+    ngx_str_t                   *header_prefix;
+
+    ngx_uint_t                   header_seen;
+    ngx_uint_t                   session_seen;
+    ngx_uint_t                   id_seen;
+
+    ngx_array_t                  edits;   /* ngx_http_sf_oauth_edit_t */
+
+    /* the offset of the Body's start tag: the parse is over */
+    off_t                        body;
+    ngx_uint_t                   login;
+
+    const char                  *error;
+} ngx_http_sf_oauth_parse_t;
+
+
+/* replaces [start, end) of the head with "before", the token, "after" */
+typedef struct {
+    off_t                        start;
+    off_t                        end;
+    ngx_str_t                   *before;
+    ngx_str_t                   *after;
+} ngx_http_sf_oauth_edit_t;
+
+
+static void ngx_http_sf_oauth_envelope_start(void *data,
+    const xmlChar *local, const xmlChar *prefix, const xmlChar *uri,
+    int nb_namespaces, const xmlChar **namespaces, int nb_attributes,
+    int nb_defaulted, const xmlChar **attributes);
+static void ngx_http_sf_oauth_envelope_end(void *data, const xmlChar *local,
+    const xmlChar *prefix, const xmlChar *uri);
+static void ngx_http_sf_oauth_envelope_dtd(void *data, const xmlChar *name,
+    const xmlChar *external_id, const xmlChar *system_id);
+static void ngx_http_sf_oauth_envelope_entity(void *data, const xmlChar *name,
+    int type, const xmlChar *public_id, const xmlChar *system_id,
+    xmlChar *content);
+static void ngx_http_sf_oauth_envelope_serror(void *data, xmlErrorPtr error);
+static off_t ngx_http_sf_oauth_envelope_offset(ngx_http_sf_oauth_parse_t *ps);
+static off_t ngx_http_sf_oauth_envelope_tag(ngx_http_sf_oauth_parse_t *ps,
+    off_t pos);
+static ngx_int_t ngx_http_sf_oauth_envelope_edit(ngx_http_sf_oauth_parse_t *ps,
+    off_t start, off_t end, ngx_str_t *before, ngx_str_t *after);
+static ngx_str_t *ngx_http_sf_oauth_envelope_text(
+    ngx_http_sf_oauth_parse_t *ps, const char *fmt, ...);
+static ngx_int_t ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
+    ngx_chain_t *body, ngx_http_sf_oauth_envelope_t *env);
+static ssize_t ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos,
+    u_char *buf, size_t size);
+static ngx_int_t ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri);
+static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
+    ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
+
+
+#define ngx_http_sf_oauth_local(local, name)                                  \
+    (ngx_strcmp(local, name) == 0)
+
+
+static ngx_str_t  ngx_http_sf_oauth_envelope_ns[] = {
+    ngx_string("/services/Soap/u/"), ngx_string("urn:partner.soap.sforce.com"),
+    ngx_string("/services/Soap/c/"),
+    ngx_string("urn:enterprise.soap.sforce.com"),
+    ngx_string("/services/Soap/m/"),
+    ngx_string("http://soap.sforce.com/2006/04/metadata"),
+    ngx_string("/services/Soap/T/"), ngx_string("urn:tooling.soap.sforce.com"),
+    ngx_null_string, ngx_null_string
+};
+
+
+/* libxml2's globals, once in each worker, before any parse */
+
+void
+ngx_http_sf_oauth_envelope_init(void)
+{
+    xmlInitParser();
+}
+
+
+/*
+ * The kind of API a request goes to, from its URI: SOAP, Bulk 1.0 or
+ * REST.  The URI is the client's, as nginx normalized it.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_envelope_kind(ngx_http_request_t *r)
+{
+    u_char  *p, *last;
+
+    last = r->uri.data + r->uri.len;
+
+    p = ngx_strlcasestrn(r->uri.data, last, (u_char *) "/services/",
+                         sizeof("/services/") - 1 - 1);
+    if (p == NULL) {
+        return NGX_HTTP_SF_OAUTH_REST;
+    }
+
+    p += sizeof("/services/") - 1;
+
+    if (last - p >= 5 && ngx_strncmp(p, "Soap/", 5) == 0) {
+        return NGX_HTTP_SF_OAUTH_SOAP;
+    }
+
+    if (last - p >= 6 && ngx_strncmp(p, "async/", 6) == 0) {
+        return NGX_HTTP_SF_OAUTH_BULK;
+    }
+
+    return NGX_HTTP_SF_OAUTH_REST;
+}
+
+
+/*
+ * The namespace of the endpoint's SessionHeader, from the request URI:
+ * partner, enterprise, Metadata, Tooling, or an Apex class's.  An empty
+ * string when the endpoint is none of them.
+ */
+
+void
+ngx_http_sf_oauth_envelope_namespace(ngx_http_request_t *r, ngx_str_t *ns)
+{
+    u_char     *p, *last, *name;
+    ngx_str_t  *e;
+
+    ngx_str_null(ns);
+
+    last = r->uri.data + r->uri.len;
+
+    for (e = ngx_http_sf_oauth_envelope_ns; e->len; e += 2) {
+        p = ngx_strlcasestrn(r->uri.data, last, e->data, e->len - 1);
+
+        if (p && ngx_strncmp(p, e->data, e->len) == 0) {
+            *ns = e[1];
+            return;
+        }
+    }
+
+    p = ngx_strlcasestrn(r->uri.data, last, (u_char *) "/services/Soap/class/",
+                         sizeof("/services/Soap/class/") - 1 - 1);
+    if (p == NULL) {
+        return;
+    }
+
+    name = p + sizeof("/services/Soap/class/") - 1;
+
+    for (p = name; p < last && *p != '/' && *p != '?'; p++) {
+        if (!(*p >= 'a' && *p <= 'z') && !(*p >= 'A' && *p <= 'Z')
+            && !(*p >= '0' && *p <= '9') && *p != '_')
+        {
+            return;
+        }
+    }
+
+    if (p == name || p - name > 255) {
+        return;
+    }
+
+    ns->len = sizeof("http://soap.sforce.com/schemas/class/") - 1
+              + (p - name);
+    ns->data = ngx_pnalloc(r->pool, ns->len);
+    if (ns->data == NULL) {
+        ns->len = 0;
+        return;
+    }
+
+    ngx_memcpy(ngx_cpymem(ns->data, "http://soap.sforce.com/schemas/class/",
+                          sizeof("http://soap.sforce.com/schemas/class/") - 1),
+               name, p - name);
+}
+
+
+/*
+ * Parses the head of the envelope in "body" (the request body as read, in
+ * memory or in a temp file) into a plan for "env".  NGX_DECLINED with
+ * *why when the envelope is refused: the client gets a SOAP fault.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
+    ngx_str_t *ns, ngx_http_sf_oauth_envelope_t *env, ngx_str_t *why)
+{
+    int                         err;
+    size_t                      n;
+    ssize_t                     got;
+    ngx_int_t                   rc;
+    xmlSAXHandler               sax;
+    xmlParserCtxtPtr            ctxt;
+    ngx_http_sf_oauth_parse_t   ps;
+
+    ngx_memzero(&ps, sizeof(ngx_http_sf_oauth_parse_t));
+    ngx_memzero(env, sizeof(ngx_http_sf_oauth_envelope_t));
+    ngx_str_null(why);
+
+    ps.pool = pool;
+    ps.ns = ns;
+    ps.body = -1;
+
+    if (ngx_array_init(&ps.edits, pool, 2, sizeof(ngx_http_sf_oauth_edit_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ps.head = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_HEAD_MAX);
+    if (ps.head == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&sax, sizeof(xmlSAXHandler));
+
+    sax.initialized = XML_SAX2_MAGIC;
+    sax.startElementNs = ngx_http_sf_oauth_envelope_start;
+    sax.endElementNs = ngx_http_sf_oauth_envelope_end;
+    sax.internalSubset = ngx_http_sf_oauth_envelope_dtd;
+    sax.externalSubset = ngx_http_sf_oauth_envelope_dtd;
+    sax.entityDecl = ngx_http_sf_oauth_envelope_entity;
+    sax.serror = ngx_http_sf_oauth_envelope_serror;
+
+    /* the first bytes tell an encoding that is not ASCII-compatible */
+
+    got = ngx_http_sf_oauth_envelope_read(body, 0, ps.head, 4);
+    if (got == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (got == 0) {
+        ngx_str_set(why, "the request has no SOAP envelope");
+        return NGX_DECLINED;
+    }
+
+    if (got >= 2
+        && (ps.head[0] == 0 || ps.head[1] == 0
+            || (ps.head[0] == 0xfe && ps.head[1] == 0xff)
+            || (ps.head[0] == 0xff && ps.head[1] == 0xfe)))
+    {
+        ngx_str_set(why, "the envelope is not in UTF-8");
+        return NGX_DECLINED;
+    }
+
+    ctxt = xmlCreatePushParserCtxt(&sax, &ps, NULL, 0, NULL);
+    if (ctxt == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA);
+
+    /* no entity is substituted, no DTD loaded, nothing fetched */
+    ctxt->replaceEntities = 0;
+    ctxt->loadsubset = 0;
+    ctxt->validate = 0;
+
+    ps.ctxt = ctxt;
+
+    rc = NGX_OK;
+
+    for ( ;; ) {
+
+        if (ps.len == NGX_HTTP_SF_OAUTH_HEAD_MAX) {
+            ps.error = "the envelope's head, up to its Body, is longer "
+                       "than 64 KiB";
+            break;
+        }
+
+        n = ngx_min(4096, NGX_HTTP_SF_OAUTH_HEAD_MAX - ps.len);
+
+        got = ngx_http_sf_oauth_envelope_read(body, ps.len, ps.head + ps.len,
+                                              n);
+        if (got == NGX_ERROR) {
+            rc = NGX_ERROR;
+            break;
+        }
+
+        ps.len += got;
+
+        err = xmlParseChunk(ctxt, (char *) ps.head + ps.len - got, (int) got,
+                            got == 0);
+
+        if (ps.body >= 0 || ps.error) {
+            break;
+        }
+
+        if (err != XML_ERR_OK || !ctxt->wellFormed) {
+            break;
+        }
+
+        if (got == 0) {
+            ps.error = "the envelope has no SOAP Body";
+            break;
+        }
+    }
+
+    if (rc == NGX_OK && ps.body < 0 && ps.error == NULL) {
+        /* libxml2's own words: they name an element, never its content */
+
+        ps.error = ctxt->lastError.message ? ctxt->lastError.message
+                                           : "the envelope does not parse";
+
+        why->len = ngx_strlen(ps.error);
+
+        while (why->len && (ps.error[why->len - 1] == '\n'
+                            || ps.error[why->len - 1] == ' '))
+        {
+            why->len--;
+        }
+
+        why->data = ngx_pnalloc(pool, why->len + sizeof(", line ") - 1
+                                      + NGX_INT_T_LEN);
+        if (why->data == NULL) {
+            rc = NGX_ERROR;
+
+        } else {
+            why->len = ngx_sprintf(ngx_cpymem(why->data, ps.error, why->len),
+                                   ", line %d", ctxt->lastError.line)
+                       - why->data;
+            rc = NGX_DECLINED;
+        }
+
+    } else if (rc == NGX_OK && ps.error) {
+        why->data = (u_char *) ps.error;
+        why->len = ngx_strlen(ps.error);
+        rc = NGX_DECLINED;
+    }
+
+    xmlFreeParserCtxt(ctxt);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    env->login = ps.login;
+
+    return ngx_http_sf_oauth_envelope_plan(&ps, body, env);
+}
+
+
+static void
+ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
+    const xmlChar *prefix, const xmlChar *uri, int nb_namespaces,
+    const xmlChar **namespaces, int nb_attributes, int nb_defaulted,
+    const xmlChar **attributes)
+{
+    ngx_http_sf_oauth_parse_t  *ps = data;
+
+    off_t      pos;
+    ngx_str_t  *p;
+
+    if (ps->error || ps->body >= 0) {
+        return;
+    }
+
+    ps->depth++;
+
+    pos = ngx_http_sf_oauth_envelope_offset(ps);
+    if (pos < 0) {
+        return;
+    }
+
+    switch (ps->depth) {
+
+    case 1:
+        if (!ngx_http_sf_oauth_local(local, "Envelope")
+            || !ngx_http_sf_oauth_envelope_soap_ns(uri))
+        {
+            ps->error = "the root element is not a SOAP 1.1 Envelope";
+            xmlStopParser(ps->ctxt);
+        }
+
+        return;
+
+    case 2:
+        if (!ngx_http_sf_oauth_envelope_soap_ns(uri)) {
+            return;
+        }
+
+        p = ngx_http_sf_oauth_envelope_prefix(ps, prefix);
+        if (p == NULL) {
+            return;
+        }
+
+        if (ngx_http_sf_oauth_local(local, "Header")) {
+
+            if (ps->header_seen) {
+                ps->error = "the envelope has two Headers";
+                xmlStopParser(ps->ctxt);
+                return;
+            }
+
+            ps->header_seen = 1;
+            ps->in_header = 1;
+            ps->header_start = pos;
+            ps->header_prefix = p;
+            return;
+        }
+
+        if (!ngx_http_sf_oauth_local(local, "Body")) {
+            return;
+        }
+
+        pos = ngx_http_sf_oauth_envelope_tag(ps, pos);
+
+        if (!ps->header_seen) {
+            /* a Header, in the Body's prefix, right before the Body */
+
+            if (ps->ns->len == 0) {
+                ps->error = "the envelope has no SessionHeader, and this "
+                            "endpoint's namespace is not known: send one";
+                xmlStopParser(ps->ctxt);
+                return;
+            }
+
+            if (ngx_http_sf_oauth_envelope_edit(ps, pos, pos,
+                    ngx_http_sf_oauth_envelope_text(ps,
+                        "<%VHeader><SessionHeader xmlns=\"%V\"><sessionId>",
+                        p, ps->ns),
+                    ngx_http_sf_oauth_envelope_text(ps,
+                        "</sessionId></SessionHeader></%VHeader>", p))
+                != NGX_OK)
+            {
+                return;
+            }
+        }
+
+        ps->body = pos;
+        xmlStopParser(ps->ctxt);
+
+        return;
+
+    case 3:
+        if (ps->in_header && ngx_http_sf_oauth_local(local, "SessionHeader"))
+        {
+            ps->session_seen = 1;
+            ps->in_session = 1;
+            ps->id_seen = 0;
+            ps->session_start = pos;
+        }
+
+        return;
+
+    case 4:
+        if (ps->in_session && ngx_http_sf_oauth_local(local, "sessionId")) {
+            ps->id_seen++;
+            ps->id_start = pos;
+        }
+
+        return;
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_envelope_end(void *data, const xmlChar *local,
+    const xmlChar *prefix, const xmlChar *uri)
+{
+    ngx_http_sf_oauth_parse_t  *ps = data;
+
+    off_t      pos, start;
+    ngx_str_t  *p;
+
+    if (ps->error || ps->body >= 0) {
+        return;
+    }
+
+    ps->depth--;
+
+    pos = ngx_http_sf_oauth_envelope_offset(ps);
+    if (pos < 0) {
+        return;
+    }
+
+    switch (ps->depth) {
+
+    case 3:
+        if (!ps->in_session || !ngx_http_sf_oauth_local(local, "sessionId")) {
+            return;
+        }
+
+        p = ngx_http_sf_oauth_envelope_prefix(ps, prefix);
+        if (p == NULL) {
+            return;
+        }
+
+        start = ps->id_start;
+
+        if (ps->head[start] == '/') {
+            /* <sessionId/>: the whole tag is replaced */
+            (void) ngx_http_sf_oauth_envelope_edit(ps,
+                       ngx_http_sf_oauth_envelope_tag(ps, start), pos,
+                       ngx_http_sf_oauth_envelope_text(ps, "<%VsessionId>",
+                                                       p),
+                       ngx_http_sf_oauth_envelope_text(ps, "</%VsessionId>",
+                                                       p));
+            return;
+        }
+
+        /* the content, whatever it is: text, CDATA, comments, elements */
+        (void) ngx_http_sf_oauth_envelope_edit(ps, start + 1,
+                   ngx_http_sf_oauth_envelope_tag(ps, pos - 1), NULL, NULL);
+        return;
+
+    case 2:
+        if (!ps->in_session
+            || !ngx_http_sf_oauth_local(local, "SessionHeader"))
+        {
+            return;
+        }
+
+        ps->in_session = 0;
+
+        if (ps->id_seen) {
+            return;
+        }
+
+        p = ngx_http_sf_oauth_envelope_prefix(ps, prefix);
+        if (p == NULL) {
+            return;
+        }
+
+        start = ps->session_start;
+
+        if (ps->head[start] == '/') {
+            /* <SessionHeader/>: the "/>" becomes the content and end tag */
+            (void) ngx_http_sf_oauth_envelope_edit(ps, start, pos,
+                       ngx_http_sf_oauth_envelope_text(ps, "><%VsessionId>",
+                                                       p),
+                       ngx_http_sf_oauth_envelope_text(ps,
+                           "</%VsessionId></%VSessionHeader>", p, p));
+            return;
+        }
+
+        start = ngx_http_sf_oauth_envelope_tag(ps, pos - 1);
+
+        (void) ngx_http_sf_oauth_envelope_edit(ps, start, start,
+                   ngx_http_sf_oauth_envelope_text(ps, "<%VsessionId>", p),
+                   ngx_http_sf_oauth_envelope_text(ps, "</%VsessionId>", p));
+        return;
+
+    case 1:
+        if (!ps->in_header || !ngx_http_sf_oauth_local(local, "Header")) {
+            return;
+        }
+
+        ps->in_header = 0;
+
+        if (ps->session_seen) {
+            return;
+        }
+
+        if (ps->ns->len == 0) {
+            ps->error = "the envelope has no SessionHeader, and this "
+                        "endpoint's namespace is not known: send one";
+            xmlStopParser(ps->ctxt);
+            return;
+        }
+
+        start = ps->header_start;
+
+        if (ps->head[start] == '/') {
+            /* <Header/>: the "/>" becomes the content and end tag */
+            (void) ngx_http_sf_oauth_envelope_edit(ps, start, pos,
+                       ngx_http_sf_oauth_envelope_text(ps,
+                           "><SessionHeader xmlns=\"%V\"><sessionId>",
+                           ps->ns),
+                       ngx_http_sf_oauth_envelope_text(ps,
+                           "</sessionId></SessionHeader></%VHeader>",
+                           ps->header_prefix));
+            return;
+        }
+
+        start = ngx_http_sf_oauth_envelope_tag(ps, pos - 1);
+
+        (void) ngx_http_sf_oauth_envelope_edit(ps, start, start,
+                   ngx_http_sf_oauth_envelope_text(ps,
+                       "<SessionHeader xmlns=\"%V\"><sessionId>", ps->ns),
+                   ngx_http_sf_oauth_envelope_text(ps,
+                       "</sessionId></SessionHeader>"));
+        return;
+    }
+}
+
+
+/* a SOAP message must not hold a DTD: no entity is ever declared */
+
+static void
+ngx_http_sf_oauth_envelope_dtd(void *data, const xmlChar *name,
+    const xmlChar *external_id, const xmlChar *system_id)
+{
+    ngx_http_sf_oauth_parse_t  *ps = data;
+
+    if (ps->error == NULL) {
+        ps->error = "a SOAP message must not have a DTD (DOCTYPE)";
+    }
+
+    xmlStopParser(ps->ctxt);
+}
+
+
+static void
+ngx_http_sf_oauth_envelope_entity(void *data, const xmlChar *name, int type,
+    const xmlChar *public_id, const xmlChar *system_id, xmlChar *content)
+{
+    ngx_http_sf_oauth_envelope_dtd(data, name, public_id, system_id);
+}
+
+
+/* libxml2's errors stay in the parser context: nothing goes to stderr */
+
+static void
+ngx_http_sf_oauth_envelope_serror(void *data, xmlErrorPtr error)
+{
+}
+
+
+/*
+ * The parser's position in the head, as an offset; -1, and the parse is
+ * refused, if it is not in the head (it always is).
+ */
+
+static off_t
+ngx_http_sf_oauth_envelope_offset(ngx_http_sf_oauth_parse_t *ps)
+{
+    long  pos;
+
+    pos = xmlByteConsumed(ps->ctxt);
+
+    if (pos < 0 || (size_t) pos > ps->len) {
+        ps->error = "the parser lost its position in the envelope";
+        xmlStopParser(ps->ctxt);
+        return -1;
+    }
+
+    return pos;
+}
+
+
+/* the "<" of the tag that holds the position "pos" */
+
+static off_t
+ngx_http_sf_oauth_envelope_tag(ngx_http_sf_oauth_parse_t *ps, off_t pos)
+{
+    if ((size_t) pos >= ps->len) {
+        pos = ps->len - 1;
+    }
+
+    while (pos > 0 && ps->head[pos] != '<') {
+        pos--;
+    }
+
+    return pos;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_edit(ngx_http_sf_oauth_parse_t *ps, off_t start,
+    off_t end, ngx_str_t *before, ngx_str_t *after)
+{
+    ngx_http_sf_oauth_edit_t  *e;
+
+    if (ps->edits.nelts == NGX_HTTP_SF_OAUTH_EDITS_MAX) {
+        ps->error = "the envelope has too many sessionId elements";
+        xmlStopParser(ps->ctxt);
+        return NGX_ERROR;
+    }
+
+    e = ngx_array_push(&ps->edits);
+    if (e == NULL) {
+        ps->error = "out of memory";
+        xmlStopParser(ps->ctxt);
+        return NGX_ERROR;
+    }
+
+    e->start = start;
+    e->end = end;
+    e->before = before;
+    e->after = after;
+
+    return NGX_OK;
+}
+
+
+/* a piece of markup for an edit, at most 512 bytes and a namespace */
+
+static ngx_str_t *
+ngx_http_sf_oauth_envelope_text(ngx_http_sf_oauth_parse_t *ps,
+    const char *fmt, ...)
+{
+    size_t      size;
+    va_list     args;
+    ngx_str_t  *s;
+
+    size = 512 + ps->ns->len;
+
+    s = ngx_palloc(ps->pool, sizeof(ngx_str_t));
+    if (s == NULL) {
+        goto failed;
+    }
+
+    s->data = ngx_pnalloc(ps->pool, size);
+    if (s->data == NULL) {
+        goto failed;
+    }
+
+    va_start(args, fmt);
+    s->len = ngx_vslprintf(s->data, s->data + size, fmt, args) - s->data;
+    va_end(args);
+
+    return s;
+
+failed:
+
+    ps->error = "out of memory";
+    xmlStopParser(ps->ctxt);
+
+    return NULL;
+}
+
+
+/*
+ * The plan: the pieces of the head, in order, a token between each two,
+ * and the rest of the body from the Body's start tag, as it was read.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
+    ngx_chain_t *body, ngx_http_sf_oauth_envelope_t *env)
+{
+    off_t                      pos, skip, size;
+    u_char                    *p;
+    size_t                     len;
+    ngx_buf_t                 *b;
+    ngx_str_t                 *piece;
+    ngx_uint_t                 i;
+    ngx_chain_t               *cl, **ll;
+    ngx_http_sf_oauth_edit_t  *e;
+
+    e = ps->edits.elts;
+
+    if (ngx_array_init(&env->pieces, ps->pool, ps->edits.nelts + 1,
+                       sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* the pieces: head text and the edits' markup around each token */
+
+    pos = 0;
+    len = 0;
+    piece = NULL;
+
+    for (i = 0; i <= ps->edits.nelts; i++) {
+
+        piece = ngx_array_push(&env->pieces);
+        if (piece == NULL) {
+            return NGX_ERROR;
+        }
+
+        size = (i < ps->edits.nelts ? e[i].start : ps->body) - pos;
+
+        if (size < 0) {
+            return NGX_ERROR;
+        }
+
+        len = (size_t) size
+              + (i > 0 && e[i - 1].after ? e[i - 1].after->len : 0)
+              + (i < ps->edits.nelts && e[i].before ? e[i].before->len : 0);
+
+        piece->data = ngx_pnalloc(ps->pool, len);
+        if (piece->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = piece->data;
+
+        if (i > 0 && e[i - 1].after) {
+            p = ngx_cpymem(p, e[i - 1].after->data, e[i - 1].after->len);
+        }
+
+        p = ngx_cpymem(p, ps->head + pos, (size_t) size);
+
+        if (i < ps->edits.nelts) {
+            if (e[i].before) {
+                p = ngx_cpymem(p, e[i].before->data, e[i].before->len);
+            }
+
+            pos = e[i].end;
+        }
+
+        piece->len = p - piece->data;
+        env->size += piece->len;
+    }
+
+    /* the rest of the body, from the Body's start tag: shadows */
+
+    skip = ps->body;
+    ll = &env->rest;
+
+    for (cl = body; cl; cl = cl->next) {
+
+        size = ngx_buf_size(cl->buf);
+
+        if (skip >= size && !cl->buf->last_buf) {
+            skip -= size;
+            continue;
+        }
+
+        b = ngx_alloc_buf(ps->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(b, cl->buf, sizeof(ngx_buf_t));
+
+        if (skip > size) {
+            skip = size;
+        }
+
+        if (ngx_buf_in_memory(b)) {
+            b->pos += skip;
+        }
+
+        if (b->in_file) {
+            b->file_pos += skip;
+        }
+
+        env->size += ngx_buf_size(b);
+        skip = 0;
+
+        *ll = ngx_alloc_chain_link(ps->pool);
+        if (*ll == NULL) {
+            return NGX_ERROR;
+        }
+
+        (*ll)->buf = b;
+        ll = &(*ll)->next;
+    }
+
+    *ll = NULL;
+
+    return NGX_OK;
+}
+
+
+/* up to "size" bytes of the body from "pos": from memory, or its file */
+
+static ssize_t
+ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos, u_char *buf,
+    size_t size)
+{
+    off_t        n;
+    size_t       got;
+    ssize_t      rc;
+    ngx_buf_t   *b;
+    ngx_chain_t *cl;
+
+    got = 0;
+
+    for (cl = body; cl && got < size; cl = cl->next) {
+        b = cl->buf;
+        n = ngx_buf_size(b);
+
+        if (pos >= n) {
+            pos -= n;
+            continue;
+        }
+
+        n = ngx_min(n - pos, (off_t) (size - got));
+
+        if (ngx_buf_in_memory(b)) {
+            ngx_memcpy(buf + got, b->pos + pos, (size_t) n);
+
+        } else if (b->in_file) {
+            /* the body's temp file, just written: in the page cache */
+            rc = ngx_read_file(b->file, buf + got, (size_t) n,
+                               b->file_pos + pos);
+            if (rc != n) {
+                return NGX_ERROR;
+            }
+
+        } else {
+            n = 0;
+        }
+
+        got += (size_t) n;
+        pos = 0;
+    }
+
+    return got;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri)
+{
+    return uri != NULL
+           && ngx_strcmp(uri, "http://schemas.xmlsoap.org/soap/envelope/")
+              == 0;
+}
+
+
+/* "prefix:", or nothing for a default namespace */
+
+static ngx_str_t *
+ngx_http_sf_oauth_envelope_prefix(ngx_http_sf_oauth_parse_t *ps,
+    const xmlChar *prefix)
+{
+    size_t      len;
+    ngx_str_t  *s;
+
+    s = ngx_pcalloc(ps->pool, sizeof(ngx_str_t));
+    if (s == NULL) {
+        ps->error = "out of memory";
+        xmlStopParser(ps->ctxt);
+        return NULL;
+    }
+
+    if (prefix == NULL) {
+        return s;
+    }
+
+    len = ngx_strlen(prefix);
+
+    s->data = ngx_pnalloc(ps->pool, len + 1);
+    if (s->data == NULL) {
+        ps->error = "out of memory";
+        xmlStopParser(ps->ctxt);
+        return NULL;
+    }
+
+    ngx_memcpy(s->data, prefix, len);
+    s->data[len] = ':';
+    s->len = len + 1;
+
+    return s;
+}
+
+
+/*
+ * The body for one upstream request: the plan with "token" in it,
+ * XML-escaped.  *size is its length, for the Content-Length.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
+    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
+    off_t *size)
+{
+    u_char       *p;
+    size_t        len, esc;
+    ngx_buf_t    *b;
+    ngx_str_t    *piece;
+    ngx_uint_t    i;
+    ngx_chain_t  *cl;
+
+    piece = env->pieces.elts;
+
+    esc = token->len + ngx_escape_html(NULL, token->data, token->len);
+
+    len = 0;
+
+    for (i = 0; i < env->pieces.nelts; i++) {
+        len += piece[i].len;
+    }
+
+    len += (env->pieces.nelts - 1) * esc;
+
+    b = ngx_create_temp_buf(pool, len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = b->pos;
+
+    for (i = 0; i < env->pieces.nelts; i++) {
+
+        if (i > 0) {
+            p = (u_char *) ngx_escape_html(p, token->data, token->len);
+        }
+
+        p = ngx_cpymem(p, piece[i].data, piece[i].len);
+    }
+
+    b->last = p;
+
+    cl = ngx_alloc_chain_link(pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = env->rest;
+
+    *out = cl;
+    *size = env->size + (env->pieces.nelts - 1) * esc;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Whether an access token has the form of a JWT (three base64url parts):
+ * an org can issue those, and the SOAP API refuses them.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token)
+{
+    u_char      c;
+    size_t      i;
+    ngx_uint_t  dots;
+
+    if (token->len < 10 || ngx_strncmp(token->data, "eyJ", 3) != 0) {
+        return 0;
+    }
+
+    dots = 0;
+
+    for (i = 0; i < token->len; i++) {
+        c = token->data[i];
+
+        if (c == '.') {
+            dots++;
+            continue;
+        }
+
+        if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z')
+            && !(c >= '0' && c <= '9') && c != '-' && c != '_')
+        {
+            return 0;
+        }
+    }
+
+    return dots == 2;
+}
+
+
+/*
+ * A SOAP 1.1 fault from the module itself: "Client" for an envelope it
+ * refuses, "Server" for what the operator must fix.  The reason never
+ * holds a secret: it names what failed, never the content.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *why)
+{
+    u_char       *p;
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    static u_char  start[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+        "<soapenv:Envelope "
+        "xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\">"
+        "<soapenv:Body><soapenv:Fault><faultcode>soapenv:";
+    static u_char  middle[] = "</faultcode><faultstring>sf_oauth: ";
+    static u_char  end[] =
+        "</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>\n";
+
+    len = sizeof(start) - 1 + sizeof("Client") - 1 + sizeof(middle) - 1
+          + why->len + ngx_escape_html(NULL, why->data, why->len)
+          + sizeof(end) - 1;
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->pos, start, sizeof(start) - 1);
+    p = (status < NGX_HTTP_INTERNAL_SERVER_ERROR)
+        ? ngx_cpymem(p, "Client", sizeof("Client") - 1)
+        : ngx_cpymem(p, "Server", sizeof("Server") - 1);
+    p = ngx_cpymem(p, middle, sizeof(middle) - 1);
+    p = (u_char *) ngx_escape_html(p, why->data, why->len);
+    p = ngx_cpymem(p, end, sizeof(end) - 1);
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/xml; charset=utf-8");
+    r->headers_out.content_type_len = sizeof("text/xml") - 1;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
