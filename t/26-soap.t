@@ -213,7 +213,7 @@ my @cases = (
     [ 'a SessionHeader without a sessionId' =>
       qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header><SessionHeader xmlns="$NS{u}"></SessionHeader></soapenv:Header><soapenv:Body>$Q</soapenv:Body></soapenv:Envelope>} ],
     [ 'comments and CDATA in the head' =>
-      qq{<?xml version="1.0"?><!-- <sessionId>bogus-comment</sessionId> --><soapenv:Envelope xmlns:soapenv="$ENV_NS"><!-- a comment --><soapenv:Header><!-- <SessionHeader><sessionId>x</sessionId></SessionHeader> --><SessionHeader xmlns="$NS{u}"><!-- c --><sessionId><![CDATA[bogus]]></sessionId></SessionHeader></soapenv:Header><soapenv:Body>$Q</soapenv:Body></soapenv:Envelope>} ],
+      qq{<?xml version="1.0"?><!-- <sessionId>in-a-comment</sessionId> --><soapenv:Envelope xmlns:soapenv="$ENV_NS"><!-- a comment --><soapenv:Header><!-- <SessionHeader><sessionId>x</sessionId></SessionHeader> --><SessionHeader xmlns="$NS{u}"><!-- c --><sessionId><![CDATA[bogus]]></sessionId></SessionHeader></soapenv:Header><soapenv:Body>$Q</soapenv:Body></soapenv:Envelope>} ],
     [ 'a sessionId split by CDATA and a comment' =>
       qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header><SessionHeader xmlns="$NS{u}"><sessionId>bo<!-- x --><![CDATA[g]]>us</sessionId></SessionHeader></soapenv:Header><soapenv:Body>$Q</soapenv:Body></soapenv:Envelope>} ],
     [ 'a SessionHeader in another namespace only' =>
