@@ -17,6 +17,7 @@ use lib 't/lib';
 use SfTest;
 use Digest::SHA qw(sha256_hex);
 use HTTP::Tiny;
+use IO::Uncompress::Gunzip qw(gunzip);
 use JSON::PP;
 use Test::More;
 
@@ -208,6 +209,49 @@ for my $ctype (undef, 'application/json') {
     same_headers($name, $r, $want);
     is($t->token_requests, $before, "$name: no token request");
     is(scalar @{ stats()->{bulk_log} }, $calls + 1, "$name: no replay");
+}
+
+# -- Salesforce gzips its answers, errors too, when the client accepts gzip --
+
+{
+    $t->mock('gzip', 'on=1');
+    my $r = bulk_client();
+    my $job = $r->{ids}{job} // 'none';
+    for my $ctype (undef, 'application/json') {
+        my $name = 'gzip' . ($ctype ? ' (JSON)' : ' (XML)');
+        my %h = ('Accept-Encoding' => 'gzip', $ctype ? ('Content-Type' => $ctype) : ());
+        my $before = $t->token_requests;
+        $t->mock('revoke');
+        $r = $t->http('GET', "$BASE/job/$job", headers => \%h);
+        is($r->{status}, 200, "$name: a gzipped InvalidSessionId 400 is replayed")
+            or diag($r->{content});
+        is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', "$name: RETRY");
+        is($t->token_requests, $before + 1, "$name: one token request");
+        is($r->{headers}{'content-encoding'}, 'gzip', "$name: gzipped");
+        my $plain = '';
+        gunzip(\$r->{content} => \$plain);
+        like($plain, qr/\Q$job\E/, "$name: the job's info");
+        push @responses, { content => $plain, headers => {} };
+
+        my $want = HTTP::Tiny->new->request('GET', $t->mock_url . "$BASE/job/750NOSUCHJOB",
+            { headers => { %h, 'X-SFDC-Session' => token() } });
+        $before = $t->token_requests;
+        $r = $t->http('GET', "$BASE/job/750NOSUCHJOB", headers => \%h);
+        is($r->{status}, 400, "$name: a gzipped InvalidJob passes");
+        ok($r->{content} eq $want->{content}, "$name: byte for byte");
+        same_headers("$name InvalidJob", $r, $want);
+        is($t->token_requests, $before, "$name: InvalidJob costs no token");
+    }
+  SKIP: {
+        skip 'jsforce is missing', 2 unless $HAVE_JSFORCE;
+        # jsforce (node-fetch) always says Accept-Encoding: gzip,deflate
+        my $before = $t->token_requests;
+        $t->mock('revoke');
+        my $j = jsforce(2);
+        ok($j->{ok}, 'gzip: jsforce after a revoke succeeds') or diag(explain $j);
+        is($t->token_requests, $before + 1, 'gzip: jsforce, one token request');
+    }
+    $t->mock('gzip', 'on=0');
 }
 
 # -- 100 concurrent calls after a revoke --------------------------------------

@@ -40,6 +40,9 @@ Test hooks, under /__mock/ (never used by the module):
                                  long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
   POST /__mock/reset_echo        forget the echo_log
+  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk) gzips its answers,
+                                 errors included, when the request says
+                                 Accept-Encoding: gzip, as Salesforce does
   *    /__mock/xxe               counts a fetch in "xxe_hits" (the URL of an
                                  XXE attempt: a fetch means an XML parser
                                  on the way resolved an external entity)
@@ -152,8 +155,8 @@ SOAP (POST; the envelope parsed namespace-aware, any prefix):
 
   Stats: "soap_calls" (per operation), "soap_session_ids" (every sessionId
   text found in any Header, any namespace), "soap_log" (per call: path,
-  op, status, content_length header, body_len, body/tail SHA-256, header
-  present, the namespaces of the SessionHeaders, the sessionIds, the one
+  op, status, content_length header, accept_encoding, body_len,
+  body/tail SHA-256, header present, the namespaces of the SessionHeaders, the sessionIds, the one
   used, whether it was valid, Authorization headers, error),
   "soap_last_envelope" (the last body; its first 64 KiB when over 1 MiB,
   then "soap_last_truncated").
@@ -173,8 +176,8 @@ was created with Content-Type application/json):
   BULK_INVALID_SESSION_JSON for JSON), byte for byte.  An unknown job is
   400 InvalidJob with the header X-Mock-Bulk-Error.  Stats: "bulk_log" (per
   call: method, path, status, the X-SFDC-Session values, the Authorization
-  headers, content type, body length and SHA-256), "bulk_sessions" (every
-  X-SFDC-Session value received).
+  headers, content type, accept_encoding, body length and SHA-256),
+  "bulk_sessions" (every X-SFDC-Session value received).
 
 SOAP and Bulk calls count in "api_requests" and "api_log" too.
 
@@ -186,6 +189,7 @@ SOAP and Bulk calls count in "api_requests" and "api_log" too.
 
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -327,6 +331,7 @@ class State:
             self.echo_log = []
             self.instance_url = self.args.instance_url
             self.xxe_hits = 0
+            self.gzip = False
             self.soap_calls = {}
             self.soap_log = []
             self.soap_session_ids = []
@@ -387,11 +392,18 @@ class Handler(BaseHTTPRequestHandler):
             return data
         return self.rfile.read(n) if n else b""
 
+    # set by the API handlers: gzip this answer (mode on, client accepts)
+    gzip_ok = False
+
     def send(self, status, body, ctype="application/json", headers=()):
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         elif isinstance(body, str):
             body = body.encode()
+        if self.gzip_ok:
+            body = gzip.compress(body, mtime=0)
+            headers = list(headers) + [("Content-Encoding", "gzip"),
+                                       ("Vary", "Accept-Encoding")]
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -421,6 +433,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         path = urllib.parse.urlsplit(self.path).path
+        self.gzip_ok = (path.startswith("/services/")
+                        and not path.startswith("/services/oauth2/")
+                        and self.server.state.gzip
+                        and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
             return self.control(path)
         if path == "/services/oauth2/token":
@@ -516,6 +532,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__mock/reset":
             st.reset()
             return self.send(200, {"reset": True})
+        if path == "/__mock/gzip":
+            with st.lock:
+                st.gzip = query.get("on", ["1"])[0] == "1"
+            return self.send(200, {"gzip": st.gzip})
         if path == "/__mock/xxe":
             with st.lock:
                 st.xxe_hits += 1
@@ -894,6 +914,7 @@ class Handler(BaseHTTPRequestHandler):
                        == "chunked",
             "content_type": self.headers.get("Content-Type"),
             "soapaction": self.headers.get("SOAPAction"),
+            "accept_encoding": self.headers.get("Accept-Encoding"),
             "authorization": self.headers.get_all("Authorization") or [],
             "body_len": len(data) if data is not None else None,
             "body_sha256": hashlib.sha256(data or b"").hexdigest(),
@@ -1145,6 +1166,7 @@ class Handler(BaseHTTPRequestHandler):
                 "sessions": sessions,
                 "authorization": self.headers.get_all("Authorization") or [],
                 "content_type": self.headers.get("Content-Type"),
+                "accept_encoding": self.headers.get("Accept-Encoding"),
                 "body_len": len(data),
                 "body_sha256": hashlib.sha256(data).hexdigest(),
                 "status": 400,
