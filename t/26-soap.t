@@ -38,9 +38,20 @@ my %NS = (
 
 my $t = SfTest->new;
 $t->start_mock;
-$t->simple_conf(http_extra => <<'EOF');
+my $h2_port = SfTest::free_port();
+$t->simple_conf(http_extra => <<"EOF");
     client_body_buffer_size 16k;
     client_max_body_size 64m;
+
+    server {
+        listen 127.0.0.1:$h2_port http2;
+
+        location /services/ {
+            sf_oauth crm;
+            add_header X-SF-OAuth-Status \$sf_oauth_status always;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+    }
 EOF
 $t->start;
 
@@ -222,6 +233,8 @@ my @cases = (
       { other_ns => 'urn:example.com' } ],
     [ 'a 40 KiB head (past client_body_buffer_size)' =>
       qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header><!-- } . ('pad ' x 10240) . qq{ --><CallOptions xmlns="$NS{u}"><client>} . ('c' x 2000) . qq{</client></CallOptions>$SH</soapenv:Header><soapenv:Body>$Q</soapenv:Body></soapenv:Envelope>} ],
+    [ 'a SessionHeader inside the Body is not the header' =>
+      qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body><query xmlns="$NS{u}"><queryString>SELECT Id FROM Account</queryString><SessionHeader><sessionId>in-the-body</sessionId></SessionHeader></query></soapenv:Body></soapenv:Envelope>} ],
     [ 'CRLF and tabs between the tags' =>
       qq{<soapenv:Envelope\r\n\txmlns:soapenv="$ENV_NS"\r\n>\r\n\t<soapenv:Header\r\n>\r\n\t\t<SessionHeader xmlns="$NS{u}"\r\n><sessionId\r\n>bogus</sessionId\r\n></SessionHeader\r\n>\r\n\t</soapenv:Header\r\n>\r\n\t<soapenv:Body>$Q</soapenv:Body>\r\n</soapenv:Envelope>\r\n} ],
 );
@@ -265,7 +278,9 @@ for my $case (@cases) {
 
 # -- each endpoint's namespace ----------------------------------------------
 
-for my $ep ([ c => '/services/Soap/c/59.0', 'query',
+for my $ep ([ u => "$U/00D5g000004Tmock", 'query',
+              '<queryString>SELECT Id FROM Account</queryString>' ],
+            [ c => '/services/Soap/c/59.0', 'query',
               '<queryString>SELECT Id FROM Account</queryString>' ],
             [ T => '/services/Soap/T/59.0', 'query',
               '<queryString>SELECT Id FROM ApexClass</queryString>' ],
@@ -285,6 +300,25 @@ for my $ep ([ c => '/services/Soap/c/59.0', 'query',
         my $r = soap($path, $env);
         is($r->{status}, 200, "$path, $shape: 200") or diag($r->{content});
         injected_ok("$path, $shape", $env, $ns);
+    }
+}
+
+# -- HTTP/2 --------------------------------------------------------------------
+
+for my $size (0, 40000) {
+    my $env = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header>$SH</soapenv:Header><soapenv:Body><query xmlns="$NS{u}"><queryString>SELECT Id FROM Account WHERE Name = '} . ('q' x $size) . qq{'</queryString></query></soapenv:Body></soapenv:Envelope>};
+    my $file = $t->dir . '/h2.xml';
+    open my $fh, '>', $file or die;
+    print $fh $env;
+    close $fh;
+    for my $revoke (0, 1) {
+        my $name = "HTTP/2, a $size-byte query" . ($revoke ? ', after a revoke' : '');
+        $t->mock('revoke') if $revoke;
+        my $before = $t->token_requests;
+        my $out = `curl -s -o /dev/null -w '%{http_code} %{http_version}' --http2-prior-knowledge -H 'Content-Type: text/xml' --data-binary \@$file http://127.0.0.1:$h2_port$U`;
+        is($out, '200 2', "$name: 200");
+        is($t->token_requests, $before + $revoke, "$name: $revoke token request(s)");
+        injected_ok($name, $env, $NS{u});
     }
 }
 
