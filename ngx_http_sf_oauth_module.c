@@ -66,6 +66,13 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
       0,
       NULL },
 
+    { ngx_string("sf_oauth_soap_login"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_sf_oauth_loc_conf_t, soap_login),
+      NULL },
+
     { ngx_string("sf_oauth_info"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_sf_oauth_info,
@@ -507,6 +514,7 @@ ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
      */
 
     slcf->cred = NGX_CONF_UNSET_PTR;
+    slcf->soap_login = NGX_CONF_UNSET;
 
     return slcf;
 }
@@ -530,6 +538,8 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->cred == NGX_CONF_UNSET_PTR) {
         conf->cred = NULL;
     }
+
+    ngx_conf_merge_value(conf->soap_login, prev->soap_login, 0);
 
     if (conf->cred == NULL && conf->name.len) {
         conf->cred = ngx_http_sf_oauth_find_credential(cf, conf);

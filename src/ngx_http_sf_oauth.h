@@ -54,6 +54,9 @@
 /* how much of an error response is read to tell a dead session */
 #define NGX_HTTP_SF_OAUTH_INSPECT_MAX    65536
 
+/* a Salesforce record id: 15 characters, or 18 with its checksum */
+#define NGX_HTTP_SF_OAUTH_ID_MAX         18
+
 /* hex characters of a fingerprint: the only form a secret is ever logged in */
 #define NGX_HTTP_SF_OAUTH_FP_LEN         8
 
@@ -101,6 +104,11 @@
 #define NGX_HTTP_SF_OAUTH_REJ_NEWER      0
 #define NGX_HTTP_SF_OAUTH_REJ_DROPPED    1
 #define NGX_HTTP_SF_OAUTH_REJ_LATER      2
+
+/* the calls of a SOAP envelope that the module can answer itself */
+#define NGX_HTTP_SF_OAUTH_CALL_OTHER     0
+#define NGX_HTTP_SF_OAUTH_CALL_LOGIN     1
+#define NGX_HTTP_SF_OAUTH_CALL_LOGOUT    2
 
 /* the API a request goes to, from its URI */
 #define NGX_HTTP_SF_OAUTH_REST           0
@@ -170,6 +178,12 @@ typedef struct {
     size_t                       refresh_len;
     size_t                       url_len;
     size_t                       error_len;
+
+    /* the identity of the token's user, from the "id" URL of the answer */
+    size_t                       org_id_len;
+    size_t                       user_id_len;
+    u_char                       org_id[NGX_HTTP_SF_OAUTH_ID_MAX];
+    u_char                       user_id[NGX_HTTP_SF_OAUTH_ID_MAX];
 
     u_char                       token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     u_char                       name[NGX_HTTP_SF_OAUTH_NAME_MAX];
@@ -276,6 +290,9 @@ typedef struct {
     /* the location's own content handler (the proxy's), wrapped */
     ngx_http_handler_pt          handler;
 
+    /* SOAP login() and logout() are answered by the module */
+    ngx_flag_t                   soap_login;
+
     ngx_str_t                    name;
     u_char                      *file;
     ngx_uint_t                   line;
@@ -287,7 +304,9 @@ typedef struct {
     ngx_array_t                  pieces;      /* ngx_str_t, tokens between */
     ngx_chain_t                 *rest;
     off_t                        size;
-    ngx_uint_t                   login;
+
+    /* the call: the Body's first element, if it is login or logout */
+    ngx_uint_t                   call;
 } ngx_http_sf_oauth_envelope_t;
 
 
@@ -392,6 +411,10 @@ typedef struct {
     ngx_str_t                    refresh_token;
     uint64_t                     issued_at;
 
+    /* from "id": https://login.salesforce.com/id/ORG_ID/USER_ID */
+    ngx_str_t                    org_id;
+    ngx_str_t                    user_id;
+
     /* what failed, for the log and the 502 body; never holds a secret */
     ngx_str_t                    error;
     /* what the operator should do about it */
@@ -433,6 +456,8 @@ void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *url);
+ngx_int_t ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *org_id, ngx_str_t *user_id);
 void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
 
 /* state file */
@@ -510,6 +535,9 @@ ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
 ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
+ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
+    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *org_id, ngx_str_t *user_id,
+    ngx_uint_t sandbox);
 
 /* verdict */
 ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,

@@ -159,6 +159,12 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
         || ngx_http_sf_oauth_add_str(item, "instance_url", node->instance_url,
                                      node->url_len)
            != NGX_OK
+        || ngx_http_sf_oauth_add_str(item, "org_id", node->org_id,
+                                     node->org_id_len)
+           != NGX_OK
+        || ngx_http_sf_oauth_add_str(item, "user_id", node->user_id,
+                                     node->user_id_len)
+           != NGX_OK
         || cJSON_AddNumberToObject(item, "issued_at",
                                    (double) node->issued_at) == NULL
         || cJSON_AddNumberToObject(item, "token_time",
@@ -331,6 +337,14 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
         || ngx_http_sf_oauth_json_str(item, "instance_url", rec->instance_url,
                                       NGX_HTTP_SF_OAUTH_URL_MAX,
                                       &rec->url_len, 1)
+           != NGX_OK
+        || ngx_http_sf_oauth_json_str(item, "org_id", rec->org_id,
+                                      NGX_HTTP_SF_OAUTH_ID_MAX,
+                                      &rec->org_id_len, 1)
+           != NGX_OK
+        || ngx_http_sf_oauth_json_str(item, "user_id", rec->user_id,
+                                      NGX_HTTP_SF_OAUTH_ID_MAX,
+                                      &rec->user_id_len, 1)
            != NGX_OK)
     {
         return NGX_ERROR;

@@ -69,9 +69,10 @@ typedef struct {
 
     ngx_array_t                  edits;   /* ngx_http_sf_oauth_edit_t */
 
-    /* the offset of the Body's start tag: the parse is over */
+    /* the offset of the Body's start tag, and the call in the Body */
     off_t                        body;
-    ngx_uint_t                   login;
+    ngx_uint_t                   call;
+    ngx_uint_t                   done;
 
     const char                  *error;
 } ngx_http_sf_oauth_parse_t;
@@ -110,6 +111,10 @@ static ngx_int_t ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
 static ssize_t ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos,
     u_char *buf, size_t size);
 static ngx_int_t ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri);
+static ngx_int_t ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool,
+    ngx_str_t *s);
+static ngx_int_t ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
 
@@ -316,8 +321,13 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     for ( ;; ) {
 
         if (ps.len == NGX_HTTP_SF_OAUTH_HEAD_MAX) {
-            ps.error = "the envelope's head, up to its Body, is longer "
-                       "than 64 KiB";
+            if (ps.body < 0) {
+                ps.error = "the envelope's head, up to its Body, is longer "
+                           "than 64 KiB";
+            }
+
+            /* else the call is none that the module answers */
+            ps.done = 1;
             break;
         }
 
@@ -335,7 +345,7 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         err = xmlParseChunk(ctxt, (char *) ps.head + ps.len - got, (int) got,
                             got == 0);
 
-        if (ps.body >= 0 || ps.error) {
+        if (ps.done || ps.error) {
             break;
         }
 
@@ -349,7 +359,7 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         }
     }
 
-    if (rc == NGX_OK && ps.body < 0 && ps.error == NULL) {
+    if (rc == NGX_OK && !ps.done && ps.error == NULL) {
         /* libxml2's own words: they name an element, never its content */
 
         ps.error = ctxt->lastError.message ? ctxt->lastError.message
@@ -387,7 +397,7 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return rc;
     }
 
-    env->login = ps.login;
+    env->call = ps.call;
 
     return ngx_http_sf_oauth_envelope_plan(&ps, body, env);
 }
@@ -404,11 +414,31 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
     off_t      pos;
     ngx_str_t  *p;
 
-    if (ps->error || ps->body >= 0) {
+    if (ps->error || ps->done) {
         return;
     }
 
     ps->depth++;
+
+    if (ps->body >= 0) {
+        /* the Body's first element is the call */
+
+        if (ps->depth == 3 && uri
+            && (ngx_strcmp(uri, "urn:partner.soap.sforce.com") == 0
+                || ngx_strcmp(uri, "urn:enterprise.soap.sforce.com") == 0))
+        {
+            if (ngx_http_sf_oauth_local(local, "login")) {
+                ps->call = NGX_HTTP_SF_OAUTH_CALL_LOGIN;
+
+            } else if (ngx_http_sf_oauth_local(local, "logout")) {
+                ps->call = NGX_HTTP_SF_OAUTH_CALL_LOGOUT;
+            }
+        }
+
+        ps->done = 1;
+        xmlStopParser(ps->ctxt);
+        return;
+    }
 
     pos = ngx_http_sf_oauth_envelope_offset(ps);
     if (pos < 0) {
@@ -481,8 +511,8 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
         }
 
         ps->body = pos;
-        xmlStopParser(ps->ctxt);
 
+        /* one more element: the call */
         return;
 
     case 3:
@@ -516,11 +546,18 @@ ngx_http_sf_oauth_envelope_end(void *data, const xmlChar *local,
     off_t      pos, start;
     ngx_str_t  *p;
 
-    if (ps->error || ps->body >= 0) {
+    if (ps->error || ps->done) {
         return;
     }
 
     ps->depth--;
+
+    if (ps->body >= 0) {
+        /* an empty Body */
+        ps->done = 1;
+        xmlStopParser(ps->ctxt);
+        return;
+    }
 
     pos = ngx_http_sf_oauth_envelope_offset(ps);
     if (pos < 0) {
@@ -1105,9 +1142,7 @@ ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
 {
     u_char       *p;
     size_t        len;
-    ngx_int_t     rc;
     ngx_buf_t    *b;
-    ngx_chain_t   out;
 
     static u_char  start[] =
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
@@ -1133,9 +1168,162 @@ ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
         : ngx_cpymem(p, "Server", sizeof("Server") - 1);
     p = ngx_cpymem(p, middle, sizeof(middle) - 1);
     p = (u_char *) ngx_escape_html(p, why->data, why->len);
-    p = ngx_cpymem(p, end, sizeof(end) - 1);
+    b->last = ngx_cpymem(p, end, sizeof(end) - 1);
 
-    b->last = p;
+    return ngx_http_sf_oauth_envelope_send(r, status, b);
+}
+
+
+/*
+ * The answer to login() or logout(), from the module itself (the
+ * location has sf_oauth_soap_login on).  The username and password in the
+ * call go nowhere.  login()'s LoginResult points back at the proxy, as
+ * the client reached it, with the paths Salesforce gives; its sessionId
+ * is a placeholder that the module replaces in every later call, never
+ * the access token.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
+    ngx_http_sf_oauth_envelope_t *env, ngx_str_t *org_id, ngx_str_t *user_id,
+    ngx_uint_t sandbox)
+{
+    u_char       *p, *soap, *api, *version, *last;
+    size_t        len;
+    ngx_buf_t    *b;
+    ngx_str_t     host, scheme, prefix, ver, ns;
+
+    static u_char  start[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+        "<soapenv:Envelope "
+        "xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" "
+        "xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" "
+        "xmlns=\"";
+
+    last = r->uri.data + r->uri.len;
+
+    soap = ngx_strlcasestrn(r->uri.data, last, (u_char *) "/services/Soap/",
+                            sizeof("/services/Soap/") - 1 - 1);
+    if (soap == NULL || last - soap < 18) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    api = soap + sizeof("/services/Soap/") - 1;
+    version = api + 2;
+
+    if (*api == 'u') {
+        ngx_str_set(&ns, "urn:partner.soap.sforce.com");
+
+    } else {
+        ngx_str_set(&ns, "urn:enterprise.soap.sforce.com");
+    }
+
+    for (p = version; p < last && *p != '/'; p++) { /* void */ }
+
+    prefix.data = r->uri.data;
+    prefix.len = soap - r->uri.data;
+    ver.data = version;
+    ver.len = p - version;
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl) {
+        ngx_str_set(&scheme, "https");
+    } else
+#endif
+    {
+        ngx_str_set(&scheme, "http");
+    }
+
+    host = r->headers_in.host ? r->headers_in.host->value
+                              : r->headers_in.server;
+
+    /* what the client sent is escaped once, then written twice */
+
+    if (ngx_http_sf_oauth_envelope_escape(r->pool, &host) != NGX_OK
+        || ngx_http_sf_oauth_envelope_escape(r->pool, &prefix) != NGX_OK
+        || ngx_http_sf_oauth_envelope_escape(r->pool, &ver) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = sizeof(start) - 1 + ns.len + 1024
+          + 2 * (scheme.len + host.len + prefix.len + ver.len)
+          + 4 * NGX_HTTP_SF_OAUTH_ID_MAX;
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->pos, start, sizeof(start) - 1);
+    p = ngx_cpymem(p, ns.data, ns.len);
+    p = ngx_cpymem(p, "\"><soapenv:Body>", sizeof("\"><soapenv:Body>") - 1);
+
+    if (env->call == NGX_HTTP_SF_OAUTH_CALL_LOGOUT) {
+        p = ngx_cpymem(p, "<logoutResponse/>",
+                       sizeof("<logoutResponse/>") - 1);
+
+    } else {
+        p = ngx_slprintf(p, b->end,
+                "<loginResponse><result>"
+                "<metadataServerUrl>%V://%V%V/services/Soap/m/%V/%V"
+                "</metadataServerUrl>"
+                "<passwordExpired>false</passwordExpired>"
+                "<sandbox>%s</sandbox>"
+                "<serverUrl>%V://%V%V/services/Soap/%c/%V/%V</serverUrl>"
+                "<sessionId>%V!SF_OAUTH_PROXY_SESSION</sessionId>"
+                "<userId>%V</userId>"
+                "<userInfo>"
+                "<organizationId>%V</organizationId>"
+                "<sessionSecondsValid>7200</sessionSecondsValid>"
+                "<userId>%V</userId>"
+                "</userInfo>"
+                "</result></loginResponse>",
+                &scheme, &host, &prefix, &ver, org_id,
+                sandbox ? "true" : "false",
+                &scheme, &host, &prefix, (int) *api, &ver, org_id,
+                org_id, user_id, org_id, user_id);
+    }
+
+    b->last = ngx_slprintf(p, b->end, "</soapenv:Body></soapenv:Envelope>\n");
+
+    return ngx_http_sf_oauth_envelope_send(r, NGX_HTTP_OK, b);
+}
+
+
+/* XML-escapes "s" into a copy of its own */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool, ngx_str_t *s)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = s->len + ngx_escape_html(NULL, s->data, s->len);
+
+    p = ngx_pnalloc(pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_escape_html(p, s->data, s->len);
+
+    s->data = p;
+    s->len = len;
+
+    return NGX_OK;
+}
+
+
+/* sends an XML answer of the module's own */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

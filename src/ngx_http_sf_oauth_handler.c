@@ -74,6 +74,8 @@ static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
@@ -278,6 +280,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     ngx_str_t                      ns, why;
     ngx_chain_t                   *body;
     ngx_http_sf_oauth_ctx_t       *ctx;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
     ngx_http_sf_oauth_envelope_t  *env;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
@@ -314,11 +317,73 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
         return;
     }
 
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
+
+    if (env->call != NGX_HTTP_SF_OAUTH_CALL_OTHER && slcf->soap_login) {
+        ngx_http_finalize_request(r, ngx_http_sf_oauth_soap_login(r, ctx, env));
+        return;
+    }
+
     ctx->envelope = env;
     ctx->client_body = body;
     ctx->client_length = r->headers_in.content_length_n;
 
     ngx_http_finalize_request(r, ngx_http_sf_oauth_content_handler(r));
+}
+
+
+/*
+ * login() or logout() answered here (sf_oauth_soap_login on): the ids
+ * come from the token's identity, "sandbox" from the token URL.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env)
+{
+    u_char     *last;
+    ngx_str_t   org_id, user_id, *url;
+    ngx_uint_t  sandbox;
+
+    static ngx_str_t  unknown = ngx_string(
+        "login() cannot be answered: the token endpoint's answer had no "
+        "usable \"id\" (the identity URL with the org and user ids)");
+
+    if (ngx_http_sf_oauth_store_identity(ctx->cred, r->pool, &org_id,
+                                         &user_id)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN && org_id.len == 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": %V", &ctx->cred->name,
+                      &unknown);
+
+        return ngx_http_sf_oauth_envelope_fault(r,
+                                   NGX_HTTP_INTERNAL_SERVER_ERROR, &unknown);
+    }
+
+    url = &ctx->cred->token_url;
+    last = url->data + url->len;
+
+    sandbox = ngx_strlcasestrn(url->data, last,
+                               (u_char *) "//test.salesforce.com",
+                               sizeof("//test.salesforce.com") - 1 - 1)
+              || ngx_strlcasestrn(url->data, last,
+                                  (u_char *) ".sandbox.my.salesforce.com",
+                                  sizeof(".sandbox.my.salesforce.com") - 1
+                                  - 1);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "sf_oauth: credential \"%V\": SOAP %s() answered by the "
+                  "module (sf_oauth_soap_login)", &ctx->cred->name,
+                  env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN
+                  ? "login" : "logout");
+
+    return ngx_http_sf_oauth_envelope_login(r, env, &org_id, &user_id,
+                                            sandbox);
 }
 
 

@@ -31,6 +31,10 @@ static void ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status,
     cJSON *root, ngx_http_sf_oauth_token_t *tok);
 static const char *ngx_http_sf_oauth_known_description(u_char *desc,
     size_t len);
+static void ngx_http_sf_oauth_parse_identity(cJSON *root,
+    ngx_http_sf_oauth_token_t *tok);
+static ngx_int_t ngx_http_sf_oauth_parse_id(u_char **p, u_char *last,
+    ngx_str_t *id);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
 static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
@@ -246,6 +250,8 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
         }
     }
 
+    ngx_http_sf_oauth_parse_identity(root, tok);
+
     /* issued_at is informational: epoch milliseconds as a string */
 
     item = cJSON_GetObjectItemCaseSensitive(root, "issued_at");
@@ -272,6 +278,71 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
 done:
 
     cJSON_Delete(root);
+}
+
+
+/*
+ * The token's user: "id" is the identity URL, .../id/ORG_ID/USER_ID.  It
+ * is optional: without it, SOAP login() emulation has no ids to give.
+ */
+
+static void
+ngx_http_sf_oauth_parse_identity(cJSON *root, ngx_http_sf_oauth_token_t *tok)
+{
+    u_char  *p, *last;
+    cJSON   *item;
+
+    item = cJSON_GetObjectItemCaseSensitive(root, "id");
+
+    if (!cJSON_IsString(item)) {
+        return;
+    }
+
+    p = (u_char *) item->valuestring;
+    last = p + ngx_strlen(p);
+
+    p = ngx_strlcasestrn(p, last, (u_char *) "/id/", sizeof("/id/") - 1 - 1);
+    if (p == NULL) {
+        return;
+    }
+
+    p += sizeof("/id/") - 1;
+
+    if (ngx_http_sf_oauth_parse_id(&p, last, &tok->org_id) != NGX_OK
+        || p == last || *p++ != '/'
+        || ngx_http_sf_oauth_parse_id(&p, last, &tok->user_id) != NGX_OK
+        || (p != last && *p != '/' && *p != '?'))
+    {
+        ngx_str_null(&tok->org_id);
+        ngx_str_null(&tok->user_id);
+    }
+}
+
+
+/* a record id at *p: 15 or 18 letters and digits */
+
+static ngx_int_t
+ngx_http_sf_oauth_parse_id(u_char **p, u_char *last, ngx_str_t *id)
+{
+    u_char  *s;
+
+    for (s = *p; s < last; s++) {
+        if (!(*s >= 'a' && *s <= 'z') && !(*s >= 'A' && *s <= 'Z')
+            && !(*s >= '0' && *s <= '9'))
+        {
+            break;
+        }
+    }
+
+    if (s - *p != 15 && s - *p != 18) {
+        return NGX_ERROR;
+    }
+
+    id->data = *p;
+    id->len = s - *p;
+    *p = s;
+
+    return NGX_OK;
 }
 
 

@@ -323,6 +323,12 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                 ngx_memcpy(node->instance_url, rec[i].instance_url,
                            rec[i].url_len);
 
+                node->org_id_len = rec[i].org_id_len;
+                ngx_memcpy(node->org_id, rec[i].org_id, rec[i].org_id_len);
+                node->user_id_len = rec[i].user_id_len;
+                ngx_memcpy(node->user_id, rec[i].user_id,
+                           rec[i].user_id_len);
+
                 node->issued_at = rec[i].issued_at;
                 node->token_time = rec[i].token_time;
 

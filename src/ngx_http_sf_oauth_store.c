@@ -643,6 +643,8 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     node->generation++;
     node->token_len = 0;
     node->url_len = 0;
+    node->org_id_len = 0;
+    node->user_id_len = 0;
     node->error_len = 0;
     node->failures = 0;
     node->backoff_until = 0;
@@ -885,6 +887,13 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->url_len = tok->instance_url.len;
         ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
+
+        if (tok->org_id.len) {
+            node->org_id_len = tok->org_id.len;
+            ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
+            node->user_id_len = tok->user_id.len;
+            ngx_memcpy(node->user_id, tok->user_id.data, node->user_id_len);
+        }
 
         if (tok->refresh_token.len) {
             ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
@@ -1373,6 +1382,44 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_unlock(&shpool->mutex);
 
     return url->data ? NGX_OK : NGX_ERROR;
+}
+
+
+/* the ids of the token's user and org, empty when not known */
+
+ngx_int_t
+ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *org_id, ngx_str_t *user_id)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    org_id->data = ngx_pnalloc(pool, 2 * NGX_HTTP_SF_OAUTH_ID_MAX);
+    if (org_id->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    user_id->data = org_id->data + NGX_HTTP_SF_OAUTH_ID_MAX;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        org_id->len = node->org_id_len;
+        user_id->len = node->user_id_len;
+        ngx_memcpy(org_id->data, node->org_id, org_id->len);
+        ngx_memcpy(user_id->data, node->user_id, user_id->len);
+
+    } else {
+        org_id->len = 0;
+        user_id->len = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_OK;
 }
 
 

@@ -209,7 +209,7 @@ MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "leaky_cut_refresh", "leaky_cut_secret", "leaky_prefix",
          "leaky_code", "leaky_introspect", "redirect_leaky")
 
-ORG_ID = "00D5g000004Tmock"
+ORG_ID = "00D5g000004TmoK"   # 15 characters, as a real org id
 
 # A REST 401 that no refresh cures (a high-assurance session, IP policy)
 NOT_REST_BODY = ('[{"message":"This session is not valid for use with the '
