@@ -26,6 +26,9 @@ use Time::HiRes qw(sleep time);
 
 my $PY = '/usr/bin/python3';    # Debian's, which has python3-zeep
 my $HAVE_ZEEP = system("$PY -c 'import zeep' 2>/dev/null") == 0;
+my $NODE_PATH = "$SfTest::ROOT/build/node/node_modules";
+my $HAVE_JSFORCE = -f "$NODE_PATH/jsforce/package.json"
+                   && system('node -e 1 2>/dev/null') == 0;
 
 my $ENV_NS = 'http://schemas.xmlsoap.org/soap/envelope/';
 my %NS = (
@@ -39,9 +42,23 @@ my %NS = (
 my $t = SfTest->new;
 $t->start_mock;
 my $h2_port = SfTest::free_port();
+my $login_port = SfTest::free_port();
 $t->simple_conf(http_extra => <<"EOF");
     client_body_buffer_size 16k;
     client_max_body_size 64m;
+
+    server {
+        listen 127.0.0.1:$login_port;
+
+        location /services/ {
+            sf_oauth crm;
+            sf_oauth_soap_login on;
+            allow 127.0.0.1;
+            deny all;
+            add_header X-SF-OAuth-Status \$sf_oauth_status always;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+    }
 
     server {
         listen 127.0.0.1:$h2_port http2;
@@ -88,10 +105,12 @@ sub xml_inspect {
     return decode_json($out);
 }
 
-sub zeep {
-    my (@args) = @_;
+sub zeep { zeep_at($t->port, @_) }
+
+sub zeep_at {
+    my ($port, @args) = @_;
     my $q = join ' ', map { "'" . s/'/'\\''/gr . "'" } @args;
-    my $out = `$PY $SfTest::ROOT/t/lib/soap_client.py http://127.0.0.1:${\ $t->port} $q 2>&1`;
+    my $out = `$PY $SfTest::ROOT/t/lib/soap_client.py http://127.0.0.1:$port $q 2>&1`;
     my $res = eval { decode_json($out) };
     if (!$res) {
         diag("soap_client.py: $out");
@@ -192,6 +211,94 @@ SKIP: {
     ok(!$r->{ok}, 'zeep: a bad query fails');
     is($r->{fault}{code}, 'sf:MALFORMED_QUERY', 'zeep: Salesforce\'s fault');
     is($t->token_requests, $before, 'zeep: a MALFORMED_QUERY costs no token');
+}
+
+# -- login() answered by the module (sf_oauth_soap_login on) -----------------
+
+{
+    my $PASS = 'S3cret-Pass-4711';
+    my $USER = 'legacy.user@example.com';
+    my ($org) = token() =~ /^([^!]+)!/;
+    my $placeholder = "$org!SF_OAUTH_PROXY_SESSION";
+    my $st = stats();
+    my ($logins, $api) = (scalar @{ $st->{soap_logins} }, $st->{api_requests});
+
+  SKIP: {
+        skip 'python3-zeep is missing', 12 unless $HAVE_ZEEP;
+
+        my $r = zeep_at($login_port, 'login', '--username', $USER,
+                        '--password', $PASS);
+        ok($r->{ok}, 'soap_login: zeep login() succeeds') or diag(explain $r);
+        my $lr = $r->{result} || {};
+        is($lr->{serverUrl}, "http://127.0.0.1:$login_port/services/Soap/u/59.0/$org",
+           'soap_login: serverUrl points back at the proxy');
+        is($lr->{metadataServerUrl},
+           "http://127.0.0.1:$login_port/services/Soap/m/59.0/$org",
+           'soap_login: metadataServerUrl too');
+        is($lr->{sessionId}, $placeholder, 'soap_login: a placeholder sessionId');
+        like($lr->{userId} // '', qr/^005000000000001/, 'soap_login: the token\'s user');
+        like($lr->{userInfo}{organizationId} // '', qr/^\Q$org\E/,
+             'soap_login: the token\'s org');
+        ok(defined $lr->{sandbox} && !$lr->{sandbox}, 'soap_login: not a sandbox');
+        ok(defined $lr->{passwordExpired} && !$lr->{passwordExpired},
+           'soap_login: password not expired');
+
+        $r = zeep_at($login_port, 'query', '--session', $placeholder);
+        ok($r->{ok}, 'soap_login: a query with the placeholder session succeeds')
+            or diag(explain $r);
+        injected_ok('soap_login: query', $r->{sent}, $NS{u});
+
+        my $before = $t->token_requests;
+        $t->mock('revoke');
+        $r = zeep_at($login_port, 'query', '--session', $placeholder);
+        ok($r->{ok}, 'soap_login: after a revoke, the query succeeds');
+        is($t->token_requests, $before + 1, 'soap_login: one token request');
+    }
+
+    for my $kind ('u', 'c') {
+        my $path = "/services/Soap/$kind/59.0";
+        my $env = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS" xmlns:urn="$NS{$kind}"><soapenv:Body><urn:login><urn:username>$USER</urn:username><urn:password>$PASS</urn:password></urn:login></soapenv:Body></soapenv:Envelope>};
+        my $r = $t->http('POST', $path, port => $login_port, body => $env,
+                         headers => { 'Content-Type' => 'text/xml', SOAPAction => '""' });
+        push @responses, $r;
+        is($r->{status}, 200, "soap_login: raw login() to /$kind/: 200");
+        like($r->{content}, qr{<serverUrl>http://127\.0\.0\.1:$login_port/services/Soap/$kind/59\.0/\Q$org\E</serverUrl>},
+             "soap_login: /$kind/: serverUrl on the proxy");
+        my $x = xml_inspect($r->{content});
+        ok($x->{ok}, "soap_login: /$kind/: well-formed");
+
+        $env = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header><SessionHeader xmlns="$NS{$kind}"><sessionId>$placeholder</sessionId></SessionHeader></soapenv:Header><soapenv:Body><logout xmlns="$NS{$kind}"/></soapenv:Body></soapenv:Envelope>};
+        $r = $t->http('POST', $path, port => $login_port, body => $env,
+                      headers => { 'Content-Type' => 'text/xml', SOAPAction => '""' });
+        push @responses, $r;
+        is($r->{status}, 200, "soap_login: logout() to /$kind/: 200");
+        like($r->{content}, qr/logoutResponse/, "soap_login: /$kind/: a logoutResponse");
+    }
+
+  SKIP: {
+        skip 'jsforce is missing: run t/lib/install-node-deps.sh', 7
+            unless $HAVE_JSFORCE;
+        my $out = `NODE_PATH=$NODE_PATH node $SfTest::ROOT/t/lib/jsforce_login.js http://127.0.0.1:$login_port '$USER' '$PASS' 2>&1`;
+        my $j = eval { decode_json($out) } || { ok => 0, raw => $out };
+        ok($j->{ok}, 'soap_login: jsforce login(), then REST and Bulk, succeeds')
+            or diag(explain $j);
+        is($j->{instanceUrl}, "http://127.0.0.1:$login_port",
+           'soap_login: jsforce\'s instanceUrl is the proxy');
+        is($j->{accessToken}, $placeholder, 'soap_login: jsforce holds the placeholder');
+        is($j->{rest}{path}, '/services/data/v59.0/sobjects', 'soap_login: jsforce REST call');
+        is($j->{rest}{authorization_count}, 1, 'soap_login: one Authorization');
+        is(scalar(grep { $_->{success} } @{ $j->{bulk} || [] }), 2,
+           'soap_login: jsforce Bulk load');
+        ok(!grep({ $_ eq $placeholder } @{ stats()->{bulk_sessions} }),
+           'soap_login: the placeholder never reached Salesforce');
+    }
+
+    $st = stats();
+    is(scalar @{ $st->{soap_logins} }, $logins, 'soap_login: no login() reached Salesforce');
+    ok(!grep({ index($_, $PASS) >= 0 } @{ $st->{soap_session_ids} }, $st->{soap_last_envelope}),
+       'soap_login: the password never reached Salesforce');
+    my $logs = $t->error_log . $t->slurp('access.log');
+    ok(index($logs, $PASS) < 0, 'soap_login: the password is in no log');
 }
 
 # -- raw envelopes: prefixes and head shapes -------------------------------
