@@ -337,9 +337,14 @@ typedef struct {
     /* the upstream this module gave the token to */
     ngx_http_upstream_t         *upstream;
 
-    /* Authorization, and X-SFDC-Session for Bulk 1.0 */
+    /*
+     * Authorization, X-SFDC-Session for Bulk 1.0, and the Content-Encoding
+     * of a gzip-compressed SOAP envelope, which goes inflated
+     */
     ngx_http_sf_oauth_slot_t     auth;
     ngx_http_sf_oauth_slot_t     session;
+    ngx_http_sf_oauth_slot_t     coding;
+    ngx_table_elt_t             *encoding;
 
     /* REST, SOAP or Bulk 1.0 */
     ngx_uint_t                   kind;
@@ -533,6 +538,8 @@ ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
     off_t *size);
 ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
+ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_request_t *r,
+    ngx_chain_t *body, ngx_chain_t **out, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
@@ -544,6 +551,8 @@ ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,
     ngx_uint_t status);
 ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
     u_char *body, size_t len, ngx_uint_t whole);
+ngx_int_t ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
+    size_t *len, ngx_uint_t *whole);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);

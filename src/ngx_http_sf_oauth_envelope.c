@@ -40,6 +40,7 @@
 #include "ngx_http_sf_oauth.h"
 
 #include <libxml/parser.h>
+#include <zlib.h>
 
 
 /* what the parse has seen, by depth: 1 the Envelope, 2 Header, 3, 4 */
@@ -1343,4 +1344,280 @@ ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r, ngx_uint_t status,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * A gzip-compressed envelope (Content-Encoding: gzip: WSC-based clients
+ * such as Data Loader send one when compression is on) is inflated before
+ * it is parsed, and goes to Salesforce inflated: a gzip stream cannot be
+ * edited in place.  The inflated body is kept in memory up to
+ * client_body_buffer_size and in a temp file of client_body_temp_path
+ * beyond, as nginx keeps a request body; more than client_max_body_size
+ * bytes of it is refused (a zip bomb).
+ */
+
+typedef struct {
+    ngx_http_request_t          *request;
+    z_stream                     zs;
+    ngx_buf_t                   *out;
+    ngx_chain_t                 *head;
+    ngx_chain_t                **last;
+    off_t                        total;
+    off_t                        max;
+    size_t                       memory;
+    ngx_temp_file_t             *tf;
+    ngx_uint_t                   end;
+} ngx_http_sf_oauth_inflate_t;
+
+
+static ngx_int_t ngx_http_sf_oauth_inflate_feed(
+    ngx_http_sf_oauth_inflate_t *in, u_char *data, size_t len,
+    ngx_str_t *why);
+static ngx_int_t ngx_http_sf_oauth_inflate_emit(
+    ngx_http_sf_oauth_inflate_t *in);
+
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_inflate(ngx_http_request_t *r, ngx_chain_t *body,
+    ngx_chain_t **out, ngx_str_t *why)
+{
+    off_t                         pos;
+    u_char                       *chunk;
+    ssize_t                       n;
+    ngx_int_t                     rc;
+    ngx_buf_t                    *b;
+    ngx_chain_t                  *cl;
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_sf_oauth_inflate_t   in;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    ngx_memzero(&in, sizeof(ngx_http_sf_oauth_inflate_t));
+
+    in.request = r;
+    in.head = NULL;
+    in.last = &in.head;
+    in.memory = clcf->client_body_buffer_size;
+    in.max = clcf->client_max_body_size ? clcf->client_max_body_size
+                                        : NGX_MAX_OFF_T_VALUE;
+
+    ngx_str_null(why);
+
+    chunk = ngx_pnalloc(r->pool, 8192);
+    if (chunk == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* 16 + MAX_WBITS: a gzip header and trailer, nothing else */
+
+    if (inflateInit2(&in.zs, 16 + MAX_WBITS) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = NGX_OK;
+
+    for (cl = body; cl && rc == NGX_OK && !in.end; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            rc = ngx_http_sf_oauth_inflate_feed(&in, b->pos, b->last - b->pos,
+                                                why);
+            continue;
+        }
+
+        if (!b->in_file) {
+            continue;
+        }
+
+        for (pos = b->file_pos;
+             pos < b->file_last && rc == NGX_OK && !in.end;
+             pos += n)
+        {
+            n = ngx_read_file(b->file, chunk,
+                              (size_t) ngx_min(8192, b->file_last - pos), pos);
+            if (n <= 0) {
+                rc = NGX_ERROR;
+                break;
+            }
+
+            rc = ngx_http_sf_oauth_inflate_feed(&in, chunk, n, why);
+        }
+    }
+
+    inflateEnd(&in.zs);
+
+    if (rc == NGX_OK && !in.end) {
+        ngx_str_set(why, "the gzip-compressed envelope is cut short");
+        rc = NGX_DECLINED;
+    }
+
+    if (rc == NGX_OK && in.out && ngx_buf_size(in.out)) {
+        rc = ngx_http_sf_oauth_inflate_emit(&in);
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (in.tf) {
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->in_file = 1;
+        b->file = &in.tf->file;
+        b->file_pos = 0;
+        b->file_last = in.tf->file.offset;
+
+        in.head = ngx_alloc_chain_link(r->pool);
+        if (in.head == NULL) {
+            return NGX_ERROR;
+        }
+
+        in.head->buf = b;
+        in.head->next = NULL;
+
+    } else {
+        *in.last = NULL;
+    }
+
+    *out = in.head;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_feed(ngx_http_sf_oauth_inflate_t *in, u_char *data,
+    size_t len, ngx_str_t *why)
+{
+    int         rc;
+    ngx_buf_t  *b;
+
+    in->zs.next_in = data;
+    in->zs.avail_in = len;
+
+    while (in->zs.avail_in && !in->end) {
+
+        b = in->out;
+
+        if (b == NULL || b->last == b->end) {
+            if (b && ngx_http_sf_oauth_inflate_emit(in) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (in->out == NULL) {
+                in->out = ngx_create_temp_buf(in->request->pool, 65536);
+                if (in->out == NULL) {
+                    return NGX_ERROR;
+                }
+            }
+
+            b = in->out;
+        }
+
+        in->zs.next_out = b->last;
+        in->zs.avail_out = b->end - b->last;
+
+        rc = inflate(&in->zs, Z_NO_FLUSH);
+
+        in->total += in->zs.next_out - b->last;
+        b->last = in->zs.next_out;
+
+        if (in->total > in->max) {
+            ngx_str_set(why, "the gzip-compressed envelope is larger than "
+                             "client_max_body_size when inflated");
+            return NGX_DECLINED;
+        }
+
+        if (rc == Z_STREAM_END) {
+            in->end = 1;
+
+        } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            ngx_str_set(why, "the gzip-compressed envelope is corrupt");
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A full output buffer: kept in memory while the whole fits in
+ * client_body_buffer_size; else everything goes to the temp file, and
+ * the buffer is used again.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_emit(ngx_http_sf_oauth_inflate_t *in)
+{
+    ssize_t                    n;
+    ngx_chain_t               *cl, one;
+    ngx_temp_file_t           *tf;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = in->request;
+
+    if (in->tf == NULL && in->total <= (off_t) in->memory) {
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl->buf = in->out;
+        *in->last = cl;
+        in->last = &cl->next;
+        in->out = NULL;
+
+        return NGX_OK;
+    }
+
+    if (in->tf == NULL) {
+        tf = ngx_pcalloc(r->pool, sizeof(ngx_temp_file_t));
+        if (tf == NULL) {
+            return NGX_ERROR;
+        }
+
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        tf->file.fd = NGX_INVALID_FILE;
+        tf->file.log = r->connection->log;
+        tf->path = clcf->client_body_temp_path;
+        tf->pool = r->pool;
+        tf->warn = "an inflated SOAP envelope is buffered to a temporary "
+                   "file";
+        tf->log_level = NGX_LOG_INFO;
+        tf->clean = 1;
+
+        in->tf = tf;
+
+        *in->last = NULL;
+
+        if (in->head) {
+            n = ngx_write_chain_to_temp_file(tf, in->head);
+            if (n == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+
+            tf->offset += n;
+        }
+    }
+
+    one.buf = in->out;
+    one.next = NULL;
+
+    n = ngx_write_chain_to_temp_file(in->tf, &one);
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    in->tf->offset += n;
+    in->out->pos = in->out->start;
+    in->out->last = in->out->start;
+
+    return NGX_OK;
 }

@@ -326,14 +326,37 @@ static ngx_int_t
 ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
     ngx_uint_t whole)
 {
-    size_t      len;
-    u_char     *body;
-    ngx_int_t   dead;
+    size_t            len;
+    u_char           *body;
+    ngx_int_t         dead, rc;
+    ngx_table_elt_t  *ce;
 
     ctx->inspecting = 0;
 
     body = ctx->inspected ? ctx->inspected->pos : NULL;
     len = ctx->inspected ? ctx->inspected->last - ctx->inspected->pos : 0;
+
+    ce = r->headers_out.content_encoding;
+
+    if (len && ce && ce->hash
+        && ((ce->value.len == 4
+             && ngx_strncasecmp(ce->value.data, (u_char *) "gzip", 4) == 0)
+            || (ce->value.len == 6
+                && ngx_strncasecmp(ce->value.data, (u_char *) "x-gzip", 6)
+                   == 0)))
+    {
+        rc = ngx_http_sf_oauth_verdict_inflate(r->pool, &body, &len, &whole);
+
+        if (rc == NGX_ERROR) {
+            return 0;
+        }
+
+        if (rc == NGX_DECLINED) {
+            /* not gzip after all: not Salesforce's answer about a session */
+            whole = 0;
+            len = 0;
+        }
+    }
 
     dead = ngx_http_sf_oauth_verdict(ctx->kind, r->headers_out.status, body,
                                      len, whole);

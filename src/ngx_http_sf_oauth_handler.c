@@ -74,6 +74,7 @@ static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
+static ngx_table_elt_t *ngx_http_sf_oauth_encoding(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
@@ -243,6 +244,9 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     static ngx_str_t  streamed = ngx_string(
         "the SOAP envelope cannot get the session: "
         "proxy_request_buffering is off in this location");
+    static ngx_str_t  encoded = ngx_string(
+        "the SOAP envelope's Content-Encoding is not supported: "
+        "send it uncompressed or gzip-compressed");
 
     /* ngx_http_proxy_loc_conf_t starts with its ngx_http_upstream_conf_t */
     ucf = ngx_http_get_module_loc_conf(r, ngx_http_proxy_module);
@@ -261,6 +265,29 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
                                    NGX_HTTP_INTERNAL_SERVER_ERROR, &streamed);
     }
 
+    ctx->encoding = ngx_http_sf_oauth_encoding(r);
+
+    if (ctx->encoding
+        && !(ctx->encoding->value.len == 4
+             && ngx_strncasecmp(ctx->encoding->value.data, (u_char *) "gzip",
+                                4) == 0)
+        && !(ctx->encoding->value.len == 6
+             && ngx_strncasecmp(ctx->encoding->value.data,
+                                (u_char *) "x-gzip", 6) == 0))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
+                      "%V", &ctx->cred->name, &encoded);
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST,
+                                                &encoded);
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_body_read);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
@@ -271,6 +298,40 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
 }
 
 
+/* the request's Content-Encoding, unless it is "identity" */
+
+static ngx_table_elt_t *
+ngx_http_sf_oauth_encoding(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (h[i].hash
+                && h[i].key.len == sizeof("Content-Encoding") - 1
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "Content-Encoding",
+                                   sizeof("Content-Encoding") - 1)
+                   == 0
+                && !(h[i].value.len == sizeof("identity") - 1
+                     && ngx_strncasecmp(h[i].value.data,
+                                        (u_char *) "identity",
+                                        sizeof("identity") - 1)
+                        == 0))
+            {
+                return &h[i];
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
 /* the SOAP request's body is read: its envelope is parsed, then proxied */
 
 static void
@@ -278,7 +339,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
     ngx_str_t                      ns, why;
-    ngx_chain_t                   *body;
+    ngx_chain_t                   *body, *plain;
     ngx_http_sf_oauth_ctx_t       *ctx;
     ngx_http_sf_oauth_loc_conf_t  *slcf;
     ngx_http_sf_oauth_envelope_t  *env;
@@ -291,6 +352,26 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     }
 
     body = r->request_body ? r->request_body->bufs : NULL;
+    plain = body;
+
+    if (ctx->encoding) {
+        rc = ngx_http_sf_oauth_envelope_inflate(r, body, &plain, &why);
+
+        if (rc == NGX_ERROR) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "sf_oauth: credential \"%V\": SOAP envelope "
+                          "refused: %V", &ctx->cred->name, &why);
+
+            ngx_http_finalize_request(r,
+                ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
+            return;
+        }
+    }
 
     env = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_envelope_t));
     if (env == NULL) {
@@ -300,7 +381,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 
     ngx_http_sf_oauth_envelope_namespace(r, &ns);
 
-    rc = ngx_http_sf_oauth_envelope_parse(r->pool, body, &ns, env, &why);
+    rc = ngx_http_sf_oauth_envelope_parse(r->pool, plain, &ns, env, &why);
 
     if (rc == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -971,6 +1052,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 
 static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
 static u_char  ngx_http_sf_oauth_lowcase_session[] = "x-sfdc-session";
+static u_char  ngx_http_sf_oauth_lowcase_coding[] = "content-encoding";
 
 
 static ngx_int_t
@@ -982,6 +1064,8 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
 
     static ngx_str_t  auth = ngx_string("Authorization");
     static ngx_str_t  session = ngx_string("X-SFDC-Session");
+    static ngx_str_t  coding = ngx_string("Content-Encoding");
+    static ngx_str_t  identity = ngx_string("identity");
 
     if (ctx->auth.header == NULL
         && (r != r->main || r->main->count > 1) && !ctx->unshared)
@@ -1026,11 +1110,23 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
         }
     }
 
-    if (ctx->envelope) {
-        return ngx_http_sf_oauth_set_envelope(r, ctx, &token);
+    if (ctx->envelope == NULL) {
+        return NGX_OK;
     }
 
-    return NGX_OK;
+    if (ctx->encoding) {
+        /* the envelope goes inflated */
+        if (ngx_http_sf_oauth_set_header(r, &ctx->coding, ctx->encoding,
+                                         &coding,
+                                         ngx_http_sf_oauth_lowcase_coding,
+                                         &identity)
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_sf_oauth_set_envelope(r, ctx, &token);
 }
 
 
@@ -1158,6 +1254,7 @@ ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
 
     /* the element pushed last goes first */
 
+    ngx_http_sf_oauth_unset_header(r, &ctx->coding);
     ngx_http_sf_oauth_unset_header(r, &ctx->session);
 
     h = ctx->auth.header;

@@ -14,7 +14,9 @@
  * The response filter holds only these candidates, reads at most
  * NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes of their body, and asks here.  Every
  * other response passes untouched.  XML is parsed as the envelope is:
- * libxml2, no DTD, no entity, no network.
+ * libxml2, no DTD, no entity, no network.  A gzip-compressed body (the
+ * client accepted gzip, and Salesforce compresses errors too) is
+ * inflated first, to at most the same limit.
  */
 
 
@@ -23,6 +25,7 @@
 #include <cjson/cJSON.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
+#include <zlib.h>
 
 
 static ngx_int_t ngx_http_sf_oauth_verdict_rest(u_char *body, size_t len);
@@ -54,6 +57,55 @@ ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind, ngx_uint_t status)
     default:
         return 0;
     }
+}
+
+
+/*
+ * The inflated form of a gzip-compressed body, at most
+ * NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes of it; "whole" stays set only if
+ * that is all of it.  NGX_DECLINED: not gzip that inflates.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
+    size_t *len, ngx_uint_t *whole)
+{
+    int        rc;
+    u_char    *out;
+    z_stream   zs;
+
+    out = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_INSPECT_MAX);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&zs, sizeof(z_stream));
+
+    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    zs.next_in = *body;
+    zs.avail_in = *len;
+    zs.next_out = out;
+    zs.avail_out = NGX_HTTP_SF_OAUTH_INSPECT_MAX;
+
+    rc = inflate(&zs, Z_FINISH);
+
+    inflateEnd(&zs);
+
+    if (rc != Z_STREAM_END && rc != Z_OK && rc != Z_BUF_ERROR) {
+        return NGX_DECLINED;
+    }
+
+    if (rc != Z_STREAM_END) {
+        *whole = 0;
+    }
+
+    *body = out;
+    *len = zs.next_out - out;
+
+    return NGX_OK;
 }
 
 
