@@ -19,6 +19,7 @@ use Digest::SHA qw(sha256 sha256_hex);
 use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
+use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Uncompress::Gunzip qw(gunzip);
 use MIME::Base64 qw(encode_base64);
 use Test::More;
@@ -569,6 +570,106 @@ sub worker_rss {
            'the workers\' RSS grew by less than 16 MiB (' . ($worst // '?') . ' KiB)')
             or diag(explain [$rss0, $rss1]);
     }
+}
+
+# -- gzip-compressed envelopes (WSC clients such as Data Loader) -------------
+
+{
+    my $env = $cases[0][1];
+    my $gz;
+    gzip(\$env => \$gz) or die $GzipError;
+    soap($U, $env);    # a valid token in the cache
+
+    my $r = soap($U, $gz, 'Content-Encoding' => 'gzip');
+    is($r->{status}, 200, 'gzip request: 200') or diag($r->{content});
+    injected_ok('gzip request', $env, $NS{u});
+    isnt(stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
+         'gzip request: not sent as gzip after the edit');
+
+    my $before = $t->token_requests;
+    $t->mock('revoke');
+    $r = soap($U, $gz, 'Content-Encoding' => 'gzip');
+    is($r->{status}, 200, 'gzip request after a revoke: 200');
+    is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'gzip request after a revoke: RETRY');
+    is($t->token_requests, $before + 1, 'gzip request after a revoke: one token request');
+    injected_ok('gzip request, replayed', $env, $NS{u});
+
+    # the body in the same packet as the header (read at once), or later
+    for my $case ([ 'plain', $env, '' ], [ 'gzip', $gz, "Content-Encoding: gzip\r\n" ]) {
+        my ($kind, $body, $extra) = @$case;
+        for my $split (0, 1) {
+            my $name = "$kind request, body " . ($split ? 'after the header' : 'with the header');
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port)
+                or die;
+            my $head = "POST $U HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+                       . $extra . 'Content-Length: ' . length($body)
+                       . "\r\nConnection: close\r\n\r\n";
+            if ($split) {
+                print $s $head;
+                sleep 0.2;
+                print $s $body;
+            } else {
+                print $s $head . $body;
+            }
+            local $/;
+            my $res = <$s> // '';
+            like($res, qr{^HTTP/1\.1 200}, "$name: 200");
+            push @responses, { content => $res, headers => {} };
+            injected_ok($name, $env, $NS{u});
+            isnt(stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
+                 "$name: no Content-Encoding: gzip upstream");
+        }
+    }
+
+    # a 20 MiB deploy, gzip-compressed, through client_body_buffer_size 16k
+    my $zip = '';
+    $zip .= sha256('gz deploy' . length $zip) while length $zip < 15 * 1048576;
+    my $big = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header><SessionHeader xmlns="$NS{m}"><sessionId>bogus</sessionId></SessionHeader></soapenv:Header><soapenv:Body><deploy xmlns="$NS{m}"><ZipFile>} . encode_base64($zip, '') . q{</ZipFile></deploy></soapenv:Body></soapenv:Envelope>};
+    my $bgz;
+    gzip(\$big => \$bgz) or die $GzipError;
+    my $rss0 = worker_rss();
+    $r = soap('/services/Soap/m/59.0', $bgz, 'Content-Encoding' => 'gzip');
+    my $rss1 = worker_rss();
+    is($r->{status}, 200, 'gzip 20 MiB deploy: 200') or diag(substr $r->{content}, 0, 2000);
+    is((stats()->{soap_deploys}[-1] // {})->{zip_sha256}, sha256_hex($zip),
+       'gzip 20 MiB deploy: the zip arrived intact');
+    injected_ok('gzip 20 MiB deploy', $big, $NS{m});
+    SKIP: {
+        skip 'RSS under valgrind means nothing', 1 if $ENV{SF_TEST_VALGRIND};
+        my ($worst) = sort { $b <=> $a }
+                      map { ($rss1->{$_} // 0) - ($rss0->{$_} // 0) } keys %$rss0;
+        ok(defined $worst && $worst < 16 * 1024,
+           'gzip 20 MiB deploy: RSS grew by less than 16 MiB (' . ($worst // '?') . ' KiB)');
+    }
+
+    # a zip bomb: 100 MiB of zeros inflated, client_max_body_size is 64m
+    my $bomb;
+    my $z = IO::Compress::Gzip->new(\$bomb) or die $GzipError;
+    $z->print(qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body><query xmlns="$NS{u}"><queryString>});
+    $z->print("\0" x 1048576) for 1 .. 100;
+    $z->close;
+    my $st = stats();
+    my $start = time;
+    $rss0 = worker_rss();
+    $r = soap($U, $bomb, 'Content-Encoding' => 'gzip');
+    $rss1 = worker_rss();
+    ok($r->{status} == 400 || $r->{status} == 413,
+       "zip bomb: refused ($r->{status})");
+    ok(time - $start < 10, 'zip bomb: at once');
+    is(stats()->{api_requests}, $st->{api_requests}, 'zip bomb: the mock was not reached');
+    SKIP: {
+        skip 'RSS under valgrind means nothing', 1 if $ENV{SF_TEST_VALGRIND};
+        my ($worst) = sort { $b <=> $a }
+                      map { ($rss1->{$_} // 0) - ($rss0->{$_} // 0) } keys %$rss0;
+        ok(defined $worst && $worst < 16 * 1024,
+           'zip bomb: RSS grew by less than 16 MiB (' . ($worst // '?') . ' KiB)');
+    }
+
+    # a gzip stream that is cut short
+    $st = stats();
+    $r = soap($U, substr($gz, 0, length($gz) - 12), 'Content-Encoding' => 'gzip');
+    module_fault_ok('a cut gzip stream', $r, $st->{api_requests},
+                    scalar @{ $st->{soap_log} });
 }
 
 # -- non-session faults pass through byte for byte --------------------------

@@ -127,9 +127,11 @@ SOAP (POST; the envelope parsed namespace-aware, any prefix):
   namespace is no session.  Valid means a live access token, as for the
   REST API.  A dead, missing or invalid session is HTTP 500 with
   Salesforce's INVALID_SESSION_ID fault (SOAP_INVALID_SESSION, byte for
-  byte).  A DOCTYPE, XML that does not parse, or a root other than a SOAP
-  1.1 Envelope is a 500 soapenv:Client fault; fewer bytes than
-  Content-Length within 10 s is a 400.  Operations (the Body's first child,
+  byte).  A request body with Content-Encoding gzip or deflate is inflated
+  first (identity: as it is).  A DOCTYPE, XML that does not parse, a body
+  that does not inflate, or a root other than a SOAP 1.1 Envelope is a 500
+  soapenv:Client fault; fewer bytes than Content-Length within 10 s is a
+  400.  Operations (the Body's first child,
   in the endpoint's namespace):
 
   login (u, c)          no session needed; LoginResult (a session id that
@@ -155,8 +157,9 @@ SOAP (POST; the envelope parsed namespace-aware, any prefix):
 
   Stats: "soap_calls" (per operation), "soap_session_ids" (every sessionId
   text found in any Header, any namespace), "soap_log" (per call: path,
-  op, status, content_length header, accept_encoding, body_len,
-  body/tail SHA-256, header present, the namespaces of the SessionHeaders, the sessionIds, the one
+  op, status, content_length header, accept_encoding, content_encoding,
+  body_len (as received), decoded_len, body/tail SHA-256 (of the inflated
+  body), header present, the namespaces of the SessionHeaders, the sessionIds, the one
   used, whether it was valid, Authorization headers, error),
   "soap_last_envelope" (the last body; its first 64 KiB when over 1 MiB,
   then "soap_last_truncated").
@@ -176,7 +179,8 @@ was created with Content-Type application/json):
   BULK_INVALID_SESSION_JSON for JSON), byte for byte.  An unknown job is
   400 InvalidJob with the header X-Mock-Bulk-Error.  Stats: "bulk_log" (per
   call: method, path, status, the X-SFDC-Session values, the Authorization
-  headers, content type, accept_encoding, body length and SHA-256),
+  headers, content type, accept_encoding, content_encoding, body length
+  and SHA-256),
   "bulk_sessions" (every X-SFDC-Session value received).
 
 SOAP and Bulk calls count in "api_requests" and "api_log" too.
@@ -200,6 +204,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
@@ -901,9 +906,24 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
+    def decode_body(self, data):
+        """A request body as Salesforce reads it: Content-Encoding gzip or
+        deflate inflated (identity: as it is).  None when it does not
+        inflate or the encoding is unknown."""
+        ce = (self.headers.get("Content-Encoding") or "").strip().lower()
+        try:
+            if ce == "gzip":
+                return gzip.decompress(data)
+            if ce == "deflate":
+                return zlib.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return None
+        return data if ce in ("", "identity") else None
+
     def soap(self, path):
         st = self.server.state
-        data = self.soap_read_body()
+        wire = self.soap_read_body()
+        data = None if wire is None else self.decode_body(wire)
         kind, ns = self.soap_endpoint(path)
         entry = {
             "method": self.command,
@@ -916,7 +936,9 @@ class Handler(BaseHTTPRequestHandler):
             "soapaction": self.headers.get("SOAPAction"),
             "accept_encoding": self.headers.get("Accept-Encoding"),
             "authorization": self.headers.get_all("Authorization") or [],
-            "body_len": len(data) if data is not None else None,
+            "content_encoding": self.headers.get("Content-Encoding"),
+            "body_len": len(wire) if wire is not None else None,
+            "decoded_len": len(data) if data is not None else None,
             "body_sha256": hashlib.sha256(data or b"").hexdigest(),
             "tail_sha256": None,
             "op": None,
@@ -960,10 +982,14 @@ class Handler(BaseHTTPRequestHandler):
         if kind is None:
             return 404, soap_fault("soapenv:Client",
                                    "No such SOAP endpoint"), ()
-        if data is None:
+        if entry["body_len"] is None:
             entry["error"] = "short body"
             return 400, soap_fault("soapenv:Client",
                                    "Fewer bytes than Content-Length"), ()
+        if data is None:
+            entry["error"] = "content encoding"
+            return 500, soap_fault("soapenv:Client", "Unable to decode the "
+                                   "Content-Encoding of the request"), ()
         m = re.search(rb"<(?:[A-Za-z_][\w.\-]*:)?Body[\s/>]", data)
         if m:
             entry["tail_sha256"] = hashlib.sha256(
@@ -1168,7 +1194,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def bulk(self, path):
         st = self.server.state
-        data = self.body()
+        wire = self.body()
+        data = self.decode_body(wire)
+        if data is None:
+            data = wire
         parts = [p for p in path.split("/") if p][3:]  # after the version
         sessions = self.headers.get_all("X-SFDC-Session") or []
         ctype = (self.headers.get("Content-Type") or "").lower()
@@ -1185,7 +1214,8 @@ class Handler(BaseHTTPRequestHandler):
                 "authorization": self.headers.get_all("Authorization") or [],
                 "content_type": self.headers.get("Content-Type"),
                 "accept_encoding": self.headers.get("Accept-Encoding"),
-                "body_len": len(data),
+                "content_encoding": self.headers.get("Content-Encoding"),
+                "body_len": len(wire),
                 "body_sha256": hashlib.sha256(data).hexdigest(),
                 "status": 400,
             }
