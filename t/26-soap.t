@@ -64,6 +64,12 @@ $t->simple_conf(http_extra => <<"EOF");
     server {
         listen 127.0.0.1:$h2_port http2;
 
+        location /nobuf/services/ {
+            sf_oauth crm;
+            proxy_request_buffering off;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+
         location /services/ {
             sf_oauth crm;
             add_header X-SF-OAuth-Status \$sf_oauth_status always;
@@ -430,6 +436,24 @@ for my $size (0, 40000) {
     }
 }
 
+# -- proxy_request_buffering off: the envelope cannot get the session --------
+
+{
+    my $st = stats();
+    my $out = `curl -s -i --http2-prior-knowledge -H 'Content-Type: text/xml' --data-binary '$cases[5][1]' http://127.0.0.1:$h2_port/nobuf$U`;
+    my ($status) = $out =~ m{^HTTP/2 (\d+)};
+    is($status, 500, 'proxy_request_buffering off: a 500 fault');
+    my ($body) = $out =~ /\r\n\r\n(.*)\z/s;
+    my $x = xml_inspect($body // '');
+    is($x->{faultcode_local}, 'Server', 'proxy_request_buffering off: soapenv:Server');
+    like($x->{faultstring} // '', qr/^sf_oauth: .*proxy_request_buffering/,
+         'proxy_request_buffering off: the fault says why');
+    is(stats()->{api_requests}, $st->{api_requests},
+       'proxy_request_buffering off: the mock was not reached');
+    like($t->error_log, qr/\[error\].*proxy_request_buffering is off/,
+         'proxy_request_buffering off: an error line');
+}
+
 # -- malformed envelopes: the module's own 400 fault ------------------------
 
 sub module_fault_ok {
@@ -664,6 +688,12 @@ sub worker_rss {
         ok(defined $worst && $worst < 16 * 1024,
            'zip bomb: RSS grew by less than 16 MiB (' . ($worst // '?') . ' KiB)');
     }
+
+    # other encodings cannot be edited: refused
+    $st = stats();
+    $r = soap($U, $gz, 'Content-Encoding' => 'br');
+    module_fault_ok('Content-Encoding br', $r, $st->{api_requests},
+                    scalar @{ $st->{soap_log} });
 
     # a gzip stream that is cut short
     $st = stats();
