@@ -59,16 +59,18 @@ $t->simple_conf(http_extra => <<"EOF");
             add_header X-SF-OAuth-Status \$sf_oauth_status always;
             proxy_pass http://127.0.0.1:%%MOCK%%;
         }
-    }
 
-    server {
-        listen 127.0.0.1:$h2_port http2;
-
+        # over HTTP/1.1: nginx 1.22 answers an HTTP/2 request whose body it
+        # discards with RST_STREAM more often than not (any early answer)
         location /nobuf/services/ {
             sf_oauth crm;
             proxy_request_buffering off;
             proxy_pass http://127.0.0.1:%%MOCK%%/services/;
         }
+    }
+
+    server {
+        listen 127.0.0.1:$h2_port http2;
 
         location /services/ {
             sf_oauth crm;
@@ -440,11 +442,12 @@ for my $size (0, 40000) {
 
 {
     my $st = stats();
-    my $out = `curl -s -i --http2-prior-knowledge -H 'Content-Type: text/xml' --data-binary '$cases[5][1]' http://127.0.0.1:$h2_port/nobuf$U`;
-    my ($status) = $out =~ m{^HTTP/2 (\d+)};
-    is($status, 500, 'proxy_request_buffering off: a 500 fault');
-    my ($body) = $out =~ /\r\n\r\n(.*)\z/s;
-    my $x = xml_inspect($body // '');
+    my $r = $t->http('POST', "/nobuf$U", port => $login_port, body => $cases[5][1],
+                     headers => { 'Content-Type' => 'text/xml' });
+    push @responses, $r;
+    is($r->{status}, 500, 'proxy_request_buffering off: a 500 fault')
+        or diag($r->{content});
+    my $x = xml_inspect($r->{content});
     is($x->{faultcode_local}, 'Server', 'proxy_request_buffering off: soapenv:Server');
     like($x->{faultstring} // '', qr/^sf_oauth: .*proxy_request_buffering/,
          'proxy_request_buffering off: the fault says why');
