@@ -62,8 +62,8 @@ test-valgrind: deps $(MODULE)
 	    >/dev/null; }
 	SF_TEST_VALGRIND=1 prove -r t/
 
-# libFuzzer targets for the token response parser and the state file
-# reader, built with clang, ASan and UBSan against a small stand-in for
+# libFuzzer targets for the token response parser, the state file reader,
+# the SOAP envelope rewriter and the error-body verdict, built with clang, ASan and UBSan against a small stand-in for
 # nginx's core (fuzz/ngx_shim.c); each runs FUZZ_TIME seconds from the seed
 # corpus in fuzz/corpus (copied, so that the run adds nothing to the tree).
 FUZZ_TIME   ?= 60
@@ -72,11 +72,15 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined \
                $(addprefix -I $(BUILD)/nginx/,src/core src/event \
                    src/event/modules src/os/unix objs src/http \
-                   src/http/modules src/http/v2) -I src
-FUZZ_LIBS   := -lcjson -lcrypto
+                   src/http/modules src/http/v2) -I src \
+               -I /usr/include/libxml2
+FUZZ_LIBS   := -lcjson -lcrypto -lxml2 -lz
 
 FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
-               src/ngx_http_sf_oauth_codec.c
+               src/ngx_http_sf_oauth_codec.c \
+               src/ngx_http_sf_oauth_envelope.c \
+               src/ngx_http_sf_oauth_verdict.c
+FUZZ_TARGETS := parse state envelope verdict
 
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRCS) src/ngx_http_sf_oauth.h \
                  | $(OBJS)/Makefile
@@ -89,13 +93,19 @@ fuzz-deps: deps
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang \
 	    libclang-rt-14-dev >/dev/null; }
 
-fuzz: fuzz-deps $(BUILD)/fuzz_parse $(BUILD)/fuzz_state
-	for t in parse state; do \
+# Every target runs, even after another's crash; the crash's input goes to
+# $(BUILD)/crash-*, and the exit status is 1 if any target failed.
+fuzz: fuzz-deps $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
+	failed=""; for t in $(FUZZ_TARGETS); do \
 	    rm -rf $(BUILD)/corpus-$$t && cp -r fuzz/corpus/$$t \
 	        $(BUILD)/corpus-$$t && \
 	    $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -max_len=70000 \
-	        -print_final_stats=1 $(BUILD)/corpus-$$t || exit 1; \
-	done
+	        $$(test -f fuzz/$$t.dict && echo -dict=fuzz/$$t.dict) \
+	        -artifact_prefix=$(BUILD)/ \
+	        -print_final_stats=1 $(BUILD)/corpus-$$t \
+	        || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed"; exit 1; fi
 
 # wrk A/B against plain proxy_pass, a revoke storm and a soak; writes
 # bench/results.md (about 3 minutes)

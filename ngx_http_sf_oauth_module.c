@@ -16,6 +16,8 @@ static ngx_int_t ngx_http_sf_oauth_add_variables(ngx_conf_t *cf);
 static void *ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf);
+static void ngx_http_sf_oauth_check_intercept(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *conf, ngx_http_core_loc_conf_t *clcf);
 static char *ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_find_credential(
@@ -41,6 +43,10 @@ static ngx_int_t ngx_http_sf_oauth_instance_url_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_sf_oauth_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+
+
+/* the proxy's module: its location conf starts with the upstream conf */
+extern ngx_module_t  ngx_http_proxy_module;
 
 
 static ngx_command_t  ngx_http_sf_oauth_commands[] = {
@@ -520,6 +526,48 @@ ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/*
+ * With proxy_intercept_errors and an error_page for 500 or 400, a SOAP
+ * 500 or a Bulk 1.0 400 never reaches the response filter: a dead SOAP or
+ * Bulk session would not be cured in this location.  nginx -t says so.
+ */
+
+static void
+ngx_http_sf_oauth_check_intercept(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *conf, ngx_http_core_loc_conf_t *clcf)
+{
+    ngx_uint_t                 i;
+    ngx_http_err_page_t       *err;
+    ngx_http_upstream_conf_t  *ucf;
+
+    /* ngx_http_proxy_loc_conf_t starts with its ngx_http_upstream_conf_t */
+    ucf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_proxy_module);
+
+    if (ucf == NULL || ucf->intercept_errors != 1
+        || clcf->error_pages == NULL)
+    {
+        return;
+    }
+
+    err = clcf->error_pages->elts;
+
+    for (i = 0; i < clcf->error_pages->nelts; i++) {
+        if (err[i].status == NGX_HTTP_INTERNAL_SERVER_ERROR
+            || err[i].status == NGX_HTTP_BAD_REQUEST)
+        {
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "sf_oauth \"%V\": with proxy_intercept_errors "
+                               "on and an error_page for %ui, a SOAP 500 or "
+                               "a Bulk 1.0 400 that says the session is dead "
+                               "goes to the error page and is not replayed; "
+                               "REST 401s still are", &conf->name,
+                               err[i].status);
+            return;
+        }
+    }
+}
+
+
 static char *
 ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -566,6 +614,8 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     {
         conf->handler = clcf->handler;
         clcf->handler = ngx_http_sf_oauth_content_handler;
+
+        ngx_http_sf_oauth_check_intercept(cf, conf, clcf);
     }
 
     return NGX_CONF_OK;
@@ -661,6 +711,10 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     h = a->elts;
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_sf_oauth_log_handler;
+
+    if (ngx_http_sf_oauth_request_body_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_sf_oauth_filter_init(cf);
 }

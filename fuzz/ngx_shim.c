@@ -120,7 +120,7 @@ ngx_log_error_core(ngx_uint_t level, ngx_log_t *log, ngx_err_t err,
 }
 
 
-/* the formats the parser uses: %l %d %s %*s %V %ui %uz %% */
+/* the formats the parsers use: %l %d %c %s %*s %V %ui %uz %% */
 
 u_char *
 ngx_vslprintf(u_char *buf, u_char *last, const char *fmt, va_list args)
@@ -171,6 +171,12 @@ ngx_vslprintf(u_char *buf, u_char *last, const char *fmt, va_list args)
             s = (u_char *) num;
             break;
 
+        case 'c':
+            num[0] = (char) va_arg(args, int);
+            len = 1;
+            s = (u_char *) num;
+            break;
+
         case 'u':
             fmt++;
             len = snprintf(num, sizeof(num), "%lu",
@@ -192,6 +198,20 @@ ngx_vslprintf(u_char *buf, u_char *last, const char *fmt, va_list args)
     }
 
     return buf;
+}
+
+
+u_char * ngx_cdecl
+ngx_slprintf(u_char *buf, u_char *last, const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(buf, last, fmt, args);
+    va_end(args);
+
+    return p;
 }
 
 
@@ -289,4 +309,242 @@ ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len)
 
     EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
     ngx_hex_dump(dst, md, NGX_HTTP_SF_OAUTH_FP_LEN / 2);
+}
+
+
+/*
+ * What the SOAP envelope rewriter and the error-body verdict call besides:
+ * arrays, buffers, chains, HTML escaping, a file read for bodies in a
+ * temp file, and the two response functions of the module's SOAP fault.
+ */
+
+
+void *
+ngx_array_push(ngx_array_t *a)
+{
+    void  *elt, *new;
+
+    if (a->nelts == a->nalloc) {
+        /* always a new block, so that ASan sees a stale pointer */
+        new = ngx_palloc(a->pool, 2 * a->size * (a->nalloc ? a->nalloc : 1));
+        if (new == NULL) {
+            return NULL;
+        }
+
+        memcpy(new, a->elts, a->size * a->nalloc);
+        a->elts = new;
+        a->nalloc = a->nalloc ? 2 * a->nalloc : 1;
+    }
+
+    elt = (u_char *) a->elts + a->size * a->nelts;
+    a->nelts++;
+
+    return elt;
+}
+
+
+ngx_array_t *
+ngx_array_create(ngx_pool_t *p, ngx_uint_t n, size_t size)
+{
+    ngx_array_t  *a;
+
+    a = ngx_palloc(p, sizeof(ngx_array_t));
+    if (a == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(a, p, n, size) != NGX_OK) {
+        return NULL;
+    }
+
+    return a;
+}
+
+
+ngx_buf_t *
+ngx_create_temp_buf(ngx_pool_t *pool, size_t size)
+{
+    ngx_buf_t  *b;
+
+    b = ngx_calloc_buf(pool);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->start = ngx_palloc(pool, size);
+    if (b->start == NULL) {
+        return NULL;
+    }
+
+    b->pos = b->start;
+    b->last = b->start;
+    b->end = b->last + size;
+    b->temporary = 1;
+
+    return b;
+}
+
+
+ngx_chain_t *
+ngx_alloc_chain_link(ngx_pool_t *pool)
+{
+    return ngx_palloc(pool, sizeof(ngx_chain_t));
+}
+
+
+/* nginx's own, from src/core/ngx_string.c */
+
+uintptr_t
+ngx_escape_html(u_char *dst, u_char *src, size_t size)
+{
+    u_char      ch;
+    ngx_uint_t  len;
+
+    if (dst == NULL) {
+
+        len = 0;
+
+        while (size) {
+            switch (*src++) {
+
+            case '<':
+                len += sizeof("&lt;") - 2;
+                break;
+
+            case '>':
+                len += sizeof("&gt;") - 2;
+                break;
+
+            case '&':
+                len += sizeof("&amp;") - 2;
+                break;
+
+            case '"':
+                len += sizeof("&quot;") - 2;
+                break;
+
+            default:
+                break;
+            }
+            size--;
+        }
+
+        return (uintptr_t) len;
+    }
+
+    while (size) {
+        ch = *src++;
+
+        switch (ch) {
+
+        case '<':
+            *dst++ = '&'; *dst++ = 'l'; *dst++ = 't'; *dst++ = ';';
+            break;
+
+        case '>':
+            *dst++ = '&'; *dst++ = 'g'; *dst++ = 't'; *dst++ = ';';
+            break;
+
+        case '&':
+            *dst++ = '&'; *dst++ = 'a'; *dst++ = 'm'; *dst++ = 'p';
+            *dst++ = ';';
+            break;
+
+        case '"':
+            *dst++ = '&'; *dst++ = 'q'; *dst++ = 'u'; *dst++ = 'o';
+            *dst++ = 't'; *dst++ = ';';
+            break;
+
+        default:
+            *dst++ = ch;
+            break;
+        }
+        size--;
+    }
+
+    return (uintptr_t) dst;
+}
+
+
+/* a body in a temp file: the fuzz targets put one in a memfd */
+
+ssize_t
+ngx_read_file(ngx_file_t *file, u_char *buf, size_t size, off_t offset)
+{
+    ssize_t  n;
+
+    n = pread(file->fd, buf, size, offset);
+    if (n == -1) {
+        return NGX_ERROR;
+    }
+
+    file->offset += n;
+
+    return n;
+}
+
+
+ngx_int_t
+ngx_http_send_header(ngx_http_request_t *r)
+{
+    return NGX_OK;
+}
+
+
+/*
+ * What the module last sent as a response body, copied (the chain may be
+ * on the caller's stack), for a target to check; the target frees it.
+ */
+u_char  *ngx_shim_output;
+size_t   ngx_shim_output_len;
+
+
+ngx_int_t
+ngx_http_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    u_char       *p;
+    size_t        len;
+    ngx_chain_t  *cl;
+
+    len = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    p = realloc(ngx_shim_output, ngx_shim_output_len + len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_shim_output = p;
+
+    for (cl = in; cl; cl = cl->next) {
+        if (ngx_buf_in_memory(cl->buf)) {
+            memcpy(p + ngx_shim_output_len, cl->buf->pos,
+                   cl->buf->last - cl->buf->pos);
+            ngx_shim_output_len += cl->buf->last - cl->buf->pos;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the envelope's inflate and login answer need these; no target calls them */
+
+ngx_module_t  ngx_http_core_module;
+
+
+ssize_t
+ngx_write_chain_to_temp_file(ngx_temp_file_t *tf, ngx_chain_t *chain)
+{
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_strcasecmp(u_char *s1, u_char *s2)
+{
+    return strcasecmp((char *) s1, (char *) s2);
 }

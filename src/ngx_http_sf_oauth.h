@@ -317,6 +317,7 @@ typedef struct {
  */
 typedef struct {
     ngx_table_elt_t             *header;
+    ngx_str_t                    saved_key;
     ngx_str_t                    saved_value;
     u_char                      *saved_lowcase_key;
     ngx_uint_t                   saved_hash;
@@ -345,6 +346,9 @@ typedef struct {
     ngx_http_sf_oauth_slot_t     session;
     ngx_http_sf_oauth_slot_t     coding;
     ngx_table_elt_t             *encoding;
+
+    /* a client's second X-SFDC-Session, and more: the token in each */
+    ngx_array_t                 *sessions;
 
     /* REST, SOAP or Bulk 1.0 */
     ngx_uint_t                   kind;
@@ -516,6 +520,7 @@ void ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 ngx_int_t ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+ngx_int_t ngx_http_sf_oauth_request_body_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_sf_oauth_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,

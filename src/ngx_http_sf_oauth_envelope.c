@@ -19,10 +19,12 @@
  * between each two, and the rest of the body.  Where the token goes:
  *
  *   - the content of each sessionId of a SessionHeader of the Header,
- *     whatever the client put there (text, CDATA, comments, nothing);
- *   - a SessionHeader without a sessionId gets one;
- *   - a Header without a SessionHeader gets one, in the endpoint's
- *     namespace;
+ *     whatever the client put there (text, CDATA, comments, nothing),
+ *     whatever its namespace;
+ *   - a SessionHeader in the endpoint's namespace without a sessionId
+ *     gets one;
+ *   - a Header without a SessionHeader in the endpoint's namespace gets
+ *     one;
  *   - an envelope without a Header gets one, before the Body.
  *
  * The positions come from the parser: xmlByteConsumed() in a start tag's
@@ -66,6 +68,7 @@ typedef struct {
 
     ngx_uint_t                   header_seen;
     ngx_uint_t                   session_seen;
+    ngx_uint_t                   session_ours;
     ngx_uint_t                   id_seen;
 
     ngx_array_t                  edits;   /* ngx_http_sf_oauth_edit_t */
@@ -118,6 +121,9 @@ static ngx_int_t ngx_http_sf_oauth_envelope_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
+
+
+#define NGX_HTTP_SF_OAUTH_SOAP_NS  "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 #define ngx_http_sf_oauth_local(local, name)                                  \
@@ -346,6 +352,18 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         err = xmlParseChunk(ctxt, (char *) ps.head + ps.len - got, (int) got,
                             got == 0);
 
+        if ((ctxt->input && ctxt->input->buf && ctxt->input->buf->encoder)
+            || (ctxt->encoding
+                && ngx_strcasecmp((u_char *) ctxt->encoding,
+                                  (u_char *) "UTF-8") != 0
+                && ngx_strcasecmp((u_char *) ctxt->encoding,
+                                  (u_char *) "US-ASCII") != 0))
+        {
+            /* another encoding: the parser's offsets are not bytes */
+            ps.error = "the envelope is not in UTF-8";
+            break;
+        }
+
         if (ps.done || ps.error) {
             break;
         }
@@ -361,27 +379,37 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     }
 
     if (rc == NGX_OK && !ps.done && ps.error == NULL) {
-        /* libxml2's own words: they name an element, never its content */
+        /*
+         * libxml2's own words, up to their first line break: they may
+         * quote a few bytes of the client's envelope (a name, a URI), so
+         * only printable ASCII of them is kept.
+         */
 
         ps.error = ctxt->lastError.message ? ctxt->lastError.message
                                            : "the envelope does not parse";
 
-        why->len = ngx_strlen(ps.error);
-
-        while (why->len && (ps.error[why->len - 1] == '\n'
-                            || ps.error[why->len - 1] == ' '))
-        {
-            why->len--;
-        }
-
-        why->data = ngx_pnalloc(pool, why->len + sizeof(", line ") - 1
+        why->data = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_ERROR_MAX
+                                      + sizeof(", line ") - 1
                                       + NGX_INT_T_LEN);
         if (why->data == NULL) {
             rc = NGX_ERROR;
 
         } else {
-            why->len = ngx_sprintf(ngx_cpymem(why->data, ps.error, why->len),
-                                   ", line %d", ctxt->lastError.line)
+            for (n = 0;
+                 n < NGX_HTTP_SF_OAUTH_ERROR_MAX && ps.error[n]
+                 && ps.error[n] != '\n';
+                 n++)
+            {
+                why->data[n] = (ps.error[n] >= 0x20 && ps.error[n] < 0x7f)
+                               ? ps.error[n] : '?';
+            }
+
+            while (n && why->data[n - 1] == ' ') {
+                n--;
+            }
+
+            why->len = ngx_sprintf(why->data + n, ", line %d",
+                                   ctxt->lastError.line)
                        - why->data;
             rc = NGX_DECLINED;
         }
@@ -487,10 +515,19 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
             return;
         }
 
+        if (ps->head[pos] != '>' && ps->head[pos] != '/') {
+            ps->error = "the Body's start tag does not end";
+            xmlStopParser(ps->ctxt);
+            return;
+        }
+
         pos = ngx_http_sf_oauth_envelope_tag(ps, pos);
 
         if (!ps->header_seen) {
-            /* a Header, in the Body's prefix, right before the Body */
+            /*
+         * A Header, in the Body's prefix, right before the Body; it
+         * declares the prefix, which may be the Body's own declaration.
+         */
 
             if (ps->ns->len == 0) {
                 ps->error = "the envelope has no SessionHeader, and this "
@@ -501,8 +538,11 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
 
             if (ngx_http_sf_oauth_envelope_edit(ps, pos, pos,
                     ngx_http_sf_oauth_envelope_text(ps,
-                        "<%VHeader><SessionHeader xmlns=\"%V\"><sessionId>",
-                        p, ps->ns),
+                        "<%VHeader xmlns%s%*s=\"%s\">"
+                        "<SessionHeader xmlns=\"%V\"><sessionId>",
+                        p, p->len ? ":" : "",
+                        p->len ? p->len - 1 : 0, p->data,
+                        NGX_HTTP_SF_OAUTH_SOAP_NS, ps->ns),
                     ngx_http_sf_oauth_envelope_text(ps,
                         "</sessionId></SessionHeader></%VHeader>", p))
                 != NGX_OK)
@@ -519,10 +559,25 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
     case 3:
         if (ps->in_header && ngx_http_sf_oauth_local(local, "SessionHeader"))
         {
-            ps->session_seen = 1;
+            /*
+             * Every SessionHeader's sessionId gets the token: no client's
+             * session goes on.  Only one in the endpoint's namespace is
+             * Salesforce's: without one, one is added.
+             */
+
             ps->in_session = 1;
             ps->id_seen = 0;
             ps->session_start = pos;
+            ps->session_ours = ps->ns->len == 0
+                               || (uri
+                                   && ngx_strlen(uri) == ps->ns->len
+                                   && ngx_strncmp(uri, ps->ns->data,
+                                                  ps->ns->len)
+                                      == 0);
+
+            if (ps->session_ours) {
+                ps->session_seen = 1;
+            }
         }
 
         return;
@@ -580,11 +635,12 @@ ngx_http_sf_oauth_envelope_end(void *data, const xmlChar *local,
         start = ps->id_start;
 
         if (ps->head[start] == '/') {
-            /* <sessionId/>: the whole tag is replaced */
-            (void) ngx_http_sf_oauth_envelope_edit(ps,
-                       ngx_http_sf_oauth_envelope_tag(ps, start), pos,
-                       ngx_http_sf_oauth_envelope_text(ps, "<%VsessionId>",
-                                                       p),
+            /*
+             * <sessionId/>: its "/>" becomes the content and the end tag;
+             * the start tag keeps what it declares
+             */
+            (void) ngx_http_sf_oauth_envelope_edit(ps, start, pos,
+                       ngx_http_sf_oauth_envelope_text(ps, ">"),
                        ngx_http_sf_oauth_envelope_text(ps, "</%VsessionId>",
                                                        p));
             return;
@@ -604,7 +660,7 @@ ngx_http_sf_oauth_envelope_end(void *data, const xmlChar *local,
 
         ps->in_session = 0;
 
-        if (ps->id_seen) {
+        if (ps->id_seen || !ps->session_ours) {
             return;
         }
 
@@ -989,9 +1045,7 @@ ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos, u_char *buf,
 static ngx_int_t
 ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri)
 {
-    return uri != NULL
-           && ngx_strcmp(uri, "http://schemas.xmlsoap.org/soap/envelope/")
-              == 0;
+    return uri != NULL && ngx_strcmp(uri, NGX_HTTP_SF_OAUTH_SOAP_NS) == 0;
 }
 
 
@@ -1247,7 +1301,7 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len = sizeof(start) - 1 + ns.len + 1024
+    len = sizeof(start) - 1 + ns.len + 2048
           + 2 * (scheme.len + host.len + prefix.len + ver.len)
           + 4 * NGX_HTTP_SF_OAUTH_ID_MAX;
 
@@ -1275,9 +1329,33 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
                 "<sessionId>%V!SF_OAUTH_PROXY_SESSION</sessionId>"
                 "<userId>%V</userId>"
                 "<userInfo>"
+                "<accessibilityMode>false</accessibilityMode>"
+                "<chatterExternal>false</chatterExternal>"
+                "<currencySymbol xsi:nil=\"true\"/>"
+                "<orgAttachmentFileSizeLimit>5242880"
+                "</orgAttachmentFileSizeLimit>"
+                "<orgDefaultCurrencyIsoCode xsi:nil=\"true\"/>"
+                "<orgDefaultCurrencyLocale xsi:nil=\"true\"/>"
+                "<orgDisallowHtmlAttachments>false"
+                "</orgDisallowHtmlAttachments>"
+                "<orgHasPersonAccounts>false</orgHasPersonAccounts>"
                 "<organizationId>%V</organizationId>"
+                "<organizationMultiCurrency>false"
+                "</organizationMultiCurrency>"
+                "<organizationName></organizationName>"
+                "<profileId></profileId>"
+                "<roleId xsi:nil=\"true\"/>"
                 "<sessionSecondsValid>7200</sessionSecondsValid>"
+                "<userDefaultCurrencyIsoCode xsi:nil=\"true\"/>"
+                "<userEmail></userEmail>"
+                "<userFullName></userFullName>"
                 "<userId>%V</userId>"
+                "<userLanguage></userLanguage>"
+                "<userLocale></userLocale>"
+                "<userName></userName>"
+                "<userTimeZone></userTimeZone>"
+                "<userType></userType>"
+                "<userUiSkin></userUiSkin>"
                 "</userInfo>"
                 "</result></loginResponse>",
                 &scheme, &host, &prefix, &ver, org_id,

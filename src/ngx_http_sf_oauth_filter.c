@@ -273,10 +273,16 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
         b->last = ngx_cpymem(b->last, cl->buf->pos, n);
     }
 
-    if (!last && !full) {
+    if (!last && !full && r->upstream && r->upstream->cleanup) {
         ngx_http_sf_oauth_consume(in);
         return NGX_OK;
     }
+
+    /*
+     * Here the body is read to its end, or to the limit, or the upstream
+     * is being finalized without its end (it closed early: nginx sends a
+     * flush, then finalizes the request): what was read is all there is.
+     */
 
     if (ngx_http_sf_oauth_dead(r, ctx, last && !full)) {
 

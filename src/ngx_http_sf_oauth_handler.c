@@ -66,7 +66,8 @@ static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
 static ngx_table_elt_t *ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot, ngx_table_elt_t *h, ngx_str_t *key,
     u_char *lowcase_key, ngx_str_t *value);
-static ngx_table_elt_t *ngx_http_sf_oauth_find_session(ngx_http_request_t *r);
+static ngx_table_elt_t *ngx_http_sf_oauth_find_session(ngx_http_request_t *r,
+    ngx_table_elt_t *after);
 static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
@@ -75,6 +76,8 @@ static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
 static ngx_table_elt_t *ngx_http_sf_oauth_encoding(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
 static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
@@ -1053,14 +1056,16 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
 static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
 static u_char  ngx_http_sf_oauth_lowcase_session[] = "x-sfdc-session";
 static u_char  ngx_http_sf_oauth_lowcase_coding[] = "content-encoding";
+static u_char  ngx_http_sf_oauth_lowcase_connection[] = "connection";
 
 
 static ngx_int_t
 ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_str_t         token;
-    ngx_table_elt_t  *h;
+    ngx_str_t                  token;
+    ngx_table_elt_t           *h;
+    ngx_http_sf_oauth_slot_t  *slot;
 
     static ngx_str_t  auth = ngx_string("Authorization");
     static ngx_str_t  session = ngx_string("X-SFDC-Session");
@@ -1097,7 +1102,7 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     h = ctx->session.header;
 
     if (h == NULL) {
-        h = ngx_http_sf_oauth_find_session(r);
+        h = ngx_http_sf_oauth_find_session(r, NULL);
     }
 
     if (h || ctx->kind == NGX_HTTP_SF_OAUTH_BULK) {
@@ -1108,6 +1113,46 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
         {
             return NGX_ERROR;
         }
+    }
+
+    /*
+     * A client that sent X-SFDC-Session twice: no value of its goes on,
+     * and the upstream gets one.  The others pass for "Connection" while
+     * the proxy builds the request: the proxy sends its own Connection
+     * header, never the client's.
+     */
+
+    for (h = ctx->session.header
+             ? ngx_http_sf_oauth_find_session(r, ctx->session.header) : NULL;
+         h;
+         h = ngx_http_sf_oauth_find_session(r, h))
+    {
+        if (ctx->sessions == NULL) {
+            ctx->sessions = ngx_array_create(r->pool, 1,
+                                             sizeof(ngx_http_sf_oauth_slot_t));
+            if (ctx->sessions == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        slot = ngx_array_push(ctx->sessions);
+        if (slot == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(slot, sizeof(ngx_http_sf_oauth_slot_t));
+
+        if (ngx_http_sf_oauth_set_header(r, slot, h, &session,
+                                         ngx_http_sf_oauth_lowcase_session,
+                                         &token)
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+
+        h->key.len = sizeof("connection") - 1;
+        h->lowcase_key = ngx_http_sf_oauth_lowcase_connection;
+        h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
     }
 
     if (ctx->envelope == NULL) {
@@ -1144,6 +1189,7 @@ ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
         h = slot->header;
 
     } else if (h) {
+        slot->saved_key = h->key;
         slot->saved_value = h->value;
         slot->saved_lowcase_key = h->lowcase_key;
         slot->saved_hash = h->hash;
@@ -1169,10 +1215,10 @@ ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
 }
 
 
-/* the client's X-SFDC-Session, if it sent one */
+/* the client's X-SFDC-Session after "after", or its first one */
 
 static ngx_table_elt_t *
-ngx_http_sf_oauth_find_session(ngx_http_request_t *r)
+ngx_http_sf_oauth_find_session(ngx_http_request_t *r, ngx_table_elt_t *after)
 {
     ngx_uint_t        i;
     ngx_table_elt_t  *h;
@@ -1182,6 +1228,14 @@ ngx_http_sf_oauth_find_session(ngx_http_request_t *r)
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
+            if (after) {
+                if (&h[i] == after) {
+                    after = NULL;
+                }
+
+                continue;
+            }
+
             if (h[i].key.len == sizeof("X-SFDC-Session") - 1
                 && h[i].hash
                 && ngx_strncasecmp(h[i].key.data, (u_char *) "X-SFDC-Session",
@@ -1244,7 +1298,9 @@ void
 ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_table_elt_t  *h;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_sf_oauth_slot_t  *slot;
 
     if (ctx->body_set) {
         ctx->body_set = 0;
@@ -1255,6 +1311,17 @@ ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
     /* the element pushed last goes first */
 
     ngx_http_sf_oauth_unset_header(r, &ctx->coding);
+
+    if (ctx->sessions) {
+        slot = ctx->sessions->elts;
+
+        for (i = ctx->sessions->nelts; i > 0; i--) {
+            ngx_http_sf_oauth_unset_header(r, &slot[i - 1]);
+        }
+
+        ctx->sessions->nelts = 0;
+    }
+
     ngx_http_sf_oauth_unset_header(r, &ctx->session);
 
     h = ctx->auth.header;
@@ -1283,6 +1350,7 @@ ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
     slot->header = NULL;
 
     if (!slot->pushed) {
+        h->key = slot->saved_key;
         h->value = slot->saved_value;
         h->lowcase_key = slot->saved_lowcase_key;
         h->hash = slot->saved_hash;
@@ -1344,7 +1412,8 @@ ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
         for (i = 0; i < part->nelts; i++) {
 
             if (h[i].lowcase_key == ngx_http_sf_oauth_lowcase_key
-                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_session)
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_session
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_connection)
             {
                 /* a token, or a dead one: another request's, never copied */
                 continue;
@@ -1555,6 +1624,83 @@ ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
     v->not_found = 0;
 
     return NGX_OK;
+}
+
+
+/*
+ * $request_body: the client's body, never the envelope with the token.
+ * The envelope is the request body only while the proxy builds the
+ * upstream request, but a $request_body evaluated then (a proxy_cache_key,
+ * a proxy_set_header) would keep the envelope as the variable's cached
+ * value, for the access log too.  The core variable cannot be defined
+ * again, so its handler is wrapped, before nginx indexes the variables.
+ */
+
+static ngx_http_get_variable_pt  ngx_http_sf_oauth_request_body_get;
+
+
+ngx_int_t
+ngx_http_sf_oauth_request_body_init(ngx_conf_t *cf)
+{
+    ngx_uint_t                  i;
+    ngx_hash_key_t             *key;
+    ngx_http_variable_t        *v;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    if (cmcf->variables_keys == NULL) {
+        return NGX_OK;
+    }
+
+    key = cmcf->variables_keys->keys.elts;
+
+    for (i = 0; i < cmcf->variables_keys->keys.nelts; i++) {
+
+        if (key[i].key.len != sizeof("request_body") - 1
+            || ngx_strncmp(key[i].key.data, "request_body",
+                           sizeof("request_body") - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        v = key[i].value;
+
+        if (v->get_handler != ngx_http_sf_oauth_request_body_variable) {
+            ngx_http_sf_oauth_request_body_get = v->get_handler;
+            v->get_handler = ngx_http_sf_oauth_request_body_variable;
+        }
+
+        return NGX_OK;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_int_t                 rc;
+    ngx_chain_t              *envelope;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = ngx_http_sf_oauth_get_ctx(r->main);
+
+    if (ctx == NULL || !ctx->body_set || r->request_body == NULL) {
+        return ngx_http_sf_oauth_request_body_get(r, v, data);
+    }
+
+    envelope = r->request_body->bufs;
+    r->request_body->bufs = ctx->client_body;
+
+    rc = ngx_http_sf_oauth_request_body_get(r, v, data);
+
+    r->request_body->bufs = envelope;
+
+    return rc;
 }
 
 
