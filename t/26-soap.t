@@ -7,8 +7,14 @@
 # faults reach the client byte for byte; a malformed envelope or one with a
 # DOCTYPE gets the module's own 400 fault and never reaches Salesforce.
 #
-# A real client (python3-zeep, generated from t/lib/wsdl/partner.wsdl) and
-# raw envelopes.
+# Also: every endpoint's namespace, HTTP/2, gzip-compressed envelopes and
+# gzip-compressed faults, a 20 MiB deploy through a 16k body buffer (RSS),
+# 100 concurrent replays, sf_oauth_soap_login (zeep, jsforce), and that no
+# answer or log holds a token.
+#
+# A real client (python3-zeep, generated from t/lib/wsdl/partner.wsdl; run
+# with Debian's /usr/bin/python3), jsforce when t/lib/install-node-deps.sh
+# has installed it, and raw envelopes.
 
 use strict;
 use warnings;
