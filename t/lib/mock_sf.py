@@ -10,6 +10,10 @@ Python standard library only.  It answers like Salesforce does:
                                  token's expiry under the mock's lifetime)
   *    /services/...             the API: 200 JSON for a valid bearer token,
                                  401 INVALID_SESSION_ID otherwise
+  POST /services/Soap/u/V, /c/V, /m/V, /T/V, /class/NAME
+                                 SOAP (partner, enterprise, metadata,
+                                 tooling, Apex web services): see below
+  *    /services/async/V/job...  Bulk API 1.0: see below
 
 Test hooks, under /__mock/ (never used by the module):
 
@@ -36,6 +40,15 @@ Test hooks, under /__mock/ (never used by the module):
                                  long; 0: the usual length
   POST /__mock/reset             counters, tokens and mode back to the start
   POST /__mock/reset_echo        forget the echo_log
+  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk) gzips its answers,
+                                 errors included, when the request says
+                                 Accept-Encoding: gzip, as Salesforce does
+  *    /__mock/xxe               counts a fetch in "xxe_hits" (the URL of an
+                                 XXE attempt: a fetch means an XML parser
+                                 on the way resolved an external entity)
+  GET  /__mock/wsdl/partner.wsdl?endpoint=URL
+                                 t/lib/wsdl/partner.wsdl with its service
+                                 address set to URL
 
 Modes of the token endpoint:
 
@@ -97,10 +110,80 @@ API paths with special answers (after the token check):
   ?ssi=URI                       an HTML page that SSI-includes URI
   ?html=1                        a small HTML page
   ?empty401=1, ?html401=1        a 401 with no body, or with an HTML body
+  ?notrest=1                     a valid token gets 401 "This session is not
+                                 valid for use with the REST API" (which no
+                                 refresh cures; NOT_REST_BODY)
 
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
 keepalive); "not_found" counts requests outside /services/ and /echo/.
+
+SOAP (POST; the envelope parsed namespace-aware, any prefix):
+
+  The session is Header/SessionHeader/sessionId in the endpoint's namespace
+  (urn:partner.soap.sforce.com for /u/, urn:enterprise... for /c/,
+  http://soap.sforce.com/2006/04/metadata for /m/, urn:tooling... for /T/,
+  http://soap.sforce.com/schemas/class/NAME for /class/NAME); one in another
+  namespace is no session.  Valid means a live access token, as for the
+  REST API.  A dead, missing or invalid session is HTTP 500 with
+  Salesforce's INVALID_SESSION_ID fault (SOAP_INVALID_SESSION, byte for
+  byte).  A request body with Content-Encoding gzip or deflate is inflated
+  first (identity: as it is).  A DOCTYPE, XML that does not parse, a body
+  that does not inflate, or a root other than a SOAP 1.1 Envelope is a 500
+  soapenv:Client fault; fewer bytes than Content-Length within 10 s is a
+  400.  Operations (the Body's first child,
+  in the endpoint's namespace):
+
+  login (u, c)          no session needed; LoginResult (a session id that
+                        is not an access token); records the username and
+                        whether a password came in "soap_logins"
+  query, queryAll (u, c, T)
+                        a QueryResult of 2 Accounts; SOQL containing "bad":
+                        500 sf:MALFORMED_QUERY (SOAP_MALFORMED_QUERY),
+                        "trap": 500 sf:INVALID_FIELD whose text mentions
+                        INVALID_SESSION_ID (SOAP_TRAP_FAULT), "custom500":
+                        500 sf:UNKNOWN_EXCEPTION with the headers
+                        X-Mock-Fault and Sforce-Limit-Info
+  create (u, c)         a SaveResult with an id per sObjects element
+  describeSObject (u, c)
+                        Account's DescribeSObjectResult; other types 500
+                        sf:INVALID_TYPE
+  deploy (m)            takes a base64 ZipFile of any size; records in
+                        "soap_deploys" the body's length, its SHA-256, the
+                        SHA-256 from the Body start tag to the end
+                        ("tail"), and the decoded zip's length and SHA-256;
+                        answers an AsyncResult id
+  anything (T, class)   <opResponse><result>ok</result></opResponse>
+
+  Stats: "soap_calls" (per operation), "soap_session_ids" (every sessionId
+  text found in any Header, any namespace), "soap_log" (per call: path,
+  op, status, content_length header, accept_encoding, content_encoding,
+  body_len (as received), decoded_len, body/tail SHA-256 (of the inflated
+  body), header present, the namespaces of the SessionHeaders, the sessionIds, the one
+  used, whether it was valid, Authorization headers, error),
+  "soap_last_envelope" (the last body; its first 64 KiB when over 1 MiB,
+  then "soap_last_truncated").
+
+Bulk API 1.0 (/services/async/V/...; XML jobs, or JSON jobs when the job
+was created with Content-Type application/json):
+
+  POST job               create a job (jobInfo XML or JSON): 201
+  GET/POST job/ID        job info / close or abort it (state Closed|Aborted)
+  POST job/ID/batch      add a batch (CSV or a JSON list): 201, Queued
+  GET  job/ID/batch/BID  batch info, Completed
+  GET  job/ID/batch/BID/result
+                         CSV (text/csv) or JSON results, one id a record
+
+  The session is X-SFDC-Session only (exactly one, a live access token).
+  A dead one is HTTP 400 InvalidSessionId (BULK_INVALID_SESSION_XML, or
+  BULK_INVALID_SESSION_JSON for JSON), byte for byte.  An unknown job is
+  400 InvalidJob with the header X-Mock-Bulk-Error.  Stats: "bulk_log" (per
+  call: method, path, status, the X-SFDC-Session values, the Authorization
+  headers, content type, accept_encoding, content_encoding, body length
+  and SHA-256),
+  "bulk_sessions" (every X-SFDC-Session value received).
+
+SOAP and Bulk calls count in "api_requests" and "api_log" too.
 
   GET  /id/ORG_ID/USER_ID        the identity service: who the token's user
                                  is (403 for a token that is not valid, or
@@ -112,13 +195,19 @@ keepalive); "not_found" counts requests outside /services/ and /echo/.
 """
 
 import argparse
+import base64
+import gzip
 import hashlib
 import json
+import os
+import re
 import secrets
 import sys
 import threading
 import time
 import urllib.parse
+import xml.etree.ElementTree as ET
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
@@ -129,6 +218,92 @@ MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "leaky_code", "leaky_introspect", "redirect_leaky")
 
 ORG_ID = "00D5g000004TmoK"   # 15 characters, as a real org id
+
+# A REST 401 that no refresh cures (a high-assurance session, IP policy)
+NOT_REST_BODY = ('[{"message":"This session is not valid for use with the '
+                 'REST API","errorCode":"INVALID_SESSION_ID"}]')
+
+SOAPENV = "http://schemas.xmlsoap.org/soap/envelope/"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+# The namespace of each SOAP endpoint: its SessionHeader and its operations
+SOAP_NS = {
+    "u": "urn:partner.soap.sforce.com",
+    "c": "urn:enterprise.soap.sforce.com",
+    "m": "http://soap.sforce.com/2006/04/metadata",
+    "T": "urn:tooling.soap.sforce.com",
+}
+SOBJECT_NS = {
+    "u": "urn:sobject.partner.soap.sforce.com",
+    "c": "urn:sobject.enterprise.soap.sforce.com",
+}
+
+# Salesforce's answer to a dead, missing or invalid session, byte for byte
+SOAP_INVALID_SESSION = (
+    '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+    'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+    'xmlns:sf="urn:fault.partner.soap.sforce.com" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+    '<soapenv:Fault><faultcode>sf:INVALID_SESSION_ID</faultcode><faultstring>'
+    'INVALID_SESSION_ID: Invalid Session ID found in SessionHeader: Illegal '
+    'Session</faultstring><detail><sf:UnexpectedErrorFault '
+    'xsi:type="sf:UnexpectedErrorFault"><sf:exceptionCode>INVALID_SESSION_ID'
+    '</sf:exceptionCode><sf:exceptionMessage>Invalid Session ID found in '
+    'SessionHeader: Illegal Session</sf:exceptionMessage>'
+    '</sf:UnexpectedErrorFault></detail></soapenv:Fault></soapenv:Body>'
+    '</soapenv:Envelope>')
+
+
+def xml_escape(text):
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;")
+            .replace(">", "&gt;").replace('"', "&quot;"))
+
+
+def soap_fault(code, string, fault_type="UnexpectedErrorFault"):
+    """A Salesforce-style SOAP 1.1 fault; code is sf:X or soapenv:X."""
+    exc = code.split(":", 1)[1]
+    detail = ""
+    if code.startswith("sf:"):
+        detail = ('<detail><sf:%s xsi:type="sf:%s"><sf:exceptionCode>%s'
+                  '</sf:exceptionCode><sf:exceptionMessage>%s'
+                  '</sf:exceptionMessage></sf:%s></detail>'
+                  % (fault_type, fault_type, exc, xml_escape(string),
+                     fault_type))
+    return ('<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+            'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:sf="urn:fault.partner.soap.sforce.com" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            '<soapenv:Body><soapenv:Fault><faultcode>%s</faultcode>'
+            '<faultstring>%s: %s</faultstring>%s</soapenv:Fault>'
+            '</soapenv:Body></soapenv:Envelope>'
+            % (code, exc, xml_escape(string), detail))
+
+
+# Non-session faults with fixed bodies, for byte-for-byte comparisons
+SOAP_MALFORMED_QUERY = soap_fault(
+    "sf:MALFORMED_QUERY",
+    "\nSELECT bad FROM Account\n       ^\nERROR at Row:1:Column:8\n"
+    "No such column 'bad' on entity 'Account'.", "MalformedQueryFault")
+# mentions INVALID_SESSION_ID in its text, but its faultcode is another
+SOAP_TRAP_FAULT = soap_fault(
+    "sf:INVALID_FIELD",
+    "No such column 'INVALID_SESSION_ID' on entity 'Account'; "
+    "<faultcode>sf:INVALID_SESSION_ID</faultcode> is not a field",
+    "InvalidFieldFault")
+SOAP_UNKNOWN_EXCEPTION = soap_fault(
+    "sf:UNKNOWN_EXCEPTION",
+    "An unexpected error occurred. Please include this ErrorId if you "
+    "contact support: 1234567890-12345 (-1234567890)")
+
+BULK_NS = "http://www.force.com/2009/06/asyncapi/dataload"
+BULK_INVALID_SESSION_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?><error xmlns="http://www.force.com'
+    '/2009/06/asyncapi/dataload"><exceptionCode>InvalidSessionId'
+    '</exceptionCode><exceptionMessage>Invalid session id</exceptionMessage>'
+    '</error>')
+BULK_INVALID_SESSION_JSON = ('{"exceptionCode":"InvalidSessionId",'
+                             '"exceptionMessage":"Invalid session id"}')
+
 
 
 class State:
@@ -165,6 +340,19 @@ class State:
             self.last_token_form = {}
             self.echo_log = []
             self.instance_url = self.args.instance_url
+            self.xxe_hits = 0
+            self.gzip = False
+            self.soap_calls = {}
+            self.soap_log = []
+            self.soap_session_ids = []
+            self.soap_last_envelope = ""
+            self.soap_last_truncated = False
+            self.soap_logins = []
+            self.soap_deploys = []
+            self.bulk_log = []
+            self.bulk_sessions = []
+            self.bulk_jobs = {}
+            self.bulk_seq = 0
             self.lock.notify_all()
 
 
@@ -214,11 +402,18 @@ class Handler(BaseHTTPRequestHandler):
             return data
         return self.rfile.read(n) if n else b""
 
+    # set by the API handlers: gzip this answer (mode on, client accepts)
+    gzip_ok = False
+
     def send(self, status, body, ctype="application/json", headers=()):
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         elif isinstance(body, str):
             body = body.encode()
+        if self.gzip_ok:
+            body = gzip.compress(body, mtime=0)
+            headers = list(headers) + [("Content-Encoding", "gzip"),
+                                       ("Vary", "Accept-Encoding")]
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -248,12 +443,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         path = urllib.parse.urlsplit(self.path).path
+        self.gzip_ok = (path.startswith("/services/")
+                        and not path.startswith("/services/oauth2/")
+                        and self.server.state.gzip
+                        and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
             return self.control(path)
         if path == "/services/oauth2/token":
             return self.token()
         if path == "/services/oauth2/introspect":
             return self.introspect()
+        if path.startswith("/services/Soap/"):
+            return self.soap(path)
+        if path.startswith("/services/async/"):
+            return self.bulk(path)
         if path.startswith("/services/"):
             return self.api(path)
         if path.startswith("/echo/"):
@@ -288,6 +491,16 @@ class Handler(BaseHTTPRequestHandler):
                     "introspections": st.introspections,
                     "echo_log": st.echo_log,
                     "identity_requests": st.identity_requests,
+                    "xxe_hits": st.xxe_hits,
+                    "soap_calls": st.soap_calls,
+                    "soap_log": st.soap_log,
+                    "soap_session_ids": st.soap_session_ids,
+                    "soap_last_envelope": st.soap_last_envelope,
+                    "soap_last_truncated": st.soap_last_truncated,
+                    "soap_logins": st.soap_logins,
+                    "soap_deploys": st.soap_deploys,
+                    "bulk_log": st.bulk_log,
+                    "bulk_sessions": st.bulk_sessions,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -336,6 +549,16 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__mock/reset":
             st.reset()
             return self.send(200, {"reset": True})
+        if path == "/__mock/gzip":
+            with st.lock:
+                st.gzip = query.get("on", ["1"])[0] == "1"
+            return self.send(200, {"gzip": st.gzip})
+        if path == "/__mock/xxe":
+            with st.lock:
+                st.xxe_hits += 1
+            return self.send(200, "xxe-fetched", ctype="text/plain")
+        if path == "/__mock/wsdl/partner.wsdl":
+            return self.wsdl(query.get("endpoint", [""])[0])
         return self.send(404, {"error": "no such hook"})
 
     # -- the token endpoint ---------------------------------------------
@@ -581,7 +804,7 @@ class Handler(BaseHTTPRequestHandler):
             else None
         with st.lock:
             st.identity_requests += 1
-            ok = token in st.access_tokens and st.identity_mode != "fail"
+            ok = self.session_ok(token) and st.identity_mode != "fail"
         parts = path.split("/")
         if not ok or len(parts) != 4 or parts[2] != ORG_ID:
             return self.send(403, "Bad_OAuth_Token", ctype="text/plain")
@@ -603,6 +826,23 @@ class Handler(BaseHTTPRequestHandler):
             "user_type": "STANDARD",
             "active": True,
         })
+    def session_ok(self, token):
+        """Whether token is a live access token (the caller holds st.lock):
+        issued, not revoked, not past the mock's lifetime.  The REST API
+        (Bearer), SOAP (sessionId) and Bulk 1.0 (X-SFDC-Session) all ask
+        this; a caller that accepts the request calls touch()."""
+        st = self.server.state
+        now = time.time()
+        if token in st.access_tokens and st.lifetime:
+            since = st.token_issued[token] if st.absolute \
+                else st.token_used[token]
+            if now - since > st.lifetime:
+                st.access_tokens.discard(token)
+        return token is not None and token in st.access_tokens
+
+    def touch(self, token):
+        """A use of a live token slides its lifetime (holding st.lock)."""
+        self.server.state.token_used[token] = time.time()
 
     def api(self, path):
         st = self.server.state
@@ -613,22 +853,17 @@ class Handler(BaseHTTPRequestHandler):
             else None
         with st.lock:
             st.api_requests += 1
-            now = time.time()
-            if token in st.access_tokens and st.lifetime:
-                since = st.token_issued[token] if st.absolute \
-                    else st.token_used[token]
-                if now - since > st.lifetime:
-                    st.access_tokens.discard(token)
-            ok = (token in st.access_tokens and len(auths) == 1
+            ok = (self.session_ok(token) and len(auths) == 1
                   and st.api_mode != "reject" and "reject" not in query)
+            notrest = ok and "notrest" in query
             if ok:
-                st.token_used[token] = now
-            if not ok:
+                self.touch(token)
+            if not ok or notrest:
                 st.api_401 += 1
             st.api_log.append({
                 "method": self.command,
                 "path": self.path,
-                "status": 200 if ok else 401,
+                "status": 200 if ok and not notrest else 401,
                 "body_sha256": hashlib.sha256(data).hexdigest(),
                 "peer_port": self.client_address[1],
             })
@@ -649,6 +884,8 @@ class Handler(BaseHTTPRequestHandler):
                                  ctype="text/html")
             return self.send(401, [{"message": "Session expired or invalid",
                                     "errorCode": "INVALID_SESSION_ID"}])
+        if notrest:
+            return self.send(401, NOT_REST_BODY)
         if path == "/services/data/chunked":
             return self.chunked(int(query.get("n", ["10"])[0]))
         if path == "/services/data/big":
@@ -676,6 +913,496 @@ class Handler(BaseHTTPRequestHandler):
             "headers": headers,
             "peer_port": self.client_address[1],
         })
+
+    # -- SOAP (partner, enterprise, metadata, tooling, Apex classes) -------
+
+    def soap_endpoint(self, path):
+        """(kind, namespace) of a SOAP endpoint path, or (None, None)."""
+        parts = path.split("/")
+        if len(parts) >= 5 and parts[3] in SOAP_NS:
+            return parts[3], SOAP_NS[parts[3]]
+        if len(parts) >= 5 and parts[3] == "class" and parts[4]:
+            return "class", "http://soap.sforce.com/schemas/class/" + parts[4]
+        return None, None
+
+    def soap_reply(self, kind, ns, inner, status=200, headers=()):
+        sobject = SOBJECT_NS.get(kind, SOBJECT_NS["u"])
+        self.send(status, '<?xml version="1.0" encoding="UTF-8"?>'
+                  '<soapenv:Envelope xmlns:soapenv="%s" xmlns="%s" '
+                  'xmlns:sf="%s" xmlns:xsi="%s"><soapenv:Body>%s'
+                  '</soapenv:Body></soapenv:Envelope>'
+                  % (SOAPENV, ns, sobject, XSI, inner),
+                  ctype="text/xml;charset=UTF-8", headers=headers)
+
+    def soap_read_body(self):
+        """The body; None when fewer bytes than Content-Length arrive within
+        10 s (a Content-Length that is too large must not hang a test)."""
+        self.connection.settimeout(10)
+        try:
+            return self.body()
+        except OSError:
+            self.close_connection = True
+            return None
+        finally:
+            try:
+                self.connection.settimeout(None)
+            except OSError:
+                pass
+
+    def decode_body(self, data):
+        """A request body as Salesforce reads it: Content-Encoding gzip or
+        deflate inflated (identity: as it is).  None when it does not
+        inflate or the encoding is unknown."""
+        ce = (self.headers.get("Content-Encoding") or "").strip().lower()
+        try:
+            if ce == "gzip":
+                return gzip.decompress(data)
+            if ce == "deflate":
+                return zlib.decompress(data)
+        except (OSError, EOFError, zlib.error):
+            return None
+        return data if ce in ("", "identity") else None
+
+    def soap(self, path):
+        st = self.server.state
+        wire = self.soap_read_body()
+        data = None if wire is None else self.decode_body(wire)
+        kind, ns = self.soap_endpoint(path)
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "namespace": ns,
+            "content_length": self.headers.get("Content-Length"),
+            "chunked": self.headers.get("Transfer-Encoding", "").lower()
+                       == "chunked",
+            "content_type": self.headers.get("Content-Type"),
+            "soapaction": self.headers.get("SOAPAction"),
+            "accept_encoding": self.headers.get("Accept-Encoding"),
+            "authorization": self.headers.get_all("Authorization") or [],
+            "content_encoding": self.headers.get("Content-Encoding"),
+            "body_len": len(wire) if wire is not None else None,
+            "decoded_len": len(data) if data is not None else None,
+            "body_sha256": hashlib.sha256(data or b"").hexdigest(),
+            "tail_sha256": None,
+            "op": None,
+            "header": False,
+            "session_headers": [],
+            "session_ids": [],
+            "session_id": None,
+            "session_valid": False,
+            "status": None,
+            "error": None,
+        }
+        status, reply, headers = self.soap_call(kind, ns, data, entry)
+        entry["status"] = status
+        with st.lock:
+            st.api_requests += 1
+            st.api_log.append({"method": self.command, "path": self.path,
+                               "status": status,
+                               "body_sha256": entry["body_sha256"],
+                               "peer_port": self.client_address[1]})
+            st.soap_log.append(entry)
+            if entry["op"]:
+                st.soap_calls[entry["op"]] = \
+                    st.soap_calls.get(entry["op"], 0) + 1
+            st.soap_session_ids.extend(entry["session_ids"])
+            if data is not None:
+                st.soap_last_truncated = len(data) > 1 << 20
+                st.soap_last_envelope = data[:65536 if len(data) > 1 << 20
+                                             else len(data)].decode(
+                                                 "utf-8", "replace")
+        if isinstance(reply, str) and reply.startswith("<?xml"):
+            return self.send(status, reply, ctype="text/xml;charset=UTF-8",
+                             headers=headers)
+        return self.soap_reply(kind, ns, reply, status, headers)
+
+    def soap_call(self, kind, ns, data, entry):
+        """Checks the envelope and the session, runs the operation:
+        (status, a whole envelope or a Body's content, extra headers)."""
+        st = self.server.state
+        if self.command != "POST":
+            return 405, soap_fault("soapenv:Client", "POST only"), ()
+        if kind is None:
+            return 404, soap_fault("soapenv:Client",
+                                   "No such SOAP endpoint"), ()
+        if entry["body_len"] is None:
+            entry["error"] = "short body"
+            return 400, soap_fault("soapenv:Client",
+                                   "Fewer bytes than Content-Length"), ()
+        if data is None:
+            entry["error"] = "content encoding"
+            return 500, soap_fault("soapenv:Client", "Unable to decode the "
+                                   "Content-Encoding of the request"), ()
+        m = re.search(rb"<(?:[A-Za-z_][\w.\-]*:)?Body[\s/>]", data)
+        if m:
+            entry["tail_sha256"] = hashlib.sha256(
+                data[m.start():]).hexdigest()
+        if re.search(rb"<!DOCTYPE", data, re.I):
+            entry["error"] = "doctype"
+            return 500, soap_fault("soapenv:Client",
+                                   "DOCTYPE is not allowed"), ()
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError as e:
+            entry["error"] = "parse: %s" % e
+            return 500, soap_fault("soapenv:Client",
+                                   "Unable to parse the envelope: %s" % e), ()
+        if root.tag != "{%s}Envelope" % SOAPENV:
+            entry["error"] = "not an envelope: " + root.tag
+            return 500, soap_fault("soapenv:VersionMismatch",
+                                   "Wrong envelope: " + root.tag), ()
+        header = root.find("{%s}Header" % SOAPENV)
+        body = root.find("{%s}Body" % SOAPENV)
+        entry["header"] = header is not None
+        if header is not None:
+            for el in header.iter():
+                local = el.tag.rsplit("}", 1)[-1]
+                if local == "SessionHeader":
+                    entry["session_headers"].append(
+                        el.tag[1:].split("}")[0] if el.tag[0] == "{" else "")
+                elif local == "sessionId":
+                    entry["session_ids"].append(el.text or "")
+            sh = header.findall("{%s}SessionHeader" % ns)
+            if len(sh) == 1:
+                sid = sh[0].findall("{%s}sessionId" % ns)
+                if len(sid) == 1:
+                    entry["session_id"] = sid[0].text or ""
+        if body is None or len(body) == 0:
+            entry["error"] = "no operation"
+            return 500, soap_fault("soapenv:Client",
+                                   "No operation in the Body"), ()
+        op_el = body[0]
+        op = op_el.tag.rsplit("}", 1)[-1]
+        entry["op"] = op
+        if op_el.tag != "{%s}%s" % (ns, op):
+            return 500, soap_fault(
+                "soapenv:Client", "No operation available for request %s, "
+                "please check the WSDL for the service." % op_el.tag), ()
+
+        def text(name):
+            el = op_el.find("{%s}%s" % (ns, name))
+            return None if el is None else (el.text or "")
+
+        if op == "login" and kind in ("u", "c"):
+            username, password = text("username"), text("password")
+            with st.lock:
+                st.soap_logins.append({"username": username,
+                                       "password": bool(password),
+                                       "session_header":
+                                       bool(entry["session_headers"])})
+            if not username or not password:
+                return 500, soap_fault(
+                    "sf:INVALID_LOGIN", "Invalid username, password, "
+                    "security token; or user locked out.", "LoginFault"), ()
+            base = st.instance_url or st.args.login_url
+            return 200, (
+                '<loginResponse><result><metadataServerUrl>%s'
+                '/services/Soap/m/59.0/%s</metadataServerUrl>'
+                '<passwordExpired>false</passwordExpired><sandbox>false'
+                '</sandbox><serverUrl>%s/services/Soap/u/59.0/%s</serverUrl>'
+                '<sessionId>%s!LOGIN%s</sessionId><userId>005000000000001AAA'
+                '</userId><userInfo><accessibilityMode>false'
+                '</accessibilityMode><chatterExternal>false</chatterExternal>'
+                '<currencySymbol>$</currencySymbol>'
+                '<orgAttachmentFileSizeLimit>5242880'
+                '</orgAttachmentFileSizeLimit><orgDefaultCurrencyIsoCode>USD'
+                '</orgDefaultCurrencyIsoCode><orgDefaultCurrencyLocale>en_US'
+                '</orgDefaultCurrencyLocale><orgDisallowHtmlAttachments>false'
+                '</orgDisallowHtmlAttachments><orgHasPersonAccounts>false'
+                '</orgHasPersonAccounts><organizationId>%s</organizationId>'
+                '<organizationMultiCurrency>false</organizationMultiCurrency>'
+                '<organizationName>Mock Org</organizationName><profileId>'
+                '00e000000000001AAA</profileId><roleId xsi:nil="true"/>'
+                '<sessionSecondsValid>7200</sessionSecondsValid>'
+                '<userDefaultCurrencyIsoCode xsi:nil="true"/><userEmail>'
+                'integration@example.com</userEmail><userFullName>Integration'
+                ' User</userFullName><userId>005000000000001AAA</userId>'
+                '<userLanguage>en_US</userLanguage><userLocale>en_US'
+                '</userLocale><userName>%s</userName><userTimeZone>'
+                'America/Los_Angeles</userTimeZone><userType>Standard'
+                '</userType><userUiSkin>Theme3</userUiSkin></userInfo>'
+                '</result></loginResponse>'
+                % (xml_escape(base), ORG_ID, xml_escape(base), ORG_ID,
+                   ORG_ID, secrets.token_hex(16), ORG_ID,
+                   xml_escape(username))), ()
+
+        with st.lock:
+            token = entry["session_id"]
+            entry["session_valid"] = ok = self.session_ok(token)
+            if ok:
+                self.touch(token)
+        if not ok:
+            return 500, SOAP_INVALID_SESSION, ()
+
+        if op in ("query", "queryAll") and kind in ("u", "c", "T"):
+            soql = text("queryString") or ""
+            if "bad" in soql:
+                return 500, SOAP_MALFORMED_QUERY, ()
+            if "trap" in soql:
+                return 500, SOAP_TRAP_FAULT, ()
+            if "custom500" in soql:
+                return 500, SOAP_UNKNOWN_EXCEPTION, (
+                    ("X-Mock-Fault", "unknown-exception"),
+                    ("Sforce-Limit-Info", "api-usage=42/15000"))
+            records = "".join(
+                '<records xsi:type="sf:sObject"><sf:type>Account</sf:type>'
+                '<sf:Id>001Mock00000000%d</sf:Id><sf:Name>%s</sf:Name>'
+                '</records>' % (i, name)
+                for i, name in enumerate(("Acme", "Globex"), 1))
+            return 200, ('<%sResponse><result xsi:type="QueryResult"><done>'
+                         'true</done><queryLocator xsi:nil="true"/>%s<size>2'
+                         '</size></result></%sResponse>'
+                         % (op, records, op)), ()
+        if op == "create" and kind in ("u", "c"):
+            n = len(op_el.findall("{%s}sObjects" % ns))
+            with st.lock:
+                st.bulk_seq += 1
+                seq = st.bulk_seq
+            return 200, "<createResponse>%s</createResponse>" % "".join(
+                "<result><id>001Mock%08d%d</id><success>true</success>"
+                "</result>" % (seq, i) for i in range(n)), ()
+        if op == "describeSObject" and kind in ("u", "c"):
+            name = text("sObjectType") or ""
+            if name != "Account":
+                return 500, soap_fault(
+                    "sf:INVALID_TYPE", "sObject type '%s' is not supported."
+                    % name, "InvalidSObjectFault"), ()
+            return 200, (
+                '<describeSObjectResponse><result><createable>true'
+                '</createable><fields><label>Account ID</label><length>18'
+                '</length><name>Id</name><type>id</type></fields><fields>'
+                '<label>Account Name</label><length>255</length><name>Name'
+                '</name><type>string</type></fields><label>Account</label>'
+                '<name>Account</name></result></describeSObjectResponse>'), ()
+        if op == "deploy" and kind == "m":
+            zipped = text("ZipFile") or ""
+            try:
+                raw = base64.b64decode(zipped, validate=True)
+            except ValueError:
+                raw = None
+            with st.lock:
+                st.soap_deploys.append({
+                    "body_len": entry["body_len"],
+                    "body_sha256": entry["body_sha256"],
+                    "tail_sha256": entry["tail_sha256"],
+                    "base64_len": len(zipped),
+                    "zip_len": None if raw is None else len(raw),
+                    "zip_sha256": None if raw is None
+                    else hashlib.sha256(raw).hexdigest(),
+                })
+            if raw is None:
+                return 500, soap_fault("sf:INVALID_ZIP", "ZipFile is not "
+                                       "base64", "ApiFault"), ()
+            return 200, ('<deployResponse><result><done>false</done><id>'
+                         '0AfMock%011d</id><state>Queued</state></result>'
+                         '</deployResponse>' % len(st.soap_deploys)), ()
+        if kind in ("T", "class"):
+            return 200, ("<%sResponse><result>ok</result></%sResponse>"
+                         % (op, op)), ()
+        return 500, soap_fault(
+            "soapenv:Client", "No operation available for request %s, "
+            "please check the WSDL for the service." % op_el.tag), ()
+
+    def wsdl(self, endpoint):
+        """t/lib/wsdl/partner.wsdl with its service at endpoint."""
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "wsdl", "partner.wsdl")
+        with open(path, encoding="utf-8") as f:
+            doc = f.read()
+        if endpoint:
+            doc = re.sub(r'(<soap:address location=")[^"]*"',
+                         lambda m: m.group(1) + xml_escape(endpoint) + '"',
+                         doc)
+        return self.send(200, doc, ctype="text/xml;charset=UTF-8")
+
+    # -- Bulk API 1.0 -------------------------------------------------------
+
+    def bulk_send(self, status, as_json, obj, root, headers=()):
+        """obj as JSON, or as XML under root in the asyncapi namespace."""
+        if as_json:
+            return self.send(status, json.dumps(obj, separators=(",", ":")),
+                             headers=headers)
+        inner = "".join("<%s>%s</%s>" % (k, xml_escape(v), k)
+                        for k, v in obj.items())
+        return self.send(status, '<?xml version="1.0" encoding="UTF-8"?>'
+                         '<%s xmlns="%s">%s</%s>' % (root, BULK_NS, inner,
+                                                     root),
+                         ctype="application/xml", headers=headers)
+
+    def bulk_error(self, status, as_json, code, message, headers=()):
+        return self.bulk_send(status, as_json,
+                              {"exceptionCode": code,
+                               "exceptionMessage": message}, "error",
+                              headers)
+
+    def bulk(self, path):
+        st = self.server.state
+        wire = self.body()
+        data = self.decode_body(wire)
+        if data is None:
+            data = wire
+        parts = [p for p in path.split("/") if p][3:]  # after the version
+        sessions = self.headers.get_all("X-SFDC-Session") or []
+        ctype = (self.headers.get("Content-Type") or "").lower()
+        with st.lock:
+            job = st.bulk_jobs.get(parts[1]) if len(parts) > 1 else None
+            as_json = "json" in ctype or bool(job and job["json"])
+            ok = len(sessions) == 1 and self.session_ok(sessions[0])
+            if ok:
+                self.touch(sessions[0])
+            entry = {
+                "method": self.command,
+                "path": self.path,
+                "sessions": sessions,
+                "authorization": self.headers.get_all("Authorization") or [],
+                "content_type": self.headers.get("Content-Type"),
+                "accept_encoding": self.headers.get("Accept-Encoding"),
+                "content_encoding": self.headers.get("Content-Encoding"),
+                "body_len": len(wire),
+                "body_sha256": hashlib.sha256(data).hexdigest(),
+                "status": 400,
+            }
+            st.api_requests += 1
+            st.bulk_log.append(entry)
+            st.bulk_sessions.extend(sessions)
+            st.api_log.append({"method": self.command, "path": self.path,
+                               "status": None,
+                               "body_sha256": entry["body_sha256"],
+                               "peer_port": self.client_address[1]})
+            log = st.api_log[-1]
+        if not ok:
+            entry["status"] = log["status"] = 400
+            if as_json:
+                return self.send(400, BULK_INVALID_SESSION_JSON)
+            return self.send(400, BULK_INVALID_SESSION_XML,
+                             ctype="application/xml")
+        status = self.bulk_call(parts, data, job, as_json)
+        entry["status"] = log["status"] = status
+
+    def bulk_call(self, parts, data, job, as_json):
+        """Runs one Bulk 1.0 call; returns the status it answered."""
+        st = self.server.state
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+        def job_info(job):
+            return {"id": job["id"], "operation": job["operation"],
+                    "object": job["object"],
+                    "createdById": "005000000000001AAA",
+                    "createdDate": job["created"], "state": job["state"],
+                    "concurrencyMode": "Parallel",
+                    "contentType": "JSON" if job["json"] else "CSV",
+                    "numberBatchesTotal": len(job["batches"]),
+                    "numberRecordsProcessed": sum(
+                        len(b["ids"]) for b in job["batches"].values()),
+                    "apiVersion": "59.0"}
+
+        def batch_info(job, b, state):
+            return {"id": b["id"], "jobId": job["id"], "state": state,
+                    "createdDate": b["created"],
+                    "numberRecordsProcessed": len(b["ids"]),
+                    "numberRecordsFailed": 0}
+
+        if parts == ["job"] and self.command == "POST":
+            try:
+                if as_json:
+                    spec = json.loads(data)
+                else:
+                    root = ET.fromstring(data.strip())
+                    spec = {el.tag.rsplit("}", 1)[-1]: el.text
+                            for el in root}
+                    if root.tag != "{%s}jobInfo" % BULK_NS:
+                        raise ValueError(root.tag)
+            except (ValueError, ET.ParseError) as e:
+                self.bulk_error(400, as_json, "InvalidJob",
+                                "Unable to parse the job: %s" % e)
+                return 400
+            with st.lock:
+                st.bulk_seq += 1
+                job = {"id": "750Mock%011d" % st.bulk_seq,
+                       "operation": spec.get("operation"),
+                       "object": spec.get("object"),
+                       "json": (spec.get("contentType") or "CSV") == "JSON",
+                       "state": "Open", "created": now, "batches": {}}
+                st.bulk_jobs[job["id"]] = job
+            self.bulk_send(201, job["json"], job_info(job), "jobInfo")
+            return 201
+        if len(parts) < 2 or parts[0] != "job":
+            self.bulk_error(404, as_json, "InvalidUrl",
+                            "unknown resource " + self.path)
+            return 404
+        if job is None:
+            self.bulk_error(400, as_json, "InvalidJob",
+                            "Invalid job id: " + parts[1],
+                            headers=[("X-Mock-Bulk-Error", "InvalidJob")])
+            return 400
+        if len(parts) == 2:
+            if self.command == "POST":
+                try:
+                    if as_json:
+                        state = json.loads(data).get("state")
+                    else:
+                        state = ET.fromstring(data.strip()).find(
+                            "{%s}state" % BULK_NS).text
+                except (ValueError, AttributeError, ET.ParseError):
+                    state = None
+                if state not in ("Closed", "Aborted"):
+                    self.bulk_error(400, as_json, "InvalidJobState",
+                                    "Invalid state: %s" % state)
+                    return 400
+                with st.lock:
+                    job["state"] = state
+            self.bulk_send(200, as_json, job_info(job), "jobInfo")
+            return 200
+        if parts[2] != "batch":
+            self.bulk_error(404, as_json, "InvalidUrl",
+                            "unknown resource " + self.path)
+            return 404
+        if len(parts) == 3 and self.command == "POST":
+            if job["state"] != "Open":
+                self.bulk_error(400, as_json, "InvalidJobState",
+                                "Job not open: " + job["id"])
+                return 400
+            try:
+                if job["json"]:
+                    n = len(json.loads(data))
+                else:
+                    n = max(0, len([l for l in data.decode().splitlines()
+                                    if l.strip()]) - 1)
+            except ValueError as e:
+                self.bulk_error(400, as_json, "InvalidBatch",
+                                "Unable to parse the batch: %s" % e)
+                return 400
+            with st.lock:
+                st.bulk_seq += 1
+                b = {"id": "751Mock%011d" % st.bulk_seq, "created": now,
+                     "ids": ["001Mock%07d%04d" % (st.bulk_seq, i)
+                             for i in range(n)],
+                     "body_sha256": hashlib.sha256(data).hexdigest()}
+                job["batches"][b["id"]] = b
+            self.bulk_send(201, job["json"], batch_info(job, b, "Queued"),
+                           "batchInfo")
+            return 201
+        b = job["batches"].get(parts[3]) if len(parts) > 3 else None
+        if b is None:
+            self.bulk_error(400, as_json, "InvalidBatch",
+                            "Invalid batch id: " + "/".join(parts[3:]))
+            return 400
+        if len(parts) == 4:
+            self.bulk_send(200, job["json"],
+                           batch_info(job, b, "Completed"), "batchInfo")
+            return 200
+        if parts[4:] == ["result"]:
+            if job["json"]:
+                self.send(200, [{"success": True, "created": True,
+                                 "id": i, "errors": []} for i in b["ids"]])
+            else:
+                self.send(200, '"Id","Success","Created","Error"\n' + "".join(
+                    '"%s","true","true",""\n' % i for i in b["ids"]),
+                    ctype="text/csv")
+            return 200
+        self.bulk_error(404, as_json, "InvalidUrl",
+                        "unknown resource " + self.path)
+        return 404
 
     def echo(self, path):
         st = self.server.state
