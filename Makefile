@@ -14,11 +14,11 @@ OBJS        := $(BUILD)/nginx/objs
 DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
                 libpcre2-dev zlib1g-dev gcc make perl python3 curl procps \
                 ca-certificates nghttp2-client openssl \
-                libnginx-mod-http-image-filter libxml2-dev
+                libnginx-mod-http-image-filter libxml2-dev python3-zeep
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps test test-valgrind fuzz fuzz-deps bench run clean
+.PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run clean
 
 all: $(MODULE)
 
@@ -36,6 +36,14 @@ deps:
 	        >/dev/null || exit 1; \
 	fi
 
+# jsforce, the Node.js client the SOAP and Bulk tests run, into
+# build/node (outside git); Debian's nodejs and npm when there is no npm.
+node-deps:
+	@command -v npm >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm \
+	    >/dev/null; }
+	@sh t/lib/install-node-deps.sh
+
 # nginx's configure tree from nginx-dev, configured with the flags Debian's
 # binary was built with, so that the module's signature matches it.
 $(OBJS)/Makefile: config | deps
@@ -52,11 +60,11 @@ $(MODULE): $(OBJS)/Makefile $(SOURCES)
 	@# a new inode: a running nginx keeps the old file mapped intact
 	cp $(OBJS)/ngx_http_sf_oauth_module.so $@.tmp && mv -f $@.tmp $@
 
-test: deps $(MODULE)
+test: deps node-deps $(MODULE)
 	prove -r t/
 
 # the same suite with every nginx process under valgrind
-test-valgrind: deps $(MODULE)
+test-valgrind: deps node-deps $(MODULE)
 	@command -v valgrind >/dev/null || { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind \
 	    >/dev/null; }
