@@ -373,7 +373,6 @@ typedef struct {
     ngx_http_sf_oauth_slot_t     auth;
     ngx_http_sf_oauth_slot_t     session;
     ngx_http_sf_oauth_slot_t     coding;
-    ngx_table_elt_t             *encoding;
 
     /* a client's second X-SFDC-Session, and more: the token in each */
     ngx_array_t                 *sessions;
@@ -412,6 +411,7 @@ typedef struct {
     unsigned                     kind_known:1;
     unsigned                     body_set:1;
     unsigned                     inspecting:1;
+    unsigned                     gzipped:1;
     unsigned                     unshared:1;
     unsigned                     held:1;
     unsigned                     replayed:1;

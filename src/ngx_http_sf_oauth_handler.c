@@ -245,6 +245,7 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_int_t                  rc;
+    ngx_table_elt_t           *h;
     ngx_http_upstream_conf_t  *ucf;
 
     static ngx_str_t  streamed = ngx_string(
@@ -271,15 +272,15 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
                                    NGX_HTTP_INTERNAL_SERVER_ERROR, &streamed);
     }
 
-    ctx->encoding = ngx_http_sf_oauth_encoding(r);
+    h = ngx_http_sf_oauth_encoding(r);
 
-    if (ctx->encoding
-        && !(ctx->encoding->value.len == 4
-             && ngx_strncasecmp(ctx->encoding->value.data, (u_char *) "gzip",
-                                4) == 0)
-        && !(ctx->encoding->value.len == 6
-             && ngx_strncasecmp(ctx->encoding->value.data,
-                                (u_char *) "x-gzip", 6) == 0))
+    ctx->gzipped = (h != NULL);
+
+    if (h
+        && !(h->value.len == 4
+             && ngx_strncasecmp(h->value.data, (u_char *) "gzip", 4) == 0)
+        && !(h->value.len == 6
+             && ngx_strncasecmp(h->value.data, (u_char *) "x-gzip", 6) == 0))
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "sf_oauth: credential \"%V\": SOAP envelope refused: "
@@ -368,7 +369,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 
     /* a gzip-compressed envelope is inflated first */
 
-    rc = ctx->encoding
+    rc = ctx->gzipped
          ? ngx_http_sf_oauth_envelope_inflate(r, body, &plain, &why)
          : NGX_OK;
 
@@ -1253,13 +1254,19 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ctx->encoding) {
-        /* the envelope goes inflated */
-        if (ngx_http_sf_oauth_set_header(r, &ctx->coding, ctx->encoding,
-                                         &coding,
-                                         ngx_http_sf_oauth_lowcase_coding,
-                                         &identity)
-            == NULL)
+    if (ctx->gzipped) {
+        /*
+         * The envelope goes inflated.  The element is looked up here: the
+         * header list may have just been copied (ngx_http_sf_oauth_unshare).
+         */
+        h = ctx->coding.header ? ctx->coding.header
+                               : ngx_http_sf_oauth_encoding(r);
+
+        if (h
+            && ngx_http_sf_oauth_set_header(r, &ctx->coding, h, &coding,
+                                            ngx_http_sf_oauth_lowcase_coding,
+                                            &identity)
+               == NULL)
         {
             return NGX_ERROR;
         }

@@ -1040,7 +1040,7 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     if (dropped) {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": Salesforce rejected "
-                      "access token fp:%*s with 401, refreshing",
+                      "access token fp:%*s (a dead session), refreshing",
                       &cred->name, (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, fp);
     }
 
