@@ -1,6 +1,9 @@
 
 /*
- * The response filter: the 401 replay, and the token leaving the request.
+ * The response filter: the dead-session replay, and the token leaving the
+ * request.  A dead session is a REST 401, a SOAP 500 INVALID_SESSION_ID
+ * fault or a Bulk 1.0 400 InvalidSessionId (ngx_http_sf_oauth_verdict.c);
+ * "the 401" below stands for any of them.
  *
  * Why "swallow, hold, re-run" and not a subrequest or error_page: the
  * operator writes only "sf_oauth NAME;" and proxy_pass.  error_page with
@@ -13,12 +16,18 @@
  *     header filter runs before add_header, gzip, the chunked filter and
  *     the header writer.  A 401 stopped here has touched nothing of the
  *     client's connection: no header sent, no chunked or keepalive state.
- *   - The header filter swallows the upstream's 401: it marks the request
- *     body to be kept (r->preserve_body: else the upstream closes a body
- *     temp file), holds the request with a bit of r->buffered that no
- *     stock module sets on r->buffered (NGX_HTTP_SF_OAUTH_BUFFERED says
- *     why), and returns NGX_OK without calling the next filter.  Holding with r->main->count instead crashed: the upstream's
- *     finalize consumes the count while the replayed upstream is live.
+ *   - The header filter holds back a candidate answer (a 401, a SOAP 500,
+ *     a Bulk 400): it marks the request body to be kept
+ *     (r->preserve_body: else the upstream closes a body temp file), holds
+ *     the request with a bit of r->buffered that no stock module sets on
+ *     r->buffered (NGX_HTTP_SF_OAUTH_BUFFERED says why), and returns
+ *     NGX_OK without calling the next filter.  Holding with
+ *     r->main->count instead crashed: the upstream's finalize consumes the
+ *     count while the replayed upstream is live.
+ *   - The body filter reads the candidate's body, at most
+ *     NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes, into a buffer of its own, and
+ *     asks for the verdict.  An answer that is not about the session goes
+ *     on: its header, the bytes read, then the rest as it comes.
  *   - The body filter marks every buffer of the 401 consumed.  The
  *     upstream drains it, gives a keepalive connection back to its pool,
  *     and its final ngx_http_finalize_request() parks the request because
