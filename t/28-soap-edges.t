@@ -286,6 +286,52 @@ $t->finish;
     $u->finish;
 }
 
+# -- at debug level: no token in the log, a fault or the status ----------
+
+{
+    my $d = SfTest->new(log_level => 'debug');
+    $d->start_mock;
+    $d->simple_conf;
+    $d->start;
+
+    my %h = ('Content-Type' => 'text/xml; charset=UTF-8', SOAPAction => '""');
+    my $r = $d->http('POST', '/services/Soap/u/59.0', body => envelope('A'),
+                     headers => \%h);
+    is($r->{status}, 200, 'debug: a SOAP call');
+
+    $d->mock('revoke');
+    $r = $d->http('POST', '/services/Soap/u/59.0', body => envelope('B'),
+                  headers => \%h);
+    is($r->{status}, 200, 'debug: a SOAP call replayed after a revoke');
+
+    $d->mock('revoke');
+    $r = $d->http('GET', '/services/async/59.0/job/750000000000001AAA',
+                  headers => { 'X-SFDC-Session' => 'mine' });
+    ok($r->{status} == 200 || $r->{status} == 400,
+       'debug: a Bulk call replayed after a revoke');
+
+    my $fault = $d->http('POST', '/services/Soap/u/59.0',
+                         body => '<a><b></a>', headers => \%h);
+    is($fault->{status}, 400, 'debug: a malformed envelope gets a fault');
+
+    my $info = $d->get('/sf_oauth_info')->{content};
+    my @tokens = @{ $d->mock('stats')->{issued_access_tokens} };
+    cmp_ok(scalar @tokens, '>=', 3, 'debug: three tokens were issued');
+
+    my $log = $d->error_log;
+    like($log, qr/\[debug\]/, 'debug: the log is at debug level');
+
+    for my $tok (@tokens) {
+        # the org id starts every token: the part after it is the secret
+        my $part = substr($tok, 18, 16);
+        unlike($log, qr/\Q$part\E/, 'debug: no token in the error log');
+        unlike($fault->{content}, qr/\Q$part\E/, 'debug: none in a fault');
+        unlike($info, qr/\Q$part\E/, 'debug: none in sf_oauth_info');
+    }
+
+    $d->finish;
+}
+
 # -- nginx -t: error_page takes SOAP 500s and Bulk 400s -------------------
 
 {
