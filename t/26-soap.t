@@ -291,17 +291,30 @@ SKIP: {
     }
 
   SKIP: {
-        skip 'jsforce is missing: run t/lib/install-node-deps.sh', 7
+        skip 'jsforce is missing: run t/lib/install-node-deps.sh', 9
             unless $HAVE_JSFORCE;
+        my $soap_from = scalar @{ stats()->{soap_log} };
         my $out = `NODE_PATH=$NODE_PATH node $SfTest::ROOT/t/lib/jsforce_login.js http://127.0.0.1:$login_port '$USER' '$PASS' 2>&1`;
         my $j = eval { decode_json($out) } || { ok => 0, raw => $out };
-        ok($j->{ok}, 'soap_login: jsforce login(), then REST and Bulk, succeeds')
+        ok($j->{ok}, 'soap_login: jsforce login(), then REST, SOAP and Bulk, succeeds')
             or diag(explain $j);
         is($j->{instanceUrl}, "http://127.0.0.1:$login_port",
            'soap_login: jsforce\'s instanceUrl is the proxy');
         is($j->{accessToken}, $placeholder, 'soap_login: jsforce holds the placeholder');
         is($j->{rest}{path}, '/services/data/v59.0/sobjects', 'soap_login: jsforce REST call');
         is($j->{rest}{authorization_count}, 1, 'soap_login: one Authorization');
+        is(join(' ', map { "$_->{method} $_->{path}" } @{ $j->{crud} || [] }),
+           'POST /services/data/v59.0/sobjects/Account '
+           . 'GET /services/data/v59.0/sobjects/Account/001000000000001AAA '
+           . 'PATCH /services/data/v59.0/sobjects/Account/001000000000001AAA '
+           . 'DELETE /services/data/v59.0/sobjects/Account/001000000000001AAA',
+           'soap_login: jsforce CRUD over REST');
+        my @creates = grep { ($_->{op} // '') eq 'create' }
+                      @{ stats()->{soap_log} }[$soap_from .. $#{ stats()->{soap_log} }];
+        ok(@creates == 1 && $creates[0]{status} == 200
+           && $creates[0]{session_valid},
+           'soap_login: jsforce\'s SOAP create reached Salesforce once, '
+           . 'with a valid session') or diag(explain \@creates);
         is(scalar(grep { $_->{success} } @{ $j->{bulk} || [] }), 2,
            'soap_login: jsforce Bulk load');
         ok(!grep({ $_ eq $placeholder } @{ stats()->{bulk_sessions} }),
