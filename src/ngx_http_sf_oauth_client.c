@@ -255,16 +255,6 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
 
     tr->post_len = p - (u_char *) tr->post;
 
-    tr->easy = curl_easy_init();
-    if (tr->easy == NULL) {
-        goto failed;
-    }
-
-    tr->headers = curl_slist_append(NULL, "Accept: application/json");
-    if (tr->headers == NULL) {
-        goto failed;
-    }
-
     /* the post body is only pointed to */
 
     curl_easy_setopt(tr->easy, CURLOPT_POST, 1L);
@@ -360,16 +350,6 @@ ngx_http_sf_oauth_client_identity(ngx_http_sf_oauth_cred_t *cred,
                    - (u_char *) tr->post;
     tr->post[tr->post_len] = '\0';
 
-    tr->easy = curl_easy_init();
-    if (tr->easy == NULL) {
-        goto failed;
-    }
-
-    tr->headers = curl_slist_append(NULL, "Accept: application/json");
-    if (tr->headers == NULL) {
-        goto failed;
-    }
-
     if (curl_slist_append(tr->headers, tr->post) == NULL) {
         goto failed;
     }
@@ -397,7 +377,7 @@ failed:
 }
 
 
-/* a transfer with its pool and its answer's buffer */
+/* a transfer: its pool, its answer's buffer, its easy handle, JSON wanted */
 
 static ngx_http_sf_oauth_transfer_t *
 ngx_http_sf_oauth_transfer_new(ngx_http_sf_oauth_cred_t *cred)
@@ -422,6 +402,14 @@ ngx_http_sf_oauth_transfer_new(ngx_http_sf_oauth_cred_t *cred)
     tr->body = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_BODY_MAX);
     if (tr->body == NULL) {
         ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    tr->easy = curl_easy_init();
+    tr->headers = curl_slist_append(NULL, "Accept: application/json");
+
+    if (tr->easy == NULL || tr->headers == NULL) {
+        ngx_http_sf_oauth_transfer_free(tr);
         return NULL;
     }
 
