@@ -45,10 +45,6 @@ static ngx_int_t ngx_http_sf_oauth_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 
-/* the proxy's module: its location conf starts with the upstream conf */
-extern ngx_module_t  ngx_http_proxy_module;
-
-
 static ngx_command_t  ngx_http_sf_oauth_commands[] = {
 
     { ngx_string("sf_oauth_zone"),

@@ -470,6 +470,13 @@ typedef struct {
 
 extern ngx_module_t  ngx_http_sf_oauth_module;
 
+/*
+ * nginx's proxy module: its location conf (ngx_http_proxy_loc_conf_t)
+ * starts with its ngx_http_upstream_conf_t, which tells request buffering
+ * and intercepted errors apart.
+ */
+extern ngx_module_t  ngx_http_proxy_module;
+
 
 /* module */
 ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,

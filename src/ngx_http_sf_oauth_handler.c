@@ -66,8 +66,8 @@ static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
 static ngx_table_elt_t *ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot, ngx_table_elt_t *h, ngx_str_t *key,
     u_char *lowcase_key, ngx_str_t *value);
-static ngx_table_elt_t *ngx_http_sf_oauth_find_session(ngx_http_request_t *r,
-    ngx_table_elt_t *after);
+static ngx_table_elt_t *ngx_http_sf_oauth_find_header(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_table_elt_t *after);
 static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
@@ -91,10 +91,6 @@ static ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
 static ngx_int_t ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
-
-
-/* the proxy's module: its location conf starts with the upstream conf */
-extern ngx_module_t  ngx_http_proxy_module;
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_start =
@@ -310,28 +306,20 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
 static ngx_table_elt_t *
 ngx_http_sf_oauth_encoding(ngx_http_request_t *r)
 {
-    ngx_uint_t        i;
     ngx_table_elt_t  *h;
-    ngx_list_part_t  *part;
 
-    for (part = &r->headers_in.headers.part; part; part = part->next) {
-        h = part->elts;
+    static ngx_str_t  name = ngx_string("Content-Encoding");
 
-        for (i = 0; i < part->nelts; i++) {
-            if (h[i].hash
-                && h[i].key.len == sizeof("Content-Encoding") - 1
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "Content-Encoding",
-                                   sizeof("Content-Encoding") - 1)
-                   == 0
-                && !(h[i].value.len == sizeof("identity") - 1
-                     && ngx_strncasecmp(h[i].value.data,
-                                        (u_char *) "identity",
-                                        sizeof("identity") - 1)
-                        == 0))
-            {
-                return &h[i];
-            }
+    for (h = ngx_http_sf_oauth_find_header(r, &name, NULL);
+         h;
+         h = ngx_http_sf_oauth_find_header(r, &name, h))
+    {
+        if (!(h->value.len == sizeof("identity") - 1
+              && ngx_strncasecmp(h->value.data, (u_char *) "identity",
+                                 sizeof("identity") - 1)
+                 == 0))
+        {
+            return h;
         }
     }
 
@@ -1197,7 +1185,7 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     h = ctx->session.header;
 
     if (h == NULL) {
-        h = ngx_http_sf_oauth_find_session(r, NULL);
+        h = ngx_http_sf_oauth_find_header(r, &session, NULL);
     }
 
     if (h || ctx->kind == NGX_HTTP_SF_OAUTH_BULK) {
@@ -1218,9 +1206,10 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
      */
 
     for (h = ctx->session.header
-             ? ngx_http_sf_oauth_find_session(r, ctx->session.header) : NULL;
+             ? ngx_http_sf_oauth_find_header(r, &session, ctx->session.header)
+             : NULL;
          h;
-         h = ngx_http_sf_oauth_find_session(r, h))
+         h = ngx_http_sf_oauth_find_header(r, &session, h))
     {
         if (ctx->sessions == NULL) {
             ctx->sessions = ngx_array_create(r->pool, 1,
@@ -1316,10 +1305,11 @@ ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
 }
 
 
-/* the client's X-SFDC-Session after "after", or its first one */
+/* the request header "name" after the element "after", or its first one */
 
 static ngx_table_elt_t *
-ngx_http_sf_oauth_find_session(ngx_http_request_t *r, ngx_table_elt_t *after)
+ngx_http_sf_oauth_find_header(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_table_elt_t *after)
 {
     ngx_uint_t        i;
     ngx_table_elt_t  *h;
@@ -1337,11 +1327,9 @@ ngx_http_sf_oauth_find_session(ngx_http_request_t *r, ngx_table_elt_t *after)
                 continue;
             }
 
-            if (h[i].key.len == sizeof("X-SFDC-Session") - 1
-                && h[i].hash
-                && ngx_strncasecmp(h[i].key.data, (u_char *) "X-SFDC-Session",
-                                   sizeof("X-SFDC-Session") - 1)
-                   == 0)
+            if (h[i].hash
+                && h[i].key.len == name->len
+                && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
             {
                 return &h[i];
             }
