@@ -383,6 +383,27 @@ sub slurp {
 
 sub error_log { $_[0]->slurp('error.log') }
 
+# Checks that no answer (hashrefs as http() gives them: content, headers)
+# and neither the error log nor the access log holds any of the tokens.
+sub no_token_in {
+    my ($self, $responses, $tokens) = @_;
+
+    my $leaks = 0;
+    for my $r (@$responses) {
+        my $all = ($r->{content} // '')
+            . join("\n", map { "$_: " . ($r->{headers}{$_} // '') }
+                         keys %{ $r->{headers} || {} });
+        for my $tok (@$tokens) {
+            $leaks++ if index($all, $tok) >= 0;
+        }
+    }
+    is($leaks, 0, 'no answer through nginx holds a token ('
+                  . scalar(@$responses) . ' answers)');
+
+    my $logs = $self->error_log . $self->slurp('access.log');
+    ok(!grep({ index($logs, $_) >= 0 } @$tokens), 'no log holds a token');
+}
+
 # -- clients -------------------------------------------------------------
 
 # One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case
