@@ -35,7 +35,19 @@ eval { SfTest::wait_port($port, 'make run') };
 is($@, '', 'make run listens') or diag(`cat $log`);
 
 my $ua = HTTP::Tiny->new(timeout => 10);
-my $r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/sobjects");
+
+# run.sh's "nginx -t" binds the port for a moment before nginx itself
+# does: the port answering is not yet nginx.  sf_oauth_info costs no
+# token, so the first API request below still waits for one.
+my $r;
+for (1 .. 200) {
+    $r = $ua->get("http://127.0.0.1:$port/sf_oauth_info");
+    last if $r->{status} == 200;
+    sleep 0.05;
+}
+is($r->{status}, 200, 'make run answers HTTP');
+
+$r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/sobjects");
 is($r->{status}, 200, 'a request through make run: 200') or diag($r->{content});
 like((eval { decode_json($r->{content}) } // {})->{authorization} // '', qr/^Bearer 00D/,
      'it reached the mock with a token');
