@@ -133,7 +133,7 @@ static ngx_http_variable_t  ngx_http_sf_oauth_vars[] = {
 
     /* the client's own header, never the token: see the handler */
     { ngx_string("http_authorization"), NULL,
-      ngx_http_sf_oauth_authorization_variable, 0,
+      ngx_http_sf_oauth_handler_authorization_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -293,7 +293,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    shm_zone->init = ngx_http_sf_oauth_init_zone;
+    shm_zone->init = ngx_http_sf_oauth_store_init_zone;
     shm_zone->data = zone;
 
     zp = ngx_array_push(&smcf->zones);
@@ -429,7 +429,7 @@ ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_sf_oauth_info_handler;
+    clcf->handler = ngx_http_sf_oauth_status_handler;
 
     return NGX_CONF_OK;
 }
@@ -610,11 +610,11 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->cred
         && clcf->handler
-        && clcf->handler != ngx_http_sf_oauth_content_handler
-        && clcf->handler != ngx_http_sf_oauth_info_handler)
+        && clcf->handler != ngx_http_sf_oauth_handler_content
+        && clcf->handler != ngx_http_sf_oauth_status_handler)
     {
         conf->handler = clcf->handler;
-        clcf->handler = ngx_http_sf_oauth_content_handler;
+        clcf->handler = ngx_http_sf_oauth_handler_content;
 
         ngx_http_sf_oauth_check_intercept(cf, conf, clcf);
     }
@@ -686,7 +686,7 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    *h = ngx_http_sf_oauth_rewrite_handler;
+    *h = ngx_http_sf_oauth_handler_rewrite;
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
@@ -711,9 +711,9 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
 
     h = a->elts;
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
-    h[0] = ngx_http_sf_oauth_log_handler;
+    h[0] = ngx_http_sf_oauth_handler_log;
 
-    if (ngx_http_sf_oauth_request_body_init(cf) != NGX_OK) {
+    if (ngx_http_sf_oauth_handler_request_body_init(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -882,46 +882,4 @@ ngx_http_sf_oauth_status_variable(ngx_http_request_t *r,
     v->not_found = 0;
 
     return NGX_OK;
-}
-
-
-/*
- * Sends a body made by this module, of "type": the 502 JSON error,
- * sf_oauth_info, a SOAP fault or login() answer.
- */
-
-ngx_int_t
-ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
-    const char *type, ngx_buf_t *b)
-{
-    size_t       len;
-    u_char      *semicolon;
-    ngx_int_t    rc;
-    ngx_chain_t  out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    len = ngx_strlen(type);
-    semicolon = ngx_strlchr((u_char *) type, (u_char *) type + len, ';');
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    r->headers_out.content_type.data = (u_char *) type;
-    r->headers_out.content_type.len = len;
-    r->headers_out.content_type_len = semicolon
-                                      ? (size_t) (semicolon - (u_char *) type)
-                                      : len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
 }

@@ -38,7 +38,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tok.ok) {
         if (tok.access_token.len == 0
             || tok.access_token.len > NGX_HTTP_SF_OAUTH_TOKEN_MAX
-            || ngx_http_sf_oauth_check_token(&tok.access_token) != NGX_OK
+            || ngx_http_sf_oauth_parse_check_token(&tok.access_token) != NGX_OK
             || tok.instance_url.len < 8
             || tok.instance_url.len > NGX_HTTP_SF_OAUTH_URL_MAX
             || tok.refresh_token.len > NGX_HTTP_SF_OAUTH_REFRESH_MAX)

@@ -71,7 +71,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     why = NULL;
 
-    if (ngx_http_sf_oauth_state_decode(key, file, len, &recs, &n, &why,
+    if (ngx_http_sf_oauth_codec_decode(key, file, len, &recs, &n, &why,
                                        &fuzz_log)
         != NGX_OK)
     {
@@ -93,7 +93,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             || recs[i].refresh_len == 0
             || recs[i].refresh_len > NGX_HTTP_SF_OAUTH_REFRESH_MAX
             || recs[i].url_len > NGX_HTTP_SF_OAUTH_URL_MAX
-            || (s.len && ngx_http_sf_oauth_check_token(&s) != NGX_OK))
+            || (s.len && ngx_http_sf_oauth_parse_check_token(&s) != NGX_OK))
         {
             abort();
         }

@@ -302,7 +302,7 @@ ngx_hex_dump(u_char *dst, u_char *src, size_t len)
 
 
 void
-ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len)
+ngx_http_sf_oauth_redact_fingerprint(u_char *dst, u_char *data, size_t len)
 {
     u_char        md[EVP_MAX_MD_SIZE];
     unsigned int  n;

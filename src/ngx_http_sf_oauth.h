@@ -10,7 +10,10 @@
  *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
  *   ngx_http_sf_oauth_state.c    the zone's state file: configuration, I/O
  *   ngx_http_sf_oauth_codec.c    the state file's contents and encryption
- *   ngx_http_sf_oauth_client.c   token requests on the libcurl multi API
+ *   ngx_http_sf_oauth_refresh.c  a token request's life: the grant, the
+ *                                transfer, the outcome stored, waiters woken
+ *   ngx_http_sf_oauth_jwt.c      the JWT bearer grant's key and assertion
+ *   ngx_http_sf_oauth_client.c   HTTP requests on the libcurl multi API
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
  *   ngx_http_sf_oauth_filter.c   response filter: the 401 replay
@@ -20,6 +23,13 @@
  *   ngx_http_sf_oauth_ahead.c    the refresh ahead of expiry, on a timer
  *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
  *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
+ *   ngx_http_sf_oauth_send.c     a response the module makes itself
+ *   ngx_http_sf_oauth_timer.c    the module's own timer events
+ *
+ * Calls go one way: the request handler and the filter ask the store and
+ * the refresh; the refresh asks the store, the state file and the HTTP
+ * client; the client calls nobody, it reports through a callback.  An
+ * exported function is named after the file that defines it.
  */
 
 
@@ -73,6 +83,9 @@
 
 /* how long a failed identity request is not tried again, milliseconds */
 #define NGX_HTTP_SF_OAUTH_IDENTITY_RETRY 60000
+
+/* how many recent secrets of a credential the log redaction keeps */
+#define NGX_HTTP_SF_OAUTH_SEEN           4
 
 /* hex characters of a fingerprint: the only form a secret is ever logged in */
 #define NGX_HTTP_SF_OAUTH_FP_LEN         8
@@ -131,6 +144,11 @@
 #define NGX_HTTP_SF_OAUTH_REST           0
 #define NGX_HTTP_SF_OAUTH_SOAP           1
 #define NGX_HTTP_SF_OAUTH_BULK           2
+
+/* the OAuth grants a credential can use */
+#define NGX_HTTP_SF_OAUTH_GRANT_REFRESH  0
+#define NGX_HTTP_SF_OAUTH_GRANT_JWT      1
+#define NGX_HTTP_SF_OAUTH_GRANT_CLIENT   2
 
 /* the answer of a zone lookup */
 #define NGX_HTTP_SF_OAUTH_GOT_TOKEN      0
@@ -267,6 +285,12 @@ typedef struct {
     ngx_str_t                    refresh_token;
     ngx_str_t                    refresh_token_file;
     ngx_str_t                    ca_file;
+    ngx_uint_t                   grant;
+    ngx_str_t                    username;
+    ngx_str_t                    private_key;
+    ngx_str_t                    audience;
+    /* the private key of the JWT bearer grant: an EVP_PKEY */
+    void                        *pkey;
     ngx_msec_t                   timeout;
     ngx_msec_t                   backoff_min;
     ngx_msec_t                   backoff_max;
@@ -297,12 +321,18 @@ typedef struct {
     ngx_uint_t                   soap_login;
     ngx_http_sf_oauth_transfer_t *identity;
     ngx_msec_t                   identity_tried;
+    size_t                       identity_user_len;
+    u_char                       identity_user[NGX_HTTP_SF_OAUTH_ID_MAX];
+
+    /* the token generation that this worker's introspection asks about */
+    ngx_uint_t                   introspected;
 
     /* recent secrets of this credential, for the log redaction */
     ngx_uint_t                   seen_generation;
     ngx_uint_t                   seen_next;
-    size_t                       seen_len[3];
-    u_char                       seen[3][NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+    size_t                       seen_len[NGX_HTTP_SF_OAUTH_SEEN];
+    u_char                       seen[NGX_HTTP_SF_OAUTH_SEEN]
+                                     [NGX_HTTP_SF_OAUTH_TOKEN_MAX];
 } ngx_http_sf_oauth_cred_t;
 
 
@@ -310,6 +340,16 @@ typedef struct {
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
     ngx_array_t                  zones;       /* ngx_shm_zone_t * */
 } ngx_http_sf_oauth_main_conf_t;
+
+
+/*
+ * A request waiting for a credential's token, in the credential's queue of
+ * waiters: the refresh posts its event when the token request is over.
+ */
+typedef struct {
+    ngx_queue_t                  queue;
+    ngx_event_t                  event;
+} ngx_http_sf_oauth_waiter_t;
 
 
 typedef struct {
@@ -392,8 +432,7 @@ typedef struct {
     /* finds this ctx again after an internal redirect zeroed r->ctx */
     ngx_pool_cleanup_t           cln;
 
-    ngx_event_t                  wait;
-    ngx_queue_t                  queue;
+    ngx_http_sf_oauth_waiter_t   waiter;
     ngx_msec_t                   deadline;
     ngx_msec_t                   poll;
 
@@ -423,16 +462,21 @@ typedef struct {
 
 /* what a zone lookup hands back */
 typedef struct {
-    /* asked: this many zeroed bytes (a ctx) in front of the header value */
-    size_t                       ctx_size;
-    void                        *ctx;
-
     ngx_uint_t                   generation;
-    ngx_uint_t                   introspect;
+
+    /* with a token: "Bearer <token>", in the caller's pool */
     ngx_str_t                    authorization;
+
     ngx_str_t                    error;
     time_t                       retry_after;
-    ngx_str_t                    refresh_token;
+
+    /*
+     * With the lease: what the lease's token request sends, in the
+     * caller's pool, which the refresh wipes: the refresh token, or with
+     * "introspect" set the access token to introspect.
+     */
+    ngx_uint_t                   introspect;
+    ngx_str_t                    secret;
 } ngx_http_sf_oauth_lookup_t;
 
 
@@ -478,22 +522,16 @@ extern ngx_module_t  ngx_http_sf_oauth_module;
 extern ngx_module_t  ngx_http_proxy_module;
 
 
-/* module */
-ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
-    const char *type, ngx_buf_t *b);
-
-
 /* credential */
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
 
 /* refresh ahead of expiry */
 ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
-void ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok);
 
 /* store */
-ngx_int_t ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+ngx_int_t ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
 void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
@@ -520,7 +558,6 @@ void ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_who_t *who);
 ngx_uint_t ngx_http_sf_oauth_store_identity_known(
     ngx_http_sf_oauth_cred_t *cred);
-void ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
@@ -534,57 +571,95 @@ void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
 void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
 
 /* state file contents */
-u_char *ngx_http_sf_oauth_state_encode(u_char *key,
+u_char *ngx_http_sf_oauth_codec_encode(u_char *key,
     ngx_http_sf_oauth_node_t *nodes, ngx_uint_t n, ngx_pool_t *pool,
     size_t *len);
-ngx_int_t ngx_http_sf_oauth_state_decode(u_char *key, u_char *data,
+ngx_int_t ngx_http_sf_oauth_codec_decode(u_char *key, u_char *data,
     size_t len, ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec,
     const char **why, ngx_log_t *log);
 
-/* client */
+/* client: an HTTP request, and its answer to a completion callback */
+typedef struct {
+    ngx_uint_t                   status;      /* 0: no answer came */
+    u_char                      *body;
+    size_t                       len;
+    const char                  *location;    /* of a redirect, or NULL */
+    const char                  *error;       /* why no answer came */
+    unsigned                     timed_out:1;
+    unsigned                     too_large:1;
+    unsigned                     abandoned:1;
+} ngx_http_sf_oauth_answer_t;
+
+typedef void (*ngx_http_sf_oauth_done_pt)(ngx_http_sf_oauth_answer_t *answer,
+    void *data);
+
+typedef struct {
+    ngx_str_t                   *url;         /* zero-terminated */
+    ngx_keyval_t                *form;        /* POSTed; NULL: a GET */
+    ngx_uint_t                   nform;
+    ngx_str_t                   *bearer;      /* an access token, or NULL */
+    ngx_msec_t                   timeout;
+    ngx_str_t                   *ca_file;
+    ngx_flag_t                   ssl_verify;
+    ngx_http_sf_oauth_done_pt    done;
+    void                        *data;
+} ngx_http_sf_oauth_call_t;
+
 ngx_int_t ngx_http_sf_oauth_client_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
+ngx_http_sf_oauth_transfer_t *ngx_http_sf_oauth_client_start(
+    ngx_http_sf_oauth_call_t *call);
+
+/* refresh */
+ngx_int_t ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
+
+/* jwt */
+char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *pem);
+ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *jwt);
+
+/* timer */
 void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
     ngx_event_handler_pt handler, ngx_log_t *log);
-void ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle);
-ngx_int_t ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *secret, ngx_uint_t introspect, ngx_uint_t generation);
-ngx_int_t ngx_http_sf_oauth_client_identity(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
+void ngx_http_sf_oauth_timer_post(ngx_event_t *ev);
+
+/* send */
+ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, ngx_buf_t *b);
 
 /* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
-ngx_int_t ngx_http_sf_oauth_check_token(ngx_str_t *s);
+ngx_int_t ngx_http_sf_oauth_parse_check_token(ngx_str_t *s);
 void ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
     const char *location, ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_parse_who(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_who_t *who);
-void ngx_cdecl ngx_http_sf_oauth_fail(ngx_pool_t *pool,
+void ngx_cdecl ngx_http_sf_oauth_parse_fail(ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok, ngx_uint_t error_class, const char *hint,
     const char *fmt, ...);
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_sf_oauth_content_handler(ngx_http_request_t *r);
-ngx_int_t ngx_http_sf_oauth_log_handler(ngx_http_request_t *r);
-ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r);
-void ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
+ngx_int_t ngx_http_sf_oauth_handler_rewrite(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_handler_content(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_handler_log(ngx_http_request_t *r);
+ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_handler_ctx(ngx_http_request_t *r);
+void ngx_http_sf_oauth_handler_unset_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-void ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
+void ngx_http_sf_oauth_handler_response_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-ngx_int_t ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data);
-ngx_int_t ngx_http_sf_oauth_request_body_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_sf_oauth_hold(ngx_http_request_t *r,
+ngx_int_t ngx_http_sf_oauth_handler_authorization_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+ngx_int_t ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-void ngx_http_sf_oauth_wake_now(ngx_http_sf_oauth_ctx_t *ctx);
-void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_token_t *tok);
-ngx_int_t ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_lookup_t *lk);
 
 /* envelope */
 void ngx_http_sf_oauth_envelope_init(void);
@@ -618,14 +693,17 @@ ngx_int_t ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
 
 /* status */
-ngx_int_t ngx_http_sf_oauth_info_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_status_handler(ngx_http_request_t *r);
 
 /* redact */
-void ngx_http_sf_oauth_redact_install(ngx_http_request_t *r);
+void ngx_http_sf_oauth_redact_install(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, ngx_str_t *token);
 void ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
     u_char *secret, size_t len);
 size_t ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
     size_t len, size_t size);
+void ngx_http_sf_oauth_redact_fingerprint(u_char *dst, u_char *data,
+    size_t len);
 
 
 #endif /* _NGX_HTTP_SF_OAUTH_H_INCLUDED_ */

@@ -11,6 +11,9 @@
  * With "introspect on" the expiry is not estimated but asked of
  * Salesforce (/services/oauth2/introspect) when it comes due: a token in
  * use has slid further, one that is not is refreshed.
+ *
+ * This file only decides when: the store hands it the lease, and the
+ * refresh makes the token request (or the introspection) under it.
  */
 
 
@@ -96,83 +99,17 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
             continue;
         }
 
-        if (lk.introspect) {
-            /*
-             * A token restored from the state file may not have served a
-             * request in this worker yet: the log redaction learns it
-             * here, in case the endpoint's answer echoes it.
-             */
-
-            ngx_http_sf_oauth_redact_remember(cred[i], lk.authorization.data,
-                                              lk.authorization.len);
-
-            if (ngx_http_sf_oauth_client_start(cred[i], &lk.authorization, 1,
-                                               lk.generation)
-                != NGX_OK)
-            {
-                ngx_http_sf_oauth_store_release(cred[i]);
-            }
-
-            continue;
+        if (!lk.introspect) {
+            ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                          "sf_oauth: credential \"%V\": refreshing the "
+                          "token ahead of its expiry", &cred[i]->name);
         }
 
-        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
-                      "sf_oauth: credential \"%V\": refreshing the token "
-                      "ahead of its expiry", &cred[i]->name);
-
-        (void) ngx_http_sf_oauth_start(cred[i], &lk);
+        (void) ngx_http_sf_oauth_refresh_start(cred[i], &lk);
     }
 
     ngx_destroy_pool(pool);
 
     /* look again when the next token comes due, 50 ms to 1 s from now */
     ngx_add_timer(ev, ngx_max(next, 50));
-}
-
-
-void
-ngx_http_sf_oauth_introspect_done(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok)
-{
-    ngx_pool_t                  *pool;
-    ngx_http_sf_oauth_lookup_t   lk;
-
-    if (!tok->ok) {
-        /* the parser echoes no text of the endpoint's; redact all the same */
-        tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,
-                                                  tok->error.len,
-                                                  tok->error.len);
-
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "sf_oauth: credential \"%V\": token introspection "
-                      "failed: %V; asking again in 30 s", &cred->name,
-                      &tok->error);
-    }
-
-    pool = ngx_create_pool(1024, ngx_cycle->log);
-    if (pool == NULL) {
-        ngx_http_sf_oauth_store_release(cred);
-        return;
-    }
-
-    if (ngx_http_sf_oauth_store_introspected(cred, generation, tok, pool, &lk)
-        == NGX_HTTP_SF_OAUTH_GOT_LEASE)
-    {
-        if (tok->active) {
-            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                          "sf_oauth: credential \"%V\": refreshing the token "
-                          "ahead of its expiry in %T s", &cred->name,
-                          tok->exp - ngx_time());
-
-        } else {
-            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                          "sf_oauth: credential \"%V\": Salesforce says the "
-                          "token is no longer active: refreshing",
-                          &cred->name);
-        }
-
-        (void) ngx_http_sf_oauth_start(cred, &lk);
-    }
-
-    ngx_destroy_pool(pool);
 }

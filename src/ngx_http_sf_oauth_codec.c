@@ -49,7 +49,7 @@ static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
  */
 
 u_char *
-ngx_http_sf_oauth_state_encode(u_char *key, ngx_http_sf_oauth_node_t *nodes,
+ngx_http_sf_oauth_codec_encode(u_char *key, ngx_http_sf_oauth_node_t *nodes,
     ngx_uint_t n, ngx_pool_t *pool, size_t *len)
 {
     u_char      *out, *p;
@@ -212,7 +212,7 @@ ngx_http_sf_oauth_add_str(cJSON *item, const char *name, u_char *data,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_state_decode(u_char *key, u_char *data, size_t len,
+ngx_http_sf_oauth_codec_decode(u_char *key, u_char *data, size_t len,
     ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec, const char **why,
     ngx_log_t *log)
 {
@@ -383,7 +383,7 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
     s.len = rec->token_len;
 
     if (s.len && (rec->url_len == 0
-                  || ngx_http_sf_oauth_check_token(&s) != NGX_OK))
+                  || ngx_http_sf_oauth_parse_check_token(&s) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -391,7 +391,7 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
     s.data = rec->refresh;
     s.len = rec->refresh_len;
 
-    return ngx_http_sf_oauth_check_token(&s);
+    return ngx_http_sf_oauth_parse_check_token(&s);
 }
 
 

@@ -9,9 +9,9 @@
  */
 
 
-#include <openssl/evp.h>
-
 #include "ngx_http_sf_oauth.h"
+
+#include <openssl/evp.h>
 
 
 static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
@@ -21,15 +21,43 @@ static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_secret(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred, const char *name, ngx_str_t *value,
-    ngx_str_t *path);
+    ngx_http_sf_oauth_cred_t *cred, const char *name, const char *file,
+    ngx_str_t *value, ngx_str_t *path);
 static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred, const char *name, ngx_str_t *path,
     ngx_str_t *value);
+static char *ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
+static char *ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host,
+    ngx_str_t *origin);
+static ngx_int_t ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
+    const char *suffix);
 static char *ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred);
 
 
+static ngx_conf_enum_t  ngx_http_sf_oauth_grants[] = {
+    { ngx_string("refresh_token"), NGX_HTTP_SF_OAUTH_GRANT_REFRESH },
+    { ngx_string("jwt_bearer"), NGX_HTTP_SF_OAUTH_GRANT_JWT },
+    { ngx_string("client_credentials"), NGX_HTTP_SF_OAUTH_GRANT_CLIENT },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
+
+    { ngx_string("grant"), NGX_CONF_TAKE1, ngx_conf_set_enum_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, grant), ngx_http_sf_oauth_grants },
+
+    { ngx_string("username"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, username), NULL },
+
+    { ngx_string("private_key"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, private_key), NULL },
+
+    { ngx_string("audience"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_cred_t, audience), NULL },
 
     { ngx_string("zone"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, zone_name), NULL },
@@ -96,6 +124,7 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_conf_t   save;
     const char  *missing;
 
+    cred->grant = NGX_CONF_UNSET_UINT;
     cred->timeout = NGX_CONF_UNSET_MSEC;
     cred->backoff_min = NGX_CONF_UNSET_MSEC;
     cred->backoff_max = NGX_CONF_UNSET_MSEC;
@@ -118,6 +147,7 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
         return rv;
     }
 
+    ngx_conf_init_uint_value(cred->grant, NGX_HTTP_SF_OAUTH_GRANT_REFRESH);
     ngx_conf_init_msec_value(cred->timeout, 10000);
     ngx_conf_init_msec_value(cred->backoff_min, 1000);
     ngx_conf_init_msec_value(cred->backoff_max, 60000);
@@ -137,14 +167,14 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     /* the secrets, once the file permission rule is known */
 
     rv = ngx_http_sf_oauth_secret(cf, cred, "client_secret",
-                                  &cred->client_secret,
+                                  "client_secret_file", &cred->client_secret,
                                   &cred->client_secret_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
     rv = ngx_http_sf_oauth_secret(cf, cred, "refresh_token",
-                                  &cred->refresh_token,
+                                  "refresh_token_file", &cred->refresh_token,
                                   &cred->refresh_token_file);
     if (rv != NGX_CONF_OK) {
         return rv;
@@ -160,8 +190,23 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 
     } else if (cred->client_id.len == 0) {
         missing = "client_id";
+    }
 
-    } else if (cred->refresh_token.len == 0) {
+    if (missing) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has no \"%s\"",
+                           &cred->name, missing);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = ngx_http_sf_oauth_grant_conf(cf, cred);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+        && cred->refresh_token.len == 0)
+    {
         missing = "refresh_token\" or \"refresh_token_file";
     }
 
@@ -204,6 +249,16 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     }
 
     if (cred->introspect) {
+        if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_JWT) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"introspect on\" of sf_oauth_credential "
+                               "\"%V\" needs the client secret, which "
+                               "\"grant jwt_bearer\" has not: use "
+                               "\"lifetime\" for its refresh ahead of "
+                               "expiry", &cred->name);
+            return NGX_CONF_ERROR;
+        }
+
         if (cred->token_url.len < sizeof("/token") - 1
             || ngx_strncmp(cred->token_url.data + cred->token_url.len
                            - (sizeof("/token") - 1), "/token",
@@ -427,20 +482,20 @@ ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 static char *
 ngx_http_sf_oauth_secret(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
-    const char *name, ngx_str_t *value, ngx_str_t *path)
+    const char *name, const char *file, ngx_str_t *value, ngx_str_t *path)
 {
     u_char  *env;
 
     if (value->len && path->len) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "sf_oauth_credential \"%V\" has both \"%s\" and "
-                           "\"%s_file\": set a secret once", &cred->name,
-                           name, name);
+                           "\"%s\": set a secret once", &cred->name,
+                           name, file);
         return NGX_CONF_ERROR;
     }
 
     if (path->len) {
-        return ngx_http_sf_oauth_read_file(cf, cred, name, path, value);
+        return ngx_http_sf_oauth_read_file(cf, cred, file, path, value);
     }
 
     if (value->len > 4 && ngx_strncmp(value->data, "env:", 4) == 0) {
@@ -486,21 +541,21 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s_file \"%V\" of sf_oauth_credential "
+                           "cannot read %s \"%V\" of sf_oauth_credential "
                            "\"%V\"", name, path, &cred->name);
         return NGX_CONF_ERROR;
     }
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
                            "not a regular file", name, path, &cred->name);
         goto failed;
     }
 
     if ((ngx_file_access(&fi) & S_IROTH) && !cred->world_readable) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
                            "readable by everyone: \"chmod o-rwx\" it, or "
                            "accept the risk with \"allow_world_readable on\"",
                            name, path, &cred->name);
@@ -516,7 +571,7 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (n == -1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s_file \"%V\" of sf_oauth_credential "
+                           "cannot read %s \"%V\" of sf_oauth_credential "
                            "\"%V\"", name, path, &cred->name);
         goto failed;
     }
@@ -525,7 +580,7 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
                            "larger than %d bytes", name, path, &cred->name,
                            NGX_HTTP_SF_OAUTH_SECRET_MAX);
         return NGX_CONF_ERROR;
@@ -543,7 +598,7 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (p == last) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s_file \"%V\" of sf_oauth_credential \"%V\" is "
+                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
                            "empty", name, path, &cred->name);
         return NGX_CONF_ERROR;
     }
@@ -564,9 +619,240 @@ failed:
 
 
 /*
+ * What each grant needs, and what it must not have: a parameter that the
+ * grant would ignore is an error, so that nobody believes it is used.
+ */
+
+static char *
+ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_str_t    host, origin;
+    const char  *grant, *extra;
+
+    extra = NULL;
+    grant = (char *) ngx_http_sf_oauth_grants[cred->grant].name.data;
+
+    if (cred->grant != NGX_HTTP_SF_OAUTH_GRANT_JWT) {
+        if (cred->username.len) {
+            extra = "username";
+
+        } else if (cred->private_key.len) {
+            extra = "private_key";
+
+        } else if (cred->audience.len) {
+            extra = "audience";
+        }
+    }
+
+    if (cred->grant != NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+        && cred->refresh_token.len)
+    {
+        extra = cred->refresh_token_file.len ? "refresh_token_file"
+                                             : "refresh_token";
+    }
+
+    if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_JWT
+        && cred->client_secret.len)
+    {
+        extra = cred->client_secret_file.len ? "client_secret_file"
+                                             : "client_secret";
+    }
+
+    if (extra) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has \"%s\", which "
+                           "\"grant %s\" does not use: remove it",
+                           &cred->name, extra, grant);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_JWT) {
+        return ngx_http_sf_oauth_jwt_conf(cf, cred);
+    }
+
+    if (cred->grant != NGX_HTTP_SF_OAUTH_GRANT_CLIENT) {
+        return NGX_CONF_OK;
+    }
+
+    if (cred->client_secret.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has no "
+                           "\"client_secret\" or \"client_secret_file\": "
+                           "\"grant client_credentials\" needs the connected "
+                           "app's consumer secret", &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin) != NGX_OK
+        || ngx_http_sf_oauth_host_is(&host, "login.salesforce.com", NULL)
+        || ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\": Salesforce refuses "
+                           "\"grant client_credentials\" at \"%V\"; set "
+                           "token_url to the org's My Domain, such as "
+                           "https://acme.my.salesforce.com/services/oauth2/"
+                           "token", &cred->name, &cred->token_url);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The JWT bearer grant: the username, the private key, and the audience,
+ * by default from token_url's host: login.salesforce.com and My Domain
+ * hosts take https://login.salesforce.com; test.salesforce.com and sandbox
+ * My Domain hosts take https://test.salesforce.com; any other host is a
+ * site, whose URL is token_url without "/services/oauth2/token".
+ */
+
+static char *
+ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
+{
+    char       *rv;
+    size_t      suffix;
+    ngx_str_t   pem, host, origin;
+
+    if (cred->username.len == 0 || cred->private_key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_credential \"%V\" has no \"%s\": "
+                           "\"grant jwt_bearer\" needs the integration "
+                           "user's \"username\" and the connected app's "
+                           "\"private_key\"", &cred->name,
+                           cred->username.len ? "private_key" : "username");
+        return NGX_CONF_ERROR;
+    }
+
+    if (cred->audience.len == 0) {
+
+        if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        suffix = sizeof("/services/oauth2/token") - 1;
+
+        if (ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL)
+            || ngx_http_sf_oauth_host_is(&host, NULL,
+                                         ".sandbox.my.salesforce.com"))
+        {
+            ngx_str_set(&cred->audience, "https://test.salesforce.com");
+
+        } else if (ngx_http_sf_oauth_host_is(&host, "login.salesforce.com",
+                                             NULL)
+                   || ngx_http_sf_oauth_host_is(&host, NULL,
+                                                ".my.salesforce.com"))
+        {
+            ngx_str_set(&cred->audience, "https://login.salesforce.com");
+
+        } else if (cred->token_url.len > suffix
+                   && ngx_strncmp(cred->token_url.data + cred->token_url.len
+                                  - suffix, "/services/oauth2/token",
+                                  suffix)
+                      == 0)
+        {
+            cred->audience.data = cred->token_url.data;
+            cred->audience.len = cred->token_url.len - suffix;
+
+        } else {
+            cred->audience = origin;
+        }
+
+    } else if (ngx_strncmp(cred->audience.data, "https://", 8) != 0
+               && ngx_strncmp(cred->audience.data, "http://", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid audience \"%V\" in sf_oauth_credential "
+                           "\"%V\": it is a URL, such as "
+                           "https://login.salesforce.com",
+                           &cred->audience, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = ngx_http_sf_oauth_read_file(cf, cred, "private_key",
+                                     &cred->private_key, &pem);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    rv = ngx_http_sf_oauth_jwt_key(cf, cred, &pem);
+
+    ngx_explicit_memzero(pem.data, pem.len);
+
+    return rv;
+}
+
+
+/* token_url's host, and its origin: scheme://host[:port] */
+
+static ngx_int_t
+ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host, ngx_str_t *origin)
+{
+    u_char  *p, *last;
+
+    last = url->data + url->len;
+
+    p = ngx_strlcasestrn(url->data, last, (u_char *) "://",
+                         sizeof("://") - 1 - 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    host->data = p + sizeof("://") - 1;
+
+    for (p = host->data; p < last && *p != '/' && *p != '?' && *p != '#';
+         p++)
+    {
+        /* void */
+    }
+
+    origin->data = url->data;
+    origin->len = p - url->data;
+
+    last = p;
+
+    for (p = host->data; p < last && *p != ':'; p++) {
+        /* void */
+    }
+
+    host->len = p - host->data;
+
+    return NGX_OK;
+}
+
+
+/* whether a host is "name", or ends in "suffix", ignoring case */
+
+static ngx_int_t
+ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
+    const char *suffix)
+{
+    size_t  n;
+
+    if (name) {
+        n = ngx_strlen(name);
+        return host->len == n
+               && ngx_strncasecmp(host->data, (u_char *) name, n) == 0;
+    }
+
+    n = ngx_strlen(suffix);
+
+    return host->len > n
+           && ngx_strncasecmp(host->data + host->len - n, (u_char *) suffix,
+                              n)
+              == 0;
+}
+
+
+/*
  * The fingerprint of what makes a token: a change of any of these on
  * reload drops the cached token and restarts from the configured refresh
- * token.
+ * token.  The grant, the username and the audience count for the grants
+ * other than the refresh token's, so that its fingerprints stay as they
+ * were before these grants came.
  */
 
 static char *
@@ -575,6 +861,12 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
     u_char         md[EVP_MAX_MD_SIZE];
     unsigned int   n;
     EVP_MD_CTX    *md_ctx;
+
+    if (cred->refresh_token.data == NULL) {
+        /* the grants without a refresh token hash it as empty */
+        ngx_str_set(&cred->refresh_token, "");
+        cred->refresh_token.len = 0;
+    }
 
     md_ctx = EVP_MD_CTX_new();
     if (md_ctx == NULL) {
@@ -588,6 +880,14 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
                             cred->client_id.len + 1) != 1
         || EVP_DigestUpdate(md_ctx, cred->refresh_token.data,
                             cred->refresh_token.len + 1) != 1
+        || (cred->grant != NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+            && (EVP_DigestUpdate(md_ctx, &cred->grant,
+                                 sizeof(ngx_uint_t)) != 1
+                || EVP_DigestUpdate(md_ctx, cred->username.data,
+                                    cred->username.len) != 1
+                || EVP_DigestUpdate(md_ctx, "", 1) != 1
+                || EVP_DigestUpdate(md_ctx, cred->audience.data,
+                                    cred->audience.len) != 1))
         || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
     {
         EVP_MD_CTX_free(md_ctx);

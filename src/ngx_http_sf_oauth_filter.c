@@ -94,7 +94,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    ctx = ngx_http_sf_oauth_get_ctx(r);
+    ctx = ngx_http_sf_oauth_handler_ctx(r);
 
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
@@ -117,7 +117,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         && !r->header_sent
         && ngx_http_sf_oauth_replayable(r, ctx))
     {
-        ngx_http_sf_oauth_unset_token(r, ctx);
+        ngx_http_sf_oauth_handler_unset_token(r, ctx);
 
         /* a response held for the session is not cached either */
         r->upstream->cacheable = 0;
@@ -127,7 +127,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 
             if (ngx_http_sf_oauth_dead(r, ctx, 1)) {
                 /* swallowed: nothing of this response goes further */
-                return ngx_http_sf_oauth_hold(r, ctx);
+                return ngx_http_sf_oauth_handler_hold(r, ctx);
             }
 
             return ngx_http_sf_oauth_pass(r, ctx);
@@ -141,7 +141,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    ngx_http_sf_oauth_response_header(r, ctx);
+    ngx_http_sf_oauth_handler_response_header(r, ctx);
 
     return ngx_http_next_header_filter(r);
 }
@@ -210,7 +210,7 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     if (last) {
         /* the upstream finalizes the request now: parked, then woken */
-        ngx_http_sf_oauth_wake_now(ctx);
+        ngx_http_sf_oauth_timer_post(&ctx->waiter.event);
     }
 
     return NGX_OK;
@@ -295,7 +295,7 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 
     if (ngx_http_sf_oauth_dead(r, ctx, last && !full)) {
 
-        if (ngx_http_sf_oauth_hold(r, ctx) != NGX_OK) {
+        if (ngx_http_sf_oauth_handler_hold(r, ctx) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -405,7 +405,7 @@ ngx_http_sf_oauth_pass(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
                       &ctx->cred->name);
     }
 
-    ngx_http_sf_oauth_response_header(r, ctx);
+    ngx_http_sf_oauth_handler_response_header(r, ctx);
 
     return ngx_http_next_header_filter(r);
 }

@@ -156,9 +156,10 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
  */
 
 ngx_int_t
-ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
+ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
+    ngx_str_t                      token;
     ngx_http_sf_oauth_ctx_t       *ctx;
     ngx_http_sf_oauth_loc_conf_t  *slcf;
 
@@ -205,7 +206,10 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
     }
 
     /* nginx dumps the upstream request header at debug level */
-    ngx_http_sf_oauth_redact_install(r);
+    token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
+    token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
+
+    ngx_http_sf_oauth_redact_install(r, ctx->cred, ctx->generation, &token);
 
     if (ngx_http_sf_oauth_set_token(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -222,7 +226,7 @@ ngx_http_sf_oauth_content_handler(ngx_http_request_t *r)
     ctx->noted = 0;
 
     if (r->upstream && r->upstream->request_bufs) {
-        ngx_http_sf_oauth_unset_token(r, ctx);
+        ngx_http_sf_oauth_handler_unset_token(r, ctx);
     }
 
     return rc;
@@ -392,7 +396,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     ctx->client_body = body;
     ctx->client_length = r->headers_in.content_length_n;
 
-    ngx_http_finalize_request(r, ngx_http_sf_oauth_content_handler(r));
+    ngx_http_finalize_request(r, ngx_http_sf_oauth_handler_content(r));
 }
 
 
@@ -434,7 +438,7 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
         token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
         token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
 
-        (void) ngx_http_sf_oauth_client_identity(cred, &who.org_id,
+        (void) ngx_http_sf_oauth_refresh_identity(cred, &who.org_id,
                                                  &who.user_id, &token);
     }
 
@@ -446,12 +450,12 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
                    "sf_oauth: credential \"%V\": login() waits for the "
                    "identity service", &cred->name);
 
-    ctx->wait.handler = ngx_http_sf_oauth_login_wait;
-    ctx->wait.data = r->connection;
-    ctx->wait.log = r->connection->log;
+    ctx->waiter.event.handler = ngx_http_sf_oauth_login_wait;
+    ctx->waiter.event.data = r->connection;
+    ctx->waiter.event.log = r->connection->log;
     ctx->deadline = ngx_current_msec + cred->timeout;
 
-    ngx_add_timer(&ctx->wait, NGX_HTTP_SF_OAUTH_POLL_MAX);
+    ngx_add_timer(&ctx->waiter.event, NGX_HTTP_SF_OAUTH_POLL_MAX);
 
     /* a client that goes away while waiting is noticed and finalized */
     r->read_event_handler = ngx_http_test_reading;
@@ -471,7 +475,7 @@ ngx_http_sf_oauth_login_wait(ngx_event_t *ev)
     ngx_http_sf_oauth_ctx_t  *ctx;
 
     ctx = (ngx_http_sf_oauth_ctx_t *)
-              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, wait));
+              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, waiter.event));
     r = ctx->request;
     c = r->connection;
 
@@ -546,11 +550,12 @@ ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
 
 
 /*
- * The first lookup of a request of an sf_oauth location, with its ctx: on
- * the hot path one allocation holds the ctx and the header value.  The
- * ctx's pool cleanup is a part of it, linked by hand: no allocation, and
- * it finds the ctx again after an internal redirect zeroed the module
- * contexts.  *rc is the lookup's answer.
+ * The first lookup of a request of an sf_oauth location, with its ctx:
+ * on the hot path the ctx and the header value are the only allocations,
+ * both from the request's pool.  The ctx's pool cleanup is a part of it,
+ * linked by hand: no allocation, and it finds the ctx again after an
+ * internal redirect zeroed the module contexts.  *rc is the lookup's
+ * answer.
  */
 
 static ngx_http_sf_oauth_ctx_t *
@@ -560,17 +565,9 @@ ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    lk->ctx_size = sizeof(ngx_http_sf_oauth_ctx_t);
-
-    *rc = ngx_http_sf_oauth_store_lookup(cred, r->pool, lk);
-
-    ctx = lk->ctx;
-
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
     if (ctx == NULL) {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_ctx_t));
-        if (ctx == NULL) {
-            return NULL;
-        }
+        return NULL;
     }
 
     ctx->request = r;
@@ -582,6 +579,8 @@ ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
     r->pool->cleanup = &ctx->cln;
 
     ngx_http_set_ctx(r, ctx, ngx_http_sf_oauth_module);
+
+    *rc = ngx_http_sf_oauth_store_lookup(cred, r->pool, lk);
 
     return ctx;
 }
@@ -621,7 +620,7 @@ ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t **cp)
         return NGX_OK;
 
     case NGX_HTTP_SF_OAUTH_GOT_LEASE:
-        (void) ngx_http_sf_oauth_start(slcf->cred, &lk);
+        (void) ngx_http_sf_oauth_refresh_start(slcf->cred, &lk);
 
         /* fall through */
 
@@ -651,8 +650,6 @@ ngx_http_sf_oauth_apply(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
     ngx_http_sf_oauth_lookup_t *lk)
 {
     ngx_int_t  rc;
-
-    lk->ctx_size = 0;
 
     rc = ngx_http_sf_oauth_store_lookup(ctx->cred, r->pool, lk);
 
@@ -689,7 +686,7 @@ ngx_http_sf_oauth_act(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 
     case NGX_HTTP_SF_OAUTH_GOT_LEASE:
 
-        if (ngx_http_sf_oauth_start(ctx->cred, lk) != NGX_OK) {
+        if (ngx_http_sf_oauth_refresh_start(ctx->cred, lk) != NGX_OK) {
             lk->error = ngx_http_sf_oauth_error_start;
             lk->retry_after = 1;
             return NGX_HTTP_BAD_GATEWAY;
@@ -706,48 +703,13 @@ ngx_http_sf_oauth_act(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 }
 
 
-/* starts this worker's token request under the lease it has just taken */
-
-ngx_int_t
-ngx_http_sf_oauth_start(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_lookup_t *lk)
-{
-    ngx_int_t                  rc;
-    ngx_http_sf_oauth_token_t  tok;
-
-    ngx_http_sf_oauth_redact_remember(cred, lk->refresh_token.data,
-                                      lk->refresh_token.len);
-
-    rc = ngx_http_sf_oauth_client_start(cred, &lk->refresh_token, 0, 0);
-
-    ngx_explicit_memzero(lk->refresh_token.data, lk->refresh_token.len);
-
-    if (rc == NGX_OK) {
-        return NGX_OK;
-    }
-
-    /* no request went out: record the failure so that others back off */
-
-    ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
-    tok.error = ngx_http_sf_oauth_error_start;
-    tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
-
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "sf_oauth: credential \"%V\": %V", &cred->name, &tok.error);
-
-    ngx_http_sf_oauth_store_result(cred, &tok);
-
-    return NGX_ERROR;
-}
-
-
 static ngx_int_t
 ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (ctx->wait.handler == NULL) {
-        ctx->wait.handler = ngx_http_sf_oauth_wake;
-        ctx->wait.data = r->connection;
-        ctx->wait.log = r->connection->log;
+    if (ctx->waiter.event.handler == NULL) {
+        ctx->waiter.event.handler = ngx_http_sf_oauth_wake;
+        ctx->waiter.event.data = r->connection;
+        ctx->waiter.event.log = r->connection->log;
     }
 
     if (!ctx->wait_begun) {
@@ -767,10 +729,10 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     if (!ctx->waiting) {
         ctx->waiting = 1;
-        ngx_queue_insert_tail(&ctx->cred->waiters, &ctx->queue);
+        ngx_queue_insert_tail(&ctx->cred->waiters, &ctx->waiter.queue);
     }
 
-    ngx_add_timer(&ctx->wait, ctx->poll);
+    ngx_add_timer(&ctx->waiter.event, ctx->poll);
 
     ctx->poll = ngx_min(ctx->poll * 2, NGX_HTTP_SF_OAUTH_POLL_MAX);
 
@@ -798,7 +760,8 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
  */
 
 ngx_int_t
-ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_int_t   rc;
     ngx_msec_t  until;
@@ -835,29 +798,9 @@ ngx_http_sf_oauth_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
                        until - ngx_current_msec);
     }
 
-    ngx_http_sf_oauth_wake_now(ctx);
+    ngx_http_sf_oauth_timer_post(&ctx->waiter.event);
 
     return NGX_OK;
-}
-
-
-/*
- * Wakes a waiting request as soon as the current event is handled, not
- * at its next poll: this worker's refresh is over, a 401 was just held,
- * or a held 401 has been read to its end (nginx then parks the request
- * under its writer, whose send_timeout the wake takes off).
- */
-
-void
-ngx_http_sf_oauth_wake_now(ngx_http_sf_oauth_ctx_t *ctx)
-{
-    if (ctx->wait.timer_set) {
-        ngx_del_timer(&ctx->wait);
-    }
-
-    if (!ctx->wait.posted) {
-        ngx_post_event(&ctx->wait, &ngx_posted_events);
-    }
 }
 
 
@@ -888,7 +831,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
     ngx_http_sf_oauth_lookup_t   lk;
 
     ctx = (ngx_http_sf_oauth_ctx_t *)
-              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, wait));
+              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, waiter.event));
     r = ctx->request;
     c = r->connection;
 
@@ -1029,16 +972,16 @@ ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 static void
 ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (ctx->wait.timer_set) {
-        ngx_del_timer(&ctx->wait);
+    if (ctx->waiter.event.timer_set) {
+        ngx_del_timer(&ctx->waiter.event);
     }
 
-    if (ctx->wait.posted) {
-        ngx_delete_posted_event(&ctx->wait);
+    if (ctx->waiter.event.posted) {
+        ngx_delete_posted_event(&ctx->waiter.event);
     }
 
     if (ctx->waiting) {
-        ngx_queue_remove(&ctx->queue);
+        ngx_queue_remove(&ctx->waiter.queue);
         ctx->waiting = 0;
     }
 }
@@ -1054,86 +997,12 @@ ngx_http_sf_oauth_cleanup(void *data)
 
 
 /*
- * This worker's token request is over: store the outcome, say so in the
- * log, and wake this worker's waiters at once.  Waiters in other workers
- * see the change on their next poll.
- */
-
-void
-ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_token_t *tok)
-{
-    u_char                    fp[NGX_HTTP_SF_OAUTH_FP_LEN];
-    ngx_uint_t                level;
-    ngx_queue_t              *q;
-    ngx_http_sf_oauth_ctx_t  *ctx;
-
-    if (tok->ok) {
-        ngx_http_sf_oauth_redact_remember(cred, tok->access_token.data,
-                                          tok->access_token.len);
-
-        if (tok->refresh_token.len) {
-            ngx_http_sf_oauth_redact_remember(cred, tok->refresh_token.data,
-                                              tok->refresh_token.len);
-        }
-
-        ngx_http_sf_oauth_fingerprint(fp, tok->access_token.data,
-                                      tok->access_token.len);
-
-        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "sf_oauth: credential \"%V\": new access token "
-                      "fp:%*s for \"%V\"%s", &cred->name,
-                      (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, fp,
-                      &tok->instance_url,
-                      tok->refresh_token.len ? ", refresh token rotated" : "");
-
-    } else {
-        /* an error text is built from the endpoint's answer: scrub it */
-        tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,
-                                                  tok->error.len,
-                                                  tok->error.len);
-
-        /* "already being processed" is retried at once: no error yet */
-        level = (tok->error_class == NGX_HTTP_SF_OAUTH_BUSY)
-                ? NGX_LOG_WARN : NGX_LOG_ERR;
-
-        ngx_log_error(level, ngx_cycle->log, 0,
-                      "sf_oauth: credential \"%V\": %V; %V",
-                      &cred->name, &tok->error, &tok->hint);
-    }
-
-    ngx_http_sf_oauth_store_result(cred, tok);
-
-    if (tok->ok) {
-        ngx_http_sf_oauth_state_save(cred);
-
-        if (cred->soap_login && tok->org_id.len
-            && !ngx_http_sf_oauth_store_identity_known(cred))
-        {
-            /* SOAP login() answers tell who the user is: read it once */
-            (void) ngx_http_sf_oauth_client_identity(cred, &tok->org_id,
-                                                     &tok->user_id,
-                                                     &tok->access_token);
-        }
-    }
-
-    for (q = ngx_queue_head(&cred->waiters);
-         q != ngx_queue_sentinel(&cred->waiters);
-         q = ngx_queue_next(q))
-    {
-        ctx = ngx_queue_data(q, ngx_http_sf_oauth_ctx_t, queue);
-        ngx_http_sf_oauth_wake_now(ctx);
-    }
-}
-
-
-/*
  * The token in the Authorization header, for the upstream request only;
  * for Bulk 1.0, or when the client sent one, in X-SFDC-Session too; for
  * SOAP, in the envelope.  An element's lowcase_key marks a value of this
  * module's: whatever finds the header between here and
- * ngx_http_sf_oauth_unset_token() can tell (see
- * ngx_http_sf_oauth_authorization_variable).
+ * ngx_http_sf_oauth_handler_unset_token() can tell (see
+ * ngx_http_sf_oauth_handler_authorization_variable).
  */
 
 static u_char  ngx_http_sf_oauth_lowcase_key[] = "authorization";
@@ -1384,7 +1253,7 @@ ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
 /* takes the token out of the request again: the client's values, or none */
 
 void
-ngx_http_sf_oauth_unset_token(ngx_http_request_t *r,
+ngx_http_sf_oauth_handler_unset_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_uint_t                 i;
@@ -1536,7 +1405,7 @@ ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
  */
 
 ngx_http_sf_oauth_ctx_t *
-ngx_http_sf_oauth_get_ctx(ngx_http_request_t *r)
+ngx_http_sf_oauth_handler_ctx(ngx_http_request_t *r)
 {
     ngx_pool_cleanup_t       *cln;
     ngx_http_sf_oauth_ctx_t  *ctx;
@@ -1606,7 +1475,7 @@ ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r)
+ngx_http_sf_oauth_handler_rewrite(ngx_http_request_t *r)
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
@@ -1618,10 +1487,10 @@ ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    ctx = ngx_http_sf_oauth_get_ctx(r);
+    ctx = ngx_http_sf_oauth_handler_ctx(r);
 
     if (ctx) {
-        ngx_http_sf_oauth_unset_token(r, ctx);
+        ngx_http_sf_oauth_handler_unset_token(r, ctx);
         ngx_http_sf_oauth_note_401(r, ctx);
     }
 
@@ -1632,10 +1501,10 @@ ngx_http_sf_oauth_rewrite_handler(ngx_http_request_t *r)
 /* the response header: the token is out, and a 401 is noted */
 
 void
-ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
+ngx_http_sf_oauth_handler_response_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_http_sf_oauth_unset_token(r, ctx);
+    ngx_http_sf_oauth_handler_unset_token(r, ctx);
 
     if (ctx->upstream == NULL || ctx->upstream != r->upstream) {
         return;
@@ -1657,15 +1526,15 @@ ngx_http_sf_oauth_response_header(ngx_http_request_t *r,
 /* the log phase: runs before the access log, see ngx_http_sf_oauth_init */
 
 ngx_int_t
-ngx_http_sf_oauth_log_handler(ngx_http_request_t *r)
+ngx_http_sf_oauth_handler_log(ngx_http_request_t *r)
 {
     ngx_http_sf_oauth_ctx_t  *ctx;
 
     if (r == r->main) {
-        ctx = ngx_http_sf_oauth_get_ctx(r);
+        ctx = ngx_http_sf_oauth_handler_ctx(r);
 
         if (ctx) {
-            ngx_http_sf_oauth_unset_token(r, ctx);
+            ngx_http_sf_oauth_handler_unset_token(r, ctx);
         }
     }
 
@@ -1680,7 +1549,7 @@ ngx_http_sf_oauth_log_handler(ngx_http_request_t *r)
  */
 
 ngx_int_t
-ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
+ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
     ngx_str_t                *value;
@@ -1694,7 +1563,7 @@ ngx_http_sf_oauth_authorization_variable(ngx_http_request_t *r,
         ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
         if (ctx == NULL || ctx->auth.header != h) {
-            ctx = ngx_http_sf_oauth_get_ctx(r->main);
+            ctx = ngx_http_sf_oauth_handler_ctx(r->main);
         }
 
         value = (ctx && ctx->auth.header == h && !ctx->auth.pushed)
@@ -1729,7 +1598,7 @@ static ngx_http_get_variable_pt  ngx_http_sf_oauth_request_body_get;
 
 
 ngx_int_t
-ngx_http_sf_oauth_request_body_init(ngx_conf_t *cf)
+ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf)
 {
     ngx_uint_t                  i;
     ngx_hash_key_t             *key;
@@ -1776,7 +1645,7 @@ ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_chain_t              *envelope;
     ngx_http_sf_oauth_ctx_t  *ctx;
 
-    ctx = ngx_http_sf_oauth_get_ctx(r->main);
+    ctx = ngx_http_sf_oauth_handler_ctx(r->main);
 
     if (ctx == NULL || !ctx->body_set || r->request_body == NULL) {
         return ngx_http_sf_oauth_request_body_get(r, v, data);

@@ -48,6 +48,31 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
       "another token request with the same refresh token is in progress; "
       "the module retries after a short backoff" },
 
+    { "invalid_grant", "user hasn't approved this consumer",
+      NGX_HTTP_SF_OAUTH_OPERATOR,
+      "pre-authorize the user for the connected app: in its policies set "
+      "\"Admin approved users are pre-authorized\" and add the user's "
+      "profile or permission set" },
+
+    { "invalid_grant", "audience is invalid", NGX_HTTP_SF_OAUTH_OPERATOR,
+      "the JWT's audience must be https://login.salesforce.com, "
+      "https://test.salesforce.com for a sandbox, or the site's URL: "
+      "set \"audience\"" },
+
+    { "invalid_grant", "expired authorization code",
+      NGX_HTTP_SF_OAUTH_OPERATOR,
+      "Salesforce found the JWT expired: check this host's clock (NTP); "
+      "the assertion expires 3 minutes after it is made" },
+
+    { "invalid_grant", "invalid assertion", NGX_HTTP_SF_OAUTH_OPERATOR,
+      "Salesforce refused the JWT: check that private_key matches the "
+      "certificate uploaded to the connected app, and client_id" },
+
+    { "invalid_grant", "no client credentials user",
+      NGX_HTTP_SF_OAUTH_OPERATOR,
+      "set a run-as user for the client credentials flow in the connected "
+      "app's policies" },
+
     { "invalid_grant", "expired", NGX_HTTP_SF_OAUTH_OPERATOR,
       "the refresh token was revoked or has expired: authorize the connected "
       "app again and configure the new refresh token" },
@@ -59,7 +84,8 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
       "the user's profile restricts login IP ranges or login hours" },
 
     { "invalid_grant", NULL, NGX_HTTP_SF_OAUTH_OPERATOR,
-      "Salesforce refused the refresh token: check refresh_token" },
+      "Salesforce refused the grant: check the credential's refresh_token, "
+      "or its username and the connected app's policies" },
 
     { "invalid_client_id", NULL, NGX_HTTP_SF_OAUTH_OPERATOR,
       "check client_id against the connected app's consumer key" },
@@ -109,6 +135,7 @@ static const char  *ngx_http_sf_oauth_descriptions[] = {
     "inactive organization",
     "organization is locked, closed, or suspended",
     "user is not admin approved to access this app",
+    "no client credentials user enabled",
     "number of login attempts exceeded",
     "requested scope is not allowed",
     "secure connection required",
@@ -134,11 +161,12 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
 
     /* cJSON decodes \u0000 into a string it then sees as shorter */
     if (ngx_strlcasestrn(body, body + len, (u_char *) "\\u0000", 6 - 1)) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the token endpoint does not answer like "
-                               "Salesforce",
-                               "HTTP %l from the token endpoint with a NUL "
-                               "character (\\u0000) in its JSON", status);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer like "
+                                     "Salesforce",
+                                     "HTTP %l from the token endpoint with a "
+                                     "NUL character (\\u0000) in its JSON",
+                                     status);
         return;
     }
 
@@ -152,37 +180,41 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
         /* a body that is not JSON is never echoed: its size only */
 
         if (len == 0) {
-            ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                                   status >= 500
-                                   ? "Salesforce may be down or in "
-                                     "maintenance; the module retries with "
-                                     "backoff"
-                                   : "check that token_url is Salesforce's "
-                                     "/services/oauth2/token",
-                                   status >= 500
-                                   ? "HTTP %l from the token endpoint, "
-                                     "empty body"
-                                   : "HTTP %l from the token endpoint with "
-                                     "an empty body, expected a JSON object",
-                                   status);
+            ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                         status >= 500
+                                         ? "Salesforce may be down or in "
+                                           "maintenance; the module retries "
+                                           "with backoff"
+                                         : "check that token_url is "
+                                           "Salesforce's "
+                                           "/services/oauth2/token",
+                                         status >= 500
+                                         ? "HTTP %l from the token endpoint, "
+                                           "empty body"
+                                         : "HTTP %l from the token endpoint "
+                                           "with an empty body, expected a "
+                                           "JSON object",
+                                         status);
             return;
         }
 
         if (status >= 500) {
-            ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                                   "Salesforce may be down or in maintenance; "
-                                   "the module retries with backoff",
-                                   "HTTP %l from the token endpoint, "
-                                   "non-JSON body of %uz bytes", status, len);
+            ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                         "Salesforce may be down or in "
+                                         "maintenance; the module retries with "
+                                         "backoff",
+                                         "HTTP %l from the token endpoint, "
+                                         "non-JSON body of %uz bytes",
+                                         status, len);
             return;
         }
 
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "check that token_url is Salesforce's "
-                               "/services/oauth2/token",
-                               "HTTP %l from the token endpoint with a "
-                               "non-JSON body of %uz bytes, expected a JSON "
-                               "object", status, len);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "check that token_url is Salesforce's "
+                                     "/services/oauth2/token",
+                                     "HTTP %l from the token endpoint with a "
+                                     "non-JSON body of %uz bytes, expected a "
+                                     "JSON object", status, len);
         return;
     }
 
@@ -196,15 +228,15 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
                                      NGX_HTTP_SF_OAUTH_TOKEN_MAX,
                                      &tok->access_token)
         != NGX_OK
-        || ngx_http_sf_oauth_check_token(&tok->access_token) != NGX_OK)
+        || ngx_http_sf_oauth_parse_check_token(&tok->access_token) != NGX_OK)
     {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the token endpoint does not answer like "
-                               "Salesforce",
-                               "the token response has no usable "
-                               "\"access_token\" (a non-empty string of "
-                               "printable characters, at most %d bytes)",
-                               NGX_HTTP_SF_OAUTH_TOKEN_MAX);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer like "
+                                     "Salesforce",
+                                     "the token response has no usable "
+                                     "\"access_token\" (a non-empty string of "
+                                     "printable characters, at most %d bytes)",
+                                     NGX_HTTP_SF_OAUTH_TOKEN_MAX);
         goto done;
     }
 
@@ -221,12 +253,12 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
 
     if (why) {
         /* the URL itself is the endpoint's text: it is not echoed */
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the token endpoint does not answer like "
-                               "Salesforce",
-                               "the token response has no usable "
-                               "\"instance_url\": %s; only "
-                               "http(s)://HOST[:PORT] is accepted", why);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer like "
+                                     "Salesforce",
+                                     "the token response has no usable "
+                                     "\"instance_url\": %s; only "
+                                     "http(s)://HOST[:PORT] is accepted", why);
         goto done;
     }
 
@@ -237,23 +269,24 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
                                          NGX_HTTP_SF_OAUTH_REFRESH_MAX,
                                          &tok->refresh_token)
             != NGX_OK
-            || ngx_http_sf_oauth_check_token(&tok->refresh_token) != NGX_OK)
+            || ngx_http_sf_oauth_parse_check_token(&tok->refresh_token)
+               != NGX_OK)
         {
-            ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                                   "the token endpoint does not answer like "
-                                   "Salesforce",
-                                   "the token response has an unusable "
-                                   "\"refresh_token\" (printable "
-                                   "characters, at most %d bytes)",
-                                   NGX_HTTP_SF_OAUTH_REFRESH_MAX);
+            ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                         "the token endpoint does not answer "
+                                         "like Salesforce",
+                                         "the token response has an unusable "
+                                         "\"refresh_token\" (printable "
+                                         "characters, at most %d bytes)",
+                                         NGX_HTTP_SF_OAUTH_REFRESH_MAX);
             goto done;
         }
     }
 
     if (ngx_http_sf_oauth_parse_identity(pool, root, tok) != NGX_OK) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the module retries with backoff",
-                               "out of memory");
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the module retries with backoff",
+                                     "out of memory");
         goto done;
     }
 
@@ -464,11 +497,12 @@ ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
     root = (len == 0) ? NULL : cJSON_ParseWithLength((char *) body, len);
 
     if (!cJSON_IsObject(root)) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "check that token_url is Salesforce's",
-                               "HTTP %l from the introspection endpoint "
-                               "without a JSON object (a body of %uz bytes)",
-                               status, len);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "check that token_url is Salesforce's",
+                                     "HTTP %l from the introspection endpoint "
+                                     "without a JSON object (a body of %uz "
+                                     "bytes)",
+                                     status, len);
         goto done;
     }
 
@@ -485,11 +519,11 @@ ngx_http_sf_oauth_parse_introspect(ngx_pool_t *pool, long status,
             && (!cJSON_IsNumber(exp) || exp->valuedouble < 0
                 || exp->valuedouble > 1e11)))
     {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the endpoint does not answer like "
-                               "Salesforce",
-                               "the introspection answer has no usable "
-                               "\"active\" and \"exp\"");
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the endpoint does not answer like "
+                                     "Salesforce",
+                                     "the introspection answer has no usable "
+                                     "\"active\" and \"exp\"");
         goto done;
     }
 
@@ -532,11 +566,11 @@ ngx_http_sf_oauth_parse_error(ngx_pool_t *pool, long status, cJSON *root,
     }
 
     if (elen == 0) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the token endpoint does not answer like "
-                               "Salesforce",
-                               "HTTP %l from the token endpoint without "
-                               "an \"error\"", status);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer like "
+                                     "Salesforce",
+                                     "HTTP %l from the token endpoint without "
+                                     "an \"error\"", status);
         return;
     }
 
@@ -604,14 +638,16 @@ found:
 
     /* an error Salesforce does not document: 5xx transient, else hold */
 
-    ngx_http_sf_oauth_fail(pool, tok,
-                           h->error ? h->error_class
-                           : status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
-                                           : NGX_HTTP_SF_OAUTH_OPERATOR,
-                           h->error ? h->hint
-                                    : "see Salesforce's OAuth error codes",
-                           "Salesforce answered HTTP %l: %*s%s%*s",
-                           status, elen, error, dlen ? ": " : "", dlen, desc);
+    ngx_http_sf_oauth_parse_fail(pool, tok,
+                                 h->error ? h->error_class
+                                 : status >= 500 ? NGX_HTTP_SF_OAUTH_TRANSIENT
+                                                 : NGX_HTTP_SF_OAUTH_OPERATOR,
+                                 h->error ? h->hint
+                                          : "see Salesforce's OAuth error "
+                                            "codes",
+                                 "Salesforce answered HTTP %l: %*s%s%*s",
+                                 status, elen, error, dlen ? ": " : "", dlen,
+                                 desc);
 }
 
 
@@ -704,20 +740,21 @@ ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
     }
 
     if (len == 0) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "the token endpoint does not answer like "
-                               "Salesforce",
-                               "the token endpoint redirects (HTTP %l) "
-                               "without a Location", status);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer like "
+                                     "Salesforce",
+                                     "the token endpoint redirects (HTTP %l) "
+                                     "without a Location", status);
         return;
     }
 
     if (origin.len == 0) {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "set token_url to the URL the endpoint "
-                               "redirects to; redirects are not followed",
-                               "the token endpoint redirects (HTTP %l) to a "
-                               "URL of %uz bytes (withheld)", status, len);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "set token_url to the URL the endpoint "
+                                     "redirects to; redirects are not followed",
+                                     "the token endpoint redirects (HTTP %l) "
+                                     "to a URL of %uz bytes (withheld)",
+                                     status, len);
         return;
     }
 
@@ -728,21 +765,21 @@ ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
         || (n == sizeof("/services/oauth2/token") - 1
             && ngx_strncmp(p, "/services/oauth2/token", n) == 0))
     {
-        ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                               "set token_url to the URL the endpoint "
-                               "redirects to; redirects are not followed",
-                               "the token endpoint redirects (HTTP %l) to "
-                               "\"%V%*s\"", status, &origin, n, p);
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "set token_url to the URL the endpoint "
+                                     "redirects to; redirects are not followed",
+                                     "the token endpoint redirects (HTTP %l) "
+                                     "to \"%V%*s\"", status, &origin, n, p);
         return;
     }
 
-    ngx_http_sf_oauth_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
-                           "set token_url to the URL the endpoint "
-                           "redirects to; redirects are not followed",
-                           "the token endpoint redirects (HTTP %l) to "
-                           "\"%V\" and a path or query of %uz bytes "
-                           "(withheld)",
-                           status, &origin, n);
+    ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                 "set token_url to the URL the endpoint "
+                                 "redirects to; redirects are not followed",
+                                 "the token endpoint redirects (HTTP %l) to "
+                                 "\"%V\" and a path or query of %uz bytes "
+                                 "(withheld)",
+                                 status, &origin, n);
 }
 
 
@@ -780,7 +817,7 @@ ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root, const char *name,
 /* a token goes into a header: printable ASCII, no space, quote or escape */
 
 ngx_int_t
-ngx_http_sf_oauth_check_token(ngx_str_t *s)
+ngx_http_sf_oauth_parse_check_token(ngx_str_t *s)
 {
     size_t  i;
 
@@ -826,7 +863,7 @@ ngx_http_sf_oauth_check_url(ngx_str_t *s)
         return "it is not an http or https URL";
     }
 
-    if (ngx_http_sf_oauth_check_token(s) != NGX_OK) {
+    if (ngx_http_sf_oauth_parse_check_token(s) != NGX_OK) {
         return "it has spaces, quotes or characters that are not printable";
     }
 
@@ -907,7 +944,7 @@ ngx_http_sf_oauth_check_url(ngx_str_t *s)
 
 
 void ngx_cdecl
-ngx_http_sf_oauth_fail(ngx_pool_t *pool, ngx_http_sf_oauth_token_t *tok,
+ngx_http_sf_oauth_parse_fail(ngx_pool_t *pool, ngx_http_sf_oauth_token_t *tok,
     ngx_uint_t error_class, const char *hint, const char *fmt, ...)
 {
     u_char   *p, buf[NGX_HTTP_SF_OAUTH_ERROR_MAX];

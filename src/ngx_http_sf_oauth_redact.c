@@ -18,6 +18,8 @@
 
 #include "ngx_http_sf_oauth.h"
 
+#include <openssl/evp.h>
+
 
 static void ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
@@ -25,11 +27,23 @@ static size_t ngx_http_sf_oauth_redact_one(u_char *buf, size_t len,
     size_t size, u_char *secret, size_t slen);
 
 
+/*
+ * Before the token of "generation" goes on an upstream request: the
+ * token is known to this worker's redaction (another worker may have got
+ * it, or the state file), and the request's log writes through it.
+ */
+
 void
-ngx_http_sf_oauth_redact_install(ngx_http_request_t *r)
+ngx_http_sf_oauth_redact_install(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, ngx_str_t *token)
 {
     ngx_log_t                 *log;
     ngx_http_core_loc_conf_t  *clcf;
+
+    if (cred->seen_generation != generation) {
+        cred->seen_generation = generation;
+        ngx_http_sf_oauth_redact_remember(cred, token->data, token->len);
+    }
 
     log = r->connection->log;
 
@@ -107,7 +121,7 @@ ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_SEEN; i++) {
         if (cred->seen_len[i] == len
             && ngx_memcmp(cred->seen[i], secret, len) == 0)
         {
@@ -122,7 +136,7 @@ ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
     }
 
     i = cred->seen_next;
-    cred->seen_next = (i + 1) % 3;
+    cred->seen_next = (i + 1) % NGX_HTTP_SF_OAUTH_SEEN;
 
     ngx_memcpy(cred->seen[i], secret, len);
     cred->seen_len[i] = len;
@@ -147,7 +161,7 @@ ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
                                        cred->refresh_token.data,
                                        cred->refresh_token.len);
 
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_SEEN; i++) {
         len = ngx_http_sf_oauth_redact_one(buf, len, size, cred->seen[i],
                                            cred->seen_len[i]);
     }
@@ -171,7 +185,7 @@ ngx_http_sf_oauth_redact_one(u_char *buf, size_t len, size_t size,
     }
 
     p = ngx_cpymem(mark, "[sf_oauth:", sizeof("[sf_oauth:") - 1);
-    ngx_http_sf_oauth_fingerprint(p, secret, slen);
+    ngx_http_sf_oauth_redact_fingerprint(p, secret, slen);
     p[NGX_HTTP_SF_OAUTH_FP_LEN] = ']';
 
     s = buf;
@@ -213,4 +227,21 @@ tail:
     }
 
     return len;
+}
+
+
+/* the first hex digits of the SHA-256 of a secret: safe to log */
+
+void
+ngx_http_sf_oauth_redact_fingerprint(u_char *dst, u_char *data, size_t len)
+{
+    u_char        md[EVP_MAX_MD_SIZE];
+    unsigned int  n;
+
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1) {
+        ngx_memset(dst, '?', NGX_HTTP_SF_OAUTH_FP_LEN);
+        return;
+    }
+
+    ngx_hex_dump(dst, md, NGX_HTTP_SF_OAUTH_FP_LEN / 2);
 }

@@ -270,7 +270,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
     (void) ngx_close_file(fd);
 
     if (n != (ssize_t) len
-        || ngx_http_sf_oauth_state_decode(zone->key, data, len, &rec, &nrec,
+        || ngx_http_sf_oauth_codec_decode(zone->key, data, len, &rec, &nrec,
                                           &why, log)
            != NGX_OK)
     {
@@ -316,8 +316,9 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
             if (rec[i].token_len) {
                 node->token_len = rec[i].token_len;
                 ngx_memcpy(node->token, rec[i].token, rec[i].token_len);
-                ngx_http_sf_oauth_fingerprint(node->token_fp, node->token,
-                                              node->token_len);
+                ngx_http_sf_oauth_redact_fingerprint(node->token_fp,
+                                                     node->token,
+                                                     node->token_len);
 
                 node->url_len = rec[i].url_len;
                 ngx_memcpy(node->instance_url, rec[i].instance_url,
@@ -456,7 +457,7 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    out = ngx_http_sf_oauth_state_encode(zone->key, nodes, n, pool, &len);
+    out = ngx_http_sf_oauth_codec_encode(zone->key, nodes, n, pool, &len);
 
     ngx_explicit_memzero(nodes, n * sizeof(ngx_http_sf_oauth_node_t));
 

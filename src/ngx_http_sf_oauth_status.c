@@ -30,12 +30,17 @@ static const char  *ngx_http_sf_oauth_states[] = {
  * NGX_INT64_LEN.  Printing is bounded by that size all the same.
  */
 
-#define NGX_HTTP_SF_OAUTH_INFO_KEYS      1024
+#define NGX_HTTP_SF_OAUTH_INFO_KEYS      1100
 #define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   16
 
 
+static const char  *ngx_http_sf_oauth_grants[] = {
+    "refresh_token", "jwt_bearer", "client_credentials"
+};
+
+
 ngx_int_t
-ngx_http_sf_oauth_info_handler(ngx_http_request_t *r)
+ngx_http_sf_oauth_status_handler(ngx_http_request_t *r)
 {
     u_char                         *p, *last;
     size_t                          len;
@@ -155,8 +160,14 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
         ngx_memset(token_fp, '-', NGX_HTTP_SF_OAUTH_FP_LEN);
     }
 
-    ngx_http_sf_oauth_fingerprint(refresh_fp, node->refresh,
-                                  node->refresh_len);
+    if (node->refresh_len) {
+        ngx_http_sf_oauth_redact_fingerprint(refresh_fp, node->refresh,
+                                             node->refresh_len);
+
+    } else {
+        /* the grants other than the refresh token's have none */
+        ngx_memset(refresh_fp, '-', NGX_HTTP_SF_OAUTH_FP_LEN);
+    }
 
     rotated = node->refresh_len != cred->refresh_token.len
               || ngx_memcmp(node->refresh, cred->refresh_token.data,
@@ -180,6 +191,9 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
                                    cred->name.len);
     p = ngx_http_sf_oauth_info_str(p, last, ",\"zone\":",
                                    cred->zone_name.data, cred->zone_name.len);
+
+    p = ngx_slprintf(p, last, ",\"grant\":\"%s\"",
+                     ngx_http_sf_oauth_grants[cred->grant]);
 
     p = ngx_slprintf(p, last, ",\"state\":\"%s\",\"generation\":%ui,",
                      ngx_http_sf_oauth_states[node->state], node->generation);

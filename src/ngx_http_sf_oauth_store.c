@@ -12,8 +12,6 @@
  */
 
 
-#include <openssl/evp.h>
-
 #include "ngx_http_sf_oauth.h"
 
 
@@ -70,7 +68,7 @@ static ngx_str_t  ngx_http_sf_oauth_error_retired =
  */
 
 ngx_int_t
-ngx_http_sf_oauth_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_sf_oauth_zone_t  *ozone = data;
 
@@ -664,10 +662,10 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
 
 /*
  * The lookup of every request.  With a valid token it copies
- * "Bearer <token>" into the request pool, after the request's ctx when the
- * caller asks for one: that one allocation is the whole cost of the hot
- * path.  Otherwise it tells the caller to fail, to wait, or to
- * start the refresh itself under a lease.
+ * "Bearer <token>" into the caller's pool: that one allocation is the
+ * whole cost of the hot path.  Otherwise it tells the caller to fail, to
+ * wait, or, when nobody refreshes, hands it the lease, taken in the same
+ * critical section, for the refresh to start the token request under.
  */
 
 ngx_int_t
@@ -685,7 +683,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    lk->ctx = NULL;
+    lk->introspect = 0;
 
     if (!ngx_http_sf_oauth_store_mine(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
@@ -698,16 +696,10 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
         lk->authorization.len = sizeof("Bearer ") - 1 + node->token_len;
 
-        p = ngx_palloc(pool, lk->ctx_size + lk->authorization.len);
+        p = ngx_pnalloc(pool, lk->authorization.len);
         if (p == NULL) {
             ngx_shmtx_unlock(&shpool->mutex);
             return NGX_ERROR;
-        }
-
-        if (lk->ctx_size) {
-            ngx_memzero(p, lk->ctx_size);
-            lk->ctx = p;
-            p += lk->ctx_size;
         }
 
         lk->authorization.data = p;
@@ -716,12 +708,6 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
         lk->generation = node->generation;
         node->last_use = ngx_current_msec;
-
-        if (cred->seen_generation != node->generation) {
-            cred->seen_generation = node->generation;
-            ngx_http_sf_oauth_redact_remember(cred, node->token,
-                                              node->token_len);
-        }
 
         ngx_shmtx_unlock(&shpool->mutex);
 
@@ -771,7 +757,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
                       "refresh of process %P", &cred->name, node->lease_pid);
     }
 
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->refresh_token,
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
                                       node->refresh, node->refresh_len);
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
         node->token_requests++;
@@ -883,8 +869,8 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->token_len = tok->access_token.len;
         ngx_memcpy(node->token, tok->access_token.data, node->token_len);
-        ngx_http_sf_oauth_fingerprint(node->token_fp, node->token,
-                                      node->token_len);
+        ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
+                                             node->token_len);
 
         node->url_len = tok->instance_url.len;
         ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
@@ -1192,7 +1178,7 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
 
     lk->introspect = 0;
 
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->refresh_token,
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
                                       node->refresh, node->refresh_len);
 
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
@@ -1240,7 +1226,7 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
     lk->introspect = 1;
     lk->generation = node->generation;
 
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->authorization,
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
                                       node->token, node->token_len);
 
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
@@ -1524,21 +1510,4 @@ ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t failures,
 
     /* up to a fifth less, so that many proxies do not retry in step */
     return delay - (ngx_msec_t) ngx_random() % (delay / 5 + 1);
-}
-
-
-/* the first hex digits of the SHA-256 of a secret: safe to log */
-
-void
-ngx_http_sf_oauth_fingerprint(u_char *dst, u_char *data, size_t len)
-{
-    u_char        md[EVP_MAX_MD_SIZE];
-    unsigned int  n;
-
-    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1) {
-        ngx_memset(dst, '?', NGX_HTTP_SF_OAUTH_FP_LEN);
-        return;
-    }
-
-    ngx_hex_dump(dst, md, NGX_HTTP_SF_OAUTH_FP_LEN / 2);
 }

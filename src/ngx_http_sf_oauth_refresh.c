@@ -1,0 +1,607 @@
+
+/*
+ * A token request's life, from the lease to the waiters woken.
+ *
+ * Whoever holds a credential's lease (a request that found no token, the
+ * 401 replay, the refresh ahead of expiry) hands it here.  The refresh
+ * chooses the grant, builds the form, starts the transfer on the HTTP
+ * client and hears its answer through a completion callback.  It stores
+ * the outcome in the zone and the state file, tells the log redaction the
+ * secrets it handled, says what happened in the error log, and wakes this
+ * worker's waiters.  Waiters in other workers see the zone change on their
+ * next poll.
+ *
+ * Three kinds of transfers run from here, each with its own callback:
+ *
+ *   - the grant (refresh token, JWT bearer, client credentials), under
+ *     the lease;
+ *   - the introspection of the access token, under the lease, for the
+ *     refresh ahead of expiry: it may end in a grant;
+ *   - the identity service, for SOAP login() answers, under no lease.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+
+static ngx_int_t ngx_http_sf_oauth_refresh_grant(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk,
+    ngx_pool_t *pool);
+static ngx_int_t ngx_http_sf_oauth_refresh_introspect(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk);
+static void ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_done_pt done);
+static void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
+    void *data);
+static void ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok);
+static void ngx_http_sf_oauth_refresh_introspected(
+    ngx_http_sf_oauth_answer_t *answer, void *data);
+static void ngx_http_sf_oauth_refresh_identified(
+    ngx_http_sf_oauth_answer_t *answer, void *data);
+static ngx_int_t ngx_http_sf_oauth_refresh_answer(
+    ngx_http_sf_oauth_answer_t *answer, ngx_pool_t *pool,
+    ngx_http_sf_oauth_token_t *tok);
+static void ngx_http_sf_oauth_refresh_wake(ngx_http_sf_oauth_cred_t *cred);
+
+
+static ngx_str_t  ngx_http_sf_oauth_refresh_error_start =
+    ngx_string("the token request could not be started");
+
+
+static ngx_str_t  ngx_http_sf_oauth_grant_types[] = {
+    ngx_string("refresh_token"),
+    ngx_string("urn:ietf:params:oauth:grant-type:jwt-bearer"),
+    ngx_string("client_credentials")
+};
+
+
+/*
+ * Starts the token request of the lease that lk holds: the credential's
+ * grant, or with lk->introspect the introspection of lk->secret.  The
+ * secret in lk is wiped.  On NGX_ERROR no request went out, and the
+ * failure is recorded so that others back off.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t                  rc;
+    ngx_pool_t                *pool;
+    ngx_http_sf_oauth_token_t  tok;
+
+    /* the secret sent may come back in an error: the redaction knows it */
+    ngx_http_sf_oauth_redact_remember(cred, lk->secret.data, lk->secret.len);
+
+    if (lk->introspect) {
+        rc = ngx_http_sf_oauth_refresh_introspect(cred, lk);
+
+        ngx_explicit_memzero(lk->secret.data, lk->secret.len);
+
+        if (rc != NGX_OK) {
+            ngx_http_sf_oauth_store_release(cred);
+        }
+
+        return rc;
+    }
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+
+    rc = (pool == NULL) ? NGX_ERROR
+                        : ngx_http_sf_oauth_refresh_grant(cred, lk, pool);
+
+    ngx_explicit_memzero(lk->secret.data, lk->secret.len);
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
+    tok.error = ngx_http_sf_oauth_refresh_error_start;
+    tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": %V", &cred->name, &tok.error);
+
+    ngx_http_sf_oauth_store_result(cred, &tok);
+
+    return NGX_ERROR;
+}
+
+
+/* the grant's form, and the transfer: its secrets are wiped by the caller */
+
+static ngx_int_t
+ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk, ngx_pool_t *pool)
+{
+    ngx_int_t                  rc;
+    ngx_str_t                  jwt;
+    ngx_uint_t                 n;
+    ngx_keyval_t               form[4];
+    ngx_http_sf_oauth_call_t   call;
+
+    ngx_str_set(&form[0].key, "grant_type");
+    form[0].value = ngx_http_sf_oauth_grant_types[cred->grant];
+    n = 1;
+
+    ngx_str_null(&jwt);
+
+    switch (cred->grant) {
+
+    case NGX_HTTP_SF_OAUTH_GRANT_JWT:
+
+        if (ngx_http_sf_oauth_jwt_assertion(cred, pool, &jwt) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        /* a signed assertion is a secret until it expires */
+        ngx_http_sf_oauth_redact_remember(cred, jwt.data, jwt.len);
+
+        ngx_str_set(&form[n].key, "assertion");
+        form[n++].value = jwt;
+        break;
+
+    default: /* the refresh token and the client credentials grants */
+
+        ngx_str_set(&form[n].key, "client_id");
+        form[n++].value = cred->client_id;
+
+        if (cred->client_secret.len) {
+            ngx_str_set(&form[n].key, "client_secret");
+            form[n++].value = cred->client_secret;
+        }
+
+        if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH) {
+            ngx_str_set(&form[n].key, "refresh_token");
+            form[n++].value = lk->secret;
+        }
+    }
+
+    call.form = form;
+    call.nform = n;
+    call.bearer = NULL;
+
+    ngx_http_sf_oauth_refresh_call(cred, &call, &cred->token_url,
+                                   ngx_http_sf_oauth_refresh_done);
+
+    cred->transfer = ngx_http_sf_oauth_client_start(&call);
+
+    rc = (cred->transfer == NULL) ? NGX_ERROR : NGX_OK;
+
+    /* the client keeps a copy of the form */
+    ngx_explicit_memzero(jwt.data, jwt.len);
+
+    if (rc == NGX_OK) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": token request to \"%V\"",
+                       &cred->name, &cred->token_url);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_keyval_t              form[4];
+    ngx_http_sf_oauth_call_t  call;
+
+    ngx_str_set(&form[0].key, "token_type_hint");
+    ngx_str_set(&form[0].value, "access_token");
+    ngx_str_set(&form[1].key, "client_id");
+    form[1].value = cred->client_id;
+    ngx_str_set(&form[2].key, "client_secret");
+    form[2].value = cred->client_secret;
+    ngx_str_set(&form[3].key, "token");
+    form[3].value = lk->secret;
+
+    call.form = form;
+    call.nform = 4;
+    call.bearer = NULL;
+
+    ngx_http_sf_oauth_refresh_call(cred, &call, &cred->introspect_url,
+                                   ngx_http_sf_oauth_refresh_introspected);
+
+    cred->transfer = ngx_http_sf_oauth_client_start(&call);
+    if (cred->transfer == NULL) {
+        return NGX_ERROR;
+    }
+
+    cred->introspected = lk->generation;
+
+    return NGX_OK;
+}
+
+
+/* what every transfer of a credential's has: its URL, TLS and timeout */
+
+static void
+ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_done_pt done)
+{
+    call->url = url;
+    call->timeout = cred->timeout;
+    call->ca_file = &cred->ca_file;
+    call->ssl_verify = cred->ssl_verify;
+    call->done = done;
+    call->data = cred;
+}
+
+
+/* the grant's answer */
+
+static void
+ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
+    void *data)
+{
+    ngx_http_sf_oauth_cred_t *cred = data;
+
+    ngx_pool_t                *pool;
+    ngx_http_sf_oauth_token_t  tok;
+
+    cred->transfer = NULL;
+
+    if (answer->abandoned) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": token request "
+                      "abandoned %s", &cred->name, answer->error);
+
+        ngx_http_sf_oauth_store_release(cred);
+        return;
+    }
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    if (pool == NULL) {
+        ngx_http_sf_oauth_store_release(cred);
+        ngx_http_sf_oauth_refresh_wake(cred);
+        return;
+    }
+
+    if (ngx_http_sf_oauth_refresh_answer(answer, pool, &tok) == NGX_OK) {
+        ngx_http_sf_oauth_parse_response(pool, (long) answer->status,
+                                         answer->body, answer->len, &tok);
+    }
+
+    ngx_http_sf_oauth_refresh_stored(cred, &tok);
+
+    if (tok.ok) {
+        ngx_explicit_memzero(tok.access_token.data, tok.access_token.len);
+        ngx_explicit_memzero(tok.refresh_token.data, tok.refresh_token.len);
+    }
+
+    ngx_destroy_pool(pool);
+
+    ngx_http_sf_oauth_refresh_wake(cred);
+}
+
+
+/*
+ * The outcome of the grant: remembered for the redaction, logged, stored
+ * in the zone and the state file; the first token of a SOAP login()
+ * credential has its user read from the identity service.
+ */
+
+static void
+ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok)
+{
+    u_char      fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    ngx_uint_t  level;
+
+    if (!tok->ok) {
+        /* an error text is built from the endpoint's answer: scrub it */
+        tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,
+                                                  tok->error.len,
+                                                  tok->error.len);
+
+        /* "already being processed" is retried at once: no error yet */
+        level = (tok->error_class == NGX_HTTP_SF_OAUTH_BUSY)
+                ? NGX_LOG_WARN : NGX_LOG_ERR;
+
+        ngx_log_error(level, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": %V; %V",
+                      &cred->name, &tok->error, &tok->hint);
+
+        ngx_http_sf_oauth_store_result(cred, tok);
+        return;
+    }
+
+    ngx_http_sf_oauth_redact_remember(cred, tok->access_token.data,
+                                      tok->access_token.len);
+    ngx_http_sf_oauth_redact_remember(cred, tok->refresh_token.data,
+                                      tok->refresh_token.len);
+
+    ngx_http_sf_oauth_redact_fingerprint(fp, tok->access_token.data,
+                                                tok->access_token.len);
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": new access token "
+                  "fp:%*s for \"%V\"%s", &cred->name,
+                  (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, fp,
+                  &tok->instance_url,
+                  tok->refresh_token.len ? ", refresh token rotated" : "");
+
+    ngx_http_sf_oauth_store_result(cred, tok);
+
+    ngx_http_sf_oauth_state_save(cred);
+
+    if (cred->soap_login && tok->org_id.len
+        && !ngx_http_sf_oauth_store_identity_known(cred))
+    {
+        /* SOAP login() answers tell who the user is: read it once */
+        (void) ngx_http_sf_oauth_refresh_identity(cred, &tok->org_id,
+                                                  &tok->user_id,
+                                                  &tok->access_token);
+    }
+}
+
+
+/* the introspection's answer: the token's expiry, or a refresh now */
+
+static void
+ngx_http_sf_oauth_refresh_introspected(ngx_http_sf_oauth_answer_t *answer,
+    void *data)
+{
+    ngx_http_sf_oauth_cred_t *cred = data;
+
+    ngx_pool_t                  *pool;
+    ngx_http_sf_oauth_token_t    tok;
+    ngx_http_sf_oauth_lookup_t   lk;
+
+    cred->transfer = NULL;
+
+    if (answer->abandoned) {
+        ngx_http_sf_oauth_store_release(cred);
+        return;
+    }
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        ngx_http_sf_oauth_store_release(cred);
+        return;
+    }
+
+    if (ngx_http_sf_oauth_refresh_answer(answer, pool, &tok) == NGX_OK) {
+        ngx_http_sf_oauth_parse_introspect(pool, (long) answer->status,
+                                           answer->body, answer->len, &tok);
+    }
+
+    if (!tok.ok) {
+        /* the parser echoes no text of the endpoint's; redact all the same */
+        tok.error.len = ngx_http_sf_oauth_redact(cred, tok.error.data,
+                                                 tok.error.len,
+                                                 tok.error.len);
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": token introspection "
+                      "failed: %V; asking again in 30 s", &cred->name,
+                      &tok.error);
+    }
+
+    if (ngx_http_sf_oauth_store_introspected(cred, cred->introspected, &tok,
+                                             pool, &lk)
+        == NGX_HTTP_SF_OAUTH_GOT_LEASE)
+    {
+        if (tok.active) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": refreshing the token "
+                          "ahead of its expiry in %T s", &cred->name,
+                          tok.exp - ngx_time());
+
+        } else {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": Salesforce says the "
+                          "token is no longer active: refreshing",
+                          &cred->name);
+        }
+
+        (void) ngx_http_sf_oauth_refresh_start(cred, &lk);
+    }
+
+    ngx_destroy_pool(pool);
+}
+
+
+/*
+ * A transfer that brought no body to parse: too large, a transport error,
+ * or a redirect.  Returns NGX_OK when the body is to be parsed.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_refresh_answer(ngx_http_sf_oauth_answer_t *answer,
+    ngx_pool_t *pool, ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
+
+    if (answer->too_large) {
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     "the token endpoint does not answer "
+                                     "like Salesforce",
+                                     "the token response body is larger "
+                                     "than %d bytes",
+                                     NGX_HTTP_SF_OAUTH_BODY_MAX);
+        return NGX_DECLINED;
+    }
+
+    if (answer->error) {
+        ngx_http_sf_oauth_parse_fail(pool, tok, NGX_HTTP_SF_OAUTH_TRANSIENT,
+                                     answer->timed_out
+                                     ? "the token endpoint is slow or "
+                                       "unreachable; the module retries "
+                                       "with backoff"
+                                     : "check that token_url is reachable "
+                                       "from this host; the module "
+                                       "retries with backoff",
+                                     "token request failed: %s",
+                                     answer->error);
+        return NGX_DECLINED;
+    }
+
+    if (answer->status >= 300 && answer->status < 400) {
+        /* an untrusted URL: the parser echoes a known-safe part of it */
+        ngx_http_sf_oauth_parse_redirect(pool, (long) answer->status,
+                                         answer->location, tok);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* this worker's waiters look at the zone again, at once */
+
+static void
+ngx_http_sf_oauth_refresh_wake(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_queue_t                 *q;
+    ngx_http_sf_oauth_waiter_t  *w;
+
+    for (q = ngx_queue_head(&cred->waiters);
+         q != ngx_queue_sentinel(&cred->waiters);
+         q = ngx_queue_next(q))
+    {
+        w = ngx_queue_data(q, ngx_http_sf_oauth_waiter_t, queue);
+        ngx_http_sf_oauth_timer_post(&w->event);
+    }
+}
+
+
+/*
+ * Reads the identity service, the "id" URL of a token answer, on the token
+ * endpoint's host: ORIGIN/id/ORG_ID/USER_ID, with the access token.  What
+ * it says of the user goes to the zone, for SOAP login() emulation.  It
+ * runs beside the token requests, under no lease, at most one at a time
+ * per credential and worker; a failure costs only the names in userInfo.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token)
+{
+    u_char                    *p, *host, *last;
+    ngx_str_t                  url;
+    ngx_http_sf_oauth_call_t   call;
+
+    if (cred->identity) {
+        return NGX_OK;
+    }
+
+    if (user_id->len > NGX_HTTP_SF_OAUTH_ID_MAX) {
+        return NGX_ERROR;
+    }
+
+    last = cred->token_url.data + cred->token_url.len;
+
+    host = ngx_strlcasestrn(cred->token_url.data, last, (u_char *) "://",
+                            sizeof("://") - 1 - 1);
+    if (host == NULL) {
+        return NGX_ERROR;
+    }
+
+    host += sizeof("://") - 1;
+
+    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
+        /* void */
+    }
+
+    url.len = (p - cred->token_url.data) + sizeof("/id//") - 1
+              + org_id->len + user_id->len;
+    url.data = ngx_alloc(url.len + 1, ngx_cycle->log);
+    if (url.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_sprintf(ngx_cpymem(url.data, cred->token_url.data,
+                            p - cred->token_url.data),
+                 "/id/%V/%V", org_id, user_id)
+        = '\0';
+
+    call.form = NULL;
+    call.nform = 0;
+    call.bearer = token;
+
+    ngx_http_sf_oauth_refresh_call(cred, &call, &url,
+                                   ngx_http_sf_oauth_refresh_identified);
+
+    cred->identity = ngx_http_sf_oauth_client_start(&call);
+
+    if (cred->identity) {
+        cred->identity_tried = ngx_current_msec;
+        cred->identity_user_len = ngx_cpymem(cred->identity_user,
+                                             user_id->data, user_id->len)
+                                  - cred->identity_user;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": identity request to "
+                       "\"%V\"", &cred->name, &url);
+    }
+
+    ngx_free(url.data);
+
+    return cred->identity ? NGX_OK : NGX_ERROR;
+}
+
+
+/* the identity service answered: what it says goes to the zone */
+
+static void
+ngx_http_sf_oauth_refresh_identified(ngx_http_sf_oauth_answer_t *answer,
+    void *data)
+{
+    ngx_http_sf_oauth_cred_t *cred = data;
+
+    ngx_int_t                 rc;
+    ngx_pool_t               *pool;
+    ngx_http_sf_oauth_who_t   who;
+
+    cred->identity = NULL;
+
+    if (answer->abandoned) {
+        return;
+    }
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    ngx_memzero(&who, sizeof(ngx_http_sf_oauth_who_t));
+    who.user_id.data = cred->identity_user;
+    who.user_id.len = cred->identity_user_len;
+
+    rc = (answer->error == NULL && !answer->too_large)
+         ? ngx_http_sf_oauth_parse_who(pool, (long) answer->status,
+                                       answer->body, answer->len, &who)
+         : NGX_DECLINED;
+
+    if (rc == NGX_OK) {
+        ngx_http_sf_oauth_store_identity_set(cred, &who);
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": identity of user %V "
+                      "read", &cred->name, &who.user_id);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the identity service "
+                      "did not answer with the user's identity (%s, HTTP "
+                      "%ui): SOAP login() answers carry the ids only; check "
+                      "that the connected app's scopes include \"id\" or "
+                      "\"openid\"", &cred->name,
+                      answer->error ? answer->error
+                                    : answer->too_large ? "too large" : "ok",
+                      answer->status);
+    }
+
+    ngx_destroy_pool(pool);
+}
