@@ -400,7 +400,8 @@ ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sf_oauth_loc_conf_t *slcf = conf;
 
-    ngx_str_t  *value;
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
 
     if (slcf->cred != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
@@ -418,6 +419,28 @@ ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     slcf->name = value[1];
     slcf->file = cf->conf_file->file.name.data;
     slcf->line = cf->conf_file->line;
+
+    if (ngx_http_script_variables_count(&value[1]) == 0) {
+        return NGX_CONF_OK;
+    }
+
+    /* "sf_oauth $variable": the value names the credential per request */
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = ngx_palloc(cf->pool,
+                                   sizeof(ngx_http_complex_value_t));
+    if (ccv.complex_value == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    slcf->value = ccv.complex_value;
 
     return NGX_CONF_OK;
 }
@@ -492,6 +515,10 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
         *cp = cred[i];
     }
 
+    if (ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -509,6 +536,7 @@ ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
     /*
      * set by ngx_pcalloc():
      *
+     *     slcf->value = NULL;
      *     slcf->handler = NULL;
      *     slcf->name = { 0, NULL };
      *     slcf->file = NULL;
@@ -570,10 +598,14 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_sf_oauth_loc_conf_t *prev = parent;
     ngx_http_sf_oauth_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     if (conf->cred == NGX_CONF_UNSET_PTR) {
         conf->cred = prev->cred;
+        conf->value = prev->value;
         conf->name = prev->name;
         conf->file = prev->file;
         conf->line = prev->line;
@@ -585,7 +617,7 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->soap_login, prev->soap_login, 0);
 
-    if (conf->cred == NULL && conf->name.len) {
+    if (conf->cred == NULL && conf->name.len && conf->value == NULL) {
         conf->cred = ngx_http_sf_oauth_find_credential(cf, conf);
         if (conf->cred == NULL) {
             return NGX_CONF_ERROR;
@@ -595,6 +627,17 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->soap_login && conf->cred) {
         /* its refreshes read the identity service for login() answers */
         conf->cred->soap_login = 1;
+    }
+
+    if (conf->soap_login && conf->value) {
+        /* any credential may answer a login() here */
+        smcf = ngx_http_conf_get_module_main_conf(cf,
+                                                  ngx_http_sf_oauth_module);
+        cred = smcf->creds.elts;
+
+        for (i = 0; i < smcf->creds.nelts; i++) {
+            cred[i]->soap_login = 1;
+        }
     }
 
     /*
@@ -608,7 +651,7 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    if (conf->cred
+    if ((conf->cred || conf->value)
         && clcf->handler
         && clcf->handler != ngx_http_sf_oauth_handler_content
         && clcf->handler != ngx_http_sf_oauth_status_handler)
@@ -838,13 +881,12 @@ static ngx_int_t
 ngx_http_sf_oauth_instance_url_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t                      url;
-    ngx_http_sf_oauth_loc_conf_t  *slcf;
+    ngx_str_t                  url;
+    ngx_http_sf_oauth_cred_t  *cred;
 
-    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
-
-    if (slcf->cred == NULL || slcf->cred->node == NULL
-        || ngx_http_sf_oauth_store_instance_url(slcf->cred, r->pool, &url)
+    if (ngx_http_sf_oauth_handler_cred(r, &cred, 0) != NGX_OK
+        || cred == NULL || cred->node == NULL
+        || ngx_http_sf_oauth_store_instance_url(cred, r->pool, &url)
            != NGX_OK
         || url.len == 0)
     {

@@ -339,6 +339,9 @@ typedef struct {
 typedef struct {
     ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
     ngx_array_t                  zones;       /* ngx_shm_zone_t * */
+
+    /* the credentials by name, for "sf_oauth $variable" */
+    ngx_hash_t                   names;
 } ngx_http_sf_oauth_main_conf_t;
 
 
@@ -354,6 +357,9 @@ typedef struct {
 
 typedef struct {
     ngx_http_sf_oauth_cred_t    *cred;
+
+    /* "sf_oauth $variable": the credential is named per request */
+    ngx_http_complex_value_t    *value;
 
     /* the location's own content handler (the proxy's), wrapped */
     ngx_http_handler_pt          handler;
@@ -525,6 +531,10 @@ extern ngx_module_t  ngx_http_proxy_module;
 /* credential */
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf);
+ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(
+    ngx_http_sf_oauth_main_conf_t *smcf, ngx_str_t *name);
 
 /* refresh ahead of expiry */
 ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
@@ -647,6 +657,8 @@ void ngx_cdecl ngx_http_sf_oauth_parse_fail(ngx_pool_t *pool,
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_handler_cred(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t **cred, ngx_uint_t log);
 ngx_int_t ngx_http_sf_oauth_handler_rewrite(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_handler_content(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_handler_log(ngx_http_request_t *r);

@@ -20,6 +20,8 @@ static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_sf_oauth_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);
@@ -47,8 +49,8 @@ static ngx_conf_enum_t  ngx_http_sf_oauth_grants[] = {
 
 static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
 
-    { ngx_string("grant"), NGX_CONF_TAKE1, ngx_conf_set_enum_slot, 0,
-      offsetof(ngx_http_sf_oauth_cred_t, grant), ngx_http_sf_oauth_grants },
+    { ngx_string("grant"), NGX_CONF_TAKE1, ngx_http_sf_oauth_set_grant, 0,
+      0, NULL },
 
     { ngx_string("username"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, username), NULL },
@@ -438,6 +440,38 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     cred->token_url = *url;
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = conf;
+
+    ngx_str_t        *value;
+    ngx_conf_enum_t  *e;
+
+    if (cred->grant != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (e = ngx_http_sf_oauth_grants; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcmp(e->name.data, value[1].data) == 0)
+        {
+            cred->grant = e->value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"grant %V\" in sf_oauth_credential \"%V\": "
+                       "use refresh_token, jwt_bearer or client_credentials",
+                       &value[1], &cred->name);
+
+    return NGX_CONF_ERROR;
 }
 
 
@@ -899,4 +933,96 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
     ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The credentials by name, for "sf_oauth $variable": found per request
+ * without a scan and without a lock.  nginx's hash keeps its keys in lower
+ * case, so a match is checked again exactly: names are case-sensitive.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf)
+{
+    ngx_uint_t                  i, j;
+    ngx_array_t                 keys;
+    ngx_hash_key_t             *k;
+    ngx_hash_init_t             hash;
+    ngx_http_sf_oauth_cred_t  **cred;
+
+    if (ngx_array_init(&keys, cf->temp_pool, smcf->creds.nelts + 1,
+                       sizeof(ngx_hash_key_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+
+        for (j = 0; j < i; j++) {
+            if (cred[j]->name.len == cred[i]->name.len
+                && ngx_strncasecmp(cred[j]->name.data, cred[i]->name.data,
+                                   cred[i]->name.len)
+                   == 0)
+            {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "sf_oauth_credential \"%V\" in %s:%ui and "
+                              "\"%V\" differ only in case: rename one",
+                              &cred[i]->name, cred[i]->file, cred[i]->line,
+                              &cred[j]->name);
+                return NGX_ERROR;
+            }
+        }
+
+        k = ngx_array_push(&keys);
+        if (k == NULL) {
+            return NGX_ERROR;
+        }
+
+        k->key = cred[i]->name;
+        k->key_hash = ngx_hash_key_lc(cred[i]->name.data,
+                                      cred[i]->name.len);
+        k->value = cred[i];
+    }
+
+    hash.hash = &smcf->names;
+    hash.key = ngx_hash_key_lc;
+    hash.max_size = 1024;
+    hash.bucket_size = ngx_align(64, ngx_cacheline_size);
+    hash.name = "sf_oauth_credential_names";
+    hash.pool = cf->pool;
+    hash.temp_pool = NULL;
+
+    return ngx_hash_init(&hash, keys.elts, keys.nelts);
+}
+
+
+ngx_http_sf_oauth_cred_t *
+ngx_http_sf_oauth_credential_find(ngx_http_sf_oauth_main_conf_t *smcf,
+    ngx_str_t *name)
+{
+    u_char                     low[NGX_HTTP_SF_OAUTH_NAME_MAX];
+    ngx_uint_t                 key;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    if (name->len == 0 || name->len > NGX_HTTP_SF_OAUTH_NAME_MAX) {
+        return NULL;
+    }
+
+    key = ngx_hash_strlow(low, name->data, name->len);
+
+    cred = ngx_hash_find(&smcf->names, key, low, name->len);
+
+    if (cred == NULL
+        || cred->name.len != name->len
+        || ngx_strncmp(cred->name.data, name->data, name->len) != 0)
+    {
+        return NULL;
+    }
+
+    return cred;
 }

@@ -59,7 +59,7 @@ static ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_create_ctx(
     ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk, ngx_int_t *rc);
 static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t **cp);
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_ctx_t **cp);
 static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
@@ -99,19 +99,102 @@ static ngx_str_t  ngx_http_sf_oauth_error_timeout =
     ngx_string("timed out waiting for the token refresh");
 static ngx_str_t  ngx_http_sf_oauth_error_clone =
     ngx_string("no token yet for a background subrequest");
+static ngx_str_t  ngx_http_sf_oauth_error_unknown =
+    ngx_string("the request names no configured credential");
+
+
+/*
+ * The credential of a request: the location's, or the one its
+ * "sf_oauth $variable" names, found in the names hash.  *cred is NULL for
+ * none (sf_oauth off, or an empty value: no token).  A value that names
+ * no credential is NGX_DECLINED, and with "log" an error line, the value
+ * cut and escaped.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_handler_cred(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t **cred, ngx_uint_t log)
+{
+    u_char                         *p, *last, c;
+    u_char                          buf[NGX_HTTP_SF_OAUTH_NAME_MAX * 4];
+    ngx_str_t                       name;
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_ctx_t        *ctx;
+    ngx_http_sf_oauth_loc_conf_t   *slcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
+
+    if (ctx) {
+        *cred = ctx->cred;
+        return NGX_OK;
+    }
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
+
+    if (slcf->value == NULL) {
+        *cred = slcf->cred;
+        return NGX_OK;
+    }
+
+    *cred = NULL;
+
+    if (ngx_http_complex_value(r, slcf->value, &name) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (name.len == 0) {
+        return NGX_OK;
+    }
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
+
+    *cred = ngx_http_sf_oauth_credential_find(smcf, &name);
+
+    if (*cred) {
+        return NGX_OK;
+    }
+
+    if (log) {
+        p = buf;
+        last = buf + sizeof(buf);
+
+        for (i = 0; i < name.len && i < NGX_HTTP_SF_OAUTH_NAME_MAX; i++) {
+            c = name.data[i];
+
+            if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+                *p++ = c;
+
+            } else {
+                p = ngx_slprintf(p, last, "\\x%02xd", c);
+            }
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sf_oauth: no credential named \"%*s\"%s, from "
+                      "\"sf_oauth %V\": map the request to a configured "
+                      "sf_oauth_credential, or to \"\" for no token",
+                      p - buf, buf,
+                      name.len > NGX_HTTP_SF_OAUTH_NAME_MAX ? "..." : "",
+                      &slcf->name);
+    }
+
+    return NGX_DECLINED;
+}
 
 
 ngx_int_t
 ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
+    ngx_http_sf_oauth_cred_t      *cred;
     ngx_http_sf_oauth_ctx_t       *ctx;
     ngx_http_sf_oauth_lookup_t     lk;
     ngx_http_sf_oauth_loc_conf_t  *slcf;
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
 
-    if (slcf->cred == NULL || slcf->handler == NULL) {
+    if (slcf->handler == NULL) {
         /* no upstream: a static file, try_files, the status output */
         return NGX_DECLINED;
     }
@@ -120,7 +203,24 @@ ngx_http_sf_oauth_handler(ngx_http_request_t *r)
 
     if (ctx == NULL) {
 
-        ctx = ngx_http_sf_oauth_create_ctx(r, slcf->cred, &lk, &rc);
+        rc = ngx_http_sf_oauth_handler_cred(r, &cred, 1);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_sf_oauth_fail_request(r, NULL,
+                                              &ngx_http_sf_oauth_error_unknown,
+                                              0);
+        }
+
+        if (rc != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (cred == NULL) {
+            /* sf_oauth off, or a variable that names no credential */
+            return NGX_DECLINED;
+        }
+
+        ctx = ngx_http_sf_oauth_create_ctx(r, cred, &lk, &rc);
         if (ctx == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -160,6 +260,7 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
 {
     ngx_int_t                      rc;
     ngx_str_t                      token;
+    ngx_http_sf_oauth_cred_t      *cred;
     ngx_http_sf_oauth_ctx_t       *ctx;
     ngx_http_sf_oauth_loc_conf_t  *slcf;
 
@@ -174,12 +275,30 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
     if (ctx == NULL) {
+
+        rc = ngx_http_sf_oauth_handler_cred(r, &cred, r != r->main);
+
+        if (rc == NGX_DECLINED) {
+            return ngx_http_sf_oauth_send_error(r, NULL,
+                                              &ngx_http_sf_oauth_error_unknown,
+                                              0);
+        }
+
+        if (rc != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (cred == NULL) {
+            /* "sf_oauth $variable" with an empty value: no token */
+            return slcf->handler(r);
+        }
+
         /*
          * A clone subrequest (slice, proxy_cache_background_update)
          * starts in the content phase: it looks the token up here.
          */
 
-        rc = ngx_http_sf_oauth_clone(r, &ctx);
+        rc = ngx_http_sf_oauth_clone(r, cred, &ctx);
         if (ctx == NULL) {
             return rc;
         }
@@ -594,18 +713,16 @@ ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t **cp)
+ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_ctx_t **cp)
 {
-    ngx_int_t                      rc;
-    ngx_http_sf_oauth_ctx_t       *ctx;
-    ngx_http_sf_oauth_lookup_t     lk;
-    ngx_http_sf_oauth_loc_conf_t  *slcf;
+    ngx_int_t                    rc;
+    ngx_http_sf_oauth_ctx_t     *ctx;
+    ngx_http_sf_oauth_lookup_t   lk;
 
     *cp = NULL;
 
-    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
-
-    ctx = ngx_http_sf_oauth_create_ctx(r, slcf->cred, &lk, &rc);
+    ctx = ngx_http_sf_oauth_create_ctx(r, cred, &lk, &rc);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -620,7 +737,7 @@ ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t **cp)
         return NGX_OK;
 
     case NGX_HTTP_SF_OAUTH_GOT_LEASE:
-        (void) ngx_http_sf_oauth_refresh_start(slcf->cred, &lk);
+        (void) ngx_http_sf_oauth_refresh_start(cred, &lk);
 
         /* fall through */
 
@@ -1709,41 +1826,58 @@ ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
 }
 
 
+/*
+ * The 502 JSON: a request whose credential has no token to give
+ * (sf_oauth_token_unavailable, with the credential's name), or, with no
+ * ctx, a request whose "sf_oauth $variable" names no credential
+ * (sf_oauth_unknown_credential: the name is not echoed).
+ */
+
 static ngx_int_t
 ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after)
 {
-    size_t             len;
-    u_char            *p;
-    ngx_buf_t         *b;
-    ngx_int_t          rc;
-    ngx_table_elt_t   *h;
+    size_t            len;
+    u_char           *p;
+    ngx_str_t         code, name;
+    ngx_buf_t        *b;
+    ngx_int_t         rc;
+    ngx_table_elt_t  *h;
 
-    ctx->status = NGX_HTTP_SF_OAUTH_ERROR;
+    if (ctx) {
+        ctx->status = NGX_HTTP_SF_OAUTH_ERROR;
+        ngx_str_set(&code, "sf_oauth_token_unavailable");
+        name = ctx->cred->name;
+
+    } else {
+        ngx_str_set(&code, "sf_oauth_unknown_credential");
+        ngx_str_null(&name);
+    }
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
     }
 
-    len = sizeof("{\"error\":\"sf_oauth_token_unavailable\","
-                 "\"error_description\":\"\",\"credential\":\"\"}\n") - 1
+    len = sizeof("{\"error\":\"\",\"error_description\":\"\","
+                 "\"credential\":\"\"}\n") - 1
+          + code.len
           + error->len + ngx_escape_json(NULL, error->data, error->len)
-          + ctx->cred->name.len;
+          + name.len;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(b->last, "{\"error\":\"sf_oauth_token_unavailable\","
-                            "\"error_description\":\"",
-                   sizeof("{\"error\":\"sf_oauth_token_unavailable\","
-                          "\"error_description\":\"") - 1);
+    p = ngx_sprintf(b->last, "{\"error\":\"%V\",\"error_description\":\"",
+                    &code);
     p = (u_char *) ngx_escape_json(p, error->data, error->len);
-    p = ngx_cpymem(p, "\",\"credential\":\"",
-                   sizeof("\",\"credential\":\"") - 1);
-    p = ngx_cpymem(p, ctx->cred->name.data, ctx->cred->name.len);
+
+    if (name.len) {
+        p = ngx_sprintf(p, "\",\"credential\":\"%V", &name);
+    }
+
     p = ngx_cpymem(p, "\"}\n", sizeof("\"}\n") - 1);
 
     b->last = p;
@@ -1775,5 +1909,5 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     }
 
     return ngx_http_sf_oauth_send(r, NGX_HTTP_BAD_GATEWAY, "application/json",
-                              b);
+                                  b);
 }
