@@ -210,6 +210,8 @@ ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     dst.data = p;
     ngx_encode_base64url(&dst, &src);
 
+    ngx_explicit_memzero(sig, siglen);
+
     jwt->len = (p - jwt->data) + dst.len;
 
     return NGX_OK;
