@@ -4,8 +4,10 @@ package SfTest;
 # (/usr/sbin/nginx, 2 workers, the built module via load_module) and the
 # mock Salesforce (t/lib/mock_sf.py), on free ports of 127.0.0.1.
 #
-# When an SfTest object goes away it stops nginx and the mock by pid and
-# checks that error.log has no [alert], [crit] or [emerg] line.
+# More mocks (other orgs) start with start_extra_mock.
+#
+# When an SfTest object goes away it stops nginx and the mocks by pid;
+# finish also checks that error.log has no [alert], [crit] or [emerg] line.
 #
 # Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards.
 
@@ -102,30 +104,40 @@ sub wait_port {
 sub start_mock {
     my ($self, @args) = @_;
 
-    my $pid = fork() // die "fork: $!";
-
-    if ($pid == 0) {
-        open STDOUT, '>>', "$self->{dir}/mock.log";
-        open STDERR, '>&', \*STDOUT;
-        exec 'python3', "$ROOT/t/lib/mock_sf.py",
-             '--port', $self->{mock_port},
-             '--client-id', $CLIENT_ID,
-             '--client-secret', $CLIENT_SECRET,
-             '--refresh-token', $REFRESH_TOKEN,
-             @{ $self->{mock_args} }, @args;
-        die "exec python3: $!";
-    }
-
-    $self->{mock_pid} = $pid;
+    $self->{mock_pid} = spawn_mock($self->{mock_port}, "$self->{dir}/mock.log",
+                                   @{ $self->{mock_args} }, @args);
     wait_port($self->{mock_port}, 'the mock Salesforce');
 
     return $self;
 }
 
-sub mock {
-    my ($self, $hook, $query) = @_;
+# Forks python3 t/lib/mock_sf.py on the port with the test credentials;
+# its output goes to the log file.  Returns the pid.
+sub spawn_mock {
+    my ($port, $log, @args) = @_;
 
-    my $url = $self->mock_url . "/__mock/$hook" . ($query ? "?$query" : '');
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        open STDOUT, '>>', $log;
+        open STDERR, '>&', \*STDOUT;
+        exec 'python3', "$ROOT/t/lib/mock_sf.py",
+             '--port', $port,
+             '--client-id', $CLIENT_ID,
+             '--client-secret', $CLIENT_SECRET,
+             '--refresh-token', $REFRESH_TOKEN,
+             @args;
+        die "exec python3: $!";
+    }
+
+    return $pid;
+}
+
+# One call to a mock's /__mock/ hooks: GET for stats, POST for the others.
+sub mock_hook {
+    my ($url, $hook, $query) = @_;
+
+    $url .= "/__mock/$hook" . ($query ? "?$query" : '');
     my $method = $hook eq 'stats' ? 'GET' : 'POST';
     my $res = HTTP::Tiny->new(timeout => 10)->request($method, $url);
 
@@ -134,8 +146,49 @@ sub mock {
     return decode_json($res->{content});
 }
 
+sub mock {
+    my ($self, $hook, $query) = @_;
+
+    return mock_hook($self->mock_url, $hook, $query);
+}
+
 sub mode { $_[0]->mock('mode', "mode=$_[1]") }
 sub token_requests { $_[0]->mock('stats')->{token_requests} }
+
+# -- more mocks: a second org, a third... -----------------------------------
+
+# Starts one more mock Salesforce on a free port, with the same client id,
+# secret and refresh token as the first but tokens of its own (a token of
+# one mock is 401 at another), and only the mock_sf.py arguments given
+# here (not the mock_args of new()).  Returns an SfTest::Mock: ->port,
+# ->url, ->mock(HOOK, QUERY), ->mode(M), ->token_requests, like those of
+# the first mock.  The first extra mock is %%MOCK2%% in write_conf, the
+# next %%MOCK3%%, and so on; its output goes to mock2.log, mock3.log...
+# finish and DESTROY stop every one; finish also checks that each was
+# still running.
+#
+#     my $m2 = $t->start_extra_mock('--token-delay', '0.5');
+#     $t->credential(name => 'sandbox',
+#                    token_url => $m2->url . '/services/oauth2/token');
+#     is($m2->token_requests, 1, ...);
+sub start_extra_mock {
+    my ($self, @args) = @_;
+
+    my $n = 2 + @{ $self->{extra_mocks} ||= [] };
+    my $port = free_port();
+    my $m = bless {
+        n => $n,
+        port => $port,
+        pid => spawn_mock($port, "$self->{dir}/mock$n.log", @args),
+    }, 'SfTest::Mock';
+
+    push @{ $self->{extra_mocks} }, $m;
+    wait_port($port, "extra mock Salesforce $n");
+
+    return $m;
+}
+
+sub extra_mocks { @{ $_[0]{extra_mocks} || [] } }
 
 # -- nginx ---------------------------------------------------------------
 
@@ -196,6 +249,7 @@ EOF
 
     $conf =~ s/%%PORT%%/$self->{port}/g;
     $conf =~ s/%%MOCK%%/$self->{mock_port}/g;
+    $conf =~ s/%%MOCK$_->{n}%%/$_->{port}/g for $self->extra_mocks;
     $conf =~ s/%%DIR%%/$d/g;
 
     open my $fh, '>', "$d/nginx.conf" or die "$d/nginx.conf: $!";
@@ -341,12 +395,29 @@ sub stop_mock {
     }
 }
 
+# Stops the extra mocks; with $check, a test for each: it was still
+# running (a mock that died during the test fails here).
+sub stop_extra_mocks {
+    my ($self, $check) = @_;
+
+    for my $m (@{ delete $self->{extra_mocks} || [] }) {
+        my $running = waitpid($m->{pid}, WNOHANG) == 0;
+        if ($running) {
+            kill 'TERM', $m->{pid};
+            waitpid($m->{pid}, 0);
+        }
+        ok($running, "extra mock $m->{n} was running until the end")
+            or diag($self->slurp("mock$m->{n}.log")) if $check;
+    }
+}
+
 # Stops everything and checks the error log; call before done_testing.
 sub finish {
     my ($self) = @_;
 
     $self->stop;
     $self->stop_mock;
+    $self->stop_extra_mocks(1);
 
     # a test may expect some lines, such as a worker it killed
     my $allow = $self->{allow_alerts};
@@ -371,6 +442,7 @@ sub DESTROY {
 
     $self->stop;
     $self->stop_mock;
+    $self->stop_extra_mocks;
 }
 
 sub slurp {
@@ -427,7 +499,10 @@ sub http {
 sub get { my $self = shift; $self->http('GET', @_) }
 
 # Sends n requests at once over n connections, then reads every answer.
-# Returns the list of status codes (0 for no answer).
+# Returns the list of status codes (0 for no answer).  Options: timeout;
+# headers, a hashref of request headers, or a sub that gets the request's
+# index (0 .. n-1) and returns one; answers, an arrayref that gets each
+# whole raw answer, in order.
 sub parallel {
     my ($self, $n, $path, %opt) = @_;
 
@@ -439,7 +514,10 @@ sub parallel {
                                       PeerPort => $self->{port},
                                       Proto => 'tcp')
             or die "connect: $!";
+        my $h = ref $opt{headers} eq 'CODE' ? $opt{headers}->($i)
+                                             : $opt{headers} || {};
         print $s "GET $path HTTP/1.1\r\nHost: localhost\r\n"
+                 . join('', map { "$_: $h->{$_}\r\n" } sort keys %$h)
                  . "Connection: close\r\n\r\n";
         push @socks, $s;
         $idx{fileno $s} = $i;
@@ -461,7 +539,19 @@ sub parallel {
         }
     }
 
+    @{ $opt{answers} } = map { $buf{$_} } 0 .. $n - 1 if $opt{answers};
+
     return map { $buf{$_} =~ m{^HTTP/1\.\d (\d+)} ? $1 : 0 } 0 .. $n - 1;
 }
+
+package SfTest::Mock;
+
+# An extra mock Salesforce of SfTest::start_extra_mock.
+
+sub port { $_[0]{port} }
+sub url { 'http://127.0.0.1:' . $_[0]{port} }
+sub mock { my ($self, @hook) = @_; SfTest::mock_hook($self->url, @hook) }
+sub mode { $_[0]->mock('mode', "mode=$_[1]") }
+sub token_requests { $_[0]->mock('stats')->{token_requests} }
 
 1;
