@@ -176,16 +176,18 @@ sub start_extra_mock {
 
     my $n = 2 + @{ $self->{extra_mocks} ||= [] };
     my $port = free_port();
-    my $m = bless {
+    my %m = (
         n => $n,
         port => $port,
         pid => spawn_mock($port, "$self->{dir}/mock$n.log", @args),
-    }, 'SfTest::Mock';
+    );
 
-    push @{ $self->{extra_mocks} }, $m;
+    # a plain hash here: global destruction may empty the object of a
+    # test's variable before DESTROY runs, and DESTROY needs the pid
+    push @{ $self->{extra_mocks} }, \%m;
     wait_port($port, "extra mock Salesforce $n");
 
-    return $m;
+    return bless { %m }, 'SfTest::Mock';
 }
 
 sub extra_mocks { @{ $_[0]{extra_mocks} || [] } }
