@@ -532,21 +532,21 @@ for my $v (qw(Prod SANDBOX prodx pro sandbox2 xsandbox)) {
     my $v = join '', map { chr(ord('a') + $_ % 26) } 0 .. 199;
     my (undef, $line) = unknown_ok(
         '200-character value', '/services/data/v59.0/long', "raw:$v",
-        qr/sf_oauth: no credential named "\Q${\ substr($v, 0, 64)}\E/,
+        qr/sf_oauth: no credential named "\Q${\ substr($v, 0, 64)}\E"/,
         value => $v);
     ok(index($line, substr($v, 0, 65)) < 0,
        '200-character value: nothing after the 64th character in the log')
         or diag($line);
 }
 
-# bytes that are not printable are escaped in the log
-for my $case (["\x01", 'x01|001'], ["\x7f", 'x7f|177']) {
+# bytes that are not printable are escaped in the log, as \xNN
+for my $case (["\x01", 'x01'], ["\x7f", 'x7f']) {
     my ($byte, $esc) = @$case;
     my $v = "ab${byte}cd";
     my (undef, $line) = unknown_ok(
         sprintf('a value with \\x%02x', ord $byte),
         '/services/data/v59.0/ctl', "raw:$v",
-        qr/sf_oauth: no credential named "ab\\(?:$esc)cd"/i,
+        qr/sf_oauth: no credential named "ab\\${esc}cd"/i,
         value => $v, raw => 1);
     ok(index($line, $byte) < 0, sprintf('the byte \\x%02x itself is not in the log',
                                         ord $byte));
