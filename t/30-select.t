@@ -71,9 +71,9 @@ my $maps = <<'EOF';
 EOF
 
 sub conf_with {
-    my ($directive) = @_;
+    my ($directive, $credentials) = @_;
 
-    return $creds . $maps . <<"EOF";
+    return ($credentials // $creds) . $maps . <<"EOF";
     server {
         listen 127.0.0.1:%%PORT%% reuseport default_server;
         access_log %%DIR%%/select.log sel;
@@ -583,6 +583,39 @@ note('$sf_oauth_status of an unknown credential: '
         is($c{$org}{token_requests}, stats($org)->{token_requests},
            "sf_oauth_info: $org\'s token requests are $org\'s mock's");
     }
+}
+
+# -- the names are those of the configuration loaded: a reload changes them --
+
+{
+    my $before = counts();
+    my $prod_only = "    sf_oauth_zone zone=sf:1m;\n" . $t->credential(name => 'prod');
+
+    $t->write_conf(conf_with('sf_oauth $sf_cred;', $prod_only));
+    $t->reload;
+
+    my $r = get_org('/services/data/v59.0/reloaded', 'prod');
+    is($r->{status}, 200, 'reload without sandbox: prod 200');
+    is(j($r)->{authorization}, 'Bearer ' . token_of('prod'),
+       'reload without sandbox: prod\'s token');
+    unknown_ok('reload without sandbox: sandbox is unknown',
+               '/services/data/v59.0/dropped', 'sandbox',
+               qr/sf_oauth: no credential named "sandbox"/);
+
+    $t->write_conf(conf_with('sf_oauth $sf_cred;'));
+    $t->reload;
+
+    $r = get_org('/services/data/v59.0/back', 'sandbox');
+    is($r->{status}, 200, 'reload with sandbox again: sandbox 200');
+    is(j($r)->{authorization}, 'Bearer ' . token_of('sandbox'),
+       'reload with sandbox again: sandbox\'s token');
+    is($r->{headers}{'x-instance'}, "[$url{sandbox}]",
+       'reload with sandbox again: sandbox\'s instance_url');
+    $r = get_org('/services/data/v59.0/back', 'prod');
+    is(j($r)->{authorization}, 'Bearer ' . token_of('prod'),
+       'reload with sandbox again: prod\'s token');
+    is(stats('prod')->{token_requests}, $before->{prod}{token},
+       'prod kept its token over both reloads');
 }
 
 # -- the access log ---------------------------------------------------------
