@@ -16,7 +16,6 @@ use warnings;
 
 use lib 't/lib';
 use SfTest;
-use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use Test::More;
