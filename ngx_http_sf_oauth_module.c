@@ -409,6 +409,13 @@ ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"sf_oauth\": name a credential, a "
+                           "variable, or \"off\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_strcmp(value[1].data, "off") == 0) {
         slcf->cred = NULL;
         return NGX_CONF_OK;

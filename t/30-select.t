@@ -131,6 +131,12 @@ EOF
     like($out, qr/unknown sf_oauth_credential "nosuch" in "sf_oauth"/,
          'nginx -t: says which credential') or diag($out);
 
+    $t->write_conf(conf_with('sf_oauth "";'));
+    ($rc, $out) = $t->test_conf;
+    isnt($rc, 0, 'nginx -t: sf_oauth "" is rejected');
+    like($out, qr/empty "sf_oauth": name a credential, a variable, or "off"/,
+         'nginx -t: says what to write instead') or diag($out);
+
     # sf_oauth prod and sf_oauth off are in every one of these
     $t->write_conf(conf_with('sf_oauth $sf_cred;'));
     ($rc, $out) = $t->test_conf;
