@@ -26,6 +26,13 @@
  *   ngx_http_sf_oauth_send.c     a response the module makes itself
  *   ngx_http_sf_oauth_timer.c    the module's own timer events
  *
+ * Every source file includes this header before any other: nginx's rule
+ * is that ngx_config.h and ngx_core.h come first, so that the system's and
+ * the libraries' headers (OpenSSL, libcurl, cJSON, libxml2, zlib) are read
+ * with the feature macros nginx sets.  Read otherwise, they break the
+ * build against nginx 1.28 and later (src/event/ngx_event_udp.h: field
+ * 'pkt6' has incomplete type).
+ *
  * Calls go one way: the request handler and the filter ask the store and
  * the refresh; the refresh asks the store, the state file and the HTTP
  * client; the client calls nobody, it reports through a callback.  An

@@ -19,9 +19,9 @@
  */
 
 
-#include <curl/curl.h>
-
 #include "ngx_http_sf_oauth.h"
+
+#include <curl/curl.h>
 
 
 struct ngx_http_sf_oauth_transfer_s {

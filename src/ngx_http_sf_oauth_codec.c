@@ -15,11 +15,11 @@
  */
 
 
+#include "ngx_http_sf_oauth.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <cjson/cJSON.h>
-
-#include "ngx_http_sf_oauth.h"
 
 
 #define NGX_HTTP_SF_OAUTH_MAGIC       "SFOAUTH1"

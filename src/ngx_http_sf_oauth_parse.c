@@ -14,9 +14,9 @@
  */
 
 
-#include <cjson/cJSON.h>
-
 #include "ngx_http_sf_oauth.h"
+
+#include <cjson/cJSON.h>
 
 
 typedef struct {
