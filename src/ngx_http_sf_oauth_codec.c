@@ -328,7 +328,7 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
            != NGX_OK
         || ngx_http_sf_oauth_json_str(item, "refresh_token", rec->refresh,
                                       NGX_HTTP_SF_OAUTH_REFRESH_MAX,
-                                      &rec->refresh_len, 0)
+                                      &rec->refresh_len, 1)
            != NGX_OK
         || ngx_http_sf_oauth_json_str(item, "access_token", rec->token,
                                       NGX_HTTP_SF_OAUTH_TOKEN_MAX,
@@ -386,6 +386,12 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
                   || ngx_http_sf_oauth_parse_check_token(&s) != NGX_OK))
     {
         return NGX_ERROR;
+    }
+
+    /* the JWT bearer and client credentials grants have none */
+
+    if (rec->refresh_len == 0) {
+        return NGX_OK;
     }
 
     s.data = rec->refresh;

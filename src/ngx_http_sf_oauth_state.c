@@ -301,7 +301,10 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                 continue;
             }
 
-            if (rec[i].conf_fp != node->conf_fp) {
+            if (rec[i].conf_fp != node->conf_fp
+                || (rec[i].refresh_len == 0
+                    && cred[j]->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH))
+            {
                 ngx_log_error(NGX_LOG_NOTICE, log, 0,
                               "sf_oauth: credential \"%V\": the configuration "
                               "changed since the state file was written: "
