@@ -50,9 +50,12 @@ openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
 openssl("pkey -in $dir/other.key -pubout -out $dir/other.pub");
 openssl('genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256',
         "-out $dir/ec.key");
+openssl("pkey -in $dir/jwt.key -aes256 -passout pass:pass-phrase",
+        "-out $dir/encrypted.key");
 write_file('garbage.key', "this is not a PEM key\n" x 3);
 write_file('open.key', $t->slurp('jwt.key'), 0644);
-chmod 0600, map { "$dir/$_" } qw(jwt.key jwt-pkcs1.key other.key ec.key);
+chmod 0600, map { "$dir/$_" }
+    qw(jwt.key jwt-pkcs1.key other.key ec.key encrypted.key);
 
 like($t->slurp('jwt.key'), qr/^-----BEGIN PRIVATE KEY-----/, 'a PKCS#8 key');
 like($t->slurp('jwt-pkcs1.key'), qr/^-----BEGIN RSA PRIVATE KEY-----/,
@@ -165,7 +168,12 @@ sub error_lines {
         }
     }
 EOF
-        my ($rc, $out) = $c->test_conf;
+        # no terminal and no stdin: a key that wants a passphrase must not
+        # make nginx -t wait for one
+        my $cd = $c->dir;
+        my $out = `setsid -w timeout 30 $SfTest::NGINX -t -p $cd/ -c $cd/nginx.conf </dev/null 2>&1`;
+        my $rc = $? >> 8;
+        isnt($rc, 124, "nginx -t: $name: does not hang");
         if (!defined $expect) {
             is($rc, 0, "nginx -t: $name: accepted") or diag($out);
             return;
@@ -202,6 +210,9 @@ EOF
     $check->('a key file that is not PEM',
              cred($c, private_key => "$dir/garbage.key"),
              qr/\Q$dir\E\/garbage\.key/);
+    $check->('a key with a passphrase',
+             cred($c, private_key => "$dir/encrypted.key"),
+             qr/\Q$dir\E\/encrypted\.key/);
     $check->('an EC key', cred($c, private_key => "$dir/ec.key"),
              [qr/\Q$dir\E\/ec\.key/, qr/RSA/]);
     $check->('a world-readable key', cred($c, private_key => "$dir/open.key"),
