@@ -252,6 +252,8 @@ EOF
     $c->finish;
 }
 
+my $cc = { grant => 'client_credentials', client_secret => $SfTest::CLIENT_SECRET };
+
 # -- jwt_bearer: a cold start, the hot path, next to a refresh grant -----------
 
 jwt_key($t, 'jwt.pub');
@@ -364,9 +366,46 @@ is($stats->{jwt_log}[0]{claims}{aud}, 'https://acme.example.com/portal',
    'a configured audience: it is the aud');
 $t->stop;
 
+# -- a reload that changes who the token is for drops it -----------------------
+
+$t->mock('reset');
+jwt_key($t, 'jwt.pub');
+$t->mock('jwt_user', 'user=other@acme.com&approved=1');
+conf($t);
+$t->start;
+my $first = $t->get('/services/data/')->{json}{authorization};
+ok($first, 'reload: a token for integration@acme.com');
+
+conf($t, timeout => '5s');
+$t->reload;
+$r = $t->get('/services/data/');
+is($r->{json}{authorization}, $first, 'reload: another timeout keeps the token');
+is($t->token_requests, 1, 'reload: no token request');
+
+conf($t, username => 'other@acme.com');
+$t->reload;
+$r = $t->get('/services/data/');
+is($r->{status}, 200, 'reload: another username: 200');
+isnt($r->{json}{authorization}, $first, 'reload: another username: a new token');
+$stats = stats();
+is($stats->{token_requests}, 2, 'reload: another username: one token request');
+is($stats->{jwt_log}[-1]{claims}{sub}, 'other@acme.com',
+   'reload: the new JWT is for the new username');
+my $second = $r->{json}{authorization};
+
+conf($t, %$cc);
+$t->reload;
+$r = $t->get('/services/data/');
+is($r->{status}, 200, 'reload: to client_credentials: 200');
+isnt($r->{json}{authorization}, $second, 'reload: to client_credentials: a new token');
+is(stats()->{grants}{client_credentials}, 1,
+   'reload: to client_credentials: a client credentials grant');
+is(info($t, 'crm')->{grant}, 'client_credentials',
+   'reload: sf_oauth_info says client_credentials');
+$t->stop;
+
 # -- Salesforce's errors: a 502, an error line with a hint, a backoff ----------
 
-my $cc = { grant => 'client_credentials', client_secret => $SfTest::CLIENT_SECRET };
 
 my @cases = (
     [ 'unapproved user', {}, [ jwt_user => "user=$USER&approved=0" ],
@@ -457,17 +496,26 @@ $t->stop;
 
 # -- the state file keeps a jwt token across a restart ---------------------------
 
+# "rt", a refresh grant with rotation, shares the state file: a restart
+# that lost its rotated refresh token would present a dead one, and
+# Salesforce would revoke everything
 $t->mock('reset');
 jwt_key($t, 'jwt.pub');
+$t->mode('rotation');
 write_file('state.key', ('c3' x 32) . "\n");
 my $state = "$dir/state/sf.state";
-conf($t, zone => "sf_oauth_zone zone=sf:1m state=$state key=$dir/state.key;");
+conf($t, zone => "sf_oauth_zone zone=sf:1m state=$state key=$dir/state.key;",
+     rt => 1);
+truncate "$dir/error.log", 0;
 $t->start;
 
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'state: first request: 200');
 my $token = $r->{json}{authorization} // '';
-is($t->token_requests, 1, 'state: one token request');
+my $rt_r = $t->get('/rt/data/');
+is($rt_r->{status}, 200, 'state: "rt" first request: 200');
+my $rt_token = $rt_r->{json}{authorization} // '';
+is($t->token_requests, 2, 'state: two token requests');
 for (1 .. 50) {
     last if -s $state;
     sleep 0.1;
@@ -477,18 +525,35 @@ unlike($t->slurp('state/sf.state'), qr/\Q${\ substr($token, 7)}\E/,
        'state: no token in clear in the state file');
 
 $t->stop;
+truncate "$dir/error.log", 0;
 $t->start;
+
+my @ignored = grep { /state file .* is ignored/ } split /\n/, $t->error_log;
+ok(!@ignored, 'state: the state file is not ignored') or diag(@ignored);
+like($t->error_log, qr/restored 2 credentials from the state file/,
+     'state: both credentials restored');
 
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'state: after a restart: 200');
 is($r->{headers}{'x-sf-oauth-status'}, 'HIT', 'state: after a restart: HIT');
 is($r->{json}{authorization}, $token, 'state: after a restart: the same token');
-is($t->token_requests, 1, 'state: after a restart: no token request');
+$rt_r = $t->get('/rt/data/');
+is($rt_r->{headers}{'x-sf-oauth-status'}, 'HIT',
+   'state: after a restart: "rt" HIT');
+is($rt_r->{json}{authorization}, $rt_token,
+   'state: after a restart: "rt" has the same token');
+is($t->token_requests, 2, 'state: after a restart: no token request');
 
 $t->mock('revoke');
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'state: after a restart and a revoke: 200');
-is(stats()->{grants}{jwt_bearer}, 2, 'state: a new JWT grant');
+$rt_r = $t->get('/rt/data/');
+is($rt_r->{status}, 200,
+   'state: after a restart and a revoke: "rt" refreshes with its rotated token');
+$stats = stats();
+is($stats->{grants}{jwt_bearer}, 2, 'state: a new JWT grant');
+is(scalar @{ $stats->{valid_refresh_tokens} }, 1,
+   'state: Salesforce did not revoke the refresh token (no reuse of a dead one)');
 $t->stop;
 
 $t->finish;
@@ -516,22 +581,25 @@ $1};
     close $fh;
     $d->start;
 
+    # ?html=1: the mock answers a page, not its usual echo of the request
+    # (which holds the token it received)
     my @answers;
-    for my $path ('/services/data/a', '/services/data/b', '/cc/data/a',
-                  '/cc/data/b', '/sf_oauth_info')
+    for my $path ('/services/data/a?html=1', '/services/data/b?html=1',
+                  '/cc/data/a?html=1', '/cc/data/b?html=1', '/sf_oauth_info')
     {
         push @answers, $d->get($path);
     }
     $d->mock('revoke');
-    push @answers, $d->get('/services/data/c'), $d->get('/cc/data/c'),
-                   $d->get('/sf_oauth_info');
+    push @answers, $d->get('/services/data/c?html=1'),
+                   $d->get('/cc/data/c?html=1'), $d->get('/sf_oauth_info');
+    like($answers[0]{content}, qr/Account Acme/, 'debug: the API answered');
     is(scalar(grep { $_->{status} == 200 } @answers), 8,
        'debug: every request answered 200 (the PKCS#1 key signs)');
 
     # a failing JWT grant too: its error lines
     $d->mock('clock', 'skew=600');
     $d->mock('revoke');
-    push @answers, $d->get('/services/data/d');
+    push @answers, $d->get('/services/data/d?html=1');
     is($answers[-1]{status}, 502, 'debug: a refused JWT: 502');
 
     $d->stop;
