@@ -248,6 +248,17 @@ EOF
              [qr/My Domain/, qr/test\.salesforce\.com/]);
     $check->('an unknown grant', cred($c, grant => 'password'),
              [qr/grant/, qr/password/]);
+    $check->('username with the refresh grant',
+             $c->credential =~ s/(client_id [^;]+;)/$1 username $USER;/r,
+             qr/username/);
+    $check->('private_key with client_credentials',
+             cred($c, grant => 'client_credentials', token_url => $mydomain,
+                  client_secret => $SfTest::CLIENT_SECRET,
+                  private_key => "$dir/jwt.key"),
+             qr/private_key/);
+    $check->('an audience that is not a URL',
+             cred($c, audience => 'login.salesforce.com'),
+             qr/audience/);
 
     $c->finish;
 }
@@ -364,6 +375,19 @@ is($r->{status}, 200, 'a configured audience: 200') or diag($r->{content});
 $stats = stats();
 is($stats->{jwt_log}[0]{claims}{aud}, 'https://acme.example.com/portal',
    'a configured audience: it is the aud');
+$t->stop;
+
+# -- jwt_bearer: an Experience Cloud site's token_url: aud is the site's URL ----
+
+$t->mock('reset');
+jwt_key($t, 'jwt.pub');
+$t->mock('jwt_audience', 'aud=' . $t->mock_url . '/portal');
+conf($t, token_url => $t->mock_url . '/portal/services/oauth2/token');
+$t->start;
+$r = $t->get('/services/data/');
+is($r->{status}, 200, 'a site token_url: 200') or diag($r->{content});
+is(stats()->{jwt_log}[0]{claims}{aud}, $t->mock_url . '/portal',
+   "a site token_url: aud is token_url without /services/oauth2/token");
 $t->stop;
 
 # -- a reload that changes who the token is for drops it -----------------------

@@ -6,7 +6,9 @@ Python standard library only.  It answers like Salesforce does:
   POST /services/oauth2/token    the refresh-token, JWT bearer and client
                                  credentials grants, with Salesforce's
                                  success JSON and its error bodies (see
-                                 "Grants" below)
+                                 "Grants" below); also under a path
+                                 prefix, as an Experience Cloud site's
+                                 /PREFIX/services/oauth2/token
   POST /services/oauth2/introspect
                                  token introspection: active, and exp (the
                                  token's expiry under the mock's lifetime)
@@ -587,7 +589,9 @@ class Handler(BaseHTTPRequestHandler):
                         and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
             return self.control(path)
-        if path == "/services/oauth2/token":
+        if path == "/services/oauth2/token" or (
+                path.endswith("/services/oauth2/token")
+                and not path.startswith("/services/")):
             return self.token()
         if path == "/services/oauth2/introspect":
             return self.introspect()
