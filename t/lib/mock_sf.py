@@ -82,7 +82,7 @@ Grants of the token endpoint (grant_type; the modes below apply to all):
   refresh_token   client_id, client_secret (form or HTTP Basic) and a valid
                   refresh_token; see "rotation"
   urn:ietf:params:oauth:grant-type:jwt-bearer
-                  assertion=JWT, checked in Salesforce's order:
+                  assertion=JWT, checked in this order:
                     not three base64url parts (no padding), a header or
                     claims that are not JSON objects, alg not RS256
                         400 invalid_grant "invalid assertion"
