@@ -3,8 +3,12 @@
 
 Python standard library only.  It answers like Salesforce does:
 
-  POST /services/oauth2/token    the refresh-token grant, with Salesforce's
-                                 success JSON and its error bodies
+  POST /services/oauth2/token    the refresh-token, JWT bearer and client
+                                 credentials grants, with Salesforce's
+                                 success JSON and its error bodies (see
+                                 "Grants" below); also under a path
+                                 prefix, as an Experience Cloud site's
+                                 /PREFIX/services/oauth2/token
   POST /services/oauth2/introspect
                                  token introspection: active, and exp (the
                                  token's expiry under the mock's lifetime)
@@ -38,7 +42,9 @@ Test hooks, under /__mock/ (never used by the module):
   POST /__mock/refresh_len?length=N
                                  rotated refresh tokens are exactly N bytes
                                  long; 0: the usual length
-  POST /__mock/reset             counters, tokens and mode back to the start
+  POST /__mock/reset             counters, tokens and mode back to the
+                                 start, the JWT and client credentials
+                                 settings too (jwt_key: --jwt-key's again)
   POST /__mock/reset_echo        forget the echo_log
   POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk) gzips its answers,
                                  errors included, when the request says
@@ -49,6 +55,74 @@ Test hooks, under /__mock/ (never used by the module):
   GET  /__mock/wsdl/partner.wsdl?endpoint=URL
                                  t/lib/wsdl/partner.wsdl with its service
                                  address set to URL
+
+  POST /__mock/jwt_key?path=P    verify JWT bearer assertions with the
+                                 RSA public key (or X.509 certificate, as
+                                 uploaded to a connected app) in PEM file
+                                 P; also --jwt-key P.  No key: every
+                                 assertion is "invalid assertion"
+  POST /__mock/jwt_audience?aud=A
+                                 the audience a JWT must name; no aud: the
+                                 mock's own base URL again (the default,
+                                 http://127.0.0.1:PORT)
+  POST /__mock/jwt_user?user=U&approved=1|0
+                                 the user U is (or is no longer) approved
+                                 for the app (pre-authorized); at the start
+                                 only integration@acme.com is
+  POST /__mock/clock?skew=S      the mock's clock runs S seconds ahead of
+                                 the real one (negative: behind), for the
+                                 JWT's exp checks (a proxy whose clock is
+                                 off)
+  POST /__mock/cc_user?enabled=1|0
+                                 the app has (or has no) run-as user for
+                                 the client credentials flow
+
+Grants of the token endpoint (grant_type; the modes below apply to all):
+
+  refresh_token   client_id, client_secret (form or HTTP Basic) and a valid
+                  refresh_token; see "rotation"
+  urn:ietf:params:oauth:grant-type:jwt-bearer
+                  assertion=JWT, checked in this order:
+                    not three base64url parts (no padding), a header or
+                    claims that are not JSON objects, alg not RS256
+                        400 invalid_grant "invalid assertion"
+                    iss not the client id
+                        400 invalid_client_id "client identifier invalid"
+                    the RS256 signature does not verify with the jwt_key
+                    (checked with the openssl command line)
+                        400 invalid_grant "invalid assertion"
+                    aud not the expected audience (a string, or a list
+                    holding it)
+                        400 invalid_grant "audience is invalid"
+                    exp missing, not a number, or not after the mock's clock
+                        400 invalid_grant "expired authorization code"
+                    exp more than 300 s after the mock's clock
+                        400 invalid_grant "invalid assertion"
+                    sub (or prn) not an approved user
+                        400 invalid_grant "user hasn't approved this
+                        consumer"
+                  success: access_token, scope, instance_url, id,
+                  token_type; no refresh_token, no issued_at
+  client_credentials
+                  client_id and client_secret (form or HTTP Basic):
+                    wrong client_id  400 invalid_client_id
+                    wrong secret     400 invalid_client "invalid client
+                                     credentials"
+                    no run-as user   400 invalid_grant "no client
+                                     credentials user enabled"
+                  success: access_token, signature, scope, instance_url,
+                  id, token_type, issued_at; no refresh_token
+  anything else   400 unsupported_grant_type
+
+  Tokens of every grant are alike for the API, revoke and lifetime.
+  Stats: "token_requests" counts every token request, "grants" counts them
+  per grant ("refresh_token", "jwt_bearer", "client_credentials", "other"),
+  "jwt_log" lists each assertion whose signature verified: its header and
+  claims (not the signature), the mock's clock then ("now"), and the error
+  answered (null for a token); "jwt_assertions" lists every assertion
+  received, raw (secrets, like "issued_access_tokens": to look for them in
+  logs); "jwt_audience", "clock_skew".  "last_token_form" has
+  "client_secret_ok" (the secret sent is the mock's) and "has_assertion".
 
 Modes of the token endpoint:
 
@@ -202,13 +276,21 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+# grant_type -> its name in the stats' "grants"
+GRANTS = {"refresh_token": "refresh_token", JWT_BEARER: "jwt_bearer",
+          "client_credentials": "client_credentials"}
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "hang_released", "garbage", "huge",
@@ -353,7 +435,20 @@ class State:
             self.bulk_sessions = []
             self.bulk_jobs = {}
             self.bulk_seq = 0
+            self.grants = {"refresh_token": 0, "jwt_bearer": 0,
+                           "client_credentials": 0, "other": 0}
+            self.jwt_key = self.args.jwt_key
+            self.jwt_audience = self.args.login_url
+            self.jwt_users = {"integration@acme.com": True}
+            self.jwt_log = []
+            self.jwt_assertions = []
+            self.clock_skew = 0.0
+            self.cc_user = True
             self.lock.notify_all()
+
+    def now(self):
+        """The mock's clock: the real one shifted by clock_skew."""
+        return time.time() + self.clock_skew
 
 
 def png(width, height):
@@ -372,6 +467,51 @@ def png(width, height):
                                          0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
+
+
+B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def b64url_decode(part):
+    """base64url without padding (RFC 7515); ValueError if it is not."""
+    if len(part) % 4 == 1:
+        raise ValueError("bad base64url length")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def verify_rs256(key_path, data, signature):
+    """Whether signature is data's RS256 (RSASSA-PKCS1-v1_5, SHA-256)
+    signature under the RSA public key, or certificate, in key_path: the
+    openssl command line checks it (no crypto in the standard library)."""
+    with tempfile.TemporaryDirectory(prefix="mock_sf_jwt_") as d:
+        try:
+            with open(key_path, encoding="latin-1") as f:
+                pem = f.read()
+        except OSError:
+            return False
+        pub = key_path
+        if "CERTIFICATE" in pem:
+            r = subprocess.run(["openssl", "x509", "-in", key_path,
+                                "-pubkey", "-noout"], capture_output=True)
+            if r.returncode != 0:
+                return False
+            pub = os.path.join(d, "pub.pem")
+            with open(pub, "wb") as f:
+                f.write(r.stdout)
+        r = subprocess.run(["openssl", "pkey", "-pubin", "-in", pub,
+                            "-noout", "-text"], capture_output=True)
+        if r.returncode != 0 or b"Modulus" not in r.stdout:
+            return False    # not an RSA public key
+        sig_file = os.path.join(d, "sig")
+        data_file = os.path.join(d, "data")
+        with open(sig_file, "wb") as f:
+            f.write(signature)
+        with open(data_file, "wb") as f:
+            f.write(data)
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", pub,
+                            "-signature", sig_file, data_file],
+                           capture_output=True)
+        return r.returncode == 0 and b"Verified OK" in r.stdout
 
 
 def new_access_token():
@@ -449,7 +589,9 @@ class Handler(BaseHTTPRequestHandler):
                         and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
             return self.control(path)
-        if path == "/services/oauth2/token":
+        if path == "/services/oauth2/token" or (
+                path.endswith("/services/oauth2/token")
+                and not path.startswith("/services/")):
             return self.token()
         if path == "/services/oauth2/introspect":
             return self.introspect()
@@ -501,6 +643,11 @@ class Handler(BaseHTTPRequestHandler):
                     "soap_deploys": st.soap_deploys,
                     "bulk_log": st.bulk_log,
                     "bulk_sessions": st.bulk_sessions,
+                    "grants": st.grants,
+                    "jwt_log": st.jwt_log,
+                    "jwt_assertions": st.jwt_assertions,
+                    "jwt_audience": st.jwt_audience,
+                    "clock_skew": st.clock_skew,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -542,6 +689,33 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.access_tokens.clear()
             return self.send(200, {"revoked": True})
+        if path == "/__mock/jwt_key":
+            key = query.get("path", [""])[0]
+            if key and not os.path.isfile(key):
+                return self.send(400, {"error": "no such file " + key})
+            with st.lock:
+                st.jwt_key = key or None
+            return self.send(200, {"jwt_key": st.jwt_key})
+        if path == "/__mock/jwt_audience":
+            with st.lock:
+                st.jwt_audience = query.get("aud", [st.args.login_url])[0]
+            return self.send(200, {"jwt_audience": st.jwt_audience})
+        if path == "/__mock/jwt_user":
+            user = query.get("user", [""])[0]
+            if not user:
+                return self.send(400, {"error": "no user"})
+            with st.lock:
+                st.jwt_users[user] = query.get("approved", ["1"])[0] == "1"
+                users = dict(st.jwt_users)
+            return self.send(200, {"jwt_users": users})
+        if path == "/__mock/clock":
+            with st.lock:
+                st.clock_skew = float(query.get("skew", ["0"])[0])
+            return self.send(200, {"clock_skew": st.clock_skew})
+        if path == "/__mock/cc_user":
+            with st.lock:
+                st.cc_user = query.get("enabled", ["1"])[0] == "1"
+            return self.send(200, {"cc_user": st.cc_user})
         if path == "/__mock/reset_echo":
             with st.lock:
                 st.echo_log = []
@@ -577,12 +751,20 @@ class Handler(BaseHTTPRequestHandler):
             form.setdefault("client_id", cid)
             form.setdefault("client_secret", csec)
 
+        grant = GRANTS.get(form.get("grant_type"), "other")
         with st.lock:
             st.token_requests += 1
+            st.grants[grant] += 1
+            if "assertion" in form:
+                st.jwt_assertions.append(form["assertion"])
             st.last_token_form = {
                 "grant_type": form.get("grant_type"),
                 "client_id": form.get("client_id"),
                 "has_client_secret": "client_secret" in form,
+                "client_secret_ok":
+                    form.get("client_secret") == args.client_secret,
+                "has_assertion": "assertion" in form,
+                "has_refresh_token": "refresh_token" in form,
                 "content_type": self.headers.get("Content-Type"),
                 "accept": self.headers.get("Accept"),
                 "method": self.command,
@@ -685,6 +867,10 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(2)
 
+        if grant == "jwt_bearer":
+            return self.jwt_grant(form, mode)
+        if grant == "client_credentials":
+            return self.client_credentials_grant(form, mode)
         if form.get("grant_type") != "refresh_token":
             return self.send(400, {"error": "unsupported_grant_type",
                                    "error_description":
@@ -752,6 +938,116 @@ class Handler(BaseHTTPRequestHandler):
                 st.in_flight.discard(rt)
 
         return self.send(200, reply)
+
+    def issue_token(self, mode, fields):
+        """Answers a successful grant (not the refresh grant's own, which
+        rotates): a new access token that the API accepts like any other,
+        with instance_url, id and token_type, plus fields."""
+        st = self.server.state
+        args = st.args
+        time.sleep(args.token_delay)
+        token = st.fixed_token or new_access_token()
+        if mode == "crlf":
+            token = token[:20] + "\r\nX-Injected: 1"
+        with st.lock:
+            instance = st.instance_url
+        if mode == "no_instance":
+            instance = "ftp://example.com"
+        reply = {"access_token": token}
+        reply.update(fields)
+        reply.update({
+            "instance_url": instance,
+            "id": "%s/id/%s/005000000000001" % (args.login_url, ORG_ID),
+            "token_type": "Bearer",
+        })
+        with st.lock:
+            st.token_ok += 1
+            st.access_tokens.add(token)
+            st.token_issued[token] = st.token_used[token] = time.time()
+            st.issued_access.append(token)
+        return self.send(200, reply)
+
+    def jwt_grant(self, form, mode):
+        """The OAuth 2.0 JWT bearer flow, checked as Salesforce does."""
+        st = self.server.state
+        args = st.args
+        entry = None
+
+        def fail(error, description):
+            if entry is not None:
+                with st.lock:
+                    entry["error"] = "%s: %s" % (error, description)
+            return self.send(400, {"error": error,
+                                   "error_description": description})
+
+        assertion = form.get("assertion") or ""
+        parts = assertion.split(".")
+        if len(parts) != 3 or not all(B64URL.match(p) for p in parts):
+            return fail("invalid_grant", "invalid assertion")
+        try:
+            header = json.loads(b64url_decode(parts[0]))
+            claims = json.loads(b64url_decode(parts[1]))
+            signature = b64url_decode(parts[2])
+        except ValueError:
+            return fail("invalid_grant", "invalid assertion")
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return fail("invalid_grant", "invalid assertion")
+        if header.get("alg") != "RS256":
+            return fail("invalid_grant", "invalid assertion")
+        if claims.get("iss") != args.client_id:
+            return fail("invalid_client_id", "client identifier invalid")
+        with st.lock:
+            key = st.jwt_key
+        if not key or not verify_rs256(
+                key, (parts[0] + "." + parts[1]).encode(), signature):
+            return fail("invalid_grant", "invalid assertion")
+
+        with st.lock:
+            now = st.now()
+            entry = {"header": header, "claims": claims, "now": now,
+                     "error": None}
+            st.jwt_log.append(entry)
+            audience = st.jwt_audience
+            users = dict(st.jwt_users)
+
+        aud = claims.get("aud")
+        if audience not in (aud if isinstance(aud, list) else [aud]):
+            return fail("invalid_grant", "audience is invalid")
+        exp = claims.get("exp")
+        if (not isinstance(exp, (int, float)) or isinstance(exp, bool)
+                or exp <= now):
+            return fail("invalid_grant", "expired authorization code")
+        if exp > now + 300:
+            return fail("invalid_grant", "invalid assertion")
+        sub = claims.get("sub", claims.get("prn"))
+        if not isinstance(sub, str) or not users.get(sub):
+            return fail("invalid_grant", "user hasn't approved this consumer")
+
+        return self.issue_token(mode, {"scope": "api"})
+
+    def client_credentials_grant(self, form, mode):
+        """The client credentials flow: the app's run-as user's token."""
+        st = self.server.state
+        args = st.args
+        if form.get("client_id") != args.client_id:
+            return self.send(400, {"error": "invalid_client_id",
+                                   "error_description":
+                                   "client identifier invalid"})
+        if form.get("client_secret") != args.client_secret:
+            return self.send(400, {"error": "invalid_client",
+                                   "error_description":
+                                   "invalid client credentials"})
+        with st.lock:
+            cc_user = st.cc_user
+        if not cc_user:
+            return self.send(400, {"error": "invalid_grant",
+                                   "error_description":
+                                   "no client credentials user enabled"})
+        return self.issue_token(mode, {
+            "signature": secrets.token_urlsafe(32),
+            "scope": "api",
+            "issued_at": str(int(time.time() * 1000)),
+        })
 
     def introspect(self):
         st = self.server.state
@@ -1466,6 +1762,9 @@ def main():
                     help="seconds a successful token request takes")
     ap.add_argument("--tls-cert", help="serve HTTPS with this certificate")
     ap.add_argument("--tls-key", help="and this key")
+    ap.add_argument("--jwt-key", default=None,
+                    help="PEM public key or certificate that verifies JWT "
+                         "bearer assertions")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
