@@ -91,7 +91,8 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
       "check client_id against the connected app's consumer key" },
 
     { "invalid_client", NULL, NGX_HTTP_SF_OAUTH_OPERATOR,
-      "check client_id and client_secret against the connected app" },
+      "check client_id and client_secret against the connected app (with "
+      "grant jwt_bearer: client_id, and the certificate)" },
 
     { "inactive_user", NULL, NGX_HTTP_SF_OAUTH_OPERATOR,
       "the integration user is inactive: reactivate it in Setup" },
@@ -100,8 +101,9 @@ static ngx_http_sf_oauth_error_hint_t  ngx_http_sf_oauth_error_hints[] = {
       "the org is inactive or locked" },
 
     { "unsupported_grant_type", NULL, NGX_HTTP_SF_OAUTH_OPERATOR,
-      "enable the refresh token flow (refresh_token scope) for the "
-      "connected app" },
+      "enable the credential's grant for the connected app: the refresh "
+      "token flow (refresh_token scope), digital signatures (JWT bearer) "
+      "or the client credentials flow" },
 
     { NULL, NULL, NGX_HTTP_SF_OAUTH_TRANSIENT, NULL }
 };
