@@ -279,7 +279,9 @@ struct ngx_http_sf_oauth_zone_s {
 typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
 
 
-typedef struct {
+typedef struct ngx_http_sf_oauth_cred_s  ngx_http_sf_oauth_cred_t;
+
+struct ngx_http_sf_oauth_cred_s {
     ngx_str_t                    name;
 
     ngx_str_t                    zone_name;
@@ -313,6 +315,9 @@ typedef struct {
     u_char                      *file;
     ngx_uint_t                   line;
 
+    /* the next credential whose name differs only in case */
+    ngx_http_sf_oauth_cred_t    *same_name;
+
     /* the rest is private to each worker process */
 
     ngx_http_sf_oauth_node_t    *node;
@@ -340,7 +345,7 @@ typedef struct {
     size_t                       seen_len[NGX_HTTP_SF_OAUTH_SEEN];
     u_char                       seen[NGX_HTTP_SF_OAUTH_SEEN]
                                      [NGX_HTTP_SF_OAUTH_TOKEN_MAX];
-} ngx_http_sf_oauth_cred_t;
+};
 
 
 typedef struct {

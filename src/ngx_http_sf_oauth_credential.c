@@ -939,7 +939,9 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
 /*
  * The credentials by name, for "sf_oauth $variable": found per request
  * without a scan and without a lock.  nginx's hash keeps its keys in lower
- * case, so a match is checked again exactly: names are case-sensitive.
+ * case, but names are case-sensitive: the hash leads to the first
+ * credential of a lower-case name, and the others of that name ("prod",
+ * "PROD") follow it in a chain; a match is checked exactly.
  */
 
 ngx_int_t
@@ -950,7 +952,7 @@ ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
     ngx_array_t                 keys;
     ngx_hash_key_t             *k;
     ngx_hash_init_t             hash;
-    ngx_http_sf_oauth_cred_t  **cred;
+    ngx_http_sf_oauth_cred_t  **cred, *c;
 
     if (ngx_array_init(&keys, cf->temp_pool, smcf->creds.nelts + 1,
                        sizeof(ngx_hash_key_t))
@@ -963,19 +965,27 @@ ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
 
     for (i = 0; i < smcf->creds.nelts; i++) {
 
+        cred[i]->same_name = NULL;
+
         for (j = 0; j < i; j++) {
             if (cred[j]->name.len == cred[i]->name.len
                 && ngx_strncasecmp(cred[j]->name.data, cred[i]->name.data,
                                    cred[i]->name.len)
                    == 0)
             {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "sf_oauth_credential \"%V\" in %s:%ui and "
-                              "\"%V\" differ only in case: rename one",
-                              &cred[i]->name, cred[i]->file, cred[i]->line,
-                              &cred[j]->name);
-                return NGX_ERROR;
+                break;
             }
+        }
+
+        if (j < i) {
+            /* the same name but for case: chained behind the first */
+
+            for (c = cred[j]; c->same_name; c = c->same_name) {
+                /* void */
+            }
+
+            c->same_name = cred[i];
+            continue;
         }
 
         k = ngx_array_push(&keys);
@@ -989,10 +999,15 @@ ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
         k->value = cred[i];
     }
 
+    /* a bucket holds at least two entries of the longest name */
+
     hash.hash = &smcf->names;
     hash.key = ngx_hash_key_lc;
     hash.max_size = 1024;
-    hash.bucket_size = ngx_align(64, ngx_cacheline_size);
+    hash.bucket_size = ngx_align(2 * (sizeof(void *) + sizeof(u_short)
+                                      + NGX_HTTP_SF_OAUTH_NAME_MAX)
+                                 + sizeof(void *),
+                                 ngx_cacheline_size);
     hash.name = "sf_oauth_credential_names";
     hash.pool = cf->pool;
     hash.temp_pool = NULL;
@@ -1015,14 +1030,14 @@ ngx_http_sf_oauth_credential_find(ngx_http_sf_oauth_main_conf_t *smcf,
 
     key = ngx_hash_strlow(low, name->data, name->len);
 
-    cred = ngx_hash_find(&smcf->names, key, low, name->len);
-
-    if (cred == NULL
-        || cred->name.len != name->len
-        || ngx_strncmp(cred->name.data, name->data, name->len) != 0)
+    for (cred = ngx_hash_find(&smcf->names, key, low, name->len);
+         cred;
+         cred = cred->same_name)
     {
-        return NULL;
+        if (ngx_strncmp(cred->name.data, name->data, name->len) == 0) {
+            return cred;
+        }
     }
 
-    return cred;
+    return NULL;
 }

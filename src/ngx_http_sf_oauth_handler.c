@@ -58,6 +58,8 @@ static void ngx_http_sf_oauth_cleanup(void *data);
 static ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_create_ctx(
     ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk, ngx_int_t *rc);
+static ngx_int_t ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
+    ngx_http_sf_oauth_loc_conf_t *slcf);
 static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_ctx_t **cp);
 static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
@@ -101,6 +103,9 @@ static ngx_str_t  ngx_http_sf_oauth_error_clone =
     ngx_string("no token yet for a background subrequest");
 static ngx_str_t  ngx_http_sf_oauth_error_unknown =
     ngx_string("the request names no configured credential");
+static ngx_str_t  ngx_http_sf_oauth_nomap =
+    ngx_string("no credential is mapped for this request, and SOAP calls "
+               "here may carry a login() password: not sent");
 
 
 /*
@@ -289,8 +294,7 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
         }
 
         if (cred == NULL) {
-            /* "sf_oauth $variable" with an empty value: no token */
-            return slcf->handler(r);
+            return ngx_http_sf_oauth_unmapped(r, slcf);
         }
 
         /*
@@ -702,6 +706,32 @@ ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
     *rc = ngx_http_sf_oauth_store_lookup(cred, r->pool, lk);
 
     return ctx;
+}
+
+
+/*
+ * A request whose "sf_oauth $variable" is empty goes upstream without a
+ * token, unless sf_oauth_soap_login is on and it is a SOAP call: that may
+ * be a login(), whose password must not go to Salesforce, and no
+ * credential can answer it here.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
+    ngx_http_sf_oauth_loc_conf_t *slcf)
+{
+    if (!slcf->soap_login
+        || ngx_http_sf_oauth_envelope_kind(r) != NGX_HTTP_SF_OAUTH_SOAP)
+    {
+        return slcf->handler(r);
+    }
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_FORBIDDEN,
+                                            &ngx_http_sf_oauth_nomap);
 }
 
 

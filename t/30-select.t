@@ -645,4 +645,92 @@ $t->no_token_in(\@answers, [ map { @{ stats($_)->{issued_access_tokens} } }
 
 $t->finish;
 
+# -- names: the longest, and two that differ only in case; SOAP login() with
+# -- no credential mapped ------------------------------------------------------
+
+{
+    my $n = SfTest->new;
+    $n->start_mock;
+
+    my $long = 'L' x 64;
+
+    $n->write_conf("    sf_oauth_zone zone=sf:1m;\n"
+        . $n->credential(name => 'prod') . $n->credential(name => 'PROD')
+        . $n->credential(name => $long) . <<"EOF");
+    map \$http_x_org \$cred { default ""; ~^(?<c>.+)\$ \$c; }
+    server {
+        listen 127.0.0.1:%%PORT%% reuseport default_server;
+        location /services/ {
+            sf_oauth \$cred;
+            sf_oauth_soap_login on;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+        location /static/ {
+            sf_oauth $long;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
+        }
+        location = /sf_oauth_info {
+            sf_oauth_info;
+        }
+    }
+EOF
+
+    my ($rc, $out) = $n->test_conf;
+    is($rc, 0, 'nginx -t: a 64-character name, and prod next to PROD')
+        or diag($out);
+
+    $n->start;
+
+    for my $name ('prod', 'PROD', $long) {
+        my $r = $n->get('/services/data/v59.0/sobjects',
+                        headers => { 'X-Org' => $name });
+        is($r->{status}, 200, 'the name "' . substr($name, 0, 8)
+                              . '..." finds its credential');
+    }
+
+    my $info = $n->get('/sf_oauth_info')->{json};
+    my %req = map { $_->{name} => $_->{token_requests} }
+              @{ $info->{credentials} };
+    is_deeply([ @req{'prod', 'PROD', $long} ], [1, 1, 1],
+              'each of prod, PROD and the long name got its own token');
+
+    is($n->get('/static/data/v59.0/sobjects')->{status}, 200,
+       'sf_oauth with the 64-character name, static');
+
+    my $r = $n->get('/services/data/v59.0/sobjects',
+                    headers => { 'X-Org' => 'Prod' });
+    is($r->{status}, 502, '"Prod" is neither prod nor PROD');
+
+    my $env = '<?xml version="1.0" encoding="utf-8"?>'
+        . '<soapenv:Envelope'
+        . ' xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+        . ' xmlns:urn="urn:partner.soap.sforce.com"><soapenv:Body>'
+        . '<urn:login><urn:username>legacy@example.com</urn:username>'
+        . '<urn:password>hunter2SECRET</urn:password>'
+        . '</urn:login></soapenv:Body></soapenv:Envelope>';
+
+    for my $org ('prod', '') {
+        my $before = scalar @{ $n->mock('stats')->{soap_logins} };
+        $r = $n->http('POST', '/services/Soap/u/59.0', body => $env,
+                      headers => { 'Content-Type' => 'text/xml; charset=utf-8',
+                                   SOAPAction => '""',
+                                   ($org ne '' ? ('X-Org' => $org) : ()) });
+        is(scalar @{ $n->mock('stats')->{soap_logins} }, $before,
+           "login() with X-Org \"$org\": never reaches Salesforce");
+
+        if ($org eq '') {
+            is($r->{status}, 403, 'login() with no credential mapped: 403');
+            like($r->{content},
+                 qr{<faultstring>sf_oauth: no credential is mapped},
+                 'a SOAP fault that says why');
+        } else {
+            is($r->{status}, 200, 'login() with a credential: answered');
+        }
+    }
+
+    unlike($n->error_log, qr/hunter2SECRET/, 'the password is in no log');
+
+    $n->finish;
+}
+
 done_testing;
