@@ -31,6 +31,8 @@ static char *ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_sf_oauth_name_chars(ngx_str_t *name);
 static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -57,6 +59,13 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
     { ngx_string("sf_oauth_credential"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
       ngx_http_sf_oauth_credential,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_sf_oauth_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -156,7 +165,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char                    *p;
     ssize_t                    size;
-    ngx_str_t                 *value, name, s, state, key;
+    ngx_str_t                 *value, name, s, state, key, redis;
     ngx_uint_t                 i;
     ngx_shm_zone_t            *shm_zone, **zp;
     ngx_http_sf_oauth_zone_t  *zone;
@@ -167,6 +176,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     name.len = 0;
     ngx_str_null(&state);
     ngx_str_null(&key);
+    ngx_str_null(&redis);
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -221,15 +231,37 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "redis=", 6) == 0
+            && value[i].len > 6)
+        {
+            redis.data = value[i].data + 6;
+            redis.len = value[i].len - 6;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\"", &value[i]);
         return NGX_CONF_ERROR;
     }
 
-    if ((state.len == 0) != (key.len == 0)) {
+    if (state.len && key.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"state=\" and \"key=\" of sf_oauth_zone go "
                            "together: the state file is always encrypted");
+        return NGX_CONF_ERROR;
+    }
+
+    if (redis.len && key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"redis=\" of sf_oauth_zone needs \"key=\": "
+                           "what goes to Redis is always encrypted");
+        return NGX_CONF_ERROR;
+    }
+
+    if (key.len && state.len == 0 && redis.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"state=\" and \"key=\" of sf_oauth_zone go "
+                           "together, or \"redis=\" and \"key=\"");
         return NGX_CONF_ERROR;
     }
 
@@ -278,8 +310,9 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     zone->name = name;
+    zone->redis_name = redis;
 
-    if (state.len
+    if (key.len
         && ngx_http_sf_oauth_state_conf(cf, zone, &state, &key)
            != NGX_CONF_OK)
     {
@@ -396,6 +429,65 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
+ngx_http_sf_oauth_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sf_oauth_main_conf_t *smcf = conf;
+
+    ngx_str_t                   *value;
+    ngx_uint_t                   i;
+    ngx_http_sf_oauth_redis_t   *rd, **rp;
+
+    value = cf->args->elts;
+
+    if (!ngx_http_sf_oauth_name_chars(&value[1])
+        || value[1].len > NGX_HTTP_SF_OAUTH_NAME_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid sf_oauth_redis name \"%V\": use "
+                           "letters, digits, \"_\", \"-\" and \".\", at most "
+                           "%d", &value[1], NGX_HTTP_SF_OAUTH_NAME_MAX);
+        return NGX_CONF_ERROR;
+    }
+
+    rp = smcf->redis.elts;
+
+    for (i = 0; i < smcf->redis.nelts; i++) {
+        if (rp[i]->name.len == value[1].len
+            && ngx_strncmp(rp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate sf_oauth_redis \"%V\"",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rd = ngx_pcalloc(cf->pool, sizeof(ngx_http_sf_oauth_redis_t));
+    if (rd == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rd->name = value[1];
+    rd->file = cf->conf_file->file.name.data;
+    rd->line = cf->conf_file->line;
+
+    if (ngx_http_sf_oauth_redis_block(cf, rd) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    rp = ngx_array_push(&smcf->redis);
+    if (rp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *rp = rd;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
 ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sf_oauth_loc_conf_t *slcf = conf;
@@ -480,6 +572,9 @@ ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf)
         != NGX_OK
         || ngx_array_init(&smcf->zones, cf->pool, 2,
                           sizeof(ngx_shm_zone_t *))
+           != NGX_OK
+        || ngx_array_init(&smcf->redis, cf->pool, 1,
+                          sizeof(ngx_http_sf_oauth_redis_t *))
            != NGX_OK)
     {
         return NULL;
@@ -494,8 +589,10 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_sf_oauth_main_conf_t *smcf = conf;
 
-    ngx_uint_t                  i;
+    ngx_uint_t                  i, j;
+    ngx_shm_zone_t            **zp;
     ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_redis_t **rd;
     ngx_http_sf_oauth_cred_t  **cred, **cp;
 
     cred = smcf->creds.elts;
@@ -524,6 +621,37 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK) {
         return NGX_CONF_ERROR;
+    }
+
+    /* the fleet of each zone with redis= */
+
+    zp = smcf->zones.elts;
+    rd = smcf->redis.elts;
+
+    for (i = 0; i < smcf->zones.nelts; i++) {
+        zone = zp[i]->data;
+
+        if (zone->redis_name.len == 0) {
+            continue;
+        }
+
+        for (j = 0; j < smcf->redis.nelts; j++) {
+            if (rd[j]->name.len == zone->redis_name.len
+                && ngx_strncmp(rd[j]->name.data, zone->redis_name.data,
+                               zone->redis_name.len) == 0)
+            {
+                zone->redis = rd[j];
+                break;
+            }
+        }
+
+        if (zone->redis == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_zone \"%V\" uses unknown "
+                          "sf_oauth_redis \"%V\"", &zone->name,
+                          &zone->redis_name);
+            return NGX_CONF_ERROR;
+        }
     }
 
     return NGX_CONF_OK;
@@ -839,6 +967,10 @@ ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle)
 
     ngx_http_sf_oauth_envelope_init();
 
+    if (ngx_http_sf_oauth_fleet_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_sf_oauth_ahead_init(cycle);
 }
 
@@ -855,6 +987,7 @@ ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_sf_oauth_fleet_exit(cycle);
     ngx_http_sf_oauth_client_exit(cycle);
 }
 

@@ -71,7 +71,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     why = NULL;
 
-    if (ngx_http_sf_oauth_codec_decode(key, file, len, &recs, &n, &why,
+    if (ngx_http_sf_oauth_codec_decode(key, NULL, file, len, &recs, &n, &why,
                                        &fuzz_log)
         != NGX_OK)
     {

@@ -14,6 +14,9 @@
  *                                transfer, the outcome stored, waiters woken
  *   ngx_http_sf_oauth_jwt.c      the JWT bearer grant's key and assertion
  *   ngx_http_sf_oauth_client.c   HTTP requests on the libcurl multi API
+ *   ngx_http_sf_oauth_fleet.c    one token for a fleet of nodes, in Redis:
+ *                                the lease, the write-back, the sync
+ *   ngx_http_sf_oauth_redis.c    a Redis client on nginx's connections
  *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
  *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
  *   ngx_http_sf_oauth_filter.c   response filter: the 401 replay
@@ -90,6 +93,9 @@
 
 /* how long a failed identity request is not tried again, milliseconds */
 #define NGX_HTTP_SF_OAUTH_IDENTITY_RETRY 60000
+
+/* a fleet lease's owner: "host:pid:random", cut */
+#define NGX_HTTP_SF_OAUTH_OWNER_MAX      96
 
 /* how many recent secrets of a credential the log redaction keeps */
 #define NGX_HTTP_SF_OAUTH_SEEN           4
@@ -215,6 +221,16 @@ typedef struct {
     ngx_uint_t                   token_requests;
     ngx_uint_t                   token_failures;
 
+    /*
+     * The fleet (sf_oauth_zone redis=): the Redis generation of the token
+     * here, whether it was got while Redis was unreachable and is still to
+     * be written back, and the last lease owner seen
+     */
+    ngx_uint_t                   fleet_generation;
+    ngx_uint_t                   fleet_dirty;
+    size_t                       fleet_owner_len;
+    u_char                       fleet_owner[NGX_HTTP_SF_OAUTH_OWNER_MAX];
+
     size_t                       name_len;
     size_t                       token_len;
     size_t                       refresh_len;
@@ -251,10 +267,60 @@ typedef struct {
 
     /* a reload resized the zone: its records went to a new zone */
     ngx_uint_t                   retired;
+
+    /* Redis is unreachable, and a node's worker has said so */
+    ngx_uint_t                   outage;
 } ngx_http_sf_oauth_sh_t;
 
 
 typedef struct ngx_http_sf_oauth_zone_s  ngx_http_sf_oauth_zone_t;
+typedef struct ngx_http_sf_oauth_redis_s  ngx_http_sf_oauth_redis_t;
+typedef struct ngx_http_sf_oauth_redis_conn_s  ngx_http_sf_oauth_redis_conn_t;
+
+/* a Redis reply (a redisReply), or NULL when the connection failed first */
+typedef void (*ngx_http_sf_oauth_reply_pt)(void *reply, void *data);
+typedef void (*ngx_http_sf_oauth_redis_ready_pt)(
+    ngx_http_sf_oauth_redis_t *rd, ngx_uint_t subscriber, void *data);
+
+/* what to do when a refresh is due while Redis is unreachable */
+#define NGX_HTTP_SF_OAUTH_DOWN_LOCAL     0
+#define NGX_HTTP_SF_OAUTH_DOWN_FAIL      1
+
+/* an sf_oauth_redis block */
+struct ngx_http_sf_oauth_redis_s {
+    ngx_str_t                    name;
+    ngx_str_t                    server;
+    ngx_addr_t                   addr;
+    ngx_str_t                    host;        /* zero-terminated */
+    ngx_uint_t                   host_is_ip;
+    ngx_str_t                    user;
+    ngx_str_t                    password;
+    ngx_str_t                    password_file;
+    ngx_int_t                    database;
+    ngx_str_t                    prefix;
+    ngx_str_t                    channel;
+    ngx_flag_t                   tls;
+    ngx_str_t                    ca_file;
+    ngx_flag_t                   ssl_verify;
+    ngx_flag_t                   world_readable;
+    ngx_msec_t                   timeout;
+    ngx_uint_t                   down;
+#if (NGX_SSL)
+    ngx_ssl_t                   *ssl;
+#else
+    void                        *ssl;
+#endif
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+
+    /* per worker: the command connection and the subscriber */
+    ngx_http_sf_oauth_redis_conn_t  *cmd;
+    ngx_http_sf_oauth_redis_conn_t  *sub;
+
+    /* per worker: an outage has been logged as uncoordinated */
+    ngx_uint_t                   outage_logged;
+};
 
 struct ngx_http_sf_oauth_zone_s {
     ngx_http_sf_oauth_sh_t      *sh;
@@ -273,6 +339,10 @@ struct ngx_http_sf_oauth_zone_s {
     ngx_str_t                    key_path;
     const char                  *key_error;
     ngx_err_t                    key_errno;
+
+    /* the fleet: redis=NAME, its block, and whether the key allows it */
+    ngx_str_t                    redis_name;
+    ngx_http_sf_oauth_redis_t   *redis;
 };
 
 
@@ -339,6 +409,25 @@ struct ngx_http_sf_oauth_cred_s {
     /* the token generation that this worker's introspection asks about */
     ngx_uint_t                   introspected;
 
+    /*
+     * The fleet, in this worker: the lease in Redis is this owner's, taken
+     * at fleet generation "fleet_base"; the refresh token to send if Redis
+     * has none newer; the timers of the lease's renewal and of the wait
+     * for another node's refresh
+     */
+    ngx_uint_t                   fleet_state;
+    ngx_uint_t                   fleet_alone;
+    ngx_uint_t                   fleet_base;
+    ngx_uint_t                   fleet_known;
+    ngx_uint_t                   fleet_skip;
+    ngx_msec_t                   fleet_deadline;
+    ngx_event_t                  fleet_timer;
+    void                        *fleet_op;
+    size_t                       fleet_owner_len;
+    u_char                       fleet_owner[NGX_HTTP_SF_OAUTH_OWNER_MAX];
+    size_t                       fleet_secret_len;
+    u_char                       fleet_secret[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
+
     /* recent secrets of this credential, for the log redaction */
     ngx_uint_t                   seen_generation;
     ngx_uint_t                   seen_next;
@@ -354,6 +443,8 @@ typedef struct {
 
     /* the credentials by name, for "sf_oauth $variable" */
     ngx_hash_t                   names;
+
+    ngx_array_t                  redis;       /* ngx_http_sf_oauth_redis_t * */
 } ngx_http_sf_oauth_main_conf_t;
 
 
@@ -495,6 +586,9 @@ typedef struct {
      */
     ngx_uint_t                   introspect;
     ngx_str_t                    secret;
+
+    /* with the lease: the fleet generation of the token being replaced */
+    ngx_uint_t                   fleet_generation;
 } ngx_http_sf_oauth_lookup_t;
 
 
@@ -541,8 +635,17 @@ extern ngx_module_t  ngx_http_proxy_module;
 
 
 /* credential */
+typedef struct {
+    const char                  *kind;        /* "sf_oauth_credential" */
+    ngx_str_t                   *name;
+    ngx_flag_t                   world_readable;
+} ngx_http_sf_oauth_owner_t;
+
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
+char *ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
+    ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
+    ngx_str_t *value, ngx_str_t *path);
 ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
     ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(
@@ -580,6 +683,18 @@ void ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_who_t *who);
 ngx_uint_t ngx_http_sf_oauth_store_identity_known(
     ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation);
+void ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t fleet);
+void ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t dirty);
+void ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
+    u_char *owner, size_t len);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *generation, ngx_uint_t *dirty);
+ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t outage);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
@@ -593,12 +708,12 @@ void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
 void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
 
 /* state file contents */
-u_char *ngx_http_sf_oauth_codec_encode(u_char *key,
+u_char *ngx_http_sf_oauth_codec_encode(u_char *key, ngx_str_t *context,
     ngx_http_sf_oauth_node_t *nodes, ngx_uint_t n, ngx_pool_t *pool,
     size_t *len);
-ngx_int_t ngx_http_sf_oauth_codec_decode(u_char *key, u_char *data,
-    size_t len, ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec,
-    const char **why, ngx_log_t *log);
+ngx_int_t ngx_http_sf_oauth_codec_decode(u_char *key, ngx_str_t *context,
+    u_char *data, size_t len, ngx_http_sf_oauth_node_t **recs,
+    ngx_uint_t *nrec, const char **why, ngx_log_t *log);
 
 /* client: an HTTP request, and its answer to a completion callback */
 typedef struct {
@@ -637,6 +752,49 @@ ngx_int_t ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
+
+/* fleet: what a worker's fleet request is doing (cred->fleet_state) */
+#define NGX_HTTP_SF_OAUTH_FLEET_IDLE     0
+#define NGX_HTTP_SF_OAUTH_FLEET_ASKING   1
+#define NGX_HTTP_SF_OAUTH_FLEET_LEASED   2
+#define NGX_HTTP_SF_OAUTH_FLEET_WAITING  3
+
+/* fleet: its answers */
+#define NGX_HTTP_SF_OAUTH_FLEET_NEWER    1
+#define NGX_HTTP_SF_OAUTH_FLEET_LEASE    2
+#define NGX_HTTP_SF_OAUTH_FLEET_HELD     3
+#define NGX_HTTP_SF_OAUTH_FLEET_DOWN     4
+#define NGX_HTTP_SF_OAUTH_FLEET_STORED   5
+#define NGX_HTTP_SF_OAUTH_FLEET_STALE    6
+
+/*
+ * What the fleet says: one of the answers above; with NEWER and LEASE the
+ * record in Redis (NULL if none or unusable), and the fleet generation
+ */
+typedef void (*ngx_http_sf_oauth_fleet_pt)(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
+
+ngx_int_t ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_sf_oauth_fleet_on(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t known, ngx_http_sf_oauth_fleet_pt handler);
+void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler);
+void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);
+
+/* redis */
+char *ngx_http_sf_oauth_redis_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd);
+ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
+    ngx_cycle_t *cycle, ngx_http_sf_oauth_reply_pt message,
+    ngx_http_sf_oauth_redis_ready_pt ready, void *data);
+void ngx_http_sf_oauth_redis_exit(ngx_http_sf_oauth_redis_t *rd);
+ngx_uint_t ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd);
+ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
+    void *data);
 
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,

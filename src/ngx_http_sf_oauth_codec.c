@@ -10,8 +10,11 @@
  *                    "access_token":..., "instance_url":...,
  *                    "issued_at":..., "token_time":...}, ...]}
  *
- * The magic is authenticated too.  Decoding checks every record before
- * any is handed back: a file is used whole or not at all.
+ * The magic is authenticated too, and so is the caller's context, if any:
+ * a fleet record in Redis is bound to its zone, credential and fleet
+ * generation, so that it cannot be moved to another key or replayed at a
+ * later generation.  Decoding checks every record before any is handed
+ * back: a buffer is used whole or not at all.
  */
 
 
@@ -31,8 +34,9 @@
      + NGX_HTTP_SF_OAUTH_TAG_LEN)
 
 
-static ngx_int_t ngx_http_sf_oauth_crypt(u_char *key, ngx_uint_t encrypt,
-    u_char *nonce, u_char *tag, u_char *in, size_t len, u_char *out);
+static ngx_int_t ngx_http_sf_oauth_crypt(u_char *key, ngx_str_t *context,
+    ngx_uint_t encrypt, u_char *nonce, u_char *tag, u_char *in, size_t len,
+    u_char *out);
 static ngx_int_t ngx_http_sf_oauth_add_record(cJSON *list,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_add_str(cJSON *item, const char *name,
@@ -49,8 +53,9 @@ static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
  */
 
 u_char *
-ngx_http_sf_oauth_codec_encode(u_char *key, ngx_http_sf_oauth_node_t *nodes,
-    ngx_uint_t n, ngx_pool_t *pool, size_t *len)
+ngx_http_sf_oauth_codec_encode(u_char *key, ngx_str_t *context,
+    ngx_http_sf_oauth_node_t *nodes, ngx_uint_t n, ngx_pool_t *pool,
+    size_t *len)
 {
     u_char      *out, *p;
     char        *json;
@@ -90,7 +95,7 @@ ngx_http_sf_oauth_codec_encode(u_char *key, ngx_http_sf_oauth_node_t *nodes,
                        NGX_HTTP_SF_OAUTH_MAGIC_LEN);
 
         if (RAND_bytes(p, NGX_HTTP_SF_OAUTH_NONCE_LEN) != 1
-            || ngx_http_sf_oauth_crypt(key, 1, p,
+            || ngx_http_sf_oauth_crypt(key, context, 1, p,
                                        p + NGX_HTTP_SF_OAUTH_NONCE_LEN,
                                        (u_char *) json, size,
                                        out + NGX_HTTP_SF_OAUTH_HEADER_LEN)
@@ -212,9 +217,9 @@ ngx_http_sf_oauth_add_str(cJSON *item, const char *name, u_char *data,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_codec_decode(u_char *key, u_char *data, size_t len,
-    ngx_http_sf_oauth_node_t **recs, ngx_uint_t *nrec, const char **why,
-    ngx_log_t *log)
+ngx_http_sf_oauth_codec_decode(u_char *key, ngx_str_t *context,
+    u_char *data, size_t len, ngx_http_sf_oauth_node_t **recs,
+    ngx_uint_t *nrec, const char **why, ngx_log_t *log)
 {
     u_char                    *plain;
     cJSON                     *root, *list, *item;
@@ -246,7 +251,8 @@ ngx_http_sf_oauth_codec_decode(u_char *key, u_char *data, size_t len,
         return NGX_ERROR;
     }
 
-    if (ngx_http_sf_oauth_crypt(key, 0, data + NGX_HTTP_SF_OAUTH_MAGIC_LEN,
+    if (ngx_http_sf_oauth_crypt(key, context, 0,
+                                data + NGX_HTTP_SF_OAUTH_MAGIC_LEN,
                                 data + NGX_HTTP_SF_OAUTH_MAGIC_LEN
                                      + NGX_HTTP_SF_OAUTH_NONCE_LEN,
                                 data + NGX_HTTP_SF_OAUTH_HEADER_LEN, len,
@@ -432,11 +438,11 @@ ngx_http_sf_oauth_json_str(cJSON *obj, const char *name, u_char *dst,
 }
 
 
-/* AES-256-GCM of a whole buffer; the magic is authenticated data */
+/* AES-256-GCM of a whole buffer; the magic and context are authenticated */
 
 static ngx_int_t
-ngx_http_sf_oauth_crypt(u_char *key, ngx_uint_t encrypt, u_char *nonce,
-    u_char *tag, u_char *in, size_t len, u_char *out)
+ngx_http_sf_oauth_crypt(u_char *key, ngx_str_t *context, ngx_uint_t encrypt,
+    u_char *nonce, u_char *tag, u_char *in, size_t len, u_char *out)
 {
     int              n, rc;
     EVP_CIPHER_CTX  *ctx;
@@ -455,6 +461,9 @@ ngx_http_sf_oauth_crypt(u_char *key, ngx_uint_t encrypt, u_char *nonce,
          && EVP_CipherUpdate(ctx, NULL, &n,
                              (u_char *) NGX_HTTP_SF_OAUTH_MAGIC,
                              NGX_HTTP_SF_OAUTH_MAGIC_LEN) == 1
+         && (context == NULL || context->len == 0
+             || EVP_CipherUpdate(ctx, NULL, &n, context->data,
+                                 (int) context->len) == 1)
          && EVP_CipherUpdate(ctx, out, &n, in, (int) len) == 1;
 
     if (rc && !encrypt) {

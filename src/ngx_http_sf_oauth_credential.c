@@ -22,11 +22,8 @@ static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_sf_oauth_secret(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred, const char *name, const char *file,
-    ngx_str_t *value, ngx_str_t *path);
 static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred, const char *name, ngx_str_t *path,
+    ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
     ngx_str_t *value);
 static char *ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
@@ -122,9 +119,10 @@ char *
 ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred)
 {
-    char        *rv;
-    ngx_conf_t   save;
-    const char  *missing;
+    char                       *rv;
+    ngx_conf_t                  save;
+    const char                 *missing;
+    ngx_http_sf_oauth_owner_t   owner;
 
     cred->grant = NGX_CONF_UNSET_UINT;
     cred->timeout = NGX_CONF_UNSET_MSEC;
@@ -168,14 +166,18 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 
     /* the secrets, once the file permission rule is known */
 
-    rv = ngx_http_sf_oauth_secret(cf, cred, "client_secret",
+    owner.kind = "sf_oauth_credential";
+    owner.name = &cred->name;
+    owner.world_readable = cred->world_readable;
+
+    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "client_secret",
                                   "client_secret_file", &cred->client_secret,
                                   &cred->client_secret_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
-    rv = ngx_http_sf_oauth_secret(cf, cred, "refresh_token",
+    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "refresh_token",
                                   "refresh_token_file", &cred->refresh_token,
                                   &cred->refresh_token_file);
     if (rv != NGX_CONF_OK) {
@@ -514,22 +516,23 @@ ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
  * reload), or from a file.
  */
 
-static char *
-ngx_http_sf_oauth_secret(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
-    const char *name, const char *file, ngx_str_t *value, ngx_str_t *path)
+char *
+ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
+    ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
+    ngx_str_t *value, ngx_str_t *path)
 {
     u_char  *env;
 
     if (value->len && path->len) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sf_oauth_credential \"%V\" has both \"%s\" and "
-                           "\"%s\": set a secret once", &cred->name,
-                           name, file);
+                           "%s \"%V\" has both \"%s\" and "
+                           "\"%s\": set a secret once", owner->kind,
+                           owner->name, name, file);
         return NGX_CONF_ERROR;
     }
 
     if (path->len) {
-        return ngx_http_sf_oauth_read_file(cf, cred, file, path, value);
+        return ngx_http_sf_oauth_read_file(cf, owner, file, path, value);
     }
 
     if (value->len > 4 && ngx_strncmp(value->data, "env:", 4) == 0) {
@@ -537,9 +540,9 @@ ngx_http_sf_oauth_secret(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
         if (env == NULL || *env == '\0') {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%s\" of sf_oauth_credential \"%V\" is "
-                               "\"%V\", but that environment variable is "
-                               "not set or empty", name, &cred->name, value);
+                               "\"%s\" of %s \"%V\" is \"%V\", but that "
+                               "environment variable is not set or empty",
+                               name, owner->kind, owner->name, value);
             return NGX_CONF_ERROR;
         }
 
@@ -559,7 +562,7 @@ ngx_http_sf_oauth_secret(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
  */
 
 static char *
-ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
+ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_owner_t *owner,
     const char *name, ngx_str_t *path, ngx_str_t *value)
 {
     u_char          *p, *last;
@@ -575,24 +578,24 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of sf_oauth_credential "
-                           "\"%V\"", name, path, &cred->name);
+                           "cannot read %s \"%V\" of %s \"%V\"",
+                           name, path, owner->kind, owner->name);
         return NGX_CONF_ERROR;
     }
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
-                           "not a regular file", name, path, &cred->name);
+                           "%s \"%V\" of %s \"%V\" is not a regular file",
+                           name, path, owner->kind, owner->name);
         goto failed;
     }
 
-    if ((ngx_file_access(&fi) & S_IROTH) && !cred->world_readable) {
+    if ((ngx_file_access(&fi) & S_IROTH) && !owner->world_readable) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
+                           "%s \"%V\" of %s \"%V\" is "
                            "readable by everyone: \"chmod o-rwx\" it, or "
                            "accept the risk with \"allow_world_readable on\"",
-                           name, path, &cred->name);
+                           name, path, owner->kind, owner->name);
         goto failed;
     }
 
@@ -605,8 +608,8 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (n == -1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of sf_oauth_credential "
-                           "\"%V\"", name, path, &cred->name);
+                           "cannot read %s \"%V\" of %s \"%V\"",
+                           name, path, owner->kind, owner->name);
         goto failed;
     }
 
@@ -614,8 +617,8 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
-                           "larger than %d bytes", name, path, &cred->name,
+                           "%s \"%V\" of %s \"%V\" is larger than %d bytes",
+                           name, path, owner->kind, owner->name,
                            NGX_HTTP_SF_OAUTH_SECRET_MAX);
         return NGX_CONF_ERROR;
     }
@@ -632,8 +635,8 @@ ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
 
     if (p == last) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of sf_oauth_credential \"%V\" is "
-                           "empty", name, path, &cred->name);
+                           "%s \"%V\" of %s \"%V\" is empty",
+                           name, path, owner->kind, owner->name);
         return NGX_CONF_ERROR;
     }
 
@@ -745,9 +748,10 @@ ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 static char *
 ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 {
-    char       *rv;
-    size_t      suffix;
-    ngx_str_t   pem, host, origin;
+    char                       *rv;
+    size_t                      suffix;
+    ngx_str_t                   pem, host, origin;
+    ngx_http_sf_oauth_owner_t   owner;
 
     if (cred->username.len == 0 || cred->private_key.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -806,7 +810,11 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    rv = ngx_http_sf_oauth_read_file(cf, cred, "private_key",
+    owner.kind = "sf_oauth_credential";
+    owner.name = &cred->name;
+    owner.world_readable = cred->world_readable;
+
+    rv = ngx_http_sf_oauth_read_file(cf, &owner, "private_key",
                                      &cred->private_key, &pem);
     if (rv != NGX_CONF_OK) {
         return rv;

@@ -24,9 +24,16 @@
 #include "ngx_http_sf_oauth.h"
 
 
+static ngx_int_t ngx_http_sf_oauth_refresh_begin(
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *secret);
+static void ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
+static ngx_int_t ngx_http_sf_oauth_refresh_alone(
+    ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_refresh_written(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
 static ngx_int_t ngx_http_sf_oauth_refresh_grant(
-    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk,
-    ngx_pool_t *pool);
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *secret, ngx_pool_t *pool);
 static ngx_int_t ngx_http_sf_oauth_refresh_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk);
 static void ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
@@ -68,9 +75,7 @@ ngx_int_t
 ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk)
 {
-    ngx_int_t                  rc;
-    ngx_pool_t                *pool;
-    ngx_http_sf_oauth_token_t  tok;
+    ngx_int_t  rc;
 
     /* the secret sent may come back in an error: the redaction knows it */
     ngx_http_sf_oauth_redact_remember(cred, lk->secret.data, lk->secret.len);
@@ -87,12 +92,55 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
         return rc;
     }
 
+    if (!ngx_http_sf_oauth_fleet_on(cred)) {
+        rc = ngx_http_sf_oauth_refresh_begin(cred, &lk->secret);
+
+        ngx_explicit_memzero(lk->secret.data, lk->secret.len);
+
+        return rc;
+    }
+
+    /*
+     * The fleet: the node's refresh token is kept for when Redis has none
+     * newer, and the fleet is asked first.
+     */
+
+    cred->fleet_secret_len = ngx_min(lk->secret.len,
+                                     NGX_HTTP_SF_OAUTH_REFRESH_MAX);
+    ngx_memcpy(cred->fleet_secret, lk->secret.data, cred->fleet_secret_len);
+    ngx_explicit_memzero(lk->secret.data, lk->secret.len);
+
+    cred->fleet_alone = 0;
+
+    if (!ngx_http_sf_oauth_fleet_connected(cred)) {
+        return ngx_http_sf_oauth_refresh_alone(cred);
+    }
+
+    ngx_http_sf_oauth_fleet_acquire(cred, lk->fleet_generation,
+                                    ngx_http_sf_oauth_refresh_acquired);
+
+    return NGX_OK;
+}
+
+
+/*
+ * Starts the grant with "secret" (a refresh token, when the grant sends
+ * one).  On NGX_ERROR no request went out, and the failure is recorded so
+ * that others back off.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_refresh_begin(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *secret)
+{
+    ngx_int_t                  rc;
+    ngx_pool_t                *pool;
+    ngx_http_sf_oauth_token_t  tok;
+
     pool = ngx_create_pool(1024, ngx_cycle->log);
 
     rc = (pool == NULL) ? NGX_ERROR
-                        : ngx_http_sf_oauth_refresh_grant(cred, lk, pool);
-
-    ngx_explicit_memzero(lk->secret.data, lk->secret.len);
+                        : ngx_http_sf_oauth_refresh_grant(cred, secret, pool);
 
     if (pool) {
         ngx_destroy_pool(pool);
@@ -115,11 +163,133 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/* what the fleet says to a worker that holds its node's lease */
+
+static void
+ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
+{
+    ngx_str_t  secret;
+
+    switch (answer) {
+
+    case NGX_HTTP_SF_OAUTH_FLEET_NEWER:
+        /* another node refreshed: its token is in the zone now */
+        ngx_http_sf_oauth_store_release(cred);
+        break;
+
+    case NGX_HTTP_SF_OAUTH_FLEET_LEASE:
+
+        /* the fleet's newest refresh token, which may have rotated */
+
+        if (rec && rec->refresh_len
+            && cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH)
+        {
+            secret.data = rec->refresh;
+            secret.len = rec->refresh_len;
+
+        } else {
+            secret.data = cred->fleet_secret;
+            secret.len = cred->fleet_secret_len;
+        }
+
+        ngx_http_sf_oauth_redact_remember(cred, secret.data, secret.len);
+
+        if (ngx_http_sf_oauth_refresh_begin(cred, &secret) == NGX_OK) {
+            return;
+        }
+
+        ngx_http_sf_oauth_fleet_release(cred);
+        break;
+
+    case NGX_HTTP_SF_OAUTH_FLEET_HELD:
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": another node's refresh "
+                      "did not end within the timeout; asking again with "
+                      "the next request", &cred->name);
+
+        ngx_http_sf_oauth_store_release(cred);
+        break;
+
+    default: /* NGX_HTTP_SF_OAUTH_FLEET_DOWN */
+        (void) ngx_http_sf_oauth_refresh_alone(cred);
+        return;
+    }
+
+    ngx_http_sf_oauth_refresh_wake(cred);
+}
+
+
+/*
+ * Redis is unreachable: the node refreshes on its own (redis_down local),
+ * and the token is written back when Redis is there again; or it fails
+ * (redis_down fail).  Either is logged once per outage and node.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_str_t                   secret;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_token_t   tok;
+
+    zone = cred->shm_zone->data;
+
+    if (ngx_http_sf_oauth_store_outage(cred, 1) == 0) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": Redis \"%V\" is "
+                      "unreachable: %s; the fleet is not coordinated until "
+                      "it is back", &cred->name, &zone->redis->name,
+                      zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL
+                      ? "requests that need a new token fail "
+                        "(redis_down fail)"
+                      : "this node refreshes on its own");
+    }
+
+    if (zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
+        ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
+        ngx_str_set(&tok.error, "Redis is unreachable and redis_down is "
+                                "fail: no token request is made");
+        tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
+
+        ngx_http_sf_oauth_store_result(cred, &tok);
+        ngx_http_sf_oauth_refresh_wake(cred);
+
+        return NGX_OK;
+    }
+
+    cred->fleet_alone = 1;
+
+    secret.data = cred->fleet_secret;
+    secret.len = cred->fleet_secret_len;
+
+    if (ngx_http_sf_oauth_refresh_begin(cred, &secret) != NGX_OK) {
+        ngx_http_sf_oauth_refresh_wake(cred);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the fleet's answer to the write-back of a new token */
+
+static void
+ngx_http_sf_oauth_refresh_written(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
+{
+    if (answer == NGX_HTTP_SF_OAUTH_FLEET_DOWN) {
+        /* written back when Redis is reachable again */
+        ngx_http_sf_oauth_store_fleet_mark(cred, 1);
+    }
+}
+
+
 /* the grant's form, and the transfer: its secrets are wiped by the caller */
 
 static ngx_int_t
 ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_lookup_t *lk, ngx_pool_t *pool)
+    ngx_str_t *secret, ngx_pool_t *pool)
 {
     ngx_int_t                  rc;
     ngx_str_t                  jwt;
@@ -160,7 +330,7 @@ ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
 
         if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH) {
             ngx_str_set(&form[n].key, "refresh_token");
-            form[n++].value = lk->secret;
+            form[n++].value = *secret;
         }
     }
 
@@ -256,12 +426,14 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
                       "sf_oauth: credential \"%V\": token request "
                       "abandoned %s", &cred->name, answer->error);
 
+        ngx_http_sf_oauth_fleet_release(cred);
         ngx_http_sf_oauth_store_release(cred);
         return;
     }
 
     pool = ngx_create_pool(4096, ngx_cycle->log);
     if (pool == NULL) {
+        ngx_http_sf_oauth_fleet_release(cred);
         ngx_http_sf_oauth_store_release(cred);
         ngx_http_sf_oauth_refresh_wake(cred);
         return;
@@ -312,6 +484,7 @@ ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
                       "sf_oauth: credential \"%V\": %V; %V",
                       &cred->name, &tok->error, &tok->hint);
 
+        ngx_http_sf_oauth_fleet_release(cred);
         ngx_http_sf_oauth_store_result(cred, tok);
         return;
     }
@@ -334,6 +507,18 @@ ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_store_result(cred, tok);
 
     ngx_http_sf_oauth_state_save(cred);
+
+    if (ngx_http_sf_oauth_fleet_on(cred)) {
+
+        if (cred->fleet_alone) {
+            /* got while Redis was unreachable: written back when it is not */
+            ngx_http_sf_oauth_store_fleet_mark(cred, 1);
+
+        } else {
+            ngx_http_sf_oauth_fleet_store(cred,
+                                          ngx_http_sf_oauth_refresh_written);
+        }
+    }
 
     if (cred->soap_login && tok->org_id.len
         && !ngx_http_sf_oauth_store_identity_known(cred))

@@ -46,7 +46,8 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
 
     zone->state = *state;
 
-    if (ngx_conf_full_name(cf->cycle, &zone->state, 1) != NGX_OK
+    if ((zone->state.len
+         && ngx_conf_full_name(cf->cycle, &zone->state, 1) != NGX_OK)
         || ngx_conf_full_name(cf->cycle, key, 1) != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -113,9 +114,12 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
 unusable:
 
     ngx_conf_log_error(NGX_LOG_ERR, cf, zone->key_errno,
-                       "the key \"%V\" of sf_oauth_zone \"%V\" %s; the "
-                       "state file is not used", key, &zone->name,
-                       zone->key_error);
+                       "the key \"%V\" of sf_oauth_zone \"%V\" %s; %s",
+                       key, &zone->name, zone->key_error,
+                       zone->redis_name.len
+                       ? "the zone runs without its state file and out of "
+                         "the fleet"
+                       : "the state file is not used");
 
     zone->state.len = 0;
 
@@ -270,8 +274,8 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
     (void) ngx_close_file(fd);
 
     if (n != (ssize_t) len
-        || ngx_http_sf_oauth_codec_decode(zone->key, data, len, &rec, &nrec,
-                                          &why, log)
+        || ngx_http_sf_oauth_codec_decode(zone->key, NULL, data, len, &rec,
+                                          &nrec, &why, log)
            != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, log, 0,
@@ -460,7 +464,7 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    out = ngx_http_sf_oauth_codec_encode(zone->key, nodes, n, pool, &len);
+    out = ngx_http_sf_oauth_codec_encode(zone->key, NULL, nodes, n, pool, &len);
 
     ngx_explicit_memzero(nodes, n * sizeof(ngx_http_sf_oauth_node_t));
 

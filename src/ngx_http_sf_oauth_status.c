@@ -30,7 +30,7 @@ static const char  *ngx_http_sf_oauth_states[] = {
  * NGX_INT64_LEN.  Printing is bounded by that size all the same.
  */
 
-#define NGX_HTTP_SF_OAUTH_INFO_KEYS      1100
+#define NGX_HTTP_SF_OAUTH_INFO_KEYS      1400
 #define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   16
 
 
@@ -136,7 +136,9 @@ ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
            + node->url_len
            + ngx_escape_json(NULL, node->instance_url, node->url_len)
            + node->error_len
-           + ngx_escape_json(NULL, node->error, node->error_len);
+           + ngx_escape_json(NULL, node->error, node->error_len)
+           /* the fleet's name and lease owner, escaped at worst */
+           + 6 * (NGX_HTTP_SF_OAUTH_NAME_MAX + NGX_HTTP_SF_OAUTH_OWNER_MAX);
 }
 
 
@@ -145,11 +147,12 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_uint_t last_cred)
 {
-    u_char      token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
-    u_char      refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
-    time_t      now;
-    ngx_uint_t  rotated, refreshing;
-    ngx_msec_t  retry;
+    u_char                     token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    u_char                     refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    time_t                     now;
+    ngx_uint_t                 rotated, refreshing;
+    ngx_msec_t                 retry;
+    ngx_http_sf_oauth_zone_t  *zone;
 
     now = ngx_time();
 
@@ -231,9 +234,33 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     p = ngx_http_sf_oauth_info_str(p, last, ",\"last_error\":", node->error,
                                    node->error_len);
 
-    p = ngx_slprintf(p, last, ",\"last_error_age\":%T}%s\n",
-                     node->error_time ? now - node->error_time : (time_t) -1,
-                     last_cred ? "" : ",");
+    p = ngx_slprintf(p, last, ",\"last_error_age\":%T",
+                     node->error_time ? now - node->error_time : (time_t) -1);
+
+    /* the fleet, as this worker sees it; the lease owner is no secret */
+
+    zone = cred->shm_zone->data;
+
+    if (zone->redis) {
+        p = ngx_http_sf_oauth_info_str(p, last, ",\"redis\":{\"name\":",
+                                       zone->redis->name.data,
+                                       zone->redis->name.len);
+        p = ngx_slprintf(p, last, ",\"connected\":%s,"
+                         "\"fleet_generation\":%ui,\"unsynced\":%s",
+                         ngx_http_sf_oauth_fleet_connected(cred)
+                         ? "true" : "false",
+                         node->fleet_generation,
+                         node->fleet_dirty ? "true" : "false");
+        p = ngx_http_sf_oauth_info_str(p, last, ",\"lease_owner\":",
+                                       node->fleet_owner,
+                                       node->fleet_owner_len);
+        p = ngx_slprintf(p, last, "}");
+
+    } else {
+        p = ngx_slprintf(p, last, ",\"redis\":null");
+    }
+
+    p = ngx_slprintf(p, last, "}%s\n", last_cred ? "" : ",");
 
     return p;
 }

@@ -761,6 +761,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
                                       node->refresh, node->refresh_len);
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
         node->token_requests++;
+        lk->fleet_generation = node->fleet_generation;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -811,8 +812,10 @@ ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
         return 1;
     }
 
-    if (cred->transfer) {
-        /* this worker's own request is still in flight */
+    if (cred->transfer
+        || cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_IDLE)
+    {
+        /* this worker's own request is still in flight, or its fleet's */
         return 0;
     }
 
@@ -1184,6 +1187,7 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
         node->token_requests++;
         node->ahead_refreshes++;
+        lk->fleet_generation = node->fleet_generation;
     }
 
     return rc;
@@ -1510,4 +1514,203 @@ ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t failures,
 
     /* up to a fifth less, so that many proxies do not retry in step */
     return delay - (ngx_msec_t) ngx_random() % (delay / 5 + 1);
+}
+
+
+/*
+ * The fleet (sf_oauth_zone redis=).  A token from Redis of a newer fleet
+ * generation than the zone's is copied in, as a new local generation; the
+ * lease of this worker, if any, is given back with it.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_mine(cred)
+        || node->conf_fp != cred->conf_fp
+        || fleet_generation <= node->fleet_generation)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    node->state = NGX_HTTP_SF_OAUTH_VALID;
+    node->generation++;
+    node->fleet_generation = fleet_generation;
+    node->fleet_dirty = 0;
+
+    node->token_len = rec->token_len;
+    ngx_memcpy(node->token, rec->token, rec->token_len);
+    ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
+                                         node->token_len);
+
+    node->url_len = rec->url_len;
+    ngx_memcpy(node->instance_url, rec->instance_url, rec->url_len);
+
+    if (rec->refresh_len) {
+        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+        node->refresh_len = rec->refresh_len;
+        ngx_memcpy(node->refresh, rec->refresh, rec->refresh_len);
+    }
+
+    if (rec->user_id_len != node->user_id_len
+        || ngx_memcmp(rec->user_id, node->user_id, node->user_id_len) != 0)
+    {
+        node->identity_known = 0;
+    }
+
+    node->org_id_len = rec->org_id_len;
+    ngx_memcpy(node->org_id, rec->org_id, rec->org_id_len);
+    node->user_id_len = rec->user_id_len;
+    ngx_memcpy(node->user_id, rec->user_id, rec->user_id_len);
+
+    node->issued_at = rec->issued_at;
+    node->token_time = rec->token_time ? rec->token_time : ngx_time();
+    node->token_msec = ngx_current_msec;
+    node->failures = 0;
+    node->backoff_until = 0;
+    node->busy = 0;
+
+    if (node->lease_pid == ngx_pid) {
+        node->lease_pid = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+/* the zone's token of local "generation" is fleet generation "fleet" */
+
+void
+ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t fleet)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)
+        && cred->node->generation == generation)
+    {
+        cred->node->fleet_generation = fleet;
+        cred->node->fleet_dirty = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* the zone's token was got while Redis was unreachable, or is in Redis */
+
+void
+ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t dirty)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        cred->node->fleet_dirty = dirty;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* the last fleet lease owner seen, for sf_oauth_info; NULL: none */
+
+void
+ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
+    u_char *owner, size_t len)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    len = ngx_min(len, NGX_HTTP_SF_OAUTH_OWNER_MAX);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        cred->node->fleet_owner_len = owner ? len : 0;
+
+        if (owner) {
+            ngx_memcpy(cred->node->fleet_owner, owner, len);
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * The generations of the zone's token, the fleet's and the local one,
+ * and whether it is still to be written back; 0 for a removed credential.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *generation, ngx_uint_t *dirty)
+{
+    ngx_uint_t        fleet;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    fleet = 0;
+    *generation = 0;
+    *dirty = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        fleet = cred->node->fleet_generation;
+        *generation = cred->node->generation;
+        *dirty = cred->node->fleet_dirty
+                 && cred->node->state == NGX_HTTP_SF_OAUTH_VALID;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return fleet;
+}
+
+
+/* marks the zone's Redis outage as logged, or over; returns the old mark */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t outage)
+{
+    ngx_uint_t                 old;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    old = zone->sh->outage;
+    zone->sh->outage = outage;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return old;
 }

@@ -1,0 +1,1146 @@
+
+/*
+ * One token for a fleet of nodes (sf_oauth_zone redis=NAME).
+ *
+ * Requests still read only the node's own zone.  Redis holds, per
+ * credential of the zone:
+ *
+ *   PREFIX ZONE:CRED:gen     the fleet generation, an integer
+ *   PREFIX ZONE:CRED:record  the newest token and refresh token, encrypted
+ *                            and authenticated with the zone's key,
+ *                            bound to zone, credential and generation
+ *   PREFIX ZONE:CRED:lease   the refresh lease: "host:pid:random", with
+ *                            an expiry longer than the token request
+ *
+ * and a channel, PREFIX events, where a new generation is announced.
+ *
+ * A worker that holds its node's lease asks the fleet (a Lua script, so
+ * that each step is atomic): a generation newer than the one its token had
+ * is adopted, with no token request; otherwise it takes the fleet's lease
+ * and refreshes with the newest refresh token there is, renewing the
+ * lease every third of its time; or it waits for the node that holds it.
+ * The outcome is written back with a compare-and-set on the generation, so
+ * that no node overwrites a newer token, and announced.  Every node copies
+ * a new generation into its zone on the announcement, and within a second
+ * without one (a periodic read: pub/sub loses messages across reconnects).
+ *
+ * This file knows none of its callers: the refresh hears the answers of
+ * acquire and store through a callback.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+#include <hiredis/hiredis.h>
+
+
+/* how often a node reads the generations, and a waiter asks again, ms */
+#define NGX_HTTP_SF_OAUTH_FLEET_SYNC      1000
+#define NGX_HTTP_SF_OAUTH_FLEET_POLL      100
+
+
+typedef struct {
+    ngx_http_sf_oauth_cred_t      *cred;
+    ngx_http_sf_oauth_fleet_pt     handler;
+    ngx_uint_t                     base;
+} ngx_http_sf_oauth_fleet_op_t;
+
+
+static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
+    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data);
+static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
+static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_again(ngx_event_t *ev);
+static void ngx_http_sf_oauth_fleet_renewal(ngx_event_t *ev);
+static void ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
+static void ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_synced(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
+static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
+    ngx_uint_t subscriber, void *data);
+static ngx_int_t ngx_http_sf_oauth_fleet_decode(
+    ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, redisReply *blob,
+    ngx_http_sf_oauth_node_t *rec);
+static ngx_int_t ngx_http_sf_oauth_fleet_adopt(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec);
+static void ngx_http_sf_oauth_fleet_context(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, u_char *buf, ngx_str_t *context);
+static ngx_str_t *ngx_http_sf_oauth_fleet_key(ngx_http_sf_oauth_cred_t *cred,
+    const char *what, ngx_str_t *key);
+static void ngx_http_sf_oauth_fleet_new_owner(ngx_http_sf_oauth_cred_t *cred);
+static ngx_int_t ngx_http_sf_oauth_fleet_number(redisReply *r,
+    ngx_uint_t *n);
+static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
+
+
+/*
+ * KEYS: gen, lease, record; ARGV: owner, ttl ms, the generation known.
+ * {1, gen, record}: a newer generation; {2, gen, record}: the lease is
+ * taken; {3, gen, owner}: another holds it.
+ */
+static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if g > tonumber(ARGV[3]) then "
+    "  return {1, g, redis.call('GET', KEYS[3]) or ''} end "
+    "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    "  return {2, g, redis.call('GET', KEYS[3]) or ''} end "
+    "return {3, g, redis.call('GET', KEYS[2]) or ''}");
+
+/* KEYS: lease; ARGV: owner, ttl ms */
+static ngx_str_t  ngx_http_sf_oauth_fleet_renew_lua = ngx_string(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end "
+    "return 0");
+
+/* KEYS: lease; ARGV: owner */
+static ngx_str_t  ngx_http_sf_oauth_fleet_release_lua = ngx_string(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "  return redis.call('DEL', KEYS[1]) end "
+    "return 0");
+
+/*
+ * KEYS: gen, record, lease; ARGV: the generation written over, the
+ * record, owner, channel, message.  {5, gen, mine}: stored as gen, "mine"
+ * when the lease was still the owner's; {6, gen}: a newer one is there.
+ */
+static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if g ~= tonumber(ARGV[1]) then return {6, g} end "
+    "redis.call('SET', KEYS[2], ARGV[2]) "
+    "redis.call('SET', KEYS[1], g + 1) "
+    "local mine = 0 "
+    "if redis.call('GET', KEYS[3]) == ARGV[3] then "
+    "  redis.call('DEL', KEYS[3]) mine = 1 end "
+    "redis.call('PUBLISH', ARGV[4], ARGV[5]) "
+    "return {5, g + 1, mine}");
+
+/* KEYS: gen, record, lease; ARGV: the generation known */
+static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "local o = redis.call('GET', KEYS[3]) or '' "
+    "if g > tonumber(ARGV[1]) then "
+    "  return {1, g, redis.call('GET', KEYS[2]) or '', o} end "
+    "return {0, g, '', o}");
+
+
+static ngx_event_t  ngx_http_sf_oauth_fleet_sync_event;
+
+
+/* a worker's connections and its periodic read, for the zones with redis= */
+
+ngx_int_t
+ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i, j, any;
+    ngx_shm_zone_t                **zp;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_zone_t       *zone;
+    ngx_http_sf_oauth_redis_t     **rd;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+
+    rd = smcf->redis.elts;
+    zp = smcf->zones.elts;
+    any = 0;
+
+    for (i = 0; i < smcf->redis.nelts; i++) {
+
+        for (j = 0; j < smcf->zones.nelts; j++) {
+            zone = zp[j]->data;
+
+            if (zone->redis == rd[i] && zone->key_error == NULL) {
+                break;
+            }
+        }
+
+        if (j == smcf->zones.nelts) {
+            continue;
+        }
+
+        if (ngx_http_sf_oauth_redis_init(rd[i], cycle,
+                                         ngx_http_sf_oauth_fleet_message,
+                                         ngx_http_sf_oauth_fleet_ready, rd[i])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        any = 1;
+    }
+
+    if (!any) {
+        return NGX_OK;
+    }
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        ngx_http_sf_oauth_timer_init(&cred[i]->fleet_timer,
+                                     ngx_http_sf_oauth_fleet_again,
+                                     cycle->log);
+    }
+
+    ngx_http_sf_oauth_timer_init(&ngx_http_sf_oauth_fleet_sync_event,
+                                 ngx_http_sf_oauth_fleet_sync_all,
+                                 cycle->log);
+
+    ngx_add_timer(&ngx_http_sf_oauth_fleet_sync_event,
+                  NGX_HTTP_SF_OAUTH_FLEET_SYNC);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_redis_t     **rd;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->fleet_timer.timer_set) {
+            ngx_del_timer(&cred[i]->fleet_timer);
+        }
+    }
+
+    if (ngx_http_sf_oauth_fleet_sync_event.timer_set) {
+        ngx_del_timer(&ngx_http_sf_oauth_fleet_sync_event);
+    }
+
+    rd = smcf->redis.elts;
+
+    for (i = 0; i < smcf->redis.nelts; i++) {
+        ngx_http_sf_oauth_redis_exit(rd[i]);
+    }
+}
+
+
+/* whether the credential's zone is in a fleet */
+
+ngx_uint_t
+ngx_http_sf_oauth_fleet_on(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    return zone->redis != NULL && zone->key_error == NULL
+           && zone->redis->cmd != NULL;
+}
+
+
+ngx_uint_t
+ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    return zone->redis && ngx_http_sf_oauth_redis_ready(zone->redis);
+}
+
+
+/*
+ * The fleet's answer for a worker that holds its node's lease, to
+ * replace the token of fleet generation "known": NEWER (adopted into the
+ * zone already), LEASE (the record holds the newest refresh token, if
+ * any), DOWN, or HELD when another node's refresh did not end within the
+ * credential's timeout.
+ */
+
+void
+ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t known, ngx_http_sf_oauth_fleet_pt handler)
+{
+    ngx_http_sf_oauth_fleet_op_t  *op;
+
+    op = ngx_alloc(sizeof(ngx_http_sf_oauth_fleet_op_t), ngx_cycle->log);
+    if (op == NULL) {
+        handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+        return;
+    }
+
+    op->cred = cred;
+    op->handler = handler;
+    op->base = known;
+
+    cred->fleet_known = known;
+    cred->fleet_deadline = ngx_current_msec + cred->timeout
+                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+
+    ngx_http_sf_oauth_fleet_ask(op);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
+{
+    u_char                     ttl[NGX_INT_T_LEN], known[NGX_INT_T_LEN];
+    ngx_str_t                  args[3];
+    const char                *keys[3] = { "gen", "lease", "record" };
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = op->cred;
+
+    ngx_http_sf_oauth_fleet_new_owner(cred);
+
+    args[0].data = cred->fleet_owner;
+    args[0].len = cred->fleet_owner_len;
+    args[1].data = ttl;
+    args[1].len = ngx_sprintf(ttl, "%M",
+                              cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK)
+                  - ttl;
+    args[2].data = known;
+    args[2].len = ngx_sprintf(known, "%ui", cred->fleet_known) - known;
+
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
+
+    if (ngx_http_sf_oauth_fleet_eval(cred,
+                                     &ngx_http_sf_oauth_fleet_acquire_lua,
+                                     3, keys, 3, args,
+                                     ngx_http_sf_oauth_fleet_asked, op)
+        != NGX_OK)
+    {
+        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+        ngx_free(op);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
+{
+    redisReply                    *r = reply;
+    ngx_http_sf_oauth_fleet_op_t  *op = data;
+
+    ngx_uint_t                 answer, gen;
+    ngx_http_sf_oauth_node_t  *rec;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = op->cred;
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3
+        || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
+        || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
+        || r->element[2]->type != REDIS_REPLY_STRING)
+    {
+        if (r && r->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": Redis refused the "
+                          "lease script: \"%*s\"", &cred->name,
+                          ngx_min(r->len, 200), r->str);
+        }
+
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+        ngx_free(op);
+        return;
+    }
+
+    rec = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+    if (rec == NULL) {
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+        ngx_free(op);
+        return;
+    }
+
+    switch (answer) {
+
+    case NGX_HTTP_SF_OAUTH_FLEET_NEWER:
+
+        if (ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2], rec)
+            == NGX_OK)
+        {
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, rec, gen);
+            break;
+        }
+
+        /* a record that cannot be used: ask again, knowing its generation */
+
+        cred->fleet_known = gen;
+        ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(rec);
+        ngx_http_sf_oauth_fleet_ask(op);
+        return;
+
+    case NGX_HTTP_SF_OAUTH_FLEET_LEASE:
+
+        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_LEASED;
+        cred->fleet_base = gen;
+
+        ngx_http_sf_oauth_store_fleet_owner(cred, cred->fleet_owner,
+                                            cred->fleet_owner_len);
+
+        /* renewed every third of its time while the token request runs */
+        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_renewal;
+        ngx_add_timer(&cred->fleet_timer,
+                      (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
+
+        /* the record is read for its refresh token only */
+
+        if (r->element[2]->len
+            && ngx_http_sf_oauth_fleet_decode(cred, gen, r->element[2], rec)
+               == NGX_OK)
+        {
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE, rec, gen);
+
+        } else {
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE, NULL, gen);
+        }
+
+        break;
+
+    default: /* NGX_HTTP_SF_OAUTH_FLEET_HELD */
+
+        ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[2]->str,
+                                            r->element[2]->len);
+
+        if ((ngx_msec_int_t) (cred->fleet_deadline - ngx_current_msec) <= 0) {
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_HELD, NULL, gen);
+            break;
+        }
+
+        /* another node refreshes: ask again soon, for its outcome */
+
+        ngx_free(rec);
+
+        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
+        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
+        cred->fleet_op = op;
+        ngx_add_timer(&cred->fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL);
+        return;
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+    ngx_free(rec);
+    ngx_free(op);
+}
+
+
+/* the next question while another node refreshes */
+
+static void
+ngx_http_sf_oauth_fleet_again(ngx_event_t *ev)
+{
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = (ngx_http_sf_oauth_cred_t *)
+               ((u_char *) ev - offsetof(ngx_http_sf_oauth_cred_t,
+                                         fleet_timer));
+
+    ngx_http_sf_oauth_fleet_ask(cred->fleet_op);
+}
+
+
+/* the lease's renewal, every third of its time */
+
+static void
+ngx_http_sf_oauth_fleet_renewal(ngx_event_t *ev)
+{
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = (ngx_http_sf_oauth_cred_t *)
+               ((u_char *) ev - offsetof(ngx_http_sf_oauth_cred_t,
+                                         fleet_timer));
+
+    ngx_http_sf_oauth_fleet_renew(cred);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char       ttl[NGX_INT_T_LEN];
+    ngx_str_t    args[2];
+    const char  *keys[1] = { "lease" };
+
+    args[0].data = cred->fleet_owner;
+    args[0].len = cred->fleet_owner_len;
+    args[1].data = ttl;
+    args[1].len = ngx_sprintf(ttl, "%M",
+                              cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK)
+                  - ttl;
+
+    (void) ngx_http_sf_oauth_fleet_eval(cred,
+                                        &ngx_http_sf_oauth_fleet_renew_lua,
+                                        1, keys, 2, args,
+                                        ngx_http_sf_oauth_fleet_renewed,
+                                        cred);
+
+    ngx_add_timer(&cred->fleet_timer,
+                  (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_renewed(void *reply, void *data)
+{
+    redisReply                *r = reply;
+    ngx_http_sf_oauth_cred_t  *cred = data;
+
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0
+        && cred->fleet_state == NGX_HTTP_SF_OAUTH_FLEET_LEASED)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the fleet's refresh "
+                      "lease expired while the token request runs; its "
+                      "outcome is stored only if no node stored a newer "
+                      "one", &cred->name);
+    }
+}
+
+
+/*
+ * Writes the zone's token back to Redis, over the generation this worker
+ * took the lease at (or knew, for a token got while Redis was down), and
+ * drops the lease.  The answer: STORED, STALE (a newer generation was
+ * there: it is adopted instead), DOWN.
+ */
+
+void
+ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler)
+{
+    u_char                        *blob, base[NGX_INT_T_LEN];
+    u_char                         ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                       + NGX_INT_T_LEN + 2];
+    u_char                         msg[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                       + NGX_INT_T_LEN + 2];
+    size_t                         len;
+    ngx_str_t                      args[5], context;
+    ngx_uint_t                     local, dirty;
+    ngx_pool_t                    *pool;
+    const char                    *keys[3] = { "gen", "record", "lease" };
+    ngx_http_sf_oauth_zone_t      *zone;
+    ngx_http_sf_oauth_node_t      *copy;
+    ngx_http_sf_oauth_fleet_op_t  *op;
+
+    zone = cred->shm_zone->data;
+
+    if (cred->fleet_timer.timer_set) {
+        ngx_del_timer(&cred->fleet_timer);
+    }
+
+    if (cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
+        /* a token got while Redis was down: over the generation known */
+        cred->fleet_base = ngx_http_sf_oauth_store_fleet_view(cred, &local,
+                                                              &dirty);
+    }
+
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+    op = ngx_alloc(sizeof(ngx_http_sf_oauth_fleet_op_t), ngx_cycle->log);
+
+    if (pool == NULL || copy == NULL || op == NULL) {
+        goto failed;
+    }
+
+    ngx_http_sf_oauth_store_snapshot(cred, copy);
+
+    if (copy->state != NGX_HTTP_SF_OAUTH_VALID) {
+        goto failed;
+    }
+
+    ngx_http_sf_oauth_fleet_context(cred, cred->fleet_base + 1, ctx,
+                                    &context);
+
+    blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, copy, 1, pool,
+                                          &len);
+
+    ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+
+    if (blob == NULL) {
+        goto failed;
+    }
+
+    op->cred = cred;
+    op->handler = handler;
+    (void) ngx_http_sf_oauth_store_fleet_view(cred, &op->base, &dirty);
+
+    args[0].data = base;
+    args[0].len = ngx_sprintf(base, "%ui", cred->fleet_base) - base;
+    args[1].data = blob;
+    args[1].len = len;
+    args[2].data = cred->fleet_owner;
+    args[2].len = cred->fleet_owner_len;
+    args[3] = zone->redis->channel;
+    args[4].data = msg;
+    args[4].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
+                              cred->fleet_base + 1)
+                  - msg;
+
+    if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
+                                     3, keys, 5, args,
+                                     ngx_http_sf_oauth_fleet_stored, op)
+        != NGX_OK)
+    {
+        ngx_explicit_memzero(blob, len);
+        goto failed;
+    }
+
+    ngx_explicit_memzero(blob, len);
+    ngx_destroy_pool(pool);
+    ngx_free(copy);
+
+    return;
+
+failed:
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+
+    if (copy) {
+        ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(copy);
+    }
+
+    if (op) {
+        ngx_free(op);
+    }
+
+    handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
+{
+    redisReply                    *r = reply;
+    ngx_http_sf_oauth_fleet_op_t  *op = data;
+
+    ngx_uint_t                 answer, gen, mine;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = op->cred;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2
+        || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
+        || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK)
+    {
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+        ngx_free(op);
+        return;
+    }
+
+    if (answer == NGX_HTTP_SF_OAUTH_FLEET_STORED) {
+        mine = (r->elements == 3
+                && ngx_http_sf_oauth_fleet_number(r->element[2], &mine)
+                   == NGX_OK)
+               ? mine : 0;
+
+        /* the zone's token is generation "gen", if it is still there */
+        ngx_http_sf_oauth_store_fleet_stored(cred, op->base, gen);
+        ngx_http_sf_oauth_store_fleet_owner(cred, NULL, 0);
+
+        if (!mine) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": the token was "
+                          "written to the fleet as generation %ui without "
+                          "the lease (it had expired, or Redis was "
+                          "unreachable): no node had stored a newer one",
+                          &cred->name, gen);
+        }
+
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STORED, NULL, gen);
+        ngx_free(op);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": another node stored a newer "
+                  "token (fleet generation %ui): this node's is dropped and "
+                  "the fleet's is used", &cred->name, gen);
+
+    ngx_http_sf_oauth_store_fleet_mark(cred, 0);
+    ngx_http_sf_oauth_fleet_release(cred);
+    ngx_http_sf_oauth_fleet_sync(cred);
+
+    op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STALE, NULL, gen);
+    ngx_free(op);
+}
+
+
+/* gives the fleet's lease back, if this worker holds it */
+
+void
+ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_str_t    args[1];
+    const char  *keys[1] = { "lease" };
+
+    if (cred->fleet_timer.timer_set) {
+        ngx_del_timer(&cred->fleet_timer);
+    }
+
+    if (cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
+        return;
+    }
+
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+
+    args[0].data = cred->fleet_owner;
+    args[0].len = cred->fleet_owner_len;
+
+    (void) ngx_http_sf_oauth_fleet_eval(cred,
+                                        &ngx_http_sf_oauth_fleet_release_lua,
+                                        1, keys, 1, args,
+                                        ngx_http_sf_oauth_fleet_noop, NULL);
+
+    ngx_http_sf_oauth_store_fleet_owner(cred, NULL, 0);
+}
+
+
+/* the periodic read: every credential of every fleet zone, every second */
+
+static void
+ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->node && ngx_http_sf_oauth_fleet_on(cred[i])) {
+            ngx_http_sf_oauth_fleet_sync(cred[i]);
+        }
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_SF_OAUTH_FLEET_SYNC);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char       known[NGX_INT_T_LEN];
+    ngx_str_t    args[1];
+    ngx_uint_t   fleet, local, dirty;
+    const char  *keys[3] = { "gen", "record", "lease" };
+
+    if (!ngx_http_sf_oauth_fleet_connected(cred)) {
+        return;
+    }
+
+    fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
+
+    if (dirty
+        && cred->fleet_state == NGX_HTTP_SF_OAUTH_FLEET_IDLE
+        && cred->transfer == NULL)
+    {
+        /* a token got while Redis was unreachable: the newest one wins */
+        ngx_http_sf_oauth_fleet_store(cred, ngx_http_sf_oauth_fleet_written);
+        return;
+    }
+
+    args[0].data = known;
+    /* a generation whose record could not be used is not read again */
+    args[0].len = ngx_sprintf(known, "%ui", ngx_max(fleet, cred->fleet_skip))
+                  - known;
+
+    (void) ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
+                                        3, keys, 1, args,
+                                        ngx_http_sf_oauth_fleet_synced, cred);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
+{
+    redisReply                *r = reply;
+    ngx_http_sf_oauth_cred_t  *cred = data;
+
+    ngx_uint_t                 answer, gen;
+    ngx_http_sf_oauth_node_t  *rec;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4
+        || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
+        || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
+        || r->element[2]->type != REDIS_REPLY_STRING
+        || r->element[3]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
+                                        r->element[3]->len);
+
+    if (answer != NGX_HTTP_SF_OAUTH_FLEET_NEWER) {
+        return;
+    }
+
+    rec = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+    if (rec == NULL) {
+        return;
+    }
+
+    if (ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2], rec)
+        != NGX_OK)
+    {
+        cred->fleet_skip = gen;
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+    ngx_free(rec);
+}
+
+
+/* a message of the channel: "ZONE:CRED:GEN"; that credential is read */
+
+static void
+ngx_http_sf_oauth_fleet_message(void *reply, void *data)
+{
+    redisReply                *r = reply;
+    ngx_http_sf_oauth_redis_t *rd = data;
+
+    u_char                         *p, *last;
+    ngx_str_t                       zname, cname;
+    ngx_uint_t                      i;
+    redisReply                     *m;
+    ngx_http_sf_oauth_zone_t       *zone;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3
+        || r->element[2]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    m = r->element[2];
+    p = (u_char *) m->str;
+    last = p + m->len;
+
+    zname.data = p;
+    p = ngx_strlchr(p, last, ':');
+    if (p == NULL) {
+        return;
+    }
+
+    zname.len = p - zname.data;
+    cname.data = ++p;
+    p = ngx_strlchr(p, last, ':');
+    if (p == NULL) {
+        return;
+    }
+
+    cname.len = p - cname.data;
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        zone = cred[i]->shm_zone->data;
+
+        if (zone->redis == rd
+            && zone->name.len == zname.len
+            && ngx_strncmp(zone->name.data, zname.data, zname.len) == 0
+            && cred[i]->name.len == cname.len
+            && ngx_strncmp(cred[i]->name.data, cname.data, cname.len) == 0
+            && cred[i]->node)
+        {
+            ngx_http_sf_oauth_fleet_sync(cred[i]);
+        }
+    }
+}
+
+
+/* a connection is ready again: what was missed is read at once */
+
+static void
+ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
+    ngx_uint_t subscriber, void *data)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_zone_t       *zone;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    /* the next outage is logged again */
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        zone = cred[i]->shm_zone->data;
+
+        if (zone->redis == rd && cred[i]->node) {
+            (void) ngx_http_sf_oauth_store_outage(cred[i], 0);
+        }
+    }
+
+    if (!ngx_http_sf_oauth_fleet_sync_event.timer_set) {
+        return;
+    }
+
+    ngx_del_timer(&ngx_http_sf_oauth_fleet_sync_event);
+    ngx_add_timer(&ngx_http_sf_oauth_fleet_sync_event, 1);
+}
+
+
+/*
+ * A record from Redis, decrypted under its zone, credential and
+ * generation, and checked.  Anything wrong with it is an error line, and
+ * it is not used.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec)
+{
+    u_char                     ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                   + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                   + NGX_INT_T_LEN + 2];
+    ngx_str_t                  context;
+    ngx_uint_t                 n;
+    const char                *why;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_node_t  *recs;
+
+    zone = cred->shm_zone->data;
+
+    if (blob->type != REDIS_REPLY_STRING || blob->len == 0) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": fleet generation %ui "
+                      "has no record in Redis; it is ignored", &cred->name,
+                      generation);
+        return NGX_ERROR;
+    }
+
+    ngx_http_sf_oauth_fleet_context(cred, generation, ctx, &context);
+
+    why = NULL;
+    recs = NULL;
+    n = 0;
+
+    if (ngx_http_sf_oauth_codec_decode(zone->key, &context,
+                                       (u_char *) blob->str, blob->len,
+                                       &recs, &n, &why, ngx_cycle->log)
+        != NGX_OK
+        || n != 1)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the record of fleet "
+                      "generation %ui in Redis is not used: %s (another "
+                      "zone's or credential's record, another key, or a "
+                      "changed value)", &cred->name, generation,
+                      why ? why : "it holds more than one record");
+        goto failed;
+    }
+
+    *rec = recs[0];
+
+    ngx_explicit_memzero(recs, sizeof(ngx_http_sf_oauth_node_t));
+    ngx_free(recs);
+
+    if (rec->name_len != cred->name.len
+        || ngx_strncmp(rec->name, cred->name.data, cred->name.len) != 0
+        || rec->conf_fp != cred->conf_fp
+        || rec->token_len == 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the record of fleet "
+                      "generation %ui in Redis is for another configuration "
+                      "of the credential; it is ignored", &cred->name,
+                      generation);
+        ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+
+failed:
+
+    if (recs) {
+        ngx_explicit_memzero(recs, n * sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(recs);
+    }
+
+    return NGX_ERROR;
+}
+
+
+/* a newer generation's record, copied into the zone */
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_adopt(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec)
+{
+    if (ngx_http_sf_oauth_fleet_decode(cred, generation, blob, rec)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_sf_oauth_store_fleet(cred, rec, generation) == NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": token of fleet "
+                      "generation %ui from Redis", &cred->name, generation);
+
+        ngx_http_sf_oauth_state_save(cred);
+    }
+
+    return NGX_OK;
+}
+
+
+/* what a record is bound to: "ZONE:CRED:GENERATION" */
+
+static void
+ngx_http_sf_oauth_fleet_context(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, u_char *buf, ngx_str_t *context)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    context->data = buf;
+    context->len = ngx_sprintf(buf, "%V:%V:%ui", &zone->name, &cred->name,
+                               generation)
+                   - buf;
+}
+
+
+/* an EVAL of a script over the credential's keys */
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
+    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data)
+{
+    u_char                     nk[NGX_INT_T_LEN];
+    ngx_str_t                  argv[16];
+    ngx_uint_t                 i, n;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    if (3 + nkeys + nargs > 16) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = *script;
+    argv[2].data = nk;
+    argv[2].len = ngx_sprintf(nk, "%ui", nkeys) - nk;
+
+    n = 3;
+
+    for (i = 0; i < nkeys; i++) {
+        if (ngx_http_sf_oauth_fleet_key(cred, keys[i], &argv[n]) == NULL) {
+            return NGX_ERROR;
+        }
+
+        n++;
+    }
+
+    for (i = 0; i < nargs; i++) {
+        argv[n++] = args[i];
+    }
+
+    return ngx_http_sf_oauth_redis_command(zone->redis, n, argv, handler,
+                                           data);
+}
+
+
+/* "PREFIX ZONE:CRED:WHAT", in the worker's cycle pool once per key */
+
+static ngx_str_t *
+ngx_http_sf_oauth_fleet_key(ngx_http_sf_oauth_cred_t *cred, const char *what,
+    ngx_str_t *key)
+{
+    static u_char              buf[3][NGX_HTTP_SF_OAUTH_URL_MAX];
+    static ngx_uint_t          next;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    if (zone->redis->prefix.len + zone->name.len + cred->name.len
+        + ngx_strlen(what) + 2 > NGX_HTTP_SF_OAUTH_URL_MAX)
+    {
+        return NULL;
+    }
+
+    key->data = buf[next];
+    next = (next + 1) % 3;
+
+    key->len = ngx_sprintf(key->data, "%V%V:%V:%s", &zone->redis->prefix,
+                           &zone->name, &cred->name, what)
+               - key->data;
+
+    return key;
+}
+
+
+/* a lease owner for this attempt: "host:pid:random" */
+
+static void
+ngx_http_sf_oauth_fleet_new_owner(ngx_http_sf_oauth_cred_t *cred)
+{
+    size_t  n;
+
+    n = ngx_min(ngx_cycle->hostname.len, NGX_HTTP_SF_OAUTH_OWNER_MAX - 32);
+
+    cred->fleet_owner_len = ngx_sprintf(cred->fleet_owner, "%*s:%P:%08xD",
+                                        n, ngx_cycle->hostname.data, ngx_pid,
+                                        (uint32_t) ngx_random())
+                            - cred->fleet_owner;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_number(redisReply *r, ngx_uint_t *n)
+{
+    if (r->type != REDIS_REPLY_INTEGER || r->integer < 0) {
+        return NGX_ERROR;
+    }
+
+    *n = (ngx_uint_t) r->integer;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_noop(void *reply, void *data)
+{
+}
+
+
+/* a token got while Redis was unreachable is written back: nothing else */
+
+static void
+ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
+{
+}

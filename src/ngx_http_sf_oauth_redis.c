@@ -1,0 +1,1176 @@
+
+/*
+ * A Redis client on nginx's own connections, for the fleet.
+ *
+ * The choice: hiredis's reply reader and command formatter over nginx's
+ * ngx_peer_connection_t, not hiredis's async context.  Debian 12's hiredis
+ * (0.14) has no timers, no timeouts and no TLS in its async API, and its
+ * connect resolves host names with a blocking getaddrinfo().  nginx's
+ * connection gives the worker's event loop, its timers and TLS through
+ * nginx's OpenSSL; hiredis still parses every reply (RESP), so no parser
+ * is written by hand.  The address is resolved when the configuration is
+ * loaded, never in a worker.
+ *
+ * Each worker keeps two connections per sf_oauth_redis block: one for
+ * commands, whose replies come back in order and go to each command's
+ * callback, and one subscribed to the fleet's channel, whose messages go
+ * to one callback.  A connection that fails is closed, its commands fail
+ * (their callbacks get NULL), and it is opened again after a backoff of
+ * 100 ms doubling to 5 s.  A command on a connection that is not ready
+ * fails at once: the caller falls back, it never waits for Redis.
+ *
+ * The client knows none of its callers.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+#include <hiredis/hiredis.h>
+
+
+#define NGX_HTTP_SF_OAUTH_REDIS_CLOSED      0
+#define NGX_HTTP_SF_OAUTH_REDIS_CONNECTING  1
+#define NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE   2
+#define NGX_HTTP_SF_OAUTH_REDIS_READY       3
+
+#define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN   100
+#define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX   5000
+
+
+typedef struct {
+    ngx_queue_t                    queue;
+    ngx_http_sf_oauth_reply_pt     handler;
+    void                          *data;
+    /* a command of the connection's own handshake: AUTH, SELECT, SUBSCRIBE */
+    ngx_uint_t                     setup;
+} ngx_http_sf_oauth_redis_cmd_t;
+
+
+struct ngx_http_sf_oauth_redis_conn_s {
+    ngx_http_sf_oauth_redis_t     *rd;
+    ngx_peer_connection_t          peer;
+    ngx_uint_t                     state;
+    ngx_uint_t                     subscriber;
+
+    redisReader                   *reader;
+    ngx_queue_t                    pending;
+
+    u_char                        *out;
+    size_t                         out_len;
+    size_t                         out_size;
+
+    ngx_event_t                    retry;
+    ngx_msec_t                     backoff;
+    ngx_uint_t                     setup_left;
+
+    /* for the log: why the last attempt failed, once per outage */
+    ngx_uint_t                     down_logged;
+
+    ngx_http_sf_oauth_reply_pt     message;
+    ngx_http_sf_oauth_redis_ready_pt  ready;
+    void                          *data;
+};
+
+
+static void ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc);
+static void ngx_http_sf_oauth_redis_retry(ngx_event_t *ev);
+static void ngx_http_sf_oauth_redis_connected(ngx_event_t *ev);
+#if (NGX_SSL)
+static void ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c);
+#endif
+static void ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc);
+static void ngx_http_sf_oauth_redis_setup_done(void *reply, void *data);
+static void ngx_http_sf_oauth_redis_read(ngx_event_t *ev);
+static void ngx_http_sf_oauth_redis_write(ngx_event_t *ev);
+static ngx_int_t ngx_http_sf_oauth_redis_flush(
+    ngx_http_sf_oauth_redis_conn_t *rc);
+static ngx_int_t ngx_http_sf_oauth_redis_send(
+    ngx_http_sf_oauth_redis_conn_t *rc, ngx_uint_t argc, ngx_str_t *argv,
+    ngx_http_sf_oauth_reply_pt handler, void *data, ngx_uint_t setup);
+static void ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
+    ngx_uint_t level, const char *why);
+static void ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc);
+static void ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev);
+
+
+/* the per-worker connections of one sf_oauth_redis block */
+
+ngx_int_t
+ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd, ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_reply_pt message, ngx_http_sf_oauth_redis_ready_pt ready,
+    void *data)
+{
+    ngx_uint_t                       i;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    for (i = 0; i < 2; i++) {
+        rc = ngx_pcalloc(cycle->pool, sizeof(ngx_http_sf_oauth_redis_conn_t));
+        if (rc == NULL) {
+            return NGX_ERROR;
+        }
+
+        rc->rd = rd;
+        rc->subscriber = i;
+        rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+        rc->ready = ready;
+        rc->data = data;
+        ngx_queue_init(&rc->pending);
+
+        ngx_http_sf_oauth_timer_init(&rc->retry,
+                                     ngx_http_sf_oauth_redis_retry,
+                                     cycle->log);
+
+        if (i == 0) {
+            rd->cmd = rc;
+
+        } else {
+            rc->message = message;
+            rd->sub = rc;
+        }
+
+        ngx_http_sf_oauth_redis_connect(rc);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_sf_oauth_redis_exit(ngx_http_sf_oauth_redis_t *rd)
+{
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+    ngx_uint_t                       i;
+
+    for (i = 0; i < 2; i++) {
+        rc = i ? rd->sub : rd->cmd;
+
+        if (rc == NULL) {
+            continue;
+        }
+
+        if (rc->retry.timer_set) {
+            ngx_del_timer(&rc->retry);
+        }
+
+        ngx_http_sf_oauth_redis_close(rc);
+    }
+}
+
+
+ngx_uint_t
+ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd)
+{
+    return rd->cmd && rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_READY;
+}
+
+
+/*
+ * Sends a command; its reply (a redisReply, or NULL when the connection
+ * failed first) goes to handler.  NGX_DECLINED: Redis is not connected,
+ * and handler is not called.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
+    void *data)
+{
+    if (rd->cmd == NULL || rd->cmd->state != NGX_HTTP_SF_OAUTH_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_sf_oauth_redis_send(rd->cmd, argc, argv, handler, data, 0);
+}
+
+
+static void
+ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    ngx_int_t                   rv;
+    ngx_connection_t           *c;
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    rd = rc->rd;
+
+    ngx_memzero(&rc->peer, sizeof(ngx_peer_connection_t));
+
+    rc->peer.sockaddr = rd->addr.sockaddr;
+    rc->peer.socklen = rd->addr.socklen;
+    rc->peer.name = &rd->addr.name;
+    rc->peer.get = ngx_event_get_peer;
+    rc->peer.log = ngx_cycle->log;
+    rc->peer.log_error = NGX_ERROR_ERR;
+
+    rv = ngx_event_connect_peer(&rc->peer);
+
+    if (rv == NGX_ERROR || rv == NGX_DECLINED || rv == NGX_BUSY) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "cannot connect");
+        return;
+    }
+
+    c = rc->peer.connection;
+    c->data = rc;
+    c->log = ngx_cycle->log;
+    c->read->log = c->log;
+    c->write->log = c->log;
+    c->pool = NULL;
+
+    c->read->handler = ngx_http_sf_oauth_redis_connected;
+    c->write->handler = ngx_http_sf_oauth_redis_connected;
+
+    rc->reader = redisReaderCreate();
+    if (rc->reader == NULL) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ALERT,
+                                     "redisReaderCreate() failed");
+        return;
+    }
+
+    rc->state = NGX_HTTP_SF_OAUTH_REDIS_CONNECTING;
+
+    ngx_add_timer(c->write, rd->timeout);
+
+    if (rv == NGX_OK) {
+        ngx_http_sf_oauth_redis_connected(c->write);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_redis_retry(ngx_event_t *ev)
+{
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    rc = (ngx_http_sf_oauth_redis_conn_t *)
+             ((u_char *) ev - offsetof(ngx_http_sf_oauth_redis_conn_t,
+                                       retry));
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_http_sf_oauth_redis_connect(rc);
+}
+
+
+static void
+ngx_http_sf_oauth_redis_connected(ngx_event_t *ev)
+{
+    int                              err;
+    socklen_t                        len;
+    ngx_connection_t                *c;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    c = ev->data;
+    rc = c->data;
+
+    if (ev->timedout) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "connect timed out");
+        return;
+    }
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        ngx_log_error(NGX_LOG_DEBUG, c->log, err, "sf_oauth: redis connect");
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "connection refused "
+                                     "or unreachable");
+        return;
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+#if (NGX_SSL)
+
+    if (rc->rd->ssl) {
+
+        if (ngx_ssl_create_connection(rc->rd->ssl, c,
+                                      NGX_SSL_BUFFER|NGX_SSL_CLIENT)
+            != NGX_OK)
+        {
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
+                                         "TLS setup failed");
+            return;
+        }
+
+        if (rc->rd->host.len && !rc->rd->host_is_ip) {
+            SSL_set_tlsext_host_name(c->ssl->connection,
+                                     (char *) rc->rd->host.data);
+        }
+
+        rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
+
+        if (ngx_ssl_handshake(c) == NGX_AGAIN) {
+            ngx_add_timer(c->write, rc->rd->timeout);
+            c->ssl->handler = ngx_http_sf_oauth_redis_handshake;
+            return;
+        }
+
+        ngx_http_sf_oauth_redis_handshake(c);
+        return;
+    }
+
+#endif
+
+    ngx_http_sf_oauth_redis_setup(rc);
+}
+
+
+#if (NGX_SSL)
+
+static void
+ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
+{
+    long                             rv;
+    X509                            *cert;
+    ngx_http_sf_oauth_redis_t       *rd;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    rc = c->data;
+    rd = rc->rd;
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (!c->ssl->handshaked) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
+                                     "TLS handshake failed: check that the "
+                                     "server speaks TLS on this port");
+        return;
+    }
+
+    if (rd->ssl_verify) {
+        rv = SSL_get_verify_result(c->ssl->connection);
+
+        if (rv != X509_V_OK) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "sf_oauth: redis \"%V\": the server's certificate "
+                          "does not verify: (%l:%s); check ca_file",
+                          &rd->name, rv, X509_verify_cert_error_string(rv));
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG,
+                                         "certificate");
+            return;
+        }
+
+        cert = SSL_get_peer_certificate(c->ssl->connection);
+
+        if (cert == NULL
+            || (rd->host_is_ip
+                ? X509_check_ip_asc(cert, (char *) rd->host.data, 0) != 1
+                : X509_check_host(cert, (char *) rd->host.data,
+                                  rd->host.len, 0, NULL) != 1))
+        {
+            if (cert) {
+                X509_free(cert);
+            }
+
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "sf_oauth: redis \"%V\": the server's certificate "
+                          "is not for \"%V\"", &rd->name, &rd->host);
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG,
+                                         "certificate name");
+            return;
+        }
+
+        X509_free(cert);
+    }
+
+    ngx_http_sf_oauth_redis_setup(rc);
+}
+
+#endif
+
+
+/*
+ * The connection's own first commands: AUTH, SELECT, and on the
+ * subscriber SUBSCRIBE; the connection is ready when all are answered.
+ */
+
+static void
+ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    u_char                      *p;
+    ngx_str_t                    argv[3];
+    ngx_uint_t                   n;
+    ngx_connection_t            *c;
+    ngx_http_sf_oauth_redis_t   *rd;
+
+    rd = rc->rd;
+    c = rc->peer.connection;
+
+    c->read->handler = ngx_http_sf_oauth_redis_read;
+    c->write->handler = ngx_http_sf_oauth_redis_write;
+
+    rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
+    rc->setup_left = 0;
+
+    if (rd->password.len) {
+        ngx_str_set(&argv[0], "AUTH");
+        n = 1;
+
+        if (rd->user.len) {
+            argv[n++] = rd->user;
+        }
+
+        argv[n++] = rd->password;
+
+        if (ngx_http_sf_oauth_redis_send(rc, n, argv,
+                                         ngx_http_sf_oauth_redis_setup_done,
+                                         rc, 1)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (rd->database) {
+        p = ngx_pnalloc(ngx_cycle->pool, NGX_INT_T_LEN);
+        if (p == NULL) {
+            return;
+        }
+
+        ngx_str_set(&argv[0], "SELECT");
+        argv[1].data = p;
+        argv[1].len = ngx_sprintf(p, "%i", rd->database) - p;
+
+        if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
+                                         ngx_http_sf_oauth_redis_setup_done,
+                                         rc, 1)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (rc->subscriber) {
+        ngx_str_set(&argv[0], "SUBSCRIBE");
+        argv[1] = rd->channel;
+
+        if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
+                                         ngx_http_sf_oauth_redis_setup_done,
+                                         rc, 1)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    if (rc->setup_left == 0) {
+        ngx_http_sf_oauth_redis_setup_done(NULL, rc);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
+{
+    redisReply                      *r = reply;
+    ngx_http_sf_oauth_redis_conn_t  *rc = data;
+
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    rd = rc->rd;
+
+    if (rc->setup_left) {
+
+        if (r == NULL) {
+            /* the connection failed: it says why itself */
+            return;
+        }
+
+        if (r->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "sf_oauth: redis \"%V\" at \"%V\" refused the "
+                          "connection's setup: \"%*s\"; check its password, "
+                          "user and database", &rd->name, &rd->server,
+                          ngx_min(r->len, 200), r->str);
+            rc->down_logged = 1;
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG, "setup");
+            return;
+        }
+
+        if (--rc->setup_left) {
+            return;
+        }
+    }
+
+    rc->state = NGX_HTTP_SF_OAUTH_REDIS_READY;
+    rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+
+    if (rc->down_logged) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\" is reachable again",
+                      &rd->name, &rd->server);
+        rc->down_logged = 0;
+    }
+
+    if (rc->ready) {
+        rc->ready(rd, rc->subscriber, rc->data);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_redis_send(ngx_http_sf_oauth_redis_conn_t *rc,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
+    void *data, ngx_uint_t setup)
+{
+    int                             n;
+    char                           *cmd;
+    u_char                         *p;
+    size_t                          size;
+    ngx_uint_t                      i;
+    const char                     *args[16];
+    size_t                          lens[16];
+    ngx_http_sf_oauth_redis_cmd_t  *q;
+
+    if (argc > 16) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < argc; i++) {
+        args[i] = (const char *) argv[i].data;
+        lens[i] = argv[i].len;
+    }
+
+    n = redisFormatCommandArgv(&cmd, (int) argc, args, lens);
+    if (n < 0) {
+        return NGX_ERROR;
+    }
+
+    if (rc->out_len + n > rc->out_size) {
+        size = ngx_max(rc->out_size * 2, rc->out_len + n + 1024);
+
+        p = ngx_alloc(size, ngx_cycle->log);
+        if (p == NULL) {
+            redisFreeCommand(cmd);
+            return NGX_ERROR;
+        }
+
+        if (rc->out) {
+            ngx_memcpy(p, rc->out, rc->out_len);
+            ngx_explicit_memzero(rc->out, rc->out_size);
+            ngx_free(rc->out);
+        }
+
+        rc->out = p;
+        rc->out_size = size;
+    }
+
+    ngx_memcpy(rc->out + rc->out_len, cmd, n);
+    rc->out_len += n;
+
+    /* a command holds a password or an encrypted record: wipe the copy */
+    ngx_explicit_memzero(cmd, n);
+    redisFreeCommand(cmd);
+
+    q = ngx_alloc(sizeof(ngx_http_sf_oauth_redis_cmd_t), ngx_cycle->log);
+    if (q == NULL) {
+        return NGX_ERROR;
+    }
+
+    q->handler = handler;
+    q->data = data;
+    q->setup = setup;
+
+    if (setup) {
+        rc->setup_left++;
+    }
+
+    ngx_queue_insert_tail(&rc->pending, &q->queue);
+
+    if (ngx_http_sf_oauth_redis_flush(rc) != NGX_OK) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "write failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_redis_flush(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    ssize_t            n;
+    ngx_connection_t  *c;
+
+    c = rc->peer.connection;
+
+    while (rc->out_len) {
+        n = c->send(c, rc->out, rc->out_len);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n <= 0) {
+            return NGX_ERROR;
+        }
+
+        ngx_memmove(rc->out, rc->out + n, rc->out_len - n);
+        rc->out_len -= n;
+    }
+
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* a reply is due: within the timeout */
+
+    if (!ngx_queue_empty(&rc->pending)) {
+        ngx_add_timer(c->read, rc->rd->timeout);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_sf_oauth_redis_write(ngx_event_t *ev)
+{
+    ngx_connection_t                *c;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    c = ev->data;
+    rc = c->data;
+
+    if (ngx_http_sf_oauth_redis_flush(rc) != NGX_OK) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "write failed");
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
+{
+    void                            *reply;
+    u_char                           buf[16384];
+    ssize_t                          n;
+    ngx_queue_t                     *q;
+    redisReply                      *r;
+    ngx_connection_t                *c;
+    ngx_http_sf_oauth_redis_cmd_t   *cmd;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    c = ev->data;
+    rc = c->data;
+
+    if (ev->timedout) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "a reply timed out");
+        return;
+    }
+
+    for ( ;; ) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
+                                         "the connection was closed");
+            return;
+        }
+
+        if (redisReaderFeed(rc->reader, (char *) buf, n) != REDIS_OK) {
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
+                                         "the reply does not parse");
+            return;
+        }
+
+        for ( ;; ) {
+            reply = NULL;
+
+            if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
+                ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
+                                             "the reply does not parse");
+                return;
+            }
+
+            if (reply == NULL) {
+                break;
+            }
+
+            r = reply;
+
+            if (ngx_queue_empty(&rc->pending)) {
+
+                /* a message of the channel, on the subscriber */
+
+                if (rc->message && rc->state
+                                   == NGX_HTTP_SF_OAUTH_REDIS_READY)
+                {
+                    rc->message(r, rc->data);
+                }
+
+                freeReplyObject(r);
+                continue;
+            }
+
+            q = ngx_queue_head(&rc->pending);
+            ngx_queue_remove(q);
+            cmd = ngx_queue_data(q, ngx_http_sf_oauth_redis_cmd_t, queue);
+
+            cmd->handler(r, cmd->data);
+
+            freeReplyObject(r);
+            ngx_free(cmd);
+
+            if (rc->peer.connection == NULL) {
+                /* the handler closed the connection */
+                return;
+            }
+        }
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (!ngx_queue_empty(&rc->pending)) {
+        ngx_add_timer(c->read, rc->rd->timeout);
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "read failed");
+    }
+}
+
+
+/*
+ * The connection failed: closed, its commands failed, and a new one in a
+ * while.  The first failure of an outage is logged at "level"; the
+ * following ones at debug.
+ */
+
+static void
+ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
+    ngx_uint_t level, const char *why)
+{
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    rd = rc->rd;
+
+    if (!rc->down_logged && level != NGX_LOG_DEBUG && !rc->subscriber) {
+        ngx_log_error(level, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\": %s; the module "
+                      "retries in the background, and requests with a "
+                      "valid token are not affected", &rd->name,
+                      &rd->server, why);
+        rc->down_logged = 1;
+
+    } else {
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: redis \"%V\" at \"%V\": %s",
+                       &rd->name, &rd->server, why);
+    }
+
+    if (rc->subscriber) {
+        rc->down_logged = 1;
+    }
+
+    ngx_http_sf_oauth_redis_close(rc);
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    if (!rc->retry.timer_set) {
+        ngx_add_timer(&rc->retry, rc->backoff);
+    }
+
+    rc->backoff = ngx_min(rc->backoff * 2, NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX);
+}
+
+
+static void
+ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    ngx_queue_t                    *q;
+    ngx_connection_t               *c;
+    ngx_http_sf_oauth_redis_cmd_t  *cmd;
+
+    c = rc->peer.connection;
+    rc->peer.connection = NULL;
+    rc->state = NGX_HTTP_SF_OAUTH_REDIS_CLOSED;
+
+    if (c) {
+#if (NGX_SSL)
+        if (c->ssl) {
+            c->ssl->no_wait_shutdown = 1;
+            c->ssl->no_send_shutdown = 1;
+            (void) ngx_ssl_shutdown(c);
+        }
+#endif
+
+        c->read->handler = ngx_http_sf_oauth_redis_dummy;
+        c->write->handler = ngx_http_sf_oauth_redis_dummy;
+
+        ngx_close_connection(c);
+    }
+
+    if (rc->reader) {
+        redisReaderFree(rc->reader);
+        rc->reader = NULL;
+    }
+
+    if (rc->out) {
+        ngx_explicit_memzero(rc->out, rc->out_size);
+        ngx_free(rc->out);
+        rc->out = NULL;
+        rc->out_len = 0;
+        rc->out_size = 0;
+    }
+
+    /* the commands in flight fail: each caller falls back */
+
+    while (!ngx_queue_empty(&rc->pending)) {
+        q = ngx_queue_head(&rc->pending);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sf_oauth_redis_cmd_t, queue);
+
+        cmd->handler(NULL, cmd->data);
+
+        ngx_free(cmd);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev)
+{
+}
+
+
+/* the sf_oauth_redis block */
+
+static char *ngx_http_sf_oauth_redis_param(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_sf_oauth_redis_server(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd);
+#if (NGX_SSL)
+static char *ngx_http_sf_oauth_redis_tls(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd);
+#endif
+
+
+static ngx_conf_enum_t  ngx_http_sf_oauth_redis_downs[] = {
+    { ngx_string("local"), NGX_HTTP_SF_OAUTH_DOWN_LOCAL },
+    { ngx_string("fail"), NGX_HTTP_SF_OAUTH_DOWN_FAIL },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_sf_oauth_redis_commands[] = {
+
+    { ngx_string("server"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, server), NULL },
+
+    { ngx_string("user"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, user), NULL },
+
+    { ngx_string("password"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, password), NULL },
+
+    { ngx_string("password_file"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, password_file), NULL },
+
+    { ngx_string("database"), NGX_CONF_TAKE1, ngx_conf_set_num_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, database), NULL },
+
+    { ngx_string("prefix"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, prefix), NULL },
+
+    { ngx_string("tls"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, tls), NULL },
+
+    { ngx_string("ca_file"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, ca_file), NULL },
+
+    { ngx_string("ssl_verify"), NGX_CONF_FLAG, ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, ssl_verify), NULL },
+
+    { ngx_string("timeout"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, timeout), NULL },
+
+    { ngx_string("redis_down"), NGX_CONF_TAKE1, ngx_conf_set_enum_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, down),
+      ngx_http_sf_oauth_redis_downs },
+
+    { ngx_string("allow_world_readable"), NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, world_readable), NULL },
+
+      ngx_null_command
+};
+
+
+char *
+ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
+{
+    char                       *rv;
+    u_char                     *p;
+    ngx_conf_t                  save;
+    ngx_http_sf_oauth_owner_t   owner;
+
+    rd->database = NGX_CONF_UNSET;
+    rd->tls = NGX_CONF_UNSET;
+    rd->ssl_verify = NGX_CONF_UNSET;
+    rd->world_readable = NGX_CONF_UNSET;
+    rd->timeout = NGX_CONF_UNSET_MSEC;
+    rd->down = NGX_CONF_UNSET_UINT;
+
+    save = *cf;
+    cf->handler = ngx_http_sf_oauth_redis_param;
+    cf->handler_conf = (char *) rd;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    ngx_conf_init_value(rd->database, 0);
+    ngx_conf_init_value(rd->tls, 0);
+    ngx_conf_init_value(rd->ssl_verify, 1);
+    ngx_conf_init_value(rd->world_readable, 0);
+    ngx_conf_init_msec_value(rd->timeout, 1000);
+    ngx_conf_init_uint_value(rd->down, NGX_HTTP_SF_OAUTH_DOWN_LOCAL);
+
+    if (rd->prefix.data == NULL) {
+        ngx_str_set(&rd->prefix, "sf_oauth:");
+    }
+
+    if (rd->server.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\" has no \"server\"",
+                           &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rd->timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"timeout\" of sf_oauth_redis \"%V\" must be "
+                           "more than 0", &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    owner.kind = "sf_oauth_redis";
+    owner.name = &rd->name;
+    owner.world_readable = rd->world_readable;
+
+    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "password",
+                                             "password_file", &rd->password,
+                                             &rd->password_file);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (rd->user.len && rd->password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\" has a \"user\" but no "
+                           "\"password\"", &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rd->channel.len = rd->prefix.len + sizeof("events") - 1;
+    rd->channel.data = ngx_pnalloc(cf->pool, rd->channel.len);
+    if (rd->channel.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_cpymem(rd->channel.data, rd->prefix.data, rd->prefix.len);
+    ngx_memcpy(p, "events", sizeof("events") - 1);
+
+    rv = ngx_http_sf_oauth_redis_server(cf, rd);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (!rd->tls) {
+        if (rd->ca_file.len) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "sf_oauth_redis \"%V\" has \"ca_file\" "
+                               "without \"tls on\"", &rd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+#if (NGX_SSL)
+    return ngx_http_sf_oauth_redis_tls(cf, rd);
+#else
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "sf_oauth_redis \"%V\": \"tls on\" needs nginx built "
+                       "with OpenSSL", &rd->name);
+    return NGX_CONF_ERROR;
+#endif
+}
+
+
+static char *
+ngx_http_sf_oauth_redis_param(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_sf_oauth_redis_t  *rd = conf;
+
+    char           *rv;
+    ngx_str_t      *value;
+    ngx_command_t  *cmd;
+
+    value = cf->args->elts;
+
+    for (cmd = ngx_http_sf_oauth_redis_commands; cmd->name.len; cmd++) {
+        if (cmd->name.len == value[0].len
+            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
+        {
+            break;
+        }
+    }
+
+    if (cmd->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown directive \"%V\" in sf_oauth_redis "
+                           "\"%V\"", &value[0], &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts != 2) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of arguments in \"%V\" of "
+                           "sf_oauth_redis \"%V\": it takes 1",
+                           &value[0], &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = cmd->set(cf, cmd, rd);
+
+    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
+        return rv;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"%V\" %s in sf_oauth_redis \"%V\"",
+                       &value[0], rv, &rd->name);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * The server's address: "unix:PATH", or HOST:PORT resolved now, when the
+ * configuration is loaded, never in a worker.
+ */
+
+static char *
+ngx_http_sf_oauth_redis_server(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
+{
+    ngx_url_t  u;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = rd->server;
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid server \"%V\" in sf_oauth_redis \"%V\": "
+                           "%s", &rd->server, &rd->name,
+                           u.err ? u.err : "host not found");
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.naddrs > 1) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "server \"%V\" of sf_oauth_redis \"%V\" has %ui "
+                           "addresses: the first, \"%V\", is used",
+                           &rd->server, &rd->name, u.naddrs,
+                           &u.addrs[0].name);
+    }
+
+    rd->addr = u.addrs[0];
+
+    rd->host.len = u.host.len;
+    rd->host.data = ngx_pnalloc(cf->pool, u.host.len + 1);
+    if (rd->host.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *ngx_cpymem(rd->host.data, u.host.data, u.host.len) = '\0';
+
+    rd->host_is_ip = (ngx_inet_addr(rd->host.data, rd->host.len)
+                      != INADDR_NONE);
+
+    return NGX_CONF_OK;
+}
+
+
+#if (NGX_SSL)
+
+static char *
+ngx_http_sf_oauth_redis_tls(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    rd->ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (rd->ssl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rd->ssl->log = cf->log;
+
+    if (ngx_ssl_create(rd->ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(rd->ssl);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = rd->ssl;
+
+    if (!rd->ssl_verify) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "sf_oauth_redis \"%V\" has \"ssl_verify off\": "
+                           "Redis's certificate is not checked",
+                           &rd->name);
+        return NGX_CONF_OK;
+    }
+
+    if (rd->ca_file.len) {
+        if (ngx_ssl_trusted_certificate(cf, rd->ssl, &rd->ca_file, 4)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (SSL_CTX_set_default_verify_paths(rd->ssl->ctx) != 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\": the system's CA "
+                           "certificates cannot be loaded: set \"ca_file\"",
+                           &rd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    SSL_CTX_set_verify(rd->ssl->ctx, SSL_VERIFY_NONE, NULL);
+
+    return NGX_CONF_OK;
+}
+
+#endif
