@@ -59,6 +59,7 @@ static void ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_synced(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
@@ -119,6 +120,19 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
     "  redis.call('DEL', KEYS[3]) mine = 1 end "
     "redis.call('PUBLISH', ARGV[4], ARGV[5]) "
     "return {5, g + 1, mine}");
+
+/*
+ * KEYS: gen, record; ARGV: a generation, its record, channel, message.
+ * Redis lost what it held (a restart without persistence): the node puts
+ * its generation back, unless a node put back a newer one.
+ */
+static ngx_str_t  ngx_http_sf_oauth_fleet_restore_lua = ngx_string(
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if g >= tonumber(ARGV[1]) then return 0 end "
+    "redis.call('SET', KEYS[2], ARGV[2]) "
+    "redis.call('SET', KEYS[1], ARGV[1]) "
+    "redis.call('PUBLISH', ARGV[3], ARGV[4]) "
+    "return 1");
 
 /* KEYS: gen, record, lease; ARGV: the generation known */
 static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
@@ -681,6 +695,90 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
 }
 
 
+/*
+ * Redis holds an older generation than the zone's: it lost its data.  The
+ * zone's token goes back as the generation it had, which the other nodes
+ * have too, or a newer one.
+ */
+
+static void
+ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char                     *blob, gen[NGX_INT_T_LEN];
+    u_char                      ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                    + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                    + NGX_INT_T_LEN + 2];
+    u_char                      msg[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                    + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                    + NGX_INT_T_LEN + 2];
+    size_t                      len;
+    ngx_str_t                   args[4], context;
+    ngx_uint_t                  fleet;
+    ngx_pool_t                 *pool;
+    const char                 *keys[2] = { "gen", "record" };
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_node_t   *copy;
+
+    zone = cred->shm_zone->data;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+
+    if (pool == NULL || copy == NULL) {
+        goto done;
+    }
+
+    ngx_http_sf_oauth_store_snapshot(cred, copy);
+
+    fleet = copy->fleet_generation;
+
+    if (copy->state != NGX_HTTP_SF_OAUTH_VALID || fleet == 0) {
+        goto done;
+    }
+
+    ngx_http_sf_oauth_fleet_context(cred, fleet, ctx, &context);
+
+    blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, copy, 1, pool,
+                                          &len);
+    if (blob == NULL) {
+        goto done;
+    }
+
+    args[0].data = gen;
+    args[0].len = ngx_sprintf(gen, "%ui", fleet) - gen;
+    args[1].data = blob;
+    args[1].len = len;
+    args[2] = zone->redis->channel;
+    args[3].data = msg;
+    args[3].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
+                              fleet)
+                  - msg;
+
+    (void) ngx_http_sf_oauth_fleet_eval(cred,
+                                        &ngx_http_sf_oauth_fleet_restore_lua,
+                                        2, keys, 4, args,
+                                        ngx_http_sf_oauth_fleet_noop, NULL);
+
+    ngx_explicit_memzero(blob, len);
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": Redis holds an older "
+                  "generation than this node (it lost its data?): fleet "
+                  "generation %ui is put back", &cred->name, fleet);
+
+done:
+
+    if (copy) {
+        ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(copy);
+    }
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
+
+
 /* gives the fleet's lease back, if this worker holds it */
 
 void
@@ -778,7 +876,7 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     redisReply                *r = reply;
     ngx_http_sf_oauth_cred_t  *cred = data;
 
-    ngx_uint_t                 answer, gen;
+    ngx_uint_t                 answer, gen, local, dirty;
     ngx_http_sf_oauth_node_t  *rec;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4
@@ -794,6 +892,12 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
                                         r->element[3]->len);
 
     if (answer != NGX_HTTP_SF_OAUTH_FLEET_NEWER) {
+
+        if (gen < ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty)) {
+            /* Redis lost its data: the newest generation is put back */
+            ngx_http_sf_oauth_fleet_restore(cred);
+        }
+
         return;
     }
 

@@ -773,10 +773,6 @@ ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
                        &rd->name, &rd->server, why);
     }
 
-    if (rc->subscriber) {
-        rc->down_logged = 1;
-    }
-
     ngx_http_sf_oauth_redis_close(rc);
 
     if (ngx_exiting || ngx_terminate || ngx_quit) {
