@@ -451,7 +451,7 @@ sub write_key {
 # and (unless start => 0) started.  Options: n (3), redis (the RedisTest),
 # redis_conf (an arrayref for conf_block, or a sub NODE_INDEX -> arrayref),
 # mock_args, credential (a hashref of credential() options), zone_extra,
-# key (the key file's content), first (an SfTest to be node 1, its mock
+# zone_name (the zone's name, "sf"), key (the key file's content), first (an SfTest to be node 1, its mock
 # already started), start.  Returns the list of nodes.
 sub fleet {
     my (%opt) = @_;
@@ -488,12 +488,14 @@ sub configure_node {
     $rc = $rc->($opt{index} // 0) if ref $rc eq 'CODE';
 
     my $key = write_key($node, 'state.key', $opt{key});
-    my $zone = "zone=sf:1m key=$key redis=fleet"
+    my $zname = $opt{zone_name} // 'sf';
+    my $zone = "zone=$zname:1m key=$key redis=fleet"
              . ($opt{zone_extra} ? " $opt{zone_extra}" : '');
 
     $node->simple_conf(
         http_pre => $redis->conf_block(@$rc),
-        zone => $zone,
+        zone_params => $zone,
+        ($zname ne 'sf' ? (zone => $zname) : ()),
         %{ $opt{credential} || {} },
     );
 

@@ -282,15 +282,16 @@ EOF
 
 # A typical configuration: the zone, one credential and a proxied location.
 # Options: location_extra, http_extra (after the credential), http_pre
-# (before the zone: an sf_oauth_redis block), zone (the parameters of
-# sf_oauth_zone, "zone=sf:1m" by default); the others are credential()'s.
+# (before the zone: an sf_oauth_redis block), zone_params (the parameters
+# of sf_oauth_zone, "zone=sf:1m" by default); the others are credential()'s
+# (zone among them: the credential's zone).
 sub simple_conf {
     my ($self, %opt) = @_;
 
     my $extra = delete $opt{location_extra} // '';
     my $http_extra = delete $opt{http_extra} // '';
     my $http_pre = delete $opt{http_pre} // '';
-    my $zone = delete $opt{zone} // 'zone=sf:1m';
+    my $zone = delete $opt{zone_params} // 'zone=sf:1m';
 
     return $self->write_conf(
         $http_pre
