@@ -6,6 +6,10 @@ package SfTest;
 #
 # More mocks (other orgs) start with start_extra_mock.
 #
+# Several nginx nodes can share one mock Salesforce (a fleet): the first
+# starts it, the others are made with new(mock_of => $first) and start no
+# mock of their own (see new).
+#
 # When an SfTest object goes away it stops nginx and the mocks by pid;
 # finish also checks that error.log has no [alert], [crit] or [emerg] line.
 #
@@ -22,6 +26,7 @@ use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
+use Scalar::Util ();
 use Test::More;
 use Time::HiRes qw(sleep time);
 
@@ -50,6 +55,14 @@ sub new {
         log_level => $opt{log_level} || 'info',
         mock_args => $opt{mock_args} || [],
     }, $class;
+
+    # another node's mock: this one starts none, stops none, and its
+    # %%MOCK%%, %%MOCKn%%, mock(), token_requests... are that node's mock's
+    if (my $of = $opt{mock_of}) {
+        $self->{mock_port} = $of->mock_port;
+        $self->{mock_of} = $of;
+        Scalar::Util::weaken($self->{mock_of});
+    }
 
     diag("test dir $dir") if $ENV{SF_TEST_KEEP};
 
@@ -103,6 +116,9 @@ sub wait_port {
 
 sub start_mock {
     my ($self, @args) = @_;
+
+    die "this node shares the mock of another (mock_of): it starts none\n"
+        if $self->{mock_of};
 
     $self->{mock_pid} = spawn_mock($self->{mock_port}, "$self->{dir}/mock.log",
                                    @{ $self->{mock_args} }, @args);
@@ -252,6 +268,9 @@ EOF
     $conf =~ s/%%PORT%%/$self->{port}/g;
     $conf =~ s/%%MOCK%%/$self->{mock_port}/g;
     $conf =~ s/%%MOCK$_->{n}%%/$_->{port}/g for $self->extra_mocks;
+    if (my $of = $self->{mock_of}) {
+        $conf =~ s/%%MOCK$_->{n}%%/$_->{port}/g for $of->extra_mocks;
+    }
     $conf =~ s/%%DIR%%/$d/g;
 
     open my $fh, '>', "$d/nginx.conf" or die "$d/nginx.conf: $!";
@@ -262,14 +281,21 @@ EOF
 }
 
 # A typical configuration: the zone, one credential and a proxied location.
+# Options: location_extra, http_extra (after the credential), http_pre
+# (before the zone: an sf_oauth_redis block), zone_params (the parameters
+# of sf_oauth_zone, "zone=sf:1m" by default); the others are credential()'s
+# (zone among them: the credential's zone).
 sub simple_conf {
     my ($self, %opt) = @_;
 
     my $extra = delete $opt{location_extra} // '';
     my $http_extra = delete $opt{http_extra} // '';
+    my $http_pre = delete $opt{http_pre} // '';
+    my $zone = delete $opt{zone_params} // 'zone=sf:1m';
 
     return $self->write_conf(
-        "    sf_oauth_zone zone=sf:1m;\n"
+        $http_pre
+        . "    sf_oauth_zone $zone;\n"
         . $self->credential(%opt)
         . $http_extra
         . <<'EOF' . $extra . <<'EOF2');
@@ -345,6 +371,27 @@ sub worker_pids {
     my $master = $self->{nginx_pid} or return ();
     my @pids = `pgrep -P $master`;
     chomp @pids;
+    return @pids;
+}
+
+# SIGKILL for the whole node, master and workers at once (a machine that
+# dies); the master is reaped.  Returns the pids killed.  finish and
+# DESTROY then have nothing to stop.
+sub kill_node {
+    my ($self) = @_;
+
+    my $master = delete $self->{nginx_pid} or return ();
+    my @pids = ($master, `pgrep -P $master`);
+    chomp @pids;
+    kill 'KILL', @pids;
+    waitpid($master, 0);
+
+    # the workers, children of the master, go to init: wait until gone
+    for (1 .. 100) {
+        last unless grep { kill 0, $_ } @pids[1 .. $#pids];
+        sleep 0.05;
+    }
+
     return @pids;
 }
 
@@ -457,6 +504,39 @@ sub slurp {
 
 sub error_log { $_[0]->slurp('error.log') }
 
+# Where error.log ends now; error_log_since(MARK) is what came after it.
+sub log_mark { -s "$_[0]{dir}/error.log" || 0 }
+
+sub error_log_since {
+    my ($self, $mark) = @_;
+
+    return substr($self->error_log, $mark // 0);
+}
+
+# The lines of error.log (after MARK, if given) that match the regexp.
+sub log_lines {
+    my ($self, $re, $mark) = @_;
+
+    return grep { /$re/ } split /\n/, $self->error_log_since($mark);
+}
+
+# How much slower everything is: 10 under SF_TEST_VALGRIND, else 1.  Tests
+# multiply their waits by it.
+sub time_scale { $ENV{SF_TEST_VALGRIND} ? 10 : 1 }
+
+# One credential of sf_oauth_info (the first, or the one named), or undef
+# when sf_oauth_info does not answer 200 JSON.
+sub cred_info {
+    my ($self, $name) = @_;
+
+    my $r = $self->get('/sf_oauth_info', timeout => 10);
+    return undef unless $r->{status} == 200 && $r->{json};
+    my @c = @{ $r->{json}{credentials} || [] };
+    return $c[0] unless defined $name;
+    my ($c) = grep { $_->{name} eq $name } @c;
+    return $c;
+}
+
 # Checks that no answer (hashrefs as http() gives them: content, headers)
 # and neither the error log nor the access log holds any of the tokens.
 sub no_token_in {
@@ -504,7 +584,8 @@ sub get { my $self = shift; $self->http('GET', @_) }
 # Returns the list of status codes (0 for no answer).  Options: timeout;
 # headers, a hashref of request headers, or a sub that gets the request's
 # index (0 .. n-1) and returns one; answers, an arrayref that gets each
-# whole raw answer, in order.
+# whole raw answer, in order; ports, an arrayref of ports (several nodes):
+# request i goes to ports->[i % @ports] instead of this node's port.
 sub parallel {
     my ($self, $n, $path, %opt) = @_;
 
@@ -512,8 +593,10 @@ sub parallel {
     my (@socks, %buf, %idx);
 
     for my $i (0 .. $n - 1) {
+        my $port = $opt{ports} ? $opt{ports}[$i % @{ $opt{ports} }]
+                               : $self->{port};
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $self->{port},
+                                      PeerPort => $port,
                                       Proto => 'tcp')
             or die "connect: $!";
         my $h = ref $opt{headers} eq 'CODE' ? $opt{headers}->($i)

@@ -1,0 +1,655 @@
+package RedisTest;
+
+# A redis-server of its own for a test, and the fleet around it: several
+# nginx nodes (SfTest objects) that share one mock Salesforce and one Redis.
+#
+# The server runs in the foreground as a child of the test (never a
+# daemon, never systemd), on a free port of 127.0.0.1, with no persistence
+# ("--save '' --appendonly no"): a restart loses every key.  It is stopped
+# by pid in stop, finish and DESTROY.
+#
+#     my $redis = RedisTest->new(dir => $t->dir);          # plain
+#     RedisTest->new(dir => $d, password => 'pw');          # requirepass
+#     RedisTest->new(dir => $d, user => 'fleet',            # an ACL user; the
+#                    user_password => 'pw');               #   default user off
+#     RedisTest->new(dir => $d, tls => 1);                  # TLS only
+#     RedisTest->new(dir => $d, unix => 1);                 # + a unix socket
+#     $redis->start;               # waits until it answers PING
+#     $redis->kill9;  $redis->restart;     # same port, same options
+#     $redis->stop;                # TERM, and waits for it
+#
+#     $redis->server               # "127.0.0.1:PORT" for "server"
+#     $redis->unix_server          # "unix:/path/redis.sock" (unix => 1)
+#     $redis->conf_block(...)      # an sf_oauth_redis block (see there)
+#     $redis->key('record')        # "sf_oauth:sf:crm:record"
+#     $redis->cli(ARGS...)         # redis-cli with the connection, TLS and
+#                                  #   auth options; its output
+#     $redis->get(K), set(K, V), del(K), publish(CH, MSG),
+#     $redis->key_names(PATTERN)
+#     $redis->subscribe(CH)        # a redis-cli SUBSCRIBE in the background;
+#     $redis->messages             #   the messages it got so far
+#
+# TLS: new(tls => 1) makes a CA, a server certificate for 127.0.0.1 and
+# localhost signed by it, and a second CA that signed nothing (ca_file,
+# wrong_ca_file, in DIR/redis-tls/).  Debian's redis-server 7 is built with
+# TLS (--tls-port works); tls_supported tells.
+#
+# Fleet helpers: fleet(...) makes and starts the nodes, RedisTest::Load
+# sends requests to nodes at a steady pace in the background.
+
+use strict;
+use warnings;
+
+use File::Path qw(make_path);
+use POSIX qw(:sys_wait_h);
+use Scalar::Util ();
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use SfTest;
+
+our $REDIS_SERVER = $ENV{TEST_REDIS_SERVER} || 'redis-server';
+our $REDIS_CLI = $ENV{TEST_REDIS_CLI} || 'redis-cli';
+
+# the key= file every node of a fleet gets (all must decrypt each other's)
+our $FLEET_KEY = ('c3' x 32) . "\n";
+
+sub new {
+    my ($class, %opt) = @_;
+
+    my $dir = $opt{dir} or die 'RedisTest->new needs dir';
+
+    my $self = bless {
+        dir => "$dir/redis" . ($opt{tag} // ''),
+        port => $opt{port} || SfTest::free_port(),
+        password => $opt{password},
+        user => $opt{user},
+        user_password => $opt{user_password},
+        tls => $opt{tls},
+        unix => $opt{unix},
+        zone => $opt{zone} // 'sf',
+        credential => $opt{credential} // 'crm',
+        prefix => $opt{prefix} // 'sf_oauth:',
+        subs => [],
+    }, $class;
+
+    make_path($self->{dir});
+    chmod 0755, $self->{dir};
+    $self->make_certs if $self->{tls};
+
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub dir { $_[0]{dir} }
+sub server { '127.0.0.1:' . $_[0]{port} }
+sub socket_path { "$_[0]{dir}/redis.sock" }
+sub unix_server { 'unix:' . $_[0]->socket_path }
+sub ca_file { "$_[0]{dir}/tls/ca.crt" }
+sub wrong_ca_file { "$_[0]{dir}/tls/wrong-ca.crt" }
+sub pid { $_[0]{pid} }
+
+# Is this redis-server built with TLS (BUILD_TLS: linked with libssl)?
+# Debian's 7.x is.
+sub tls_supported {
+    my ($bin) = grep { -x } map { "$_/$REDIS_SERVER" } split /:/, $ENV{PATH};
+    $bin = $REDIS_SERVER if $REDIS_SERVER =~ m{/};
+    return 0 unless $bin;
+    return `ldd $bin 2>/dev/null` =~ /libssl/ ? 1 : 0;
+}
+
+sub make_certs {
+    my ($self) = @_;
+
+    my $d = "$self->{dir}/tls";
+    make_path($d);
+    chmod 0755, $d;
+
+    my $run = sub {
+        my $cmd = shift;
+        my $out = `$cmd 2>&1`;
+        die "$cmd: $out" if $?;
+    };
+
+    for my $ca (qw(ca wrong-ca)) {
+        $run->("openssl req -x509 -newkey rsa:2048 -nodes -days 2"
+               . " -keyout $d/$ca.key -out $d/$ca.crt -subj /CN=sf-oauth-test-$ca");
+    }
+    $run->("openssl req -newkey rsa:2048 -nodes -keyout $d/server.key"
+           . " -out $d/server.csr -subj /CN=localhost");
+    open my $fh, '>', "$d/ext" or die;
+    print $fh "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+    close $fh;
+    $run->("openssl x509 -req -in $d/server.csr -CA $d/ca.crt -CAkey $d/ca.key"
+           . " -CAcreateserial -out $d/server.crt -days 2 -extfile $d/ext");
+
+    # the workers (nobody) read the CA file if the module reads it late
+    chmod 0644, glob "$d/*.crt";
+}
+
+sub server_args {
+    my ($self) = @_;
+
+    my @a = ('--daemonize', 'no', '--save', '', '--appendonly', 'no',
+             '--dir', $self->{dir}, '--bind', '127.0.0.1',
+             '--logfile', '');
+
+    if ($self->{tls}) {
+        my $d = "$self->{dir}/tls";
+        push @a, '--port', 0, '--tls-port', $self->{port},
+                 '--tls-cert-file', "$d/server.crt",
+                 '--tls-key-file', "$d/server.key",
+                 '--tls-ca-cert-file', "$d/ca.crt",
+                 '--tls-auth-clients', 'no';
+    } else {
+        push @a, '--port', $self->{port};
+    }
+
+    push @a, '--unixsocket', $self->socket_path, '--unixsocketperm', '777'
+        if $self->{unix};
+    push @a, '--requirepass', $self->{password} if defined $self->{password};
+
+    # an ACL user with every right; the default user is then off, unless
+    # there is a requirepass too: nothing works without the user's AUTH
+    if (defined $self->{user}) {
+        push @a, '--user', $self->{user}, 'on', ">$self->{user_password}",
+                 '~*', '&*', '+@all';
+        push @a, '--user', 'default', 'off' unless defined $self->{password};
+    }
+
+    return @a;
+}
+
+sub start {
+    my ($self) = @_;
+
+    die "redis-server already running\n" if $self->{pid};
+
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/redis.log";
+        open STDERR, '>&', \*STDOUT;
+        exec $REDIS_SERVER, $self->server_args;
+        die "exec $REDIS_SERVER: $!";
+    }
+
+    $self->{pid} = $pid;
+
+    for (1 .. 200) {
+        my $pong = $self->cli('PING');
+        return $self if defined $pong && $pong eq 'PONG';
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $self->{pid};
+            die "redis-server exited at start:\n" . $self->log;
+        }
+        sleep 0.05;
+    }
+
+    die "redis-server did not answer PING:\n" . $self->log;
+}
+
+sub running {
+    my ($self) = @_;
+
+    return $self->{pid} && waitpid($self->{pid}, WNOHANG) == 0;
+}
+
+sub stop {
+    my ($self) = @_;
+
+    my $pid = delete $self->{pid} or return $self;
+    kill 'TERM', $pid;
+    for (1 .. 200) {
+        return $self if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+
+    return $self;
+}
+
+# A crash: SIGKILL, nothing saved (nothing is anyway), the port free again.
+sub kill9 {
+    my ($self) = @_;
+
+    my $pid = delete $self->{pid} or return $self;
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+
+    return $self;
+}
+
+# Starts it again on the same port with the same options: empty.
+sub restart {
+    my ($self) = @_;
+
+    $self->stop if $self->{pid};
+    return $self->start;
+}
+
+sub log {
+    my ($self) = @_;
+
+    open my $fh, '<', "$self->{dir}/redis.log" or return '';
+    local $/;
+    return scalar(<$fh>) // '';
+}
+
+# -- redis-cli -----------------------------------------------------------------
+
+sub cli_args {
+    my ($self) = @_;
+
+    my @a = ('-h', '127.0.0.1', '-p', $self->{port});
+    push @a, '--tls', '--cacert', $self->ca_file if $self->{tls};
+    if (defined $self->{user}) {
+        push @a, '--user', $self->{user}, '--pass', $self->{user_password};
+    } elsif (defined $self->{password}) {
+        push @a, '-a', $self->{password};
+    }
+    return (@a, '--no-auth-warning', '--raw');
+}
+
+# Runs redis-cli with ARGS as the command.  Returns the output (--raw)
+# without the one newline redis-cli adds, or undef when redis-cli failed
+# (no server).  An error reply comes back as its text ("ERR ...").
+sub cli {
+    my ($self, @args) = @_;
+
+    return $self->cli_in(undef, @args);
+}
+
+# The same with BYTES as the command's last argument, binary-safe
+# (redis-cli -x reads it from its standard input).
+sub cli_in {
+    my ($self, $stdin, @args) = @_;
+
+    my $pid = open(my $out, '-|') // die "fork: $!";
+
+    if ($pid == 0) {
+        if (defined $stdin) {
+            my $f = "$self->{dir}/stdin.$$";
+            open my $fh, '>', $f or die;
+            binmode $fh;
+            print $fh $stdin;
+            close $fh;
+            open STDIN, '<', $f or die;
+            unlink $f;
+            unshift @args, '-x';
+        } else {
+            open STDIN, '<', '/dev/null';
+        }
+        open STDERR, '>', '/dev/null';
+        exec $REDIS_CLI, $self->cli_args, @args;
+        exit 127;
+    }
+
+    binmode $out;
+    local $/;
+    my $text = <$out> // '';
+    close $out;
+    return undef if $? != 0;
+
+    $text =~ s/\n\z//;
+
+    # redis-cli -x exits 0 on a connection error too, saying so
+    return undef if $text =~ /^Could not connect to Redis/;
+
+    return $text;
+}
+
+sub get { $_[0]->cli('GET', $_[1]) }
+sub set { $_[0]->cli_in($_[2], 'SET', $_[1]) }
+sub del { $_[0]->cli('DEL', $_[1]) }
+sub publish { $_[0]->cli('PUBLISH', $_[1], $_[2]) }
+
+sub key_names {
+    my ($self, $pattern) = @_;
+
+    my $out = $self->cli('KEYS', $pattern // '*') // '';
+    return sort grep { length } split /\n/, $out;
+}
+
+# The name of a key of the module: <prefix><zone>:<credential>:<what>;
+# prefix, zone and credential of new() unless given.
+sub key {
+    my ($self, $what, %opt) = @_;
+
+    return ($opt{prefix} // $self->{prefix})
+         . ($opt{zone} // $self->{zone}) . ':'
+         . ($opt{credential} // $self->{credential}) . ":$what";
+}
+
+sub events_channel { $_[0]{prefix} . 'events' }
+
+# A redis-cli SUBSCRIBE to CHANNEL (the events channel by default) in the
+# background, its output in a file; messages() reads what came so far.
+sub subscribe {
+    my ($self, $channel) = @_;
+
+    $channel //= $self->events_channel;
+    my $n = @{ $self->{subs} };
+    my $file = "$self->{dir}/sub$n.out";
+
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>', $file;
+        open STDERR, '>', '/dev/null';
+        open STDIN, '<', '/dev/null';
+        exec $REDIS_CLI, $self->cli_args, 'SUBSCRIBE', $channel;
+        exit 127;
+    }
+    push @{ $self->{subs} }, { pid => $pid, file => $file };
+
+    # redis-cli prints "subscribe CHANNEL 1" once subscribed
+    for (1 .. 100) {
+        last if -s $file;
+        sleep 0.05;
+    }
+
+    return $self;
+}
+
+# The messages that the subscriptions got, in order (one "message" triple
+# of redis-cli --raw: message, channel, payload).
+sub messages {
+    my ($self) = @_;
+
+    my @m;
+    for my $s (@{ $self->{subs} }) {
+        open my $fh, '<', $s->{file} or next;
+        my @lines = <$fh>;
+        chomp @lines;
+        for (my $i = 0; $i + 2 <= $#lines; $i++) {
+            if ($lines[$i] eq 'message') {
+                push @m, $lines[$i + 2];
+                $i += 2;
+            }
+        }
+    }
+    return @m;
+}
+
+sub unsubscribe_all {
+    my ($self) = @_;
+
+    for my $s (@{ $self->{subs} }) {
+        kill 'TERM', $s->{pid};
+        waitpid($s->{pid}, 0);
+    }
+    $self->{subs} = [];
+}
+
+# -- configuration ---------------------------------------------------------------
+
+# The sf_oauth_redis block for this server (server 127.0.0.1:PORT; with
+# tls: tls on and ca_file; with a password or an ACL user: those), named
+# name (default "fleet").  Other arguments are lines of the block, in the
+# order given, and replace the defaults of the same name; undef drops a
+# default line:
+#
+#     $redis->conf_block(redis_down => 'fail')
+#     $redis->conf_block(ca_file => $redis->wrong_ca_file)
+#     $redis->conf_block(password => undef, password_file => '/p')
+sub conf_block {
+    my ($self, @lines) = @_;
+
+    my $name = 'fleet';
+    my @given;
+    while (@lines) {
+        my ($k, $v) = splice @lines, 0, 2;
+        if ($k eq 'name') {
+            $name = $v;
+            next;
+        }
+        push @given, [ $k, $v ];
+    }
+    my %given = map { $_->[0] => 1 } @given;
+
+    my @default = ([ server => $self->server ]);
+    push @default, [ tls => 'on' ], [ ca_file => $self->ca_file ]
+        if $self->{tls};
+    push @default, [ user => $self->{user} ] if defined $self->{user};
+    push @default, [ password => $self->{user_password} // $self->{password} ]
+        if defined $self->{user} || defined $self->{password};
+
+    my $block = "    sf_oauth_redis $name {\n";
+    for my $l ((grep { !$given{ $_->[0] } } @default), @given) {
+        next unless defined $l->[1];
+        $block .= "        $l->[0] $l->[1];\n";
+    }
+    return $block . "    }\n";
+}
+
+# -- the fleet -------------------------------------------------------------------
+
+# Writes the fleet key (or CONTENT) into NODE's directory as NAME, mode
+# 0600; returns its path.
+sub write_key {
+    my ($node, $name, $content) = @_;
+
+    my $path = $node->dir . '/' . ($name // 'state.key');
+    open my $fh, '>', $path or die "$path: $!";
+    print $fh $content // $FLEET_KEY;
+    close $fh;
+    chmod 0600, $path;
+
+    return $path;
+}
+
+# Makes the nodes of a fleet: SfTest objects, the first with the mock
+# Salesforce (started here, mock_args given), the others with mock_of the
+# first; each its own directory, port, zone and 2 workers, the same key
+# file content, the configuration
+#
+#     sf_oauth_redis fleet { ...conf_block(redis => [...]) }
+#     sf_oauth_zone zone=sf:1m key=DIR/state.key redis=fleet ZONE_EXTRA;
+#     sf_oauth_credential crm { ...credential => {...} }
+#
+# and (unless start => 0) started.  Options: n (3), redis (the RedisTest),
+# redis_conf (an arrayref for conf_block, or a sub NODE_INDEX -> arrayref),
+# mock_args, credential (a hashref of credential() options), zone_extra,
+# zone_name (the zone's name, "sf"), key (the key file's content), first (an SfTest to be node 1, its mock
+# already started), start.  Returns the list of nodes.
+sub fleet {
+    my (%opt) = @_;
+
+    my $n = $opt{n} // 3;
+    my $redis = $opt{redis};
+    my @nodes;
+
+    my $first = $opt{first};
+    if (!$first) {
+        $first = SfTest->new(mock_args => $opt{mock_args} || []);
+        $first->start_mock;
+    }
+    push @nodes, $first;
+    push @nodes, SfTest->new(mock_of => $first) for 2 .. $n;
+
+    for my $i (0 .. $#nodes) {
+        configure_node($nodes[$i], %opt, index => $i);
+    }
+
+    if ($opt{start} // 1) {
+        $_->start for @nodes;
+    }
+
+    return @nodes;
+}
+
+# Writes NODE's configuration as fleet() does (options of fleet, and index).
+sub configure_node {
+    my ($node, %opt) = @_;
+
+    my $redis = $opt{redis};
+    my $rc = $opt{redis_conf} || [];
+    $rc = $rc->($opt{index} // 0) if ref $rc eq 'CODE';
+
+    my $key = write_key($node, 'state.key', $opt{key});
+    my $zname = $opt{zone_name} // 'sf';
+    my $zone = "zone=$zname:1m key=$key redis=fleet"
+             . ($opt{zone_extra} ? " $opt{zone_extra}" : '');
+
+    $node->simple_conf(
+        http_pre => $redis->conf_block(@$rc),
+        zone_params => $zone,
+        ($zname ne 'sf' ? (zone => $zname) : ()),
+        %{ $opt{credential} || {} },
+    );
+
+    return $node;
+}
+
+# The "redis" object of a node's credential in sf_oauth_info (undef if
+# there is none, or no answer).
+sub node_redis {
+    my ($node, $name) = @_;
+
+    my $c = $node->cred_info($name) or return undef;
+    return ref $c->{redis} eq 'HASH' ? $c->{redis} : undef;
+}
+
+# Polls COND (a sub) every 50 ms until it is true or SECONDS (times
+# SfTest::time_scale) passed; returns its last value.
+sub wait_for {
+    my ($seconds, $cond) = @_;
+
+    my $end = time + $seconds * SfTest::time_scale();
+    my $v;
+    while (1) {
+        $v = $cond->();
+        return $v if $v || time >= $end;
+        sleep 0.05;
+    }
+}
+
+# The pid in a lease owner string "hostname:pid:random" (undef if none).
+sub lease_pid {
+    my ($owner) = @_;
+
+    return undef unless defined $owner && length $owner;
+    my @f = split /:/, $owner;
+    return @f >= 3 && $f[-2] =~ /^\d+$/ ? $f[-2] : undef;
+}
+
+# The node (of NODES) one of whose processes has PID.
+sub node_of_pid {
+    my ($pid, @nodes) = @_;
+
+    for my $node (@nodes) {
+        return $node if grep { $_ == $pid } $node->worker_pids,
+                                             $node->{nginx_pid} // ();
+    }
+    return undef;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+
+    local $?;
+    $self->unsubscribe_all;
+    $self->stop;
+}
+
+sub finish {
+    my ($self) = @_;
+
+    $self->unsubscribe_all;
+    my $was = $self->running;
+    $self->stop;
+    return $was;
+}
+
+# -- steady load in the background -------------------------------------------------
+
+package RedisTest::Load;
+
+# Requests to each node, one every INTERVAL seconds per node (each node
+# its own child process, so a slow answer of one does not hold the
+# others), until stop.  stop returns the results: hashrefs of t (time
+# sent), node (index), status (0: no answer), oauth (X-SF-OAuth-Status),
+# took (seconds).
+#
+#     my $load = RedisTest::Load->start([$n1, $n2, $n3], interval => 0.05);
+#     ...
+#     my @r = $load->stop;
+
+use HTTP::Tiny;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+sub start {
+    my ($class, $nodes, %opt) = @_;
+
+    my $interval = $opt{interval} // 0.05;
+    my $path = $opt{path} // '/services/data/v59.0/load';
+    my $dir = $nodes->[0]->dir;
+    my $self = bless { kids => [] }, $class;
+
+    for my $i (0 .. $#$nodes) {
+        my $port = $nodes->[$i]->port;
+        my $file = "$dir/load.$i.$$." . int(time * 1000);
+        my $pid = fork() // die "fork: $!";
+
+        if ($pid == 0) {
+            my $stop = 0;
+            $SIG{TERM} = sub { $stop = 1 };
+            open my $fh, '>', $file or POSIX::_exit(1);
+            my $old = select $fh;
+            $| = 1;
+            select $old;
+            my $ua = HTTP::Tiny->new(timeout => $opt{timeout} // 30,
+                                     keep_alive => 0);
+            while (!$stop) {
+                my $t0 = time;
+                my $r = $ua->get("http://127.0.0.1:$port$path");
+                my $status = $r->{status} == 599 ? 0 : $r->{status};
+                printf $fh "%.3f %d %s %.3f\n", $t0, $status,
+                       $r->{headers}{'x-sf-oauth-status'} // '-',
+                       time - $t0;
+                my $left = $interval - (time - $t0);
+                sleep $left if $left > 0 && !$stop;
+            }
+            close $fh;
+            POSIX::_exit(0);
+        }
+
+        push @{ $self->{kids} }, { pid => $pid, file => $file, node => $i };
+    }
+
+    return $self;
+}
+
+sub stop {
+    my ($self) = @_;
+
+    my @r;
+    for my $k (@{ delete $self->{kids} || [] }) {
+        kill 'TERM', $k->{pid};
+        waitpid($k->{pid}, 0);
+        open my $fh, '<', $k->{file} or next;
+        while (<$fh>) {
+            my ($t, $status, $oauth, $took) = split;
+            push @r, { t => $t, node => $k->{node}, status => $status,
+                       oauth => $oauth, took => $took };
+        }
+        close $fh;
+        unlink $k->{file};
+    }
+
+    return sort { $a->{t} <=> $b->{t} } @r;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+
+    local $?;
+    for my $k (@{ $self->{kids} || [] }) {
+        kill 'TERM', $k->{pid};
+        waitpid($k->{pid}, 0);
+    }
+}
+
+1;
