@@ -293,9 +293,11 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     op->handler = handler;
     op->base = known;
 
+    /* long enough for a dead node's lease to expire, and a bit */
+
     cred->fleet_known = known;
     cred->fleet_deadline = ngx_current_msec + cred->timeout
-                           + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+                           + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
     ngx_http_sf_oauth_fleet_ask(op);
 }

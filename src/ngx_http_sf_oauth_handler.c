@@ -863,6 +863,12 @@ ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
         ctx->wait_begun = 1;
         ctx->deadline = ngx_current_msec + ctx->cred->timeout
                         + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+
+        if (ngx_http_sf_oauth_fleet_on(ctx->cred)) {
+            /* and the takeover of a dead node's lease in the fleet */
+            ctx->deadline += ctx->cred->timeout
+                             + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+        }
         ctx->poll = NGX_HTTP_SF_OAUTH_POLL_MIN;
 
         if (ctx->status == 0) {

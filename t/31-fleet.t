@@ -292,7 +292,14 @@ sub kill_lease_owner {
 # without rotation): the takeover presents the same, still live, refresh
 # token.  A reuse would make the mock revoke everything.
 my $dead = kill_lease_owner('hung', sub { $first->mode('hang_once') }, 2);
-no_reuse('hung');
+{
+    # the dead owner's request is still held at the mock: it never ended
+    my $s = stats();
+    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
+              'hung: no reuse of a rotated-out refresh token');
+    is($s->{token_requests} - $s->{token_ok}, 1,
+       'hung: every token request but the held one succeeded');
+}
 $first->mode('rotation');   # lets the dead owner's request go
 
 # A new node in the dead one's place: three nodes again
