@@ -695,6 +695,8 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t *generation, ngx_uint_t *dirty);
 ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
+void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *error);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
@@ -773,6 +775,8 @@ ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
  */
 typedef void (*ngx_http_sf_oauth_fleet_pt)(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
+
+extern ngx_str_t  ngx_http_sf_oauth_fleet_down;
 
 ngx_int_t ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle);
 void ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle);

@@ -145,6 +145,10 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
 
 static ngx_event_t  ngx_http_sf_oauth_fleet_sync_event;
 
+ngx_str_t  ngx_http_sf_oauth_fleet_down =
+    ngx_string("Redis is unreachable and redis_down is fail: no token "
+               "request is made");
+
 
 /* a worker's connections and its periodic read, for the zones with redis= */
 
@@ -1002,6 +1006,12 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 
         if (zone->redis == rd && cred[i]->node) {
             (void) ngx_http_sf_oauth_store_outage(cred[i], 0);
+
+            if (rd->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
+                /* requests failed for Redis alone: a refresh may go now */
+                ngx_http_sf_oauth_store_retry(cred[i],
+                                              &ngx_http_sf_oauth_fleet_down);
+            }
         }
     }
 

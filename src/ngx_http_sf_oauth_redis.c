@@ -213,7 +213,14 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    c->pool = NULL;
+
+    /* TLS allocates from the connection's pool */
+    c->pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (c->pool == NULL) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ALERT,
+                                     "ngx_create_pool() failed");
+        return;
+    }
 
     c->read->handler = ngx_http_sf_oauth_redis_connected;
     c->write->handler = ngx_http_sf_oauth_redis_connected;
@@ -328,6 +335,7 @@ static void
 ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
 {
     long                             rv;
+    u_char                           why[256], *p;
     X509                            *cert;
     ngx_http_sf_oauth_redis_t       *rd;
     ngx_http_sf_oauth_redis_conn_t  *rc;
@@ -350,12 +358,13 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
         rv = SSL_get_verify_result(c->ssl->connection);
 
         if (rv != X509_V_OK) {
-            ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                          "sf_oauth: redis \"%V\": the server's certificate "
-                          "does not verify: (%l:%s); check ca_file",
-                          &rd->name, rv, X509_verify_cert_error_string(rv));
-            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG,
-                                         "certificate");
+            p = ngx_snprintf(why, sizeof(why) - 1,
+                             "the server's TLS certificate does not verify "
+                             "(%l: %s); check ca_file",
+                             rv, X509_verify_cert_error_string(rv));
+            *p = '\0';
+
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, (char *) why);
             return;
         }
 
@@ -371,11 +380,12 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
                 X509_free(cert);
             }
 
-            ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                          "sf_oauth: redis \"%V\": the server's certificate "
-                          "is not for \"%V\"", &rd->name, &rd->host);
-            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG,
-                                         "certificate name");
+            p = ngx_snprintf(why, sizeof(why) - 1,
+                             "the server's TLS certificate is not for "
+                             "\"%V\"", &rd->host);
+            *p = '\0';
+
+            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, (char *) why);
             return;
         }
 
@@ -389,7 +399,7 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
 
 
 /*
- * The connection's own first commands: AUTH, SELECT, and on the
+ * The connection's own first commands: AUTH, SELECT, then PING, or on the
  * subscriber SUBSCRIBE; the connection is ready when all are answered.
  */
 
@@ -449,7 +459,19 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
         }
     }
 
-    if (rc->subscriber) {
+    if (!rc->subscriber) {
+        /* whether commands may run at all: NOAUTH says so here */
+        ngx_str_set(&argv[0], "PING");
+
+        if (ngx_http_sf_oauth_redis_send(rc, 1, argv,
+                                         ngx_http_sf_oauth_redis_setup_done,
+                                         rc, 1)
+            != NGX_OK)
+        {
+            return;
+        }
+
+    } else {
         ngx_str_set(&argv[0], "SUBSCRIBE");
         argv[1] = rd->channel;
 
@@ -474,6 +496,7 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
     redisReply                      *r = reply;
     ngx_http_sf_oauth_redis_conn_t  *rc = data;
 
+    ngx_uint_t                  level;
     ngx_http_sf_oauth_redis_t  *rd;
 
     rd = rc->rd;
@@ -486,7 +509,10 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
         }
 
         if (r->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+            level = (rc->subscriber || ngx_worker != 0 || rc->down_logged)
+                    ? NGX_LOG_DEBUG : NGX_LOG_ERR;
+
+            ngx_log_error(level, ngx_cycle->log, 0,
                           "sf_oauth: redis \"%V\" at \"%V\" refused the "
                           "connection's setup: \"%*s\"; check its password, "
                           "user and database", &rd->name, &rd->server,
@@ -504,7 +530,7 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_READY;
     rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
 
-    if (rc->down_logged) {
+    if (rc->down_logged && !rc->subscriber) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                       "sf_oauth: redis \"%V\" at \"%V\" is reachable again",
                       &rd->name, &rd->server);
@@ -759,7 +785,11 @@ ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
 
     rd = rc->rd;
 
-    if (!rc->down_logged && level != NGX_LOG_DEBUG && !rc->subscriber) {
+    /* the first worker speaks for the node: one line per outage */
+
+    if (!rc->down_logged && level != NGX_LOG_DEBUG && !rc->subscriber
+        && ngx_worker == 0)
+    {
         ngx_log_error(level, ngx_cycle->log, 0,
                       "sf_oauth: redis \"%V\" at \"%V\": %s; the module "
                       "retries in the background, and requests with a "
@@ -809,6 +839,11 @@ ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
 
         c->read->handler = ngx_http_sf_oauth_redis_dummy;
         c->write->handler = ngx_http_sf_oauth_redis_dummy;
+
+        if (c->pool) {
+            ngx_destroy_pool(c->pool);
+            c->pool = NULL;
+        }
 
         ngx_close_connection(c);
     }

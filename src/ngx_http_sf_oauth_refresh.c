@@ -248,8 +248,7 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
 
     if (zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
         ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
-        ngx_str_set(&tok.error, "Redis is unreachable and redis_down is "
-                                "fail: no token request is made");
+        tok.error = ngx_http_sf_oauth_fleet_down;
         tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
 
         ngx_http_sf_oauth_store_result(cred, &tok);

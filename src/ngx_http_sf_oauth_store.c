@@ -1714,3 +1714,30 @@ ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
 
     return old;
 }
+
+
+/* a backoff for "error" alone ends now: its cause is gone */
+
+void
+ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *error)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)
+        && node->state == NGX_HTTP_SF_OAUTH_FAILED
+        && node->error_len == error->len
+        && ngx_memcmp(node->error, error->data, error->len) == 0)
+    {
+        node->backoff_until = ngx_current_msec;
+        node->failures = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
