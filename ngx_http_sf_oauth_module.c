@@ -987,8 +987,9 @@ ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
-    ngx_http_sf_oauth_fleet_exit(cycle);
+    /* an abandoned refresh gives its fleet lease back first */
     ngx_http_sf_oauth_client_exit(cycle);
+    ngx_http_sf_oauth_fleet_exit(cycle);
 }
 
 
