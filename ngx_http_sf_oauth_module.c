@@ -971,6 +971,10 @@ ngx_http_sf_oauth_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_sf_oauth_metrics_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_sf_oauth_ahead_init(cycle);
 }
 
@@ -986,6 +990,8 @@ ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle)
     if (smcf == NULL || smcf->creds.nelts == 0) {
         return;
     }
+
+    ngx_http_sf_oauth_metrics_exit(cycle);
 
     /* an abandoned refresh gives its fleet lease back first */
     ngx_http_sf_oauth_client_exit(cycle);

@@ -26,6 +26,8 @@
  *   ngx_http_sf_oauth_ahead.c    the refresh ahead of expiry, on a timer
  *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
  *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
+ *   ngx_http_sf_oauth_metrics.c  the same, for Prometheus, and the counts
+ *                                and API usage it shows
  *   ngx_http_sf_oauth_send.c     a response the module makes itself
  *   ngx_http_sf_oauth_timer.c    the module's own timer events
  *
@@ -142,6 +144,10 @@
 #define NGX_HTTP_SF_OAUTH_WAIT           2
 #define NGX_HTTP_SF_OAUTH_ERROR          3
 #define NGX_HTTP_SF_OAUTH_RETRY          4
+#define NGX_HTTP_SF_OAUTH_STATUSES       5
+
+/* the token request duration histogram's buckets, see the metrics */
+#define NGX_HTTP_SF_OAUTH_BUCKETS        9
 
 /* what a 401 means for the token, see ngx_http_sf_oauth_store_rejected */
 #define NGX_HTTP_SF_OAUTH_REJ_NEWER      0
@@ -220,6 +226,19 @@ typedef struct {
 
     ngx_uint_t                   token_requests;
     ngx_uint_t                   token_failures;
+
+    /* for the metrics: see ngx_http_sf_oauth_metrics.c */
+    ngx_uint_t                   token_ok;
+    ngx_uint_t                   token_transient;
+    ngx_uint_t                   token_operator;
+    ngx_uint_t                   wait_timeouts;
+    ngx_uint_t                   requests[NGX_HTTP_SF_OAUTH_STATUSES];
+    ngx_uint_t                   duration_count;
+    ngx_msec_t                   duration_sum;
+    ngx_uint_t                   duration_bucket[NGX_HTTP_SF_OAUTH_BUCKETS];
+    ngx_uint_t                   api_used;
+    ngx_uint_t                   api_limit;
+    time_t                       api_time;
 
     /*
      * The fleet (sf_oauth_zone redis=): the Redis generation of the token
@@ -428,6 +447,17 @@ struct ngx_http_sf_oauth_cred_s {
     size_t                       fleet_secret_len;
     u_char                       fleet_secret[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
 
+    /*
+     * The metrics of this worker not yet in the zone: requests by status,
+     * the last API usage Salesforce reported, and when they were flushed
+     */
+    ngx_uint_t                   counted[NGX_HTTP_SF_OAUTH_STATUSES];
+    ngx_uint_t                   api_used;
+    ngx_uint_t                   api_limit;
+    ngx_uint_t                   unflushed;
+    ngx_msec_t                   flushed;
+    ngx_msec_t                   transfer_start;
+
     /* recent secrets of this credential, for the log redaction */
     ngx_uint_t                   seen_generation;
     ngx_uint_t                   seen_next;
@@ -608,6 +638,9 @@ typedef struct {
     time_t                       exp;
     ngx_uint_t                   error_class;
 
+    /* how long the token request took */
+    ngx_msec_t                   duration;
+
     ngx_str_t                    access_token;
     ngx_str_t                    instance_url;
     ngx_str_t                    refresh_token;
@@ -697,6 +730,9 @@ ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
 void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
+void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit);
+void ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
@@ -831,6 +867,8 @@ void ngx_cdecl ngx_http_sf_oauth_parse_fail(ngx_pool_t *pool,
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
+ngx_table_elt_t *ngx_http_sf_oauth_handler_find(ngx_list_t *list,
+    ngx_str_t *name, ngx_table_elt_t *after);
 ngx_int_t ngx_http_sf_oauth_handler_cred(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t **cred, ngx_uint_t log);
 ngx_int_t ngx_http_sf_oauth_handler_rewrite(ngx_http_request_t *r);
@@ -880,6 +918,15 @@ ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
 
 /* status */
 ngx_int_t ngx_http_sf_oauth_status_handler(ngx_http_request_t *r);
+
+/* metrics */
+ngx_int_t ngx_http_sf_oauth_metrics_init(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_metrics_exit(ngx_cycle_t *cycle);
+void ngx_http_sf_oauth_metrics_count(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t status);
+void ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *value);
+ngx_int_t ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r);
 
 /* redact */
 void ngx_http_sf_oauth_redact_install(ngx_http_request_t *r,

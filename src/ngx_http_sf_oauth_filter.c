@@ -72,6 +72,10 @@ static ngx_int_t ngx_http_sf_oauth_pass(ngx_http_request_t *r,
 static void ngx_http_sf_oauth_consume(ngx_chain_t *in);
 
 
+static ngx_str_t  ngx_http_sf_oauth_limit_info =
+    ngx_string("Sforce-Limit-Info");
+
+
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
@@ -92,12 +96,24 @@ ngx_http_sf_oauth_filter_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 {
+    ngx_table_elt_t          *h;
     ngx_http_sf_oauth_ctx_t  *ctx;
 
     ctx = ngx_http_sf_oauth_handler_ctx(r);
 
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
+    }
+
+    if (r->upstream && r->upstream == ctx->upstream) {
+        /* the org's API usage: one header lookup, no lock */
+
+        h = ngx_http_sf_oauth_handler_find(&r->upstream->headers_in.headers,
+                                           &ngx_http_sf_oauth_limit_info,
+                                           NULL);
+        if (h) {
+            ngx_http_sf_oauth_metrics_usage(ctx->cred, &h->value);
+        }
     }
 
     /*

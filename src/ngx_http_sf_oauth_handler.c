@@ -68,8 +68,6 @@ static ngx_int_t ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
 static ngx_table_elt_t *ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot, ngx_table_elt_t *h, ngx_str_t *key,
     u_char *lowcase_key, ngx_str_t *value);
-static ngx_table_elt_t *ngx_http_sf_oauth_find_header(ngx_http_request_t *r,
-    ngx_str_t *name, ngx_table_elt_t *after);
 static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
@@ -433,13 +431,16 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
 static ngx_table_elt_t *
 ngx_http_sf_oauth_encoding(ngx_http_request_t *r)
 {
+    ngx_list_t       *in;
     ngx_table_elt_t  *h;
 
     static ngx_str_t  name = ngx_string("Content-Encoding");
 
-    for (h = ngx_http_sf_oauth_find_header(r, &name, NULL);
+    in = &r->headers_in.headers;
+
+    for (h = ngx_http_sf_oauth_handler_find(in, &name, NULL);
          h;
-         h = ngx_http_sf_oauth_find_header(r, &name, h))
+         h = ngx_http_sf_oauth_handler_find(in, &name, h))
     {
         if (!(h->value.len == sizeof("identity") - 1
               && ngx_strncasecmp(h->value.data, (u_char *) "identity",
@@ -1032,6 +1033,8 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
                       "sf_oauth: credential \"%V\": %V",
                       &ctx->cred->name, &ngx_http_sf_oauth_error_timeout);
 
+        ngx_http_sf_oauth_store_wait_timeout(ctx->cred);
+
         lk.error = ngx_http_sf_oauth_error_timeout;
         lk.retry_after = 1;
         rc = NGX_HTTP_BAD_GATEWAY;
@@ -1169,6 +1172,7 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_str_t                  token;
+    ngx_list_t                *in;
     ngx_table_elt_t           *h;
     ngx_http_sf_oauth_slot_t  *slot;
 
@@ -1176,6 +1180,8 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     static ngx_str_t  session = ngx_string("X-SFDC-Session");
     static ngx_str_t  coding = ngx_string("Content-Encoding");
     static ngx_str_t  identity = ngx_string("identity");
+
+    in = &r->headers_in.headers;
 
     if (ctx->auth.header == NULL
         && (r != r->main || r->main->count > 1) && !ctx->unshared)
@@ -1207,7 +1213,7 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
     h = ctx->session.header;
 
     if (h == NULL) {
-        h = ngx_http_sf_oauth_find_header(r, &session, NULL);
+        h = ngx_http_sf_oauth_handler_find(in, &session, NULL);
     }
 
     if (h || ctx->kind == NGX_HTTP_SF_OAUTH_BULK) {
@@ -1228,10 +1234,11 @@ ngx_http_sf_oauth_set_token(ngx_http_request_t *r,
      */
 
     for (h = ctx->session.header
-             ? ngx_http_sf_oauth_find_header(r, &session, ctx->session.header)
+             ? ngx_http_sf_oauth_handler_find(in, &session,
+                                              ctx->session.header)
              : NULL;
          h;
-         h = ngx_http_sf_oauth_find_header(r, &session, h))
+         h = ngx_http_sf_oauth_handler_find(in, &session, h))
     {
         if (ctx->sessions == NULL) {
             ctx->sessions = ngx_array_create(r->pool, 1,
@@ -1327,17 +1334,17 @@ ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
 }
 
 
-/* the request header "name" after the element "after", or its first one */
+/* the header "name" of a list after the element "after", or its first one */
 
-static ngx_table_elt_t *
-ngx_http_sf_oauth_find_header(ngx_http_request_t *r, ngx_str_t *name,
+ngx_table_elt_t *
+ngx_http_sf_oauth_handler_find(ngx_list_t *list, ngx_str_t *name,
     ngx_table_elt_t *after)
 {
     ngx_uint_t        i;
     ngx_table_elt_t  *h;
     ngx_list_part_t  *part;
 
-    for (part = &r->headers_in.headers.part; part; part = part->next) {
+    for (part = &list->part; part; part = part->next) {
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
@@ -1688,6 +1695,7 @@ ngx_http_sf_oauth_handler_log(ngx_http_request_t *r)
 
         if (ctx) {
             ngx_http_sf_oauth_handler_unset_token(r, ctx);
+            ngx_http_sf_oauth_metrics_count(ctx->cred, ctx->status);
         }
     }
 

@@ -341,6 +341,7 @@ ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
                                    ngx_http_sf_oauth_refresh_done);
 
     cred->transfer = ngx_http_sf_oauth_client_start(&call);
+    cred->transfer_start = ngx_current_msec;
 
     rc = (cred->transfer == NULL) ? NGX_ERROR : NGX_OK;
 
@@ -442,6 +443,9 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
         ngx_http_sf_oauth_parse_response(pool, (long) answer->status,
                                          answer->body, answer->len, &tok);
     }
+
+    /* for the metrics; at least 1 ms: 0 is for no request at all */
+    tok.duration = ngx_max(ngx_current_msec - cred->transfer_start, 1);
 
     ngx_http_sf_oauth_refresh_stored(cred, &tok);
 

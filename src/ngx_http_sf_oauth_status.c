@@ -46,7 +46,7 @@ ngx_http_sf_oauth_status_handler(ngx_http_request_t *r)
     size_t                          len;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_str_t                      *part;
+    ngx_str_t                      *part, format;
     ngx_uint_t                      i;
     ngx_http_sf_oauth_node_t       *node;
     ngx_http_sf_oauth_cred_t      **cred;
@@ -59,6 +59,22 @@ ngx_http_sf_oauth_status_handler(ngx_http_request_t *r)
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "format", sizeof("format") - 1, &format)
+        == NGX_OK)
+    {
+        if (format.len == sizeof("prometheus") - 1
+            && ngx_strncmp(format.data, "prometheus", format.len) == 0)
+        {
+            return ngx_http_sf_oauth_metrics_handler(r);
+        }
+
+        if (format.len != sizeof("json") - 1
+            || ngx_strncmp(format.data, "json", format.len) != 0)
+        {
+            return NGX_HTTP_BAD_REQUEST;
+        }
     }
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
@@ -236,6 +252,18 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
 
     p = ngx_slprintf(p, last, ",\"last_error_age\":%T",
                      node->error_time ? now - node->error_time : (time_t) -1);
+
+    /* the org's API usage, from Sforce-Limit-Info */
+
+    if (node->api_limit) {
+        p = ngx_slprintf(p, last, ",\"api_usage\":{\"used\":%ui,"
+                         "\"limit\":%ui,\"age\":%T}",
+                         node->api_used, node->api_limit,
+                         now - node->api_time);
+
+    } else {
+        p = ngx_slprintf(p, last, ",\"api_usage\":null");
+    }
 
     /* the fleet, as this worker sees it; the lease owner is no secret */
 

@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_sf_oauth_store_refresh_ahead(
 static ngx_int_t ngx_http_sf_oauth_store_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
+static void ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
+    ngx_msec_t duration);
 static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t failures, ngx_uint_t error_class);
 
@@ -869,6 +871,8 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     if (tok->ok) {
         node->state = NGX_HTTP_SF_OAUTH_VALID;
         node->generation++;
+        node->token_ok++;
+        ngx_http_sf_oauth_store_duration(node, tok->duration);
 
         node->token_len = tok->access_token.len;
         ngx_memcpy(node->token, tok->access_token.data, node->token_len);
@@ -916,6 +920,15 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     node->token_failures++;
     node->error_time = ngx_time();
+
+    if (tok->error_class == NGX_HTTP_SF_OAUTH_OPERATOR) {
+        node->token_operator++;
+
+    } else {
+        node->token_transient++;
+    }
+
+    ngx_http_sf_oauth_store_duration(node, tok->duration);
 
     node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
     ngx_memcpy(node->error, tok->error.data, node->error_len);
@@ -1737,6 +1750,84 @@ ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
     {
         node->backoff_until = ngx_current_msec;
         node->failures = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* a token request's duration, into the histogram: see the metrics */
+
+static ngx_msec_t  ngx_http_sf_oauth_bounds[NGX_HTTP_SF_OAUTH_BUCKETS] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000
+};
+
+
+static void
+ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
+    ngx_msec_t duration)
+{
+    ngx_uint_t  i;
+
+    if (duration == 0) {
+        /* no request went out */
+        return;
+    }
+
+    node->duration_count++;
+    node->duration_sum += duration;
+
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_BUCKETS; i++) {
+        if (duration <= ngx_http_sf_oauth_bounds[i]) {
+            node->duration_bucket[i]++;
+            break;
+        }
+    }
+}
+
+
+/* a worker's request counts and the latest API usage, at most each second */
+
+void
+ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit)
+{
+    ngx_uint_t        i;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        for (i = 0; i < NGX_HTTP_SF_OAUTH_STATUSES; i++) {
+            cred->node->requests[i] += counted[i];
+        }
+
+        if (api_limit) {
+            cred->node->api_used = api_used;
+            cred->node->api_limit = api_limit;
+            cred->node->api_time = ngx_time();
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* a waiting request's deadline passed */
+
+void
+ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        cred->node->wait_timeouts++;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

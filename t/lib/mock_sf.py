@@ -27,6 +27,9 @@ Test hooks, under /__mock/ (never used by the module):
   POST /__mock/api_mode?mode=M   "reject": the API answers 401 even to a
                                  valid token (a 401 a refresh cannot cure);
                                  "normal" again
+  POST /__mock/api_limit?limit=N the org's API request limit that REST answers
+                                 report in Sforce-Limit-Info (api-usage=
+                                 the API requests so far / N)
   POST /__mock/delay?seconds=S   how long a successful token request takes
   POST /__mock/fixed?token=T     issue T as the access token from now on
                                  (the benchmark's upstream knows it); empty:
@@ -401,6 +404,7 @@ class State:
             self.token_requests = 0
             self.token_ok = 0
             self.api_requests = 0
+            self.api_limit = 15000
             self.not_found = 0
             self.identity_requests = 0
             self.identity_mode = "normal"
@@ -678,6 +682,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.refresh_len = int(query.get("length", ["0"])[0])
             return self.send(200, {"refresh_len": st.refresh_len})
+        if path == "/__mock/api_limit":
+            with st.lock:
+                st.api_limit = int(query.get("limit", ["15000"])[0])
+            return self.send(200, {"ok": True})
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
@@ -1199,6 +1207,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, png(20, 10), ctype="image/png")
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() != "authorization"}
+        with st.lock:
+            usage = "api-usage=%d/%d" % (st.api_requests, st.api_limit)
         return self.send(200, {
             "method": self.command,
             "path": self.path,
@@ -1208,7 +1218,8 @@ class Handler(BaseHTTPRequestHandler):
             "body_length": len(data),
             "headers": headers,
             "peer_port": self.client_address[1],
-        })
+        }, headers=[("Sforce-Limit-Info",
+                     "per-app-api-usage=1/100(appName=mock), " + usage)])
 
     # -- SOAP (partner, enterprise, metadata, tooling, Apex classes) -------
 

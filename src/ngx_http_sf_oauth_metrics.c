@@ -1,0 +1,507 @@
+
+/*
+ * The metrics: sf_oauth_info in Prometheus's text exposition format
+ * (sf_oauth_info?format=prometheus), and what it shows that nothing else
+ * counts: requests by $sf_oauth_status, and the org's API usage that
+ * Salesforce reports on every REST response (Sforce-Limit-Info:
+ * api-usage=N/M, the API requests of the last 24 hours and the limit).
+ *
+ * A request's status and a response's usage are counted in the worker,
+ * without a lock, and go to the zone at most once a second per worker
+ * (on the next request, or on a timer if none comes): the hot path takes
+ * no lock for them.  The counters live in the zone, so they survive a
+ * reload as the tokens do.  Reading takes the zone's lock for the copy of
+ * one record at a time.
+ *
+ * Names follow Prometheus's rules: the sf_oauth_ prefix, base units,
+ * _total on counters, and "credential" and "zone" as the only labels.
+ * No secret and no fingerprint is ever a label value.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+
+#define NGX_HTTP_SF_OAUTH_FLUSH          1000
+
+
+typedef struct {
+    const char                  *name;
+    const char                  *type;
+    const char                  *help;
+} ngx_http_sf_oauth_metric_t;
+
+
+static void ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev);
+static u_char *ngx_http_sf_oauth_metrics_head(u_char *p, u_char *last,
+    ngx_http_sf_oauth_metric_t *m);
+static u_char *ngx_http_sf_oauth_metrics_labels(u_char *p, u_char *last,
+    ngx_http_sf_oauth_cred_t *cred);
+
+
+static ngx_event_t  ngx_http_sf_oauth_metrics_event;
+
+
+/* the upper bounds of the duration histogram's buckets, in seconds */
+static const char  *ngx_http_sf_oauth_le[NGX_HTTP_SF_OAUTH_BUCKETS] = {
+    "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30"
+};
+
+
+static ngx_http_sf_oauth_metric_t  ngx_http_sf_oauth_metrics[] = {
+
+    { "sf_oauth_token_requests_total", "counter",
+      "Token requests answered by the token endpoint or failed in transport" },
+    { "sf_oauth_token_requests_succeeded_total", "counter",
+      "Token requests that got an access token" },
+    { "sf_oauth_token_requests_transient_failures_total", "counter",
+      "Token requests that failed in a way a retry may cure (backoff)" },
+    { "sf_oauth_token_requests_operator_failures_total", "counter",
+      "Token requests that failed in a way only an operator can fix (hold)" },
+    { "sf_oauth_replays_total", "counter",
+      "Requests held on a dead session and replayed with a new token" },
+    { "sf_oauth_rejected_tokens_total", "counter",
+      "Access tokens that Salesforce said were dead" },
+    { "sf_oauth_ahead_refreshes_total", "counter",
+      "Refreshes ahead of the token's expiry" },
+    { "sf_oauth_wait_timeouts_total", "counter",
+      "Requests that gave up waiting for a token refresh" },
+    { "sf_oauth_requests_hit_total", "counter",
+      "Requests sent with the cached token ($sf_oauth_status HIT)" },
+    { "sf_oauth_requests_wait_total", "counter",
+      "Requests that waited for a refresh ($sf_oauth_status WAIT)" },
+    { "sf_oauth_requests_retry_total", "counter",
+      "Requests replayed with a new token ($sf_oauth_status RETRY)" },
+    { "sf_oauth_requests_error_total", "counter",
+      "Requests answered 502, no token to be had ($sf_oauth_status ERROR)" },
+    { "sf_oauth_token_valid", "gauge",
+      "1 when the credential has a valid token, else 0" },
+    { "sf_oauth_token_age_seconds", "gauge",
+      "Seconds since the current token was issued" },
+    { "sf_oauth_backoff_seconds", "gauge",
+      "Seconds left before the next token request after a failure" },
+    { "sf_oauth_api_requests_used", "gauge",
+      "The org's API requests in the last 24 hours (Sforce-Limit-Info)" },
+    { "sf_oauth_api_requests_limit", "gauge",
+      "The org's API request limit for 24 hours (Sforce-Limit-Info)" },
+    { "sf_oauth_token_request_duration_seconds", "histogram",
+      "How long token requests took" },
+
+    { NULL, NULL, NULL }
+};
+
+
+ngx_int_t
+ngx_http_sf_oauth_metrics_init(ngx_cycle_t *cycle)
+{
+    ngx_http_sf_oauth_timer_init(&ngx_http_sf_oauth_metrics_event,
+                                 ngx_http_sf_oauth_metrics_timer,
+                                 cycle->log);
+    return NGX_OK;
+}
+
+
+/* what this worker counted goes to the zone before it exits */
+
+void
+ngx_http_sf_oauth_metrics_exit(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    if (ngx_http_sf_oauth_metrics_event.timer_set) {
+        ngx_del_timer(&ngx_http_sf_oauth_metrics_event);
+    }
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->unflushed && cred[i]->node) {
+            ngx_http_sf_oauth_metrics_flush(cred[i]);
+        }
+    }
+}
+
+
+/* a request's $sf_oauth_status, counted in the log phase */
+
+void
+ngx_http_sf_oauth_metrics_count(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t status)
+{
+    if (status == 0 || status >= NGX_HTTP_SF_OAUTH_STATUSES) {
+        return;
+    }
+
+    cred->counted[status]++;
+    cred->unflushed = 1;
+
+    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
+        ngx_http_sf_oauth_metrics_flush(cred);
+        return;
+    }
+
+    if (!ngx_http_sf_oauth_metrics_event.timer_set) {
+        ngx_add_timer(&ngx_http_sf_oauth_metrics_event,
+                      NGX_HTTP_SF_OAUTH_FLUSH);
+    }
+}
+
+
+/*
+ * Sforce-Limit-Info of a response: "api-usage=N/M", among other items
+ * ("per-app-api-usage=..." is another, and not this one).
+ */
+
+void
+ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *value)
+{
+    u_char      *p, *last;
+    ngx_int_t    used, limit;
+
+    p = value->data;
+    last = p + value->len;
+
+    for ( ;; ) {
+        p = ngx_strlcasestrn(p, last, (u_char *) "api-usage=",
+                             sizeof("api-usage=") - 1 - 1);
+        if (p == NULL) {
+            return;
+        }
+
+        if (p == value->data || p[-1] == ' ' || p[-1] == ',' || p[-1] == ';')
+        {
+            break;
+        }
+
+        p += sizeof("api-usage=") - 1;
+    }
+
+    p += sizeof("api-usage=") - 1;
+
+    used = 0;
+
+    while (p < last && *p >= '0' && *p <= '9' && used < NGX_MAX_INT32_VALUE) {
+        used = used * 10 + (*p++ - '0');
+    }
+
+    if (p == last || *p++ != '/') {
+        return;
+    }
+
+    limit = 0;
+
+    while (p < last && *p >= '0' && *p <= '9' && limit < NGX_MAX_INT32_VALUE) {
+        limit = limit * 10 + (*p++ - '0');
+    }
+
+    if (limit == 0) {
+        return;
+    }
+
+    cred->api_used = used;
+    cred->api_limit = limit;
+    cred->unflushed = 1;
+
+    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
+        ngx_http_sf_oauth_metrics_flush(cred);
+        return;
+    }
+
+    if (!ngx_http_sf_oauth_metrics_event.timer_set) {
+        ngx_add_timer(&ngx_http_sf_oauth_metrics_event,
+                      NGX_HTTP_SF_OAUTH_FLUSH);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_store_metrics(cred, cred->counted, cred->api_used,
+                                    cred->api_limit);
+
+    ngx_memzero(cred->counted, sizeof(cred->counted));
+    cred->api_limit = 0;
+    cred->unflushed = 0;
+    cred->flushed = ngx_current_msec;
+}
+
+
+/* a second after counts with no request since: they go to the zone */
+
+static void
+ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev)
+{
+    ngx_uint_t                      i;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        if (cred[i]->unflushed && cred[i]->node) {
+            ngx_http_sf_oauth_metrics_flush(cred[i]);
+        }
+    }
+}
+
+
+/* sf_oauth_info?format=prometheus */
+
+ngx_int_t
+ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r)
+{
+    u_char                         *p, *last;
+    size_t                          len;
+    time_t                          now;
+    ngx_buf_t                      *b;
+    ngx_uint_t                      i, j, n, v, cum;
+    ngx_http_sf_oauth_node_t       *nodes, *node;
+    ngx_http_sf_oauth_cred_t      **cred;
+    ngx_http_sf_oauth_metric_t     *m;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+    n = smcf->creds.nelts;
+    now = ngx_time();
+
+    /* this worker's own counts first, then a copy of each record */
+
+    for (i = 0; i < n; i++) {
+        if (cred[i]->unflushed && cred[i]->node) {
+            ngx_http_sf_oauth_metrics_flush(cred[i]);
+        }
+    }
+
+    nodes = ngx_palloc(r->pool,
+                       ngx_max(n, 1) * sizeof(ngx_http_sf_oauth_node_t));
+    if (nodes == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_http_sf_oauth_store_snapshot(cred[i], &nodes[i]);
+    }
+
+    /* each sample: its name, labels (escaped at worst) and a number */
+
+    len = 0;
+
+    for (m = ngx_http_sf_oauth_metrics; m->name; m++) {
+        len += sizeof("# HELP  \n# TYPE  \n") + 2 * ngx_strlen(m->name)
+               + ngx_strlen(m->help) + ngx_strlen(m->type)
+               + n * (NGX_HTTP_SF_OAUTH_BUCKETS + 3)
+                   * (ngx_strlen(m->name) + sizeof("_bucket{credential=\"\","
+                                                   "zone=\"\",le=\"+Inf\"} \n")
+                      + 2 * NGX_HTTP_SF_OAUTH_NAME_MAX
+                      + 2 * NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                      + NGX_INT64_LEN + 8);
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        goto failed;
+    }
+
+    p = b->last;
+    last = b->end;
+
+    for (m = ngx_http_sf_oauth_metrics; m->name; m++) {
+
+        p = ngx_http_sf_oauth_metrics_head(p, last, m);
+
+        for (i = 0; i < n; i++) {
+            node = &nodes[i];
+
+            if (m->type[0] == 'h') {
+                cum = 0;
+
+                for (j = 0; j < NGX_HTTP_SF_OAUTH_BUCKETS; j++) {
+                    cum += node->duration_bucket[j];
+                    p = ngx_slprintf(p, last, "%s_bucket", m->name);
+                    p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
+                    p = ngx_slprintf(p, last, ",le=\"%s\"} %ui\n",
+                                     ngx_http_sf_oauth_le[j], cum);
+                }
+
+                p = ngx_slprintf(p, last, "%s_bucket", m->name);
+                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
+                p = ngx_slprintf(p, last, ",le=\"+Inf\"} %ui\n",
+                                 node->duration_count);
+
+                p = ngx_slprintf(p, last, "%s_sum", m->name);
+                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
+                p = ngx_slprintf(p, last, "} %M.%03M\n",
+                                 node->duration_sum / 1000,
+                                 node->duration_sum % 1000);
+
+                p = ngx_slprintf(p, last, "%s_count", m->name);
+                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
+                p = ngx_slprintf(p, last, "} %ui\n", node->duration_count);
+
+                continue;
+            }
+
+            switch (m - ngx_http_sf_oauth_metrics) {
+
+            case 0:
+                v = node->token_ok + node->token_transient
+                    + node->token_operator;
+                break;
+            case 1:
+                v = node->token_ok;
+                break;
+            case 2:
+                v = node->token_transient;
+                break;
+            case 3:
+                v = node->token_operator;
+                break;
+            case 4:
+                v = node->replays;
+                break;
+            case 5:
+                v = node->invalidations;
+                break;
+            case 6:
+                v = node->ahead_refreshes;
+                break;
+            case 7:
+                v = node->wait_timeouts;
+                break;
+            case 8:
+                v = node->requests[NGX_HTTP_SF_OAUTH_HIT];
+                break;
+            case 9:
+                v = node->requests[NGX_HTTP_SF_OAUTH_WAIT];
+                break;
+            case 10:
+                v = node->requests[NGX_HTTP_SF_OAUTH_RETRY];
+                break;
+            case 11:
+                v = node->requests[NGX_HTTP_SF_OAUTH_ERROR];
+                break;
+            case 12:
+                v = (node->state == NGX_HTTP_SF_OAUTH_VALID);
+                break;
+
+            case 13:
+                if (node->state != NGX_HTTP_SF_OAUTH_VALID
+                    || node->token_time == 0)
+                {
+                    /* no token: no sample, rather than a made-up age */
+                    continue;
+                }
+
+                v = (now > node->token_time) ? now - node->token_time : 0;
+                break;
+
+            case 14:
+                v = (node->state == NGX_HTTP_SF_OAUTH_FAILED
+                     && (ngx_msec_int_t) (node->backoff_until
+                                          - ngx_current_msec) > 0)
+                    ? (node->backoff_until - ngx_current_msec + 999) / 1000
+                    : 0;
+                break;
+
+            case 15:
+            case 16:
+                if (node->api_limit == 0) {
+                    /* Salesforce has not said yet */
+                    continue;
+                }
+
+                v = (m - ngx_http_sf_oauth_metrics == 15) ? node->api_used
+                                                         : node->api_limit;
+                break;
+
+            default:
+                continue;
+            }
+
+            p = ngx_slprintf(p, last, "%s", m->name);
+            p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
+            p = ngx_slprintf(p, last, "} %ui\n", v);
+        }
+    }
+
+    b->last = p;
+
+    for (i = 0; i < n; i++) {
+        ngx_explicit_memzero(&nodes[i], sizeof(ngx_http_sf_oauth_node_t));
+    }
+
+    return ngx_http_sf_oauth_send(r, NGX_HTTP_OK,
+                                  "text/plain; version=0.0.4; charset=utf-8",
+                                  b);
+
+failed:
+
+    for (i = 0; i < n; i++) {
+        ngx_explicit_memzero(&nodes[i], sizeof(ngx_http_sf_oauth_node_t));
+    }
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+static u_char *
+ngx_http_sf_oauth_metrics_head(u_char *p, u_char *last,
+    ngx_http_sf_oauth_metric_t *m)
+{
+    return ngx_slprintf(p, last, "# HELP %s %s\n# TYPE %s %s\n",
+                        m->name, m->help, m->name, m->type);
+}
+
+
+/*
+ * {credential="...",zone="..." — the caller closes it.  The names' own
+ * characters need no escape (letters, digits, "_", "-", "."), but a label
+ * value is escaped all the same.
+ */
+
+static u_char *
+ngx_http_sf_oauth_metrics_labels(u_char *p, u_char *last,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t                 i, k;
+    ngx_str_t                 *s;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    for (k = 0; k < 2; k++) {
+        s = (k == 0) ? &cred->name : &zone->name;
+
+        p = ngx_slprintf(p, last, k == 0 ? "{credential=\"" : ",zone=\"");
+
+        for (i = 0; i < s->len && p + 2 < last; i++) {
+            if (s->data[i] == '\\' || s->data[i] == '"') {
+                *p++ = '\\';
+                *p++ = s->data[i];
+
+            } else if (s->data[i] == '\n') {
+                *p++ = '\\';
+                *p++ = 'n';
+
+            } else {
+                *p++ = s->data[i];
+            }
+        }
+
+        if (p < last) {
+            *p++ = '"';
+        }
+    }
+
+    return p;
+}
