@@ -15,7 +15,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
                 libpcre2-dev zlib1g-dev gcc make perl python3 curl procps \
                 ca-certificates nghttp2-client openssl \
                 libnginx-mod-http-image-filter libxml2-dev python3-zeep \
-                redis-server libhiredis-dev
+                redis-server libhiredis-dev prometheus
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
