@@ -125,6 +125,9 @@ sub auths_of {
        'Redis holds the fleet generation as a plain integer under <prefix>sf:crm:gen');
     ok(length($redis->get($redis->key('record')) // ''),
        'Redis holds the record under <prefix>sf:crm:record');
+    is_deeply([ map { (RedisTest::node_redis($_) || {})->{lease_owner} } @n ],
+              [ '', '', '' ], 'cold: afterwards, no lease_owner on any node');
+    is($redis->get($redis->key('lease')), '', 'cold: no lease in Redis afterwards');
 }
 
 # -- 10 rounds of revoke and 50 requests per node --------------------------------

@@ -83,6 +83,67 @@ sub finish_all {
     @everyone = ();
 }
 
+# -- configuration: nginx -t ------------------------------------------------------
+
+SECTION_CONF: {
+    my $t = SfTest->new;
+    my $redis = RedisTest->new(dir => $t->dir);    # never started
+    my $dir = $t->dir;
+    my $key = RedisTest::write_key($t);
+
+    open my $fh, '>', "$dir/open.pass" or die;
+    print $fh "pass\n";
+    close $fh;
+    chmod 0644, "$dir/open.pass";
+
+    my $check = sub {
+        my ($what, $block, $zone, $expect) = @_;
+        $t->simple_conf(http_pre => $block, zone_params => $zone);
+        my ($rc, $out) = $t->test_conf;
+        if ($expect) {
+            isnt($rc, 0, "nginx -t refuses $what");
+            like($out, $expect, "nginx -t: $what: says so") or diag($out);
+        } else {
+            is($rc, 0, "nginx -t takes $what") or diag($out);
+        }
+    };
+    my $zone = "zone=sf:1m key=$key redis=fleet";
+
+    $check->('the fleet configuration', $redis->conf_block, $zone);
+    $check->('a host name as server', $redis->conf_block(server => 'localhost:' . $redis->port), $zone);
+    $check->('redis= without key=', $redis->conf_block, 'zone=sf:1m redis=fleet',
+             qr/key=/);
+    $check->('redis= naming no sf_oauth_redis', $redis->conf_block,
+             "zone=sf:1m key=$key redis=nosuch", qr/nosuch/);
+    $check->('a server name that does not resolve',
+             $redis->conf_block(server => 'no-such-host.invalid:6379'), $zone,
+             qr/no-such-host\.invalid/);
+    $check->('an sf_oauth_redis without server', $redis->conf_block(server => undef),
+             $zone, qr/server/);
+    $check->('a password_file readable by everyone',
+             $redis->conf_block(password_file => "$dir/open.pass"), $zone,
+             qr/readable by everyone/);
+    $check->('a password env: that is not set',
+             $redis->conf_block(password => 'env:SF_TEST_NOT_SET_REDIS'), $zone,
+             qr/SF_TEST_NOT_SET_REDIS/);
+    $check->('redis_down neither local nor fail',
+             $redis->conf_block(redis_down => 'maybe'), $zone, qr/redis_down|maybe/);
+    $check->('a ca_file that does not exist',
+             $redis->conf_block(tls => 'on', ca_file => "$dir/no-such-ca.crt"), $zone,
+             qr/no-such-ca\.crt/);
+
+    # no redis=: "redis": null in sf_oauth_info
+    $t->start_mock;
+    $t->simple_conf;
+    $t->start;
+    my $r = $t->get('/sf_oauth_info');
+    my $c = ($r->{json} || {})->{credentials}[0] || {};
+    ok(exists $c->{redis} && !defined $c->{redis},
+       'without redis=: sf_oauth_info has "redis":null')
+        or diag($r->{content});
+    $t->finish;
+}
+
 # -- Redis not running when nginx starts -----------------------------------------
 
 SECTION_A: {
