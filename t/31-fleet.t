@@ -306,10 +306,16 @@ if ($dead) {
     RedisTest::configure_node($new, %fleet);
     $new->start;
     push @n, $new;
+    my $before = stats();
     my $r = $new->get('/services/data/v59.0/newnode');
     is($r->{status}, 200, 'a new node joins: 200');
-    is($r->{headers}{'x-sf-oauth-status'}, 'HIT',
-       'a new node joins: it takes the token from Redis');
+    is($r->{json}{authorization}, 'Bearer ' . $before->{issued_access_tokens}[-1],
+       'a new node joins: it uses the fleet token');
+    my $after = stats();
+    is($after->{token_requests}, $before->{token_requests},
+       'a new node joins: no token request');
+    is($after->{api_401}, $before->{api_401},
+       'a new node joins: it took the token from Redis before the request went out');
 }
 
 # As t/09: the owner dies while its token request takes 3 s at the mock.
