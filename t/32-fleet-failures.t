@@ -62,6 +62,16 @@ sub not_coordinated {
     return $node->log_lines(qr/\[error\].*not coordinated/, $mark);
 }
 
+# Waits until each node logged an error about Redis (up to 2 s, times
+# time_scale), then 2 s more: long enough for retries to log again.
+sub settle {
+    my (@nodes) = @_;
+    for my $node (@nodes) {
+        RedisTest::wait_for(2, sub { scalar redis_errors($node, 'Redis') });
+    }
+    sleep 2;
+}
+
 # A fleet of N nodes with its own mock; undef if nginx -t refuses it (a
 # failed test then).
 sub fleet {
@@ -154,7 +164,7 @@ SECTION_A: {
 
     my @n = fleet(what => 'Redis down at start', first => $t, n => 2,
                   redis => $redis) or last SECTION_A;
-    sleep 2 * $S;
+    settle(@n);
 
     for my $i (0, 1) {
         my @e = redis_errors($n[$i], $redis->server);
@@ -335,7 +345,7 @@ sub connect_case {
            "$what: not to database 0") if @db;
         $redis->cli(@db, 'DEL', $redis->key($_)) for qw(record gen lease);
     } else {
-        sleep 2 * $S;
+        settle($node);
         is(connected($node), 0, "$what: not connected");
         my @e = redis_errors($node, $redis->server);
         is(scalar @e, 1, "$what: one error line")
