@@ -39,6 +39,7 @@ package RedisTest;
 
 use strict;
 use warnings;
+no warnings qw(exec);    # a child that cannot exec leaves by POSIX::_exit
 
 use File::Path qw(make_path);
 use POSIX qw(:sys_wait_h);
@@ -171,7 +172,10 @@ sub start {
         open STDOUT, '>>', "$self->{dir}/redis.log";
         open STDERR, '>&', \*STDOUT;
         exec $REDIS_SERVER, $self->server_args;
-        die "exec $REDIS_SERVER: $!";
+        # no die, no exit: the child must not run the test's END blocks
+        # and destructors (they would stop the parent's servers)
+        print STDERR "exec $REDIS_SERVER: $!\n";
+        POSIX::_exit(127);
     }
 
     $self->{pid} = $pid;
@@ -271,11 +275,11 @@ sub cli_in {
     if ($pid == 0) {
         if (defined $stdin) {
             my $f = "$self->{dir}/stdin.$$";
-            open my $fh, '>', $f or die;
+            open my $fh, '>', $f or POSIX::_exit(126);
             binmode $fh;
             print $fh $stdin;
             close $fh;
-            open STDIN, '<', $f or die;
+            open STDIN, '<', $f or POSIX::_exit(126);
             unlink $f;
             unshift @args, '-x';
         } else {
@@ -283,7 +287,7 @@ sub cli_in {
         }
         open STDERR, '>', '/dev/null';
         exec $REDIS_CLI, $self->cli_args, @args;
-        exit 127;
+        POSIX::_exit(127);
     }
 
     binmode $out;
@@ -339,7 +343,7 @@ sub subscribe {
         open STDERR, '>', '/dev/null';
         open STDIN, '<', '/dev/null';
         exec $REDIS_CLI, $self->cli_args, 'SUBSCRIBE', $channel;
-        exit 127;
+        POSIX::_exit(127);
     }
     push @{ $self->{subs} }, { pid => $pid, file => $file };
 
