@@ -435,6 +435,7 @@ SECTION_F: {
     push @everyone, RedisTest::fleet(first => $db, n => 1, redis => $redis,
                                      zone_name => 'other',
                                      redis_conf => [ prefix => 'donorB:' ]);
+    all_connected($da, $db);
     $_->get('/services/data/v59.0/donor') for $da, $db;
     my $ka = $redis->key('record', prefix => 'donorA:');
     my $kb = $redis->key('record', prefix => 'donorB:', zone => 'other');
