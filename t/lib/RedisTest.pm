@@ -31,7 +31,7 @@ package RedisTest;
 #
 # TLS: new(tls => 1) makes a CA, a server certificate for 127.0.0.1 and
 # localhost signed by it, and a second CA that signed nothing (ca_file,
-# wrong_ca_file, in DIR/redis-tls/).  Debian's redis-server 7 is built with
+# wrong_ca_file, in DIR/redisTAG/tls/).  Debian's redis-server 7 is built with
 # TLS (--tls-port works); tls_supported tells.
 #
 # Fleet helpers: fleet(...) makes and starts the nodes, RedisTest::Load
