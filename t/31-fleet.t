@@ -306,6 +306,8 @@ if ($dead) {
     RedisTest::configure_node($new, %fleet);
     $new->start;
     push @n, $new;
+    ok(RedisTest::wait_for(5, sub { (RedisTest::node_redis($new) || {})->{connected} }),
+       'a new node joins: connected');
     my $before = stats();
     my $r = $new->get('/services/data/v59.0/newnode');
     is($r->{status}, 200, 'a new node joins: 200');

@@ -286,6 +286,7 @@ SECTION_C: {
     my @n = fleet(what => 'redis_down fail', first => $t, n => 1,
                   redis => $redis, redis_conf => [ redis_down => 'fail' ])
         or last SECTION_C;
+    ok(all_connected(@n), 'redis_down fail: connected');
 
     is($n[0]->get('/services/data/v59.0/')->{status}, 200, 'redis_down fail: 200');
     $redis->kill9;
@@ -434,6 +435,7 @@ SECTION_F: {
     push @everyone, RedisTest::fleet(first => $db, n => 1, redis => $redis,
                                      zone_name => 'other',
                                      redis_conf => [ prefix => 'donorB:' ]);
+    all_connected($da, $db);
     $_->get('/services/data/v59.0/donor') for $da, $db;
     my $ka = $redis->key('record', prefix => 'donorA:');
     my $kb = $redis->key('record', prefix => 'donorB:', zone => 'other');
@@ -534,6 +536,10 @@ SECTION_G: {
 
     my @n = fleet(what => 'no secret in Redis', first => $t, n => 2,
                   redis => $redis) or last SECTION_G;
+
+    # connected first: a node that refreshes before it is (redis_down
+    # local) would rotate the refresh token behind the fleet's back
+    ok(all_connected(@n), 'secrets: connected');
 
     my @values;
     for my $round (1 .. 3) {
