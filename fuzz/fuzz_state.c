@@ -90,7 +90,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (recs[i].name_len == 0
             || recs[i].name_len > NGX_HTTP_SF_OAUTH_NAME_MAX
             || recs[i].token_len > NGX_HTTP_SF_OAUTH_TOKEN_MAX
-            || recs[i].refresh_len == 0
             || recs[i].refresh_len > NGX_HTTP_SF_OAUTH_REFRESH_MAX
             || recs[i].url_len > NGX_HTTP_SF_OAUTH_URL_MAX
             || (s.len && ngx_http_sf_oauth_parse_check_token(&s) != NGX_OK))

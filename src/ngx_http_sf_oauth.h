@@ -832,6 +832,7 @@ ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
     ngx_http_sf_oauth_redis_ready_pt ready, void *data);
 void ngx_http_sf_oauth_redis_exit(ngx_http_sf_oauth_redis_t *rd);
 ngx_uint_t ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd);
+ngx_uint_t ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd);
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
     void *data);

@@ -313,6 +313,7 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
     u_char                     ttl[NGX_INT_T_LEN], known[NGX_INT_T_LEN];
     ngx_str_t                  args[3];
     const char                *keys[3] = { "gen", "lease", "record" };
+    ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t  *cred;
 
     cred = op->cred;
@@ -334,12 +335,25 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
                                      3, keys, 3, args,
                                      ngx_http_sf_oauth_fleet_asked, op)
-        != NGX_OK)
+        == NGX_OK)
     {
-        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
-        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
-        ngx_free(op);
+        return;
     }
+
+    zone = cred->shm_zone->data;
+
+    if (ngx_http_sf_oauth_redis_connecting(zone->redis)) {
+        /* a worker's first requests: its connection is on its way */
+        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
+        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
+        cred->fleet_op = op;
+        ngx_add_timer(&cred->fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
+        return;
+    }
+
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+    ngx_free(op);
 }
 
 

@@ -164,6 +164,17 @@ ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd)
 }
 
 
+/* whether the command connection is being set up, not failed */
+
+ngx_uint_t
+ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd)
+{
+    return rd->cmd
+           && (rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_CONNECTING
+               || rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE);
+}
+
+
 /*
  * Sends a command; its reply (a redisReply, or NULL when the connection
  * failed first) goes to handler.  NGX_DECLINED: Redis is not connected,

@@ -112,9 +112,7 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 
     cred->fleet_alone = 0;
 
-    if (!ngx_http_sf_oauth_fleet_connected(cred)) {
-        return ngx_http_sf_oauth_refresh_alone(cred);
-    }
+    /* the fleet answers DOWN when Redis is unreachable */
 
     ngx_http_sf_oauth_fleet_acquire(cred, lk->fleet_generation,
                                     ngx_http_sf_oauth_refresh_acquired);

@@ -62,6 +62,16 @@ sub not_coordinated {
     return $node->log_lines(qr/\[error\].*not coordinated/, $mark);
 }
 
+# Waits until each node logged an error about Redis (up to 2 s, times
+# time_scale), then 2 s more: long enough for retries to log again.
+sub settle {
+    my (@nodes) = @_;
+    for my $node (@nodes) {
+        RedisTest::wait_for(2, sub { scalar redis_errors($node, 'Redis') });
+    }
+    sleep 2;
+}
+
 # A fleet of N nodes with its own mock; undef if nginx -t refuses it (a
 # failed test then).
 sub fleet {
@@ -83,6 +93,67 @@ sub finish_all {
     @everyone = ();
 }
 
+# -- configuration: nginx -t ------------------------------------------------------
+
+SECTION_CONF: {
+    my $t = SfTest->new;
+    my $redis = RedisTest->new(dir => $t->dir);    # never started
+    my $dir = $t->dir;
+    my $key = RedisTest::write_key($t);
+
+    open my $fh, '>', "$dir/open.pass" or die;
+    print $fh "pass\n";
+    close $fh;
+    chmod 0644, "$dir/open.pass";
+
+    my $check = sub {
+        my ($what, $block, $zone, $expect) = @_;
+        $t->simple_conf(http_pre => $block, zone_params => $zone);
+        my ($rc, $out) = $t->test_conf;
+        if ($expect) {
+            isnt($rc, 0, "nginx -t refuses $what");
+            like($out, $expect, "nginx -t: $what: says so") or diag($out);
+        } else {
+            is($rc, 0, "nginx -t takes $what") or diag($out);
+        }
+    };
+    my $zone = "zone=sf:1m key=$key redis=fleet";
+
+    $check->('the fleet configuration', $redis->conf_block, $zone);
+    $check->('a host name as server', $redis->conf_block(server => 'localhost:' . $redis->port), $zone);
+    $check->('redis= without key=', $redis->conf_block, 'zone=sf:1m redis=fleet',
+             qr/key=/);
+    $check->('redis= naming no sf_oauth_redis', $redis->conf_block,
+             "zone=sf:1m key=$key redis=nosuch", qr/nosuch/);
+    $check->('a server name that does not resolve',
+             $redis->conf_block(server => 'no-such-host.invalid:6379'), $zone,
+             qr/no-such-host\.invalid/);
+    $check->('an sf_oauth_redis without server', $redis->conf_block(server => undef),
+             $zone, qr/server/);
+    $check->('a password_file readable by everyone',
+             $redis->conf_block(password_file => "$dir/open.pass"), $zone,
+             qr/readable by everyone/);
+    $check->('a password env: that is not set',
+             $redis->conf_block(password => 'env:SF_TEST_NOT_SET_REDIS'), $zone,
+             qr/SF_TEST_NOT_SET_REDIS/);
+    $check->('redis_down neither local nor fail',
+             $redis->conf_block(redis_down => 'maybe'), $zone, qr/redis_down|maybe/);
+    $check->('a ca_file that does not exist',
+             $redis->conf_block(tls => 'on', ca_file => "$dir/no-such-ca.crt"), $zone,
+             qr/no-such-ca\.crt/);
+
+    # no redis=: "redis": null in sf_oauth_info
+    $t->start_mock;
+    $t->simple_conf;
+    $t->start;
+    my $r = $t->get('/sf_oauth_info');
+    my $c = ($r->{json} || {})->{credentials}[0] || {};
+    ok(exists $c->{redis} && !defined $c->{redis},
+       'without redis=: sf_oauth_info has "redis":null')
+        or diag($r->{content});
+    $t->finish;
+}
+
 # -- Redis not running when nginx starts -----------------------------------------
 
 SECTION_A: {
@@ -93,7 +164,7 @@ SECTION_A: {
 
     my @n = fleet(what => 'Redis down at start', first => $t, n => 2,
                   redis => $redis) or last SECTION_A;
-    sleep 2 * $S;
+    settle(@n);
 
     for my $i (0, 1) {
         my @e = redis_errors($n[$i], $redis->server);
@@ -215,6 +286,7 @@ SECTION_C: {
     my @n = fleet(what => 'redis_down fail', first => $t, n => 1,
                   redis => $redis, redis_conf => [ redis_down => 'fail' ])
         or last SECTION_C;
+    ok(all_connected(@n), 'redis_down fail: connected');
 
     is($n[0]->get('/services/data/v59.0/')->{status}, 200, 'redis_down fail: 200');
     $redis->kill9;
@@ -235,10 +307,16 @@ SECTION_C: {
        'redis_down fail: still 502 while Redis is down');
     is($t->token_requests, $before, 'redis_down fail: still no token request');
 
+    # Redis back: a refresh works again, within 3 s (a short backoff after
+    # the 502s is fine), with one token request
     $redis->restart;
     ok(all_connected(@n), 'redis_down fail: connected again');
-    $r = $n[0]->get('/services/data/v59.0/back');
-    is($r->{status}, 200, 'redis_down fail: Redis back, the refresh works');
+    my $tries = 0;
+    my $back = RedisTest::wait_for(3, sub {
+        $tries++;
+        $n[0]->get('/services/data/v59.0/back')->{status} == 200;
+    });
+    ok($back, "redis_down fail: Redis back, the refresh works ($tries tries)");
     is($t->token_requests, $before + 1, 'redis_down fail: one token request then');
 }
 finish_all();
@@ -268,7 +346,7 @@ sub connect_case {
            "$what: not to database 0") if @db;
         $redis->cli(@db, 'DEL', $redis->key($_)) for qw(record gen lease);
     } else {
-        sleep 2 * $S;
+        settle($node);
         is(connected($node), 0, "$what: not connected");
         my @e = redis_errors($node, $redis->server);
         is(scalar @e, 1, "$what: one error line")
@@ -357,6 +435,7 @@ SECTION_F: {
     push @everyone, RedisTest::fleet(first => $db, n => 1, redis => $redis,
                                      zone_name => 'other',
                                      redis_conf => [ prefix => 'donorB:' ]);
+    all_connected($da, $db);
     $_->get('/services/data/v59.0/donor') for $da, $db;
     my $ka = $redis->key('record', prefix => 'donorA:');
     my $kb = $redis->key('record', prefix => 'donorB:', zone => 'other');
@@ -457,6 +536,10 @@ SECTION_G: {
 
     my @n = fleet(what => 'no secret in Redis', first => $t, n => 2,
                   redis => $redis) or last SECTION_G;
+
+    # connected first: a node that refreshes before it is (redis_down
+    # local) would rotate the refresh token behind the fleet's back
+    ok(all_connected(@n), 'secrets: connected');
 
     my @values;
     for my $round (1 .. 3) {

@@ -31,7 +31,7 @@ package RedisTest;
 #
 # TLS: new(tls => 1) makes a CA, a server certificate for 127.0.0.1 and
 # localhost signed by it, and a second CA that signed nothing (ca_file,
-# wrong_ca_file, in DIR/redis-tls/).  Debian's redis-server 7 is built with
+# wrong_ca_file, in DIR/redisTAG/tls/).  Debian's redis-server 7 is built with
 # TLS (--tls-port works); tls_supported tells.
 #
 # Fleet helpers: fleet(...) makes and starts the nodes, RedisTest::Load
@@ -39,7 +39,9 @@ package RedisTest;
 
 use strict;
 use warnings;
+no warnings qw(exec);    # a child that cannot exec leaves by POSIX::_exit
 
+use Config;
 use File::Path qw(make_path);
 use POSIX qw(:sys_wait_h);
 use Scalar::Util ();
@@ -160,18 +162,36 @@ sub server_args {
     return @a;
 }
 
+# In a child: the kernel sends it SIG when the test process dies, however
+# it dies (a test killed by a timeout runs no destructor): no redis-server
+# or load loop is left behind.  prctl(PR_SET_PDEATHSIG) on Linux x86_64
+# and aarch64; nothing elsewhere.
+sub die_with_parent {
+    my ($parent, $sig) = @_;
+
+    my %nr = (x86_64 => 157, aarch64 => 167);
+    my ($arch) = $Config{archname} =~ /^(x86_64|aarch64)/;
+    syscall($nr{$arch}, 1, $sig // 15) if $arch;
+    POSIX::_exit(0) if getppid() != $parent;
+}
+
 sub start {
     my ($self) = @_;
 
     die "redis-server already running\n" if $self->{pid};
 
+    my $parent = $$;
     my $pid = fork() // die "fork: $!";
 
     if ($pid == 0) {
+        die_with_parent($parent);
         open STDOUT, '>>', "$self->{dir}/redis.log";
         open STDERR, '>&', \*STDOUT;
         exec $REDIS_SERVER, $self->server_args;
-        die "exec $REDIS_SERVER: $!";
+        # no die, no exit: the child must not run the test's END blocks
+        # and destructors (they would stop the parent's servers)
+        print STDERR "exec $REDIS_SERVER: $!\n";
+        POSIX::_exit(127);
     }
 
     $self->{pid} = $pid;
@@ -271,11 +291,11 @@ sub cli_in {
     if ($pid == 0) {
         if (defined $stdin) {
             my $f = "$self->{dir}/stdin.$$";
-            open my $fh, '>', $f or die;
+            open my $fh, '>', $f or POSIX::_exit(126);
             binmode $fh;
             print $fh $stdin;
             close $fh;
-            open STDIN, '<', $f or die;
+            open STDIN, '<', $f or POSIX::_exit(126);
             unlink $f;
             unshift @args, '-x';
         } else {
@@ -283,7 +303,7 @@ sub cli_in {
         }
         open STDERR, '>', '/dev/null';
         exec $REDIS_CLI, $self->cli_args, @args;
-        exit 127;
+        POSIX::_exit(127);
     }
 
     binmode $out;
@@ -333,13 +353,15 @@ sub subscribe {
     my $n = @{ $self->{subs} };
     my $file = "$self->{dir}/sub$n.out";
 
+    my $parent = $$;
     my $pid = fork() // die "fork: $!";
     if ($pid == 0) {
+        RedisTest::die_with_parent($parent);
         open STDOUT, '>', $file;
         open STDERR, '>', '/dev/null';
         open STDIN, '<', '/dev/null';
         exec $REDIS_CLI, $self->cli_args, 'SUBSCRIBE', $channel;
-        exit 127;
+        POSIX::_exit(127);
     }
     push @{ $self->{subs} }, { pid => $pid, file => $file };
 
@@ -591,9 +613,11 @@ sub start {
     for my $i (0 .. $#$nodes) {
         my $port = $nodes->[$i]->port;
         my $file = "$dir/load.$i.$$." . int(time * 1000);
+        my $parent = $$;
         my $pid = fork() // die "fork: $!";
 
         if ($pid == 0) {
+            RedisTest::die_with_parent($parent);
             my $stop = 0;
             $SIG{TERM} = sub { $stop = 1 };
             open my $fh, '>', $file or POSIX::_exit(1);
