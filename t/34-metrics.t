@@ -78,6 +78,7 @@ $t->write_conf(
         location /services/ {
             sf_oauth crm;
             add_header X-SF-OAuth-Status $sf_oauth_status always;
+            add_header X-Worker $pid always;
             proxy_pass http://127.0.0.1:%%MOCK%%;
         }
 
@@ -685,8 +686,51 @@ ok(wait_until(30, sub {
     ok(!grep({ $_->{labels}{alertname} eq 'SfOAuthApiUsageHigh' }
              prom_alerts()), "SfOAuthApiUsageHigh: quiet at $used/100");
 
+    # -- the latest usage wins, whichever worker saw it --------------------
+    #
+    # Each worker flushes its usage at most once a second: the one that saw
+    # an older value may flush it after the one that saw the newest.  A
+    # round: both workers idle and flushed (2.5 s); request 1 on worker A
+    # goes to the zone at once; request 2 on A waits for A's timer; the
+    # next request that lands on B, B's first, goes at once, and is the
+    # newest.  Then A's timer fires with its older value.
+    my ($round, $newest, $zone_used, @trace);
+    for my $try (1 .. 15) {
+        sleep 2.5;
+        my @seq;
+        for my $i (1 .. 12) {
+            my $r = $t->get("/services/data/v59.0/order/$try/$i");
+            my $w = $r->{headers}{'x-worker'} // '?';
+            push @seq, [ $w, time ];
+            last if @seq >= 2 && $w ne $seq[0][0];
+        }
+        my ($wa, $wb) = ($seq[0][0], $seq[-1][0]);
+        @trace = map { $_->[0] } @seq;
+
+        # A, A (pending), then B at its first, soon enough (before A's
+        # timer): otherwise another round
+        next unless @seq >= 3 && $seq[1][0] eq $wa && $wb ne $wa
+                    && !grep({ $_->[0] ne $wa } @seq[0 .. $#seq - 1])
+                    && $seq[-1][1] - $seq[1][1] < 0.7
+                    && $seq[1][1] - $seq[0][1] < 0.7;
+
+        $round = $try;
+        $newest = $t->mock('stats')->{api_requests};
+        last;
+    }
+    ok($round, 'a round with an older usage pending on one worker and the '
+               . "newest on the other (@trace)");
+    sleep 2 * $scale;
+    $zone_used = val(metrics(), 'sf_oauth_api_requests_used', 'crm');
+    is($zone_used, $newest,
+       'the zone keeps the newest API usage, not an older one that another '
+       . 'worker flushed later');
+    is($t->cred_info('crm')->{api_usage}{used}, $newest,
+       'JSON: api_usage.used is the newest too');
+
     # the next request uses the last one
-    $t->mock('api_limit', 'limit=' . ($used + 1));
+    my $now = $t->mock('stats')->{api_requests};
+    $t->mock('api_limit', 'limit=' . ($now + 1));
     is($t->get('/services/data/v59.0/last')->{status}, 200, 'one more: 200');
 
     my @firing;
@@ -694,7 +738,7 @@ ok(wait_until(30, sub {
            @firing = grep { $_->{labels}{alertname} eq 'SfOAuthApiUsageHigh'
                             && $_->{state} eq 'firing' } prom_alerts();
            @firing;
-       }), 'SfOAuthApiUsageHigh fires at ' . ($used + 1) . '/' . ($used + 1));
+       }), 'SfOAuthApiUsageHigh fires at ' . ($now + 1) . '/' . ($now + 1));
     is_deeply([ map { $_->{labels}{credential} } @firing ], ['crm'],
               'SfOAuthApiUsageHigh: for crm');
 }
