@@ -239,6 +239,7 @@ typedef struct {
     ngx_uint_t                   api_used;
     ngx_uint_t                   api_limit;
     time_t                       api_time;
+    ngx_msec_t                   api_msec;
 
     /*
      * The fleet (sf_oauth_zone redis=): the Redis generation of the token
@@ -454,6 +455,7 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_uint_t                   counted[NGX_HTTP_SF_OAUTH_STATUSES];
     ngx_uint_t                   api_used;
     ngx_uint_t                   api_limit;
+    ngx_msec_t                   api_msec;
     ngx_uint_t                   unflushed;
     ngx_msec_t                   flushed;
     ngx_msec_t                   transfer_start;
@@ -731,7 +733,8 @@ ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
 void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
 void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit);
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
+    ngx_msec_t api_msec);
 void ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred);
 
 /* state file */

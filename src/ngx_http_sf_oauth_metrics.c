@@ -206,6 +206,7 @@ ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
 
     cred->api_used = used;
     cred->api_limit = limit;
+    cred->api_msec = ngx_current_msec;
     cred->unflushed = 1;
 
     if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
@@ -224,7 +225,7 @@ static void
 ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_store_metrics(cred, cred->counted, cred->api_used,
-                                    cred->api_limit);
+                                    cred->api_limit, cred->api_msec);
 
     ngx_memzero(cred->counted, sizeof(cred->counted));
     cred->api_limit = 0;

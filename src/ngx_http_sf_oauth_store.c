@@ -1790,7 +1790,8 @@ ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
 
 void
 ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit)
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
+    ngx_msec_t api_msec)
 {
     ngx_uint_t        i;
     ngx_slab_pool_t  *shpool;
@@ -1804,10 +1805,16 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
             cred->node->requests[i] += counted[i];
         }
 
-        if (api_limit) {
+        /* another worker may have flushed a newer usage meanwhile */
+
+        if (api_limit
+            && (cred->node->api_limit == 0
+                || (ngx_msec_int_t) (api_msec - cred->node->api_msec) >= 0))
+        {
             cred->node->api_used = api_used;
             cred->node->api_limit = api_limit;
             cred->node->api_time = ngx_time();
+            cred->node->api_msec = api_msec;
         }
     }
 
