@@ -138,7 +138,9 @@ run: deps $(MODULE)
 # (dh with dh-sequence-nginx), the .deb in build/deb.  The version is the
 # one of debian/changelog's first entry, and nowhere else.
 DEB_NAME    := libnginx-mod-http-sf-oauth
-DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+# (the .deb's name has no epoch)
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([0-9]*:\)\{0,1\}\([^)]*\)).*/\2/p' \
+                   debian/changelog)
 DEB_ARCH    := $(shell dpkg --print-architecture)
 DEB_DIR     := $(BUILD)/deb
 DEB         := $(DEB_DIR)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
