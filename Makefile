@@ -4,6 +4,7 @@
 #   make test     install what is missing, build, run t/*.t with prove
 #   make run      start nginx with conf.example against the mock Salesforce
 #                 (or a real org when the SF_* variables are set)
+#   make deb      build build/deb/libnginx-mod-http-sf-oauth_<version>_<arch>.deb
 
 NGINX       ?= /usr/sbin/nginx
 NGINX_SRC   ?= /usr/share/nginx/src
@@ -17,9 +18,14 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
                 libnginx-mod-http-image-filter libxml2-dev python3-zeep \
                 redis-server libhiredis-dev prometheus
 
+# make deb and t/33-deb.t: debian/control's Build-Depends, the build tools,
+# lintian
+DEB_PACKAGES += build-essential debhelper dpkg-dev fakeroot lintian \
+                libhiredis-dev
+
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run clean
+.PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run deb clean
 
 all: $(MODULE)
 
@@ -127,6 +133,28 @@ bench: deps $(MODULE)
 
 run: deps $(MODULE)
 	./run.sh
+
+# The Debian package, the way Debian builds its own nginx modules: a copy
+# of the sources with debian/ in build/deb/src, dpkg-buildpackage there
+# (dh with dh-sequence-nginx), the .deb in build/deb.  The version is the
+# one of debian/changelog's first entry, and nowhere else.
+DEB_NAME    := libnginx-mod-http-sf-oauth
+# (the .deb's name has no epoch)
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([0-9]*:\)\{0,1\}\([^)]*\)).*/\2/p' \
+                   debian/changelog)
+DEB_ARCH    := $(shell dpkg --print-architecture)
+DEB_DIR     := $(BUILD)/deb
+DEB         := $(DEB_DIR)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
+
+deb: $(DEB)
+
+$(DEB): $(SOURCES) README.md conf.example $(shell find debian -type f) | deps
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	cp -r --parents $(SOURCES) README.md conf.example debian $(DEB_DIR)/src/
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc \
+	    > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
+	@echo "make deb: $@"
 
 clean:
 	rm -rf $(BUILD)
