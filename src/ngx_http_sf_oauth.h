@@ -439,6 +439,7 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_uint_t                   fleet_alone;
     ngx_uint_t                   fleet_base;
     ngx_uint_t                   fleet_known;
+    ngx_uint_t                   fleet_distrust;
     ngx_uint_t                   fleet_skip;
     ngx_msec_t                   fleet_deadline;
     ngx_event_t                  fleet_timer;
@@ -619,8 +620,13 @@ typedef struct {
     ngx_uint_t                   introspect;
     ngx_str_t                    secret;
 
-    /* with the lease: the fleet generation of the token being replaced */
+    /*
+     * With the lease: the fleet generation of the token being replaced,
+     * and whether that token was got while Redis was unreachable (its
+     * generation then says nothing of its age)
+     */
     ngx_uint_t                   fleet_generation;
+    ngx_uint_t                   fleet_unsynced;
 } ngx_http_sf_oauth_lookup_t;
 
 
@@ -822,7 +828,7 @@ void ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_sf_oauth_fleet_on(ngx_http_sf_oauth_cred_t *cred);
 ngx_uint_t ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t known, ngx_http_sf_oauth_fleet_pt handler);
+    ngx_uint_t known, ngx_uint_t unsynced, ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);

@@ -60,6 +60,8 @@ static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t fleet);
 static void ngx_http_sf_oauth_fleet_synced(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
@@ -283,7 +285,7 @@ ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred)
 
 void
 ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t known, ngx_http_sf_oauth_fleet_pt handler)
+    ngx_uint_t known, ngx_uint_t unsynced, ngx_http_sf_oauth_fleet_pt handler)
 {
     ngx_http_sf_oauth_fleet_op_t  *op;
 
@@ -300,6 +302,7 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     /* long enough for a dead node's lease to expire, and a bit */
 
     cred->fleet_known = known;
+    cred->fleet_distrust = unsynced;
     cred->fleet_deadline = ngx_current_msec + cred->timeout
                            + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
@@ -397,6 +400,21 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
     switch (answer) {
 
     case NGX_HTTP_SF_OAUTH_FLEET_NEWER:
+
+        if (cred->fleet_distrust) {
+            /*
+             * The token that failed was got while Redis was unreachable:
+             * the fleet's generation may be older, and dead with it.  Only
+             * a generation written from now on is taken.
+             */
+
+            cred->fleet_distrust = 0;
+            cred->fleet_known = gen;
+            ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+            ngx_free(rec);
+            ngx_http_sf_oauth_fleet_ask(op);
+            return;
+        }
 
         if (ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2], rec)
             == NGX_OK)
@@ -706,9 +724,9 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
                   "token (fleet generation %ui): this node's is dropped and "
                   "the fleet's is used", &cred->name, gen);
 
-    ngx_http_sf_oauth_store_fleet_mark(cred, 0);
+    /* the token stays unsynced until the fleet's newer one is taken */
     ngx_http_sf_oauth_fleet_release(cred);
-    ngx_http_sf_oauth_fleet_sync(cred);
+    ngx_http_sf_oauth_fleet_read(cred, 0);
 
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STALE, NULL, gen);
     ngx_free(op);
@@ -859,10 +877,7 @@ ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
 static void
 ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
 {
-    u_char       known[NGX_INT_T_LEN];
-    ngx_str_t    args[1];
-    ngx_uint_t   fleet, local, dirty;
-    const char  *keys[3] = { "gen", "record", "lease" };
+    ngx_uint_t  fleet, local, dirty;
 
     if (!ngx_http_sf_oauth_fleet_connected(cred)) {
         return;
@@ -878,6 +893,19 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
         ngx_http_sf_oauth_fleet_store(cred, ngx_http_sf_oauth_fleet_written);
         return;
     }
+
+    ngx_http_sf_oauth_fleet_read(cred, fleet);
+}
+
+
+/* the SYNC script: a newer generation than "fleet" is taken */
+
+static void
+ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
+{
+    u_char       known[NGX_INT_T_LEN];
+    ngx_str_t    args[1];
+    const char  *keys[3] = { "gen", "record", "lease" };
 
     args[0].data = known;
     /* a generation whose record could not be used is not read again */

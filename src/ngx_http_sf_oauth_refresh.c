@@ -115,6 +115,7 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
     /* the fleet answers DOWN when Redis is unreachable */
 
     ngx_http_sf_oauth_fleet_acquire(cred, lk->fleet_generation,
+                                    lk->fleet_unsynced,
                                     ngx_http_sf_oauth_refresh_acquired);
 
     return NGX_OK;

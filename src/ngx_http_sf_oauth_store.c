@@ -764,6 +764,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
         node->token_requests++;
         lk->fleet_generation = node->fleet_generation;
+        lk->fleet_unsynced = node->fleet_dirty;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -1201,6 +1202,7 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
         node->token_requests++;
         node->ahead_refreshes++;
         lk->fleet_generation = node->fleet_generation;
+        lk->fleet_unsynced = node->fleet_dirty;
     }
 
     return rc;
