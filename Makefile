@@ -50,13 +50,24 @@ node-deps:
 
 # nginx's configure tree from nginx-dev, configured with the flags Debian's
 # binary was built with, so that the module's signature matches it.
+# A plain nginx source tree (NGINX_SRC=DIR: a release tarball's, or a git
+# checkout with auto/configure) has no conf_flags: it is configured with
+# --with-compat, which is what lets a module built from the same version's
+# sources load into that version's nginx.
 $(OBJS)/Makefile: config | deps
 	rm -rf $(BUILD)/nginx
 	mkdir -p $(BUILD)
 	cp -r $(NGINX_SRC) $(BUILD)/nginx
-	cd $(BUILD)/nginx && bash -c '. ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" \
-	        --add-dynamic-module=$(CURDIR)' > ../configure.log 2>&1 \
+	cd $(BUILD)/nginx && \
+	if [ -f conf_flags ]; then \
+	    bash -c '. ./conf_flags && \
+	        ./configure "$${NGX_CONF_FLAGS[@]}" \
+	            --add-dynamic-module=$(CURDIR)'; \
+	else \
+	    cfg=./configure; [ -x $$cfg ] || cfg=./auto/configure; \
+	    $$cfg --with-compat --with-http_ssl_module \
+	        --add-dynamic-module=$(CURDIR); \
+	fi > ../configure.log 2>&1 \
 	    || { tail -20 $(BUILD)/configure.log; exit 1; }
 
 $(MODULE): $(OBJS)/Makefile $(SOURCES)
