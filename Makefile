@@ -5,6 +5,9 @@
 #   make run      start nginx with conf.example against the mock Salesforce
 #                 (or a real org when the SF_* variables are set)
 #   make deb      build build/deb/libnginx-mod-http-sf-oauth_<version>_<arch>.deb
+#   make NGINX_VERSION=1.28.3 test-other-nginx
+#                 build nginx 1.28.3 from its release sources and the module
+#                 against it under build/nginx-1.28.3/, run t/*.t with them
 
 NGINX       ?= /usr/sbin/nginx
 NGINX_SRC   ?= /usr/share/nginx/src
@@ -25,7 +28,8 @@ DEB_PACKAGES += build-essential debhelper dpkg-dev fakeroot lintian \
 
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run deb clean
+.PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run deb clean \
+        other-deps other-nginx test-other-nginx
 
 all: $(MODULE)
 
@@ -53,13 +57,24 @@ node-deps:
 
 # nginx's configure tree from nginx-dev, configured with the flags Debian's
 # binary was built with, so that the module's signature matches it.
+# A plain nginx source tree (NGINX_SRC=DIR: a release tarball's, or a git
+# checkout with auto/configure) has no conf_flags: it is configured with
+# --with-compat, which is what lets a module built from the same version's
+# sources load into that version's nginx.
 $(OBJS)/Makefile: config | deps
 	rm -rf $(BUILD)/nginx
 	mkdir -p $(BUILD)
 	cp -r $(NGINX_SRC) $(BUILD)/nginx
-	cd $(BUILD)/nginx && bash -c '. ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" \
-	        --add-dynamic-module=$(CURDIR)' > ../configure.log 2>&1 \
+	cd $(BUILD)/nginx && \
+	if [ -f conf_flags ]; then \
+	    bash -c '. ./conf_flags && \
+	        ./configure "$${NGX_CONF_FLAGS[@]}" \
+	            --add-dynamic-module=$(CURDIR)'; \
+	else \
+	    cfg=./configure; [ -x $$cfg ] || cfg=./auto/configure; \
+	    $$cfg --with-compat --with-http_ssl_module \
+	        --add-dynamic-module=$(CURDIR); \
+	fi > ../configure.log 2>&1 \
 	    || { tail -20 $(BUILD)/configure.log; exit 1; }
 
 $(MODULE): $(OBJS)/Makefile $(SOURCES)
@@ -155,6 +170,95 @@ $(DEB): $(SOURCES) README.md conf.example $(shell find debian -type f) | deps
 	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc \
 	    > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
 	@echo "make deb: $@"
+# -- another nginx: nginx.org's stable and mainline, Debian 13's ----------
+#
+#   make NGINX_VERSION=1.28.3 other-nginx       nginx and the module
+#   make NGINX_VERSION=1.28.3 test-other-nginx  and t/*.t with them
+#
+# nginx VERSION's release sources go to build/nginx-VERSION/src: nginx.org's
+# tarball, or, with NGINX_GIT=DIR (a clone of github.com/nginx/nginx, bare or
+# not) or NGINX_GIT=URL, the tag release-VERSION (no network needed with a
+# local clone).  They are configured with --with-compat, --with-debug (the
+# tests read debug logs) and the modules the tests use, image_filter dynamic
+# as in Debian, plus the module; build/nginx-VERSION/ then holds the nginx
+# binary and modules/ the two .so files.  The suite runs without
+# t/08-make-run.t, which tests `make run`, that is Debian's nginx.
+NGINX_VERSION ?=
+NGINX_GIT     ?=
+OTHER         := $(BUILD)/nginx-$(NGINX_VERSION)
+OTHER_SRC     := $(OTHER)/src
+OTHER_FLAGS   := --with-compat --with-debug --with-threads --with-pcre-jit \
+                 --error-log-path=stderr \
+                 --with-http_ssl_module --with-http_v2_module \
+                 --with-http_realip_module --with-http_auth_request_module \
+                 --with-http_slice_module --with-http_sub_module \
+                 --with-http_addition_module --with-http_gunzip_module \
+                 --with-http_gzip_static_module \
+                 --with-http_stub_status_module \
+                 --with-http_image_filter_module=dynamic
+OTHER_TESTS   ?= $(filter-out t/08-make-run.t,$(sort $(wildcard t/*.t)))
+OTHER_PACKAGES := git libgd-dev
+
+other-deps: deps
+	@test -n "$(NGINX_VERSION)" || { echo "set NGINX_VERSION, as in" \
+	    "make NGINX_VERSION=1.28.3 $(MAKECMDGOALS)" >&2; exit 1; }
+	@missing=""; \
+	for p in $(OTHER_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	        | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	        >/dev/null || exit 1; \
+	fi
+
+$(OTHER_SRC)/src/core/nginx.h: | other-deps
+	rm -rf $(OTHER_SRC) $(OTHER_SRC).tmp
+	mkdir -p $(OTHER_SRC).tmp
+	if [ -d "$(NGINX_GIT)" ]; then \
+	    git -C "$(NGINX_GIT)" archive release-$(NGINX_VERSION) \
+	        | tar -x -C $(OTHER_SRC).tmp; \
+	elif [ -n "$(NGINX_GIT)" ]; then \
+	    rmdir $(OTHER_SRC).tmp && git clone -q --depth 1 \
+	        --branch release-$(NGINX_VERSION) "$(NGINX_GIT)" \
+	        $(OTHER_SRC).tmp; \
+	else \
+	    curl -fsSL https://nginx.org/download/nginx-$(NGINX_VERSION).tar.gz \
+	        | tar -xz --strip-components=1 -C $(OTHER_SRC).tmp; \
+	fi
+	grep -q '"$(NGINX_VERSION)"' $(OTHER_SRC).tmp/src/core/nginx.h
+	mv $(OTHER_SRC).tmp $(OTHER_SRC)
+
+# the tarball has ./configure, the git tree auto/configure
+$(OTHER_SRC)/objs/Makefile: config $(OTHER_SRC)/src/core/nginx.h
+	cd $(OTHER_SRC) && { test -x ./configure && c=./configure \
+	    || c=auto/configure; } && \
+	    $$c --prefix=$(CURDIR)/$(OTHER) $(OTHER_FLAGS) \
+	        --add-dynamic-module=$(CURDIR) > ../configure.log 2>&1 \
+	    || { tail -20 $(OTHER)/configure.log; exit 1; }
+
+$(OTHER)/modules/ngx_http_sf_oauth_module.so: $(OTHER_SRC)/objs/Makefile \
+                                              $(SOURCES)
+	$(MAKE) -C $(OTHER_SRC) -f objs/Makefile
+	mkdir -p $(OTHER)/modules
+	cp $(OTHER_SRC)/objs/nginx $(OTHER)/nginx.tmp
+	mv -f $(OTHER)/nginx.tmp $(OTHER)/nginx
+	for m in ngx_http_image_filter_module ngx_http_sf_oauth_module; do \
+	    cp $(OTHER_SRC)/objs/$$m.so $(OTHER)/modules/$$m.so.tmp && \
+	    mv -f $(OTHER)/modules/$$m.so.tmp $(OTHER)/modules/$$m.so \
+	    || exit 1; \
+	done
+
+other-nginx: other-deps $(OTHER)/modules/ngx_http_sf_oauth_module.so
+	@$(OTHER)/nginx -V 2>&1 | head -1
+
+test-other-nginx: other-deps node-deps other-nginx
+	TEST_NGINX_BINARY=$(CURDIR)/$(OTHER)/nginx \
+	TEST_NGINX_MODULE=$(CURDIR)/$(OTHER)/modules/ngx_http_sf_oauth_module.so \
+	TEST_NGINX_MODULES_DIR=$(CURDIR)/$(OTHER)/modules \
+	    prove $(OTHER_TESTS)
 
 clean:
 	rm -rf $(BUILD)

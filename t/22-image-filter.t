@@ -12,7 +12,7 @@ use lib 't/lib';
 use SfTest;
 use Test::More;
 
-my $image = '/usr/lib/nginx/modules/ngx_http_image_filter_module.so';
+my $image = "$SfTest::MODULES_DIR/ngx_http_image_filter_module.so";
 
 plan skip_all => "no $image (Debian's libnginx-mod-http-image-filter)"
     unless -f $image;

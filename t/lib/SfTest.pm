@@ -14,6 +14,10 @@ package SfTest;
 # finish also checks that error.log has no [alert], [crit] or [emerg] line.
 #
 # Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards.
+#
+# Another nginx: TEST_NGINX_BINARY, TEST_NGINX_MODULE (this module built for
+# it) and TEST_NGINX_MODULES_DIR (its image_filter), as make
+# test-other-nginx sets them.
 
 use strict;
 use warnings;
@@ -32,7 +36,13 @@ use Time::HiRes qw(sleep time);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../..');
 our $NGINX = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-our $MODULE = "$ROOT/build/ngx_http_sf_oauth_module.so";
+our $MODULE = $ENV{TEST_NGINX_MODULE}
+    || "$ROOT/build/ngx_http_sf_oauth_module.so";
+
+# nginx's own dynamic modules (image_filter): Debian's, or with another
+# nginx (TEST_NGINX_BINARY) those built with it, as `make test-other-nginx`
+# sets; the module built for that nginx is TEST_NGINX_MODULE.
+our $MODULES_DIR = $ENV{TEST_NGINX_MODULES_DIR} || '/usr/lib/nginx/modules';
 
 our $CLIENT_ID = '3MVG9mock.client.id';
 our $CLIENT_SECRET = 'mock-client-secret-0123456789';
