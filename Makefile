@@ -182,7 +182,8 @@ $(DEB): $(SOURCES) README.md conf.example $(shell find debian -type f) | deps
 # tests read debug logs) and the modules the tests use, image_filter dynamic
 # as in Debian, plus the module; build/nginx-VERSION/ then holds the nginx
 # binary and modules/ the two .so files.  The suite runs without
-# t/08-make-run.t, which tests `make run`, that is Debian's nginx.
+# t/08-make-run.t, which tests `make run`, and t/33-deb.t, which tests the
+# package: both are Debian's nginx.
 NGINX_VERSION ?=
 NGINX_GIT     ?=
 OTHER         := $(BUILD)/nginx-$(NGINX_VERSION)
@@ -196,7 +197,7 @@ OTHER_FLAGS   := --with-compat --with-debug --with-threads --with-pcre-jit \
                  --with-http_gzip_static_module \
                  --with-http_stub_status_module \
                  --with-http_image_filter_module=dynamic
-OTHER_TESTS   ?= $(filter-out t/08-make-run.t,$(sort $(wildcard t/*.t)))
+OTHER_TESTS   ?= $(filter-out t/08-make-run.t t/33-deb.t,$(sort $(wildcard t/*.t)))
 OTHER_PACKAGES := git libgd-dev
 
 other-deps: deps
