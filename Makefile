@@ -62,6 +62,11 @@ node-deps:
 # --with-compat, which is what lets a module built from the same version's
 # sources load into that version's nginx.
 $(OBJS)/Makefile: config | deps
+	@[ -f $(NGINX_SRC)/conf_flags ] || [ -f $(NGINX_SRC)/configure ] \
+	    || [ -f $(NGINX_SRC)/auto/configure ] || { echo "make:" \
+	    "NGINX_SRC=$(NGINX_SRC) is not an nginx source tree (no configure" \
+	    "or auto/configure): give the directory of nginx's release sources" \
+	    "of the version that runs (nginx -V)" >&2; exit 1; }
 	rm -rf $(BUILD)/nginx
 	mkdir -p $(BUILD)
 	cp -r $(NGINX_SRC) $(BUILD)/nginx
