@@ -25,15 +25,40 @@
 #define NGX_HTTP_SF_OAUTH_FLUSH          1000
 
 
+/* how a metric's value is read from a record */
+#define NGX_HTTP_SF_OAUTH_M_FIELD        0  /* the ngx_uint_t at offset */
+#define NGX_HTTP_SF_OAUTH_M_TOKENS       1  /* every token request */
+#define NGX_HTTP_SF_OAUTH_M_VALID        2
+#define NGX_HTTP_SF_OAUTH_M_AGE          3
+#define NGX_HTTP_SF_OAUTH_M_BACKOFF      4
+#define NGX_HTTP_SF_OAUTH_M_API          5  /* at offset, once Salesforce
+                                               has said */
+#define NGX_HTTP_SF_OAUTH_M_HISTOGRAM    6
+
+
 typedef struct {
     const char                  *name;
     const char                  *type;
     const char                  *help;
+    ngx_uint_t                   read;
+    size_t                       offset;
 } ngx_http_sf_oauth_metric_t;
 
 
+#define ngx_http_sf_oauth_field(f)                                            \
+    NGX_HTTP_SF_OAUTH_M_FIELD, offsetof(ngx_http_sf_oauth_node_t, f)
+
+
+static void ngx_http_sf_oauth_metrics_counted(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_metrics_flush_all(ngx_cycle_t *cycle);
 static void ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev);
+static ngx_int_t ngx_http_sf_oauth_metrics_value(
+    ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_node_t *node,
+    time_t now, ngx_uint_t *v);
+static u_char *ngx_http_sf_oauth_metrics_histogram(u_char *p, u_char *last,
+    ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_cred_t *cred);
 static u_char *ngx_http_sf_oauth_metrics_head(u_char *p, u_char *last,
     ngx_http_sf_oauth_metric_t *m);
 static u_char *ngx_http_sf_oauth_metrics_labels(u_char *p, u_char *last,
@@ -52,43 +77,63 @@ static const char  *ngx_http_sf_oauth_le[NGX_HTTP_SF_OAUTH_BUCKETS] = {
 static ngx_http_sf_oauth_metric_t  ngx_http_sf_oauth_metrics[] = {
 
     { "sf_oauth_token_requests_total", "counter",
-      "Token requests answered by the token endpoint or failed in transport" },
+      "Token requests answered by the token endpoint or failed in transport",
+      NGX_HTTP_SF_OAUTH_M_TOKENS, 0 },
     { "sf_oauth_token_requests_succeeded_total", "counter",
-      "Token requests that got an access token" },
+      "Token requests that got an access token",
+      ngx_http_sf_oauth_field(token_ok) },
     { "sf_oauth_token_requests_transient_failures_total", "counter",
-      "Token requests that failed in a way a retry may cure (backoff)" },
+      "Token requests that failed in a way a retry may cure (backoff)",
+      ngx_http_sf_oauth_field(token_transient) },
     { "sf_oauth_token_requests_operator_failures_total", "counter",
-      "Token requests that failed in a way only an operator can fix (hold)" },
+      "Token requests that failed in a way only an operator can fix (hold)",
+      ngx_http_sf_oauth_field(token_operator) },
     { "sf_oauth_replays_total", "counter",
-      "Requests held on a dead session and replayed with a new token" },
+      "Requests held on a dead session and replayed with a new token",
+      ngx_http_sf_oauth_field(replays) },
     { "sf_oauth_rejected_tokens_total", "counter",
-      "Access tokens that Salesforce said were dead" },
+      "Access tokens that Salesforce said were dead",
+      ngx_http_sf_oauth_field(invalidations) },
     { "sf_oauth_ahead_refreshes_total", "counter",
-      "Refreshes ahead of the token's expiry" },
+      "Refreshes ahead of the token's expiry",
+      ngx_http_sf_oauth_field(ahead_refreshes) },
     { "sf_oauth_wait_timeouts_total", "counter",
-      "Requests that gave up waiting for a token refresh" },
+      "Requests that gave up waiting for a token refresh",
+      ngx_http_sf_oauth_field(wait_timeouts) },
     { "sf_oauth_requests_hit_total", "counter",
-      "Requests sent with the cached token ($sf_oauth_status HIT)" },
+      "Requests sent with the cached token ($sf_oauth_status HIT)",
+      ngx_http_sf_oauth_field(requests[NGX_HTTP_SF_OAUTH_HIT]) },
     { "sf_oauth_requests_wait_total", "counter",
-      "Requests that waited for a refresh ($sf_oauth_status WAIT)" },
+      "Requests that waited for a refresh ($sf_oauth_status WAIT)",
+      ngx_http_sf_oauth_field(requests[NGX_HTTP_SF_OAUTH_WAIT]) },
     { "sf_oauth_requests_retry_total", "counter",
-      "Requests replayed with a new token ($sf_oauth_status RETRY)" },
+      "Requests replayed with a new token ($sf_oauth_status RETRY)",
+      ngx_http_sf_oauth_field(requests[NGX_HTTP_SF_OAUTH_RETRY]) },
     { "sf_oauth_requests_error_total", "counter",
-      "Requests answered 502, no token to be had ($sf_oauth_status ERROR)" },
+      "Requests answered 502, no token to be had ($sf_oauth_status ERROR)",
+      ngx_http_sf_oauth_field(requests[NGX_HTTP_SF_OAUTH_ERROR]) },
     { "sf_oauth_token_valid", "gauge",
-      "1 when the credential has a valid token, else 0" },
+      "1 when the credential has a valid token, else 0",
+      NGX_HTTP_SF_OAUTH_M_VALID, 0 },
     { "sf_oauth_token_age_seconds", "gauge",
-      "Seconds since the current token was issued" },
+      "Seconds since the current token was issued",
+      NGX_HTTP_SF_OAUTH_M_AGE, 0 },
     { "sf_oauth_backoff_seconds", "gauge",
-      "Seconds left before the next token request after a failure" },
+      "Seconds left before the next token request after a failure",
+      NGX_HTTP_SF_OAUTH_M_BACKOFF, 0 },
     { "sf_oauth_api_requests_used", "gauge",
-      "The org's API requests in the last 24 hours (Sforce-Limit-Info)" },
+      "The org's API requests in the last 24 hours (Sforce-Limit-Info)",
+      NGX_HTTP_SF_OAUTH_M_API,
+      offsetof(ngx_http_sf_oauth_node_t, api_used) },
     { "sf_oauth_api_requests_limit", "gauge",
-      "The org's API request limit for 24 hours (Sforce-Limit-Info)" },
+      "The org's API request limit for 24 hours (Sforce-Limit-Info)",
+      NGX_HTTP_SF_OAUTH_M_API,
+      offsetof(ngx_http_sf_oauth_node_t, api_limit) },
     { "sf_oauth_token_request_duration_seconds", "histogram",
-      "How long token requests took" },
+      "How long token requests took",
+      NGX_HTTP_SF_OAUTH_M_HISTOGRAM, 0 },
 
-    { NULL, NULL, NULL }
+    { NULL, NULL, NULL, 0, 0 }
 };
 
 
@@ -107,23 +152,11 @@ ngx_http_sf_oauth_metrics_init(ngx_cycle_t *cycle)
 void
 ngx_http_sf_oauth_metrics_exit(ngx_cycle_t *cycle)
 {
-    ngx_uint_t                      i;
-    ngx_http_sf_oauth_cred_t      **cred;
-    ngx_http_sf_oauth_main_conf_t  *smcf;
-
     if (ngx_http_sf_oauth_metrics_event.timer_set) {
         ngx_del_timer(&ngx_http_sf_oauth_metrics_event);
     }
 
-    smcf = ngx_http_cycle_get_module_main_conf(cycle,
-                                               ngx_http_sf_oauth_module);
-    cred = smcf->creds.elts;
-
-    for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->unflushed && cred[i]->node) {
-            ngx_http_sf_oauth_metrics_flush(cred[i]);
-        }
-    }
+    ngx_http_sf_oauth_metrics_flush_all(cycle);
 }
 
 
@@ -138,17 +171,7 @@ ngx_http_sf_oauth_metrics_count(ngx_http_sf_oauth_cred_t *cred,
     }
 
     cred->counted[status]++;
-    cred->unflushed = 1;
-
-    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
-        ngx_http_sf_oauth_metrics_flush(cred);
-        return;
-    }
-
-    if (!ngx_http_sf_oauth_metrics_event.timer_set) {
-        ngx_add_timer(&ngx_http_sf_oauth_metrics_event,
-                      NGX_HTTP_SF_OAUTH_FLUSH);
-    }
+    ngx_http_sf_oauth_metrics_counted(cred);
 }
 
 
@@ -207,17 +230,7 @@ ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
     cred->api_used = used;
     cred->api_limit = limit;
     cred->api_msec = ngx_current_msec;
-    cred->unflushed = 1;
-
-    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
-        ngx_http_sf_oauth_metrics_flush(cred);
-        return;
-    }
-
-    if (!ngx_http_sf_oauth_metrics_event.timer_set) {
-        ngx_add_timer(&ngx_http_sf_oauth_metrics_event,
-                      NGX_HTTP_SF_OAUTH_FLUSH);
-    }
+    ngx_http_sf_oauth_metrics_counted(cred);
 }
 
 
@@ -234,16 +247,36 @@ ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* a second after counts with no request since: they go to the zone */
+/*
+ * Counted in this worker: to the zone now if the last flush was a second
+ * ago or more, else in a second at the latest.
+ */
 
 static void
-ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev)
+ngx_http_sf_oauth_metrics_counted(ngx_http_sf_oauth_cred_t *cred)
+{
+    cred->unflushed = 1;
+
+    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
+        ngx_http_sf_oauth_metrics_flush(cred);
+        return;
+    }
+
+    if (!ngx_http_sf_oauth_metrics_event.timer_set) {
+        ngx_add_timer(&ngx_http_sf_oauth_metrics_event,
+                      NGX_HTTP_SF_OAUTH_FLUSH);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_metrics_flush_all(ngx_cycle_t *cycle)
 {
     ngx_uint_t                      i;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
-    smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_sf_oauth_module);
     cred = smcf->creds.elts;
 
@@ -252,6 +285,15 @@ ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev)
             ngx_http_sf_oauth_metrics_flush(cred[i]);
         }
     }
+}
+
+
+/* a second after counts with no request since: they go to the zone */
+
+static void
+ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev)
+{
+    ngx_http_sf_oauth_metrics_flush_all((ngx_cycle_t *) ngx_cycle);
 }
 
 
@@ -264,7 +306,7 @@ ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r)
     size_t                          len;
     time_t                          now;
     ngx_buf_t                      *b;
-    ngx_uint_t                      i, j, n, v, cum;
+    ngx_uint_t                      i, n, v;
     ngx_http_sf_oauth_node_t       *nodes, *node;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_metric_t     *m;
@@ -277,11 +319,7 @@ ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r)
 
     /* this worker's own counts first, then a copy of each record */
 
-    for (i = 0; i < n; i++) {
-        if (cred[i]->unflushed && cred[i]->node) {
-            ngx_http_sf_oauth_metrics_flush(cred[i]);
-        }
-    }
+    ngx_http_sf_oauth_metrics_flush_all((ngx_cycle_t *) ngx_cycle);
 
     nodes = ngx_palloc(r->pool,
                        ngx_max(n, 1) * sizeof(ngx_http_sf_oauth_node_t));
@@ -323,109 +361,15 @@ ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r)
         for (i = 0; i < n; i++) {
             node = &nodes[i];
 
-            if (m->type[0] == 'h') {
-                cum = 0;
-
-                for (j = 0; j < NGX_HTTP_SF_OAUTH_BUCKETS; j++) {
-                    cum += node->duration_bucket[j];
-                    p = ngx_slprintf(p, last, "%s_bucket", m->name);
-                    p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
-                    p = ngx_slprintf(p, last, ",le=\"%s\"} %ui\n",
-                                     ngx_http_sf_oauth_le[j], cum);
-                }
-
-                p = ngx_slprintf(p, last, "%s_bucket", m->name);
-                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
-                p = ngx_slprintf(p, last, ",le=\"+Inf\"} %ui\n",
-                                 node->duration_count);
-
-                p = ngx_slprintf(p, last, "%s_sum", m->name);
-                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
-                p = ngx_slprintf(p, last, "} %M.%03M\n",
-                                 node->duration_sum / 1000,
-                                 node->duration_sum % 1000);
-
-                p = ngx_slprintf(p, last, "%s_count", m->name);
-                p = ngx_http_sf_oauth_metrics_labels(p, last, cred[i]);
-                p = ngx_slprintf(p, last, "} %ui\n", node->duration_count);
-
+            if (m->read == NGX_HTTP_SF_OAUTH_M_HISTOGRAM) {
+                p = ngx_http_sf_oauth_metrics_histogram(p, last, m, node,
+                                                        cred[i]);
                 continue;
             }
 
-            switch (m - ngx_http_sf_oauth_metrics) {
-
-            case 0:
-                v = node->token_ok + node->token_transient
-                    + node->token_operator;
-                break;
-            case 1:
-                v = node->token_ok;
-                break;
-            case 2:
-                v = node->token_transient;
-                break;
-            case 3:
-                v = node->token_operator;
-                break;
-            case 4:
-                v = node->replays;
-                break;
-            case 5:
-                v = node->invalidations;
-                break;
-            case 6:
-                v = node->ahead_refreshes;
-                break;
-            case 7:
-                v = node->wait_timeouts;
-                break;
-            case 8:
-                v = node->requests[NGX_HTTP_SF_OAUTH_HIT];
-                break;
-            case 9:
-                v = node->requests[NGX_HTTP_SF_OAUTH_WAIT];
-                break;
-            case 10:
-                v = node->requests[NGX_HTTP_SF_OAUTH_RETRY];
-                break;
-            case 11:
-                v = node->requests[NGX_HTTP_SF_OAUTH_ERROR];
-                break;
-            case 12:
-                v = (node->state == NGX_HTTP_SF_OAUTH_VALID);
-                break;
-
-            case 13:
-                if (node->state != NGX_HTTP_SF_OAUTH_VALID
-                    || node->token_time == 0)
-                {
-                    /* no token: no sample, rather than a made-up age */
-                    continue;
-                }
-
-                v = (now > node->token_time) ? now - node->token_time : 0;
-                break;
-
-            case 14:
-                v = (node->state == NGX_HTTP_SF_OAUTH_FAILED
-                     && (ngx_msec_int_t) (node->backoff_until
-                                          - ngx_current_msec) > 0)
-                    ? (node->backoff_until - ngx_current_msec + 999) / 1000
-                    : 0;
-                break;
-
-            case 15:
-            case 16:
-                if (node->api_limit == 0) {
-                    /* Salesforce has not said yet */
-                    continue;
-                }
-
-                v = (m - ngx_http_sf_oauth_metrics == 15) ? node->api_used
-                                                         : node->api_limit;
-                break;
-
-            default:
+            if (ngx_http_sf_oauth_metrics_value(m, node, now, &v)
+                != NGX_OK)
+            {
                 continue;
             }
 
@@ -452,6 +396,92 @@ failed:
     }
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/* a metric's value in a record; NGX_DECLINED: no sample */
+
+static ngx_int_t
+ngx_http_sf_oauth_metrics_value(ngx_http_sf_oauth_metric_t *m,
+    ngx_http_sf_oauth_node_t *node, time_t now, ngx_uint_t *v)
+{
+    ngx_msec_int_t  left;
+
+    switch (m->read) {
+
+    case NGX_HTTP_SF_OAUTH_M_FIELD:
+        *v = *(ngx_uint_t *) ((u_char *) node + m->offset);
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_TOKENS:
+        *v = node->token_ok + node->token_transient + node->token_operator;
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_VALID:
+        *v = (node->state == NGX_HTTP_SF_OAUTH_VALID);
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_AGE:
+        if (node->state != NGX_HTTP_SF_OAUTH_VALID || node->token_time == 0) {
+            /* no token: no sample, rather than a made-up age */
+            return NGX_DECLINED;
+        }
+
+        *v = (now > node->token_time) ? now - node->token_time : 0;
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_BACKOFF:
+        left = node->backoff_until - ngx_current_msec;
+        *v = (node->state == NGX_HTTP_SF_OAUTH_FAILED && left > 0)
+             ? (left + 999) / 1000 : 0;
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_API:
+        if (node->api_limit == 0) {
+            /* Salesforce has not said yet */
+            return NGX_DECLINED;
+        }
+
+        *v = *(ngx_uint_t *) ((u_char *) node + m->offset);
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* a histogram's cumulative buckets, its sum and its count */
+
+static u_char *
+ngx_http_sf_oauth_metrics_histogram(u_char *p, u_char *last,
+    ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t  j, cum;
+
+    cum = 0;
+
+    for (j = 0; j < NGX_HTTP_SF_OAUTH_BUCKETS; j++) {
+        cum += node->duration_bucket[j];
+        p = ngx_slprintf(p, last, "%s_bucket", m->name);
+        p = ngx_http_sf_oauth_metrics_labels(p, last, cred);
+        p = ngx_slprintf(p, last, ",le=\"%s\"} %ui\n",
+                         ngx_http_sf_oauth_le[j], cum);
+    }
+
+    p = ngx_slprintf(p, last, "%s_bucket", m->name);
+    p = ngx_http_sf_oauth_metrics_labels(p, last, cred);
+    p = ngx_slprintf(p, last, ",le=\"+Inf\"} %ui\n", node->duration_count);
+
+    p = ngx_slprintf(p, last, "%s_sum", m->name);
+    p = ngx_http_sf_oauth_metrics_labels(p, last, cred);
+    p = ngx_slprintf(p, last, "} %M.%03M\n",
+                     node->duration_sum / 1000, node->duration_sum % 1000);
+
+    p = ngx_slprintf(p, last, "%s_count", m->name);
+    p = ngx_http_sf_oauth_metrics_labels(p, last, cred);
+
+    return ngx_slprintf(p, last, "} %ui\n", node->duration_count);
 }
 
 
