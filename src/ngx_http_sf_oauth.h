@@ -377,6 +377,7 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_str_t                    zone_name;
     ngx_shm_zone_t              *shm_zone;
     ngx_str_t                    token_url;
+    ngx_str_t                    token_origin;  /* scheme://host[:port] */
     ngx_str_t                    introspect_url;
     ngx_str_t                    client_id;
     ngx_str_t                    client_secret;

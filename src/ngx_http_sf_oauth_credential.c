@@ -396,7 +396,7 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_sf_oauth_cred_t  *cred = conf;
 
     size_t      skip;
-    ngx_str_t  *url;
+    ngx_str_t  *url, host;
     ngx_url_t   u;
 
     if (cred->token_url.data) {
@@ -440,6 +440,9 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cred->token_url = *url;
+
+    /* the identity service's URLs start with it */
+    (void) ngx_http_sf_oauth_url_host(url, &host, &cred->token_origin);
 
     return NGX_CONF_OK;
 }

@@ -675,7 +675,6 @@ ngx_int_t
 ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token)
 {
-    u_char                    *p, *host, *last;
     ngx_str_t                  url;
     ngx_http_sf_oauth_call_t   call;
 
@@ -687,30 +686,15 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
         return NGX_ERROR;
     }
 
-    last = cred->token_url.data + cred->token_url.len;
-
-    host = ngx_strlcasestrn(cred->token_url.data, last, (u_char *) "://",
-                            sizeof("://") - 1 - 1);
-    if (host == NULL) {
-        return NGX_ERROR;
-    }
-
-    host += sizeof("://") - 1;
-
-    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
-        /* void */
-    }
-
-    url.len = (p - cred->token_url.data) + sizeof("/id//") - 1
+    url.len = cred->token_origin.len + sizeof("/id//") - 1
               + org_id->len + user_id->len;
     url.data = ngx_alloc(url.len + 1, ngx_cycle->log);
     if (url.data == NULL) {
         return NGX_ERROR;
     }
 
-    *ngx_sprintf(ngx_cpymem(url.data, cred->token_url.data,
-                            p - cred->token_url.data),
-                 "/id/%V/%V", org_id, user_id)
+    *ngx_sprintf(url.data, "%V/id/%V/%V", &cred->token_origin, org_id,
+                 user_id)
         = '\0';
 
     call.form = NULL;
