@@ -197,6 +197,7 @@ typedef struct {
 
     ngx_msec_t                   backoff_until;
     ngx_uint_t                   failures;
+    ngx_uint_t                   held;      /* FAILED, the operator's to fix */
     time_t                       error_time;
 
     /* 401s: tokens in a row whose replays got 401 too, and the last drop */

@@ -31,9 +31,10 @@
 #define NGX_HTTP_SF_OAUTH_M_VALID        2
 #define NGX_HTTP_SF_OAUTH_M_AGE          3
 #define NGX_HTTP_SF_OAUTH_M_BACKOFF      4
-#define NGX_HTTP_SF_OAUTH_M_API          5  /* at offset, once Salesforce
+#define NGX_HTTP_SF_OAUTH_M_HELD         5
+#define NGX_HTTP_SF_OAUTH_M_API          6  /* at offset, once Salesforce
                                                has said */
-#define NGX_HTTP_SF_OAUTH_M_HISTOGRAM    6
+#define NGX_HTTP_SF_OAUTH_M_HISTOGRAM    7
 
 
 typedef struct {
@@ -121,6 +122,10 @@ static ngx_http_sf_oauth_metric_t  ngx_http_sf_oauth_metrics[] = {
     { "sf_oauth_backoff_seconds", "gauge",
       "Seconds left before the next token request after a failure",
       NGX_HTTP_SF_OAUTH_M_BACKOFF, 0 },
+    { "sf_oauth_token_held", "gauge",
+      "1 while the credential has no token and its last token request "
+      "failed in a way only an operator can fix (hold), else 0",
+      NGX_HTTP_SF_OAUTH_M_HELD, 0 },
     { "sf_oauth_api_requests_used", "gauge",
       "The org's API requests in the last 24 hours (Sforce-Limit-Info)",
       NGX_HTTP_SF_OAUTH_M_API,
@@ -434,6 +439,10 @@ ngx_http_sf_oauth_metrics_value(ngx_http_sf_oauth_metric_t *m,
         left = node->backoff_until - ngx_current_msec;
         *v = (node->state == NGX_HTTP_SF_OAUTH_FAILED && left > 0)
              ? (left + 999) / 1000 : 0;
+        return NGX_OK;
+
+    case NGX_HTTP_SF_OAUTH_M_HELD:
+        *v = (node->state == NGX_HTTP_SF_OAUTH_FAILED && node->held);
         return NGX_OK;
 
     case NGX_HTTP_SF_OAUTH_M_API:

@@ -649,6 +649,7 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     node->error_len = 0;
     node->failures = 0;
     node->backoff_until = 0;
+    node->held = 0;
     node->issued_at = 0;
 
     /* a lease of an old worker is left alone: its answer is discarded */
@@ -911,6 +912,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;
+        node->held = 0;
         node->busy = 0;
 
         /* the last error stays, for the status output */
@@ -964,6 +966,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->state = NGX_HTTP_SF_OAUTH_FAILED;
         node->backoff_until = ngx_current_msec + delay;
+        node->held = (tok->error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -1593,6 +1596,7 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     node->token_msec = ngx_current_msec;
     node->failures = 0;
     node->backoff_until = 0;
+    node->held = 0;
     node->busy = 0;
 
     if (node->lease_pid == ngx_pid) {

@@ -47,6 +47,7 @@ my %WANT = (
     sf_oauth_token_valid                              => 'gauge',
     sf_oauth_token_age_seconds                        => 'gauge',
     sf_oauth_backoff_seconds                          => 'gauge',
+    sf_oauth_token_held                               => 'gauge',
     sf_oauth_api_requests_used                        => 'gauge',
     sf_oauth_api_requests_limit                       => 'gauge',
     sf_oauth_token_request_duration_seconds           => 'histogram',
@@ -312,7 +313,8 @@ for my $name (sort keys %{ $m->{type} }) {
     # one sample per credential of every counter and of the gauges that
     # always have a value
     for my $name (grep { $WANT{$_} eq 'counter' } keys %WANT,
-                  qw(sf_oauth_token_valid sf_oauth_backoff_seconds))
+                  qw(sf_oauth_token_valid sf_oauth_backoff_seconds
+                     sf_oauth_token_held))
     {
         is_deeply($per_cred{$name}, { map { $_ => 1 } @CREDS },
                   "$name: one sample per credential");
@@ -341,6 +343,10 @@ is(val($m, 'sf_oauth_token_age_seconds', 'down'), undef, 'down: no token age');
     my $d = val($m, 'sf_oauth_backoff_seconds', 'down') // -1;
     ok($d >= 0 && $d <= 60, "down: a transient backoff ($d s), 60 s at most");
 }
+
+is(val($m, 'sf_oauth_token_held', 'bad'), 1, 'bad: held (an operator failure)');
+is(val($m, 'sf_oauth_token_held', 'down'), 0, 'down: not held (transient)');
+is(val($m, 'sf_oauth_token_held', 'crm'), 0, 'crm: not held');
 
 is(val($m, 'sf_oauth_token_requests_total', 'crm'), 1, 'crm: 1 token request');
 is(val($m, 'sf_oauth_token_requests_succeeded_total', 'crm'), 1,
@@ -785,6 +791,8 @@ ok(wait_until(30, sub {
     ok($hold > 0 && $left <= $hold && $left >= $hold - $spent - 2,
        "after the reload: bad's hold goes on ($hold s, then $left s "
        . sprintf('%.1f s later)', $spent));
+    is(val($after, 'sf_oauth_token_held', 'bad'), 1,
+       'after the reload: bad is still held');
     promtool_check($after->{text}, 'after a reload');
 
     my $hit = val($after, 'sf_oauth_requests_hit_total', 'crm');
