@@ -659,9 +659,15 @@ ngx_http_sf_oauth_redis_flush(ngx_http_sf_oauth_redis_conn_t *rc)
         return NGX_ERROR;
     }
 
-    /* a reply is due: within the timeout */
+    /*
+     * a reply is due: within the timeout of the oldest command not yet
+     * answered; a new command must not push that deadline back, or a hung
+     * server that keeps being sent commands (the periodic read every
+     * second) is never noticed.  The read handler restarts the timer
+     * whenever replies come.
+     */
 
-    if (!ngx_queue_empty(&rc->pending)) {
+    if (!ngx_queue_empty(&rc->pending) && !c->read->timer_set) {
         ngx_add_timer(c->read, rc->rd->timeout);
     }
 
