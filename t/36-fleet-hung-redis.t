@@ -1,7 +1,9 @@
 #!/usr/bin/perl
 
-# Red team: redis-server SIGSTOPped (hung: the TCP connection stays up,
-# nothing is answered) while a refresh is needed.
+# redis-server SIGSTOPped (hung: the TCP connection stays up, nothing is
+# answered) while a refresh is needed.  The reply timeout counts from the
+# oldest command not answered: the periodic read every second must not
+# push it back, or a hung Redis with a timeout above 1 s is never noticed.
 #
 # For redis "timeout" 1s (default) and 3s, redis_down local and fail:
 #   - a request that needs a refresh is answered within the credential's
