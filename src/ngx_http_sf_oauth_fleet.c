@@ -38,6 +38,9 @@
 #define NGX_HTTP_SF_OAUTH_FLEET_SYNC      1000
 #define NGX_HTTP_SF_OAUTH_FLEET_POLL      100
 
+/* the SYNC script's answer when the generation in Redis is not one */
+#define NGX_HTTP_SF_OAUTH_FLEET_BAD_GEN   2
+
 
 typedef struct {
     ngx_http_sf_oauth_cred_t      *cred;
@@ -52,6 +55,8 @@ static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_again(ngx_event_t *ev);
+static ngx_uint_t ngx_http_sf_oauth_fleet_overtaken(
+    ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_renewal(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
@@ -83,15 +88,36 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
 
 
 /*
+ * The generation as the scripts read it: 0 when there is none, -1 when
+ * the value is not a generation (bad data: it counts as none, and the
+ * periodic read reports it).  A node's own generation is never older than
+ * what Redis held when the node read it, so Redis holding less than a
+ * node knows means that Redis lost its data (FLUSHALL, a restart without
+ * persistence): a new generation is then counted from the node's.
+ */
+#define NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA                                       \
+    "local function gen(k) "                                                  \
+    "  local v = redis.call('GET', k) "                                       \
+    "  if not v then return 0 end "                                           \
+    "  v = tonumber(v) "                                                      \
+    "  if v == nil or v < 0 or v >= 2^52 or v % 1 ~= 0 then return -1 end "   \
+    "  return v end "
+
+/*
  * KEYS: gen, lease, record; ARGV: owner, ttl ms, the generation known.
- * {1, gen, record}: a newer generation; {2, gen, record}: the lease is
- * taken; {3, gen, owner}: another holds it.
+ * {1, gen, record}: a newer generation; {2, base, record}: the lease is
+ * taken, to be written over "base" (the record is '' when Redis holds an
+ * older generation than the node: the node's refresh token is newer);
+ * {3, gen, owner}: another holds it.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
-    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
-    "if g > tonumber(ARGV[3]) then "
+    NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    "local g = math.max(gen(KEYS[1]), 0) "
+    "local k = tonumber(ARGV[3]) "
+    "if g > k then "
     "  return {1, g, redis.call('GET', KEYS[3]) or ''} end "
     "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    "  if g < k then return {2, k, ''} end "
     "  return {2, g, redis.call('GET', KEYS[3]) or ''} end "
     "return {3, g, redis.call('GET', KEYS[2]) or ''}");
 
@@ -111,17 +137,21 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_release_lua = ngx_string(
  * KEYS: gen, record, lease; ARGV: the generation written over, the
  * record, owner, channel, message.  {5, gen, mine}: stored as gen, "mine"
  * when the lease was still the owner's; {6, gen}: a newer one is there.
+ * An older generation than the one written over (Redis lost its data) is
+ * overwritten.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
-    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
-    "if g ~= tonumber(ARGV[1]) then return {6, g} end "
+    NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    "local g = gen(KEYS[1]) "
+    "local b = tonumber(ARGV[1]) "
+    "if g > b then return {6, g} end "
     "redis.call('SET', KEYS[2], ARGV[2]) "
-    "redis.call('SET', KEYS[1], g + 1) "
+    "redis.call('SET', KEYS[1], b + 1) "
     "local mine = 0 "
     "if redis.call('GET', KEYS[3]) == ARGV[3] then "
     "  redis.call('DEL', KEYS[3]) mine = 1 end "
     "redis.call('PUBLISH', ARGV[4], ARGV[5]) "
-    "return {5, g + 1, mine}");
+    "return {5, b + 1, mine}");
 
 /*
  * KEYS: gen, record; ARGV: a generation, its record, channel, message.
@@ -129,17 +159,24 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
  * its generation back, unless a node put back a newer one.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_restore_lua = ngx_string(
-    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    "local g = gen(KEYS[1]) "
     "if g >= tonumber(ARGV[1]) then return 0 end "
     "redis.call('SET', KEYS[2], ARGV[2]) "
     "redis.call('SET', KEYS[1], ARGV[1]) "
     "redis.call('PUBLISH', ARGV[3], ARGV[4]) "
     "return 1");
 
-/* KEYS: gen, record, lease; ARGV: the generation known */
+/*
+ * KEYS: gen, record, lease; ARGV: the generation known.  {1, gen, record,
+ * owner}: a newer generation; {0, gen, '', owner}: none; {2, 0, '',
+ * owner}: the generation in Redis is not one.
+ */
 static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
-    "local g = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    "local g = gen(KEYS[1]) "
     "local o = redis.call('GET', KEYS[3]) or '' "
+    "if g < 0 then return {2, 0, '', o} end "
     "if g > tonumber(ARGV[1]) then "
     "  return {1, g, redis.call('GET', KEYS[2]) or '', o} end "
     "return {0, g, '', o}");
@@ -436,6 +473,11 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_LEASED;
         cred->fleet_base = gen;
 
+        if (ngx_http_sf_oauth_fleet_overtaken(op)) {
+            ngx_free(rec);
+            return;
+        }
+
         ngx_http_sf_oauth_store_fleet_owner(cred, cred->fleet_owner,
                                             cred->fleet_owner_len);
 
@@ -444,9 +486,13 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         ngx_add_timer(&cred->fleet_timer,
                       (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
 
-        /* the record is read for its refresh token only */
+        /*
+         * The record is read for its refresh token only, and not when this
+         * node has a token of its own that it could not write back: its
+         * refresh token is newer than the record's.
+         */
 
-        if (r->element[2]->len
+        if (r->element[2]->len && !cred->fleet_distrust
             && ngx_http_sf_oauth_fleet_decode(cred, gen, r->element[2], rec)
                == NGX_OK)
         {
@@ -496,7 +542,49 @@ ngx_http_sf_oauth_fleet_again(ngx_event_t *ev)
                ((u_char *) ev - offsetof(ngx_http_sf_oauth_cred_t,
                                          fleet_timer));
 
+    if (ngx_http_sf_oauth_fleet_overtaken(cred->fleet_op)) {
+        return;
+    }
+
     ngx_http_sf_oauth_fleet_ask(cred->fleet_op);
+}
+
+
+/*
+ * While this worker waited for another node's refresh, its own node took
+ * a newer token from the fleet (the periodic read or an announcement, in
+ * another worker): that is the answer, NEWER.  Asking on would take a
+ * lease with the refresh token of the generation that failed, which the
+ * newer one's refresh rotated out (after Redis lost its data, the fleet
+ * has no newer generation to say so).
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_fleet_overtaken(ngx_http_sf_oauth_fleet_op_t *op)
+{
+    ngx_uint_t                 fleet, local, dirty;
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = op->cred;
+
+    fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
+
+    if (fleet <= op->base) {
+        return 0;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: fleet generation %ui taken while waiting "
+                   "for generation %ui's refresh", fleet, op->base);
+
+    /* a lease just taken (the answer LEASE) is not needed: it goes back */
+    ngx_http_sf_oauth_fleet_release(cred);
+
+    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, NULL, fleet);
+    ngx_free(op);
+
+    return 1;
 }
 
 
@@ -609,9 +697,19 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_http_sf_oauth_store_snapshot(cred, copy);
 
-    if (copy->state != NGX_HTTP_SF_OAUTH_VALID) {
+    /*
+     * Its access token may be dead already (a token that could not be
+     * written back, rejected since): its refresh token is what matters.
+     * It goes with the access token all the same, which a record must
+     * hold: a node that takes it gets a 401, and refreshes with that
+     * refresh token.
+     */
+
+    if (copy->token_len == 0) {
         goto failed;
     }
+
+    copy->state = NGX_HTTP_SF_OAUTH_VALID;
 
     ngx_http_sf_oauth_fleet_context(cred, cred->fleet_base + 1, ctx,
                                     &context);
@@ -938,6 +1036,13 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
 
     ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
                                         r->element[3]->len);
+
+    if (answer == NGX_HTTP_SF_OAUTH_FLEET_BAD_GEN) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the fleet generation in "
+                      "Redis is not a number: it is ignored, and this "
+                      "node's token is put back", &cred->name);
+    }
 
     if (answer != NGX_HTTP_SF_OAUTH_FLEET_NEWER) {
 

@@ -33,8 +33,14 @@
 #define NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE   2
 #define NGX_HTTP_SF_OAUTH_REDIS_READY       3
 
+/*
+ * Reconnects: 100 ms, doubling to 1 s, not more: a token that a node got
+ * under the fleet's lease but could not write back (the connection broke)
+ * must reach Redis before that lease expires, or the next node refreshes
+ * with the refresh token it rotated.
+ */
 #define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN   100
-#define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX   5000
+#define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX   1000
 
 
 typedef struct {

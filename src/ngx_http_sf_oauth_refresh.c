@@ -112,7 +112,7 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 
     cred->fleet_alone = 0;
 
-    /* the fleet answers DOWN when Redis is unreachable */
+    /* the fleet answers DOWN when Redis is unreachable or refuses */
 
     ngx_http_sf_oauth_fleet_acquire(cred, lk->fleet_generation,
                                     lk->fleet_unsynced,
@@ -220,7 +220,8 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
- * Redis is unreachable: the node refreshes on its own (redis_down local),
+ * Redis is unreachable, or answers the lease script with an error (OOM,
+ * READONLY...): the node refreshes on its own (redis_down local),
  * and the token is written back when Redis is there again; or it fails
  * (redis_down fail).  Either is logged once per outage and node.
  */
@@ -237,8 +238,9 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
     if (ngx_http_sf_oauth_store_outage(cred, 1) == 0) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": Redis \"%V\" is "
-                      "unreachable: %s; the fleet is not coordinated until "
-                      "it is back", &cred->name, &zone->redis->name,
+                      "unreachable or refuses commands: %s; the fleet is "
+                      "not coordinated until it is back", &cred->name,
+                      &zone->redis->name,
                       zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL
                       ? "requests that need a new token fail "
                         "(redis_down fail)"

@@ -1701,8 +1701,14 @@ ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
     if (ngx_http_sf_oauth_store_mine(cred)) {
         fleet = cred->node->fleet_generation;
         *generation = cred->node->generation;
-        *dirty = cred->node->fleet_dirty
-                 && cred->node->state == NGX_HTTP_SF_OAUTH_VALID;
+        /*
+         * A token not yet written back, even one that Salesforce has
+         * rejected since: its refresh token is the newest there is, and
+         * must reach the fleet.  Not while a refresh of this node runs,
+         * whose outcome is written back by its worker.
+         */
+        *dirty = cred->node->fleet_dirty && cred->node->token_len
+                 && ngx_http_sf_oauth_lease_free(cred, cred->node);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
