@@ -423,6 +423,7 @@ class State:
             self.refresh_tokens = {self.args.refresh_token}
             self.issued_refresh = [self.args.refresh_token]
             self.in_flight = set()
+            self.refresh_log = []
             self.last_token_form = {}
             self.echo_log = []
             self.instance_url = self.args.instance_url
@@ -632,6 +633,7 @@ class Handler(BaseHTTPRequestHandler):
                     "valid_refresh_tokens": sorted(st.refresh_tokens),
                     "issued_access_tokens": st.issued_access,
                     "issued_refresh_tokens": st.issued_refresh,
+                    "refresh_log": st.refresh_log,
                     "last_token_form": st.last_token_form,
                     "api_log": st.api_log,
                     "introspections": st.introspections,
@@ -894,6 +896,14 @@ class Handler(BaseHTTPRequestHandler):
 
         rt = form.get("refresh_token", "")
         with st.lock:
+            # each refresh grant: which issued refresh token (its index,
+            # -1 for one never issued), and the verdict
+            idx = (st.issued_refresh.index(rt)
+                   if rt in st.issued_refresh else -1)
+            st.refresh_log.append([idx, "busy" if rt in st.in_flight
+                                   else "ok" if rt in st.refresh_tokens
+                                   else "reuse" if idx >= 0
+                                   else "unknown", time.time()])
             if rt in st.in_flight:
                 return self.send(400, {
                     "error": "invalid_grant",
