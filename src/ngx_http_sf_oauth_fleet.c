@@ -899,8 +899,10 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                   "sf_oauth: credential \"%V\": Redis holds an older "
-                  "generation than this node (it lost its data?): fleet "
-                  "generation %ui is put back", &cred->name, fleet);
+                  "generation than this node (it lost its data?  or the "
+                  "nodes' sf_oauth_redis blocks differ in server, "
+                  "database or prefix): fleet generation %ui is put "
+                  "back", &cred->name, fleet);
 
 done:
 
