@@ -1,0 +1,153 @@
+#!/usr/bin/perl
+
+# Reloads of a fleet node under load (2 nodes, rotation mode,
+# steady requests to both, a revoke now and then) that change
+#   1) the zone size (zone=sf:1m -> 2m -> 1m), also while a refresh runs
+#   2) the sf_oauth_redis block: prefix, password (Redis has none), server
+#      to another redis-server, and back
+# Expect: no crash, no alert/crit; while the fleet is unchanged (1), every
+# request 200 and no reuse of a rotated-out refresh token.  For (2) the
+# behaviour is observed and reported (diag), only the absence of crashes
+# and alerts is checked, and that the fleet works again once B is back.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use SfTest;
+use RedisTest;
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+my $S = SfTest::time_scale();
+
+my ($t, $redis, $redis2, @n, $A, $B);
+
+sub setup {
+$t = SfTest->new(mock_args => ['--token-delay', '0.3']);
+$t->start_mock;
+$t->mode('rotation');
+$redis = RedisTest->new(dir => $t->dir);
+$redis->start;
+$redis2 = RedisTest->new(dir => $t->dir . '/r2');
+mkdir $t->dir . '/r2';
+$redis2->start;
+
+@n = RedisTest::fleet(redis => $redis, first => $t, n => 2,
+                         credential => { timeout => '5s' });
+($A, $B) = @n;
+ok(RedisTest::wait_for(5, sub {
+    !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n }), 'connected');
+is($A->get('/services/data/v59.0/warm')->{status}, 200, 'warm');
+
+}
+
+sub teardown {
+    $_->finish for reverse @n;
+    ok($redis->finish, 'redis ran to the end');
+    ok($redis2->finish, 'redis 2 ran to the end');
+    @n = (); undef $A; undef $B; undef $t;
+}
+
+sub edit_b { edit_node($B, @_) }
+
+sub edit_node {
+    my ($node, $sub) = @_;
+    my $f = $node->dir . '/nginx.conf';
+    my $c = do { local (@ARGV, $/) = $f; <> };
+    $sub->() for $c;
+    open my $fh, '>', $f or die; print $fh $c; close $fh;
+}
+
+sub tally { my %n; $n{$_}++ for @_; join ', ', map { "$n{$_} x $_" } sort keys %n }
+
+sub no_reuse {
+    my ($what) = @_;
+    my $s = $t->mock('stats');
+    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
+              "$what: no reuse of a rotated-out refresh token");
+}
+
+setup();
+# -- 1) zone size ----------------------------------------------------------------
+{
+    my $mark = $B->log_mark;
+    my $tr0 = $t->token_requests;
+    my $load = RedisTest::Load->start(\@n, interval => 0.02);
+    for my $size ('2m', '1m', '4m', '1m') {
+        edit_b(sub { s/zone=sf:\d+m/zone=sf:$size/ });
+        $t->mock('revoke');
+        sleep 0.1;                      # a refresh is running now
+        $B->reload;
+        sleep 1.5;
+    }
+    my @r = $load->stop;
+    my @bad = grep { $_->{status} != 200 } @r;
+    is(scalar @bad, 0, 'zone size reloads: every request 200 (' . scalar(@r)
+       . ' requests)') or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+    my $trs = $t->token_requests - $tr0;
+    ok($trs <= 4 + 4, "zone size reloads: $trs token requests for 4 revokes");
+    no_reuse('zone size reloads');
+    diag("zone size: B's log:\n" . join "\n",
+         $B->log_lines(qr/\[(warn|error|alert|crit)\]|sf_oauth.*(zone|copied)/, $mark));
+    is($B->get('/services/data/v59.0/after-zone')->{status}, 200, 'after: B 200');
+}
+
+teardown();
+
+# -- 2) the sf_oauth_redis block ----------------------------------------------------
+for my $case (
+    [ 'prefix',   sub { s/(sf_oauth_redis fleet \{\n)/$1        prefix other:;\n/ } ],
+    [ 'password', sub { s/(sf_oauth_redis fleet \{\n)/$1        password s3cret;\n/ } ],
+    [ 'server',   sub { my $s2 = $redis2->server; s/server 127\.0\.0\.1:\d+;/server $s2;/ } ],
+    [ 'server, every node', sub { my $s2 = $redis2->server; s/server 127\.0\.0\.1:\d+;/server $s2;/ }, 1 ],
+    [ 'prefix, every node', sub { s/(sf_oauth_redis fleet \{\n)/$1        prefix other:;\n/ }, 1 ],
+) {
+    my ($what, $edit, $all) = @$case;
+    setup();
+    my $orig = do { local (@ARGV, $/) = $B->dir . '/nginx.conf'; <> };
+    my $mark = $B->log_mark;
+    my $tr0 = $t->token_requests;
+    my $load = RedisTest::Load->start(\@n, interval => 0.02);
+    edit_b($edit);
+    $B->reload;
+    if ($all) {
+        edit_node($A, $edit);
+        $A->reload;
+    }
+    sleep 1.5;
+    my $info = RedisTest::node_redis($B) || {};
+    $t->mock('revoke');
+    sleep 2;
+    my @r = $load->stop;
+    my $s = $t->mock('stats');
+    my $reuse = !(@{ $s->{valid_refresh_tokens} } == 1
+                  && $s->{valid_refresh_tokens}[0] eq $s->{issued_refresh_tokens}[-1]);
+    diag("$what: B info: connected=" . ($info->{connected} ? 1 : 0)
+         . " gen=" . ($info->{fleet_generation} // '-')
+         . "; after a revoke: " . ($t->token_requests - $tr0) . " token requests, "
+         . ($reuse ? 'REUSE (the mock revoked everything)' : 'no reuse') . '; '
+         . tally(map { "node$_->{node}:$_->{status}" } @r));
+    diag("$what: B's log:\n" . join "\n",
+         $B->log_lines(qr/\[(warn|error|alert|crit)\]/, $mark));
+    if ($all) {
+        ok(!$reuse, "$what: changed on every node: no reuse");
+        is(scalar(grep { $_->{status} != 200 } @r), 0, "$what: changed on every node: every request 200");
+        teardown();
+        next;
+    }
+
+    # back to the original block: does the fleet work again?
+    edit_b(sub { $_ = $orig });
+    $B->reload;
+    sleep 1.5;
+    $tr0 = $t->token_requests;
+    $t->mock('revoke');
+    my @s = $t->parallel(20, '/services/data/v59.0/back', ports => [ map { $_->port } @n ],
+                         timeout => 30 * $S);
+    diag("$what: back to the original block, a revoke: " . tally(@s) . ', '
+         . ($t->token_requests - $tr0) . ' token requests');
+    teardown();
+}
+
+done_testing;
