@@ -33,10 +33,10 @@ SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
 all: $(MODULE)
 
-# Installs the Debian packages that are missing; nothing when all are there.
-deps:
-	@missing=""; \
-	for p in $(DEB_PACKAGES); do \
+# $(call install-missing,PACKAGES): installs those of the Debian PACKAGES
+# that are missing; nothing when all are there.
+install-missing = missing=""; \
+	for p in $(1); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
 	        | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -46,6 +46,9 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
 	        >/dev/null || exit 1; \
 	fi
+
+deps:
+	@$(call install-missing,$(DEB_PACKAGES))
 
 # jsforce, the Node.js client the SOAP and Bulk tests run, into
 # build/node (outside git); Debian's nodejs and npm when there is no npm.
@@ -208,17 +211,7 @@ OTHER_PACKAGES := git libgd-dev
 other-deps: deps
 	@test -n "$(NGINX_VERSION)" || { echo "set NGINX_VERSION, as in" \
 	    "make NGINX_VERSION=1.28.3 $(MAKECMDGOALS)" >&2; exit 1; }
-	@missing=""; \
-	for p in $(OTHER_PACKAGES); do \
-	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
-	        | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
-	        >/dev/null || exit 1; \
-	fi
+	@$(call install-missing,$(OTHER_PACKAGES))
 
 $(OTHER_SRC)/src/core/nginx.h: | other-deps
 	rm -rf $(OTHER_SRC) $(OTHER_SRC).tmp
