@@ -203,7 +203,8 @@ for my $down ('fail') {
         my @bad = grep { $_ != 200 && !($down && $_ == 502) } keys %during;
         ok(!@bad, "$what: during the loop: "
                   . join(', ', map { "$during{$_} x $_" } sort keys %during)
-                  . ($down ? ' (502: redis_down fail)' : ''));
+                  . ($down ? ' (502: redis_down fail)' : ''))
+            or diag_tokens($first, $n);
 
         sleep 2;
         my $before = $first->token_requests;
