@@ -120,6 +120,10 @@
 #define NGX_HTTP_SF_OAUTH_REJECT_MIN     1000
 #define NGX_HTTP_SF_OAUTH_REJECT_MAX     15000
 
+/* the wall clock in milliseconds, as of the last time update */
+#define ngx_http_sf_oauth_wall_ms()                                          \
+    ((uint64_t) (ngx_timeofday())->sec * 1000 + (ngx_timeofday())->msec)
+
 /*
  * The r->buffered bit of a request held for a replay.  In stock nginx
  * 1.22 to 1.29, r->buffered holds NGX_HTTP_SSI_BUFFERED 0x01,
@@ -214,6 +218,12 @@ typedef struct {
 
     time_t                       token_time;
     uint64_t                     issued_at;
+
+    /*
+     * When the token was got, in ms of the wall clock of the node that got
+     * it (this one, or another of the fleet); 0: not known
+     */
+    uint64_t                     token_ms;
 
     /* for the refresh ahead of expiry: when the token was got, last used */
     ngx_msec_t                   token_msec;
@@ -583,6 +593,15 @@ typedef struct {
     /* a held 401 too soon after an uncured one: when to ask again */
     ngx_msec_t                   rejected_until;
 
+    /*
+     * The wall clock's ms when the request's first 401 was held, and when
+     * the token it now has was got: see
+     * ngx_http_sf_oauth_handler_older_token()
+     */
+    uint64_t                     rejected_ms;
+    uint64_t                     token_ms;
+    ngx_uint_t                   replays;
+
     /* the body of a response that may say the session is dead, so far */
     ngx_buf_t                   *inspected;
 
@@ -608,8 +627,9 @@ typedef struct {
 typedef struct {
     ngx_uint_t                   generation;
 
-    /* with a token: "Bearer <token>", in the caller's pool */
+    /* with a token: "Bearer <token>", in the caller's pool, and its age */
     ngx_str_t                    authorization;
+    uint64_t                     token_ms;
 
     ngx_str_t                    error;
     time_t                       retry_after;
@@ -895,6 +915,8 @@ ngx_int_t ngx_http_sf_oauth_handler_authorization_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+ngx_uint_t ngx_http_sf_oauth_handler_older_token(
     ngx_http_sf_oauth_ctx_t *ctx);
 
 /* envelope */

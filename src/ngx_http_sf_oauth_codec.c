@@ -8,7 +8,11 @@
  *
  *   {"credentials":[{"name":..., "conf_fp":"<16 hex>", "refresh_token":...,
  *                    "access_token":..., "instance_url":...,
- *                    "issued_at":..., "token_time":...}, ...]}
+ *                    "issued_at":..., "token_time":..., "token_ms":...},
+ *                   ...]}
+ *
+ * ("token_ms", the wall clock's ms when the token was got, is newer than
+ * the format: a record without it tells the second, "token_time".)
  *
  * The magic is authenticated too, and so is the caller's context, if any:
  * a fleet record in Redis is bound to its zone, credential and fleet
@@ -173,7 +177,9 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
         || cJSON_AddNumberToObject(item, "issued_at",
                                    (double) node->issued_at) == NULL
         || cJSON_AddNumberToObject(item, "token_time",
-                                   (double) node->token_time) == NULL)
+                                   (double) node->token_time) == NULL
+        || cJSON_AddNumberToObject(item, "token_ms",
+                                   (double) node->token_ms) == NULL)
     {
         return NGX_ERROR;
     }
@@ -382,6 +388,17 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
     rec->token_time = (cJSON_IsNumber(num) && num->valuedouble > 0
                        && num->valuedouble < 1e12)
                       ? (time_t) num->valuedouble : 0;
+
+    /* without it, the token was got by the end of its second at the latest */
+    num = cJSON_GetObjectItemCaseSensitive(item, "token_ms");
+    if (cJSON_IsNumber(num) && num->valuedouble > 0
+        && num->valuedouble < 1e15)
+    {
+        rec->token_ms = (uint64_t) num->valuedouble;
+
+    } else if (rec->token_time) {
+        rec->token_ms = (uint64_t) rec->token_time * 1000 + 999;
+    }
 
     /* a token goes into a header: the same rules as from Salesforce */
 

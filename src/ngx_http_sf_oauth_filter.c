@@ -49,7 +49,9 @@
  *
  * Limits: a body streamed with proxy_request_buffering off is gone, so
  * such a 401 passes through; a replayed request's own 401 passes through,
- * never a second refresh.  Whether a 401 drops the token and refreshes,
+ * never a second refresh, unless the replay's token was older than the
+ * request's 401 (ngx_http_sf_oauth_handler_older_token): then the request
+ * is held and replayed once more.  Whether a 401 drops the token and refreshes,
  * or waits because refreshes did not cure 401s lately, is the store's
  * rule (ngx_http_sf_oauth_store_rejected).
  */
@@ -169,7 +171,7 @@ static ngx_int_t
 ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (ctx->replayed) {
+    if (ctx->replayed && !ngx_http_sf_oauth_handler_older_token(ctx)) {
         /* the replay's own answer passes: one refresh and one replay */
         return 0;
     }

@@ -818,6 +818,7 @@ ngx_http_sf_oauth_act(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
         /* the header gets it in the content phase, not before */
         ctx->authorization = lk->authorization;
         ctx->generation = lk->generation;
+        ctx->token_ms = lk->token_ms;
 
         if (ctx->status == 0) {
             ctx->status = NGX_HTTP_SF_OAUTH_HIT;
@@ -925,6 +926,10 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
 
     ngx_http_sf_oauth_store_count_replay(ctx->cred);
 
+    if (!ctx->replayed) {
+        ctx->rejected_ms = ngx_http_sf_oauth_wall_ms();
+    }
+
     ctx->noted = 1;
     ctx->held = 1;
     ctx->status = NGX_HTTP_SF_OAUTH_RETRY;
@@ -955,6 +960,26 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_timer_post(&ctx->waiter.event);
 
     return NGX_OK;
+}
+
+
+/*
+ * Whether a replay's token was got before the request's first 401 came:
+ * another worker's or node's refresh, found newer than the token that
+ * failed.  Then a 401 to the replay says that this token died too (two
+ * revocations while the request was under way, or a node that had not
+ * yet learned the fleet's newest token), not that no refresh cures this
+ * 401: the request is held once more, and replayed with a token got after
+ * its 401.  A request never has more than two replays, and never more
+ * than one after a token request made for it.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_handler_older_token(ngx_http_sf_oauth_ctx_t *ctx)
+{
+    return ctx->replays == 1
+           && ctx->token_ms != 0
+           && ctx->token_ms < ctx->rejected_ms;
 }
 
 
@@ -1086,6 +1111,7 @@ ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     ctx->held = 0;
     ctx->replayed = 1;
+    ctx->replays++;
 
     r->buffered &= ~NGX_HTTP_SF_OAUTH_BUFFERED;
 
@@ -1616,7 +1642,7 @@ ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
 
     ctx->noted = 1;
 
-    if (ctx->replayed) {
+    if (ctx->replayed && !ngx_http_sf_oauth_handler_older_token(ctx)) {
         ngx_http_sf_oauth_store_replayed(ctx->cred, ctx->generation, 0,
                                          r->connection->log);
         return;

@@ -90,7 +90,7 @@ static ngx_http_sf_oauth_metric_t  ngx_http_sf_oauth_metrics[] = {
       "Token requests that failed in a way only an operator can fix (hold)",
       ngx_http_sf_oauth_field(token_operator) },
     { "sf_oauth_replays_total", "counter",
-      "Requests held on a dead session and replayed with a new token",
+      "Replays of requests held on a dead session, with a new token",
       ngx_http_sf_oauth_field(replays) },
     { "sf_oauth_rejected_tokens_total", "counter",
       "Access tokens that Salesforce said were dead",

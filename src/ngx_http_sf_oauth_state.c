@@ -339,6 +339,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
 
                 node->issued_at = rec[i].issued_at;
                 node->token_time = rec[i].token_time;
+                node->token_ms = rec[i].token_ms;
 
                 /* its age is unknown: a refresh ahead waits a lifetime */
                 node->token_msec = ngx_current_msec;

@@ -651,6 +651,7 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     node->backoff_until = 0;
     node->held = 0;
     node->issued_at = 0;
+    node->token_ms = 0;
 
     /* a lease of an old worker is left alone: its answer is discarded */
 
@@ -710,6 +711,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         ngx_memcpy(p, node->token, node->token_len);
 
         lk->generation = node->generation;
+        lk->token_ms = node->token_ms;
         node->last_use = ngx_current_msec;
 
         ngx_shmtx_unlock(&shpool->mutex);
@@ -909,6 +911,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->issued_at = tok->issued_at;
         node->token_time = ngx_time();
+        node->token_ms = ngx_http_sf_oauth_wall_ms();
         node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;
@@ -1593,6 +1596,7 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
 
     node->issued_at = rec->issued_at;
     node->token_time = rec->token_time ? rec->token_time : ngx_time();
+    node->token_ms = rec->token_ms;
     node->token_msec = ngx_current_msec;
     node->failures = 0;
     node->backoff_until = 0;

@@ -177,6 +177,9 @@ API paths with special answers (after the token check):
   ?reject=1                      a 401 even to a valid token (one endpoint
                                  that no refresh cures)
   ?slow401=1                     the 401 is chunked, its last chunk 50 ms late
+  ?late401=S                     the 401 comes S seconds after the token
+                                 check (a slow endpoint: the token dies
+                                 while Salesforce works)
   ?big401=N                      the 401 has a body of N bytes
   ?cache401=1                    the 401 says Cache-Control: max-age=300
 
@@ -1182,6 +1185,8 @@ class Handler(BaseHTTPRequestHandler):
                 "peer_port": self.client_address[1],
             })
         if not ok:
+            if "late401" in query:
+                time.sleep(float(query["late401"][0]))
             if "slow401" in query:
                 return self.slow401()
             if "big401" in query:

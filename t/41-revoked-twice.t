@@ -1,0 +1,124 @@
+#!/usr/bin/perl
+
+# A request whose token dies twice while it is under way: Salesforce
+# revokes, another request's refresh gets a new token, Salesforce revokes
+# again, and only then does the slow request's 401 come.  The newer token
+# it is replayed with was got before its 401, so the 401 to that replay is
+# that token's death too, not a 401 that no refresh cures: the request is
+# replayed once more, with a token got after its 401, and the client gets
+# 200.  The same with a fleet, where the node learned the newer token from
+# Redis.  And a 401 that no refresh cures still costs one replay: a
+# request is replayed at most twice, and at most once after a token
+# request made for it.
+
+use strict;
+use warnings;
+
+use lib 't/lib';
+use SfTest;
+use RedisTest;
+use POSIX ();
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+my $S = SfTest::time_scale();
+
+# GET "path" on "node" in a child; returns a sub that waits for its status
+sub slow_get {
+    my ($node, $path) = @_;
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        my $r = $node->get($path, timeout => 30 * $S);
+        POSIX::_exit($r->{status} == 200 ? 0 : $r->{status} == 401 ? 1 : 2);
+    }
+    return sub {
+        waitpid($pid, 0);
+        return (200, 401, 'another status')[$? >> 8];
+    };
+}
+
+# -- one node ---------------------------------------------------------------
+
+{
+    my $t = SfTest->new;
+    $t->start_mock;
+    $t->simple_conf;
+    $t->start;
+
+    is($t->get('/services/data/warm')->{status}, 200, 'one node: warm');
+    my $before = $t->token_requests;
+    my $mark = $t->log_mark;
+
+    $t->mock('revoke');
+    my $slow = slow_get($t, '/services/data/slow?late401=' . (1.5 * $S));
+    sleep 0.3 * $S;
+    is($t->get('/services/data/fast')->{status}, 200,
+       'one node: a revoke, another request refreshes: 200');
+    $t->mock('revoke');
+
+    is($slow->(), 200, 'one node: the slow request, its token and the next '
+                       . 'one revoked meanwhile: 200');
+    is($t->token_requests - $before, 2,
+       'one node: two token requests, one per revoke');
+    unlike($t->error_log_since($mark), qr/a refresh does not cure/,
+           'one node: no "a refresh does not cure" warning');
+    is($t->cred_info->{replays}, 3,
+       'one node: 3 replays counted (the fast request 1, the slow one 2)');
+
+    # a 401 that no refresh cures: one token request and one replay
+    $before = $t->token_requests;
+    my $api = $t->mock('stats')->{api_requests};
+    is($t->get('/services/data/no?reject=1')->{status}, 401,
+       'one node: an uncurable 401 reaches the client');
+    is($t->token_requests - $before, 1, 'one node: after one token request');
+    is($t->mock('stats')->{api_requests} - $api, 2,
+       'one node: and one replay');
+
+    $t->finish;
+}
+
+# -- a fleet of two ---------------------------------------------------------
+
+{
+    my $first = SfTest->new;
+    $first->start_mock;
+    $first->mode('rotation');
+    my $redis = RedisTest->new(dir => $first->dir);
+    $redis->start;
+    my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
+    RedisTest::wait_for(5 * $S, sub {
+        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+
+    is($n[0]->get('/services/data/warm')->{status}, 200, 'fleet: warm');
+    ok(RedisTest::wait_for(3 * $S, sub {
+           ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0)
+           == 1 }), 'fleet: node 1 learned generation 1');
+    my $before = $first->token_requests;
+    my $mark = $n[1]->log_mark;
+
+    # node 1's slow request; node 0 refreshes, node 1 learns it from Redis
+    $first->mock('revoke');
+    my $slow = slow_get($n[1], '/services/data/slow?late401=' . (3 * $S));
+    sleep 0.3 * $S;
+    is($n[0]->get('/services/data/fast')->{status}, 200,
+       'fleet: a revoke, node 0 refreshes: 200');
+    ok(RedisTest::wait_for(2 * $S, sub {
+           ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0)
+           == 2 }), 'fleet: node 1 learned generation 2 from Redis');
+    $first->mock('revoke');
+
+    is($slow->(), 200, 'fleet: node 1\'s slow request, its token and the '
+                       . 'fleet\'s next one revoked meanwhile: 200');
+    is($first->token_requests - $before, 2,
+       'fleet: two token requests, one per revoke');
+    my $s = $first->mock('stats');
+    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
+              'fleet: no rotated-out refresh token reused');
+    unlike($n[1]->error_log_since($mark), qr/a refresh does not cure/,
+           'fleet: no "a refresh does not cure" warning');
+
+    $_->finish for reverse @n;
+    $redis->finish;
+}
+
+done_testing;
