@@ -121,8 +121,8 @@
 #define NGX_HTTP_SF_OAUTH_REJECT_MAX     15000
 
 /* the wall clock in milliseconds, as of the last time update */
-#define ngx_http_sf_oauth_wall_ms()                                          \
-    ((uint64_t) (ngx_timeofday())->sec * 1000 + (ngx_timeofday())->msec)
+#define ngx_http_sf_oauth_wall_ms(tp)                                        \
+    ((tp) = ngx_timeofday(), (uint64_t) (tp)->sec * 1000 + (tp)->msec)
 
 /*
  * The r->buffered bit of a request held for a replay.  In stock nginx

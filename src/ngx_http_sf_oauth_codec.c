@@ -377,7 +377,10 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
         ((u_char *) &rec->conf_fp)[i] = (u_char) n;
     }
 
-    /* numbers are only informational: out of range, they are 0 */
+    /*
+     * Numbers out of range are 0.  They are informational, but for
+     * token_ms: see ngx_http_sf_oauth_handler_older_token()
+     */
 
     num = cJSON_GetObjectItemCaseSensitive(item, "issued_at");
     rec->issued_at = (cJSON_IsNumber(num) && num->valuedouble > 0

@@ -48,7 +48,7 @@
  * client aborts; t/10-replay.t keeps it so.
  *
  * Limits: a body streamed with proxy_request_buffering off is gone, so
- * such a 401 passes through; a replayed request's own 401 passes through,
+ * such a 401 passes through.  A replayed request's own 401 passes through,
  * never a second refresh, unless the replay's token was older than the
  * request's 401 (ngx_http_sf_oauth_handler_older_token): then the request
  * is held and replayed once more.  Whether a 401 drops the token and refreshes,
@@ -141,6 +141,9 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         r->upstream->cacheable = 0;
         r->preserve_body = 1;
 
+        /* a replay's answer is read afresh, not after the held one's */
+        ctx->inspected = NULL;
+
         if (r->header_only || r->headers_out.content_length_n == 0) {
 
             if (ngx_http_sf_oauth_dead(r, ctx, 1)) {
@@ -172,7 +175,10 @@ ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->replayed && !ngx_http_sf_oauth_handler_older_token(ctx)) {
-        /* the replay's own answer passes: one refresh and one replay */
+        /*
+         * The replay's own answer passes: one replay after a refresh made
+         * for the request
+         */
         return 0;
     }
 

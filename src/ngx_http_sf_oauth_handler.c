@@ -918,8 +918,9 @@ ngx_int_t
 ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_int_t   rc;
-    ngx_msec_t  until;
+    ngx_int_t    rc;
+    ngx_msec_t   until;
+    ngx_time_t  *tp;
 
     rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
                                           &until);
@@ -927,8 +928,11 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_store_count_replay(ctx->cred);
 
     if (!ctx->replayed) {
-        ctx->rejected_ms = ngx_http_sf_oauth_wall_ms();
+        ctx->rejected_ms = ngx_http_sf_oauth_wall_ms(tp);
     }
+
+    /* the token that failed is no longer the request's */
+    ctx->token_ms = 0;
 
     ctx->noted = 1;
     ctx->held = 1;
@@ -969,9 +973,11 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
  * failed.  Then a 401 to the replay says that this token died too (two
  * revocations while the request was under way, or a node that had not
  * yet learned the fleet's newest token), not that no refresh cures this
- * 401: the request is held once more, and replayed with a token got after
- * its 401.  A request never has more than two replays, and never more
- * than one after a token request made for it.
+ * 401: the request is held once more, and replayed with the newest token,
+ * as a rule got after its 401.  A request never has more than two
+ * replays.  (Only clocks apart, those of a fleet's nodes, or one stepped
+ * back, can make a token got for the request look older than its 401:
+ * then an uncured 401 costs one more refresh.)
  */
 
 ngx_uint_t
@@ -1111,7 +1117,6 @@ ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     ctx->held = 0;
     ctx->replayed = 1;
-    ctx->replays++;
 
     r->buffered &= ~NGX_HTTP_SF_OAUTH_BUFFERED;
 
@@ -1146,6 +1151,8 @@ ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "sf_oauth: credential \"%V\": replaying the request",
                    &ctx->cred->name);
+
+    ctx->replays++;
 
     ngx_http_finalize_request(r, r->content_handler(r));
 }

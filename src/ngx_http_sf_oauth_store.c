@@ -848,6 +848,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
     ngx_msec_t                 delay;
+    ngx_time_t                *tp;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -911,7 +912,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         node->issued_at = tok->issued_at;
         node->token_time = ngx_time();
-        node->token_ms = ngx_http_sf_oauth_wall_ms();
+        node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
         node->token_msec = ngx_current_msec;
         node->failures = 0;
         node->backoff_until = 0;

@@ -23,19 +23,31 @@ use Time::HiRes qw(sleep time);
 
 my $S = SfTest::time_scale();
 
-# GET "path" on "node" in a child; returns a sub that waits for its status
+# GET "path" on "node" in a child, or POST "body"; returns a sub that
+# waits for its status ("200 but" when "check" does not like the answer)
 sub slow_get {
-    my ($node, $path) = @_;
+    my ($node, $path, $body, $check) = @_;
     my $pid = fork() // die "fork: $!";
     if ($pid == 0) {
-        my $r = $node->get($path, timeout => 30 * $S);
-        POSIX::_exit($r->{status} == 200 ? 0 : $r->{status} == 401 ? 1 : 2);
+        my $r = defined $body
+            ? $node->http('POST', $path, body => $body, timeout => 30 * $S,
+                          headers => { 'Content-Type' => 'text/xml',
+                                       SOAPAction => '""' })
+            : $node->get($path, timeout => 30 * $S);
+        POSIX::_exit($r->{status} == 200 ? ($check && !$check->($r) ? 3 : 0)
+                     : $r->{status} == 401 ? 1 : 2);
     }
     return sub {
         waitpid($pid, 0);
-        return (200, 401, 'another status')[$? >> 8];
+        return (200, 401, 'another status', '200 but')[$? >> 8];
     };
 }
+
+my $ENV_NS = 'http://schemas.xmlsoap.org/soap/envelope/';
+my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
+         . qq{<query xmlns="urn:partner.soap.sforce.com"><queryString>}
+         . qq{SELECT Id FROM Account</queryString></query></soapenv:Body>}
+         . qq{</soapenv:Envelope>};
 
 # -- one node ---------------------------------------------------------------
 
@@ -64,6 +76,27 @@ sub slow_get {
            'one node: no "a refresh does not cure" warning');
     is($t->cred_info->{replays}, 3,
        'one node: 3 replays counted (the fast request 1, the slow one 2)');
+
+    # the same for SOAP: the second fault is read afresh, not after the
+    # first one's body, and the client gets one whole answer
+    $before = $t->token_requests;
+    $t->mock('revoke');
+    $slow = slow_get($t, '/services/Soap/u/59.0?late401=' . (1.5 * $S),
+                     $SOAP, sub {
+                         my ($r) = @_;
+                         my @env = $r->{content} =~ /<\/\w+:Envelope>/g;
+                         return @env == 1
+                                && $r->{content} =~ /queryResponse/
+                                && $r->{content} !~ /INVALID_SESSION_ID/;
+                     });
+    sleep 0.3 * $S;
+    is($t->get('/services/data/fast2')->{status}, 200,
+       'one node, SOAP: a revoke, another request refreshes: 200');
+    $t->mock('revoke');
+    is($slow->(), 200, 'one node, SOAP: the slow call, its session and the '
+                       . 'next one revoked meanwhile: 200, one whole answer');
+    is($t->token_requests - $before, 2,
+       'one node, SOAP: two token requests, one per revoke');
 
     # a 401 that no refresh cures: one token request and one replay
     $before = $t->token_requests;

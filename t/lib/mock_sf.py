@@ -179,7 +179,8 @@ API paths with special answers (after the token check):
   ?slow401=1                     the 401 is chunked, its last chunk 50 ms late
   ?late401=S                     the 401 comes S seconds after the token
                                  check (a slow endpoint: the token dies
-                                 while Salesforce works)
+                                 while Salesforce works); for SOAP too,
+                                 its INVALID_SESSION_ID fault
   ?big401=N                      the 401 has a body of N bytes
   ?cache401=1                    the 401 says Cache-Control: max-age=300
 
@@ -1317,6 +1318,10 @@ class Handler(BaseHTTPRequestHandler):
         }
         status, reply, headers = self.soap_call(kind, ns, data, entry)
         entry["status"] = status
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        if "late401" in query and not entry["session_valid"]:
+            # a slow call: the session checked at once, the fault sent late
+            time.sleep(float(query["late401"][0]))
         with st.lock:
             st.api_requests += 1
             st.api_log.append({"method": self.command, "path": self.path,
