@@ -975,9 +975,11 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
  * yet learned the fleet's newest token), not that no refresh cures this
  * 401: the request is held once more, and replayed with the newest token,
  * as a rule got after its 401.  A request never has more than two
- * replays.  (Only clocks apart, those of a fleet's nodes, or one stepped
- * back, can make a token got for the request look older than its 401:
- * then an uncured 401 costs one more refresh.)
+ * replays.  The cost, with a 401 that no refresh cures: a request whose
+ * first replay used another request's token is held a second time, until
+ * the next refresh the store allows; so are requests whose token looks
+ * older than it is (clocks of a fleet's nodes apart, timer_resolution, a
+ * clock stepped back).
  */
 
 ngx_uint_t
