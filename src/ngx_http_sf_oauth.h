@@ -162,6 +162,8 @@
 #define NGX_HTTP_SF_OAUTH_CALL_OTHER     0
 #define NGX_HTTP_SF_OAUTH_CALL_LOGIN     1
 #define NGX_HTTP_SF_OAUTH_CALL_LOGOUT    2
+/* the call's start tag lies past NGX_HTTP_SF_OAUTH_HEAD_MAX */
+#define NGX_HTTP_SF_OAUTH_CALL_UNKNOWN   3
 
 /* the API a request goes to, from its URI */
 #define NGX_HTTP_SF_OAUTH_REST           0
@@ -882,6 +884,8 @@ void ngx_http_sf_oauth_timer_post(ngx_event_t *ev);
 /* send */
 ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_buf_t *b);
+ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
 
 /* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,

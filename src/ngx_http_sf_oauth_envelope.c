@@ -329,9 +329,15 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
             if (ps.body < 0) {
                 ps.error = "the envelope's head, up to its Body, is longer "
                            "than 64 KiB";
+
+            } else {
+                /*
+                 * The Body has begun, but the call's start tag is not in
+                 * the head: the call is not known, and may be a login()
+                 */
+                ps.call = NGX_HTTP_SF_OAUTH_CALL_UNKNOWN;
             }
 
-            /* else the call is none that the module answers */
             ps.done = 1;
             break;
         }

@@ -511,6 +511,34 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
 
+    if (env->call == NGX_HTTP_SF_OAUTH_CALL_UNKNOWN) {
+
+        if (slcf->soap_login) {
+            /*
+             * it may be a login(), whose password must not go to
+             * Salesforce: what cannot be told is refused
+             */
+
+            ngx_str_set(&why, "the call in the SOAP Body does not start "
+                        "within the envelope's first 64 KiB, and this "
+                        "location answers login() itself "
+                        "(sf_oauth_soap_login): a call that cannot be told "
+                        "from login() is not forwarded; send the call "
+                        "without the comments or whitespace before it");
+
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "sf_oauth: credential \"%V\": SOAP envelope "
+                          "refused: %V", &ctx->cred->name, &why);
+
+            ngx_http_finalize_request(r,
+               ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
+            return;
+        }
+
+        /* without sf_oauth_soap_login, any call goes to Salesforce */
+        env->call = NGX_HTTP_SF_OAUTH_CALL_OTHER;
+    }
+
     if (env->call != NGX_HTTP_SF_OAUTH_CALL_OTHER && slcf->soap_login) {
         ngx_http_finalize_request(r, ngx_http_sf_oauth_soap_login(r, ctx, env));
         return;
@@ -1906,10 +1934,13 @@ ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
 
 
 /*
- * The 502 JSON: a request whose credential has no token to give
+ * The 502: a request whose credential has no token to give
  * (sf_oauth_token_unavailable, with the credential's name), or, with no
  * ctx, a request whose "sf_oauth $variable" names no credential
- * (sf_oauth_unknown_credential: the name is not echoed).
+ * (sf_oauth_unknown_credential: the name is not echoed).  Each API gets
+ * it in the shape its clients parse: a REST request the JSON error, a
+ * SOAP request a soapenv:Server fault, a Bulk 1.0 request the Bulk API's
+ * error, in XML or, for a JSON job, in JSON.
  */
 
 static ngx_int_t
@@ -1918,9 +1949,10 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
 {
     size_t            len;
     u_char           *p;
-    ngx_str_t         code, name;
+    ngx_str_t         code, name, why;
     ngx_buf_t        *b;
     ngx_int_t         rc;
+    ngx_uint_t        kind;
     ngx_table_elt_t  *h;
 
     if (ctx) {
@@ -1937,29 +1969,6 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
     if (rc != NGX_OK) {
         return rc;
     }
-
-    len = sizeof("{\"error\":\"\",\"error_description\":\"\","
-                 "\"credential\":\"\"}\n") - 1
-          + code.len
-          + error->len + ngx_escape_json(NULL, error->data, error->len)
-          + name.len;
-
-    b = ngx_create_temp_buf(r->pool, len);
-    if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    p = ngx_sprintf(b->last, "{\"error\":\"%V\",\"error_description\":\"",
-                    &code);
-    p = (u_char *) ngx_escape_json(p, error->data, error->len);
-
-    if (name.len) {
-        p = ngx_sprintf(p, "\",\"credential\":\"%V", &name);
-    }
-
-    p = ngx_cpymem(p, "\"}\n", sizeof("\"}\n") - 1);
-
-    b->last = p;
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
@@ -1986,6 +1995,59 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
         h->value.len = ngx_sprintf(h->value.data, "%T", retry_after)
                        - h->value.data;
     }
+
+    kind = ngx_http_sf_oauth_envelope_kind(r);
+
+    if (kind != NGX_HTTP_SF_OAUTH_REST) {
+        /* "CODE: credential "NAME": ERROR", or "CODE: ERROR" */
+
+        len = code.len + sizeof(": credential \"\": ") - 1 + name.len
+              + error->len;
+
+        why.data = ngx_pnalloc(r->pool, len);
+        if (why.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p = ngx_sprintf(why.data, "%V: ", &code);
+
+        if (name.len) {
+            p = ngx_sprintf(p, "credential \"%V\": ", &name);
+        }
+
+        why.len = ngx_cpymem(p, error->data, error->len) - why.data;
+
+        if (kind == NGX_HTTP_SF_OAUTH_SOAP) {
+            return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_GATEWAY,
+                                                    &why);
+        }
+
+        return ngx_http_sf_oauth_send_bulk_error(r, NGX_HTTP_BAD_GATEWAY,
+                                                 &code, &why);
+    }
+
+    len = sizeof("{\"error\":\"\",\"error_description\":\"\","
+                 "\"credential\":\"\"}\n") - 1
+          + code.len
+          + error->len + ngx_escape_json(NULL, error->data, error->len)
+          + name.len;
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(b->last, "{\"error\":\"%V\",\"error_description\":\"",
+                    &code);
+    p = (u_char *) ngx_escape_json(p, error->data, error->len);
+
+    if (name.len) {
+        p = ngx_sprintf(p, "\",\"credential\":\"%V", &name);
+    }
+
+    p = ngx_cpymem(p, "\"}\n", sizeof("\"}\n") - 1);
+
+    b->last = p;
 
     return ngx_http_sf_oauth_send(r, NGX_HTTP_BAD_GATEWAY, "application/json",
                                   b);
