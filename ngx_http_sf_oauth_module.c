@@ -38,6 +38,8 @@ static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_inflate_limit(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 
 static ngx_int_t ngx_http_sf_oauth_token_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -82,6 +84,14 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_sf_oauth_loc_conf_t, soap_login),
+      NULL },
+
+    { ngx_string("sf_oauth_soap_inflate_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+                        |NGX_CONF_TAKE12,
+      ngx_http_sf_oauth_inflate_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("sf_oauth_info"),
@@ -557,6 +567,60 @@ ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * sf_oauth_soap_inflate_limit size [ratio]: a gzip-compressed SOAP
+ * envelope inflates to at most "size" bytes, and to at most "ratio" times
+ * its compressed size beyond the first NGX_HTTP_SF_OAUTH_INFLATE_FREE
+ * bytes; client_max_body_size, when it is not 0, bounds it too.
+ */
+
+static char *
+ngx_http_sf_oauth_inflate_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_sf_oauth_loc_conf_t *slcf = conf;
+
+    ngx_int_t   ratio;
+    ngx_str_t  *value;
+
+    if (slcf->inflate_max != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    slcf->inflate_max = ngx_parse_offset(&value[1]);
+
+    if (slcf->inflate_max == NGX_ERROR || slcf->inflate_max == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid size \"%V\" in \"%V\": give the most "
+                           "that a gzip-compressed SOAP envelope may inflate "
+                           "to, more than 0, such as 50m", &value[1],
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    ratio = ngx_atoi(value[2].data, value[2].len);
+
+    if (ratio == NGX_ERROR || ratio < 1 || ratio > 100000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid ratio \"%V\" in \"%V\": give how many "
+                           "times its compressed size a gzip-compressed SOAP "
+                           "envelope may inflate to, a whole number from 1 "
+                           "to 100000, such as 100", &value[2], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    slcf->inflate_ratio = ratio;
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf)
 {
@@ -680,6 +744,8 @@ ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf)
 
     slcf->cred = NGX_CONF_UNSET_PTR;
     slcf->soap_login = NGX_CONF_UNSET;
+    slcf->inflate_max = NGX_CONF_UNSET;
+    slcf->inflate_ratio = NGX_CONF_UNSET_UINT;
 
     return slcf;
 }
@@ -751,6 +817,10 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     ngx_conf_merge_value(conf->soap_login, prev->soap_login, 0);
+    ngx_conf_merge_off_value(conf->inflate_max, prev->inflate_max,
+                             NGX_HTTP_SF_OAUTH_INFLATE_MAX);
+    ngx_conf_merge_uint_value(conf->inflate_ratio, prev->inflate_ratio,
+                              NGX_HTTP_SF_OAUTH_INFLATE_RATIO);
 
     if (conf->cred == NULL && conf->name.len && conf->value == NULL) {
         conf->cred = ngx_http_sf_oauth_find_credential(cf, conf);

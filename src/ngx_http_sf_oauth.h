@@ -76,6 +76,20 @@
 /* how much of an error response is read to tell a dead session */
 #define NGX_HTTP_SF_OAUTH_INSPECT_MAX    65536
 
+/* the most bytes of an envelope's XML declaration */
+#define NGX_HTTP_SF_OAUTH_XMLDECL_MAX    1024
+
+/*
+ * A gzip-compressed SOAP envelope: the default most it inflates to (the
+ * SOAP API's own request limit is 50 MB) and times its compressed size;
+ * what it may inflate to whatever the ratio; how much is inflated in one
+ * turn of the event loop
+ */
+#define NGX_HTTP_SF_OAUTH_INFLATE_MAX    (50 * 1024 * 1024)
+#define NGX_HTTP_SF_OAUTH_INFLATE_RATIO  100
+#define NGX_HTTP_SF_OAUTH_INFLATE_FREE   (1024 * 1024)
+#define NGX_HTTP_SF_OAUTH_INFLATE_SLICE  (256 * 1024)
+
 /* a Salesforce record id: 15 characters, or 18 with its checksum */
 #define NGX_HTTP_SF_OAUTH_ID_MAX         18
 
@@ -383,6 +397,7 @@ typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
 
 
 typedef struct ngx_http_sf_oauth_cred_s  ngx_http_sf_oauth_cred_t;
+typedef struct ngx_http_sf_oauth_inflate_s  ngx_http_sf_oauth_inflate_t;
 
 struct ngx_http_sf_oauth_cred_s {
     ngx_str_t                    name;
@@ -517,6 +532,10 @@ typedef struct {
     /* SOAP login() and logout() are answered by the module */
     ngx_flag_t                   soap_login;
 
+    /* sf_oauth_soap_inflate_limit: a gzip envelope's inflated size */
+    off_t                        inflate_max;
+    ngx_uint_t                   inflate_ratio;
+
     ngx_str_t                    name;
     u_char                      *file;
     ngx_uint_t                   line;
@@ -584,6 +603,13 @@ typedef struct {
     ngx_http_sf_oauth_envelope_t *envelope;
     ngx_chain_t                 *client_body;
     off_t                        client_length;
+
+    /*
+     * A gzip-compressed envelope being inflated, and the event that
+     * inflates its next slice on the next turn of the event loop
+     */
+    ngx_http_sf_oauth_inflate_t *inflate;
+    ngx_event_t                  inflating;
 
     /* finds this ctx again after an internal redirect zeroed r->ctx */
     ngx_pool_cleanup_t           cln;
@@ -935,8 +961,10 @@ ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
     off_t *size);
 ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
-ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_request_t *r,
-    ngx_chain_t *body, ngx_chain_t **out, ngx_str_t *why);
+ngx_http_sf_oauth_inflate_t *ngx_http_sf_oauth_envelope_inflate_start(
+    ngx_http_request_t *r, ngx_chain_t *body);
+ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
+    ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,

@@ -115,6 +115,8 @@ static ngx_int_t ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
 static ssize_t ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos,
     u_char *buf, size_t size);
 static ngx_int_t ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri);
+static ngx_int_t ngx_http_sf_oauth_envelope_encoding(u_char *p, size_t len,
+    ngx_str_t *why);
 static ngx_int_t ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool,
     ngx_str_t *s);
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
@@ -286,9 +288,14 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     sax.entityDecl = ngx_http_sf_oauth_envelope_entity;
     sax.serror = ngx_http_sf_oauth_envelope_serror;
 
-    /* the first bytes tell an encoding that is not ASCII-compatible */
+    /*
+     * The first bytes tell an encoding that is not ASCII-compatible; the
+     * XML declaration, in the first NGX_HTTP_SF_OAUTH_XMLDECL_MAX bytes,
+     * another one
+     */
 
-    got = ngx_http_sf_oauth_envelope_read(body, 0, ps.head, 4);
+    got = ngx_http_sf_oauth_envelope_read(body, 0, ps.head,
+                                          NGX_HTTP_SF_OAUTH_XMLDECL_MAX);
     if (got == NGX_ERROR) {
         return NGX_ERROR;
     }
@@ -307,12 +314,23 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return NGX_DECLINED;
     }
 
+    if (ngx_http_sf_oauth_envelope_encoding(ps.head, got, why) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
     ctxt = xmlCreatePushParserCtxt(&sax, &ps, NULL, 0, NULL);
     if (ctxt == NULL) {
         return NGX_ERROR;
     }
 
-    (void) xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA);
+    /*
+     * The declared encoding is checked above: libxml2 reads the envelope
+     * as UTF-8 whatever alias of UTF-8 or US-ASCII it names, and its
+     * offsets stay the body's bytes
+     */
+
+    (void) xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA
+                                   | XML_PARSE_IGNORE_ENC);
 
     /* no entity is substituted, no DTD loaded, nothing fetched */
     ctxt->replaceEntities = 0;
@@ -356,13 +374,7 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         err = xmlParseChunk(ctxt, (char *) ps.head + ps.len - got, (int) got,
                             got == 0);
 
-        if ((ctxt->input && ctxt->input->buf && ctxt->input->buf->encoder)
-            || (ctxt->encoding
-                && ngx_strcasecmp((u_char *) ctxt->encoding,
-                                  (u_char *) "UTF-8") != 0
-                && ngx_strcasecmp((u_char *) ctxt->encoding,
-                                  (u_char *) "US-ASCII") != 0))
-        {
+        if (ctxt->input && ctxt->input->buf && ctxt->input->buf->encoder) {
             /* another encoding: the parser's offsets are not bytes */
             ps.error = "the envelope is not in UTF-8";
             break;
@@ -1048,6 +1060,128 @@ ngx_http_sf_oauth_envelope_read(ngx_chain_t *body, off_t pos, u_char *buf,
 }
 
 
+/*
+ * The encoding that the XML declaration at the envelope's start names, if
+ * it has one: the names of UTF-8 and of US-ASCII that libxml2 knows
+ * (xmlParseCharEncoding(), its "ASCII" and "US-ASCII" handlers) and the
+ * aliases of US-ASCII that iconv knows, in any case, are UTF-8 to the
+ * module; any other is refused.  A declaration that is not well-formed is
+ * left to libxml2, which refuses it.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_encoding(u_char *p, size_t len, ngx_str_t *why)
+{
+    u_char      *last, *name, *value, quote;
+    size_t       name_len, value_len;
+    ngx_uint_t   i;
+
+    static char  *utf8[] = {
+        "UTF-8", "UTF8", "US-ASCII", "ASCII", "US", "ANSI_X3.4-1968",
+        "ANSI_X3.4-1986", "ISO646-US", "ISO-IR-6", "IBM367", "CP367",
+        "csASCII", NULL
+    };
+
+#define ngx_http_sf_oauth_xml_space(c)                                       \
+    ((c) == ' ' || (c) == '\t' || (c) == '\r' || (c) == '\n')
+
+    last = p + len;
+
+    if (len >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
+        p += 3;
+    }
+
+    if (last - p < 6 || ngx_strncmp(p, "<?xml", 5) != 0
+        || !ngx_http_sf_oauth_xml_space(p[5]))
+    {
+        /* no XML declaration: UTF-8 */
+        return NGX_OK;
+    }
+
+    p += 5;
+
+    for ( ;; ) {
+        while (p < last && ngx_http_sf_oauth_xml_space(*p)) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        if (*p == '?') {
+            return NGX_OK;
+        }
+
+        name = p;
+
+        while (p < last && ((*p >= 'a' && *p <= 'z')
+                            || (*p >= 'A' && *p <= 'Z')))
+        {
+            p++;
+        }
+
+        name_len = p - name;
+
+        while (p < last && ngx_http_sf_oauth_xml_space(*p)) {
+            p++;
+        }
+
+        if (p < last && (name_len == 0 || *p != '=')) {
+            return NGX_OK;
+        }
+
+        for (p++; p < last && ngx_http_sf_oauth_xml_space(*p); p++) {
+            /* void */
+        }
+
+        if (p < last && *p != '"' && *p != '\'') {
+            return NGX_OK;
+        }
+
+        if (p >= last) {
+            break;
+        }
+
+        quote = *p++;
+        value = p;
+
+        while (p < last && *p != quote) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        value_len = p++ - value;
+
+        if (name_len != sizeof("encoding") - 1
+            || ngx_strncmp(name, "encoding", name_len) != 0)
+        {
+            continue;
+        }
+
+        for (i = 0; utf8[i]; i++) {
+            if (value_len == ngx_strlen(utf8[i])
+                && ngx_strncasecmp(value, (u_char *) utf8[i], value_len) == 0)
+            {
+                return NGX_OK;
+            }
+        }
+
+        ngx_str_set(why, "the envelope is not in UTF-8");
+        return NGX_DECLINED;
+    }
+
+#undef ngx_http_sf_oauth_xml_space
+
+    ngx_str_set(why, "the envelope's XML declaration does not end within "
+                     "its first 1024 bytes");
+    return NGX_DECLINED;
+}
+
+
 static ngx_int_t
 ngx_http_sf_oauth_envelope_soap_ns(const xmlChar *uri)
 {
@@ -1429,153 +1563,216 @@ ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool, ngx_str_t *s)
  * it is parsed, and goes to Salesforce inflated: a gzip stream cannot be
  * edited in place.  The inflated body is kept in memory up to
  * client_body_buffer_size and in a temp file of client_body_temp_path
- * beyond, as nginx keeps a request body; more than client_max_body_size
- * bytes of it is refused (a zip bomb).
+ * beyond, as nginx keeps a request body.
+ *
+ * Every member of the stream is inflated, as gzip(1) does (RFC 1952: a
+ * gzip file is a series of members); bytes after the last member that are
+ * not a whole member are refused, and so is a stream cut short.  The
+ * inflated size is bounded whatever client_max_body_size says (a zip
+ * bomb): sf_oauth_soap_inflate_limit, and client_max_body_size when it is
+ * not 0.  The stream is inflated a slice at a time, at most
+ * NGX_HTTP_SF_OAUTH_INFLATE_SLICE bytes in or out: the caller gives the
+ * event loop back between two slices, so that an envelope never stalls
+ * the worker's other requests.
  */
 
-typedef struct {
+struct ngx_http_sf_oauth_inflate_s {
     ngx_http_request_t          *request;
     z_stream                     zs;
+    ngx_uint_t                   live;
+
+    /* the input: the link being read, the next offset of its file */
+    ngx_chain_t                 *cl;
+    off_t                        pos;
+    u_char                      *chunk;
+
+    /* the output */
     ngx_buf_t                   *out;
     ngx_chain_t                 *head;
     ngx_chain_t                **last;
     off_t                        total;
-    off_t                        max;
     size_t                       memory;
     ngx_temp_file_t             *tf;
-    ngx_uint_t                   end;
-} ngx_http_sf_oauth_inflate_t;
+
+    /* the most it inflates to, and which limit that is */
+    off_t                        max;
+    ngx_uint_t                   limit;
+    ngx_uint_t                   ratio;
+
+    /* the members inflated whole; the current one's header, once read */
+    ngx_uint_t                   members;
+    gz_header                    gzhead;
+};
 
 
-static ngx_int_t ngx_http_sf_oauth_inflate_feed(
-    ngx_http_sf_oauth_inflate_t *in, u_char *data, size_t len,
-    ngx_str_t *why);
+#define NGX_HTTP_SF_OAUTH_LIMIT_CONF    0
+#define NGX_HTTP_SF_OAUTH_LIMIT_CLIENT  1
+#define NGX_HTTP_SF_OAUTH_LIMIT_RATIO   2
+
+#define NGX_HTTP_SF_OAUTH_INFLATE_READ  16384
+
+
+static void ngx_http_sf_oauth_inflate_cleanup(void *data);
+static ngx_int_t ngx_http_sf_oauth_inflate_input(
+    ngx_http_sf_oauth_inflate_t *in);
+static ngx_int_t ngx_http_sf_oauth_inflate_limit(
+    ngx_http_sf_oauth_inflate_t *in, ngx_str_t *why);
+static ngx_int_t ngx_http_sf_oauth_inflate_end(
+    ngx_http_sf_oauth_inflate_t *in, ngx_chain_t **out);
 static ngx_int_t ngx_http_sf_oauth_inflate_emit(
     ngx_http_sf_oauth_inflate_t *in);
 
 
-ngx_int_t
-ngx_http_sf_oauth_envelope_inflate(ngx_http_request_t *r, ngx_chain_t *body,
-    ngx_chain_t **out, ngx_str_t *why)
+/*
+ * The state of a body's inflation, in the request's pool: its pool
+ * cleanup frees zlib's state when the request goes, finished or not (a
+ * client that went away mid-inflation); the temp file goes with the pool
+ * as a request body's does.
+ */
+
+ngx_http_sf_oauth_inflate_t *
+ngx_http_sf_oauth_envelope_inflate_start(ngx_http_request_t *r,
+    ngx_chain_t *body)
 {
-    off_t                         pos;
-    u_char                       *chunk;
-    ssize_t                       n;
-    ngx_int_t                     rc;
-    ngx_buf_t                    *b;
-    ngx_chain_t                  *cl;
-    ngx_http_core_loc_conf_t     *clcf;
-    ngx_http_sf_oauth_inflate_t   in;
+    off_t                          size, ratio;
+    ngx_buf_t                     *b;
+    ngx_chain_t                   *cl;
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_sf_oauth_inflate_t   *in;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_sf_oauth_module);
 
-    ngx_memzero(&in, sizeof(ngx_http_sf_oauth_inflate_t));
+    in = ngx_pcalloc(r->pool, sizeof(ngx_http_sf_oauth_inflate_t));
+    if (in == NULL) {
+        return NULL;
+    }
 
-    in.request = r;
-    in.head = NULL;
-    in.last = &in.head;
-    in.memory = clcf->client_body_buffer_size;
-    in.max = clcf->client_max_body_size ? clcf->client_max_body_size
-                                        : NGX_MAX_OFF_T_VALUE;
+    in->chunk = ngx_pnalloc(r->pool, NGX_HTTP_SF_OAUTH_INFLATE_READ);
+    if (in->chunk == NULL) {
+        return NULL;
+    }
 
-    ngx_str_null(why);
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
 
-    chunk = ngx_pnalloc(r->pool, 8192);
-    if (chunk == NULL) {
-        return NGX_ERROR;
+    in->request = r;
+    in->head = NULL;
+    in->last = &in->head;
+    in->memory = clcf->client_body_buffer_size;
+    in->cl = body;
+    in->pos = (body && body->buf->in_file) ? body->buf->file_pos : 0;
+
+    /* the compressed size */
+
+    size = 0;
+
+    for (cl = body; cl; cl = cl->next) {
+        b = cl->buf;
+        size += ngx_buf_in_memory(b) ? b->last - b->pos
+                                     : b->in_file ? b->file_last - b->file_pos
+                                                  : 0;
+    }
+
+    in->max = slcf->inflate_max;
+    in->limit = NGX_HTTP_SF_OAUTH_LIMIT_CONF;
+    in->ratio = slcf->inflate_ratio;
+
+    if (clcf->client_max_body_size && clcf->client_max_body_size < in->max) {
+        in->max = clcf->client_max_body_size;
+        in->limit = NGX_HTTP_SF_OAUTH_LIMIT_CLIENT;
+    }
+
+    if (size <= in->max / (off_t) in->ratio) {
+        ratio = ngx_max(size * (off_t) in->ratio,
+                        NGX_HTTP_SF_OAUTH_INFLATE_FREE);
+
+        if (ratio < in->max) {
+            in->max = ratio;
+            in->limit = NGX_HTTP_SF_OAUTH_LIMIT_RATIO;
+        }
     }
 
     /* 16 + MAX_WBITS: a gzip header and trailer, nothing else */
 
-    if (inflateInit2(&in.zs, 16 + MAX_WBITS) != Z_OK) {
-        return NGX_ERROR;
+    if (inflateInit2(&in->zs, 16 + MAX_WBITS) != Z_OK) {
+        return NULL;
     }
 
-    rc = NGX_OK;
+    in->live = 1;
 
-    for (cl = body; cl && rc == NGX_OK && !in.end; cl = cl->next) {
-        b = cl->buf;
-
-        if (ngx_buf_in_memory(b)) {
-            rc = ngx_http_sf_oauth_inflate_feed(&in, b->pos, b->last - b->pos,
-                                                why);
-            continue;
-        }
-
-        if (!b->in_file) {
-            continue;
-        }
-
-        for (pos = b->file_pos;
-             pos < b->file_last && rc == NGX_OK && !in.end;
-             pos += n)
-        {
-            n = ngx_read_file(b->file, chunk,
-                              (size_t) ngx_min(8192, b->file_last - pos), pos);
-            if (n <= 0) {
-                rc = NGX_ERROR;
-                break;
-            }
-
-            rc = ngx_http_sf_oauth_inflate_feed(&in, chunk, n, why);
-        }
+    /* gzhead.done tells a member's header read: no field is kept */
+    if (inflateGetHeader(&in->zs, &in->gzhead) != Z_OK) {
+        inflateEnd(&in->zs);
+        return NULL;
     }
 
-    inflateEnd(&in.zs);
+    cln->handler = ngx_http_sf_oauth_inflate_cleanup;
+    cln->data = in;
 
-    if (rc == NGX_OK && !in.end) {
-        ngx_str_set(why, "the gzip-compressed envelope is cut short");
-        rc = NGX_DECLINED;
-    }
-
-    if (rc == NGX_OK && in.out && ngx_buf_size(in.out)) {
-        rc = ngx_http_sf_oauth_inflate_emit(&in);
-    }
-
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
-    if (in.tf) {
-        b = ngx_calloc_buf(r->pool);
-        if (b == NULL) {
-            return NGX_ERROR;
-        }
-
-        b->in_file = 1;
-        b->file = &in.tf->file;
-        b->file_pos = 0;
-        b->file_last = in.tf->file.offset;
-
-        in.head = ngx_alloc_chain_link(r->pool);
-        if (in.head == NULL) {
-            return NGX_ERROR;
-        }
-
-        in.head->buf = b;
-        in.head->next = NULL;
-
-    } else {
-        *in.last = NULL;
-    }
-
-    *out = in.head;
-
-    return NGX_OK;
+    return in;
 }
 
 
-static ngx_int_t
-ngx_http_sf_oauth_inflate_feed(ngx_http_sf_oauth_inflate_t *in, u_char *data,
-    size_t len, ngx_str_t *why)
+static void
+ngx_http_sf_oauth_inflate_cleanup(void *data)
+{
+    ngx_http_sf_oauth_inflate_t  *in = data;
+
+    if (in->live) {
+        in->live = 0;
+        inflateEnd(&in->zs);
+    }
+}
+
+
+/*
+ * One slice of the inflation.  NGX_AGAIN: call again on a later turn of
+ * the event loop; NGX_OK: the inflated body is *out; NGX_DECLINED: the
+ * envelope is refused, "why" says why and *status is the answer's status
+ * (413 for a body that inflates beyond a limit, 400 else).
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
+    ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why)
 {
     int         rc;
+    off_t       produced;
+    size_t      slice;
+    ngx_int_t   got;
     ngx_buf_t  *b;
 
-    in->zs.next_in = data;
-    in->zs.avail_in = len;
+    ngx_str_null(why);
+    *status = NGX_HTTP_BAD_REQUEST;
 
-    while (in->zs.avail_in && !in->end) {
+    if (!in->live) {
+        return NGX_ERROR;
+    }
+
+    slice = 0;
+
+    for ( ;; ) {
+
+        if (in->zs.avail_in == 0) {
+            got = ngx_http_sf_oauth_inflate_input(in);
+
+            if (got == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+
+            if (got == NGX_DONE) {
+                break;
+            }
+        }
+
+        if (slice >= NGX_HTTP_SF_OAUTH_INFLATE_SLICE) {
+            return NGX_AGAIN;
+        }
 
         b = in->out;
 
@@ -1597,25 +1794,218 @@ ngx_http_sf_oauth_inflate_feed(ngx_http_sf_oauth_inflate_t *in, u_char *data,
         in->zs.next_out = b->last;
         in->zs.avail_out = b->end - b->last;
 
+        slice += in->zs.avail_in;
+
         rc = inflate(&in->zs, Z_NO_FLUSH);
 
-        in->total += in->zs.next_out - b->last;
+        produced = in->zs.next_out - b->last;
+        slice = slice - in->zs.avail_in + (size_t) produced;
+
+        in->total += produced;
         b->last = in->zs.next_out;
 
         if (in->total > in->max) {
-            ngx_str_set(why, "the gzip-compressed envelope is larger than "
-                             "client_max_body_size when inflated");
-            return NGX_DECLINED;
+            *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+            return ngx_http_sf_oauth_inflate_limit(in, why);
         }
 
         if (rc == Z_STREAM_END) {
-            in->end = 1;
+            /* the next member, if any, starts afresh */
+            in->members++;
 
-        } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            if (inflateReset(&in->zs) != Z_OK
+                || inflateGetHeader(&in->zs, &in->gzhead) != Z_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (rc == Z_OK || rc == Z_BUF_ERROR) {
+            continue;
+        }
+
+        if (in->members && in->gzhead.done != 1) {
+            ngx_str_set(why, "the gzip-compressed envelope has trailing "
+                             "data that is not a gzip member");
+        } else {
             ngx_str_set(why, "the gzip-compressed envelope is corrupt");
-            return NGX_DECLINED;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    /* all the input is read */
+
+    if (in->members == 0) {
+        ngx_str_set(why, "the gzip-compressed envelope is cut short");
+        return NGX_DECLINED;
+    }
+
+    if (in->zs.total_in) {
+        if (in->gzhead.done == 1) {
+            ngx_str_set(why, "the gzip-compressed envelope is cut short");
+        } else {
+            ngx_str_set(why, "the gzip-compressed envelope has trailing "
+                             "data that is not a gzip member");
+        }
+
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_sf_oauth_inflate_end(in, out);
+}
+
+
+/*
+ * The next input for zlib: NGX_OK with zs.avail_in set (0 for an empty
+ * buffer), NGX_DONE at the body's end.  A temp file is read a chunk at a
+ * time, as nginx reads it to send it upstream.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_input(ngx_http_sf_oauth_inflate_t *in)
+{
+    ssize_t     n;
+    ngx_buf_t  *b;
+
+    while (in->cl) {
+        b = in->cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            in->zs.next_in = b->pos;
+            in->zs.avail_in = b->last - b->pos;
+
+            in->cl = in->cl->next;
+
+        } else if (b->in_file && in->pos < b->file_last) {
+            n = ngx_read_file(b->file, in->chunk,
+                              (size_t) ngx_min(NGX_HTTP_SF_OAUTH_INFLATE_READ,
+                                               b->file_last - in->pos),
+                              in->pos);
+            if (n <= 0) {
+                return NGX_ERROR;
+            }
+
+            in->pos += n;
+            in->zs.next_in = in->chunk;
+            in->zs.avail_in = n;
+
+            if (in->pos < b->file_last) {
+                return NGX_OK;
+            }
+
+            in->cl = in->cl->next;
+
+        } else {
+            in->cl = in->cl->next;
+        }
+
+        if (in->cl && in->cl->buf->in_file) {
+            in->pos = in->cl->buf->file_pos;
+        }
+
+        if (in->zs.avail_in) {
+            return NGX_OK;
         }
     }
+
+    return NGX_DONE;
+}
+
+
+/* the body inflates beyond a limit: "why" names the limit */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_limit(ngx_http_sf_oauth_inflate_t *in,
+    ngx_str_t *why)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = sizeof("the gzip-compressed envelope inflates to more than "
+                 " bytes: the most that sf_oauth_soap_inflate_limit allows "
+                 "for a body of this size ( times its compressed size)") - 1
+          + 2 * NGX_OFF_T_LEN;
+
+    p = ngx_pnalloc(in->request->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    why->data = p;
+
+    switch (in->limit) {
+
+    case NGX_HTTP_SF_OAUTH_LIMIT_CLIENT:
+        p = ngx_sprintf(p, "the gzip-compressed envelope inflates to more "
+                        "than %O bytes: client_max_body_size", in->max);
+        break;
+
+    case NGX_HTTP_SF_OAUTH_LIMIT_RATIO:
+        p = ngx_sprintf(p, "the gzip-compressed envelope inflates to more "
+                        "than %O bytes: the most that "
+                        "sf_oauth_soap_inflate_limit allows for a body of "
+                        "this size (%ui times its compressed size)",
+                        in->max, in->ratio);
+        break;
+
+    default:
+        p = ngx_sprintf(p, "the gzip-compressed envelope inflates to more "
+                        "than %O bytes: sf_oauth_soap_inflate_limit",
+                        in->max);
+    }
+
+    why->len = p - why->data;
+
+    return NGX_DECLINED;
+}
+
+
+/* the last output buffer, and the inflated body as a chain */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_end(ngx_http_sf_oauth_inflate_t *in,
+    ngx_chain_t **out)
+{
+    ngx_buf_t           *b;
+    ngx_http_request_t  *r;
+
+    r = in->request;
+
+    ngx_http_sf_oauth_inflate_cleanup(in);
+
+    if (in->out && ngx_buf_size(in->out)) {
+        if (ngx_http_sf_oauth_inflate_emit(in) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (in->tf) {
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->in_file = 1;
+        b->file = &in->tf->file;
+        b->file_pos = 0;
+        b->file_last = in->tf->file.offset;
+
+        in->head = ngx_alloc_chain_link(r->pool);
+        if (in->head == NULL) {
+            return NGX_ERROR;
+        }
+
+        in->head->buf = b;
+        in->head->next = NULL;
+
+    } else {
+        *in->last = NULL;
+    }
+
+    *out = in->head;
 
     return NGX_OK;
 }

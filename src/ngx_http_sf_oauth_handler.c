@@ -75,6 +75,11 @@ static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
+static void ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev);
+static void ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *plain);
 static ngx_table_elt_t *ngx_http_sf_oauth_encoding(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -460,12 +465,8 @@ ngx_http_sf_oauth_encoding(ngx_http_request_t *r)
 static void
 ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
-    ngx_str_t                      ns, why;
-    ngx_chain_t                   *body, *plain;
-    ngx_http_sf_oauth_ctx_t       *ctx;
-    ngx_http_sf_oauth_loc_conf_t  *slcf;
-    ngx_http_sf_oauth_envelope_t  *env;
+    ngx_chain_t              *body;
+    ngx_http_sf_oauth_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module);
 
@@ -475,7 +476,114 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     }
 
     body = r->request_body ? r->request_body->bufs : NULL;
-    plain = body;
+
+    if (!ctx->gzipped) {
+        ngx_http_sf_oauth_body_parse(r, ctx, body);
+        return;
+    }
+
+    /*
+     * A gzip-compressed envelope is inflated first, a slice at a time:
+     * the request keeps the reference that reading the body took until it
+     * is finalized with the envelope's answer.
+     */
+
+    ctx->inflate = ngx_http_sf_oauth_envelope_inflate_start(r, body);
+    if (ctx->inflate == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->inflating.handler = ngx_http_sf_oauth_inflate_turn;
+    ctx->inflating.data = r->connection;
+    ctx->inflating.log = r->connection->log;
+
+    /* a client that goes away meanwhile is noticed and finalized */
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_http_sf_oauth_body_inflate(r, ctx);
+}
+
+
+/* the next slice of the envelope's inflation, on a later turn */
+
+static void
+ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    ctx = (ngx_http_sf_oauth_ctx_t *)
+              ((u_char *) ev - offsetof(ngx_http_sf_oauth_ctx_t, inflating));
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_http_sf_oauth_body_inflate(r, ctx);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * One slice of the inflation; then the next is posted after the events
+ * that are ready now (ngx_posted_next_events): the other requests of the
+ * worker run between two slices.
+ */
+
+static void
+ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    ngx_str_t     why;
+    ngx_uint_t    status;
+    ngx_chain_t  *plain;
+
+    plain = NULL;
+
+    rc = ngx_http_sf_oauth_envelope_inflate(ctx->inflate, &plain, &status,
+                                            &why);
+
+    if (rc == NGX_AGAIN) {
+        ngx_post_event(&ctx->inflating, &ngx_posted_next_events);
+        return;
+    }
+
+    ctx->inflate = NULL;
+    r->read_event_handler = ngx_http_block_reading;
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
+                      "%V", &ctx->cred->name, &why);
+
+        ngx_http_finalize_request(r,
+                           ngx_http_sf_oauth_envelope_fault(r, status, &why));
+        return;
+    }
+
+    ngx_http_sf_oauth_body_parse(r, ctx, plain);
+}
+
+
+/* the envelope, inflated if it came compressed, is parsed, then proxied */
+
+static void
+ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *plain)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      ns, why;
+    ngx_http_sf_oauth_loc_conf_t  *slcf;
+    ngx_http_sf_oauth_envelope_t  *env;
 
     env = ngx_palloc(r->pool, sizeof(ngx_http_sf_oauth_envelope_t));
     if (env == NULL) {
@@ -483,16 +591,9 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
         return;
     }
 
-    /* a gzip-compressed envelope is inflated first */
+    ngx_http_sf_oauth_envelope_namespace(r, &ns);
 
-    rc = ctx->gzipped
-         ? ngx_http_sf_oauth_envelope_inflate(r, body, &plain, &why)
-         : NGX_OK;
-
-    if (rc == NGX_OK) {
-        ngx_http_sf_oauth_envelope_namespace(r, &ns);
-        rc = ngx_http_sf_oauth_envelope_parse(r->pool, plain, &ns, env, &why);
-    }
+    rc = ngx_http_sf_oauth_envelope_parse(r->pool, plain, &ns, env, &why);
 
     if (rc == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -545,7 +646,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     }
 
     ctx->envelope = env;
-    ctx->client_body = body;
+    ctx->client_body = r->request_body ? r->request_body->bufs : NULL;
     ctx->client_length = r->headers_in.content_length_n;
 
     ngx_http_finalize_request(r, ngx_http_sf_oauth_handler_content(r));
@@ -1212,6 +1313,11 @@ ngx_http_sf_oauth_cleanup(void *data)
     ngx_http_sf_oauth_ctx_t  *ctx = data;
 
     ngx_http_sf_oauth_unwait(ctx);
+
+    /* a client that went away while its envelope inflated */
+    if (ctx->inflating.posted) {
+        ngx_delete_posted_event(&ctx->inflating);
+    }
 }
 
 

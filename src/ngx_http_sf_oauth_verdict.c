@@ -63,7 +63,9 @@ ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind, ngx_uint_t status)
 /*
  * The inflated form of a gzip-compressed body, at most
  * NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes of it; "whole" stays set only if
- * that is all of it.  NGX_DECLINED: not gzip that inflates.
+ * that is all of it.  Every member of the stream is inflated, as gzip(1)
+ * does.  NGX_DECLINED: not gzip that inflates, or trailing bytes that are
+ * not a gzip member.
  */
 
 ngx_int_t
@@ -90,15 +92,33 @@ ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
     zs.next_out = out;
     zs.avail_out = NGX_HTTP_SF_OAUTH_INSPECT_MAX;
 
-    rc = inflate(&zs, Z_FINISH);
+    for ( ;; ) {
+        rc = inflate(&zs, Z_FINISH);
+
+        if (rc != Z_STREAM_END) {
+            break;
+        }
+
+        if (zs.avail_in == 0 || zs.avail_out == 0) {
+            break;
+        }
+
+        /* the next member */
+
+        if (inflateReset(&zs) != Z_OK) {
+            inflateEnd(&zs);
+            return NGX_ERROR;
+        }
+    }
 
     inflateEnd(&zs);
 
     if (rc != Z_STREAM_END && rc != Z_OK && rc != Z_BUF_ERROR) {
+        /* not gzip, or trailing bytes after a member that are not gzip */
         return NGX_DECLINED;
     }
 
-    if (rc != Z_STREAM_END) {
+    if (rc != Z_STREAM_END || zs.avail_in) {
         *whole = 0;
     }
 
