@@ -90,15 +90,23 @@ $(MODULE): $(OBJS)/Makefile $(SOURCES)
 	@# a new inode: a running nginx keeps the old file mapped intact
 	cp $(OBJS)/ngx_http_sf_oauth_module.so $@.tmp && mv -f $@.tmp $@
 
+# t/lib/harness.pl runs t/*.t TEST_JOBS at a time (the tests that install
+# packages or build nginx after them, alone), then prints the ten slowest
+# files; TESTS=... runs only those files
+TEST_JOBS   ?= 4
+VALGRIND_JOBS ?= 3
+TESTS       ?=
+
 test: deps node-deps $(MODULE)
-	prove -r t/
+	TEST_JOBS=$(TEST_JOBS) perl t/lib/harness.pl $(TESTS)
 
 # the same suite with every nginx process under valgrind
 test-valgrind: deps node-deps $(MODULE)
 	@command -v valgrind >/dev/null || { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind \
 	    >/dev/null; }
-	SF_TEST_VALGRIND=1 prove -r t/
+	SF_TEST_VALGRIND=1 TEST_JOBS=$(VALGRIND_JOBS) perl t/lib/harness.pl \
+	    $(TESTS)
 
 # libFuzzer targets for the token response parser, the state file reader,
 # the SOAP envelope rewriter and the error-body verdict, built with clang, ASan and UBSan against a small stand-in for

@@ -84,21 +84,34 @@ sub port { $_[0]{port} }
 sub mock_port { $_[0]{mock_port} }
 sub mock_url { 'http://127.0.0.1:' . $_[0]{mock_port} }
 
-# A port nobody listens on, and one this process has not handed out yet:
-# the kernel may give the same free port twice in a row.
-my %given;
+# A port nobody listens on, held for the whole life of this test process,
+# as nginx-tests' port() does: a UDP socket bound on the same number is the
+# lock, so that a test running beside this one (prove -j) cannot be given
+# it, and the TCP port itself is free for nginx, the mock or Redis to bind.
+# (As root, two nginx masters that both listen with reuseport would share
+# one TCP port silently.)  The numbers are drawn below the kernel's
+# ephemeral range (32768 and up), where no outgoing connection's own port
+# can take them.
+my %lock;
 
 sub free_port {
-    for (1 .. 100) {
-        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
-                                      LocalPort => 0, Proto => 'tcp',
-                                      Listen => 1)
-            or die "no free port: $!";
-        my $port = $s->sockport;
-        close $s;
-        return $port unless $given{$port}++;
+    for (1 .. 1000) {
+        my $port = 10000 + int(rand(22000));
+        next if $lock{$port};
+
+        my $udp = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                        LocalPort => $port, Proto => 'udp')
+            or next;
+        my $tcp = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                        LocalPort => $port, Proto => 'tcp',
+                                        ReuseAddr => 1, Listen => 1)
+            or next;
+        close $tcp;
+
+        $lock{$port} = $udp;
+        return $port;
     }
-    die 'no free port that was not given already';
+    die 'no free port in 1000 tries';
 }
 
 sub wait_port {
