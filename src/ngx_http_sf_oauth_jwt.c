@@ -22,6 +22,9 @@
 /* how far ahead the assertion expires: Salesforce takes 3 minutes at most */
 #define NGX_HTTP_SF_OAUTH_JWT_EXP  180
 
+/* the smallest RSA key taken: NIST's floor since 2013, and Salesforce's */
+#define NGX_HTTP_SF_OAUTH_JWT_BITS  2048
+
 
 static int ngx_http_sf_oauth_jwt_no_passphrase(char *buf, int size,
     int rwflag, void *u);
@@ -35,14 +38,15 @@ static ngx_str_t  ngx_http_sf_oauth_jwt_header =
 
 /*
  * The private key from its PEM text, which the caller read from the file
- * "private_key" names and wipes afterwards.  It must be an RSA key, not
- * encrypted.
+ * "private_key" names and wipes afterwards.  It must be an RSA key of at
+ * least 2,048 bits, not encrypted.
  */
 
 char *
 ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *pem)
 {
+    int                  bits;
     BIO                 *bio;
     EVP_PKEY            *pkey;
     ngx_pool_cleanup_t  *cln;
@@ -74,6 +78,23 @@ ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
                            "is not an RSA key: Salesforce signs JWT bearer "
                            "assertions with RS256 only",
                            &cred->private_key, &cred->name);
+        EVP_PKEY_free(pkey);
+        return NGX_CONF_ERROR;
+    }
+
+    bits = EVP_PKEY_bits(pkey);
+
+    if (bits < NGX_HTTP_SF_OAUTH_JWT_BITS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "private_key \"%V\" of sf_oauth_credential \"%V\" "
+                           "is an RSA key of %d bits, which can be broken: "
+                           "make a key of at least %d bits (\"openssl "
+                           "genpkey -algorithm RSA -pkeyopt "
+                           "rsa_keygen_bits:%d\") and upload its "
+                           "certificate to the connected app",
+                           &cred->private_key, &cred->name, bits,
+                           NGX_HTTP_SF_OAUTH_JWT_BITS,
+                           NGX_HTTP_SF_OAUTH_JWT_BITS);
         EVP_PKEY_free(pkey);
         return NGX_CONF_ERROR;
     }
