@@ -366,6 +366,9 @@ struct ngx_http_sf_oauth_zone_s {
     ngx_str_t                    state;
     u_char                       key[32];
 
+    /* the state file configured, a full path, also when it is not used */
+    ngx_str_t                    state_path;
+
     /* why a configured key cannot be used */
     ngx_str_t                    key_path;
     const char                  *key_error;
@@ -775,6 +778,7 @@ void ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
 void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
     ngx_log_t *log);
 void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_state_same(ngx_str_t *a, ngx_str_t *b);
 
 /* state file contents */
 u_char *ngx_http_sf_oauth_codec_encode(u_char *key, ngx_str_t *context,

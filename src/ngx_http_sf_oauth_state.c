@@ -27,6 +27,7 @@ static ngx_int_t ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log);
 static ngx_fd_t ngx_http_sf_oauth_state_create(ngx_http_sf_oauth_zone_t *zone,
     ngx_str_t *tmp, ngx_log_t *log);
+static size_t ngx_http_sf_oauth_state_clean(u_char *dst, ngx_str_t *path);
 
 
 /*
@@ -56,6 +57,7 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
         return NGX_CONF_ERROR;
     }
 
+    zone->state_path = zone->state;
     zone->key_path = *key;
 
     fd = ngx_open_file(key->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
@@ -144,6 +146,98 @@ ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
                       "kept across a restart", &zone->key_path, &zone->name,
                       zone->key_error);
     }
+}
+
+
+/*
+ * Whether two state paths (full paths, as ngx_conf_full_name() gives them)
+ * name one file, so that nginx -t refuses two zones writing it: the same
+ * path once empty and "." parts are dropped; or, where they exist, the
+ * same file (hard or symbolic links), or the same name in the same
+ * directory (a link to the directory).  ".." is not resolved by hand: a
+ * link before it would lead elsewhere.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_state_same(ngx_str_t *a, ngx_str_t *b)
+{
+    u_char           *sa, *sb, pa[NGX_MAX_PATH], pb[NGX_MAX_PATH];
+    size_t            la, lb;
+    ngx_file_info_t   fa, fb;
+
+    if (a->len >= NGX_MAX_PATH || b->len >= NGX_MAX_PATH) {
+        return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
+    }
+
+    la = ngx_http_sf_oauth_state_clean(pa, a);
+    lb = ngx_http_sf_oauth_state_clean(pb, b);
+
+    if (la == lb && ngx_strncmp(pa, pb, la) == 0) {
+        return 1;
+    }
+
+    if (ngx_file_info(pa, &fa) != NGX_FILE_ERROR
+        && ngx_file_info(pb, &fb) != NGX_FILE_ERROR)
+    {
+        return fa.st_dev == fb.st_dev && fa.st_ino == fb.st_ino;
+    }
+
+    /* a file not written yet: its directory and its name */
+
+    sa = (u_char *) strrchr((char *) pa, '/');
+    sb = (u_char *) strrchr((char *) pb, '/');
+
+    if (sa == pa || sb == pb || ngx_strcmp(sa, sb) != 0) {
+        /* in the root directory: the same path, compared above */
+        return 0;
+    }
+
+    *sa = '\0';
+    *sb = '\0';
+
+    return ngx_file_info(pa, &fa) != NGX_FILE_ERROR
+           && ngx_file_info(pb, &fb) != NGX_FILE_ERROR
+           && fa.st_dev == fb.st_dev && fa.st_ino == fb.st_ino;
+}
+
+
+/* a path without empty and "." parts, zero-terminated, into dst */
+
+static size_t
+ngx_http_sf_oauth_state_clean(u_char *dst, ngx_str_t *path)
+{
+    u_char  *p, *last, *part, *d;
+
+    d = dst;
+    p = path->data;
+    last = path->data + path->len;
+
+    while (p < last) {
+        while (p < last && *p == '/') {
+            p++;
+        }
+
+        part = p;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+
+        if (p == part || (p - part == 1 && *part == '.')) {
+            continue;
+        }
+
+        *d++ = '/';
+        d = ngx_cpymem(d, part, p - part);
+    }
+
+    if (d == dst) {
+        *d++ = '/';
+    }
+
+    *d = '\0';
+
+    return d - dst;
 }
 
 
