@@ -642,7 +642,9 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
         *cp = cred[i];
     }
 
-    if (ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK) {
+    if (ngx_http_sf_oauth_credential_unique(cf, smcf) != NGX_OK
+        || ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

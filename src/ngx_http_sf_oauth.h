@@ -712,6 +712,8 @@ char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 char *ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);
+ngx_int_t ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
     ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(

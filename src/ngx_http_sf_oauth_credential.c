@@ -948,6 +948,62 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
 
 
 /*
+ * Two credentials with one refresh token and client_id are refused: with
+ * refresh-token rotation, each refresh invalidates the refresh token that
+ * the other holds, and its next refresh presents a dead one, which makes
+ * Salesforce revoke them all.  token_url is left out: Salesforce takes a
+ * refresh token at the login host and at the org's My Domain alike.  One
+ * credential serves any number of locations and servers.  The message
+ * names the credentials, never the token.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_sf_oauth_cred_t  **cred, *a, *b;
+
+    cred = smcf->creds.elts;
+
+    for (i = 1; i < smcf->creds.nelts; i++) {
+        b = cred[i];
+
+        if (b->refresh_token.len == 0) {
+            continue;
+        }
+
+        for (j = 0; j < i; j++) {
+            a = cred[j];
+
+            if (a->refresh_token.len != b->refresh_token.len
+                || a->client_id.len != b->client_id.len
+                || ngx_memcmp(a->refresh_token.data, b->refresh_token.data,
+                              b->refresh_token.len) != 0
+                || ngx_memcmp(a->client_id.data, b->client_id.data,
+                              b->client_id.len) != 0)
+            {
+                continue;
+            }
+
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_credential \"%V\" in %s:%ui has the "
+                          "refresh token and client_id of "
+                          "sf_oauth_credential \"%V\" in %s:%ui: with "
+                          "refresh-token rotation each one's refresh "
+                          "would revoke the other's tokens; keep one of "
+                          "them: \"sf_oauth %V;\" serves any number of "
+                          "locations and servers", &b->name, b->file,
+                          b->line, &a->name, a->file, a->line, &a->name);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * The credentials by name, for "sf_oauth $variable": found per request
  * without a scan and without a lock.  nginx's hash keeps its keys in lower
  * case, but names are case-sensitive: the hash leads to the first
