@@ -193,6 +193,7 @@ typedef struct {
     ngx_queue_t                  queue;
 
     uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
     ngx_uint_t                   generation;
     ngx_uint_t                   state;
 
@@ -415,7 +416,13 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_flag_t                   ssl_verify;
     ngx_flag_t                   world_readable;
 
+    /*
+     * What makes a token (conf_fp), and what proves the app to Salesforce:
+     * the client secret or the private key (secret_fp).  See
+     * ngx_http_sf_oauth_fingerprint_conf.
+     */
     uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
 
     u_char                      *file;
     ngx_uint_t                   line;
@@ -877,6 +884,8 @@ ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *pem);
+ngx_int_t ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *der);
 ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *jwt);
 

@@ -17,6 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 
 /* how far ahead the assertion expires: Salesforce takes 3 minutes at most */
@@ -111,6 +112,44 @@ ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     cred->pkey = pkey;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The public half of the key, DER-encoded, in pool: the credential's
+ * fingerprint of its secrets tells a new key by it, without hashing the
+ * private one.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred, ngx_pool_t *pool,
+    ngx_str_t *der)
+{
+    int      len;
+    u_char  *p;
+
+    len = i2d_PUBKEY(cred->pkey, NULL);
+
+    if (len <= 0) {
+        ERR_clear_error();
+        return NGX_ERROR;
+    }
+
+    der->data = ngx_pnalloc(pool, len);
+    if (der->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = der->data;
+
+    if (i2d_PUBKEY(cred->pkey, &p) != len) {
+        ERR_clear_error();
+        return NGX_ERROR;
+    }
+
+    der->len = len;
+
+    return NGX_OK;
 }
 
 
