@@ -901,6 +901,7 @@ void
 ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
+    ngx_uint_t                 error_class;
     ngx_msec_t                 delay;
     ngx_time_t                *tp;
     ngx_slab_pool_t           *shpool;
@@ -923,17 +924,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     if (node->conf_fp != cred->conf_fp) {
         /* a reload changed the credential meanwhile: the answer is stale */
-        ngx_shmtx_unlock(&shpool->mutex);
-        return;
-    }
-
-    if (!tok->ok && node->secret_fp != cred->secret_fp) {
-        /*
-         * A worker of the configuration before a reload that changed the
-         * client secret or private key failed with the old one: that
-         * failure does not hold the new one.  A token is a token, whatever
-         * secret got it: it is stored below.
-         */
         ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
@@ -1029,13 +1019,27 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     node->failures++;
     node->busy = 0;
 
+    /*
+     * A worker of the configuration before a reload that changed the
+     * client secret or private key failed with the old one: that failure
+     * backs off, but does not hold the new secret or key.  (A token is a
+     * token, whatever secret got it: it was stored above.)
+     */
+
+    error_class = tok->error_class;
+
+    if (error_class == NGX_HTTP_SF_OAUTH_OPERATOR
+        && node->secret_fp != cred->secret_fp)
+    {
+        error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
+    }
+
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
-        delay = ngx_http_sf_oauth_backoff(cred, node->failures,
-                                          tok->error_class);
+        delay = ngx_http_sf_oauth_backoff(cred, node->failures, error_class);
 
         node->state = NGX_HTTP_SF_OAUTH_FAILED;
         node->backoff_until = ngx_current_msec + delay;
-        node->held = (tok->error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
+        node->held = (error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

@@ -21,6 +21,8 @@ use warnings;
 use lib 't/lib';
 use SfTest;
 use Test::More;
+use IO::Socket::INET;
+use Time::HiRes qw(sleep);
 
 my $USER = 'integration@acme.com';
 
@@ -278,6 +280,54 @@ my $token = $r->{json}{authorization};
 $t->simple_conf(client_secret => 'a-new-client-secret');
 $t->reload;
 kept('a valid token, the client_secret changed', $token);
+
+# a token request that a worker of the old configuration makes with the
+# old secret, and that fails after the reload, backs off but does not bring
+# the hold back
+
+$t->stop;
+$t->mock('reset');
+$t->simple_conf(client_secret => 'a-wrong-client-secret');
+$t->mode('down');
+$t->start;
+is($t->get('/services/data/v59.0/down')->{status}, 502, 'Salesforce down: 502');
+for (1 .. 100) {
+    last if (info()->{retry_in} // 1) == 0;
+    sleep 0.05;
+}
+$t->mode('slow');
+my $n = $t->token_requests;
+my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port)
+    or die "connect: $!";
+print $sock "GET /services/data/v59.0/slow HTTP/1.1\r\nHost: localhost\r\n"
+            . "Connection: close\r\n\r\n";
+for (1 .. 100) {
+    last if $t->token_requests > $n;
+    sleep 0.05;
+}
+is($t->token_requests, $n + 1, 'an old worker: a token request with the old secret');
+$t->mode('normal');
+
+my $mark = $t->log_mark;
+$t->simple_conf;
+$t->reload;
+my $answer = do { local $/; <$sock> } // '';
+like($answer, qr{^HTTP/1\.1 502}, 'an old worker: 502 with the old secret');
+my @lines = $t->log_lines(qr/changed its client secret|invalid_client/, $mark);
+like($lines[0] // '', qr/changed its client secret/,
+     'an old worker: its failure came after the reload')
+    or diag(join "\n", @lines);
+
+my ($status, $max) = (0, 0);
+for (1 .. 60) {
+    my $i = info();
+    $max = $i->{retry_in} if ($i->{retry_in} // 0) > $max;
+    $status = $t->get('/services/data/v59.0/after')->{status};
+    last if $status == 200;
+    sleep 0.1;
+}
+is($status, 200, 'an old worker failed after the reload: 200 soon');
+ok($max <= 60, "an old worker failed after the reload: no hold (retry_in $max)");
 
 $t->stop;
 
