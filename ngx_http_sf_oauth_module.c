@@ -178,7 +178,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                 *value, name, s, state, key, redis;
     ngx_uint_t                 i;
     ngx_shm_zone_t            *shm_zone, **zp;
-    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_zone_t  *zone, *other;
 
     value = cf->args->elts;
 
@@ -327,6 +327,29 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
            != NGX_CONF_OK)
     {
         return NGX_CONF_ERROR;
+    }
+
+    /* each zone writes its whole state file: two would wipe each other's */
+
+    zp = smcf->zones.elts;
+
+    for (i = 0; zone->state_path.len && i < smcf->zones.nelts; i++) {
+        other = zp[i]->data;
+
+        if (other->state_path.len
+            && ngx_http_sf_oauth_state_same(&other->state_path,
+                                            &zone->state_path))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "sf_oauth_zone \"%V\" has the state file "
+                               "\"%V\" of sf_oauth_zone \"%V\" (\"%V\"): "
+                               "each zone writes its whole state, and would "
+                               "wipe the other's refresh tokens; give each "
+                               "zone a state file of its own",
+                               &zone->name, &zone->state_path, &other->name,
+                               &other->state_path);
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (ngx_array_init(&zone->creds, cf->pool, 4,
@@ -683,7 +706,9 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
         *cp = cred[i];
     }
 
-    if (ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK) {
+    if (ngx_http_sf_oauth_credential_unique(cf, smcf) != NGX_OK
+        || ngx_http_sf_oauth_credential_names(cf, smcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

@@ -209,6 +209,7 @@ typedef struct {
     ngx_queue_t                  queue;
 
     uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
     ngx_uint_t                   generation;
     ngx_uint_t                   state;
 
@@ -382,6 +383,9 @@ struct ngx_http_sf_oauth_zone_s {
     ngx_str_t                    state;
     u_char                       key[32];
 
+    /* the state file configured, a full path, also when it is not used */
+    ngx_str_t                    state_path;
+
     /* why a configured key cannot be used */
     ngx_str_t                    key_path;
     const char                  *key_error;
@@ -429,7 +433,13 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_flag_t                   ssl_verify;
     ngx_flag_t                   world_readable;
 
+    /*
+     * What makes a token (conf_fp), and what proves the app to Salesforce:
+     * the client secret or the private key (secret_fp).  See
+     * ngx_http_sf_oauth_fingerprint_conf.
+     */
     uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
 
     u_char                      *file;
     ngx_uint_t                   line;
@@ -737,6 +747,8 @@ char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 char *ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);
+ngx_int_t ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
     ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(
@@ -803,6 +815,7 @@ void ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
 void ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone,
     ngx_log_t *log);
 void ngx_http_sf_oauth_state_save(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_state_same(ngx_str_t *a, ngx_str_t *b);
 
 /* state file contents */
 u_char *ngx_http_sf_oauth_codec_encode(u_char *key, ngx_str_t *context,
@@ -899,6 +912,8 @@ ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *pem);
+ngx_int_t ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *der);
 ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *jwt);
 

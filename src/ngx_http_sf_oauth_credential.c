@@ -33,7 +33,8 @@ static ngx_int_t ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host,
     ngx_str_t *origin);
 static ngx_int_t ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
     const char *suffix);
-static char *ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred);
+static char *ngx_http_sf_oauth_fingerprint_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
 
 
 static ngx_conf_enum_t  ngx_http_sf_oauth_grants[] = {
@@ -319,7 +320,7 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
-    return ngx_http_sf_oauth_fingerprint_conf(cred);
+    return ngx_http_sf_oauth_fingerprint_conf(cf, cred);
 }
 
 
@@ -893,18 +894,30 @@ ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
 
 
 /*
- * The fingerprint of what makes a token: a change of any of these on
- * reload drops the cached token and restarts from the configured refresh
- * token.  The grant, the username and the audience count for the grants
- * other than the refresh token's, so that its fingerprints stay as they
- * were before these grants came.
+ * The fingerprints of a credential, SHA-256 cut to 64 bits, never shown.
+ *
+ * conf_fp, what makes a token: a change of any of these on reload drops
+ * the cached token and restarts from the configured refresh token.  The
+ * grant, the username and the audience count for the grants other than
+ * the refresh token's, so that its fingerprints stay as they were before
+ * these grants came (a state file written before still matches).
+ *
+ * secret_fp, what proves the app to Salesforce: the client secret, and the
+ * private key (its public half).  They are left out of conf_fp on purpose:
+ * a token got with an old secret or key stays valid at Salesforce, so
+ * replacing one must not drop the token, nor the refresh token rotated
+ * into the zone.  A change of secret_fp ends a backoff or hold instead
+ * (ngx_http_sf_oauth_store_commit): the fix of a wrong secret or key
+ * takes effect at the reload.
  */
 
 static char *
-ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_fingerprint_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred)
 {
     u_char         md[EVP_MAX_MD_SIZE];
     unsigned int   n;
+    ngx_str_t      der;
     EVP_MD_CTX    *md_ctx;
 
     if (cred->refresh_token.data == NULL) {
@@ -943,7 +956,94 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
 
+    ngx_str_null(&der);
+
+    if (cred->pkey
+        && ngx_http_sf_oauth_jwt_public(cred, cf->temp_pool, &der) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    md_ctx = EVP_MD_CTX_new();
+    if (md_ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1
+        || EVP_DigestUpdate(md_ctx, "sf_oauth secrets",
+                            sizeof("sf_oauth secrets")) != 1
+        || EVP_DigestUpdate(md_ctx, cred->client_secret.data,
+                            cred->client_secret.len) != 1
+        || EVP_DigestUpdate(md_ctx, "", 1) != 1
+        || EVP_DigestUpdate(md_ctx, der.data, der.len) != 1
+        || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
+    {
+        EVP_MD_CTX_free(md_ctx);
+        return NGX_CONF_ERROR;
+    }
+
+    EVP_MD_CTX_free(md_ctx);
+
+    ngx_memcpy(&cred->secret_fp, md, sizeof(uint64_t));
+    ngx_explicit_memzero(md, sizeof(md));
+
     return NGX_CONF_OK;
+}
+
+
+/*
+ * Two credentials with one refresh token and client_id are refused: with
+ * refresh-token rotation, each refresh invalidates the refresh token that
+ * the other holds, and its next refresh presents a dead one, which makes
+ * Salesforce revoke them all.  token_url is left out: Salesforce takes a
+ * refresh token at the login host and at the org's My Domain alike.  One
+ * credential serves any number of locations and servers.  The message
+ * names the credentials, never the token.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
+    ngx_http_sf_oauth_main_conf_t *smcf)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_sf_oauth_cred_t  **cred, *a, *b;
+
+    cred = smcf->creds.elts;
+
+    for (i = 1; i < smcf->creds.nelts; i++) {
+        b = cred[i];
+
+        if (b->refresh_token.len == 0) {
+            continue;
+        }
+
+        for (j = 0; j < i; j++) {
+            a = cred[j];
+
+            if (a->refresh_token.len != b->refresh_token.len
+                || a->client_id.len != b->client_id.len
+                || ngx_memcmp(a->refresh_token.data, b->refresh_token.data,
+                              b->refresh_token.len) != 0
+                || ngx_memcmp(a->client_id.data, b->client_id.data,
+                              b->client_id.len) != 0)
+            {
+                continue;
+            }
+
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_credential \"%V\" in %s:%ui has the "
+                          "refresh token and client_id of "
+                          "sf_oauth_credential \"%V\" in %s:%ui: with "
+                          "refresh-token rotation each one's refresh "
+                          "would revoke the other's tokens; keep one of "
+                          "them: \"sf_oauth %V;\" serves any number of "
+                          "locations and servers", &b->name, b->file,
+                          b->line, &a->name, a->file, a->line, &a->name);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

@@ -17,10 +17,14 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 
 /* how far ahead the assertion expires: Salesforce takes 3 minutes at most */
 #define NGX_HTTP_SF_OAUTH_JWT_EXP  180
+
+/* the smallest RSA key taken: NIST's floor since 2013, and Salesforce's */
+#define NGX_HTTP_SF_OAUTH_JWT_BITS  2048
 
 
 static int ngx_http_sf_oauth_jwt_no_passphrase(char *buf, int size,
@@ -35,14 +39,15 @@ static ngx_str_t  ngx_http_sf_oauth_jwt_header =
 
 /*
  * The private key from its PEM text, which the caller read from the file
- * "private_key" names and wipes afterwards.  It must be an RSA key, not
- * encrypted.
+ * "private_key" names and wipes afterwards.  It must be an RSA key of at
+ * least 2,048 bits, not encrypted.
  */
 
 char *
 ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *pem)
 {
+    int                  bits;
     BIO                 *bio;
     EVP_PKEY            *pkey;
     ngx_pool_cleanup_t  *cln;
@@ -78,6 +83,23 @@ ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
         return NGX_CONF_ERROR;
     }
 
+    bits = EVP_PKEY_bits(pkey);
+
+    if (bits < NGX_HTTP_SF_OAUTH_JWT_BITS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "private_key \"%V\" of sf_oauth_credential \"%V\" "
+                           "is an RSA key of %d bits, which can be broken: "
+                           "make a key of at least %d bits (\"openssl "
+                           "genpkey -algorithm RSA -pkeyopt "
+                           "rsa_keygen_bits:%d\") and upload its "
+                           "certificate to the connected app",
+                           &cred->private_key, &cred->name, bits,
+                           NGX_HTTP_SF_OAUTH_JWT_BITS,
+                           NGX_HTTP_SF_OAUTH_JWT_BITS);
+        EVP_PKEY_free(pkey);
+        return NGX_CONF_ERROR;
+    }
+
     cln = ngx_pool_cleanup_add(cf->pool, 0);
     if (cln == NULL) {
         EVP_PKEY_free(pkey);
@@ -90,6 +112,44 @@ ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,
     cred->pkey = pkey;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The public half of the key, DER-encoded, in pool: the credential's
+ * fingerprint of its secrets tells a new key by it, without hashing the
+ * private one.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred, ngx_pool_t *pool,
+    ngx_str_t *der)
+{
+    int      len;
+    u_char  *p;
+
+    len = i2d_PUBKEY(cred->pkey, NULL);
+
+    if (len <= 0) {
+        ERR_clear_error();
+        return NGX_ERROR;
+    }
+
+    der->data = ngx_pnalloc(pool, len);
+    if (der->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = der->data;
+
+    if (i2d_PUBKEY(cred->pkey, &p) != len) {
+        ERR_clear_error();
+        return NGX_ERROR;
+    }
+
+    der->len = len;
+
+    return NGX_OK;
 }
 
 

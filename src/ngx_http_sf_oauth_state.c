@@ -7,7 +7,8 @@
  * file does the configuration and the I/O.
  *
  * The file is written after every new token, by the worker that got it:
- * a temp file in the same directory, fsync, rename, mode 0600.  One worker
+ * a temp file in the same directory, created anew (never through a link,
+ * never one that was there), mode 0600, fsync, rename.  One worker
  * writes at a time; a change made while another writes marks the zone
  * dirty and the writer writes again.  It is read once, by the master, when
  * the zone is created.  Anything wrong with it (wrong key, tampering,
@@ -24,6 +25,9 @@
 
 static ngx_int_t ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log);
+static ngx_fd_t ngx_http_sf_oauth_state_create(ngx_http_sf_oauth_zone_t *zone,
+    ngx_str_t *tmp, ngx_log_t *log);
+static size_t ngx_http_sf_oauth_state_clean(u_char *dst, ngx_str_t *path);
 
 
 /*
@@ -53,6 +57,7 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
         return NGX_CONF_ERROR;
     }
 
+    zone->state_path = zone->state;
     zone->key_path = *key;
 
     fd = ngx_open_file(key->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
@@ -141,6 +146,98 @@ ngx_http_sf_oauth_state_report(ngx_cycle_t *cycle,
                       "kept across a restart", &zone->key_path, &zone->name,
                       zone->key_error);
     }
+}
+
+
+/*
+ * Whether two state paths (full paths, as ngx_conf_full_name() gives them)
+ * name one file, so that nginx -t refuses two zones writing it: the same
+ * path once empty and "." parts are dropped; or, where they exist, the
+ * same file (hard or symbolic links), or the same name in the same
+ * directory (a link to the directory).  ".." is not resolved by hand: a
+ * link before it would lead elsewhere.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_state_same(ngx_str_t *a, ngx_str_t *b)
+{
+    u_char           *sa, *sb, pa[NGX_MAX_PATH], pb[NGX_MAX_PATH];
+    size_t            la, lb;
+    ngx_file_info_t   fa, fb;
+
+    if (a->len >= NGX_MAX_PATH || b->len >= NGX_MAX_PATH) {
+        return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
+    }
+
+    la = ngx_http_sf_oauth_state_clean(pa, a);
+    lb = ngx_http_sf_oauth_state_clean(pb, b);
+
+    if (la == lb && ngx_strncmp(pa, pb, la) == 0) {
+        return 1;
+    }
+
+    if (ngx_file_info(pa, &fa) != NGX_FILE_ERROR
+        && ngx_file_info(pb, &fb) != NGX_FILE_ERROR)
+    {
+        return fa.st_dev == fb.st_dev && fa.st_ino == fb.st_ino;
+    }
+
+    /* a file not written yet: its directory and its name */
+
+    sa = (u_char *) strrchr((char *) pa, '/');
+    sb = (u_char *) strrchr((char *) pb, '/');
+
+    if (sa == pa || sb == pb || ngx_strcmp(sa, sb) != 0) {
+        /* in the root directory: the same path, compared above */
+        return 0;
+    }
+
+    *sa = '\0';
+    *sb = '\0';
+
+    return ngx_file_info(pa, &fa) != NGX_FILE_ERROR
+           && ngx_file_info(pb, &fb) != NGX_FILE_ERROR
+           && fa.st_dev == fb.st_dev && fa.st_ino == fb.st_ino;
+}
+
+
+/* a path without empty and "." parts, zero-terminated, into dst */
+
+static size_t
+ngx_http_sf_oauth_state_clean(u_char *dst, ngx_str_t *path)
+{
+    u_char  *p, *last, *part, *d;
+
+    d = dst;
+    p = path->data;
+    last = path->data + path->len;
+
+    while (p < last) {
+        while (p < last && *p == '/') {
+            p++;
+        }
+
+        part = p;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+
+        if (p == part || (p - part == 1 && *part == '.')) {
+            continue;
+        }
+
+        *d++ = '/';
+        d = ngx_cpymem(d, part, p - part);
+    }
+
+    if (d == dst) {
+        *d++ = '/';
+    }
+
+    *d = '\0';
+
+    return d - dst;
 }
 
 
@@ -430,6 +527,7 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     ngx_fd_t                   fd;
     ngx_str_t                  tmp;
     ngx_uint_t                 i, n;
+    const char                *what;
     ngx_queue_t               *q;
     ngx_http_sf_oauth_node_t  *nodes, *node;
 
@@ -487,20 +585,30 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     tmp.len = ngx_sprintf(tmp.data, "%V.tmp.%P%Z", &zone->state, ngx_pid)
               - tmp.data - 1;
 
-    fd = ngx_open_file(tmp.data, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0600);
+    fd = ngx_http_sf_oauth_state_create(zone, &tmp, log);
 
     if (fd == NGX_INVALID_FILE) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "sf_oauth_zone \"%V\": cannot write the state file: "
-                      "open(\"%V\") failed; the directory must be writable "
-                      "by nginx's worker user", &zone->name, &tmp);
         return NGX_ERROR;
     }
 
-    if (ngx_write_fd(fd, out, len) != (ssize_t) len || fsync(fd) == -1) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
-                      "sf_oauth_zone \"%V\": cannot write the state file "
-                      "\"%V\"", &zone->name, &tmp);
+    what = NULL;
+
+    if (fchmod(fd, 0600) == -1) {
+        what = "fchmod()";
+
+    } else if (ngx_write_fd(fd, out, len) != (ssize_t) len) {
+        what = ngx_write_fd_n;
+
+    } else if (fsync(fd) == -1) {
+        what = "fsync()";
+    }
+
+    if (what) {
+        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
+                      "sf_oauth_zone \"%V\": cannot write the state file: "
+                      "%s \"%V\" failed; check the file system of the "
+                      "state file (full, read-only)",
+                      &zone->name, what, &tmp);
         (void) ngx_close_file(fd);
         (void) ngx_delete_file(tmp.data);
         return NGX_ERROR;
@@ -509,9 +617,11 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
     (void) ngx_close_file(fd);
 
     if (ngx_rename_file(tmp.data, zone->state.data) == NGX_FILE_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
                       "sf_oauth_zone \"%V\": cannot write the state file: "
-                      "rename(\"%V\", \"%V\") failed",
+                      "rename(\"%V\", \"%V\") failed; the directory must be "
+                      "writable by nginx's worker user, and the state file "
+                      "must not be a directory",
                       &zone->name, &tmp, &zone->state);
         (void) ngx_delete_file(tmp.data);
         return NGX_ERROR;
@@ -521,4 +631,107 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
                    "sf_oauth_zone \"%V\": state file written", &zone->name);
 
     return NGX_OK;
+}
+
+
+/*
+ * The temporary file, PATH.tmp.<pid>: always a new file of this process,
+ * created with O_EXCL and O_NOFOLLOW, so that no file or link already at
+ * that path is ever written through.  Something there is removed (unlink()
+ * removes a link, not its target) and the create is tried once more: a
+ * leftover of a worker of the same pid that died while writing, quietly;
+ * a link, another user's file or a file with other names, with a warning,
+ * for someone put it there.  A directory is left alone: no write.
+ */
+
+static ngx_fd_t
+ngx_http_sf_oauth_state_create(ngx_http_sf_oauth_zone_t *zone, ngx_str_t *tmp,
+    ngx_log_t *log)
+{
+    ngx_fd_t          fd;
+    ngx_err_t         err;
+    ngx_uint_t        tries;
+    const char       *what;
+    ngx_file_info_t   fi;
+
+    for (tries = 0; /* void */ ; tries++) {
+
+        fd = ngx_open_file(tmp->data, NGX_FILE_WRONLY,
+                           O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600);
+
+        if (fd != NGX_INVALID_FILE) {
+            return fd;
+        }
+
+        err = ngx_errno;
+
+        if (err != NGX_EEXIST || tries == 1) {
+            ngx_log_error(NGX_LOG_CRIT, log, err,
+                          "sf_oauth_zone \"%V\": cannot write the state "
+                          "file: open(\"%V\") failed; %s", &zone->name, tmp,
+                          err == NGX_EEXIST
+                          ? "something creates it again as soon as it is "
+                            "removed: remove it, and check who can write to "
+                            "the directory"
+                          : "the directory must be writable by nginx's "
+                            "worker user");
+            return NGX_INVALID_FILE;
+        }
+
+        if (ngx_link_info(tmp->data, &fi) == NGX_FILE_ERROR) {
+            /* gone meanwhile */
+            continue;
+        }
+
+        if (ngx_is_dir(&fi)) {
+            ngx_log_error(NGX_LOG_CRIT, log, 0,
+                          "sf_oauth_zone \"%V\": cannot write the state "
+                          "file: its temporary file \"%V\" is a directory; "
+                          "remove it, and check who can write to the "
+                          "directory", &zone->name, tmp);
+            return NGX_INVALID_FILE;
+        }
+
+        if (ngx_is_link(&fi)) {
+            what = "a symbolic link";
+
+        } else if (!ngx_is_file(&fi)) {
+            what = "not a regular file";
+
+        } else if (fi.st_uid != geteuid()) {
+            what = "another user's file";
+
+        } else if (fi.st_nlink > 1) {
+            what = "a file with other names";
+
+        } else {
+            what = NULL;
+        }
+
+        if (what) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "sf_oauth_zone \"%V\": the state file's temporary "
+                          "file \"%V\" was there already, %s: it is removed, "
+                          "neither followed nor written; check who can "
+                          "write to the directory", &zone->name, tmp, what);
+
+        } else {
+            ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                          "sf_oauth_zone \"%V\": removed the temporary file "
+                          "\"%V\" that a worker process left when it "
+                          "stopped while writing the state file",
+                          &zone->name, tmp);
+        }
+
+        if (ngx_delete_file(tmp->data) == NGX_FILE_ERROR
+            && ngx_errno != NGX_ENOENT)
+        {
+            ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
+                          "sf_oauth_zone \"%V\": cannot write the state "
+                          "file: " ngx_delete_file_n " \"%V\" failed; remove "
+                          "it, and check who can write to the directory",
+                          &zone->name, tmp);
+            return NGX_INVALID_FILE;
+        }
+    }
 }

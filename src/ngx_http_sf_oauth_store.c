@@ -18,6 +18,8 @@
 static ngx_int_t ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     ngx_http_sf_oauth_cred_t *cred);
 static ngx_uint_t ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone);
+static void ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
 static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_store_find(
     ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name);
 static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_store_old_zone(
@@ -212,6 +214,7 @@ ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 
         ngx_shmtx_lock(&zone->shpool->mutex);
         n = ngx_http_sf_oauth_store_prune(zone);
+        ngx_http_sf_oauth_store_secrets(cycle, zone);
         ngx_shmtx_unlock(&zone->shpool->mutex);
 
         if (n) {
@@ -318,6 +321,56 @@ ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone)
     }
 
     return n;
+}
+
+
+/*
+ * At the commit, with the zone locked: a credential whose client secret or
+ * private key changed (secret_fp, see ngx_http_sf_oauth_fingerprint_conf)
+ * ends its backoff or hold at once, for the change may be the operator's
+ * fix of an invalid_client or invalid assertion; the next request makes a
+ * token request.  Its token, valid or not, stays: one got with the old
+ * secret or key stays valid at Salesforce.  This is done at the commit,
+ * not in init_zone, so that a reload that fails leaves the running
+ * workers their hold.
+ */
+
+static void
+ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone)
+{
+    ngx_uint_t                  i, held;
+    ngx_http_sf_oauth_node_t   *node;
+    ngx_http_sf_oauth_cred_t  **cred;
+
+    cred = zone->creds.elts;
+
+    for (i = 0; i < zone->creds.nelts; i++) {
+        node = cred[i]->node;
+
+        if (node == NULL
+            || !ngx_http_sf_oauth_store_mine(cred[i])
+            || node->secret_fp == cred[i]->secret_fp)
+        {
+            continue;
+        }
+
+        held = node->state == NGX_HTTP_SF_OAUTH_FAILED
+               && (ngx_msec_int_t) (node->backoff_until - ngx_current_msec)
+                  > 0;
+
+        node->secret_fp = cred[i]->secret_fp;
+        node->failures = 0;
+        node->backoff_until = 0;
+        node->held = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "sf_oauth: credential \"%V\" changed its client "
+                      "secret or private key: %s", &cred[i]->name,
+                      held ? "its backoff or hold ends, the next request "
+                             "makes a token request"
+                           : "its cached token is kept");
+    }
 }
 
 
@@ -639,6 +692,7 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
     node->conf_fp = cred->conf_fp;
+    node->secret_fp = cred->secret_fp;
     node->state = NGX_HTTP_SF_OAUTH_EMPTY;
     node->generation++;
     node->token_len = 0;
@@ -847,6 +901,7 @@ void
 ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
+    ngx_uint_t                 error_class;
     ngx_msec_t                 delay;
     ngx_time_t                *tp;
     ngx_slab_pool_t           *shpool;
@@ -964,13 +1019,27 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     node->failures++;
     node->busy = 0;
 
+    /*
+     * A worker of the configuration before a reload that changed the
+     * client secret or private key failed with the old one: that failure
+     * backs off, but does not hold the new secret or key.  (A token is a
+     * token, whatever secret got it: it was stored above.)
+     */
+
+    error_class = tok->error_class;
+
+    if (error_class == NGX_HTTP_SF_OAUTH_OPERATOR
+        && node->secret_fp != cred->secret_fp)
+    {
+        error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
+    }
+
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
-        delay = ngx_http_sf_oauth_backoff(cred, node->failures,
-                                          tok->error_class);
+        delay = ngx_http_sf_oauth_backoff(cred, node->failures, error_class);
 
         node->state = NGX_HTTP_SF_OAUTH_FAILED;
         node->backoff_until = ngx_current_msec + delay;
-        node->held = (tok->error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
+        node->held = (error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

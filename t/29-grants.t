@@ -103,7 +103,9 @@ sub conf {
     my $http = "    $zone\n" . cred($s, %opt);
     my $rt_location = '';
     if ($rt) {
-        $http .= $s->credential(name => 'rt');
+        # the only refresh grant: the mock's configured refresh token
+        $http .= $s->credential(name => 'rt',
+                                refresh_token => $SfTest::REFRESH_TOKEN);
         $rt_location = <<'EOF';
         location /rt/ {
             sf_oauth rt;

@@ -234,6 +234,9 @@ sub extra_mocks { @{ $_[0]{extra_mocks} || [] } }
 # -- nginx ---------------------------------------------------------------
 
 # The standard credential block against the mock; %opt overrides lines.
+# "crm" has $REFRESH_TOKEN, any other credential "$REFRESH_TOKEN-NAME",
+# which the mock takes too: nginx -t refuses two credentials with one
+# refresh token.
 sub credential {
     my ($self, %opt) = @_;
 
@@ -243,7 +246,8 @@ sub credential {
         token_url => $self->mock_url . '/services/oauth2/token',
         client_id => $CLIENT_ID,
         client_secret => $CLIENT_SECRET,
-        refresh_token => $REFRESH_TOKEN,
+        refresh_token => $name eq 'crm' ? $REFRESH_TOKEN
+                                        : "$REFRESH_TOKEN-$name",
         %opt,
     );
 

@@ -83,7 +83,12 @@ Test hooks, under /__mock/ (never used by the module):
 Grants of the token endpoint (grant_type; the modes below apply to all):
 
   refresh_token   client_id, client_secret (form or HTTP Basic) and a valid
-                  refresh_token; see "rotation"
+                  refresh_token; see "rotation".  Besides --refresh-token,
+                  that token followed by "-NAME" (NAME: letters, digits,
+                  "_", "." and "-", at most 64) is the refresh token of
+                  another approval, valid from its first use until it is
+                  rotated out (SfTest gives credentials other than "crm"
+                  one each: nginx -t refuses two with one refresh token)
   urn:ietf:params:oauth:grant-type:jwt-bearer
                   assertion=JWT, checked in this order:
                     not three base64url parts (no padding), a header or
@@ -426,6 +431,7 @@ class State:
             self.issued_access = []
             self.refresh_tokens = {self.args.refresh_token}
             self.issued_refresh = [self.args.refresh_token]
+            self.other_refresh = set()
             self.in_flight = set()
             self.refresh_log = []
             self.last_token_form = {}
@@ -479,6 +485,10 @@ def png(width, height):
 
 
 B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+# after the configured refresh token and "-": a refresh token of another
+# approval of the app (SfTest gives each credential but "crm" one)
+OTHER_REFRESH = re.compile(r"-[A-Za-z0-9_.-]{1,64}\Z")
 
 
 def b64url_decode(part):
@@ -900,6 +910,13 @@ class Handler(BaseHTTPRequestHandler):
 
         rt = form.get("refresh_token", "")
         with st.lock:
+            # another approval's refresh token: the configured one and
+            # "-NAME"; valid from its first use until it is rotated out
+            if (rt.startswith(args.refresh_token)
+                    and OTHER_REFRESH.match(rt[len(args.refresh_token):])
+                    and rt not in st.other_refresh):
+                st.other_refresh.add(rt)
+                st.refresh_tokens.add(rt)
             # each refresh grant: which issued refresh token (its index,
             # -1 for one never issued), and the verdict
             idx = (st.issued_refresh.index(rt)
@@ -914,7 +931,7 @@ class Handler(BaseHTTPRequestHandler):
                     "error_description":
                     "token request is already being processed"})
             if rt not in st.refresh_tokens:
-                if rt in st.issued_refresh:
+                if rt in st.issued_refresh or rt in st.other_refresh:
                     # reuse of a rotated-out token: revoke everything
                     st.refresh_tokens.clear()
                     st.access_tokens.clear()
