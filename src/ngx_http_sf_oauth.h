@@ -113,6 +113,24 @@
 /* a fleet lease's owner: "host:pid:random", cut */
 #define NGX_HTTP_SF_OAUTH_OWNER_MAX      96
 
+/*
+ * The largest fleet record: the codec's 36-byte header and the JSON of one
+ * record, whose strings at their maximum (the access and refresh tokens,
+ * instance_url, ids: printable, never escaped; the credential's name, six
+ * times over if every character were escaped) and names and numbers make
+ * 7.9 KB at most: 16 KiB.  The scripts return no more of a value in
+ * Redis's record key than this and a byte, and a longer one is bad data.
+ */
+#define NGX_HTTP_SF_OAUTH_RECORD_MAX     16384
+
+/*
+ * The largest reply that Redis may send: a record, a lease owner and a
+ * few integers make 16.6 KB at most, twice that is the cap.  A reply that
+ * announces or accumulates more is a protocol error: the connection is
+ * dropped, as if Redis were unreachable.
+ */
+#define NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX  32768
+
 /* how many recent secrets of a credential the log redaction keeps */
 #define NGX_HTTP_SF_OAUTH_SEEN           4
 

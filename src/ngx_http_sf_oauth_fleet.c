@@ -104,6 +104,23 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
     "  return v end "
 
 /*
+ * A value that the scripts return, the record or a lease owner: its first
+ * bytes only, as many as a good one may have and one more, so that a reply
+ * stays small whatever Redis holds, and a value too long is told by its
+ * length.  As GET but for a key that is not there: ''.
+ */
+#define ngx_http_sf_oauth_fleet_lua_str(n)  #n
+#define ngx_http_sf_oauth_fleet_lua_num(n)  ngx_http_sf_oauth_fleet_lua_str(n)
+
+#define NGX_HTTP_SF_OAUTH_FLEET_CUT_LUA                                       \
+    "local function record(k) "                                               \
+    "  return redis.call('GETRANGE', k, 0, "                                  \
+    ngx_http_sf_oauth_fleet_lua_num(NGX_HTTP_SF_OAUTH_RECORD_MAX) ") end "    \
+    "local function owner(k) "                                                \
+    "  return redis.call('GETRANGE', k, 0, "                                  \
+    ngx_http_sf_oauth_fleet_lua_num(NGX_HTTP_SF_OAUTH_OWNER_MAX) ") end "
+
+/*
  * KEYS: gen, lease, record; ARGV: owner, ttl ms, the generation known.
  * {1, gen, record}: a newer generation; {2, base, record}: the lease is
  * taken, to be written over "base" (the record is '' when Redis holds an
@@ -112,14 +129,15 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    NGX_HTTP_SF_OAUTH_FLEET_CUT_LUA
     "local g = math.max(gen(KEYS[1]), 0) "
     "local k = tonumber(ARGV[3]) "
     "if g > k then "
-    "  return {1, g, redis.call('GET', KEYS[3]) or ''} end "
+    "  return {1, g, record(KEYS[3])} end "
     "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
     "  if g < k then return {2, k, ''} end "
-    "  return {2, g, redis.call('GET', KEYS[3]) or ''} end "
-    "return {3, g, redis.call('GET', KEYS[2]) or ''}");
+    "  return {2, g, record(KEYS[3])} end "
+    "return {3, g, owner(KEYS[2])}");
 
 /* KEYS: lease; ARGV: owner, ttl ms */
 static ngx_str_t  ngx_http_sf_oauth_fleet_renew_lua = ngx_string(
@@ -174,11 +192,12 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_restore_lua = ngx_string(
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
+    NGX_HTTP_SF_OAUTH_FLEET_CUT_LUA
     "local g = gen(KEYS[1]) "
-    "local o = redis.call('GET', KEYS[3]) or '' "
+    "local o = owner(KEYS[3]) "
     "if g < 0 then return {2, 0, '', o} end "
     "if g > tonumber(ARGV[1]) then "
-    "  return {1, g, redis.call('GET', KEYS[2]) or '', o} end "
+    "  return {1, g, record(KEYS[2]), o} end "
     "return {0, g, '', o}");
 
 
@@ -1199,6 +1218,15 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
                       "sf_oauth: credential \"%V\": fleet generation %ui "
                       "has no record in Redis; it is ignored", &cred->name,
                       generation);
+        return NGX_ERROR;
+    }
+
+    if (blob->len > NGX_HTTP_SF_OAUTH_RECORD_MAX) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the record of fleet "
+                      "generation %ui in Redis is larger than %d bytes, "
+                      "which no record is; it is ignored", &cred->name,
+                      generation, NGX_HTTP_SF_OAUTH_RECORD_MAX);
         return NGX_ERROR;
     }
 

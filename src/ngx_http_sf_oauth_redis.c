@@ -19,6 +19,13 @@
  * 100 ms doubling to 5 s.  A command on a connection that is not ready
  * fails at once: the caller falls back, it never waits for Redis.
  *
+ * Nothing from Redis is trusted.  A reply must come within the timeout of
+ * its command, counted from when the command was sent, however it
+ * trickles in; it may be NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX bytes at most,
+ * whatever it announces or holds.  The subscriber, which otherwise only
+ * listens, sends a PING every second, so that a server that went silent
+ * is noticed too.
+ *
  * The client knows none of its callers.
  */
 
@@ -42,6 +49,18 @@
 #define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN   100
 #define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX   1000
 
+/* how often the subscriber sends a PING, ms */
+#define NGX_HTTP_SF_OAUTH_REDIS_PING        1000
+
+/* the task hiredis's reader is on, and the count of an array's elements */
+#if (HIREDIS_MAJOR >= 1)
+#define ngx_http_sf_oauth_redis_task(r)     ((r)->task[(r)->ridx])
+typedef size_t  ngx_http_sf_oauth_redis_count_t;
+#else
+#define ngx_http_sf_oauth_redis_task(r)     (&(r)->rstack[(r)->ridx])
+typedef int  ngx_http_sf_oauth_redis_count_t;
+#endif
+
 
 typedef struct {
     ngx_queue_t                    queue;
@@ -49,6 +68,8 @@ typedef struct {
     void                          *data;
     /* a command of the connection's own handshake: AUTH, SELECT, SUBSCRIBE */
     ngx_uint_t                     setup;
+    /* when its reply is due, from when it was sent */
+    ngx_msec_t                     deadline;
 } ngx_http_sf_oauth_redis_cmd_t;
 
 
@@ -61,11 +82,16 @@ struct ngx_http_sf_oauth_redis_conn_s {
     redisReader                   *reader;
     ngx_queue_t                    pending;
 
+    /* the bytes of the reply being read so far; whether it is too large */
+    size_t                         reply_bytes;
+    ngx_uint_t                     too_large;
+
     u_char                        *out;
     size_t                         out_len;
     size_t                         out_size;
 
     ngx_event_t                    retry;
+    ngx_event_t                    ping;
     ngx_msec_t                     backoff;
     ngx_uint_t                     setup_left;
 
@@ -86,7 +112,18 @@ static void ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c);
 #endif
 static void ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_setup_done(void *reply, void *data);
+static void ngx_http_sf_oauth_redis_ping(ngx_event_t *ev);
+static void ngx_http_sf_oauth_redis_pong(void *reply, void *data);
+static void ngx_http_sf_oauth_redis_proven(
+    ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_read(ngx_event_t *ev);
+static ngx_uint_t ngx_http_sf_oauth_redis_is_message(redisReply *r);
+static ngx_uint_t ngx_http_sf_oauth_redis_oversized(
+    ngx_http_sf_oauth_redis_conn_t *rc);
+static void *ngx_http_sf_oauth_redis_array(const redisReadTask *task,
+    ngx_http_sf_oauth_redis_count_t elements);
+static void ngx_http_sf_oauth_redis_deadline(
+    ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_write(ngx_event_t *ev);
 static ngx_int_t ngx_http_sf_oauth_redis_flush(
     ngx_http_sf_oauth_redis_conn_t *rc);
@@ -95,8 +132,16 @@ static ngx_int_t ngx_http_sf_oauth_redis_send(
     ngx_http_sf_oauth_reply_pt handler, void *data, ngx_uint_t setup);
 static void ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
     ngx_uint_t level, const char *why);
+static void ngx_http_sf_oauth_redis_broken(ngx_http_sf_oauth_redis_conn_t *rc,
+    const char *why);
 static void ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev);
+
+
+/* hiredis's reply functions, but for arrays of more elements than fit */
+static redisReplyObjectFunctions  ngx_http_sf_oauth_redis_functions;
+static void *(*ngx_http_sf_oauth_redis_create_array)(
+    const redisReadTask *task, ngx_http_sf_oauth_redis_count_t elements);
 
 
 /* the per-worker connections of one sf_oauth_redis block */
@@ -124,6 +169,9 @@ ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd, ngx_cycle_t *cycle,
 
         ngx_http_sf_oauth_timer_init(&rc->retry,
                                      ngx_http_sf_oauth_redis_retry,
+                                     cycle->log);
+        ngx_http_sf_oauth_timer_init(&rc->ping,
+                                     ngx_http_sf_oauth_redis_ping,
                                      cycle->log);
 
         if (i == 0) {
@@ -243,11 +291,21 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
     c->write->handler = ngx_http_sf_oauth_redis_connected;
 
     rc->reader = redisReaderCreate();
-    if (rc->reader == NULL) {
+    if (rc->reader == NULL || rc->reader->fn == NULL) {
         ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ALERT,
                                      "redisReaderCreate() failed");
         return;
     }
+
+    if (ngx_http_sf_oauth_redis_create_array == NULL) {
+        ngx_http_sf_oauth_redis_functions = *rc->reader->fn;
+        ngx_http_sf_oauth_redis_create_array = rc->reader->fn->createArray;
+        ngx_http_sf_oauth_redis_functions.createArray =
+                                                ngx_http_sf_oauth_redis_array;
+    }
+
+    rc->reader->fn = &ngx_http_sf_oauth_redis_functions;
+    rc->reader->privdata = rc;
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_CONNECTING;
 
@@ -545,13 +603,16 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
     }
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_READY;
-    rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
 
-    if (rc->down_logged && !rc->subscriber) {
-        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                      "sf_oauth: redis \"%V\" at \"%V\" is reachable again",
-                      &rd->name, &rd->server);
-        rc->down_logged = 0;
+    /*
+     * The backoff and the outage end with the first reply to a command of
+     * the caller's, not here: a server that answers the handshake, then
+     * breaks the protocol, is not connected to again at once, and its
+     * outage is logged once.
+     */
+
+    if (rc->subscriber) {
+        ngx_add_timer(&rc->ping, NGX_HTTP_SF_OAUTH_REDIS_PING);
     }
 
     if (rc->ready) {
@@ -622,6 +683,7 @@ ngx_http_sf_oauth_redis_send(ngx_http_sf_oauth_redis_conn_t *rc,
     q->handler = handler;
     q->data = data;
     q->setup = setup;
+    q->deadline = ngx_current_msec + rc->rd->timeout;
 
     if (setup) {
         rc->setup_left++;
@@ -669,12 +731,11 @@ ngx_http_sf_oauth_redis_flush(ngx_http_sf_oauth_redis_conn_t *rc)
      * a reply is due: within the timeout of the oldest command not yet
      * answered; a new command must not push that deadline back, or a hung
      * server that keeps being sent commands (the periodic read every
-     * second) is never noticed.  The read handler restarts the timer
-     * whenever replies come.
+     * second) is never noticed.
      */
 
-    if (!ngx_queue_empty(&rc->pending) && !c->read->timer_set) {
-        ngx_add_timer(c->read, rc->rd->timeout);
+    if (!c->read->timer_set) {
+        ngx_http_sf_oauth_redis_deadline(rc);
     }
 
     return NGX_OK;
@@ -696,11 +757,71 @@ ngx_http_sf_oauth_redis_write(ngx_event_t *ev)
 }
 
 
+/* the subscriber's PING: a server gone silent is noticed by its deadline */
+
+static void
+ngx_http_sf_oauth_redis_ping(ngx_event_t *ev)
+{
+    ngx_str_t                        argv[1];
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    rc = (ngx_http_sf_oauth_redis_conn_t *)
+             ((u_char *) ev - offsetof(ngx_http_sf_oauth_redis_conn_t, ping));
+
+    if (rc->state != NGX_HTTP_SF_OAUTH_REDIS_READY
+        || ngx_exiting || ngx_terminate || ngx_quit)
+    {
+        return;
+    }
+
+    /* one at a time: the read timer runs for the one not answered yet */
+
+    if (ngx_queue_empty(&rc->pending)) {
+        ngx_str_set(&argv[0], "PING");
+
+        (void) ngx_http_sf_oauth_redis_send(rc, 1, argv,
+                                            ngx_http_sf_oauth_redis_pong, rc,
+                                            0);
+    }
+
+    if (rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY) {
+        ngx_add_timer(ev, NGX_HTTP_SF_OAUTH_REDIS_PING);
+    }
+}
+
+
+static void
+ngx_http_sf_oauth_redis_pong(void *reply, void *data)
+{
+}
+
+
+/* a reply to a command of the caller's: the connection works */
+
+static void
+ngx_http_sf_oauth_redis_proven(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+
+    if (!rc->down_logged) {
+        return;
+    }
+
+    rc->down_logged = 0;
+
+    if (!rc->subscriber) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\" is reachable again",
+                      &rc->rd->name, &rc->rd->server);
+    }
+}
+
+
 static void
 ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
 {
     void                            *reply;
-    u_char                           buf[16384];
+    u_char                           buf[16384], why[128], *p;
     ssize_t                          n;
     ngx_queue_t                     *q;
     redisReply                      *r;
@@ -712,7 +833,7 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
     rc = c->data;
 
     if (ev->timedout) {
-        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "a reply timed out");
+        ngx_http_sf_oauth_redis_broken(rc, "a reply timed out");
         return;
     }
 
@@ -729,9 +850,10 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
             return;
         }
 
+        rc->reply_bytes += n;
+
         if (redisReaderFeed(rc->reader, (char *) buf, n) != REDIS_OK) {
-            ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
-                                         "the reply does not parse");
+            ngx_http_sf_oauth_redis_broken(rc, "the reply does not parse");
             return;
         }
 
@@ -739,8 +861,12 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
             reply = NULL;
 
             if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
-                ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR,
-                                             "the reply does not parse");
+
+                if (rc->too_large) {
+                    goto too_large;
+                }
+
+                ngx_http_sf_oauth_redis_broken(rc, "the reply does not parse");
                 return;
             }
 
@@ -748,15 +874,16 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
                 break;
             }
 
+            /* what the reader holds still is the next replies' */
+            rc->reply_bytes = rc->reader->len - rc->reader->pos;
+
             r = reply;
 
-            if (ngx_queue_empty(&rc->pending)) {
+            if (rc->subscriber && ngx_http_sf_oauth_redis_is_message(r)) {
 
                 /* a message of the channel, on the subscriber */
 
-                if (rc->message && rc->state
-                                   == NGX_HTTP_SF_OAUTH_REDIS_READY)
-                {
+                if (rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY) {
                     rc->message(r, rc->data);
                 }
 
@@ -764,9 +891,19 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
                 continue;
             }
 
+            if (ngx_queue_empty(&rc->pending)) {
+                /* a reply to no command */
+                freeReplyObject(r);
+                continue;
+            }
+
             q = ngx_queue_head(&rc->pending);
             ngx_queue_remove(q);
             cmd = ngx_queue_data(q, ngx_http_sf_oauth_redis_cmd_t, queue);
+
+            if (!cmd->setup) {
+                ngx_http_sf_oauth_redis_proven(rc);
+            }
 
             cmd->handler(r, cmd->data);
 
@@ -778,19 +915,145 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
                 return;
             }
         }
+
+        if (ngx_http_sf_oauth_redis_oversized(rc)) {
+            goto too_large;
+        }
     }
+
+    ngx_http_sf_oauth_redis_deadline(rc);
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "read failed");
+    }
+
+    return;
+
+too_large:
+
+    p = ngx_snprintf(why, sizeof(why) - 1,
+                     "the server sent a reply larger than %d bytes, more "
+                     "than any reply to the module can be",
+                     NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX);
+    *p = '\0';
+
+    ngx_http_sf_oauth_redis_broken(rc, (char *) why);
+}
+
+
+/* a message of the channel: ["message", channel, text] */
+
+static ngx_uint_t
+ngx_http_sf_oauth_redis_is_message(redisReply *r)
+{
+    redisReply  *kind;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        return 0;
+    }
+
+    kind = r->element[0];
+
+    return kind->type == REDIS_REPLY_STRING
+           && kind->len == sizeof("message") - 1
+           && ngx_strncmp(kind->str, "message", sizeof("message") - 1) == 0;
+}
+
+
+/*
+ * Whether the reply being read is larger than a reply may be: by the
+ * bytes of it read so far, which hiredis holds in its buffer or has made
+ * elements of, or by the length that a bulk string announces, which
+ * hiredis waits for whole.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_redis_oversized(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    size_t        len;
+    u_char       *p, *last;
+    redisReader  *reader;
+
+    reader = rc->reader;
+
+    if (rc->reply_bytes > NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX) {
+        return 1;
+    }
+
+    if (reader->ridx < 0
+        || ngx_http_sf_oauth_redis_task(reader)->type != REDIS_REPLY_STRING)
+    {
+        return 0;
+    }
+
+    /* the reader stands at the bulk string's length: its digits so far */
+
+    p = (u_char *) reader->buf + reader->pos;
+    last = (u_char *) reader->buf + reader->len;
+
+    for (len = 0; p < last && *p >= '0' && *p <= '9'; p++) {
+        len = len * 10 + (*p - '0');
+
+        if (len > NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * hiredis's createArray, for at most as many elements as the largest
+ * reply holds ("+\r\n" each at least): hiredis allocates them as the
+ * array is announced.
+ */
+
+static void *
+ngx_http_sf_oauth_redis_array(const redisReadTask *task,
+    ngx_http_sf_oauth_redis_count_t elements)
+{
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    if ((size_t) elements > NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX / 3) {
+        rc = task->privdata;
+        rc->too_large = 1;
+        return NULL;
+    }
+
+    return ngx_http_sf_oauth_redis_create_array(task, elements);
+}
+
+
+/*
+ * The read timer: the deadline of the oldest command not answered, from
+ * when it was sent, not from the last bytes read, which a server could
+ * send one at a time.
+ */
+
+static void
+ngx_http_sf_oauth_redis_deadline(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    ngx_msec_int_t                  left;
+    ngx_connection_t               *c;
+    ngx_http_sf_oauth_redis_cmd_t  *cmd;
+
+    c = rc->peer.connection;
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
     }
 
-    if (!ngx_queue_empty(&rc->pending)) {
-        ngx_add_timer(c->read, rc->rd->timeout);
+    if (ngx_queue_empty(&rc->pending)) {
+        return;
     }
 
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "read failed");
-    }
+    cmd = ngx_queue_data(ngx_queue_head(&rc->pending),
+                         ngx_http_sf_oauth_redis_cmd_t, queue);
+
+    left = (ngx_msec_int_t) (cmd->deadline - ngx_current_msec);
+
+    ngx_add_timer(c->read, left > 0 ? (ngx_msec_t) left : 1);
 }
 
 
@@ -840,6 +1103,29 @@ ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
 }
 
 
+/*
+ * The server broke the protocol, or a deadline, on a connection that had
+ * been working: the subscriber says so too, as the command connection
+ * does not see it.  Then as any failure.
+ */
+
+static void
+ngx_http_sf_oauth_redis_broken(ngx_http_sf_oauth_redis_conn_t *rc,
+    const char *why)
+{
+    if (rc->subscriber && !rc->down_logged && ngx_worker == 0) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\": the subscriber "
+                      "connection: %s; it is opened again, and the periodic "
+                      "read makes up for the messages missed",
+                      &rc->rd->name, &rc->rd->server, why);
+        rc->down_logged = 1;
+    }
+
+    ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, why);
+}
+
+
 static void
 ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
 {
@@ -850,6 +1136,12 @@ ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
     c = rc->peer.connection;
     rc->peer.connection = NULL;
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_CLOSED;
+    rc->reply_bytes = 0;
+    rc->too_large = 0;
+
+    if (rc->ping.timer_set) {
+        ngx_del_timer(&rc->ping);
+    }
 
     if (c) {
 #if (NGX_SSL)
