@@ -10,7 +10,9 @@
 # sf_oauth_info, and makes no token request; A goes on answering 200, and
 # refreshing.  B's key fixed and B reloaded: B answers 200 with the
 # fleet's token, with no token request of its own.  No rotated-out refresh
-# token is ever presented.
+# token is ever presented.  Then the fleet changes its key, A first: A
+# refreshes with the refresh token of the generation it holds, B fails
+# closed until it is reloaded with the new key too.
 
 use strict;
 use warnings;
@@ -179,6 +181,51 @@ is(scalar($nb->log_lines(qr/\[error\]/, $mark)), 0,
 ok(scalar($nb->log_lines(qr/\[notice\].*decrypts/, $mark)),
    'B: a notice says the record decrypts again');
 no_reuse('B fixed');
+
+# -- the fleet changes its key: A first, then B ------------------------------------
+
+# A, reloaded with the new key, holds the fleet's generation and its
+# refresh token: it refreshes with it, and writes the new token with the
+# new key; B, not yet reloaded, cannot read that, and fails closed
+
+RedisTest::write_key($na, 'state.key', $OTHER_KEY);
+my $mark_a = $na->log_mark;
+$mark = $nb->log_mark;
+$na->reload;
+is(redis_of($na)->{key_fp}, $fb, "A reloaded with B's old key");
+
+$first->mock('revoke');
+$ra = $na->get('/services/data/v59.0/a4');
+is($ra->{status}, 200, 'A, new key, after a revoke: 200');
+is($ra->{headers}{'x-sf-oauth-status'}, 'RETRY', 'A refreshed (RETRY)');
+$token = $ra->{json}{authorization};
+is(stats()->{token_requests}, $before + 2, 'A: one token request');
+is(scalar($na->log_lines(qr/\[warn\].*another key.*refreshes with it/,
+                         $mark_a)), 1,
+   "A: a warn says the record was another key's, and it refreshed with "
+   . 'its own refresh token');
+$gen = redis_of($na)->{fleet_generation} // 0;
+no_reuse('A with the new key');
+
+ok(RedisTest::wait_for(5, sub { redis_of($nb)->{key_mismatch} }),
+   "B, old key: key_mismatch");
+$rb = $nb->get('/services/data/v59.0/b6');
+is($rb->{status}, 502, "B, old key, its token revoked: 502");
+is(stats()->{token_requests}, $before + 2, 'B: no token request');
+is(scalar($nb->log_lines(qr/\[error\].*another key/, $mark)), 1,
+   'B: one error line');
+
+RedisTest::write_key($nb, 'state.key', $OTHER_KEY);
+$nb->reload;
+ok(RedisTest::wait_for(5, sub {
+       my $r = redis_of($nb);
+       !$r->{key_mismatch} && ($r->{fleet_generation} // 0) == $gen }),
+   "B reloaded with the new key: fleet generation $gen");
+$rb = $nb->get('/services/data/v59.0/b7');
+is($rb->{status}, 200, 'B, new key: 200');
+is($rb->{json}{authorization}, $token, "B: with the fleet's token");
+is(stats()->{token_requests}, $before + 2, 'B: no token request');
+no_reuse('the key changed');
 no_key_in_logs('at the end');
 
 $nb->finish;
