@@ -297,6 +297,13 @@ typedef struct {
     size_t                       fleet_owner_len;
     u_char                       fleet_owner[NGX_HTTP_SF_OAUTH_OWNER_MAX];
 
+    /*
+     * The fingerprint of the zone's key when the fleet's record was found
+     * written with another key: the mismatch lasts while the key is the
+     * same and no record decrypts
+     */
+    u_char                       fleet_key_mismatch[NGX_HTTP_SF_OAUTH_FP_LEN];
+
     size_t                       name_len;
     size_t                       token_len;
     size_t                       refresh_len;
@@ -397,9 +404,10 @@ struct ngx_http_sf_oauth_zone_s {
     /* on a reload that resized the zone: the old one, until the commit */
     ngx_http_sf_oauth_zone_t    *resized;
 
-    /* the state file, if any, and its AES-256 key */
+    /* the state file, if any, and its AES-256 key, and its fingerprint */
     ngx_str_t                    state;
     u_char                       key[32];
+    u_char                       key_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
 
     /* the state file configured, a full path, also when it is not used */
     ngx_str_t                    state_path;
@@ -814,6 +822,10 @@ void ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
     u_char *owner, size_t len);
 ngx_uint_t ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t *generation, ngx_uint_t *dirty);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t mismatch);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_key_mismatch(
+    ngx_http_sf_oauth_cred_t *cred);
 ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
 void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
@@ -894,15 +906,19 @@ ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
 #define NGX_HTTP_SF_OAUTH_FLEET_DOWN     4
 #define NGX_HTTP_SF_OAUTH_FLEET_STORED   5
 #define NGX_HTTP_SF_OAUTH_FLEET_STALE    6
+#define NGX_HTTP_SF_OAUTH_FLEET_KEY      7
 
 /*
  * What the fleet says: one of the answers above; with NEWER and LEASE the
- * record in Redis (NULL if none or unusable), and the fleet generation
+ * record in Redis (NULL if none or unusable), and the fleet generation.
+ * KEY: the fleet's record is written with another key, and this node's
+ * refresh token may be rotated out; no token request may be made.
  */
 typedef void (*ngx_http_sf_oauth_fleet_pt)(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
 
 extern ngx_str_t  ngx_http_sf_oauth_fleet_down;
+extern ngx_str_t  ngx_http_sf_oauth_fleet_key_error;
 
 ngx_int_t ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle);
 void ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle);

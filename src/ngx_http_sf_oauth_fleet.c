@@ -11,6 +11,8 @@
  *                            bound to zone, credential and generation
  *   PREFIX ZONE:CRED:lease   the refresh lease: "host:pid:random", with
  *                            an expiry longer than the token request
+ *   PREFIX ZONE:CRED:keyfp   the fingerprint of the key that encrypted the
+ *                            record (8 hex digits of its SHA-256)
  *
  * and a channel, PREFIX events, where a new generation is announced.
  *
@@ -23,6 +25,13 @@
  * that no node overwrites a newer token, and announced.  Every node copies
  * a new generation into its zone on the announcement, and within a second
  * without one (a periodic read: pub/sub loses messages across reconnects).
+ *
+ * A record that does not decrypt, beside the fingerprint of another key
+ * than the zone's, tells a fleet whose nodes have different keys: this
+ * node cannot know the newest refresh token, and its own may have been
+ * rotated out.  It makes no token request (KEY) until a record decrypts,
+ * but for a generation whose refresh token it has itself (the key was
+ * changed on it, and the others follow).
  *
  * This file knows none of its callers: the refresh hears the answers of
  * acquire and store through a callback.
@@ -74,9 +83,15 @@ static void ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t subscriber, void *data);
 static ngx_int_t ngx_http_sf_oauth_fleet_decode(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, redisReply *blob,
-    ngx_http_sf_oauth_node_t *rec);
+    redisReply *fp, ngx_http_sf_oauth_node_t *rec);
+static ngx_uint_t ngx_http_sf_oauth_fleet_refused(
+    ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, ngx_int_t rc,
+    redisReply *fp);
+static void ngx_http_sf_oauth_fleet_mismatch(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, redisReply *fp);
 static ngx_int_t ngx_http_sf_oauth_fleet_adopt(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec);
+    ngx_uint_t generation, redisReply *blob, redisReply *fp,
+    ngx_http_sf_oauth_node_t *rec);
 static void ngx_http_sf_oauth_fleet_context(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, u_char *buf, ngx_str_t *context);
 static ngx_str_t *ngx_http_sf_oauth_fleet_key(ngx_http_sf_oauth_cred_t *cred,
@@ -104,10 +119,11 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
     "  return v end "
 
 /*
- * A value that the scripts return, the record or a lease owner: its first
- * bytes only, as many as a good one may have and one more, so that a reply
- * stays small whatever Redis holds, and a value too long is told by its
- * length.  As GET but for a key that is not there: ''.
+ * A value that the scripts return, the record, a lease owner or a key's
+ * fingerprint: its first bytes only, as many as a good one may have and
+ * one more, so that a reply stays small whatever Redis holds, and a value
+ * too long is told by its length.  As GET but for a key that is not
+ * there: ''.
  */
 #define ngx_http_sf_oauth_fleet_lua_str(n)  #n
 #define ngx_http_sf_oauth_fleet_lua_num(n)  ngx_http_sf_oauth_fleet_lua_str(n)
@@ -118,14 +134,16 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
     ngx_http_sf_oauth_fleet_lua_num(NGX_HTTP_SF_OAUTH_RECORD_MAX) ") end "    \
     "local function owner(k) "                                                \
     "  return redis.call('GETRANGE', k, 0, "                                  \
-    ngx_http_sf_oauth_fleet_lua_num(NGX_HTTP_SF_OAUTH_OWNER_MAX) ") end "
+    ngx_http_sf_oauth_fleet_lua_num(NGX_HTTP_SF_OAUTH_OWNER_MAX) ") end "     \
+    "local function keyfp(k) "                                                \
+    "  return redis.call('GETRANGE', k, 0, 63) end "
 
 /*
- * KEYS: gen, lease, record; ARGV: owner, ttl ms, the generation known.
- * {1, gen, record}: a newer generation; {2, base, record}: the lease is
- * taken, to be written over "base" (the record is '' when Redis holds an
- * older generation than the node: the node's refresh token is newer);
- * {3, gen, owner}: another holds it.
+ * KEYS: gen, lease, record, keyfp; ARGV: owner, ttl ms, the generation
+ * known.  {1, gen, record, keyfp}: a newer generation; {2, base, record,
+ * keyfp}: the lease is taken, to be written over "base" (the record is ''
+ * when Redis holds an older generation than the node: the node's refresh
+ * token is newer); {3, gen, owner, ''}: another holds it.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
@@ -133,11 +151,11 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     "local g = math.max(gen(KEYS[1]), 0) "
     "local k = tonumber(ARGV[3]) "
     "if g > k then "
-    "  return {1, g, record(KEYS[3])} end "
+    "  return {1, g, record(KEYS[3]), keyfp(KEYS[4])} end "
     "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
-    "  if g < k then return {2, k, ''} end "
-    "  return {2, g, record(KEYS[3])} end "
-    "return {3, g, owner(KEYS[2])}");
+    "  if g < k then return {2, k, '', ''} end "
+    "  return {2, g, record(KEYS[3]), keyfp(KEYS[4])} end "
+    "return {3, g, owner(KEYS[2]), ''}");
 
 /* KEYS: lease; ARGV: owner, ttl ms */
 static ngx_str_t  ngx_http_sf_oauth_fleet_renew_lua = ngx_string(
@@ -152,11 +170,11 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_release_lua = ngx_string(
     "return 0");
 
 /*
- * KEYS: gen, record, lease; ARGV: the generation written over, the
- * record, owner, channel, message.  {5, gen, mine}: stored as gen, "mine"
- * when the lease was still the owner's; {6, gen}: a newer one is there.
- * An older generation than the one written over (Redis lost its data) is
- * overwritten.
+ * KEYS: gen, record, lease, keyfp; ARGV: the generation written over, the
+ * record, owner, channel, message, the key's fingerprint.  {5, gen, mine}:
+ * stored as gen, "mine" when the lease was still the owner's; {6, gen}: a
+ * newer one is there.  An older generation than the one written over
+ * (Redis lost its data) is overwritten.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
@@ -164,6 +182,7 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
     "local b = tonumber(ARGV[1]) "
     "if g > b then return {6, g} end "
     "redis.call('SET', KEYS[2], ARGV[2]) "
+    "redis.call('SET', KEYS[4], ARGV[6]) "
     "redis.call('SET', KEYS[1], b + 1) "
     "local mine = 0 "
     "if redis.call('GET', KEYS[3]) == ARGV[3] then "
@@ -172,33 +191,35 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_store_lua = ngx_string(
     "return {5, b + 1, mine}");
 
 /*
- * KEYS: gen, record; ARGV: a generation, its record, channel, message.
- * Redis lost what it held (a restart without persistence): the node puts
- * its generation back, unless a node put back a newer one.
+ * KEYS: gen, record, keyfp; ARGV: a generation, its record, channel,
+ * message, the key's fingerprint.  Redis lost what it held (a restart
+ * without persistence): the node puts its generation back, unless a node
+ * put back a newer one.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_restore_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
     "local g = gen(KEYS[1]) "
     "if g >= tonumber(ARGV[1]) then return 0 end "
     "redis.call('SET', KEYS[2], ARGV[2]) "
+    "redis.call('SET', KEYS[3], ARGV[5]) "
     "redis.call('SET', KEYS[1], ARGV[1]) "
     "redis.call('PUBLISH', ARGV[3], ARGV[4]) "
     "return 1");
 
 /*
- * KEYS: gen, record, lease; ARGV: the generation known.  {1, gen, record,
- * owner}: a newer generation; {0, gen, '', owner}: none; {2, 0, '',
- * owner}: the generation in Redis is not one.
+ * KEYS: gen, record, lease, keyfp; ARGV: the generation known.  {1, gen,
+ * record, owner, keyfp}: a newer generation; {0, gen, '', owner, ''}:
+ * none; {2, 0, '', owner, ''}: the generation in Redis is not one.
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_sync_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
     NGX_HTTP_SF_OAUTH_FLEET_CUT_LUA
     "local g = gen(KEYS[1]) "
     "local o = owner(KEYS[3]) "
-    "if g < 0 then return {2, 0, '', o} end "
+    "if g < 0 then return {2, 0, '', o, ''} end "
     "if g > tonumber(ARGV[1]) then "
-    "  return {1, g, record(KEYS[2]), o} end "
-    "return {0, g, '', o}");
+    "  return {1, g, record(KEYS[2]), o, keyfp(KEYS[4])} end "
+    "return {0, g, '', o, ''}");
 
 
 static ngx_event_t  ngx_http_sf_oauth_fleet_sync_event;
@@ -206,6 +227,12 @@ static ngx_event_t  ngx_http_sf_oauth_fleet_sync_event;
 ngx_str_t  ngx_http_sf_oauth_fleet_down =
     ngx_string("Redis is unreachable and redis_down is fail: no token "
                "request is made");
+
+ngx_str_t  ngx_http_sf_oauth_fleet_key_error =
+    ngx_string("the fleet's token in Redis is encrypted with another key "
+               "than this node's sf_oauth_zone key=: no token request is "
+               "made until every node of the fleet has the same key (see "
+               "the error log)");
 
 
 /* a worker's connections and its periodic read, for the zones with redis= */
@@ -371,7 +398,8 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 {
     u_char                     ttl[NGX_INT_T_LEN], known[NGX_INT_T_LEN];
     ngx_str_t                  args[3];
-    const char                *keys[3] = { "gen", "lease", "record" };
+    const char                *keys[4] = { "gen", "lease", "record",
+                                           "keyfp" };
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t  *cred;
 
@@ -392,7 +420,7 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 
     if (ngx_http_sf_oauth_fleet_eval(cred,
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
-                                     3, keys, 3, args,
+                                     4, keys, 3, args,
                                      ngx_http_sf_oauth_fleet_asked, op)
         == NGX_OK)
     {
@@ -422,6 +450,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
     redisReply                    *r = reply;
     ngx_http_sf_oauth_fleet_op_t  *op = data;
 
+    ngx_int_t                  rc;
     ngx_uint_t                 answer, gen;
     ngx_http_sf_oauth_node_t  *rec;
     ngx_http_sf_oauth_cred_t  *cred;
@@ -429,10 +458,11 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
     cred = op->cred;
     cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
-        || r->element[2]->type != REDIS_REPLY_STRING)
+        || r->element[2]->type != REDIS_REPLY_STRING
+        || r->element[3]->type != REDIS_REPLY_STRING)
     {
         if (r && r->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -472,10 +502,18 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
             return;
         }
 
-        if (ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2], rec)
-            == NGX_OK)
-        {
+        rc = ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2],
+                                           r->element[3], rec);
+
+        if (rc == NGX_OK) {
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, rec, gen);
+            break;
+        }
+
+        if (rc == NGX_DECLINED) {
+            /* another key's: this node's refresh token is older than it */
+            ngx_http_sf_oauth_fleet_mismatch(cred, gen, r->element[3]);
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_KEY, NULL, gen);
             break;
         }
 
@@ -497,6 +535,27 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
             return;
         }
 
+        /*
+         * The record is read for its refresh token only, and not when this
+         * node has a token of its own that it could not write back: its
+         * refresh token is newer than the record's.
+         */
+
+        rc = NGX_ABORT;
+
+        if (r->element[2]->len && !cred->fleet_distrust) {
+            rc = ngx_http_sf_oauth_fleet_decode(cred, gen, r->element[2],
+                                                r->element[3], rec);
+        }
+
+        if (rc != NGX_OK
+            && ngx_http_sf_oauth_fleet_refused(cred, gen, rc, r->element[3]))
+        {
+            ngx_http_sf_oauth_fleet_release(cred);
+            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_KEY, NULL, gen);
+            break;
+        }
+
         ngx_http_sf_oauth_store_fleet_owner(cred, cred->fleet_owner,
                                             cred->fleet_owner_len);
 
@@ -505,21 +564,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         ngx_add_timer(&cred->fleet_timer,
                       (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
 
-        /*
-         * The record is read for its refresh token only, and not when this
-         * node has a token of its own that it could not write back: its
-         * refresh token is newer than the record's.
-         */
-
-        if (r->element[2]->len && !cred->fleet_distrust
-            && ngx_http_sf_oauth_fleet_decode(cred, gen, r->element[2], rec)
-               == NGX_OK)
-        {
-            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE, rec, gen);
-
-        } else {
-            op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE, NULL, gen);
-        }
+        op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE,
+                    rc == NGX_OK ? rec : NULL, gen);
 
         break;
 
@@ -684,10 +730,11 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
                                        + NGX_HTTP_SF_OAUTH_NAME_MAX
                                        + NGX_INT_T_LEN + 2];
     size_t                         len;
-    ngx_str_t                      args[5], context;
+    ngx_str_t                      args[6], context;
     ngx_uint_t                     local, dirty;
     ngx_pool_t                    *pool;
-    const char                    *keys[3] = { "gen", "record", "lease" };
+    const char                    *keys[4] = { "gen", "record", "lease",
+                                               "keyfp" };
     ngx_http_sf_oauth_zone_t      *zone;
     ngx_http_sf_oauth_node_t      *copy;
     ngx_http_sf_oauth_fleet_op_t  *op;
@@ -757,9 +804,11 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     args[4].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
                               cred->fleet_base + 1)
                   - msg;
+    args[5].data = zone->key_fp;
+    args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
-                                     3, keys, 5, args,
+                                     4, keys, 6, args,
                                      ngx_http_sf_oauth_fleet_stored, op)
         != NGX_OK)
     {
@@ -867,10 +916,10 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
                                     + NGX_HTTP_SF_OAUTH_NAME_MAX
                                     + NGX_INT_T_LEN + 2];
     size_t                      len;
-    ngx_str_t                   args[4], context;
+    ngx_str_t                   args[5], context;
     ngx_uint_t                  fleet;
     ngx_pool_t                 *pool;
-    const char                 *keys[2] = { "gen", "record" };
+    const char                 *keys[3] = { "gen", "record", "keyfp" };
     ngx_http_sf_oauth_zone_t   *zone;
     ngx_http_sf_oauth_node_t   *copy;
 
@@ -908,10 +957,12 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
     args[3].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
                               fleet)
                   - msg;
+    args[4].data = zone->key_fp;
+    args[4].len = NGX_HTTP_SF_OAUTH_FP_LEN;
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_restore_lua,
-                                        2, keys, 4, args,
+                                        3, keys, 5, args,
                                         ngx_http_sf_oauth_fleet_noop, NULL);
 
     ngx_explicit_memzero(blob, len);
@@ -1024,7 +1075,7 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
 {
     u_char       known[NGX_INT_T_LEN];
     ngx_str_t    args[1];
-    const char  *keys[3] = { "gen", "record", "lease" };
+    const char  *keys[4] = { "gen", "record", "lease", "keyfp" };
 
     args[0].data = known;
     /* a generation whose record could not be used is not read again */
@@ -1032,7 +1083,7 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
                   - known;
 
     (void) ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
-                                        3, keys, 1, args,
+                                        4, keys, 1, args,
                                         ngx_http_sf_oauth_fleet_synced, cred);
 }
 
@@ -1043,14 +1094,16 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     redisReply                *r = reply;
     ngx_http_sf_oauth_cred_t  *cred = data;
 
+    ngx_int_t                  rc;
     ngx_uint_t                 answer, gen, local, dirty;
     ngx_http_sf_oauth_node_t  *rec;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
         || r->element[2]->type != REDIS_REPLY_STRING
-        || r->element[3]->type != REDIS_REPLY_STRING)
+        || r->element[3]->type != REDIS_REPLY_STRING
+        || r->element[4]->type != REDIS_REPLY_STRING)
     {
         return;
     }
@@ -1080,9 +1133,15 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
         return;
     }
 
-    if (ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2], rec)
-        != NGX_OK)
-    {
+    rc = ngx_http_sf_oauth_fleet_adopt(cred, gen, r->element[2],
+                                       r->element[4], rec);
+
+    if (rc == NGX_DECLINED) {
+        /* the token here stays; a new one is not asked for */
+        ngx_http_sf_oauth_fleet_mismatch(cred, gen, r->element[4]);
+    }
+
+    if (rc != NGX_OK) {
         cred->fleet_skip = gen;
     }
 
@@ -1195,18 +1254,21 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 /*
  * A record from Redis, decrypted under its zone, credential and
  * generation, and checked.  Anything wrong with it is an error line, and
- * it is not used.
+ * it is not used (NGX_ERROR); but a record that does not decrypt beside
+ * the fingerprint "fp" of another key than the zone's is NGX_DECLINED,
+ * for the caller to say.  A record that decrypts ends a key mismatch.
  */
 
 static ngx_int_t
 ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec)
+    ngx_uint_t generation, redisReply *blob, redisReply *fp,
+    ngx_http_sf_oauth_node_t *rec)
 {
     u_char                     ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
                                    + NGX_HTTP_SF_OAUTH_NAME_MAX
                                    + NGX_INT_T_LEN + 2];
     ngx_str_t                  context;
-    ngx_uint_t                 n;
+    ngx_uint_t                 n, i;
     const char                *why;
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_node_t  *recs;
@@ -1239,9 +1301,25 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
     if (ngx_http_sf_oauth_codec_decode(zone->key, &context,
                                        (u_char *) blob->str, blob->len,
                                        &recs, &n, &why, ngx_cycle->log)
-        != NGX_OK
-        || n != 1)
+        != NGX_OK)
     {
+        /* a fingerprint, and not this key's: 8 hex digits, none other */
+
+        for (i = 0; fp->len == NGX_HTTP_SF_OAUTH_FP_LEN && i < fp->len; i++) {
+            if (!isxdigit((u_char) fp->str[i])) {
+                break;
+            }
+        }
+
+        if (i == NGX_HTTP_SF_OAUTH_FP_LEN
+            && ngx_memcmp(fp->str, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN)
+               != 0)
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    if (recs == NULL || n != 1) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": the record of fleet "
                       "generation %ui in Redis is not used: %s (another "
@@ -1270,6 +1348,14 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
         return NGX_ERROR;
     }
 
+    if (ngx_http_sf_oauth_store_fleet_key(cred, 0)) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the record of fleet "
+                      "generation %ui in Redis decrypts with this node's "
+                      "key: the key mismatch is over, and token requests "
+                      "are made again", &cred->name, generation);
+    }
+
     return NGX_OK;
 
 failed:
@@ -1283,16 +1369,105 @@ failed:
 }
 
 
-/* a newer generation's record, copied into the zone */
+/*
+ * Whether a worker that took the fleet's lease at "generation", and could
+ * not read the record there (decode's rc, NGX_ABORT if not read), must not
+ * refresh with its own refresh token: that is older than the fleet's when
+ * another key wrote a generation newer than the zone's, or any generation
+ * since the key mismatch was found.  A record of another key at this
+ * node's own generation is not: the key changed on this node, which holds
+ * that generation's refresh token, and the others will follow.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_fleet_refused(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_int_t rc, redisReply *fp)
+{
+    ngx_uint_t                 fleet, local, dirty;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    if (ngx_http_sf_oauth_store_fleet_key_mismatch(cred)) {
+        return 1;
+    }
+
+    if (rc != NGX_DECLINED) {
+        return 0;
+    }
+
+    fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
+
+    if (generation > fleet) {
+        ngx_http_sf_oauth_fleet_mismatch(cred, generation, fp);
+        return 1;
+    }
+
+    zone = cred->shm_zone->data;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": the record of fleet "
+                  "generation %ui in Redis is encrypted with another key "
+                  "(fingerprint %*s) than this node's (%*s): this node "
+                  "holds that generation's refresh token, refreshes with "
+                  "it, and writes the new token with its own key, which "
+                  "every node of the fleet must then have",
+                  &cred->name, generation, (size_t) fp->len, fp->str,
+                  (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, zone->key_fp);
+
+    return 0;
+}
+
+
+/*
+ * The fleet's record is another key's: said once per node and key, in
+ * fingerprints only; this node makes no token request until a record
+ * decrypts (ngx_http_sf_oauth_fleet_decode ends it).
+ */
+
+static void
+ngx_http_sf_oauth_fleet_mismatch(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, redisReply *fp)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    if (ngx_http_sf_oauth_store_fleet_key(cred, 1)) {
+        return;
+    }
+
+    zone = cred->shm_zone->data;
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": the record of fleet "
+                  "generation %ui in Redis is encrypted with another key "
+                  "(fingerprint %*s) than this node's sf_oauth_zone \"%V\" "
+                  "key=\"%V\" (fingerprint %*s): this node cannot know the "
+                  "fleet's refresh token, and its own may have been "
+                  "rotated out, so it makes no token request and requests "
+                  "that need a new token get 502; give every node of the "
+                  "fleet the same key= file and reload this node.  It ends "
+                  "when a record in Redis decrypts with this node's key "
+                  "(its key fixed and reloaded, or a token stored by a "
+                  "node with this key)",
+                  &cred->name, generation, (size_t) fp->len, fp->str,
+                  &zone->name, &zone->key_path,
+                  (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, zone->key_fp);
+}
+
+
+/*
+ * A newer generation's record, copied into the zone; NGX_DECLINED: it is
+ * another key's, NGX_ERROR: it cannot be used
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_fleet_adopt(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, redisReply *blob, ngx_http_sf_oauth_node_t *rec)
+    ngx_uint_t generation, redisReply *blob, redisReply *fp,
+    ngx_http_sf_oauth_node_t *rec)
 {
-    if (ngx_http_sf_oauth_fleet_decode(cred, generation, blob, rec)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
+    ngx_int_t  rc;
+
+    rc = ngx_http_sf_oauth_fleet_decode(cred, generation, blob, fp, rec);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     if (ngx_http_sf_oauth_store_fleet(cred, rec, generation) == NGX_OK) {
@@ -1366,13 +1541,13 @@ ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* "PREFIX ZONE:CRED:WHAT", in the worker's cycle pool once per key */
+/* "PREFIX ZONE:CRED:WHAT", in one of four buffers: a script's keys */
 
 static ngx_str_t *
 ngx_http_sf_oauth_fleet_key(ngx_http_sf_oauth_cred_t *cred, const char *what,
     ngx_str_t *key)
 {
-    static u_char              buf[3][NGX_HTTP_SF_OAUTH_URL_MAX];
+    static u_char              buf[4][NGX_HTTP_SF_OAUTH_URL_MAX];
     static ngx_uint_t          next;
     ngx_http_sf_oauth_zone_t  *zone;
 
@@ -1385,7 +1560,7 @@ ngx_http_sf_oauth_fleet_key(ngx_http_sf_oauth_cred_t *cred, const char *what,
     }
 
     key->data = buf[next];
-    next = (next + 1) % 3;
+    next = (next + 1) % 4;
 
     key->len = ngx_sprintf(key->data, "%V%V:%V:%s", &zone->redis->prefix,
                            &zone->name, &cred->name, what)

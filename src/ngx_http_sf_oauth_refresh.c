@@ -30,6 +30,8 @@ static void ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
 static ngx_int_t ngx_http_sf_oauth_refresh_alone(
     ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_refresh_refuse(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *error);
 static void ngx_http_sf_oauth_refresh_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
 static ngx_int_t ngx_http_sf_oauth_refresh_grant(
@@ -210,6 +212,12 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
         ngx_http_sf_oauth_store_release(cred);
         break;
 
+    case NGX_HTTP_SF_OAUTH_FLEET_KEY:
+        /* the fleet's record is another key's: logged by the fleet */
+        ngx_http_sf_oauth_refresh_refuse(cred,
+                                         &ngx_http_sf_oauth_fleet_key_error);
+        return;
+
     default: /* NGX_HTTP_SF_OAUTH_FLEET_DOWN */
         (void) ngx_http_sf_oauth_refresh_alone(cred);
         return;
@@ -223,7 +231,9 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
  * Redis is unreachable, or answers the lease script with an error (OOM,
  * READONLY...): the node refreshes on its own (redis_down local),
  * and the token is written back when Redis is there again; or it fails
- * (redis_down fail).  Either is logged once per outage and node.
+ * (redis_down fail).  Either is logged once per outage and node.  A node
+ * whose key cannot read the fleet's record fails, whatever redis_down says:
+ * its refresh token may have been rotated out.
  */
 
 static ngx_int_t
@@ -231,9 +241,14 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_str_t                   secret;
     ngx_http_sf_oauth_zone_t   *zone;
-    ngx_http_sf_oauth_token_t   tok;
 
     zone = cred->shm_zone->data;
+
+    if (ngx_http_sf_oauth_store_fleet_key_mismatch(cred)) {
+        ngx_http_sf_oauth_refresh_refuse(cred,
+                                         &ngx_http_sf_oauth_fleet_key_error);
+        return NGX_OK;
+    }
 
     if (ngx_http_sf_oauth_store_outage(cred, 1) == 0) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -248,13 +263,7 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
     }
 
     if (zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
-        ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
-        tok.error = ngx_http_sf_oauth_fleet_down;
-        tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
-
-        ngx_http_sf_oauth_store_result(cred, &tok);
-        ngx_http_sf_oauth_refresh_wake(cred);
-
+        ngx_http_sf_oauth_refresh_refuse(cred, &ngx_http_sf_oauth_fleet_down);
         return NGX_OK;
     }
 
@@ -269,6 +278,26 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * No token request may be made: the failure is stored as a transient one,
+ * with its backoff, and the waiters get it
+ */
+
+static void
+ngx_http_sf_oauth_refresh_refuse(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *error)
+{
+    ngx_http_sf_oauth_token_t  tok;
+
+    ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
+    tok.error = *error;
+    tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
+
+    ngx_http_sf_oauth_store_result(cred, &tok);
+    ngx_http_sf_oauth_refresh_wake(cred);
 }
 
 

@@ -92,7 +92,7 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
 
     if (last - p == 32) {
         ngx_memcpy(zone->key, p, 32);
-        return NGX_CONF_OK;
+        goto done;
     }
 
     if (last - p == 64) {
@@ -106,8 +106,7 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
         }
 
         if (i == 32) {
-            ngx_explicit_memzero(buf, sizeof(buf));
-            return NGX_CONF_OK;
+            goto done;
         }
     }
 
@@ -115,6 +114,17 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
 
     zone->key_error = "must hold 32 bytes, or 64 hex digits: make one with "
                       "\"openssl rand -hex 32\"";
+
+    goto unusable;
+
+done:
+
+    ngx_explicit_memzero(buf, sizeof(buf));
+
+    /* what a fleet's nodes compare, and the logs name: never the key */
+    ngx_http_sf_oauth_redact_fingerprint(zone->key_fp, zone->key, 32);
+
+    return NGX_CONF_OK;
 
 unusable:
 

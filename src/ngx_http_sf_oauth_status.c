@@ -154,7 +154,9 @@ ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
            + node->error_len
            + ngx_escape_json(NULL, node->error, node->error_len)
            /* the fleet's name and lease owner, escaped at worst */
-           + 6 * (NGX_HTTP_SF_OAUTH_NAME_MAX + NGX_HTTP_SF_OAUTH_OWNER_MAX);
+           + 6 * (NGX_HTTP_SF_OAUTH_NAME_MAX + NGX_HTTP_SF_OAUTH_OWNER_MAX)
+           + sizeof(",\"key_fp\":\"\",\"key_mismatch\":false")
+           + NGX_HTTP_SF_OAUTH_FP_LEN;
 }
 
 
@@ -282,7 +284,14 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
         p = ngx_http_sf_oauth_info_str(p, last, ",\"lease_owner\":",
                                        node->fleet_owner,
                                        node->fleet_owner_len);
-        p = ngx_slprintf(p, last, "}");
+
+        /* the key's fingerprint: the same on every node of the fleet */
+        p = ngx_slprintf(p, last,
+                         ",\"key_fp\":\"%*s\",\"key_mismatch\":%s}",
+                         (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, zone->key_fp,
+                         ngx_memcmp(node->fleet_key_mismatch, zone->key_fp,
+                                    NGX_HTTP_SF_OAUTH_FP_LEN) == 0
+                         ? "true" : "false");
 
     } else {
         p = ngx_slprintf(p, last, ",\"redis\":null");

@@ -1753,6 +1753,74 @@ ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * Marks the fleet's record as written with another key than the zone's
+ * (mismatch), or as readable (0).  Returns whether it was marked before:
+ * for the zone's key when marking (a mark made with another key of the
+ * zone, before a reload, counts as none), and for any key when clearing.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t mismatch)
+{
+    u_char                    *fp;
+    ngx_uint_t                 old;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    old = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_mine(cred)) {
+        fp = cred->node->fleet_key_mismatch;
+
+        if (mismatch) {
+            old = ngx_memcmp(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN)
+                  == 0;
+            ngx_memcpy(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+
+        } else {
+            /* a mark is hex digits */
+            old = fp[0] != '\0';
+            ngx_memzero(fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return old;
+}
+
+
+/* whether the fleet's record is marked as written with another key */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_key_mismatch(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t                 mismatch;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    mismatch = ngx_http_sf_oauth_store_mine(cred)
+               && ngx_memcmp(cred->node->fleet_key_mismatch, zone->key_fp,
+                             NGX_HTTP_SF_OAUTH_FP_LEN) == 0;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return mismatch;
+}
+
+
+/*
  * The generations of the zone's token, the fleet's and the local one,
  * and whether it is still to be written back; 0 for a removed credential.
  */
