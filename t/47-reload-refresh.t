@@ -124,8 +124,10 @@ sub cold_start {
     $t->start;
 }
 
+# CHANGED: whether the reload changed the credential; MAX: how many token
+# requests there may be in all
 sub check {
-    my ($what, $status, $took, $owner, $max_requests) = @_;
+    my ($what, $changed, $max_requests, $status, $took, $owner) = @_;
 
     ok($owner, "$what: a worker was refreshing at the reload");
     is($status, 200, sprintf('%s: the waiting client gets 200 (%.1f s)',
@@ -151,7 +153,6 @@ sub check {
 
     # a change: the old request's one answer is dropped, once, and one
     # worker of the new configuration refreshes for the waiting request
-    my $changed = $max_requests > 1;
     is(scalar $t->log_lines(qr/the answer \(a token\) is dropped/),
        $changed ? 1 : 0, "$what: the old answer dropped "
                          . ($changed ? 'once' : 'never'));
@@ -163,21 +164,30 @@ sub check {
 # -- a reload that changes nothing: one token request ------------------------
 
 cold_start();
-check('no change', reload_during_refresh(), 1);
+check('no change', 0, 1, reload_during_refresh());
 
 # -- a changed token_url -----------------------------------------------------
 
 cold_start();
-check('token_url changed',
-      reload_during_refresh(path => '/alt/services/oauth2/token'), 2);
+check('token_url changed', 1, 2,
+      reload_during_refresh(path => '/alt/services/oauth2/token'));
 is($t->mock('stats')->{token_requests}, $t->token_requests, 'one mock');
 
 # -- a changed grant: refresh_token to client_credentials --------------------
 
 cold_start();
-check('grant changed', reload_during_refresh(grant => 'client_credentials'), 2);
+check('grant changed', 1, 2,
+      reload_during_refresh(grant => 'client_credentials'));
 is($t->mock('stats')->{grants}{client_credentials}, 1,
    'grant changed: the new configuration made its client credentials grant');
+
+# -- a request held after a 401, its refresh in flight, a changed token_url --
+
+cold_start();
+is($t->get('/services/data/v59.0/')->{status}, 200, '401: a first token');
+$t->mock('revoke');
+check('401 held, token_url changed', 1, 3,
+      reload_during_refresh(path => '/alt/services/oauth2/token'));
 
 $t->finish;
 
