@@ -41,6 +41,9 @@ static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
+static ngx_int_t ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk);
 static ngx_int_t ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool, ngx_str_t *dst,
     u_char *secret, size_t len);
@@ -780,8 +783,6 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk)
 {
-    ngx_int_t  rc;
-
     if (!ngx_http_sf_oauth_lease_free(cred, node)
         || (node->busy
             && (ngx_msec_int_t) (node->busy_until - ngx_current_msec) > 0))
@@ -804,15 +805,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
                       "refresh of process %P", &cred->name, node->lease_pid);
     }
 
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
-                                      node->refresh, node->refresh_len);
-    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
-        node->token_requests++;
-        lk->fleet_generation = node->fleet_generation;
-        lk->fleet_unsynced = node->fleet_dirty;
-    }
-
-    return rc;
+    return ngx_http_sf_oauth_take_refresh(cred, node, pool, lk);
 }
 
 
@@ -838,8 +831,6 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
 
     node = cred->node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    lk->introspect = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
@@ -908,6 +899,33 @@ ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
                            + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
     return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+}
+
+
+/*
+ * With the zone locked: the lease for this worker's grant, with the
+ * refresh token of the record; counted as a token request.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t  rc;
+
+    lk->introspect = 0;
+
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
+                                      node->refresh, node->refresh_len);
+
+    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+        node->token_requests++;
+        lk->fleet_generation = node->fleet_generation;
+        lk->fleet_unsynced = node->fleet_dirty;
+    }
+
+    return rc;
 }
 
 
@@ -1319,16 +1337,10 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
 {
     ngx_int_t  rc;
 
-    lk->introspect = 0;
-
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
-                                      node->refresh, node->refresh_len);
+    rc = ngx_http_sf_oauth_take_refresh(cred, node, pool, lk);
 
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
-        node->token_requests++;
         node->ahead_refreshes++;
-        lk->fleet_generation = node->fleet_generation;
-        lk->fleet_unsynced = node->fleet_dirty;
     }
 
     return rc;
