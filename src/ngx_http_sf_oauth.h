@@ -248,6 +248,13 @@ typedef struct {
     ngx_uint_t                   busy;
     ngx_msec_t                   busy_until;
 
+    /*
+     * A reload changed the credential, and requests of the workers before
+     * it wait for a token that only the new workers can get (see
+     * ngx_http_sf_oauth_store_handover)
+     */
+    ngx_uint_t                   wanted;
+
     ngx_uint_t                   invalidations;
     ngx_uint_t                   replays;
 
@@ -478,6 +485,11 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_http_sf_oauth_node_t    *node;
     /* the record was made by this configuration, not found in the zone */
     ngx_uint_t                   fresh;
+    /*
+     * this configuration's reload changed the credential: its workers get
+     * the token for requests that the workers before it hold
+     */
+    ngx_uint_t                   handover;
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 
@@ -789,6 +801,9 @@ ngx_int_t ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone,
 void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
+ngx_uint_t ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
 ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,

@@ -12,6 +12,14 @@
  * Salesforce (/services/oauth2/introspect) when it comes due: a token in
  * use has slid further, one that is not is refreshed.
  *
+ * The same timer gets a token that nobody in this worker waits for in one
+ * more case: a reload changed a credential (its token_url, grant...)
+ * while requests of the workers before it waited for its token.  Those
+ * workers know only the old configuration and cannot get the new one's
+ * token: they say that they wait for it, and a worker of the new
+ * configuration gets it for them, once their token request in flight is
+ * over (the handover).
+ *
  * This file only decides when: the store hands it the lease, and the
  * refresh makes the token request (or the introspection) under it.
  */
@@ -21,15 +29,21 @@
 
 
 static void ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev);
+static ngx_uint_t ngx_http_sf_oauth_ahead_handover(
+    ngx_http_sf_oauth_cred_t *cred, ngx_pool_t *pool);
 
 
 static ngx_event_t  ngx_http_sf_oauth_ahead_event;
+
+/* when this worker started: the workers before it have a moment to ask */
+static ngx_msec_t   ngx_http_sf_oauth_ahead_start;
 
 
 ngx_int_t
 ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
 {
     ngx_uint_t                      i;
+    ngx_msec_t                      first;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
@@ -38,7 +52,7 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->lifetime || cred[i]->introspect) {
+        if (cred[i]->lifetime || cred[i]->introspect || cred[i]->handover) {
             break;
         }
     }
@@ -50,7 +64,17 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     ngx_http_sf_oauth_timer_init(&ngx_http_sf_oauth_ahead_event,
                                  ngx_http_sf_oauth_ahead_handler, cycle->log);
 
-    ngx_add_timer(&ngx_http_sf_oauth_ahead_event, 1000);
+    ngx_http_sf_oauth_ahead_start = ngx_current_msec;
+
+    /* a handover at once, the refresh ahead in a second */
+
+    for (first = 1000; i < smcf->creds.nelts; i++) {
+        if (cred[i]->handover) {
+            first = NGX_HTTP_SF_OAUTH_POLL_MAX;
+        }
+    }
+
+    ngx_add_timer(&ngx_http_sf_oauth_ahead_event, first);
 
     return NGX_OK;
 }
@@ -61,7 +85,7 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 {
     ngx_int_t                       rc;
     ngx_msec_t                      next, wait;
-    ngx_uint_t                      i;
+    ngx_uint_t                      i, active;
     ngx_pool_t                     *pool;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_lookup_t      lk;
@@ -82,12 +106,28 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
     }
 
     next = 1000;
+    active = 0;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
 
-        if ((cred[i]->lifetime == 0 && !cred[i]->introspect)
-            || cred[i]->transfer)
-        {
+        if (cred[i]->handover) {
+            active = 1;
+
+            if (cred[i]->transfer
+                || ngx_http_sf_oauth_ahead_handover(cred[i], pool))
+            {
+                next = NGX_HTTP_SF_OAUTH_POLL_MAX;
+                continue;
+            }
+        }
+
+        if (cred[i]->lifetime == 0 && !cred[i]->introspect) {
+            continue;
+        }
+
+        active = 1;
+
+        if (cred[i]->transfer) {
             continue;
         }
 
@@ -110,6 +150,60 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 
     ngx_destroy_pool(pool);
 
+    if (!active) {
+        /* the handovers are over, and no credential refreshes ahead */
+        return;
+    }
+
     /* look again when the next token comes due, 50 ms to 1 s from now */
-    ngx_add_timer(ev, ngx_max(next, 50));
+    ngx_add_timer(ev, ngx_max(next, NGX_HTTP_SF_OAUTH_POLL_MAX));
+}
+
+
+/*
+ * The handover of a credential that this configuration's reload changed.
+ * Returns 1 while it goes on: the workers before the reload wait for a
+ * token, or may still say so; 0 when it is over.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_ahead_handover(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool)
+{
+    ngx_int_t                   rc;
+    ngx_http_sf_oauth_lookup_t  lk;
+
+    rc = ngx_http_sf_oauth_store_handover(cred, pool, &lk);
+
+    switch (rc) {
+
+    case NGX_HTTP_SF_OAUTH_GOT_LEASE:
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the reload changed the "
+                      "credential while requests waited for its token: "
+                      "refreshing for them", &cred->name);
+
+        (void) ngx_http_sf_oauth_refresh_start(cred, &lk);
+        return 1;
+
+    case NGX_HTTP_SF_OAUTH_GOT_WAIT:
+        return 1;
+
+    case NGX_DECLINED:
+        /* nothing asked yet: the workers before the reload get a moment */
+        if (ngx_current_msec - ngx_http_sf_oauth_ahead_start
+            < NGX_HTTP_SF_OAUTH_LEASE_SLACK)
+        {
+            return 1;
+        }
+
+        break;
+
+    default: /* NGX_DONE, NGX_HTTP_SF_OAUTH_GOT_ERROR */
+        break;
+    }
+
+    cred->handover = 0;
+
+    return 0;
 }

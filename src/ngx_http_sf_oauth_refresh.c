@@ -503,6 +503,28 @@ ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
     u_char      fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     ngx_uint_t  level;
 
+    if (ngx_http_sf_oauth_store_changed(cred)) {
+
+        /*
+         * A reload changed the credential while the request was in
+         * flight: its answer is for a configuration that is gone, so it
+         * is neither stored nor retried, and an error of it is not the
+         * new configuration's to fix.  The new workers get the token for
+         * this worker's waiting requests (ngx_http_sf_oauth_store_handover).
+         */
+
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the reload changed the "
+                      "credential while its token request was in flight: "
+                      "the answer (%s) is dropped, and the new worker "
+                      "processes get the token", &cred->name,
+                      tok->ok ? "a token" : "an error");
+
+        ngx_http_sf_oauth_fleet_release(cred);
+        ngx_http_sf_oauth_store_result(cred, tok);
+        return;
+    }
+
     if (!tok->ok) {
         /* an error text is built from the endpoint's answer: scrub it */
         tok->error.len = ngx_http_sf_oauth_redact(cred, tok->error.data,

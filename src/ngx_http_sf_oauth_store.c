@@ -40,6 +40,12 @@ static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk);
+static ngx_int_t ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk);
 static ngx_int_t ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool, ngx_str_t *dst,
     u_char *secret, size_t len);
@@ -245,6 +251,7 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
                           "its cached token is dropped", &cred->name);
 
             ngx_http_sf_oauth_store_reset(cred, node);
+            cred->handover = 1;
         }
 
         cred->node = node;
@@ -704,10 +711,14 @@ ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
     node->failures = 0;
     node->backoff_until = 0;
     node->held = 0;
+    node->wanted = 0;
     node->issued_at = 0;
     node->token_ms = 0;
 
-    /* a lease of an old worker is left alone: its answer is discarded */
+    /*
+     * A lease of an old worker is left alone: its answer is discarded,
+     * and the new workers refresh once it is over (store_handover).
+     */
 
     ngx_explicit_memzero(node->token, sizeof(node->token));
     ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
@@ -793,16 +804,48 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)
-        || (node->busy && (ngx_msec_int_t) (node->busy_until - now) > 0))
-    {
-        /* a refresh runs, or the one that ran gets a quick retry soon */
+    if (node->conf_fp != cred->conf_fp) {
+
+        /*
+         * A reload changed the credential: the record is the new
+         * configuration's, and a token request of this one's would be
+         * thrown away (store_result).  The new workers get the token for
+         * this request (store_handover); it waits for it.
+         */
+
+        node->wanted = 1;
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
+    rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * With the zone locked and no token: the lease for this worker, unless a
+ * refresh runs or gets a quick retry soon (NGX_HTTP_SF_OAUTH_GOT_WAIT), or
+ * a reload retired the zone (NGX_HTTP_SF_OAUTH_GOT_ERROR).
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    if (!ngx_http_sf_oauth_lease_free(cred, node)
+        || (node->busy
+            && (ngx_msec_int_t) (node->busy_until - ngx_current_msec) > 0))
+    {
+        /* a refresh runs, or the one that ran gets a quick retry soon */
+        return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+    }
+
     if (ngx_http_sf_oauth_store_retired(cred)) {
-        ngx_shmtx_unlock(&shpool->mutex);
         lk->error = ngx_http_sf_oauth_error_retired;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
@@ -816,17 +859,73 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
                       "refresh of process %P", &cred->name, node->lease_pid);
     }
 
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
-                                      node->refresh, node->refresh_len);
-    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
-        node->token_requests++;
-        lk->fleet_generation = node->fleet_generation;
-        lk->fleet_unsynced = node->fleet_dirty;
+    return ngx_http_sf_oauth_take_refresh(cred, node, pool, lk);
+}
+
+
+/*
+ * In a worker of a configuration whose reload changed the credential
+ * (cred->handover), from a timer: the workers before the reload cannot get
+ * the record's token any more (store_lookup), and their requests may wait
+ * for it.  When one of them said so (node->wanted), this worker takes the
+ * lease as a request of its own would, once the old workers' token request
+ * in flight is over.  Returns NGX_HTTP_SF_OAUTH_GOT_LEASE,
+ * NGX_HTTP_SF_OAUTH_GOT_WAIT (look again soon), NGX_DECLINED (nothing is
+ * wanted, and no token request is in flight), or NGX_DONE: the record has
+ * this configuration's token or error, or a newer reload has it.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_mine(cred)
+        || node->conf_fp != cred->conf_fp
+        || node->state == NGX_HTTP_SF_OAUTH_VALID
+        || node->state == NGX_HTTP_SF_OAUTH_FAILED)
+    {
+        rc = NGX_DONE;
+
+    } else if (node->wanted) {
+        rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
+
+    } else {
+        rc = node->lease_pid ? NGX_HTTP_SF_OAUTH_GOT_WAIT : NGX_DECLINED;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
     return rc;
+}
+
+
+/* whether a reload changed the credential: the record is another's */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t        changed;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    changed = ngx_http_sf_oauth_store_mine(cred)
+              && cred->node->conf_fp != cred->conf_fp;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return changed;
 }
 
 
@@ -854,6 +953,33 @@ ngx_http_sf_oauth_take_lease(ngx_http_sf_oauth_cred_t *cred,
                            + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
     return NGX_HTTP_SF_OAUTH_GOT_LEASE;
+}
+
+
+/*
+ * With the zone locked: the lease for this worker's grant, with the
+ * refresh token of the record; counted as a token request.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
+    ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t  rc;
+
+    lk->introspect = 0;
+
+    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
+                                      node->refresh, node->refresh_len);
+
+    if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+        node->token_requests++;
+        lk->fleet_generation = node->fleet_generation;
+        lk->fleet_unsynced = node->fleet_dirty;
+    }
+
+    return rc;
 }
 
 
@@ -923,7 +1049,11 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (node->conf_fp != cred->conf_fp) {
-        /* a reload changed the credential meanwhile: the answer is stale */
+        /*
+         * A reload changed the credential meanwhile: the answer is stale,
+         * and whoever waited for it needs the new workers' token.
+         */
+        node->wanted = 1;
         ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
@@ -973,6 +1103,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->backoff_until = 0;
         node->held = 0;
         node->busy = 0;
+        node->wanted = 0;
 
         /* the last error stays, for the status output */
 
@@ -1018,6 +1149,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     node->failures++;
     node->busy = 0;
+    node->wanted = 0;
 
     /*
      * A worker of the configuration before a reload that changed the
@@ -1083,9 +1215,14 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (!ngx_http_sf_oauth_store_mine(cred)
-        || node->state != NGX_HTTP_SF_OAUTH_VALID)
+        || node->state != NGX_HTTP_SF_OAUTH_VALID
+        || node->conf_fp != cred->conf_fp)
     {
-        /* dropped already, or refreshing, or failed: the lookup tells */
+        /*
+         * Dropped already, or refreshing, or failed: the lookup tells.
+         * The token of a configuration that a reload brought is not this
+         * worker's to drop.
+         */
         rc = NGX_HTTP_SF_OAUTH_REJ_DROPPED;
 
     } else if (node->generation != generation) {
@@ -1269,16 +1406,10 @@ ngx_http_sf_oauth_store_refresh_ahead(ngx_http_sf_oauth_cred_t *cred,
 {
     ngx_int_t  rc;
 
-    lk->introspect = 0;
-
-    rc = ngx_http_sf_oauth_take_lease(cred, node, pool, &lk->secret,
-                                      node->refresh, node->refresh_len);
+    rc = ngx_http_sf_oauth_take_refresh(cred, node, pool, lk);
 
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
-        node->token_requests++;
         node->ahead_refreshes++;
-        lk->fleet_generation = node->fleet_generation;
-        lk->fleet_unsynced = node->fleet_dirty;
     }
 
     return rc;
