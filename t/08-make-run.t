@@ -63,19 +63,19 @@ $r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/replayed");
 is($r->{status}, 200, 'a request after a revoke: 200');
 is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'it was replayed');
 
-my $log = '';
+my $access = '';
 for (1 .. 50) {
-    $log = `cat $SfTest::ROOT/build/run/access.log 2>/dev/null`;
-    last if $log =~ m{/replayed};
+    $access = `cat $SfTest::ROOT/build/run/access.log 2>/dev/null`;
+    last if $access =~ m{/replayed};
     sleep 0.1;
 }
-like($log, qr{"GET /services/data/v59.0/sobjects HTTP/1.1" 200 sf_oauth=WAIT upstream=200 },
+like($access, qr{"GET /services/data/v59.0/sobjects HTTP/1.1" 200 sf_oauth=WAIT upstream=200 },
      'access log: the first request waited');
-like($log, qr{"GET /services/data/v59.0/replayed HTTP/1.1" 200 sf_oauth=RETRY upstream=401 : 200 },
+like($access, qr{"GET /services/data/v59.0/replayed HTTP/1.1" 200 sf_oauth=RETRY upstream=401 : 200 },
      'access log: the replay shows "401 : 200"');
-like($log, qr{"GET /sf_oauth_info HTTP/1.1" 200 sf_oauth=- upstream=- },
+like($access, qr{"GET /sf_oauth_info HTTP/1.1" 200 sf_oauth=- upstream=- },
      'access log: a request without sf_oauth shows "-"');
-unlike($log, qr/Bearer|00D[A-Za-z0-9]{5}!/, 'access log: no token in it');
+unlike($access, qr/Bearer|00D[A-Za-z0-9]{5}!/, 'access log: no token in it');
 
 kill 'INT', -$pid;
 my $gone = 0;
