@@ -1490,6 +1490,9 @@ ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
             return NULL;
         }
 
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
         h->key = *key;
         slot->pushed = 1;
         slot->header = h;
@@ -2081,6 +2084,9 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
     h->hash = 1;
     ngx_str_set(&h->key, "Cache-Control");
     ngx_str_set(&h->value, "no-store");
@@ -2096,6 +2102,9 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
         h->hash = 1;
         ngx_str_set(&h->key, "Retry-After");
         h->value.len = ngx_sprintf(h->value.data, "%T", retry_after)
