@@ -74,8 +74,9 @@ static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t fleet);
+    ngx_uint_t fleet, ngx_http_sf_oauth_reply_pt handler);
 static void ngx_http_sf_oauth_fleet_synced(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
@@ -892,7 +893,7 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
 
     /* the token stays unsynced until the fleet's newer one is taken */
     ngx_http_sf_oauth_fleet_release(cred);
-    ngx_http_sf_oauth_fleet_read(cred, 0);
+    ngx_http_sf_oauth_fleet_read(cred, 0, ngx_http_sf_oauth_fleet_synced);
 
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STALE, NULL, gen);
     ngx_free(op);
@@ -1044,6 +1045,14 @@ ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
 }
 
 
+/*
+ * The periodic read, a message of the channel and a reconnection ask for
+ * it.  One is in flight per credential and worker at a time: those asked
+ * for meanwhile (a flood of messages) make one more after it, so that
+ * anyone who can publish on the channel cannot make the worker queue a
+ * command a message.
+ */
+
 static void
 ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
 {
@@ -1052,6 +1061,14 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
     if (!ngx_http_sf_oauth_fleet_connected(cred)) {
         return;
     }
+
+    if (cred->fleet_syncing) {
+        cred->fleet_sync_again = 1;
+        return;
+    }
+
+    cred->fleet_syncing = 1;
+    cred->fleet_sync_again = 0;
 
     fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
 
@@ -1064,14 +1081,39 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
         return;
     }
 
-    ngx_http_sf_oauth_fleet_read(cred, fleet);
+    ngx_http_sf_oauth_fleet_read(cred, fleet,
+                                 ngx_http_sf_oauth_fleet_synced_again);
+}
+
+
+/* the read of fleet_sync answered, or failed with its connection */
+
+static void
+ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data)
+{
+    ngx_http_sf_oauth_cred_t  *cred = data;
+
+    cred->fleet_syncing = 0;
+
+    ngx_http_sf_oauth_fleet_synced(reply, data);
+
+    if (cred->fleet_sync_again) {
+        cred->fleet_sync_again = 0;
+
+        /* a connection that failed is read again once it is back */
+
+        if (reply != NULL) {
+            ngx_http_sf_oauth_fleet_sync(cred);
+        }
+    }
 }
 
 
 /* the SYNC script: a newer generation than "fleet" is taken */
 
 static void
-ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
+ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
+    ngx_http_sf_oauth_reply_pt handler)
 {
     u_char       known[NGX_INT_T_LEN];
     ngx_str_t    args[1];
@@ -1082,9 +1124,15 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
     args[0].len = ngx_sprintf(known, "%ui", ngx_max(fleet, cred->fleet_skip))
                   - known;
 
-    (void) ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
-                                        4, keys, 1, args,
-                                        ngx_http_sf_oauth_fleet_synced, cred);
+    if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
+                                     4, keys, 1, args, handler, cred)
+        != NGX_OK
+        && handler == ngx_http_sf_oauth_fleet_synced_again)
+    {
+        /* not sent: the next periodic read or reconnection tries again */
+        cred->fleet_syncing = 0;
+        cred->fleet_sync_again = 0;
+    }
 }
 
 
@@ -1611,4 +1659,13 @@ static void
 ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
 {
+    cred->fleet_syncing = 0;
+
+    if (cred->fleet_sync_again) {
+        cred->fleet_sync_again = 0;
+
+        if (answer != NGX_HTTP_SF_OAUTH_FLEET_DOWN) {
+            ngx_http_sf_oauth_fleet_sync(cred);
+        }
+    }
 }
