@@ -85,6 +85,8 @@ static void ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 static ngx_int_t ngx_http_sf_oauth_fleet_decode(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, redisReply *blob,
     redisReply *fp, ngx_http_sf_oauth_node_t *rec);
+static void ngx_http_sf_oauth_fleet_error(ngx_http_sf_oauth_cred_t *cred,
+    const char *what, redisReply *r);
 static ngx_uint_t ngx_http_sf_oauth_fleet_refused(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, ngx_int_t rc,
     redisReply *fp);
@@ -466,10 +468,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         || r->element[3]->type != REDIS_REPLY_STRING)
     {
         if (r && r->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "sf_oauth: credential \"%V\": Redis refused the "
-                          "lease script: \"%*s\"", &cred->name,
-                          ngx_min(r->len, 200), r->str);
+            ngx_http_sf_oauth_fleet_error(cred, "Redis refused the lease "
+                                          "script", r);
         }
 
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
@@ -853,6 +853,11 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
 
     cred = op->cred;
 
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        ngx_http_sf_oauth_fleet_error(cred, "Redis refused the store script",
+                                      r);
+    }
+
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK)
@@ -1146,6 +1151,18 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     ngx_uint_t                 answer, gen, local, dirty;
     ngx_http_sf_oauth_node_t  *rec;
 
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        /* said once, until a read works: it is tried every second */
+
+        if (!cred->fleet_read_refused) {
+            cred->fleet_read_refused = 1;
+            ngx_http_sf_oauth_fleet_error(cred, "the fleet's periodic read: "
+                                          "Redis refused it", r);
+        }
+
+        return;
+    }
+
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
@@ -1155,6 +1172,8 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     {
         return;
     }
+
+    cred->fleet_read_refused = 0;
 
     ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
                                         r->element[3]->len);
@@ -1414,6 +1433,54 @@ failed:
     }
 
     return NGX_ERROR;
+}
+
+
+/*
+ * An error reply to a script of the fleet (at most 200 bytes of it: it is
+ * Redis's text, never a secret of the module's).  A missing right of an
+ * ACL user (NOPERM, or a command refused inside the script) says what the
+ * user needs: an ACL written for another version of the module may lack a
+ * command that the scripts run now.
+ */
+
+static void
+ngx_http_sf_oauth_fleet_error(ngx_http_sf_oauth_cred_t *cred,
+    const char *what, redisReply *r)
+{
+    size_t                      len;
+    ngx_uint_t                  acl;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    zone = cred->shm_zone->data;
+    rd = zone->redis;
+    len = ngx_min(r->len, 200);
+
+    acl = (len >= 6 && ngx_strncmp(r->str, "NOPERM", 6) == 0)
+          || ngx_strlcasestrn((u_char *) r->str, (u_char *) r->str + len,
+                              (u_char *) "can't run this command", 22 - 1)
+             != NULL
+          || ngx_strlcasestrn((u_char *) r->str, (u_char *) r->str + len,
+                              (u_char *) "no permissions", 14 - 1)
+             != NULL;
+
+    if (!acl) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": %s: \"%*s\"",
+                      &cred->name, what, len, r->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": %s: \"%*s\"; the ACL user "
+                  "of sf_oauth_redis \"%V\" needs the commands EVAL, GET, "
+                  "GETRANGE, SET, DEL, PEXPIRE, PUBLISH, SUBSCRIBE and PING, "
+                  "the keys \"%V*\" and the channel \"%V\" (ACL SETUSER "
+                  "USER +eval +get +getrange +set +del +pexpire +publish "
+                  "+subscribe +ping ~%V* &%V)",
+                  &cred->name, what, len, r->str, &rd->name, &rd->prefix,
+                  &rd->channel, &rd->prefix, &rd->channel);
 }
 
 
