@@ -518,6 +518,11 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_uint_t                   fleet_known;
     ngx_uint_t                   fleet_distrust;
     ngx_uint_t                   fleet_skip;
+    /* a periodic or announced read is in flight; another was asked */
+    unsigned                     fleet_syncing:1;
+    unsigned                     fleet_sync_again:1;
+    /* the periodic read was refused by Redis, and that was said */
+    unsigned                     fleet_read_refused:1;
     ngx_msec_t                   fleet_deadline;
     ngx_event_t                  fleet_timer;
     void                        *fleet_op;

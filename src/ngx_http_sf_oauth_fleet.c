@@ -74,8 +74,9 @@ static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t fleet);
+    ngx_uint_t fleet, ngx_http_sf_oauth_reply_pt handler);
 static void ngx_http_sf_oauth_fleet_synced(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
@@ -84,6 +85,8 @@ static void ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 static ngx_int_t ngx_http_sf_oauth_fleet_decode(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, redisReply *blob,
     redisReply *fp, ngx_http_sf_oauth_node_t *rec);
+static void ngx_http_sf_oauth_fleet_error(ngx_http_sf_oauth_cred_t *cred,
+    const char *what, redisReply *r);
 static ngx_uint_t ngx_http_sf_oauth_fleet_refused(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, ngx_int_t rc,
     redisReply *fp);
@@ -465,10 +468,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         || r->element[3]->type != REDIS_REPLY_STRING)
     {
         if (r && r->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "sf_oauth: credential \"%V\": Redis refused the "
-                          "lease script: \"%*s\"", &cred->name,
-                          ngx_min(r->len, 200), r->str);
+            ngx_http_sf_oauth_fleet_error(cred, "Redis refused the lease "
+                                          "script", r);
         }
 
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
@@ -852,6 +853,11 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
 
     cred = op->cred;
 
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        ngx_http_sf_oauth_fleet_error(cred, "Redis refused the store script",
+                                      r);
+    }
+
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK)
@@ -892,7 +898,7 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
 
     /* the token stays unsynced until the fleet's newer one is taken */
     ngx_http_sf_oauth_fleet_release(cred);
-    ngx_http_sf_oauth_fleet_read(cred, 0);
+    ngx_http_sf_oauth_fleet_read(cred, 0, ngx_http_sf_oauth_fleet_synced);
 
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STALE, NULL, gen);
     ngx_free(op);
@@ -1044,6 +1050,14 @@ ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
 }
 
 
+/*
+ * The periodic read, a message of the channel and a reconnection ask for
+ * it.  One is in flight per credential and worker at a time: those asked
+ * for meanwhile (a flood of messages) make one more after it, so that
+ * anyone who can publish on the channel cannot make the worker queue a
+ * command a message.
+ */
+
 static void
 ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
 {
@@ -1052,6 +1066,14 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
     if (!ngx_http_sf_oauth_fleet_connected(cred)) {
         return;
     }
+
+    if (cred->fleet_syncing) {
+        cred->fleet_sync_again = 1;
+        return;
+    }
+
+    cred->fleet_syncing = 1;
+    cred->fleet_sync_again = 0;
 
     fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
 
@@ -1064,14 +1086,39 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
         return;
     }
 
-    ngx_http_sf_oauth_fleet_read(cred, fleet);
+    ngx_http_sf_oauth_fleet_read(cred, fleet,
+                                 ngx_http_sf_oauth_fleet_synced_again);
+}
+
+
+/* the read of fleet_sync answered, or failed with its connection */
+
+static void
+ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data)
+{
+    ngx_http_sf_oauth_cred_t  *cred = data;
+
+    cred->fleet_syncing = 0;
+
+    ngx_http_sf_oauth_fleet_synced(reply, data);
+
+    if (cred->fleet_sync_again) {
+        cred->fleet_sync_again = 0;
+
+        /* a connection that failed is read again once it is back */
+
+        if (reply != NULL) {
+            ngx_http_sf_oauth_fleet_sync(cred);
+        }
+    }
 }
 
 
 /* the SYNC script: a newer generation than "fleet" is taken */
 
 static void
-ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
+ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
+    ngx_http_sf_oauth_reply_pt handler)
 {
     u_char       known[NGX_INT_T_LEN];
     ngx_str_t    args[1];
@@ -1082,9 +1129,15 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet)
     args[0].len = ngx_sprintf(known, "%ui", ngx_max(fleet, cred->fleet_skip))
                   - known;
 
-    (void) ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
-                                        4, keys, 1, args,
-                                        ngx_http_sf_oauth_fleet_synced, cred);
+    if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
+                                     4, keys, 1, args, handler, cred)
+        != NGX_OK
+        && handler == ngx_http_sf_oauth_fleet_synced_again)
+    {
+        /* not sent: the next periodic read or reconnection tries again */
+        cred->fleet_syncing = 0;
+        cred->fleet_sync_again = 0;
+    }
 }
 
 
@@ -1098,6 +1151,18 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     ngx_uint_t                 answer, gen, local, dirty;
     ngx_http_sf_oauth_node_t  *rec;
 
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        /* said once, until a read works: it is tried every second */
+
+        if (!cred->fleet_read_refused) {
+            cred->fleet_read_refused = 1;
+            ngx_http_sf_oauth_fleet_error(cred, "the fleet's periodic read: "
+                                          "Redis refused it", r);
+        }
+
+        return;
+    }
+
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK
@@ -1107,6 +1172,8 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     {
         return;
     }
+
+    cred->fleet_read_refused = 0;
 
     ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
                                         r->element[3]->len);
@@ -1370,6 +1437,54 @@ failed:
 
 
 /*
+ * An error reply to a script of the fleet (at most 200 bytes of it: it is
+ * Redis's text, never a secret of the module's).  A missing right of an
+ * ACL user (NOPERM, or a command refused inside the script) says what the
+ * user needs: an ACL written for another version of the module may lack a
+ * command that the scripts run now.
+ */
+
+static void
+ngx_http_sf_oauth_fleet_error(ngx_http_sf_oauth_cred_t *cred,
+    const char *what, redisReply *r)
+{
+    size_t                      len;
+    ngx_uint_t                  acl;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    zone = cred->shm_zone->data;
+    rd = zone->redis;
+    len = ngx_min(r->len, 200);
+
+    acl = (len >= 6 && ngx_strncmp(r->str, "NOPERM", 6) == 0)
+          || ngx_strlcasestrn((u_char *) r->str, (u_char *) r->str + len,
+                              (u_char *) "can't run this command", 22 - 1)
+             != NULL
+          || ngx_strlcasestrn((u_char *) r->str, (u_char *) r->str + len,
+                              (u_char *) "no permissions", 14 - 1)
+             != NULL;
+
+    if (!acl) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": %s: \"%*s\"",
+                      &cred->name, what, len, r->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": %s: \"%*s\"; the ACL user "
+                  "of sf_oauth_redis \"%V\" needs the commands EVAL, GET, "
+                  "GETRANGE, SET, DEL, PEXPIRE, PUBLISH, SUBSCRIBE and PING, "
+                  "the keys \"%V*\" and the channel \"%V\" (ACL SETUSER "
+                  "USER +eval +get +getrange +set +del +pexpire +publish "
+                  "+subscribe +ping ~%V* &%V)",
+                  &cred->name, what, len, r->str, &rd->name, &rd->prefix,
+                  &rd->channel, &rd->prefix, &rd->channel);
+}
+
+
+/*
  * Whether a worker that took the fleet's lease at "generation", and could
  * not read the record there (decode's rc, NGX_ABORT if not read), must not
  * refresh with its own refresh token: that is older than the fleet's when
@@ -1611,4 +1726,13 @@ static void
 ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
 {
+    cred->fleet_syncing = 0;
+
+    if (cred->fleet_sync_again) {
+        cred->fleet_sync_again = 0;
+
+        if (answer != NGX_HTTP_SF_OAUTH_FLEET_DOWN) {
+            ngx_http_sf_oauth_fleet_sync(cred);
+        }
+    }
 }
