@@ -130,7 +130,9 @@ my @variables;
 for my $f (@c_files) {
     my $s = slurp($f);
 
-    while ($s =~ /ngx_http_variable_t\s+\w+\[\]\s*=\s*\{(.*?)ngx_http_null_variable/sg) {
+    while ($s =~ /ngx_http_variable_t\s+\w+\[\]\s*=\s*\{
+                  (.*?)ngx_http_null_variable/sgx)
+    {
         my $body = $1;
         push @variables, $body =~ /\{\s*ngx_string\("(\w+)"\)/g;
     }
