@@ -179,10 +179,12 @@ DEB         := $(DEB_DIR)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 deb: $(DEB)
 
-$(DEB): $(SOURCES) README.md conf.example $(shell find debian -type f) | deps
+$(DEB): $(SOURCES) README.md conf.example $(wildcard docs/*.md) \
+        $(shell find debian -type f) | deps
 	rm -rf $(DEB_DIR)
 	mkdir -p $(DEB_DIR)/src
-	cp -r --parents $(SOURCES) README.md conf.example debian $(DEB_DIR)/src/
+	cp -r --parents $(SOURCES) README.md conf.example docs debian \
+	    $(DEB_DIR)/src/
 	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc \
 	    > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
 	@echo "make deb: $@"

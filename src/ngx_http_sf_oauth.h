@@ -3,33 +3,7 @@
  * ngx_http_sf_oauth_module: OAuth for Salesforce APIs in front of proxy_pass.
  *
  * Declarations shared by the module's source files.  Each file holds one
- * concern:
- *
- *   ngx_http_sf_oauth_module.c   module definition, directives, variables
- *   ngx_http_sf_oauth_credential.c  the sf_oauth_credential block, secrets
- *   ngx_http_sf_oauth_store.c    shared memory zone: tokens, lease, backoff
- *   ngx_http_sf_oauth_state.c    the zone's state file: configuration, I/O
- *   ngx_http_sf_oauth_codec.c    the state file's contents and encryption
- *   ngx_http_sf_oauth_refresh.c  a token request's life: the grant, the
- *                                transfer, the outcome stored, waiters woken
- *   ngx_http_sf_oauth_jwt.c      the JWT bearer grant's key and assertion
- *   ngx_http_sf_oauth_client.c   HTTP requests on the libcurl multi API
- *   ngx_http_sf_oauth_fleet.c    one token for a fleet of nodes, in Redis:
- *                                the lease, the write-back, the sync
- *   ngx_http_sf_oauth_redis.c    a Redis client on nginx's connections
- *   ngx_http_sf_oauth_parse.c    token endpoint response parser (cJSON)
- *   ngx_http_sf_oauth_handler.c  request handling: inject, wait, fail
- *   ngx_http_sf_oauth_filter.c   response filter: the 401 replay
- *   ngx_http_sf_oauth_envelope.c the SOAP envelope: the session in it
- *   ngx_http_sf_oauth_verdict.c  whether an error response says the
- *                                session is dead (REST, SOAP, Bulk 1.0)
- *   ngx_http_sf_oauth_ahead.c    the refresh ahead of expiry, on a timer
- *   ngx_http_sf_oauth_redact.c   secret redaction in the error log
- *   ngx_http_sf_oauth_status.c   the status output (sf_oauth_info)
- *   ngx_http_sf_oauth_metrics.c  the same, for Prometheus, and the counts
- *                                and API usage it shows
- *   ngx_http_sf_oauth_send.c     a response the module makes itself
- *   ngx_http_sf_oauth_timer.c    the module's own timer events
+ * concern: the source map in HACKING.md says which, one line per file.
  *
  * Every source file includes this header before any other: nginx's rule
  * is that ngx_config.h and ngx_core.h come first, so that the system's and

@@ -19,6 +19,7 @@ use warnings;
 
 use lib 't/lib';
 use SfTest;
+use File::Basename qw(basename);
 use File::Find;
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
@@ -180,7 +181,9 @@ my %files = map { s{^\./}{/}r => 1 }
             map { (split ' ', $_, 6)[5] =~ s/ -> .*//r }
             split /\n/, `dpkg-deb -c $deb`;
 for my $f ($SO, $AVAILABLE, "$DOC/README.md.gz", "$DOC/conf.example",
-           "$DOC/copyright", "$DOC/changelog.gz")
+           "$DOC/copyright", "$DOC/changelog.gz",
+           "$DOC/docs/reference.md.gz", "$DOC/docs/operations.md.gz",
+           "$DOC/docs/design.md.gz")
 {
     ok($files{$f}, "the .deb holds $f");
 }
@@ -220,7 +223,16 @@ ok(-f $SO, "$SO");
 is(slurp($AVAILABLE), "load_module modules/ngx_http_sf_oauth_module.so;\n",
    "$AVAILABLE loads the module");
 is(readlink($ENABLED), $AVAILABLE, "$ENABLED links to it");
-ok(-f "$DOC/README.md.gz" && -f "$DOC/conf.example", "the docs in $DOC");
+ok(-f "$DOC/README.md.gz" && -f "$DOC/conf.example"
+   && -f "$DOC/docs/reference.md.gz", "the docs in $DOC");
+
+# every document of docs/, compressed or not (dh_compress leaves the
+# small ones), and not HACKING.md, which is for developers
+for my $md (map { basename($_) } glob("$ROOT/docs/*.md")) {
+    ok(-f "$DOC/docs/$md.gz" || -f "$DOC/docs/$md", "$DOC/docs/$md");
+}
+ok(!-e "$DOC/HACKING.md.gz" && !-e "$DOC/HACKING.md",
+   'HACKING.md is not installed');
 
 sub slurp {
     my ($f) = @_;

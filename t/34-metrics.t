@@ -829,14 +829,15 @@ ok(wait_until(30, sub {
                    . 'and only then') or diag($out);
 }
 
-# the README shows each rule's PromQL as the file has it
+# docs/operations.md shows each rule's PromQL as the file has it
 {
     my $norm = sub { my $e = shift; $e =~ s/\s+/ /g; $e =~ s/^ | $//g; $e };
 
     open my $fh, '<', $RULES or die "$RULES: $!";
     my $rules = do { local $/; <$fh> };
     close $fh;
-    open $fh, '<', "$SfTest::ROOT/README.md" or die "README.md: $!";
+    open $fh, '<', "$SfTest::ROOT/docs/operations.md"
+        or die "docs/operations.md: $!";
     my $readme = do { local $/; <$fh> };
     close $fh;
 
@@ -849,7 +850,8 @@ ok(wait_until(30, sub {
 
     is(scalar(keys %file), 4, 'the rules file has 4 alerts');
     is_deeply(\%doc, \%file,
-              'the README shows each alert\'s PromQL as in the rules file');
+              'docs/operations.md shows each alert\'s PromQL as in the '
+              . 'rules file');
 }
 
 # -- prometheus stops -------------------------------------------------------
