@@ -115,9 +115,12 @@ sub free_port {
 }
 
 sub wait_port {
-    my ($port, $what, $tries) = @_;
+    my ($port, $what, $tries, $pid) = @_;
 
     for (1 .. $tries || 100) {
+        die "$what exited before it listened on port $port\n"
+            if $pid && waitpid($pid, WNOHANG) == $pid;
+
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                       PeerPort => $port, Proto => 'tcp');
 
@@ -377,10 +380,14 @@ sub start {
 
     $self->{nginx_pid} = $pid;
 
-    eval { wait_port($self->{port}, 'nginx', $ENV{SF_TEST_VALGRIND} ? 600 : 100) };
+    # under valgrind, with other tests beside it (make test-valgrind runs
+    # three at a time), nginx may take a while to load: up to 2 minutes,
+    # unless it exits first
+    eval { wait_port($self->{port}, 'nginx',
+                     $ENV{SF_TEST_VALGRIND} ? 2400 : 200, $pid) };
     if ($@) {
         my $err = $self->slurp('stderr.log') . $self->slurp('error.log');
-        die "nginx did not start:\n$err";
+        die "nginx did not start: $@$err";
     }
 
     # both workers up: each writes a line when it starts
