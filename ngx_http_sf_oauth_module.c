@@ -1,11 +1,12 @@
 
 /*
  * ngx_http_sf_oauth_module: puts a cached Salesforce OAuth access token on
- * every request proxied to Salesforce, and refreshes it with the
- * refresh-token grant, one refresh at a time for all workers.
+ * every request proxied to Salesforce, and gets it with the refresh-token,
+ * JWT bearer or client-credentials grant, one token request at a time for
+ * all workers (and, with Redis, for the fleet).
  *
  * This file holds the module definition, the directives and the variables.
- * The work is done in src/: see src/ngx_http_sf_oauth.h for the map.
+ * The work is done in src/: HACKING.md has the map.
  */
 
 

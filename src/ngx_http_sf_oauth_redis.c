@@ -16,7 +16,7 @@
  * callback, and one subscribed to the fleet's channel, whose messages go
  * to one callback.  A connection that fails is closed, its commands fail
  * (their callbacks get NULL), and it is opened again after a backoff of
- * 100 ms doubling to 5 s.  A command on a connection that is not ready
+ * 100 ms doubling to 1 s.  A command on a connection that is not ready
  * fails at once: the caller falls back, it never waits for Redis.
  *
  * Nothing from Redis is trusted.  A reply must come within the timeout of
