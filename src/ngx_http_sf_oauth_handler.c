@@ -522,6 +522,9 @@ ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev)
 
     ngx_http_set_log_request(c->log, r);
 
+    /* posted, or its timer fired: either way, the next slice */
+    ev->timedout = 0;
+
     ngx_http_sf_oauth_body_inflate(r, ctx);
     ngx_http_run_posted_requests(c);
 }
@@ -537,10 +540,11 @@ static void
 ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_int_t     rc;
-    ngx_str_t     why;
-    ngx_uint_t    status;
-    ngx_chain_t  *plain;
+    ngx_int_t                  rc;
+    ngx_str_t                  why;
+    ngx_uint_t                 status;
+    ngx_chain_t               *plain;
+    ngx_http_core_loc_conf_t  *clcf;
 
     plain = NULL;
 
@@ -549,7 +553,25 @@ ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
 
     if (rc == NGX_AGAIN) {
         ngx_post_event(&ctx->inflating, &ngx_posted_next_events);
+
+        /*
+         * A posted event does not keep a worker that shuts down
+         * gracefully (nginx -s quit, a reload): a timer does
+         * (ngx_event_no_timers_left), so the envelope is answered before
+         * the worker exits.  It fires only if the slices stalled, and
+         * then runs one.
+         */
+
+        if (!ctx->inflating.timer_set) {
+            clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+            ngx_add_timer(&ctx->inflating, clcf->client_body_timeout);
+        }
+
         return;
+    }
+
+    if (ctx->inflating.timer_set) {
+        ngx_del_timer(&ctx->inflating);
     }
 
     ctx->inflate = NULL;
@@ -1317,6 +1339,10 @@ ngx_http_sf_oauth_cleanup(void *data)
     /* a client that went away while its envelope inflated */
     if (ctx->inflating.posted) {
         ngx_delete_posted_event(&ctx->inflating);
+    }
+
+    if (ctx->inflating.timer_set) {
+        ngx_del_timer(&ctx->inflating);
     }
 }
 
