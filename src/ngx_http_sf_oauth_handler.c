@@ -574,6 +574,11 @@ ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
         ngx_del_timer(&ctx->inflating);
     }
 
+    /* a slice run by the timer may end it while the event is posted */
+    if (ctx->inflating.posted) {
+        ngx_delete_posted_event(&ctx->inflating);
+    }
+
     ctx->inflate = NULL;
     r->read_event_handler = ngx_http_block_reading;
 
