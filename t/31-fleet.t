@@ -63,9 +63,7 @@ sub finish_all {
 
 $_->start for @n;
 
-my $connected = RedisTest::wait_for(5, sub {
-    !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n
-});
+my $connected = RedisTest::all_connected(5, @n);
 ok($connected, 'sf_oauth_info: every node is connected to Redis');
 is((RedisTest::node_redis($n[0]) || {})->{name}, 'fleet',
    'sf_oauth_info: redis.name is the sf_oauth_redis block');
@@ -306,7 +304,7 @@ if ($dead) {
     RedisTest::configure_node($new, %fleet);
     $new->start;
     push @n, $new;
-    ok(RedisTest::wait_for(5, sub { (RedisTest::node_redis($new) || {})->{connected} }),
+    ok(RedisTest::all_connected(5, $new),
        'a new node joins: connected');
     my $before = stats();
     my $r = $new->get('/services/data/v59.0/newnode');

@@ -45,7 +45,7 @@ sub connected {
 
 sub all_connected {
     my (@nodes) = @_;
-    return RedisTest::wait_for(5, sub { !grep { !connected($_) } @nodes });
+    return RedisTest::all_connected(5, @nodes);
 }
 
 # The [error] lines of NODE's log after MARK about Redis: they name the

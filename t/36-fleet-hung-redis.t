@@ -36,8 +36,7 @@ sub run_case {
     my @n = RedisTest::fleet(redis => $redis, first => $t, n => 2,
                              redis_conf => \@rc,
                              credential => { timeout => '3s' });
-    RedisTest::wait_for(5, sub {
-        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+    RedisTest::all_connected(5, @n);
 
     is($n[0]->get('/services/data/v59.0/warm')->{status}, 200, "$what: warm 200");
     RedisTest::wait_for(2, sub {
@@ -84,8 +83,7 @@ sub run_case {
     ok($nolease, "$what: after SIGCONT no lease in Redis within 8 s")
         or diag('lease: ' . ($redis->get($redis->key('lease')) // 'undef'));
 
-    my $conn = RedisTest::wait_for(8, sub {
-        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+    my $conn = RedisTest::all_connected(8, @n);
     ok($conn, "$what: every node connected again");
 
     # coordination resumes: wait until the dirty token is written back

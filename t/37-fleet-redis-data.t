@@ -64,8 +64,7 @@ sub case {
                                                    : () ],
                              credential => { timeout => '5s' });
     my @ports = map { $_->port } @n;
-    RedisTest::wait_for(5 * $S, sub {
-        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+    RedisTest::all_connected(5 * $S, @n);
     is($n[0]->get('/services/data/v59.0/warm')->{status}, 200,
        "$what: warm");
     RedisTest::wait_for(3 * $S, sub {

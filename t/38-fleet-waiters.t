@@ -61,8 +61,7 @@ sub shutdown_timeout {
 }
 $_->start for @n;
 
-ok(RedisTest::wait_for(5, sub {
-    !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n }), 'connected');
+ok(RedisTest::all_connected(5, @n), 'connected');
 is($A->get('/services/data/v59.0/warm')->{status}, 200, 'warm A');
 is($B->get('/services/data/v59.0/warm')->{status}, 200, 'warm B');
 RedisTest::wait_for(3, sub { ((RedisTest::node_redis($B) || {})->{fleet_generation} // 0) >= 1 });

@@ -37,8 +37,7 @@ $redis2->start;
 @n = RedisTest::fleet(redis => $redis, first => $t, n => 2,
                          credential => { timeout => (5 * $S) . 's' });
 ($A, $B) = @n;
-ok(RedisTest::wait_for(5, sub {
-    !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n }), 'connected');
+ok(RedisTest::all_connected(5, @n), 'connected');
 is($A->get('/services/data/v59.0/warm')->{status}, 200, 'warm');
 
 }

@@ -119,8 +119,7 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     my $redis = RedisTest->new(dir => $first->dir);
     $redis->start;
     my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
-    RedisTest::wait_for(5 * $S, sub {
-        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+    RedisTest::all_connected(5 * $S, @n);
 
     is($n[0]->get('/services/data/warm')->{status}, 200, 'fleet: warm');
     ok(RedisTest::wait_for(3 * $S, sub {

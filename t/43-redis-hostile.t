@@ -102,8 +102,7 @@ sub workers_kb {
 
 sub connected {
     my (@n) = @_;
-    return RedisTest::wait_for(8, sub {
-        !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n });
+    return RedisTest::all_connected(8, @n);
 }
 
 # One node whose sf_oauth_redis is the fake in front of a real Redis,

@@ -70,8 +70,7 @@ sub no_key_in_logs {
     is($leaks, 0, "$what: no key in either node's error log");
 }
 
-ok(RedisTest::wait_for(5, sub {
-       redis_of($na)->{connected} && redis_of($nb)->{connected} }),
+ok(RedisTest::all_connected(5, $na, $nb),
    'both nodes connected to Redis');
 
 # -- A gets the fleet's token; the configured refresh token is rotated out ---

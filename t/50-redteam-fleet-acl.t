@@ -58,8 +58,7 @@ is($redis->cli('ACL', 'SETUSER', 'fleet', '-getrange'), 'OK',
 my @n = RedisTest::fleet(redis => $redis, first => $first, n => 1,
                          redis_conf => [ redis_down => 'fail' ]);
 my $node = $n[0];
-ok(RedisTest::wait_for(5, sub {
-       (RedisTest::node_redis($node) || {})->{connected} }),
+ok(RedisTest::all_connected(5, $node),
    'the node is connected (AUTH works, EVAL is allowed)');
 
 my $r = $node->get('/services/data/v59.0/cold');

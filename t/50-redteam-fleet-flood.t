@@ -67,8 +67,7 @@ my $redis = RedisTest->new(dir => $first->dir);
 $redis->start;
 my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
 
-ok(RedisTest::wait_for(5, sub {
-       !grep { !(RedisTest::node_redis($_) || {})->{connected} } @n }),
+ok(RedisTest::all_connected(5, @n),
    'both nodes connected to Redis');
 is($n[0]->get('/services/data/v59.0/warm')->{status}, 200, 'warm: 200');
 ok(RedisTest::wait_for(3, sub {

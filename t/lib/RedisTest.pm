@@ -533,6 +533,33 @@ sub node_redis {
     return ref $c->{redis} eq 'HASH' ? $c->{redis} : undef;
 }
 
+# Waits until every worker of every node in NODES is connected to Redis,
+# up to SECONDS (times SfTest::time_scale); true when they are.
+# sf_oauth_info tells the view of the worker that answered it, and
+# reuseport hands each connection to either worker: a node counts once it
+# said "connected" 12 times in a row (a worker not connected yet is missed
+# with a chance of 1 in 4096).  One worker may reconnect up to a second
+# after the other (the reconnect backoff).
+sub all_connected {
+    my ($seconds, @nodes) = @_;
+
+    my %streak;
+
+    return wait_for($seconds, sub {
+        for my $node (@nodes) {
+            while (($streak{$node} // 0) < 12) {
+                my $r = node_redis($node);
+                if (!$r || !$r->{connected}) {
+                    $streak{$node} = 0;
+                    return 0;
+                }
+                $streak{$node}++;
+            }
+        }
+        return 1;
+    });
+}
+
 # Polls COND (a sub) every 50 ms until it is true or SECONDS (times
 # SfTest::time_scale) passed; returns its last value.
 sub wait_for {
