@@ -421,7 +421,21 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     if (what == CURL_POLL_REMOVE) {
         if (c) {
             if (c->read->active || c->write->active) {
-                ngx_del_conn(c, 0);
+
+                /*
+                 * libcurl may report a socket removed after it closed it
+                 * (a connection closed with no transfer attached, as on
+                 * exit): closing it took it out of epoll already, and
+                 * epoll_ctl() would fail with EBADF, an alert
+                 */
+
+                if (fcntl(s, F_GETFD) == -1 && ngx_errno == NGX_EBADF) {
+                    c->read->active = 0;
+                    c->write->active = 0;
+
+                } else {
+                    ngx_del_conn(c, 0);
+                }
             }
 
             if (c->read->posted) {
