@@ -80,6 +80,8 @@ static void ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *plain);
+static void ngx_http_sf_oauth_refuse_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t status, ngx_str_t *why);
 static ngx_table_elt_t *ngx_http_sf_oauth_encoding(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -588,12 +590,7 @@ ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
     }
 
     if (rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
-                      "%V", &ctx->cred->name, &why);
-
-        ngx_http_finalize_request(r,
-                           ngx_http_sf_oauth_envelope_fault(r, status, &why));
+        ngx_http_sf_oauth_refuse_envelope(r, ctx, status, &why);
         return;
     }
 
@@ -628,12 +625,7 @@ ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
     }
 
     if (rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "sf_oauth: credential \"%V\": SOAP envelope refused: "
-                      "%V", &ctx->cred->name, &why);
-
-        ngx_http_finalize_request(r,
-               ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
+        ngx_http_sf_oauth_refuse_envelope(r, ctx, NGX_HTTP_BAD_REQUEST, &why);
         return;
     }
 
@@ -654,12 +646,8 @@ ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
                         "from login() is not forwarded; send the call "
                         "without the comments or whitespace before it");
 
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "sf_oauth: credential \"%V\": SOAP envelope "
-                          "refused: %V", &ctx->cred->name, &why);
-
-            ngx_http_finalize_request(r,
-               ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST, &why));
+            ngx_http_sf_oauth_refuse_envelope(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                              &why);
             return;
         }
 
@@ -677,6 +665,21 @@ ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
     ctx->client_length = r->headers_in.content_length_n;
 
     ngx_http_finalize_request(r, ngx_http_sf_oauth_handler_content(r));
+}
+
+
+/* an envelope read whole but refused: an info line, and the SOAP fault */
+
+static void
+ngx_http_sf_oauth_refuse_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t status, ngx_str_t *why)
+{
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "sf_oauth: credential \"%V\": SOAP envelope refused: %V",
+                  &ctx->cred->name, why);
+
+    ngx_http_finalize_request(r,
+                              ngx_http_sf_oauth_envelope_fault(r, status, why));
 }
 
 
