@@ -1004,6 +1004,8 @@ ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
     off_t *size);
 ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
+
+/* answer */
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
 ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
