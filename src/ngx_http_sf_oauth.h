@@ -944,6 +944,7 @@ ngx_int_t ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *der);
 ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *jwt);
+ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
 
 /* timer */
 void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
@@ -1003,7 +1004,6 @@ ngx_int_t ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool,
 ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
     off_t *size);
-ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
 
 /* answer */
 ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
