@@ -531,7 +531,7 @@ ngx_http_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
-/* the envelope's inflate and login answer need these; no target calls them */
+/* inflate.c and answer.c's login answer need these; no target calls them */
 
 ngx_module_t  ngx_http_core_module;
 

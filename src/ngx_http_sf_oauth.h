@@ -944,7 +944,7 @@ ngx_int_t ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *der);
 ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *jwt);
-ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
+ngx_int_t ngx_http_sf_oauth_jwt_match_form(ngx_str_t *token);
 
 /* timer */
 void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
@@ -1006,18 +1006,18 @@ ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     off_t *size);
 
 /* answer */
-ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
+ngx_int_t ngx_http_sf_oauth_answer_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
-ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
+ngx_int_t ngx_http_sf_oauth_answer_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_envelope_t *env, ngx_http_sf_oauth_who_t *who,
     ngx_uint_t sandbox);
 
 /* inflate */
-ngx_http_sf_oauth_inflate_t *ngx_http_sf_oauth_envelope_inflate_start(
+ngx_http_sf_oauth_inflate_t *ngx_http_sf_oauth_inflate_start_envelope(
     ngx_http_request_t *r, ngx_chain_t *body);
-ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
+ngx_int_t ngx_http_sf_oauth_inflate_envelope(ngx_http_sf_oauth_inflate_t *in,
     ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why);
-ngx_int_t ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
+ngx_int_t ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
     size_t *len, ngx_uint_t *whole);
 
 /* verdict */

@@ -9,7 +9,7 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static ngx_int_t ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool,
+static ngx_int_t ngx_http_sf_oauth_answer_escape_text(ngx_pool_t *pool,
     ngx_str_t *s);
 
 
@@ -20,7 +20,7 @@ static ngx_int_t ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
+ngx_http_sf_oauth_answer_fault(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *why)
 {
     u_char       *p;
@@ -67,7 +67,7 @@ ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r, ngx_uint_t status,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
+ngx_http_sf_oauth_answer_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_envelope_t *env, ngx_http_sf_oauth_who_t *who,
     ngx_uint_t sandbox)
 {
@@ -123,9 +123,9 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
 
     /* what the client sent is escaped once, then written twice */
 
-    if (ngx_http_sf_oauth_envelope_escape(r->pool, &host) != NGX_OK
-        || ngx_http_sf_oauth_envelope_escape(r->pool, &prefix) != NGX_OK
-        || ngx_http_sf_oauth_envelope_escape(r->pool, &ver) != NGX_OK)
+    if (ngx_http_sf_oauth_answer_escape_text(r->pool, &host) != NGX_OK
+        || ngx_http_sf_oauth_answer_escape_text(r->pool, &prefix) != NGX_OK
+        || ngx_http_sf_oauth_answer_escape_text(r->pool, &ver) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -136,7 +136,7 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
     len = 0;
 
     for (i = 0; i < NGX_HTTP_SF_OAUTH_FIELDS; i++) {
-        if (ngx_http_sf_oauth_envelope_escape(r->pool, &f[i]) != NGX_OK) {
+        if (ngx_http_sf_oauth_answer_escape_text(r->pool, &f[i]) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
@@ -224,7 +224,7 @@ ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
 /* XML-escapes "s" into a copy of its own */
 
 static ngx_int_t
-ngx_http_sf_oauth_envelope_escape(ngx_pool_t *pool, ngx_str_t *s)
+ngx_http_sf_oauth_answer_escape_text(ngx_pool_t *pool, ngx_str_t *s)
 {
     u_char  *p;
     size_t   len;

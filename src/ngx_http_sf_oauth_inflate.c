@@ -67,14 +67,14 @@ struct ngx_http_sf_oauth_inflate_s {
 #define NGX_HTTP_SF_OAUTH_INFLATE_READ  16384
 
 
-static void ngx_http_sf_oauth_inflate_cleanup(void *data);
-static ngx_int_t ngx_http_sf_oauth_inflate_input(
+static void ngx_http_sf_oauth_inflate_free_stream(void *data);
+static ngx_int_t ngx_http_sf_oauth_inflate_read_input(
     ngx_http_sf_oauth_inflate_t *in);
-static ngx_int_t ngx_http_sf_oauth_inflate_limit(
+static ngx_int_t ngx_http_sf_oauth_inflate_name_limit(
     ngx_http_sf_oauth_inflate_t *in, ngx_str_t *why);
-static ngx_int_t ngx_http_sf_oauth_inflate_end(
+static ngx_int_t ngx_http_sf_oauth_inflate_finish_output(
     ngx_http_sf_oauth_inflate_t *in, ngx_chain_t **out);
-static ngx_int_t ngx_http_sf_oauth_inflate_emit(
+static ngx_int_t ngx_http_sf_oauth_inflate_save_output(
     ngx_http_sf_oauth_inflate_t *in);
 
 
@@ -86,7 +86,7 @@ static ngx_int_t ngx_http_sf_oauth_inflate_emit(
  */
 
 ngx_http_sf_oauth_inflate_t *
-ngx_http_sf_oauth_envelope_inflate_start(ngx_http_request_t *r,
+ngx_http_sf_oauth_inflate_start_envelope(ngx_http_request_t *r,
     ngx_chain_t *body)
 {
     off_t                          size, ratio;
@@ -166,7 +166,7 @@ ngx_http_sf_oauth_envelope_inflate_start(ngx_http_request_t *r,
         return NULL;
     }
 
-    cln->handler = ngx_http_sf_oauth_inflate_cleanup;
+    cln->handler = ngx_http_sf_oauth_inflate_free_stream;
     cln->data = in;
 
     return in;
@@ -174,7 +174,7 @@ ngx_http_sf_oauth_envelope_inflate_start(ngx_http_request_t *r,
 
 
 static void
-ngx_http_sf_oauth_inflate_cleanup(void *data)
+ngx_http_sf_oauth_inflate_free_stream(void *data)
 {
     ngx_http_sf_oauth_inflate_t  *in = data;
 
@@ -193,7 +193,7 @@ ngx_http_sf_oauth_inflate_cleanup(void *data)
  */
 
 ngx_int_t
-ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
+ngx_http_sf_oauth_inflate_envelope(ngx_http_sf_oauth_inflate_t *in,
     ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why)
 {
     int         rc;
@@ -214,7 +214,7 @@ ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
     for ( ;; ) {
 
         if (in->zs.avail_in == 0) {
-            got = ngx_http_sf_oauth_inflate_input(in);
+            got = ngx_http_sf_oauth_inflate_read_input(in);
 
             if (got == NGX_ERROR) {
                 return NGX_ERROR;
@@ -232,7 +232,7 @@ ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
         b = in->out;
 
         if (b == NULL || b->last == b->end) {
-            if (b && ngx_http_sf_oauth_inflate_emit(in) != NGX_OK) {
+            if (b && ngx_http_sf_oauth_inflate_save_output(in) != NGX_OK) {
                 return NGX_ERROR;
             }
 
@@ -261,7 +261,7 @@ ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
 
         if (in->total > in->max) {
             *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-            return ngx_http_sf_oauth_inflate_limit(in, why);
+            return ngx_http_sf_oauth_inflate_name_limit(in, why);
         }
 
         if (rc == Z_STREAM_END) {
@@ -309,7 +309,7 @@ ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
         return NGX_DECLINED;
     }
 
-    return ngx_http_sf_oauth_inflate_end(in, out);
+    return ngx_http_sf_oauth_inflate_finish_output(in, out);
 }
 
 
@@ -320,7 +320,7 @@ ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_inflate_input(ngx_http_sf_oauth_inflate_t *in)
+ngx_http_sf_oauth_inflate_read_input(ngx_http_sf_oauth_inflate_t *in)
 {
     ssize_t     n;
     ngx_buf_t  *b;
@@ -373,7 +373,7 @@ ngx_http_sf_oauth_inflate_input(ngx_http_sf_oauth_inflate_t *in)
 /* the body inflates beyond a limit: "why" names the limit */
 
 static ngx_int_t
-ngx_http_sf_oauth_inflate_limit(ngx_http_sf_oauth_inflate_t *in,
+ngx_http_sf_oauth_inflate_name_limit(ngx_http_sf_oauth_inflate_t *in,
     ngx_str_t *why)
 {
     u_char  *p;
@@ -421,7 +421,7 @@ ngx_http_sf_oauth_inflate_limit(ngx_http_sf_oauth_inflate_t *in,
 /* the last output buffer, and the inflated body as a chain */
 
 static ngx_int_t
-ngx_http_sf_oauth_inflate_end(ngx_http_sf_oauth_inflate_t *in,
+ngx_http_sf_oauth_inflate_finish_output(ngx_http_sf_oauth_inflate_t *in,
     ngx_chain_t **out)
 {
     ngx_buf_t           *b;
@@ -429,10 +429,10 @@ ngx_http_sf_oauth_inflate_end(ngx_http_sf_oauth_inflate_t *in,
 
     r = in->request;
 
-    ngx_http_sf_oauth_inflate_cleanup(in);
+    ngx_http_sf_oauth_inflate_free_stream(in);
 
     if (in->out && ngx_buf_size(in->out)) {
-        if (ngx_http_sf_oauth_inflate_emit(in) != NGX_OK) {
+        if (ngx_http_sf_oauth_inflate_save_output(in) != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -473,7 +473,7 @@ ngx_http_sf_oauth_inflate_end(ngx_http_sf_oauth_inflate_t *in,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_inflate_emit(ngx_http_sf_oauth_inflate_t *in)
+ngx_http_sf_oauth_inflate_save_output(ngx_http_sf_oauth_inflate_t *in)
 {
     ssize_t                    n;
     ngx_chain_t               *cl, one;
@@ -553,7 +553,7 @@ ngx_http_sf_oauth_inflate_emit(ngx_http_sf_oauth_inflate_t *in)
  */
 
 ngx_int_t
-ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
+ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
     size_t *len, ngx_uint_t *whole)
 {
     int        rc;

@@ -9,6 +9,10 @@
  * site URL; exp, at most 3 minutes ahead.  Each part is base64url without
  * padding.  The builder parses nothing: its inputs are the configuration's
  * strings, JSON-escaped, and the clock.
+ *
+ * And whether an access token has the form of a JWT, which the SOAP API
+ * refuses: the handler logs an error, once for each such token, before it
+ * puts one in an envelope.
  */
 
 
@@ -284,7 +288,7 @@ ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
  */
 
 ngx_int_t
-ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token)
+ngx_http_sf_oauth_jwt_match_form(ngx_str_t *token)
 {
     u_char      c;
     size_t      i;

@@ -16,7 +16,8 @@
  * other response passes untouched.  XML is parsed as the envelope is:
  * libxml2, no DTD, no entity, no network.  A gzip-compressed body (the
  * client accepted gzip, and Salesforce compresses errors too) is
- * inflated first, to at most the same limit.
+ * inflated first, to at most the same limit, by
+ * src/ngx_http_sf_oauth_inflate.c.
  */
 
 
