@@ -3,7 +3,10 @@
  * The gzip inflation of bodies, the module's two zlib users: a client's
  * gzip-compressed SOAP envelope, inflated a slice at a time before it is
  * parsed, and a gzip-compressed error response from Salesforce, inflated
- * whole, up to the inspection limit, before its verdict.
+ * whole, up to the inspection limit, before its verdict.  Both inflate
+ * gzip alone and every member of a stream; they share the stream's setup,
+ * the start of each member and the meaning of zlib's answers, and keep
+ * each its own limits.
  */
 
 
@@ -76,6 +79,11 @@ static ngx_int_t ngx_http_sf_oauth_inflate_finish_output(
     ngx_http_sf_oauth_inflate_t *in, ngx_chain_t **out);
 static ngx_int_t ngx_http_sf_oauth_inflate_save_output(
     ngx_http_sf_oauth_inflate_t *in);
+static ngx_int_t ngx_http_sf_oauth_inflate_open_gzip(z_stream *zs,
+    gz_header *head);
+static ngx_int_t ngx_http_sf_oauth_inflate_start_member(z_stream *zs,
+    gz_header *head);
+static ngx_int_t ngx_http_sf_oauth_inflate_map_error(int rc);
 
 
 /*
@@ -152,19 +160,13 @@ ngx_http_sf_oauth_inflate_start_envelope(ngx_http_request_t *r,
         }
     }
 
-    /* 16 + MAX_WBITS: a gzip header and trailer, nothing else */
+    /* gzhead.done tells a member's header read: no field is kept */
 
-    if (inflateInit2(&in->zs, 16 + MAX_WBITS) != Z_OK) {
+    if (ngx_http_sf_oauth_inflate_open_gzip(&in->zs, &in->gzhead) != NGX_OK) {
         return NULL;
     }
 
     in->live = 1;
-
-    /* gzhead.done tells a member's header read: no field is kept */
-    if (inflateGetHeader(&in->zs, &in->gzhead) != Z_OK) {
-        inflateEnd(&in->zs);
-        return NULL;
-    }
 
     cln->handler = ngx_http_sf_oauth_inflate_free_stream;
     cln->data = in;
@@ -268,8 +270,8 @@ ngx_http_sf_oauth_inflate_envelope(ngx_http_sf_oauth_inflate_t *in,
             /* the next member, if any, starts afresh */
             in->members++;
 
-            if (inflateReset(&in->zs) != Z_OK
-                || inflateGetHeader(&in->zs, &in->gzhead) != Z_OK)
+            if (ngx_http_sf_oauth_inflate_start_member(&in->zs, &in->gzhead)
+                != NGX_OK)
             {
                 return NGX_ERROR;
             }
@@ -277,7 +279,7 @@ ngx_http_sf_oauth_inflate_envelope(ngx_http_sf_oauth_inflate_t *in,
             continue;
         }
 
-        if (rc == Z_OK || rc == Z_BUF_ERROR) {
+        if (ngx_http_sf_oauth_inflate_map_error(rc) == NGX_OK) {
             continue;
         }
 
@@ -565,9 +567,7 @@ ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
         return NGX_ERROR;
     }
 
-    ngx_memzero(&zs, sizeof(z_stream));
-
-    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
+    if (ngx_http_sf_oauth_inflate_open_gzip(&zs, NULL) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -589,7 +589,7 @@ ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
 
         /* the next member */
 
-        if (inflateReset(&zs) != Z_OK) {
+        if (ngx_http_sf_oauth_inflate_start_member(&zs, NULL) != NGX_OK) {
             inflateEnd(&zs);
             return NGX_ERROR;
         }
@@ -597,7 +597,7 @@ ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
 
     inflateEnd(&zs);
 
-    if (rc != Z_STREAM_END && rc != Z_OK && rc != Z_BUF_ERROR) {
+    if (ngx_http_sf_oauth_inflate_map_error(rc) != NGX_OK) {
         /* not gzip, or trailing bytes after a member that are not gzip */
         return NGX_DECLINED;
     }
@@ -610,4 +610,69 @@ ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
     *len = zs.next_out - out;
 
     return NGX_OK;
+}
+
+
+/*
+ * A zlib stream that inflates gzip: 16 + MAX_WBITS, a gzip header and
+ * trailer, nothing else (neither zlib's own format nor raw deflate).
+ * With "head", zlib reports each member's header there.  The stream is
+ * not left open on an error.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_open_gzip(z_stream *zs, gz_header *head)
+{
+    ngx_memzero(zs, sizeof(z_stream));
+
+    if (inflateInit2(zs, 16 + MAX_WBITS) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    if (head && inflateGetHeader(zs, head) != Z_OK) {
+        inflateEnd(zs);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * After a member's trailer, the next member of the stream, if any, starts
+ * afresh (RFC 1952: a gzip file is a series of members), with "head" to
+ * report its header again.  The stream stays open on an error: the caller
+ * ends it.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_start_member(z_stream *zs, gz_header *head)
+{
+    if (inflateReset(zs) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    if (head && inflateGetHeader(zs, head) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * What inflate() said: NGX_OK while the stream inflates (Z_OK; Z_BUF_ERROR,
+ * no progress until more input or room; Z_STREAM_END, a member's end),
+ * NGX_DECLINED for what is not gzip that inflates (a corrupt stream, bytes
+ * that are not gzip, or any other error of zlib's).
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_inflate_map_error(int rc)
+{
+    if (rc == Z_OK || rc == Z_BUF_ERROR || rc == Z_STREAM_END) {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
 }
