@@ -125,6 +125,8 @@ FUZZ_LIBS   := -lcjson -lcrypto -lxml2 -lz
 FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
                src/ngx_http_sf_oauth_codec.c \
                src/ngx_http_sf_oauth_envelope.c \
+               src/ngx_http_sf_oauth_inflate.c \
+               src/ngx_http_sf_oauth_answer.c \
                src/ngx_http_sf_oauth_verdict.c \
                src/ngx_http_sf_oauth_send.c
 FUZZ_TARGETS := parse state envelope verdict

@@ -314,7 +314,7 @@ check_fault(ngx_pool_t *pool, ngx_str_t *why)
     ngx_shim_output = NULL;
     ngx_shim_output_len = 0;
 
-    (void) ngx_http_sf_oauth_envelope_fault(&r, NGX_HTTP_BAD_REQUEST, why);
+    (void) ngx_http_sf_oauth_answer_fault(&r, NGX_HTTP_BAD_REQUEST, why);
 
     if (ngx_shim_output == NULL) {
         fail("no SOAP fault was sent", NULL, 0);

@@ -531,9 +531,27 @@ ngx_http_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
-/* the envelope's inflate and login answer need these; no target calls them */
+/*
+ * inflate.c, answer.c's login answer and send.c's Bulk error need these;
+ * no target calls them
+ */
 
 ngx_module_t  ngx_http_core_module;
+ngx_module_t  ngx_http_sf_oauth_module;
+
+
+ngx_pool_cleanup_t *
+ngx_pool_cleanup_add(ngx_pool_t *p, size_t size)
+{
+    return NULL;
+}
+
+
+uintptr_t
+ngx_escape_json(u_char *dst, u_char *src, size_t size)
+{
+    abort();
+}
 
 
 ssize_t

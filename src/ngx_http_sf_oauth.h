@@ -944,6 +944,7 @@ ngx_int_t ngx_http_sf_oauth_jwt_public(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *der);
 ngx_int_t ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *jwt);
+ngx_int_t ngx_http_sf_oauth_jwt_match_form(ngx_str_t *token);
 
 /* timer */
 void ngx_http_sf_oauth_timer_init(ngx_event_t *ev,
@@ -1003,24 +1004,27 @@ ngx_int_t ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool,
 ngx_int_t ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     ngx_http_sf_oauth_envelope_t *env, ngx_str_t *token, ngx_chain_t **out,
     off_t *size);
-ngx_int_t ngx_http_sf_oauth_envelope_jwt(ngx_str_t *token);
-ngx_http_sf_oauth_inflate_t *ngx_http_sf_oauth_envelope_inflate_start(
-    ngx_http_request_t *r, ngx_chain_t *body);
-ngx_int_t ngx_http_sf_oauth_envelope_inflate(ngx_http_sf_oauth_inflate_t *in,
-    ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why);
-ngx_int_t ngx_http_sf_oauth_envelope_fault(ngx_http_request_t *r,
+
+/* answer */
+ngx_int_t ngx_http_sf_oauth_answer_fault(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *why);
-ngx_int_t ngx_http_sf_oauth_envelope_login(ngx_http_request_t *r,
+ngx_int_t ngx_http_sf_oauth_answer_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_envelope_t *env, ngx_http_sf_oauth_who_t *who,
     ngx_uint_t sandbox);
+
+/* inflate */
+ngx_http_sf_oauth_inflate_t *ngx_http_sf_oauth_inflate_start_envelope(
+    ngx_http_request_t *r, ngx_chain_t *body);
+ngx_int_t ngx_http_sf_oauth_inflate_envelope(ngx_http_sf_oauth_inflate_t *in,
+    ngx_chain_t **out, ngx_uint_t *status, ngx_str_t *why);
+ngx_int_t ngx_http_sf_oauth_inflate_response(ngx_pool_t *pool, u_char **body,
+    size_t *len, ngx_uint_t *whole);
 
 /* verdict */
 ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,
     ngx_uint_t status);
 ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
     u_char *body, size_t len, ngx_uint_t whole);
-ngx_int_t ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
-    size_t *len, ngx_uint_t *whole);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);

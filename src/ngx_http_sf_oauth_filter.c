@@ -384,7 +384,7 @@ ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
                 && ngx_strncasecmp(ce->value.data, (u_char *) "x-gzip", 6)
                    == 0)))
     {
-        rc = ngx_http_sf_oauth_verdict_inflate(r->pool, &body, &len, &whole);
+        rc = ngx_http_sf_oauth_inflate_response(r->pool, &body, &len, &whole);
 
         if (rc == NGX_ERROR) {
             return 0;

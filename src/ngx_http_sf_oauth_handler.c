@@ -396,7 +396,7 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
             return rc;
         }
 
-        return ngx_http_sf_oauth_envelope_fault(r,
+        return ngx_http_sf_oauth_answer_fault(r,
                                    NGX_HTTP_INTERNAL_SERVER_ERROR, &streamed);
     }
 
@@ -419,8 +419,8 @@ ngx_http_sf_oauth_read_envelope(ngx_http_request_t *r,
             return rc;
         }
 
-        return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_REQUEST,
-                                                &encoded);
+        return ngx_http_sf_oauth_answer_fault(r, NGX_HTTP_BAD_REQUEST,
+                                              &encoded);
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_body_read);
@@ -490,7 +490,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
      * is finalized with the envelope's answer.
      */
 
-    ctx->inflate = ngx_http_sf_oauth_envelope_inflate_start(r, body);
+    ctx->inflate = ngx_http_sf_oauth_inflate_start_envelope(r, body);
     if (ctx->inflate == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -550,7 +550,7 @@ ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
 
     plain = NULL;
 
-    rc = ngx_http_sf_oauth_envelope_inflate(ctx->inflate, &plain, &status,
+    rc = ngx_http_sf_oauth_inflate_envelope(ctx->inflate, &plain, &status,
                                             &why);
 
     if (rc == NGX_AGAIN) {
@@ -679,7 +679,7 @@ ngx_http_sf_oauth_refuse_envelope(ngx_http_request_t *r,
                   &ctx->cred->name, why);
 
     ngx_http_finalize_request(r,
-                              ngx_http_sf_oauth_envelope_fault(r, status, why));
+                              ngx_http_sf_oauth_answer_fault(r, status, why));
 }
 
 
@@ -807,7 +807,7 @@ ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
                       "sf_oauth: credential \"%V\": %V", &ctx->cred->name,
                       &unknown);
 
-        return ngx_http_sf_oauth_envelope_fault(r,
+        return ngx_http_sf_oauth_answer_fault(r,
                                    NGX_HTTP_INTERNAL_SERVER_ERROR, &unknown);
     }
 
@@ -828,7 +828,7 @@ ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
                   env->call == NGX_HTTP_SF_OAUTH_CALL_LOGIN
                   ? "login" : "logout");
 
-    return ngx_http_sf_oauth_envelope_login(r, env, &who, sandbox);
+    return ngx_http_sf_oauth_answer_login(r, env, &who, sandbox);
 }
 
 
@@ -890,8 +890,8 @@ ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_FORBIDDEN,
-                                            &ngx_http_sf_oauth_nomap);
+    return ngx_http_sf_oauth_answer_fault(r, NGX_HTTP_FORBIDDEN,
+                                          &ngx_http_sf_oauth_nomap);
 }
 
 
@@ -1587,7 +1587,7 @@ ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     off_t         size;
     ngx_chain_t  *body;
 
-    if (ngx_http_sf_oauth_envelope_jwt(token)
+    if (ngx_http_sf_oauth_jwt_match_form(token)
         && ctx->cred->jwt_generation != ctx->generation)
     {
         ctx->cred->jwt_generation = ctx->generation;
@@ -2167,8 +2167,8 @@ ngx_http_sf_oauth_send_error(ngx_http_request_t *r,
         why.len = ngx_cpymem(p, error->data, error->len) - why.data;
 
         if (kind == NGX_HTTP_SF_OAUTH_SOAP) {
-            return ngx_http_sf_oauth_envelope_fault(r, NGX_HTTP_BAD_GATEWAY,
-                                                    &why);
+            return ngx_http_sf_oauth_answer_fault(r, NGX_HTTP_BAD_GATEWAY,
+                                                  &why);
         }
 
         return ngx_http_sf_oauth_send_bulk_error(r, NGX_HTTP_BAD_GATEWAY,

@@ -9,6 +9,10 @@
  * site URL; exp, at most 3 minutes ahead.  Each part is base64url without
  * padding.  The builder parses nothing: its inputs are the configuration's
  * strings, JSON-escaped, and the clock.
+ *
+ * And whether an access token has the form of a JWT, which the SOAP API
+ * refuses: the handler logs an error, once for each such token, before it
+ * puts one in an envelope.
  */
 
 
@@ -275,4 +279,41 @@ ngx_http_sf_oauth_jwt_assertion(ngx_http_sf_oauth_cred_t *cred,
     jwt->len = (p - jwt->data) + dst.len;
 
     return NGX_OK;
+}
+
+
+/*
+ * Whether an access token has the form of a JWT (three base64url parts):
+ * an org can issue those, and the SOAP API refuses them.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_jwt_match_form(ngx_str_t *token)
+{
+    u_char      c;
+    size_t      i;
+    ngx_uint_t  dots;
+
+    if (token->len < 10 || ngx_strncmp(token->data, "eyJ", 3) != 0) {
+        return 0;
+    }
+
+    dots = 0;
+
+    for (i = 0; i < token->len; i++) {
+        c = token->data[i];
+
+        if (c == '.') {
+            dots++;
+            continue;
+        }
+
+        if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z')
+            && !(c >= '0' && c <= '9') && c != '-' && c != '_')
+        {
+            return 0;
+        }
+    }
+
+    return dots == 2;
 }

@@ -16,7 +16,8 @@
  * other response passes untouched.  XML is parsed as the envelope is:
  * libxml2, no DTD, no entity, no network.  A gzip-compressed body (the
  * client accepted gzip, and Salesforce compresses errors too) is
- * inflated first, to at most the same limit.
+ * inflated first, to at most the same limit, by
+ * src/ngx_http_sf_oauth_inflate.c.
  */
 
 
@@ -25,7 +26,6 @@
 #include <cjson/cJSON.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
-#include <zlib.h>
 
 
 static ngx_int_t ngx_http_sf_oauth_verdict_rest(u_char *body, size_t len);
@@ -57,75 +57,6 @@ ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind, ngx_uint_t status)
     default:
         return 0;
     }
-}
-
-
-/*
- * The inflated form of a gzip-compressed body, at most
- * NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes of it; "whole" stays set only if
- * that is all of it.  Every member of the stream is inflated, as gzip(1)
- * does.  NGX_DECLINED: not gzip that inflates, or trailing bytes that are
- * not a gzip member.
- */
-
-ngx_int_t
-ngx_http_sf_oauth_verdict_inflate(ngx_pool_t *pool, u_char **body,
-    size_t *len, ngx_uint_t *whole)
-{
-    int        rc;
-    u_char    *out;
-    z_stream   zs;
-
-    out = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_INSPECT_MAX);
-    if (out == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&zs, sizeof(z_stream));
-
-    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
-        return NGX_ERROR;
-    }
-
-    zs.next_in = *body;
-    zs.avail_in = *len;
-    zs.next_out = out;
-    zs.avail_out = NGX_HTTP_SF_OAUTH_INSPECT_MAX;
-
-    for ( ;; ) {
-        rc = inflate(&zs, Z_FINISH);
-
-        if (rc != Z_STREAM_END) {
-            break;
-        }
-
-        if (zs.avail_in == 0 || zs.avail_out == 0) {
-            break;
-        }
-
-        /* the next member */
-
-        if (inflateReset(&zs) != Z_OK) {
-            inflateEnd(&zs);
-            return NGX_ERROR;
-        }
-    }
-
-    inflateEnd(&zs);
-
-    if (rc != Z_STREAM_END && rc != Z_OK && rc != Z_BUF_ERROR) {
-        /* not gzip, or trailing bytes after a member that are not gzip */
-        return NGX_DECLINED;
-    }
-
-    if (rc != Z_STREAM_END || zs.avail_in) {
-        *whole = 0;
-    }
-
-    *body = out;
-    *len = zs.next_out - out;
-
-    return NGX_OK;
 }
 
 
