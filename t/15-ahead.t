@@ -19,12 +19,7 @@ $t->mock('lifetime', 'seconds=3');
 
 sub conf {
     my ($extra) = @_;
-    $t->simple_conf;
-    my $conf = $t->slurp('nginx.conf');
-    $conf =~ s/(client_id [^;]+;)/$1\n$extra/;
-    open my $fh, '>', $t->dir . '/nginx.conf' or die;
-    print $fh $conf;
-    close $fh;
+    $t->simple_conf->edit_conf(sub { s/(client_id [^;]+;)/$1\n$extra/ });
 }
 
 # a request every 0.5 s for 8 s

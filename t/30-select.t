@@ -30,7 +30,7 @@ my %url = (prod => $t->mock_url, sandbox => $m2->url);
 
 sub stats {
     my ($org) = @_;
-    return $org eq 'prod' ? $t->mock('stats') : $m2->mock('stats');
+    return ($org eq 'prod' ? $t : $m2)->stats;
 }
 
 sub token_of { stats($_[0])->{issued_access_tokens}[-1] }
