@@ -28,7 +28,7 @@ sub steady_pattern {
     for (1 .. 16) {
         my $r = $t->get('/services/data/');
         $status{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-        sleep 0.5;
+        sleep 0.5;          # on purpose: the pace of the traffic
     }
     return \%status;
 }
@@ -38,7 +38,7 @@ sub idle_pattern {
     for (1 .. 4) {
         my $r = $t->get('/services/data/');
         $status{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-        sleep 3.5;
+        sleep 3.5;          # on purpose: idle spells that age the token
     }
     return \%status;
 }

@@ -200,7 +200,8 @@ for my $down ('fail') {
                   . ($down ? ' (502: redis_down fail)' : ''))
             or diag_tokens($first, $n);
 
-        sleep 2;
+        # the loop is over: every worker connected again
+        RedisTest::all_connected(10, @$n);
         my $before = $first->token_requests;
         my @s = $round->('after');
         is(RedisTest::tally(@s), '30 x 200', "$what: after the loop: 30 x 200")
