@@ -16,7 +16,7 @@ my $dir = $t->dir;
 sub check {
     my ($name, $http, $expect) = @_;
 
-    $t->write_conf($http . <<'EOF');
+    $t->conf_check($name, $http . <<'EOF', $expect);
     server {
         listen 127.0.0.1:%%PORT%%;
         location / {
@@ -25,16 +25,6 @@ sub check {
         }
     }
 EOF
-
-    my ($rc, $out) = $t->test_conf;
-
-    if (!defined $expect) {
-        is($rc, 0, "$name: accepted") or diag($out);
-        return;
-    }
-
-    isnt($rc, 0, "$name: rejected");
-    like($out, $expect, "$name: says why") or diag($out);
 }
 
 my $zone = "    sf_oauth_zone zone=sf:1m;\n";
@@ -44,17 +34,9 @@ check('good configuration', $zone . $t->credential, undef);
 check('credential declared after its use and zone after credential',
       $t->credential . $zone, undef);
 
-sub write_file {
-    my ($name, $content, $mode) = @_;
-    open my $fh, '>', "$dir/$name" or die;
-    print $fh $content;
-    close $fh;
-    chmod $mode // 0600, "$dir/$name";
-}
-
 check('secret and refresh token from files', do {
-    write_file('secret', "$SfTest::CLIENT_SECRET\n");
-    write_file('refresh', "  $SfTest::REFRESH_TOKEN \n");
+    $t->write_file('secret', "$SfTest::CLIENT_SECRET\n");
+    $t->write_file('refresh', "  $SfTest::REFRESH_TOKEN \n");
     $zone . $t->credential(client_secret => undef,
                            client_secret_file => "$dir/secret",
                            refresh_token => undef,
@@ -91,7 +73,7 @@ check('unreadable refresh_token_file',
       qr/cannot read refresh_token_file "\Q$dir\E\/no-such-file"/);
 
 check('empty refresh_token_file', do {
-    write_file('empty', '');
+    $t->write_file('empty', '');
     $zone . $t->credential(refresh_token => undef,
                            refresh_token_file => "$dir/empty");
 }, qr/refresh_token_file "\Q$dir\E\/empty" of sf_oauth_credential "crm" is empty/);
@@ -101,7 +83,7 @@ check('secret inline and from a file',
       qr/sf_oauth_credential "crm" has both "client_secret" and "client_secret_file": set a secret once/);
 
 check('world-readable secret file', do {
-    write_file('open-secret', "$SfTest::CLIENT_SECRET\n", 0644);
+    $t->write_file('open-secret', "$SfTest::CLIENT_SECRET\n", 0644);
     $zone . $t->credential(client_secret => undef,
                            client_secret_file => "$dir/open-secret");
 }, qr/client_secret_file "\Q$dir\E\/open-secret" of sf_oauth_credential "crm" is readable by everyone: "chmod o-rwx" it, or accept the risk with "allow_world_readable on"/);

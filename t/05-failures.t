@@ -119,7 +119,8 @@ is($t->get('/services/data/')->{status}, 502, 'down: 502');
 $t->mode('normal');
 my $r = $t->get('/services/data/');
 is($r->{status}, 502, 'within the backoff: still 502');
-select(undef, undef, undef, 1.1);
+# the backoff ends: sf_oauth_info's retry_in (ms) reaches 0
+$t->wait_info(undef, sub { $_[0]{retry_in} == 0 }, 5);
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'after the backoff (1 s): 200');
 is($t->token_requests, 2, 'two token requests in all');

@@ -281,10 +281,14 @@ $t->mock('revoke');
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $t->port) or die;
     print $s "GET /services/data/gone HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    sleep 0.5;
+
+    # the client leaves once its request waits for the refresh
+    $t->wait_info(undef, sub { $_[0]{refreshing} }, 10);
     close $s;
 }
-sleep 2;
+
+# the slow refresh (2 s) ends without its client
+$t->wait_info(undef, sub { !$_[0]{refreshing} }, 10);
 $t->mode('normal');
 $r = $t->get('/services/data/after-gone');
 is($r->{status}, 200, 'after a client left during the wait: 200');

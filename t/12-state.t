@@ -33,18 +33,9 @@ my $state = "$dir/state/sf.state";
 sub conf {
     my (%opt) = @_;
     my $key = delete $opt{key} // "$dir/key";
-    $t->simple_conf(%opt);
-    my $conf = $t->slurp('nginx.conf');
-    $conf =~ s{sf_oauth_zone zone=sf:1m;}{sf_oauth_zone zone=sf:1m state=$state key=$key;};
-    open my $fh, '>', "$dir/nginx.conf" or die;
-    print $fh $conf;
-    close $fh;
-}
-
-sub restart {
-    $t->stop;
-    truncate "$dir/error.log", 0;
-    $t->start;
+    $t->simple_conf(%opt)->edit_conf(sub {
+        s{sf_oauth_zone zone=sf:1m;}{sf_oauth_zone zone=sf:1m state=$state key=$key;};
+    });
 }
 
 # -- a full restart needs no token request -------------------------------
@@ -70,7 +61,7 @@ for my $secret ($SfTest::REFRESH_TOKEN, substr($token, 7)) {
 }
 is(scalar(() = glob("$dir/state/*.tmp.*")), 0, 'no temp file left');
 
-restart();
+$t->restart();
 like($t->error_log, qr/restored 1 credentials from the state file/,
      'restart: the state is restored');
 $r = $t->get('/services/data/');
@@ -85,7 +76,7 @@ unlink $state;
 conf(key => "$dir/raw.key");
 $t->start;
 $t->get('/services/data/');
-restart();
+$t->restart();
 is($t->get('/services/data/')->{headers}{'x-sf-oauth-status'}, 'HIT',
    'a raw 32-byte key: restored');
 
@@ -101,7 +92,7 @@ $t->start;
 is($t->get('/services/data/')->{status}, 200, 'rotation: 200');
 my $rotated = $t->mock('stats')->{issued_refresh_tokens}[-1];
 
-restart();
+$t->restart();
 
 # the cached token dies; the refresh must use the rotated refresh token,
 # or the mock (like Salesforce) refuses it and revokes everything
@@ -141,7 +132,7 @@ for my $name (sort keys %damage) {
     close $fh;
 
     my $before = $t->token_requests;
-    restart();
+    $t->restart();
 
     like($t->error_log,
          qr/\[error\].*sf_oauth_zone "sf": the state file "\Q$state\E" is ignored: .*; starting from the configured refresh tokens/,

@@ -21,7 +21,9 @@ sub start_refresh_and_leave {
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $t->port) or die;
     print $s "GET /services/data/leave HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    sleep 0.3;
+
+    # the client leaves once a worker is refreshing for it
+    $t->wait_info(undef, sub { $_[0]{refreshing} }, 10);
     close $s;
 }
 
@@ -47,6 +49,9 @@ my $owner = refreshing_pid();
 ok($owner, 'a worker is refreshing; its client has left');
 
 kill 'HUP', $t->{nginx_pid};
+
+# on purpose: a second of the 2 s token request passes, and the old worker
+# must not have exited meanwhile
 sleep 1;
 ok(kill(0, $owner), 'the old worker waits for its token request');
 

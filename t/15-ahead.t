@@ -19,12 +19,7 @@ $t->mock('lifetime', 'seconds=3');
 
 sub conf {
     my ($extra) = @_;
-    $t->simple_conf;
-    my $conf = $t->slurp('nginx.conf');
-    $conf =~ s/(client_id [^;]+;)/$1\n$extra/;
-    open my $fh, '>', $t->dir . '/nginx.conf' or die;
-    print $fh $conf;
-    close $fh;
+    $t->simple_conf->edit_conf(sub { s/(client_id [^;]+;)/$1\n$extra/ });
 }
 
 # a request every 0.5 s for 8 s
@@ -33,7 +28,7 @@ sub steady_pattern {
     for (1 .. 16) {
         my $r = $t->get('/services/data/');
         $status{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-        sleep 0.5;
+        sleep 0.5;          # on purpose: the pace of the traffic
     }
     return \%status;
 }
@@ -43,7 +38,7 @@ sub idle_pattern {
     for (1 .. 4) {
         my $r = $t->get('/services/data/');
         $status{"$r->{status} $r->{headers}{'x-sf-oauth-status'}"}++;
-        sleep 3.5;
+        sleep 3.5;          # on purpose: idle spells that age the token
     }
     return \%status;
 }

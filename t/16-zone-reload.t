@@ -39,11 +39,8 @@ sub conf {
     $t->simple_conf(%opt, name => $name, zone => $zone_name,
                     http_extra => $extra);
 
-    my $conf = $t->slurp('nginx.conf');
     my $zone = "zone=$zone_name:$size"
                . ($state ? " state=$state key=$dir/key" : '');
-    $conf =~ s/sf_oauth_zone zone=sf:1m;/sf_oauth_zone $zone;/;
-    $conf =~ s/sf_oauth crm;/sf_oauth $name;/;
     my $locations = join '', map { <<"EOF" } @others;
         location /$_/ {
             sf_oauth $_;
@@ -52,11 +49,12 @@ sub conf {
         }
 EOF
     $locations =~ s/%%MOCK%%/$t->mock_port/ge;
-    $conf =~ s/(        location = \/sf_oauth_info)/$locations$1/;
 
-    open my $fh, '>', "$dir/nginx.conf" or die;
-    print $fh $conf;
-    close $fh;
+    $t->edit_conf(sub {
+        s/sf_oauth_zone zone=sf:1m;/sf_oauth_zone $zone;/;
+        s/sf_oauth crm;/sf_oauth $name;/;
+        s/(        location = \/sf_oauth_info)/$locations$1/;
+    });
 }
 
 # a reload that really replaced the workers (a failed one keeps the old)

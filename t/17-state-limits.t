@@ -28,19 +28,10 @@ chmod 0600, "$dir/key";
 sub conf {
     my ($state, %opt) = @_;
     my $creds = delete $opt{creds} // '';
-    $t->simple_conf(%opt, http_extra => $creds);
-    my $conf = $t->slurp('nginx.conf');
-    $conf =~ s{sf_oauth_zone zone=sf:1m;}
-              {sf_oauth_zone zone=sf:1m state=$state key=$dir/key;};
-    open my $fh, '>', "$dir/nginx.conf" or die;
-    print $fh $conf;
-    close $fh;
-}
-
-sub restart {
-    $t->stop;
-    truncate "$dir/error.log", 0;
-    $t->start;
+    $t->simple_conf(%opt, http_extra => $creds)->edit_conf(sub {
+        s{sf_oauth_zone zone=sf:1m;}
+         {sf_oauth_zone zone=sf:1m state=$state key=$dir/key;};
+    });
 }
 
 # -- a missing parent directory of state= ------------------------------------
@@ -96,7 +87,7 @@ my $token = $r->{json}{authorization};
 ok(-s $state, '64-character name: the state file is written');
 unlike($t->error_log, qr/cannot encode/, '64-character name: the state is encoded');
 
-restart();
+$t->restart();
 like($t->error_log, qr/restored 1 credentials from the state file/,
      '64-character name: restored after a restart');
 $r = $t->get('/services/data/');
@@ -129,7 +120,7 @@ my $rotated = $t->mock('stats')->{issued_refresh_tokens}[-1];
 is(length $rotated, 2048, 'the mock rotated to a 2048-byte refresh token');
 unlike($t->error_log, qr/cannot encode/, '2048-byte refresh token: the state is encoded');
 
-restart();
+$t->restart();
 $r = $t->get('/services/data/');
 is($r->{headers}{'x-sf-oauth-status'}, 'HIT', '2048-byte refresh token: HIT after a restart');
 is($t->token_requests, 1, '2048-byte refresh token: 0 token requests after a restart');

@@ -150,9 +150,6 @@ $t->start;
 
 my $client_auth = 'Basic Y2xpZW50OmNsaWVudHNlY3JldA==';
 
-sub tokens {
-    return @{ $t->mock('stats')->{issued_access_tokens} };
-}
 
 sub echo_log {
     return @{ $t->mock('stats')->{echo_log} };
@@ -168,7 +165,7 @@ for my $with (0, 1) {
                      headers => \%h);
 
     is($r->{status}, 200, "$what: 200");
-    is($r->{json}{authorization}, 'Bearer ' . (tokens())[-1],
+    is($r->{json}{authorization}, 'Bearer ' . ($t->tokens())[-1],
        "$what: Salesforce gets the token");
     is($r->{json}{authorization_count}, 1, "$what: one Authorization");
     is($r->{headers}{'x-seen'}, $with ? "[$client_auth]" : '[]',
@@ -193,7 +190,7 @@ for my $with (0, 1) {
     # the cache files' KEY lines (the mock echoes the header in its body)
     my $cache = join '', map { `grep -a '^KEY: ' $_` } glob($t->dir . '/cache/*');
     like($cache, qr{KEY: /services/seen/data/s1 \Q$client_auth\E}, 'cache key: the client\'s');
-    for my $tok (tokens()) {
+    for my $tok ($t->tokens()) {
         ok(index($cache, $tok) < 0, 'no cache file holds the token');
         ok(index($log, $tok) < 0, 'the access log does not hold the token');
     }
@@ -207,7 +204,7 @@ for my $loc ('mirrored', 'mirrored-nobody') {
         my $r = $t->http('POST', "/services/$loc/data/m$with", port => $other,
                          headers => \%h, body => '{"m":1}');
         is($r->{status}, 200, "$loc $with: the main request: 200");
-        is($r->{json}{authorization}, 'Bearer ' . (tokens())[-1],
+        is($r->{json}{authorization}, 'Bearer ' . ($t->tokens())[-1],
            "$loc $with: the main request carries the token");
 
         my $m;
@@ -230,7 +227,7 @@ $t->mock('revoke');
     my $r = $t->http('POST', '/services/mirrored/data/replayed', port => $other,
                      body => '{"r":1}');
     is($r->{status}, 200, 'mirror and replay: 200');
-    is($r->{json}{authorization}, 'Bearer ' . (tokens())[-1],
+    is($r->{json}{authorization}, 'Bearer ' . ($t->tokens())[-1],
        'mirror and replay: the new token upstream');
     select undef, undef, undef, 0.3;
     my @m = grep { $_->{path} =~ m{/echo/mirror/services/mirrored/data/replayed} }
@@ -273,7 +270,7 @@ $t->mock('revoke');
                      headers => { Authorization => $client_auth },
                      body => '{"a":1}');
     is($r->{status}, 200, 'auth_request allows: 200');
-    is($r->{json}{authorization}, 'Bearer ' . (tokens())[-1],
+    is($r->{json}{authorization}, 'Bearer ' . ($t->tokens())[-1],
        'auth_request allows: Salesforce gets the token');
     my ($e) = grep { $_->{path} =~ m{^/echo/auth} } echo_log();
     ok($e, 'the auth_request subrequest ran');
@@ -313,7 +310,7 @@ is($t->http('GET', '/services/data/', port => $scoped)->{status}, 502,
 {
     my $log = $t->error_log;
     my $n = 0;
-    for my $tok (tokens()) {
+    for my $tok ($t->tokens()) {
         $n++ if index($log, $tok) >= 0;
         $n++ if index($log, substr($tok, 19, 20)) >= 0;
     }

@@ -33,13 +33,17 @@ sub bg_case {
     my ($name, $u, $hdr, $revoke) = @_;
 
     is($t->get($u, headers => $hdr)->{status}, 200, "$name: 200, cached");
-    sleep 2.2;
+    sleep 2.2;              # on purpose: the cached answer (1 s) expires
     $t->mock('revoke') if $revoke;
 
+    my $seen = () = grep { $_->{path} eq $u } @{ $t->stats->{api_log} };
     my $r = $t->get($u, headers => $hdr);
     is($r->{status}, 200, "$name: expired, the stale 200");
     is($r->{headers}{'x-cache'}, 'STALE', "$name: updated in the background");
-    sleep 0.5;
+
+    # the background update reaches the mock
+    SfTest::wait_for(5, sub {
+        grep({ $_->{path} eq $u } @{ $t->stats->{api_log} }) > $seen });
 
     my @log = grep { $_->{path} eq $u } @{ $t->mock('stats')->{api_log} };
     is($log[-1]{status}, $revoke ? 401 : 200,

@@ -79,8 +79,7 @@ close $fh;
 
 $t->start;
 
-sub tokens { @{ $t->mock('stats')->{issued_access_tokens} } }
-sub echo_log { @{ $t->mock('stats')->{echo_log} } }
+sub echo_log { @{ $t->stats->{echo_log} } }
 
 sub wait_echo {
     my ($re) = @_;
@@ -143,7 +142,7 @@ for my $revoke (0, 1) {
 
 {
     my $log = $t->error_log;
-    my $n = grep { index($log, substr($_, 19, 20)) >= 0 } tokens();
+    my $n = grep { index($log, substr($_, 19, 20)) >= 0 } $t->tokens();
     is($n, 0, 'no token in the debug log');
 }
 

@@ -90,14 +90,12 @@ $t->start;
 my $U = '/services/Soap/u/59.0';
 my @responses;    # every answer through nginx, checked for tokens at the end
 
-sub stats { $t->mock('stats') }
-sub token { stats()->{issued_access_tokens}[-1] }
+sub token { ($t->tokens)[-1] }
 
+# a SOAP call, its answer kept for the check that no answer holds a token
 sub soap {
     my ($path, $body, %headers) = @_;
-    my $r = $t->http('POST', $path, body => $body,
-                     headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
-                                  SOAPAction => '""', %headers });
+    my $r = $t->soap($path, $body, headers => \%headers);
     push @responses, $r;
     return $r;
 }
@@ -143,7 +141,7 @@ sub zeep_at {
 sub injected_ok {
     my ($name, $sent, $ns, $entry) = @_;
 
-    my $st = stats();
+    my $st = $t->stats();
     $entry //= $st->{soap_log}[-1];
     my $token = $st->{issued_access_tokens}[-1];
 
@@ -200,7 +198,7 @@ SKIP: {
     ok($r->{ok}, 'zeep: login answered') or diag(explain $r);
     like($r->{result}{serverUrl} // '', qr{/services/Soap/u/59\.0/},
          'zeep: a LoginResult');
-    my $login = stats()->{soap_logins}[-1];
+    my $login = $t->stats()->{soap_logins}[-1];
     is($login->{username}, 'legacy@example.com', 'login reached the mock');
     ok($login->{password}, 'login: the password arrived');
 
@@ -214,7 +212,7 @@ SKIP: {
     is($r->{status}, 200, 'zeep after a revoke: HTTP 200');
     is($r->{headers}{'X-SF-OAuth-Status'}, 'RETRY', 'zeep after a revoke: RETRY');
     is($t->token_requests, $before + 1, 'zeep after a revoke: one token request');
-    my ($first, $second) = map { $_ // {} } @{ stats()->{soap_log} }[-2, -1];
+    my ($first, $second) = map { $_ // {} } @{ $t->stats()->{soap_log} }[-2, -1];
     is($first->{status}, 500, 'the first attempt got the INVALID_SESSION_ID 500');
     is($first->{session_id}, $old, 'the first attempt carried the old token');
     injected_ok('zeep replay', $r->{sent}, $NS{u}, $second);
@@ -235,7 +233,7 @@ SKIP: {
     my $USER = 'legacy.user@example.com';
     my ($org) = token() =~ /^([^!]+)!/;
     my $placeholder = "$org!SF_OAUTH_PROXY_SESSION";
-    my $st = stats();
+    my $st = $t->stats();
     my ($logins, $api) = (scalar @{ $st->{soap_logins} }, $st->{api_requests});
 
   SKIP: {
@@ -293,7 +291,7 @@ SKIP: {
   SKIP: {
         skip 'jsforce is missing: run t/lib/install-node-deps.sh', 9
             unless $HAVE_JSFORCE;
-        my $soap_from = scalar @{ stats()->{soap_log} };
+        my $soap_from = scalar @{ $t->stats()->{soap_log} };
         my $out = `NODE_PATH=$NODE_PATH node $SfTest::ROOT/t/lib/jsforce_login.js http://127.0.0.1:$login_port '$USER' '$PASS' 2>&1`;
         my $j = eval { decode_json($out) } || { ok => 0, raw => $out };
         ok($j->{ok}, 'soap_login: jsforce login(), then REST, SOAP and Bulk, succeeds')
@@ -310,18 +308,18 @@ SKIP: {
            . 'DELETE /services/data/v59.0/sobjects/Account/001000000000001AAA',
            'soap_login: jsforce CRUD over REST');
         my @creates = grep { ($_->{op} // '') eq 'create' }
-                      @{ stats()->{soap_log} }[$soap_from .. $#{ stats()->{soap_log} }];
+                      @{ $t->stats()->{soap_log} }[$soap_from .. $#{ $t->stats()->{soap_log} }];
         ok(@creates == 1 && $creates[0]{status} == 200
            && $creates[0]{session_valid},
            'soap_login: jsforce\'s SOAP create reached Salesforce once, '
            . 'with a valid session') or diag(explain \@creates);
         is(scalar(grep { $_->{success} } @{ $j->{bulk} || [] }), 2,
            'soap_login: jsforce Bulk load');
-        ok(!grep({ $_ eq $placeholder } @{ stats()->{bulk_sessions} }),
+        ok(!grep({ $_ eq $placeholder } @{ $t->stats()->{bulk_sessions} }),
            'soap_login: the placeholder never reached Salesforce');
     }
 
-    $st = stats();
+    $st = $t->stats();
     is(scalar @{ $st->{soap_logins} }, $logins, 'soap_login: no login() reached Salesforce');
     ok(!grep({ index($_, $PASS) >= 0 } @{ $st->{soap_session_ids} }, $st->{soap_last_envelope}),
        'soap_login: the password never reached Salesforce');
@@ -380,7 +378,7 @@ for my $case (@cases) {
     is($r->{status}, 200, "$name: 200") or diag($r->{content});
     like($r->{content}, qr/<queryResponse>/, "$name: the query's answer");
     if ($opt && $opt->{other_ns}) {
-        my $e = stats()->{soap_log}[-1];
+        my $e = $t->stats()->{soap_log}[-1];
         ok($e->{session_valid}, "$name: a SessionHeader in $NS{u} was added");
         is_deeply([ sort @{ $e->{session_headers} } ],
                   [ sort($opt->{other_ns}, $NS{u}) ],
@@ -460,7 +458,7 @@ for my $size (0, 40000) {
 # -- proxy_request_buffering off: the envelope cannot get the session --------
 
 {
-    my $st = stats();
+    my $st = $t->stats();
     my $r = $t->http('POST', "/nobuf$U", port => $login_port, body => $cases[5][1],
                      headers => { 'Content-Type' => 'text/xml' });
     push @responses, $r;
@@ -470,7 +468,7 @@ for my $size (0, 40000) {
     is($x->{faultcode_local}, 'Server', 'proxy_request_buffering off: soapenv:Server');
     like($x->{faultstring} // '', qr/^sf_oauth: .*proxy_request_buffering/,
          'proxy_request_buffering off: the fault says why');
-    is(stats()->{api_requests}, $st->{api_requests},
+    is($t->stats()->{api_requests}, $st->{api_requests},
        'proxy_request_buffering off: the mock was not reached');
     like($t->error_log, qr/\[error\].*proxy_request_buffering is off/,
          'proxy_request_buffering off: an error line');
@@ -492,7 +490,7 @@ sub module_fault_ok {
        "$name: the faultcode's prefix is the SOAP envelope namespace");
     like($x->{faultstring} // '', qr/^sf_oauth: \S/,
          "$name: faultstring 'sf_oauth: <reason>'");
-    my $st = stats();
+    my $st = $t->stats();
     is($st->{api_requests}, $api_before, "$name: the mock was not reached");
     is(scalar @{ $st->{soap_log} }, $soap_before, "$name: no SOAP call arrived");
 }
@@ -515,7 +513,7 @@ my @malformed = (
 
 for my $case (@malformed) {
     my ($name, $env) = @$case;
-    my $st = stats();
+    my $st = $t->stats();
     my $r = soap($U, $env);
     module_fault_ok("malformed, $name", $r, $st->{api_requests},
                     scalar @{ $st->{soap_log} });
@@ -541,15 +539,15 @@ for my $case (@malformed) {
 
     for my $case (@xxe) {
         my ($name, $env) = @$case;
-        my $st = stats();
+        my $st = $t->stats();
         my $start = time;
         my $r = soap($U, $env);
         ok(time - $start < 5, "$name: answered at once");
         module_fault_ok($name, $r, $st->{api_requests},
                         scalar @{ $st->{soap_log} });
     }
-    sleep 0.5;
-    is(stats()->{xxe_hits}, 0, 'XXE: nothing was fetched');
+    sleep 0.5;      # on purpose: a late fetch of an entity would show now
+    is($t->stats()->{xxe_hits}, 0, 'XXE: nothing was fetched');
 }
 
 # -- a 20 MiB Metadata deploy through client_body_buffer_size 16k -----------
@@ -579,12 +577,12 @@ sub worker_rss {
     soap($U, $cases[0][1]);
 
     my $rss0 = worker_rss();
-    my $n0 = scalar @{ stats()->{soap_deploys} };
+    my $n0 = scalar @{ $t->stats()->{soap_deploys} };
 
     my $r = soap($m, $env);
     is($r->{status}, 200, '20 MiB deploy: 200') or diag(substr $r->{content}, 0, 2000);
     like($r->{content}, qr/<deployResponse>/, '20 MiB deploy: an AsyncResult');
-    my $st = stats();
+    my $st = $t->stats();
     my $d = $st->{soap_deploys}[-1] // {};
     is(scalar @{ $st->{soap_deploys} }, $n0 + 1, '20 MiB deploy: one call');
     is($d->{zip_len}, length $zip, '20 MiB deploy: every byte of the zip');
@@ -599,7 +597,7 @@ sub worker_rss {
     is($r->{status}, 200, '20 MiB deploy after a revoke: 200');
     is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', '20 MiB deploy after a revoke: RETRY');
     is($t->token_requests, $before + 1, '20 MiB deploy after a revoke: one token request');
-    $st = stats();
+    $st = $t->stats();
     my ($first, $second) = map { $_ // {} } @{ $st->{soap_log} }[-2, -1];
     is($first->{status}, 500, '20 MiB deploy: the first attempt got 500');
     is($first->{tail_sha256}, $tail, '20 MiB deploy: the first Body intact');
@@ -629,7 +627,7 @@ sub worker_rss {
     my $r = soap($U, $gz, 'Content-Encoding' => 'gzip');
     is($r->{status}, 200, 'gzip request: 200') or diag($r->{content});
     injected_ok('gzip request', $env, $NS{u});
-    isnt(stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
+    isnt($t->stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
          'gzip request: not sent as gzip after the edit');
 
     my $before = $t->token_requests;
@@ -662,7 +660,7 @@ sub worker_rss {
             like($res, qr{^HTTP/1\.1 200}, "$name: 200");
             push @responses, { content => $res, headers => {} };
             injected_ok($name, $env, $NS{u});
-            isnt(stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
+            isnt($t->stats()->{soap_log}[-1]{content_encoding} // '', 'gzip',
                  "$name: no Content-Encoding: gzip upstream");
         }
     }
@@ -677,7 +675,7 @@ sub worker_rss {
     $r = soap('/services/Soap/m/59.0', $bgz, 'Content-Encoding' => 'gzip');
     my $rss1 = worker_rss();
     is($r->{status}, 200, 'gzip 20 MiB deploy: 200') or diag(substr $r->{content}, 0, 2000);
-    is((stats()->{soap_deploys}[-1] // {})->{zip_sha256}, sha256_hex($zip),
+    is(($t->stats()->{soap_deploys}[-1] // {})->{zip_sha256}, sha256_hex($zip),
        'gzip 20 MiB deploy: the zip arrived intact');
     injected_ok('gzip 20 MiB deploy', $big, $NS{m});
     SKIP: {
@@ -694,7 +692,7 @@ sub worker_rss {
     $z->print(qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body><query xmlns="$NS{u}"><queryString>});
     $z->print("\0" x 1048576) for 1 .. 100;
     $z->close;
-    my $st = stats();
+    my $st = $t->stats();
     my $start = time;
     $rss0 = worker_rss();
     $r = soap($U, $bomb, 'Content-Encoding' => 'gzip');
@@ -702,7 +700,7 @@ sub worker_rss {
     ok($r->{status} == 400 || $r->{status} == 413,
        "zip bomb: refused ($r->{status})");
     ok(time - $start < 10, 'zip bomb: at once');
-    is(stats()->{api_requests}, $st->{api_requests}, 'zip bomb: the mock was not reached');
+    is($t->stats()->{api_requests}, $st->{api_requests}, 'zip bomb: the mock was not reached');
     SKIP: {
         skip 'RSS under valgrind means nothing', 1 if $ENV{SF_TEST_VALGRIND};
         my ($worst) = sort { $b <=> $a }
@@ -712,13 +710,13 @@ sub worker_rss {
     }
 
     # other encodings cannot be edited: refused
-    $st = stats();
+    $st = $t->stats();
     $r = soap($U, $gz, 'Content-Encoding' => 'br');
     module_fault_ok('Content-Encoding br', $r, $st->{api_requests},
                     scalar @{ $st->{soap_log} });
 
     # a gzip stream that is cut short
-    $st = stats();
+    $st = $t->stats();
     $r = soap($U, substr($gz, 0, length($gz) - 12), 'Content-Encoding' => 'gzip');
     module_fault_ok('a cut gzip stream', $r, $st->{api_requests},
                     scalar @{ $st->{soap_log} });
@@ -755,13 +753,13 @@ for my $case ([ 'MALFORMED_QUERY' => 'SELECT bad FROM Account' ],
     is($want->{status}, 500, "$name: Salesforce answers 500 (direct)");
 
     my $before = $t->token_requests;
-    my $calls = scalar @{ stats()->{soap_log} };
+    my $calls = scalar @{ $t->stats()->{soap_log} };
     my $r = soap($U, qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header>$SH</soapenv:Header>$body});
     is($r->{status}, 500, "$name: the client gets the 500");
     is($r->{content}, $want->{content}, "$name: the body byte for byte");
     same_headers($name, $r, $want);
     is($t->token_requests, $before, "$name: no token request");
-    is(scalar @{ stats()->{soap_log} }, $calls + 1, "$name: no replay");
+    is(scalar @{ $t->stats()->{soap_log} }, $calls + 1, "$name: no replay");
     is($r->{headers}{'x-sf-oauth-status'}, 'HIT', "$name: HIT, not RETRY");
 }
 
@@ -849,14 +847,14 @@ sub parallel_post {
     soap($U, $cases[0][1]);
     $t->mock('revoke');
     my $before = $t->token_requests;
-    my $calls = scalar @{ stats()->{soap_log} };
+    my $calls = scalar @{ $t->stats()->{soap_log} };
     my @res = parallel_post(100, $U, map { $_->[1] } @cases[0 .. 5]);
     my @ok = grep { m{^HTTP/1\.1 200} && /<queryResponse>/ } @res;
     is(scalar @ok, 100, '100 concurrent calls after a revoke: all 200')
         or diag(join ' ', map { m{^HTTP/1\.1 (\d+)} ? $1 : 0 } @res);
     is($t->token_requests, $before + 1,
        '100 concurrent calls after a revoke: exactly 1 token request');
-    my $st = stats();
+    my $st = $t->stats();
     my @log = @{ $st->{soap_log} }[$calls .. $#{ $st->{soap_log} }];
     my $token = $st->{issued_access_tokens}[-1];
     is(scalar(grep { $_->{status} == 200 && $_->{session_id} eq $token } @log), 100,
@@ -867,7 +865,7 @@ sub parallel_post {
 # -- the token never appears in an answer -----------------------------------
 
 {
-    my @tokens = @{ stats()->{issued_access_tokens} };
+    my @tokens = @{ $t->stats()->{issued_access_tokens} };
     ok(@tokens >= 3, 'several tokens were issued (' . scalar(@tokens) . ')');
     $t->no_token_in(\@responses, \@tokens);
 }

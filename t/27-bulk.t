@@ -34,8 +34,7 @@ $t->start;
 my $BASE = '/services/async/59.0';
 my @responses;    # every answer through nginx, checked for tokens at the end
 
-sub stats { $t->mock('stats') }
-sub token { stats()->{issued_access_tokens}[-1] }
+sub token { ($t->tokens)[-1] }
 
 sub run_json {
     my ($cmd) = @_;
@@ -72,7 +71,7 @@ sub bulk_client {
 # and no Authorization other than the token's.
 sub sessions_ok {
     my ($name, $from, $client_value) = @_;
-    my $st = stats();
+    my $st = $t->stats();
     my %issued = map { $_ => 1 } @{ $st->{issued_access_tokens} };
     my @log = @{ $st->{bulk_log} }[$from .. $#{ $st->{bulk_log} }];
     ok(@log, "$name: calls reached the mock (" . scalar(@log) . ')');
@@ -97,7 +96,7 @@ SKIP: {
     skip 'jsforce is missing: run t/lib/install-node-deps.sh', 12
         unless $HAVE_JSFORCE;
 
-    my $from = scalar @{ stats()->{bulk_log} };
+    my $from = scalar @{ $t->stats()->{bulk_log} };
     my $r = jsforce(4);
     ok($r->{ok}, 'jsforce bulk load, cold: success') or diag(explain $r);
     is(scalar(grep { $_->{success} } @{ $r->{results} || [] }), 4,
@@ -113,7 +112,7 @@ SKIP: {
     # after a revoke: the first call gets 400 InvalidSessionId, the
     # module refreshes once, replays, and jsforce never notices
     my $before = $t->token_requests;
-    $from = scalar @{ stats()->{bulk_log} };
+    $from = scalar @{ $t->stats()->{bulk_log} };
     $t->mock('revoke');
     $r = jsforce(2);
     ok($r->{ok}, 'jsforce after a revoke: success') or diag(explain $r);
@@ -131,7 +130,7 @@ for my $json (0, 1) {
     for my $revoke (['job'], ['batch'], ['info', 'close'], ['result']) {
         my $name = "$kind, revoked before @$revoke";
         my $before = $t->token_requests;
-        my $from = scalar @{ stats()->{bulk_log} };
+        my $from = scalar @{ $t->stats()->{bulk_log} };
 
         my $r = bulk_client(($json ? ('--json') : ()),
                             map { ('--revoke-before', $_) } @$revoke);
@@ -160,21 +159,21 @@ for my $json (0, 1) {
 # -- the client's own session header ---------------------------------------
 
 {
-    my $from = scalar @{ stats()->{bulk_log} };
+    my $from = scalar @{ $t->stats()->{bulk_log} };
     my $r = bulk_client('--no-session');
     ok($r->{ok}, 'no X-SFDC-Session from the client: the module adds one');
     sessions_ok('no X-SFDC-Session', $from);
 
     # two of them, in odd case, and an Authorization of its own
     my $job = $r->{ids}{job};
-    $from = scalar @{ stats()->{bulk_log} };
+    $from = scalar @{ $t->stats()->{bulk_log} };
     my $res = $t->http('GET', "$BASE/job/$job", headers => {
         'x-sfdc-session' => ['client-one', 'client-two'],
         'Authorization' => 'Bearer client-own-token' });
     push @responses, $res;
     is($res->{status}, 200, 'two client X-SFDC-Session headers: 200');
     sessions_ok('two client X-SFDC-Session headers', $from, 'client-one');
-    ok(!grep({ $_ eq 'client-two' } @{ stats()->{bulk_sessions} }),
+    ok(!grep({ $_ eq 'client-two' } @{ $t->stats()->{bulk_sessions} }),
        'the second client value never arrived either');
 }
 
@@ -200,7 +199,7 @@ for my $ctype (undef, 'application/json') {
     like($want->{content}, qr/InvalidJob/, "$name: an InvalidJob error");
 
     my $before = $t->token_requests;
-    my $calls = scalar @{ stats()->{bulk_log} };
+    my $calls = scalar @{ $t->stats()->{bulk_log} };
     my $r = $t->http('GET', "$BASE/job/750NOSUCHJOB",
                      headers => { %h, 'X-SFDC-Session' => 'client-bogus-session' });
     push @responses, $r;
@@ -208,7 +207,7 @@ for my $ctype (undef, 'application/json') {
     is($r->{content}, $want->{content}, "$name: the body byte for byte");
     same_headers($name, $r, $want);
     is($t->token_requests, $before, "$name: no token request");
-    is(scalar @{ stats()->{bulk_log} }, $calls + 1, "$name: no replay");
+    is(scalar @{ $t->stats()->{bulk_log} }, $calls + 1, "$name: no replay");
 }
 
 # -- Salesforce gzips its answers, errors too, when the client accepts gzip --
@@ -276,7 +275,7 @@ for my $ctype (undef, 'application/json') {
     is($r->{status}, 200, 'REST: 200 with the token');
 
     my $before = $t->token_requests;
-    my $api = stats()->{api_requests};
+    my $api = $t->stats()->{api_requests};
     $r = $t->get('/services/data/v59.0/query?q=SELECT+Id+FROM+Account&notrest=1');
     push @responses, $r;
     is($r->{status}, 401, '"not valid for use with the REST API": 401 to the client');
@@ -285,7 +284,7 @@ for my $ctype (undef, 'application/json') {
        . '"errorCode":"INVALID_SESSION_ID"}]',
        'the 401 body byte for byte');
     is($t->token_requests, $before, 'no token request');
-    is(stats()->{api_requests}, $api + 1, 'no replay');
+    is($t->stats()->{api_requests}, $api + 1, 'no replay');
     isnt($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'not RETRY');
 
     $r = $t->get('/services/data/v59.0/limits');
@@ -296,7 +295,7 @@ for my $ctype (undef, 'application/json') {
 # -- the token never appears in an answer -----------------------------------
 
 {
-    $t->no_token_in(\@responses, stats()->{issued_access_tokens});
+    $t->no_token_in(\@responses, $t->stats()->{issued_access_tokens});
 }
 
 $t->finish;

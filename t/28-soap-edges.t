@@ -101,15 +101,6 @@ sub envelope {
         . qq{</soapenv:Envelope>};
 }
 
-sub soap {
-    my ($path, $body, %opt) = @_;
-    return $t->http('POST', $path, body => $body, timeout => $opt{timeout},
-                    headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
-                                 SOAPAction => '""' });
-}
-
-sub tokens { @{ $t->mock('stats')->{issued_access_tokens} || [] } }
-
 sub files_under {
     my ($dir) = @_;
     my @f;
@@ -134,7 +125,7 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
 
 {
     # the first call of all: it waits for the token, then for the identity
-    my $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+    my $r = $t->soap('/login/services/Soap/u/59.0', $LOGIN);
     is($r->{status}, 200, 'login(): 200, cold');
     like($r->{content}, qr{<userName>integration\@mock\.example\.com</userName>},
          'login(): userName from the identity service, on the first call');
@@ -153,7 +144,7 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
            'login(): the caller\'s username and password are not echoed');
 
     for (1 .. 4) {
-        $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+        $r = $t->soap('/login/services/Soap/u/59.0', $LOGIN);
         like($r->{content}, qr{<userName>integration\@mock}, 'login() again');
     }
 
@@ -165,7 +156,7 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
     $t->mock('revoke');
     is($t->get('/services/data/v59.0/sobjects')->{status}, 200,
        'a revoke is cured');
-    $r = soap('/login/services/Soap/u/59.0', $LOGIN);
+    $r = $t->soap('/login/services/Soap/u/59.0', $LOGIN);
     like($r->{content}, qr{<userName>integration\@mock},
          'login() after a refresh: the same user');
     is($t->mock('stats')->{identity_requests}, 1,
@@ -175,15 +166,15 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
 # -- $request_body in proxy_cache_key, proxy_set_header and the log ------
 
 {
-    my $r = soap('/cached/services/Soap/u/59.0', envelope('CLIENTSID'));
+    my $r = $t->soap('/cached/services/Soap/u/59.0', envelope('CLIENTSID'));
     is($r->{status}, 200, 'cached location: the SOAP call succeeds');
 
     $t->mock('revoke');
-    $r = soap('/cached/services/Soap/u/59.0', envelope('CLIENTSID2'));
+    $r = $t->soap('/cached/services/Soap/u/59.0', envelope('CLIENTSID2'));
     is($r->{status}, 200, 'cached location: a call after a revoke succeeds');
 
     # the second call was replayed; the first may be served from the cache
-    my @tokens = tokens();
+    my @tokens = $t->tokens();
     ok(@tokens >= 2, 'two tokens were issued');
 
     my @files = files_under($cache);
@@ -244,8 +235,8 @@ my $LOGIN = qq{<se:Envelope xmlns:se="$NS"><se:Body>}
 
     # a REST call gets the new token (its 401 replays with it)
     $t->get('/services/data/v59.0/sobjects');
-    soap('/services/Soap/u/59.0', envelope('X'));
-    soap('/services/Soap/u/59.0', envelope('X'));
+    $t->soap('/services/Soap/u/59.0', envelope('X'));
+    $t->soap('/services/Soap/u/59.0', envelope('X'));
 
     my @lines = grep { /access token is a JWT/ } split /\n/, $t->error_log;
     ok(@lines >= 1, 'a JWT-format token in a SOAP request is named');
@@ -315,7 +306,7 @@ $t->finish;
     is($fault->{status}, 400, 'debug: a malformed envelope gets a fault');
 
     my $info = $d->get('/sf_oauth_info')->{content};
-    my @tokens = @{ $d->mock('stats')->{issued_access_tokens} };
+    my @tokens = $d->tokens;
     cmp_ok(scalar @tokens, '>=', 3, 'debug: three tokens were issued');
 
     my $log = $d->error_log;

@@ -27,33 +27,19 @@ $t->start_mock;
 
 # -- keys ------------------------------------------------------------------
 
-sub openssl {
-    my $cmd = join ' ', 'openssl', @_;
-    my $out = `$cmd 2>&1`;
-    die "$cmd: $out" if $?;
-}
-
-sub write_file {
-    my ($name, $content, $mode) = @_;
-    open my $fh, '>', "$dir/$name" or die "$dir/$name: $!";
-    print $fh $content;
-    close $fh;
-    chmod $mode // 0600, "$dir/$name";
-}
-
-openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
+SfTest::openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
         "-out $dir/jwt.key");
-openssl("pkey -in $dir/jwt.key -pubout -out $dir/jwt.pub");
-openssl("pkey -in $dir/jwt.key -traditional -out $dir/jwt-pkcs1.key");
-openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
+SfTest::openssl("pkey -in $dir/jwt.key -pubout -out $dir/jwt.pub");
+SfTest::openssl("pkey -in $dir/jwt.key -traditional -out $dir/jwt-pkcs1.key");
+SfTest::openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
         "-out $dir/other.key");
-openssl("pkey -in $dir/other.key -pubout -out $dir/other.pub");
-openssl('genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256',
+SfTest::openssl("pkey -in $dir/other.key -pubout -out $dir/other.pub");
+SfTest::openssl('genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256',
         "-out $dir/ec.key");
-openssl("pkey -in $dir/jwt.key -aes256 -passout pass:pass-phrase",
+SfTest::openssl("pkey -in $dir/jwt.key -aes256 -passout pass:pass-phrase",
         "-out $dir/encrypted.key");
-write_file('garbage.key', "this is not a PEM key\n" x 3);
-write_file('open.key', $t->slurp('jwt.key'), 0644);
+$t->write_file('garbage.key', "this is not a PEM key\n" x 3);
+$t->write_file('open.key', $t->slurp('jwt.key'), 0644);
 chmod 0600, map { "$dir/$_" }
     qw(jwt.key jwt-pkcs1.key other.key ec.key encrypted.key);
 
@@ -135,13 +121,8 @@ EOF2
 
 sub info {
     my ($s, $name) = @_;
-    my $r = $s->get('/sf_oauth_info');
-    my ($c) = grep { ($_->{name} // '') eq $name }
-              @{ ($r->{json} // {})->{credentials} // [] };
-    return $c // {};
+    return $s->cred_info($name) // {};
 }
-
-sub stats { $t->mock('stats') }
 
 sub jwt_key {
     my ($s, $file) = @_;
@@ -281,7 +262,7 @@ my $t1 = time;
 is($r->{status}, 200, 'jwt_bearer: cold start: 200') or diag($r->{content});
 is($r->{headers}{'x-sf-oauth-status'}, 'WAIT', 'jwt_bearer: cold start: WAIT');
 
-my $stats = stats();
+my $stats = $t->stats;
 is($stats->{token_requests}, 1, 'jwt_bearer: one token request');
 is($stats->{grants}{jwt_bearer}, 1, 'jwt_bearer: it is a JWT bearer grant');
 is($r->{json}{authorization}, "Bearer $stats->{issued_access_tokens}[0]",
@@ -335,7 +316,7 @@ is($t->token_requests, 1, 'jwt_bearer: the hot path makes no token request');
 # the refresh grant next to it, in the same nginx
 $r = $t->get('/rt/data/v59.0/');
 is($r->{status}, 200, 'refresh_token credential next to jwt_bearer: 200');
-$stats = stats();
+$stats = $t->stats;
 is($stats->{grants}{refresh_token}, 1, 'the refresh grant for "rt"');
 is($stats->{grants}{jwt_bearer}, 1, 'no jwt grant for "rt"');
 is($r->{json}{authorization}, "Bearer $stats->{issued_access_tokens}[1]",
@@ -349,7 +330,7 @@ $t->mock('revoke');
 $r = $t->get('/services/data/v59.0/replayed');
 is($r->{status}, 200, 'jwt_bearer: after a revoke: 200');
 is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'jwt_bearer: replayed');
-$stats = stats();
+$stats = $t->stats;
 is($stats->{grants}{jwt_bearer}, 2, 'jwt_bearer: one more JWT grant');
 is($r->{json}{authorization}, "Bearer $stats->{issued_access_tokens}[-1]",
    'jwt_bearer: the replay has the new token');
@@ -359,7 +340,7 @@ is($stats->{jwt_log}[1]{error}, undef, 'and accepted');
 $t->mock('revoke');
 my @status = $t->parallel(50, '/services/data/v59.0/burst');
 is(scalar(grep { $_ == 200 } @status), 50, 'jwt_bearer: 50 at once after a revoke: 200');
-$stats = stats();
+$stats = $t->stats;
 is($stats->{grants}{jwt_bearer}, 3, 'jwt_bearer: 50 at once cost one token request');
 is($stats->{grants}{refresh_token}, 1, 'and no refresh grant');
 
@@ -374,7 +355,7 @@ conf($t, audience => 'https://acme.example.com/portal');
 $t->start;
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'a configured audience: 200') or diag($r->{content});
-$stats = stats();
+$stats = $t->stats;
 is($stats->{jwt_log}[0]{claims}{aud}, 'https://acme.example.com/portal',
    'a configured audience: it is the aud');
 $t->stop;
@@ -388,7 +369,7 @@ conf($t, token_url => $t->mock_url . '/portal/services/oauth2/token');
 $t->start;
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'a site token_url: 200') or diag($r->{content});
-is(stats()->{jwt_log}[0]{claims}{aud}, $t->mock_url . '/portal',
+is($t->stats->{jwt_log}[0]{claims}{aud}, $t->mock_url . '/portal',
    "a site token_url: aud is token_url without /services/oauth2/token");
 $t->stop;
 
@@ -413,7 +394,7 @@ $t->reload;
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'reload: another username: 200');
 isnt($r->{json}{authorization}, $first, 'reload: another username: a new token');
-$stats = stats();
+$stats = $t->stats;
 is($stats->{token_requests}, 2, 'reload: another username: one token request');
 is($stats->{jwt_log}[-1]{claims}{sub}, 'other@acme.com',
    'reload: the new JWT is for the new username');
@@ -424,7 +405,7 @@ $t->reload;
 $r = $t->get('/services/data/');
 is($r->{status}, 200, 'reload: to client_credentials: 200');
 isnt($r->{json}{authorization}, $second, 'reload: to client_credentials: a new token');
-is(stats()->{grants}{client_credentials}, 1,
+is($t->stats->{grants}{client_credentials}, 1,
    'reload: to client_credentials: a client credentials grant');
 is(info($t, 'crm')->{grant}, 'client_credentials',
    'reload: sf_oauth_info says client_credentials');
@@ -495,7 +476,7 @@ $t->start;
 
 $r = $t->get('/services/data/v59.0/sobjects');
 is($r->{status}, 200, 'client_credentials: cold start: 200') or diag($r->{content});
-$stats = stats();
+$stats = $t->stats;
 is($stats->{token_requests}, 1, 'client_credentials: one token request');
 is($stats->{grants}{client_credentials}, 1, 'client_credentials: the grant');
 $form = $stats->{last_token_form};
@@ -514,7 +495,7 @@ $r = $t->get('/services/data/v59.0/replayed');
 is($r->{status}, 200, 'client_credentials: after a revoke: 200');
 is($r->{headers}{'x-sf-oauth-status'}, 'RETRY', 'client_credentials: replayed');
 is($t->token_requests, 2, 'client_credentials: one more token request');
-is($r->{json}{authorization}, "Bearer " . stats()->{issued_access_tokens}[-1],
+is($r->{json}{authorization}, "Bearer " . $t->stats->{issued_access_tokens}[-1],
    'client_credentials: the replay has the new token');
 
 is(scalar(error_lines($t)), 0, 'client_credentials: no error line');
@@ -528,7 +509,7 @@ $t->stop;
 $t->mock('reset');
 jwt_key($t, 'jwt.pub');
 $t->mode('rotation');
-write_file('state.key', ('c3' x 32) . "\n");
+$t->write_file('state.key', ('c3' x 32) . "\n");
 my $state = "$dir/state/sf.state";
 conf($t, zone => "sf_oauth_zone zone=sf:1m state=$state key=$dir/state.key;",
      rt => 1);
@@ -576,7 +557,7 @@ is($r->{status}, 200, 'state: after a restart and a revoke: 200');
 $rt_r = $t->get('/rt/data/');
 is($rt_r->{status}, 200,
    'state: after a restart and a revoke: "rt" refreshes with its rotated token');
-$stats = stats();
+$stats = $t->stats;
 is($stats->{grants}{jwt_bearer}, 2, 'state: a new JWT grant');
 is(scalar @{ $stats->{valid_refresh_tokens} }, 1,
    'state: Salesforce did not revoke the refresh token (no reuse of a dead one)');

@@ -30,7 +30,7 @@ my %url = (prod => $t->mock_url, sandbox => $m2->url);
 
 sub stats {
     my ($org) = @_;
-    return $org eq 'prod' ? $t->mock('stats') : $m2->mock('stats');
+    return ($org eq 'prod' ? $t : $m2)->stats;
 }
 
 sub token_of { stats($_[0])->{issued_access_tokens}[-1] }
@@ -408,7 +408,9 @@ for my $case (['prod', '/services/data/'], ['sandbox', '/services/data/'],
                                       PeerPort => $t->port) or die;
     print $slow "GET /services/data/v59.0/slow HTTP/1.1\r\nHost: localhost\r\n"
                 . "X-SF-Org: sandbox\r\nConnection: close\r\n\r\n";
-    sleep 0.5;
+
+    # sandbox's slow refresh has begun
+    $t->wait_info('sandbox', sub { $_[0]{refreshing} }, 10);
 
     my $start = time;
     my $r = get_org('/services/data/v59.0/meanwhile', 'prod');

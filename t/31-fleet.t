@@ -45,17 +45,12 @@ my %fleet = (redis => $redis, credential => { timeout => '5s' });
 my @n = RedisTest::fleet(%fleet, first => $first, start => 0);
 my @ports = map { $_->port } @n;
 
-sub finish_all {
-    $_->finish for reverse @n;
-    ok($redis->finish, 'redis-server was running until the end');
-}
-
 {
     my ($rc, $out) = $n[0]->test_conf;
     is($rc, 0, 'nginx -t takes sf_oauth_redis and sf_oauth_zone redis=')
         or do {
             diag($out);
-            finish_all();
+            RedisTest::finish_all($redis, @n);
             done_testing;
             exit;
         };
@@ -68,28 +63,6 @@ ok($connected, 'sf_oauth_info: every node is connected to Redis');
 is((RedisTest::node_redis($n[0]) || {})->{name}, 'fleet',
    'sf_oauth_info: redis.name is the sf_oauth_redis block');
 
-sub stats { $first->mock('stats') }
-
-# no reuse of a rotated-out refresh token: the mock did not revoke
-# everything, and the live refresh token is the last one it issued; every
-# token request got a token, but UNANSWERED (0) that the mock held
-sub no_reuse {
-    my ($what, $unanswered) = @_;
-
-    my $s = stats();
-    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
-              "$what: no reuse of a rotated-out refresh token (the mock "
-              . 'revoked nothing)');
-    is($s->{token_requests} - $s->{token_ok}, $unanswered // 0,
-       "$what: every token request succeeded"
-       . ($unanswered ? " but the $unanswered held" : ''));
-}
-
-sub tally {
-    my %n;
-    $n{$_}++ for @_;
-    return join ', ', map { "$n{$_} x $_" } sort keys %n;
-}
 
 sub auths_of {
     my ($answers) = @_;
@@ -108,12 +81,12 @@ sub auths_of {
                              ports => \@ports, timeout => 60 * $S,
                              answers => \@answers);
     is(scalar(grep { $_ == 200 } @s), 300, 'cold: 300 x 200')
-        or diag(tally(@s));
-    is(stats()->{token_requests}, 1, 'cold: exactly 1 token request');
+        or diag(RedisTest::tally(@s));
+    is($first->stats->{token_requests}, 1, 'cold: exactly 1 token request');
     my $auths = auths_of(\@answers);
     is(scalar keys %$auths, 1, 'cold: one token in every answer, on every node')
         or diag(join "\n", map { "$auths->{$_} x " . substr($_, 0, 20) } keys %$auths);
-    no_reuse('cold');
+    RedisTest::no_reuse($first, 'cold');
 
     my @gen = map { (RedisTest::node_redis($_) || {})->{fleet_generation} } @n;
     ok(defined $gen[0] && $gen[0] >= 1, 'cold: fleet_generation at least 1')
@@ -131,7 +104,7 @@ sub auths_of {
 # -- 10 rounds of revoke and 50 requests per node --------------------------------
 
 {
-    my $before = stats()->{token_requests};
+    my $before = $first->stats->{token_requests};
     my (%all, $bad);
 
     for my $round (1 .. 10) {
@@ -139,15 +112,15 @@ sub auths_of {
         my @s = $first->parallel(150, "/services/data/v59.0/round$round",
                                  ports => \@ports, timeout => 60 * $S);
         $all{$_}++ for @s;
-        $bad .= "round $round: " . tally(@s) . "\n" if grep { $_ != 200 } @s;
+        $bad .= "round $round: " . RedisTest::tally(@s) . "\n" if grep { $_ != 200 } @s;
     }
 
     diag($bad) if $bad;
     is($all{200} // 0, 1500, '10 rounds: 1500 x 200');
     is($all{401} // 0, 0, '10 rounds: no client got a 401');
-    is(stats()->{token_requests} - $before, 10,
+    is($first->stats->{token_requests} - $before, 10,
        '10 rounds: exactly 10 token requests, one per revoke for the fleet');
-    no_reuse('10 rounds');
+    RedisTest::no_reuse($first, '10 rounds');
 }
 
 # -- a refresh reaches the other nodes without a request of theirs ---------------
@@ -174,14 +147,14 @@ sub auths_of {
                       $gen, $took))
         or diag(explain [ map { RedisTest::node_redis($_) } @n[1, 2] ]);
 
-    my $s = stats();
+    my $s = $first->stats;
     for my $i (1, 2) {
         my $r = $n[$i]->get("/services/data/v59.0/node" . ($i + 1));
         is($r->{status}, 200, 'node ' . ($i + 1) . ': 200');
         is($r->{json}{authorization}, $token,
            'node ' . ($i + 1) . ": the token node 1 got");
     }
-    my $s2 = stats();
+    my $s2 = $first->stats;
     is($s2->{api_401} - $s->{api_401}, 0,
        'nodes 2 and 3 never sent the revoked token: they knew the new one');
     is($s2->{token_requests}, $s->{token_requests},
@@ -229,7 +202,7 @@ sub lease_owner_at_mock {
     my ($owner, $node);
     RedisTest::wait_for(10, sub {
         $owner = $redis->get($redis->key('lease'));
-        return 0 unless $owner && stats()->{token_requests} > $requests_before;
+        return 0 unless $owner && $first->stats->{token_requests} > $requests_before;
         my $pid = RedisTest::lease_pid($owner) or return 0;
         $node = RedisTest::node_of_pid($pid, @nodes);
         return $node;
@@ -242,7 +215,7 @@ sub kill_lease_owner {
     my ($tag, $setup, $expect_requests) = @_;
 
     my @alive = grep { $_->{nginx_pid} } @n;
-    my $before = stats()->{token_requests};
+    my $before = $first->stats->{token_requests};
 
     $setup->();
     $first->mock('revoke');
@@ -267,7 +240,7 @@ sub kill_lease_owner {
     my @survivors = grep { $_ != $vi } 0 .. $#alive;
     my @s = map { @{ $by->{$_} || [] } } @survivors;
     diag(sprintf "$tag: the surviving nodes' requests: %s, done %.1f s after the kill",
-         tally(@s), $took);
+         RedisTest::tally(@s), $took);
     is(scalar(@s), 20 * @survivors, "$tag: an answer for every request on the survivors");
     is(scalar(grep { $_ != 200 } @s), 0, "$tag: every request on the survivors got 200");
 
@@ -279,7 +252,7 @@ sub kill_lease_owner {
     my $lease = $redis->get($redis->key('lease')) // '';
     isnt($lease, $owner, "$tag: the dead node's lease is gone");
 
-    my $s = stats();
+    my $s = $first->stats;
     if (defined $expect_requests) {
         is($s->{token_requests} - $before, $expect_requests,
            "$tag: $expect_requests token requests: the dead owner's, then one takeover");
@@ -295,7 +268,7 @@ sub kill_lease_owner {
 # without rotation): the takeover presents the same, still live, refresh
 # token.  A reuse would make the mock revoke everything.
 my $dead = kill_lease_owner('hung', sub { $first->mode('hang_once') }, 2);
-no_reuse('hung', 1);
+RedisTest::no_reuse($first, 'hung', 1);
 $first->mode('rotation');   # lets the dead owner's request go
 
 # A new node in the dead one's place: three nodes again
@@ -306,12 +279,12 @@ if ($dead) {
     push @n, $new;
     ok(RedisTest::all_connected(5, $new),
        'a new node joins: connected');
-    my $before = stats();
+    my $before = $first->stats;
     my $r = $new->get('/services/data/v59.0/newnode');
     is($r->{status}, 200, 'a new node joins: 200');
     is($r->{json}{authorization}, 'Bearer ' . $before->{issued_access_tokens}[-1],
        'a new node joins: it uses the fleet token');
-    my $after = stats();
+    my $after = $first->stats;
     is($after->{token_requests}, $before->{token_requests},
        'a new node joins: no token request');
     is($after->{api_401}, $before->{api_401},
@@ -325,9 +298,9 @@ if ($dead) {
 # is already being processed", and retries.
 kill_lease_owner('slow', sub { $first->mode('normal'); $first->mock('delay', 'seconds=3') });
 $first->mock('delay', 'seconds=0.3');
-is_deeply(stats()->{valid_refresh_tokens}, [ stats()->{issued_refresh_tokens}[-1] ],
+is_deeply($first->stats->{valid_refresh_tokens}, [ $first->stats->{issued_refresh_tokens}[-1] ],
           'slow: the refresh token is still alive');
 
-finish_all();
+RedisTest::finish_all($redis, @n);
 
 done_testing;

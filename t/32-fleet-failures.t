@@ -31,11 +31,6 @@ use Time::HiRes qw(sleep time);
 my $S = SfTest::time_scale();
 my @everyone;    # nodes and servers to finish at the end
 
-sub tally {
-    my %n;
-    $n{$_}++ for @_;
-    return join ', ', map { "$n{$_} x $_" } sort keys %n;
-}
 
 sub connected {
     my ($node) = @_;
@@ -86,11 +81,6 @@ sub fleet {
     };
     $_->start for @n;
     return @n;
-}
-
-sub finish_all {
-    $_->finish for reverse @everyone;
-    @everyone = ();
 }
 
 # -- configuration: nginx -t ------------------------------------------------------
@@ -191,11 +181,11 @@ SECTION_A: {
     my @s = $t->parallel(40, '/services/data/v59.0/resumed',
                          ports => [ map { $_->port } @n ], timeout => 30 * $S);
     is(scalar(grep { $_ == 200 } @s), 40, 'coordination resumed: 40 x 200')
-        or diag(tally(@s));
+        or diag(RedisTest::tally(@s));
     is($t->token_requests - $before, 1,
        'coordination resumed: one token request for the fleet');
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 # -- Redis killed and restarted under load ---------------------------------------
 
@@ -230,7 +220,7 @@ SECTION_B: {
     my @bad = grep { $_->{status} != 200 } @r;
     is(scalar @bad, 0, 'outage 1 (token valid): ' . scalar(@r)
                        . ' requests, no error for a client')
-        or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+        or diag(RedisTest::tally(map { "node$_->{node}:$_->{status}" } @bad));
     ok(@r > 3 * 40, 'outage 1: the load ran (' . scalar(@r) . ' requests)');
     for my $i (0 .. $#n) {
         cmp_ok(scalar(not_coordinated($n[$i], $mark[$i])), '<=', 1,
@@ -253,7 +243,7 @@ SECTION_B: {
     @r = $load->stop;
     @bad = grep { $_->{status} != 200 } @r;
     is(scalar @bad, 0, 'outage 2 (revoked twice): no error for a client')
-        or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+        or diag(RedisTest::tally(map { "node$_->{node}:$_->{status}" } @bad));
     for my $i (0 .. $#n) {
         is(scalar(not_coordinated($n[$i], $mark[$i])), 1,
            'outage 2: one "not coordinated" error line on node ' . ($i + 1)
@@ -266,13 +256,13 @@ SECTION_B: {
     my @s = $t->parallel(90, '/services/data/v59.0/after', ports => \@ports,
                          timeout => 30 * $S);
     is(scalar(grep { $_ == 200 } @s), 90, 'after the restart: 90 x 200')
-        or diag(tally(@s));
+        or diag(RedisTest::tally(@s));
     is($t->token_requests - $before, 1,
        'after the restart: one token request for a revoke, fleet-wide');
     ok(length($redis->get($redis->key('record')) // ''),
        'after the restart: the record is in Redis again');
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 # -- redis_down fail -------------------------------------------------------------
 
@@ -319,7 +309,7 @@ SECTION_C: {
     ok($back, "redis_down fail: Redis back, the refresh works ($tries tries)");
     is($t->token_requests, $before + 1, 'redis_down fail: one token request then');
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 # -- connection settings: TLS, passwords, ACL user, database, unix socket ----------
 
@@ -407,7 +397,7 @@ SECTION_D: {
     connect_case('unix socket', $pw, [ server => $pw->unix_server ]);
     $pw->stop;
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 # -- bad values in Redis -------------------------------------------------------
 
@@ -521,7 +511,7 @@ SECTION_F: {
     isnt($redis->get($redis->key('record')), $cases[-1][1],
          'the refresh wrote a new record');
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 # -- no secret in clear in Redis ------------------------------------------------
 
@@ -584,6 +574,6 @@ SECTION_G: {
     }
     is($hashes, 0, 'secrets: no full SHA-256 of a secret in Redis');
 }
-finish_all();
+RedisTest::finish_all(undef, splice @everyone);
 
 done_testing;

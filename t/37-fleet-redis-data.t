@@ -30,11 +30,6 @@ use Time::HiRes qw(sleep time);
 
 my $S = SfTest::time_scale();
 
-sub tally {
-    my %n;
-    $n{$_}++ for @_;
-    return join ', ', map { "$n{$_} x $_" } sort keys %n;
-}
 
 # on a failure: the refresh tokens the mock issued, and each node's view
 sub diag_tokens {
@@ -102,7 +97,7 @@ case('FLUSHALL', undef, sub {
         $redis->cli('FLUSHALL');
         my $before = $first->token_requests;
         my @s = $round->("flush$i");
-        is(tally(@s), '30 x 200', "FLUSHALL $i: a revoke right after it: "
+        is(RedisTest::tally(@s), '30 x 200', "FLUSHALL $i: a revoke right after it: "
                                   . "30 x 200")
             or diag_tokens($first, $n);
         is($first->token_requests - $before, 1,
@@ -135,7 +130,7 @@ case('a generation that is not a number', undef, sub {
 
     my $before = $first->token_requests;
     my @s = $round->('badgen');
-    is(tally(@s), '30 x 200', 'bad generation: a revoke then: 30 x 200');
+    is(RedisTest::tally(@s), '30 x 200', 'bad generation: a revoke then: 30 x 200');
     is($first->token_requests - $before, 1,
        'bad generation: one token request for the fleet');
 });
@@ -151,7 +146,7 @@ case('writes refused (OOM), redis_down fail', 'fail', sub {
 
     my $before = $first->token_requests;
     my @s = $round->('oom');
-    is(tally(@s), '30 x 502', 'OOM, redis_down fail: 30 x 502');
+    is(RedisTest::tally(@s), '30 x 502', 'OOM, redis_down fail: 30 x 502');
     is($first->token_requests - $before, 0, 'OOM: no token request');
     my @lines = map { $n->[$_]->log_lines(
                           qr/\[error\].*(refused the lease script: "OOM|refuses commands)/,
@@ -164,7 +159,7 @@ case('writes refused (OOM), redis_down fail', 'fail', sub {
     @s = $first->parallel(30, '/services/data/v59.0/after',
                           ports => [ map { $_->port } @$n ],
                           timeout => 40 * $S);
-    is(tally(@s), '30 x 200', 'writes allowed again: 30 x 200');
+    is(RedisTest::tally(@s), '30 x 200', 'writes allowed again: 30 x 200');
     is($first->token_requests - $before, 1,
        'writes allowed again: one token request for the fleet');
 });
@@ -205,10 +200,11 @@ for my $down ('fail') {
                   . ($down ? ' (502: redis_down fail)' : ''))
             or diag_tokens($first, $n);
 
-        sleep 2;
+        # the loop is over: every worker connected again
+        RedisTest::all_connected(10, @$n);
         my $before = $first->token_requests;
         my @s = $round->('after');
-        is(tally(@s), '30 x 200', "$what: after the loop: 30 x 200")
+        is(RedisTest::tally(@s), '30 x 200', "$what: after the loop: 30 x 200")
             or diag_tokens($first, $n);
         is($first->token_requests - $before, 1,
            "$what: after the loop: one token request for the fleet");

@@ -43,30 +43,11 @@ is($A->get('/services/data/v59.0/warm')->{status}, 200, 'warm');
 }
 
 sub teardown {
-    $_->finish for reverse @n;
-    ok($redis->finish, 'redis ran to the end');
+    RedisTest::finish_all($redis, @n);
     ok($redis2->finish, 'redis 2 ran to the end');
     @n = (); undef $A; undef $B; undef $t;
 }
 
-sub edit_b { edit_node($B, @_) }
-
-sub edit_node {
-    my ($node, $sub) = @_;
-    my $f = $node->dir . '/nginx.conf';
-    my $c = do { local (@ARGV, $/) = $f; <> };
-    $sub->() for $c;
-    open my $fh, '>', $f or die; print $fh $c; close $fh;
-}
-
-sub tally { my %n; $n{$_}++ for @_; join ', ', map { "$n{$_} x $_" } sort keys %n }
-
-sub no_reuse {
-    my ($what) = @_;
-    my $s = $t->mock('stats');
-    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
-              "$what: no reuse of a rotated-out refresh token");
-}
 
 setup();
 # -- 1) zone size ----------------------------------------------------------------
@@ -75,7 +56,7 @@ setup();
     my $tr0 = $t->token_requests;
     my $load = RedisTest::Load->start(\@n, interval => 0.02);
     for my $size ('2m', '1m', '4m', '1m') {
-        edit_b(sub { s/zone=sf:\d+m/zone=sf:$size/ });
+        $B->edit_conf(sub { s/zone=sf:\d+m/zone=sf:$size/ });
         $t->mock('revoke');
         sleep 0.1;                      # a refresh is running now
         $B->reload;
@@ -90,11 +71,11 @@ setup();
     is(scalar @worse, 0, 'zone size reloads: every request 200, or 502 '
        . 'while a resize met a refresh (' . scalar(@r) . ' requests, '
        . scalar(@bad) . ' not 200)')
-        or diag(tally(map { "node$_->{node}:$_->{status}" } @bad));
+        or diag(RedisTest::tally(map { "node$_->{node}:$_->{status}" } @bad));
     ok(@bad <= 0.01 * @r, 'zone size reloads: at most 1 % not 200');
     my $trs = $t->token_requests - $tr0;
     ok($trs <= 4 + 4, "zone size reloads: $trs token requests for 4 revokes");
-    no_reuse('zone size reloads')
+    RedisTest::no_reuse($t, 'zone size reloads')
         or diag("zone size: B's log:\n" . join "\n",
                 $B->log_lines(qr/\[(warn|error|alert|crit)\]|sf_oauth.*(zone|copied)/,
                               $mark));
@@ -117,10 +98,10 @@ for my $case (
     my $mark = $B->log_mark;
     my $tr0 = $t->token_requests;
     my $load = RedisTest::Load->start(\@n, interval => 0.02);
-    edit_b($edit);
+    $B->edit_conf($edit);
     $B->reload;
     if ($all) {
-        edit_node($A, $edit);
+        $A->edit_conf($edit);
         $A->reload;
     }
     sleep 1.5;
@@ -135,7 +116,7 @@ for my $case (
          . " gen=" . ($info->{fleet_generation} // '-')
          . "; after a revoke: " . ($t->token_requests - $tr0) . " token requests, "
          . ($reuse ? 'REUSE (the mock revoked everything)' : 'no reuse') . '; '
-         . tally(map { "node$_->{node}:$_->{status}" } @r));
+         . RedisTest::tally(map { "node$_->{node}:$_->{status}" } @r));
     diag("$what: B's log:\n" . join "\n",
          $B->log_lines(qr/\[(warn|error|alert|crit)\]/, $mark));
     if ($all) {
@@ -146,14 +127,14 @@ for my $case (
     }
 
     # back to the original block: does the fleet work again?
-    edit_b(sub { $_ = $orig });
+    $B->edit_conf(sub { $_ = $orig });
     $B->reload;
     sleep 1.5;
     $tr0 = $t->token_requests;
     $t->mock('revoke');
     my @s = $t->parallel(20, '/services/data/v59.0/back', ports => [ map { $_->port } @n ],
                          timeout => 30 * $S);
-    diag("$what: back to the original block, a revoke: " . tally(@s) . ', '
+    diag("$what: back to the original block, a revoke: " . RedisTest::tally(@s) . ', '
          . ($t->token_requests - $tr0) . ' token requests');
     teardown();
 }

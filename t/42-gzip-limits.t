@@ -17,7 +17,7 @@ use warnings;
 use lib 't/lib';
 use SfTest;
 use Digest::SHA qw(sha256_hex);
-use IO::Compress::Gzip qw(gzip $GzipError);
+use IO::Compress::Gzip qw($GzipError);
 use IO::Select;
 use IO::Socket::INET;
 use Test::More;
@@ -71,21 +71,8 @@ is($rc, 0, 'nginx -t: sf_oauth_soap_inflate_limit 20m 50 is taken') or diag($out
 $t->simple_conf(%conf);
 $t->start;
 
-sub stats { $t->mock('stats') }
-
-sub soap {
-    my ($path, $body, %headers) = @_;
-    return $t->http('POST', $path, body => $body, timeout => 60 * $scale,
-                    headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
-                                 SOAPAction => '""', %headers });
-}
-
-sub gz {
-    my ($data) = @_;
-    my $out;
-    gzip(\$data => \$out, Minimal => 1) or die $GzipError;
-    return $out;
-}
+# a SOAP call's timeout: a large envelope takes a while
+my %SOAP = (timeout => 60 * $scale);
 
 sub tail {
     my ($env) = @_;
@@ -110,7 +97,7 @@ sub arrived_ok {
     my ($name, $r, $env) = @_;
 
     is($r->{status}, 200, "$name: 200") or diag(substr $r->{content}, 0, 2000);
-    my $st = stats();
+    my $st = $t->stats;
     my $e = $st->{soap_log}[-1] // {};
     is($e->{status}, 200, "$name: the mock answered 200") or diag(explain $e);
     is($e->{session_id}, $st->{issued_access_tokens}[-1],
@@ -133,33 +120,28 @@ sub refused_ok {
          "$name: faultcode Client");
     like($r->{content}, qr{<faultstring>sf_oauth: [^<]*$re},
          "$name: the faultstring says why") or diag($r->{content});
-    my $st = stats();
+    my $st = $t->stats;
     is($st->{api_requests}, $before->{api_requests},
        "$name: the mock was not reached");
     is(scalar @{ $st->{soap_log} }, scalar @{ $before->{soap_log} },
        "$name: no SOAP call arrived");
 }
 
-sub temp_files {
-    opendir my $d, $t->dir . '/body' or return ();
-    return grep { !/^\./ } readdir $d;
-}
-
 # a token in the cache first
-is(soap($U, envelope('SELECT Id FROM Account'))->{status}, 200, 'warm: 200');
+is($t->soap($U, envelope('SELECT Id FROM Account'), %SOAP)->{status}, 200, 'warm: 200');
 
 # -- a zip bomb, client_max_body_size 0 ---------------------------------------
 
 {
     my $bomb = envelope("\0" x (4 * 1048576));
-    my $gz = gz($bomb);
+    my $gz = SfTest::gz($bomb);
     ok(length $gz < 16384, 'the bomb: 4 MiB compressed to ' . length($gz) . ' bytes');
 
-    my $st = stats();
-    my $r = soap($U, $gz, 'Content-Encoding' => 'gzip');
+    my $st = $t->stats;
+    my $r = $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' });
     refused_ok('zip bomb', $r, $st, 413, qr/inflates to more than 1048576 bytes.*sf_oauth_soap_inflate_limit.*100 times its compressed size/);
 
-    my @left = temp_files();
+    my @left = $t->temp_files;
     is(scalar @left, 0, 'zip bomb: no temp file left') or diag("@left");
 }
 
@@ -168,14 +150,14 @@ is(soap($U, envelope('SELECT Id FROM Account'))->{status}, 200, 'warm: 200');
 {
     my $q = join ' ', map { sha256_hex("record $_") } 1 .. 40000;
     my $env = envelope('SELECT Id FROM Account', undef, $q);
-    my $gz = gz($env);
+    my $gz = SfTest::gz($env);
     ok(length $env > 2 * 1048576 && length $env > 1.5 * length $gz,
        'a legitimate envelope: ' . length($env) . ' bytes, '
        . length($gz) . ' compressed');
     arrived_ok('a legitimate gzip envelope of 2.6 MiB',
-               soap($U, $gz, 'Content-Encoding' => 'gzip'), $env);
-    is(stats()->{soap_log}[-1]{decoded_len} - length($env),
-       length(stats()->{issued_access_tokens}[-1]) - length('bogus'),
+               $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }), $env);
+    is($t->stats->{soap_log}[-1]{decoded_len} - length($env),
+       length($t->stats->{issued_access_tokens}[-1]) - length('bogus'),
        'a legitimate envelope: all of it arrived, the token for "bogus"');
 }
 
@@ -185,36 +167,36 @@ is(soap($U, envelope('SELECT Id FROM Account'))->{status}, 200, 'warm: 200');
     my $env = envelope('SELECT Id, Name FROM Account WHERE Name LIKE \'multi%\'');
     # split right after the Body's start tag
     my $cut = index($env, '<soapenv:Body>') + length '<soapenv:Body>';
-    my $gz = gz(substr $env, 0, $cut) . gz(substr $env, $cut);
+    my $gz = SfTest::gz(substr $env, 0, $cut) . SfTest::gz(substr $env, $cut);
     arrived_ok('two gzip members, split after the Body start tag',
-               soap($U, $gz, 'Content-Encoding' => 'gzip'), $env);
-    is(stats()->{soap_log}[-1]{error}, undef, 'two members: the mock parsed it');
+               $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }), $env);
+    is($t->stats->{soap_log}[-1]{error}, undef, 'two members: the mock parsed it');
 
     # three members, one of them empty, split inside the head too
     my $cut2 = index($env, '<sessionId>') + 4;
-    $gz = gz(substr $env, 0, $cut2) . gz('') . gz(substr $env, $cut2, $cut - $cut2)
-          . gz(substr $env, $cut);
+    $gz = SfTest::gz(substr $env, 0, $cut2) . SfTest::gz('') . SfTest::gz(substr $env, $cut2, $cut - $cut2)
+          . SfTest::gz(substr $env, $cut);
     arrived_ok('four gzip members, one empty',
-               soap($U, $gz, 'Content-Encoding' => 'gzip'), $env);
+               $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }), $env);
 
     # through a temp file: members of 1 MiB each, client_body_buffer_size 16k
     my $q = join ' ', map { sha256_hex("member $_") } 1 .. 20000;
     my $big = envelope('SELECT Id FROM Account', undef, $q);
     my $third = int(length($big) / 3);
-    $gz = gz(substr $big, 0, $third) . gz(substr $big, $third, $third)
-          . gz(substr $big, 2 * $third);
+    $gz = SfTest::gz(substr $big, 0, $third) . SfTest::gz(substr $big, $third, $third)
+          . SfTest::gz(substr $big, 2 * $third);
     arrived_ok('three members of a 1.3 MiB envelope',
-               soap($U, $gz, 'Content-Encoding' => 'gzip'), $big);
+               $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }), $big);
 
     # trailing garbage after the last member
-    my $one = gz($env);
+    my $one = SfTest::gz($env);
     for my $case ([ 'text', "garbage after the stream\n" ], [ 'one newline', "\n" ],
                   [ 'zeros', "\0" x 8 ], [ 'half a gzip header', "\x1f\x8b\x08" ],
-                  [ 'a member cut short', substr(gz($env), 0, 30) ])
+                  [ 'a member cut short', substr(SfTest::gz($env), 0, 30) ])
     {
         my ($what, $junk) = @$case;
-        my $st = stats();
-        my $r = soap($U, $one . $junk, 'Content-Encoding' => 'gzip');
+        my $st = $t->stats;
+        my $r = $t->soap($U, $one . $junk, %SOAP, headers => { 'Content-Encoding' => 'gzip' });
         refused_ok("trailing $what", $r, $st, 400,
                    $what eq 'a member cut short' ? qr/cut short/
                                                  : qr/trailing data/);
@@ -226,23 +208,23 @@ is(soap($U, envelope('SELECT Id FROM Account'))->{status}, 200, 'warm: 200');
 for my $enc ('UTF8', 'utf8', 'us-ascii', 'ASCII', 'ANSI_X3.4-1968', 'UTF-8') {
     my $env = envelope("SELECT Id FROM Account -- $enc",
                        qq{<?xml version="1.0" encoding="$enc"?>\n});
-    arrived_ok(qq{encoding="$enc"}, soap($U, $env), $env);
-    my $gz = gz($env);
+    arrived_ok(qq{encoding="$enc"}, $t->soap($U, $env, %SOAP), $env);
+    my $gz = SfTest::gz($env);
     arrived_ok(qq{encoding="$enc", gzip-compressed},
-               soap($U, $gz, 'Content-Encoding' => 'gzip'), $env);
+               $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }), $env);
 }
 
 {
     my $env = envelope('SELECT Id FROM Account',
                        qq{<?xml version='1.0' encoding = 'Utf8' standalone="yes"?>});
-    arrived_ok('single quotes, spaces around =, standalone', soap($U, $env), $env);
+    arrived_ok('single quotes, spaces around =, standalone', $t->soap($U, $env, %SOAP), $env);
 }
 
 for my $enc ('ISO-8859-1', 'windows-1252', 'EBCDIC-US', 'UTF-16') {
     my $env = envelope('SELECT Id FROM Account',
                        qq{<?xml version="1.0" encoding="$enc"?>});
-    my $st = stats();
-    refused_ok(qq{encoding="$enc"}, soap($U, $env), $st, 400,
+    my $st = $t->stats;
+    refused_ok(qq{encoding="$enc"}, $t->soap($U, $env, %SOAP), $st, 400,
                qr/the envelope is not in UTF-8/);
 }
 
@@ -267,16 +249,6 @@ sub send_big {
     return $s;
 }
 
-sub wait_log {
-    my ($re, $mark, $secs) = @_;
-    my $end = time + $secs;
-    while (time < $end) {
-        return 1 if $t->error_log_since($mark) =~ $re;
-        sleep 0.01;
-    }
-    return 0;
-}
-
 {
     my $alone = 0;
     for (1 .. 5) {
@@ -291,12 +263,12 @@ sub wait_log {
     $z->print("\0" x 1048576) for 1 .. $BIG_CAP + 16;
     $z->close;
 
-    my $st = stats();
+    my $st = $t->stats;
     my $mark = $t->log_mark;
     my $start = time;
     my $s = send_big($big);
 
-    ok(wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
+    ok($t->wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
                 $mark, 10 * $scale),
        'the large envelope: inflation began');
 
@@ -318,7 +290,7 @@ sub wait_log {
     like($answer // '', qr{^HTTP/1\.1 413}, 'the large envelope: 413 at the cap');
     like($answer // '', qr{inflates to more than \d+ bytes: sf_oauth_soap_inflate_limit},
          'the large envelope: the fault names the directive');
-    is(stats()->{api_requests}, $st->{api_requests} + @during,
+    is($t->stats->{api_requests}, $st->{api_requests} + @during,
        'the large envelope: nothing but the REST requests reached the mock');
 
     my ($worst) = sort { $b <=> $a } @during;
@@ -336,14 +308,14 @@ sub wait_log {
        sprintf 'no REST request stalled: %.3f s at worst, alone %.3f s, the '
                . 'inflation %.2f s', $worst, $alone, $inflating);
 
-    my @left = temp_files();
+    my @left = $t->temp_files;
     is(scalar @left, 0, 'the large envelope: no temp file left') or diag("@left");
 
     # a client that goes away mid-inflation
     $mark = $t->log_mark;
     my $access = -s $t->dir . '/access.log';
     $s = send_big($big);
-    ok(wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
+    ok($t->wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
                 $mark, 10 * $scale),
        'aborted: inflation began');
     close $s;
@@ -358,9 +330,9 @@ sub wait_log {
     like($logged, qr{"POST /big\S* HTTP/1.1" 499 },
          'aborted: finalized as 499 when the client went away');
     ok(time < $end - 5 * $scale, 'aborted: noticed at once');
-    @left = temp_files();
+    @left = $t->temp_files;
     is(scalar @left, 0, 'aborted: no temp file left') or diag("@left");
-    is(soap($U, envelope('SELECT Id FROM Contact'))->{status}, 200,
+    is($t->soap($U, envelope('SELECT Id FROM Contact'), %SOAP)->{status}, 200,
        'aborted: the worker goes on');
 }
 

@@ -41,23 +41,9 @@ my $nb = SfTest->new(mock_of => $first);
 RedisTest::configure_node($nb, %fleet, key => $OTHER_KEY);
 $nb->start;
 
-sub stats { $first->mock('stats') }
 
 sub redis_of { RedisTest::node_redis($_[0]) || {} }
 
-# no rotated-out refresh token presented: no "reuse" in the mock's log of
-# refresh grants, and the live refresh token is the last one it issued
-sub no_reuse {
-    my ($what) = @_;
-
-    my $s = stats();
-    my @reuse = grep { $_->[1] ne 'ok' } @{ $s->{refresh_log} };
-    is(scalar @reuse, 0, "$what: every refresh grant presented the live "
-                         . 'refresh token')
-        or diag(explain $s->{refresh_log});
-    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
-              "$what: the mock revoked nothing");
-}
 
 # the key's hex, as in the key files: never in a log
 sub no_key_in_logs {
@@ -79,8 +65,8 @@ my $ra = $na->get('/services/data/v59.0/a1');
 is($ra->{status}, 200, 'A: 200');
 my $token = $ra->{json}{authorization};
 like($token // '', qr/^Bearer \S/, 'A: the token went upstream');
-is(stats()->{token_requests}, 1, 'A: one token request');
-is(scalar @{ stats()->{issued_refresh_tokens} }, 2,
+is($first->stats->{token_requests}, 1, 'A: one token request');
+is(scalar @{ $first->stats->{issued_refresh_tokens} }, 2,
    'the mock rotated the configured refresh token out');
 my $gen = redis_of($na)->{fleet_generation} // 0;
 ok($gen >= 1, "A: fleet generation $gen");
@@ -101,7 +87,7 @@ like($fa, qr/^[0-9a-f]{8}$/, "sf_oauth_info: A's key fingerprint");
 like($fb, qr/^[0-9a-f]{8}$/, "sf_oauth_info: B's key fingerprint");
 isnt($fa, $fb, 'sf_oauth_info: the fingerprints differ');
 
-my $before = stats()->{token_requests};
+my $before = $first->stats->{token_requests};
 
 my $rb = $nb->get('/services/data/v59.0/b1');
 is($rb->{status}, 502, 'B: 502, fails closed');
@@ -121,8 +107,8 @@ ok(RedisTest::wait_for(10, sub { ($nb->cred_info || {})->{retry_in} == 0 }),
 is($nb->get('/services/data/v59.0/b3')->{status}, 502,
    'B: asked again after the backoff: 502');
 
-is(stats()->{token_requests}, $before, 'B made no token request');
-no_reuse('B with another key');
+is($first->stats->{token_requests}, $before, 'B made no token request');
+RedisTest::no_reuse($first, 'B with another key');
 
 my @lines = $nb->log_lines(qr/\[error\].*another key/, $mark);
 is(scalar @lines, 1, 'B: one error line names the key mismatch')
@@ -145,9 +131,9 @@ $ra = $na->get('/services/data/v59.0/a3');
 is($ra->{status}, 200, 'A after a revoke: 200');
 is($ra->{headers}{'x-sf-oauth-status'}, 'RETRY', 'A refreshed (RETRY)');
 $token = $ra->{json}{authorization};
-is(stats()->{token_requests}, $before + 1, 'A: one more token request');
+is($first->stats->{token_requests}, $before + 1, 'A: one more token request');
 $gen = redis_of($na)->{fleet_generation} // 0;
-no_reuse('A refreshed');
+RedisTest::no_reuse($first, 'A refreshed');
 
 ok(RedisTest::wait_for(10, sub { ($nb->cred_info || {})->{retry_in} == 0 }),
    "B: its backoff ends");
@@ -155,7 +141,7 @@ is($nb->get('/services/data/v59.0/b4')->{status}, 502,
    "B: the fleet's newer record is unreadable too: 502");
 is(scalar($nb->log_lines(qr/\[error\].*another key/, $mark)), 1,
    'B: still the one error line');
-is(stats()->{token_requests}, $before + 1, 'B: still no token request');
+is($first->stats->{token_requests}, $before + 1, 'B: still no token request');
 no_key_in_logs('with the mismatch');
 
 # -- B's key fixed, B reloaded ---------------------------------------------------------
@@ -174,12 +160,12 @@ is(redis_of($nb)->{key_fp}, $fa, "B's key fingerprint is A's");
 $rb = $nb->get('/services/data/v59.0/b5');
 is($rb->{status}, 200, 'B: 200');
 is($rb->{json}{authorization}, $token, "B: with the fleet's token");
-is(stats()->{token_requests}, $before + 1, 'B: no token request');
+is($first->stats->{token_requests}, $before + 1, 'B: no token request');
 is(scalar($nb->log_lines(qr/\[error\]/, $mark)), 0,
    'B: no error line after the reload');
 ok(scalar($nb->log_lines(qr/\[notice\].*decrypts/, $mark)),
    'B: a notice says the record decrypts again');
-no_reuse('B fixed');
+RedisTest::no_reuse($first, 'B fixed');
 
 # -- the fleet changes its key: A first, then B ------------------------------------
 
@@ -198,19 +184,19 @@ $ra = $na->get('/services/data/v59.0/a4');
 is($ra->{status}, 200, 'A, new key, after a revoke: 200');
 is($ra->{headers}{'x-sf-oauth-status'}, 'RETRY', 'A refreshed (RETRY)');
 $token = $ra->{json}{authorization};
-is(stats()->{token_requests}, $before + 2, 'A: one token request');
+is($first->stats->{token_requests}, $before + 2, 'A: one token request');
 is(scalar($na->log_lines(qr/\[warn\].*another key.*refreshes with it/,
                          $mark_a)), 1,
    "A: a warn says the record was another key's, and it refreshed with "
    . 'its own refresh token');
 $gen = redis_of($na)->{fleet_generation} // 0;
-no_reuse('A with the new key');
+RedisTest::no_reuse($first, 'A with the new key');
 
 ok(RedisTest::wait_for(5, sub { redis_of($nb)->{key_mismatch} }),
    "B, old key: key_mismatch");
 $rb = $nb->get('/services/data/v59.0/b6');
 is($rb->{status}, 502, "B, old key, its token revoked: 502");
-is(stats()->{token_requests}, $before + 2, 'B: no token request');
+is($first->stats->{token_requests}, $before + 2, 'B: no token request');
 is(scalar($nb->log_lines(qr/\[error\].*another key/, $mark)), 1,
    'B: one error line');
 
@@ -223,8 +209,8 @@ ok(RedisTest::wait_for(5, sub {
 $rb = $nb->get('/services/data/v59.0/b7');
 is($rb->{status}, 200, 'B, new key: 200');
 is($rb->{json}{authorization}, $token, "B: with the fleet's token");
-is(stats()->{token_requests}, $before + 2, 'B: no token request');
-no_reuse('the key changed');
+is($first->stats->{token_requests}, $before + 2, 'B: no token request');
+RedisTest::no_reuse($first, 'the key changed');
 no_key_in_logs('at the end');
 
 $nb->finish;

@@ -30,31 +30,17 @@ my $t = SfTest->new;
 my $dir = $t->dir;
 $t->start_mock;
 
-sub openssl {
-    my $cmd = join ' ', 'openssl', @_;
-    my $out = `$cmd 2>&1`;
-    die "$cmd: $out" if $?;
-}
-
-sub write_file {
-    my ($name, $content, $mode) = @_;
-    open my $fh, '>', "$dir/$name" or die "$dir/$name: $!";
-    print $fh $content;
-    close $fh;
-    chmod $mode // 0600, "$dir/$name";
-}
-
 for my $bits (512, 1024, 2048) {
-    openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:$bits",
+    SfTest::openssl("genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:$bits",
             "-out $dir/rsa$bits.key");
 }
-openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
+SfTest::openssl('genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048',
         "-out $dir/other.key");
-openssl("pkey -in $dir/rsa2048.key -pubout -out $dir/rsa2048.pub");
+SfTest::openssl("pkey -in $dir/rsa2048.key -pubout -out $dir/rsa2048.pub");
 chmod 0600, glob "$dir/*.key";
 
-write_file('state.key', ('c3' x 32) . "\n");
-write_file('rt.secret', "$SfTest::REFRESH_TOKEN\n");
+$t->write_file('state.key', ('c3' x 32) . "\n");
+$t->write_file('rt.secret', "$SfTest::REFRESH_TOKEN\n");
 
 # -- nginx -t -----------------------------------------------------------------
 
@@ -96,20 +82,8 @@ write_file('rt.secret', "$SfTest::REFRESH_TOKEN\n");
 EOF
 
     my $check = sub {
-        my ($name, $http, $expect, $absent) = @_;
-
-        $c->write_conf($http);
-        my ($rc, $out) = $c->test_conf;
-
-        if (!defined $expect) {
-            is($rc, 0, "nginx -t: $name: accepted") or diag($out);
-            return;
-        }
-        isnt($rc, 0, "nginx -t: $name: refused");
-        like($out, $_, "nginx -t: $name: says so ($_)") or diag($out)
-            for @$expect;
-        unlike($out, qr/\Q$_\E/, "nginx -t: $name: no secret in the message")
-            for @{ $absent || [] };
+        my ($name, @args) = @_;
+        $c->conf_check("nginx -t: $name", @args);
     };
 
     # two zones, one state file
@@ -334,12 +308,12 @@ $t->stop;
 # client_secret_file
 
 $t->mock('reset');
-write_file('secret', "a-wrong-client-secret\n");
+$t->write_file('secret', "a-wrong-client-secret\n");
 $t->simple_conf(client_secret => undef, client_secret_file => "$dir/secret");
 $t->start;
 held('a wrong client_secret_file');
 
-write_file('secret', "$SfTest::CLIENT_SECRET\n");
+$t->write_file('secret', "$SfTest::CLIENT_SECRET\n");
 $t->reload;
 fixed('a wrong client_secret_file');
 
@@ -349,7 +323,7 @@ $t->stop;
 
 $t->mock('reset');
 $t->mock('jwt_key', "path=$dir/rsa2048.pub");
-write_file('jwt.key', $t->slurp('other.key'));
+$t->write_file('jwt.key', $t->slurp('other.key'));
 
 $t->simple_conf(client_secret => undef, refresh_token => undef);
 my $conf = $t->slurp('nginx.conf');
@@ -364,13 +338,13 @@ held('a wrong private_key');
 like(info()->{last_error} // '', qr/invalid assertion/,
      'a wrong private_key: invalid assertion');
 
-write_file('jwt.key', $t->slurp('rsa2048.key'));
+$t->write_file('jwt.key', $t->slurp('rsa2048.key'));
 $t->reload;
 $r = fixed('a wrong private_key');
 $token = $r->{json}{authorization};
 is($t->mock('stats')->{grants}{jwt_bearer}, 2, 'private_key: two JWT grants');
 
-write_file('jwt.key', $t->slurp('other.key'));
+$t->write_file('jwt.key', $t->slurp('other.key'));
 $t->reload;
 kept('a valid token, the private_key changed', $token);
 

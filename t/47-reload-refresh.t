@@ -51,14 +51,10 @@ sub conf {
     }
     $block .= "    }\n";
 
-    $t->simple_conf;
-    my $conf = $t->slurp('nginx.conf');
-    $conf =~ s/    sf_oauth_credential crm \{\n.*?\n    \}\n/$block/s
-        or die 'no credential block';
-
-    open my $fh, '>', $t->dir . '/nginx.conf' or die;
-    print $fh $conf;
-    close $fh;
+    $t->simple_conf->edit_conf(sub {
+        s/    sf_oauth_credential crm \{\n.*?\n    \}\n/$block/s
+            or die 'no credential block';
+    });
 }
 
 # the pid of the worker that holds the refresh lease, once one does

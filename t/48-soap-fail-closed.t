@@ -50,13 +50,9 @@ $t->simple_conf(http_extra => <<"EOF");
 EOF
 $t->start;
 
-sub stats { $t->mock('stats') }
-
 sub soap_at {
     my ($port, $body, $path) = @_;
-    return $t->http('POST', $path // $U, port => $port, body => $body,
-                    headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
-                                 SOAPAction => '""' });
+    return $t->soap($path // $U, $body, port => $port);
 }
 
 sub xml_inspect {
@@ -86,7 +82,7 @@ my $SESSION = '<soapenv:Header><urn:SessionHeader><urn:sessionId>bogus'
 my $r = soap_at($login_port, envelope('', '', $LOGIN));
 is($r->{status}, 200, 'a short login() is answered by the module');
 like($r->{content}, qr/<loginResponse/, 'with a loginResponse');
-is(scalar @{ stats()->{soap_logins} }, 0, 'and it did not reach Salesforce');
+is(scalar @{ $t->stats()->{soap_logins} }, 0, 'and it did not reach Salesforce');
 
 # -- a call that cannot be classified within 64 KiB ----------------------------
 
@@ -110,7 +106,7 @@ my @hidden = (
 is(index($hidden[3][1], '<urn:login>'), 65528,
    'the last case puts <urn:login> at byte 65,528');
 
-my $before = stats();
+my $before = $t->stats();
 
 for my $case (@hidden) {
     my ($name, $env) = @$case;
@@ -128,7 +124,7 @@ for my $case (@hidden) {
     unlike($r->{content}, qr/\Q$PASS\E/, "soap_login, $name: no password in the answer");
 }
 
-my $after = stats();
+my $after = $t->stats();
 is(scalar @{ $after->{soap_logins} }, scalar @{ $before->{soap_logins} },
    'soap_login: no login() reached Salesforce');
 is($after->{api_requests}, $before->{api_requests},
@@ -142,7 +138,7 @@ unlike($t->error_log . $t->slurp('access.log'), qr/\Q$PASS\E/,
 # the same shape without sf_oauth_soap_login goes on, with the token
 $r = soap_at($t->port, envelope($SESSION, ' ' x (70 * 1024), $QUERY));
 is($r->{status}, 200, 'without soap_login: a call past 64 KiB goes on');
-my $entry = stats()->{soap_log}[-1];
+my $entry = $t->stats()->{soap_log}[-1];
 is($entry->{op}, 'query', 'without soap_login: the query reached Salesforce');
 ok($entry->{session_valid}, 'without soap_login: with the token');
 

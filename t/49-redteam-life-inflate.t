@@ -67,16 +67,6 @@ sub send_big {
     return $s;
 }
 
-sub wait_log {
-    my ($re, $mark, $secs) = @_;
-    my $end = time + $secs;
-    while (time < $end) {
-        return 1 if $t->error_log_since($mark) =~ $re;
-        sleep 0.01;
-    }
-    return 0;
-}
-
 sub answer {
     my ($s, $secs) = @_;
     my $sel = IO::Select->new($s);
@@ -85,14 +75,9 @@ sub answer {
     return <$s> // '';
 }
 
-sub temp_files {
-    opendir my $d, $t->dir . '/body' or return ();
-    return grep { !/^\./ } readdir $d;
-}
-
 sub inflating_ok {
     my ($name, $mark) = @_;
-    ok(wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
+    ok($t->wait_log(qr/an inflated SOAP envelope is buffered to a temporary file/,
                 $mark, 10 * $scale),
        "$name: inflation began");
     unlike($t->error_log_since($mark), qr/inflates to more than/,
@@ -130,7 +115,7 @@ my $api = $t->mock('stats')->{api_requests};
     my $log = $t->error_log_since($mark);
     unlike($log, qr/open socket #\d+ left/, 'reload: no socket left open');
     unlike($log, qr/exited on signal/, 'reload: no worker crashed');
-    my @left = temp_files();
+    my @left = $t->temp_files;
     is(scalar @left, 0, 'reload: no temp file left') or diag("@left");
 
     # the new worker
@@ -173,7 +158,7 @@ my $api = $t->mock('stats')->{api_requests};
     my $log = $t->error_log_since($mark);
     unlike($log, qr/open socket #\d+ left/, 'quit: no socket left open');
     unlike($log, qr/exited on signal/, 'quit: no worker crashed');
-    my @left = temp_files();
+    my @left = $t->temp_files;
     is(scalar @left, 0, 'quit: no temp file left') or diag("@left");
 }
 

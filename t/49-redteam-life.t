@@ -91,15 +91,6 @@ EOF2
 
 $t->start;
 
-sub stats { $t->mock('stats') }
-
-sub gz {
-    my ($data) = @_;
-    my $out;
-    gzip(\$data => \$out, Minimal => 1) or die $GzipError;
-    return $out;
-}
-
 sub envelope {
     my ($query, $pad) = @_;
     return qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Header>}
@@ -110,17 +101,7 @@ sub envelope {
         . qq{</soapenv:Envelope>};
 }
 
-sub soap {
-    my ($path, $body, %headers) = @_;
-    return $t->http('POST', $path, body => $body, timeout => 30 * $scale,
-                    headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
-                                 SOAPAction => '""', %headers });
-}
-
-sub temp_files {
-    opendir my $d, $t->dir . '/body' or return ();
-    return grep { !/^\./ } readdir $d;
-}
+my %SOAP = (timeout => 30 * $scale);
 
 sub fault_502_ok {
     my ($name, $r, $code) = @_;
@@ -134,23 +115,23 @@ sub fault_502_ok {
 
 my $pad = join ' ', map { sprintf '%064x', $_ * 7919 } 1 .. 400;
 my $env = envelope('SELECT Id FROM Account', $pad);
-my $gz = gz($env);
+my $gz = SfTest::gz($env);
 my $token_re;
 
 # a token first
-is(soap($U, $env)->{status}, 200, 'warm: 200');
+is($t->soap($U, $env, %SOAP)->{status}, 200, 'warm: 200');
 
 # -- a mirror in the location, the envelope held on a SOAP 500 and replayed --
 
 {
     $t->mock('reset_echo');
     $t->mock('revoke');
-    my $before = stats();
-    my $r = soap("/m$U", $gz, 'Content-Encoding' => 'gzip');
+    my $before = $t->stats;
+    my $r = $t->soap("/m$U", $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' });
     is($r->{status}, 200, 'mirror: 200 after the replay') or diag($r->{content});
     is($r->{headers}{'x-sf-oauth-status'}, undef, 'mirror: (no add_header here)');
 
-    my $st = stats();
+    my $st = $t->stats;
     my @calls = @{ $st->{soap_log} }[ scalar @{ $before->{soap_log} } .. $#{ $st->{soap_log} } ];
     is(scalar @calls, 2, 'mirror: two SOAP calls upstream, the 500 and the replay');
     is($calls[0]{tail_sha256}, $calls[1]{tail_sha256},
@@ -160,7 +141,7 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
 
     my $m;
     for (1 .. 100 * $scale) {
-        ($m) = grep { $_->{path} =~ m{^/echo/mirror/m/services/Soap} } @{ stats()->{echo_log} };
+        ($m) = grep { $_->{path} =~ m{^/echo/mirror/m/services/Soap} } @{ $t->stats->{echo_log} };
         last if $m;
         sleep 0.05;
     }
@@ -173,7 +154,7 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
 # -- two gzip envelopes on one keepalive connection ----------------------------
 
 {
-    my $before = stats();
+    my $before = $t->stats;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port)
         or die "connect: $!";
     my $req = "POST $U HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
@@ -195,7 +176,7 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
     my @st = $buf =~ m{HTTP/1\.1 (\d+) }g;
     is("@st", '200 200', 'keepalive: both envelopes answered 200')
         or diag(substr $buf, 0, 3000);
-    my $st = stats();
+    my $st = $t->stats;
     is(scalar @{ $st->{soap_log} } - scalar @{ $before->{soap_log} }, 2,
        'keepalive: two SOAP calls upstream');
 }
@@ -204,10 +185,10 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
 
 {
     my $n = 40;
-    my $before = stats();
+    my $before = $t->stats;
     my (@socks, %buf);
     for my $i (0 .. $n - 1) {
-        my $e = gz(envelope("SELECT Id FROM Account -- $i", $pad));
+        my $e = SfTest::gz(envelope("SELECT Id FROM Account -- $i", $pad));
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port)
             or die "connect: $!";
         print $s "POST $U HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
@@ -231,11 +212,11 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
     my @ok = grep { m{^HTTP/1\.1 200 } } values %buf;
     is(scalar @ok, $n, "$n at once: all 200");
     close $_ for @socks;
-    is(scalar @{ stats()->{soap_log} } - scalar @{ $before->{soap_log} }, $n,
+    is(scalar @{ $t->stats->{soap_log} } - scalar @{ $before->{soap_log} }, $n,
        "$n at once: $n SOAP calls upstream");
     ok($t->error_log =~ /an inflated SOAP envelope is buffered to a temporary file/,
        "$n at once: the envelopes went through temp files");
-    my @left = temp_files();
+    my @left = $t->temp_files;
     is(scalar @left, 0, "$n at once: no temp file left") or diag("@left");
 }
 
@@ -244,12 +225,12 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
 {
     $t->mock('revoke');
     $t->mode('invalid_grant');
-    my $before = stats();
-    my $r = soap($U, $gz, 'Content-Encoding' => 'gzip');
+    my $before = $t->stats;
+    my $r = $t->soap($U, $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' });
     fault_502_ok('refresh fails after the SOAP 500', $r, 'sf_oauth_token_unavailable');
     like($r->{content}, qr/credential &quot;crm&quot;|credential "crm"/,
          'refresh fails: the credential is named');
-    is(scalar @{ stats()->{soap_log} } - scalar @{ $before->{soap_log} }, 1,
+    is(scalar @{ $t->stats->{soap_log} } - scalar @{ $before->{soap_log} }, 1,
        'refresh fails: one SOAP call upstream, no replay');
     $t->mode('normal');
 }
@@ -257,9 +238,9 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
 # -- no token at all -----------------------------------------------------------
 
 {
-    my $before = stats();
-    fault_502_ok('no token, POST', soap("/dead$U", $env), 'sf_oauth_token_unavailable');
-    fault_502_ok('no token, gzip', soap("/dead$U", $gz, 'Content-Encoding' => 'gzip'),
+    my $before = $t->stats;
+    fault_502_ok('no token, POST', $t->soap("/dead$U", $env, %SOAP), 'sf_oauth_token_unavailable');
+    fault_502_ok('no token, gzip', $t->soap("/dead$U", $gz, %SOAP, headers => { 'Content-Encoding' => 'gzip' }),
                  'sf_oauth_token_unavailable');
 
     my $r = $t->http('HEAD', "/dead$U");
@@ -267,17 +248,17 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
     is($r->{content} // '', '', 'no token, HEAD: no body');
 
     fault_502_ok('no token, proxy_intercept_errors and error_page 502',
-                 soap("/deadi$U", $env), 'sf_oauth_token_unavailable');
+                 $t->soap("/deadi$U", $env, %SOAP), 'sf_oauth_token_unavailable');
 
-    is(stats()->{api_requests}, $before->{api_requests},
+    is($t->stats->{api_requests}, $before->{api_requests},
        'no token: nothing reached the API');
 }
 
 # -- a variable that names no credential ----------------------------------------
 
 {
-    my $before = stats();
-    my $r = soap("/v$U", $env, 'X-Org' => 'other');
+    my $before = $t->stats;
+    my $r = $t->soap("/v$U", $env, %SOAP, headers => { 'X-Org' => 'other' });
     fault_502_ok('unknown credential, SOAP', $r, 'sf_oauth_unknown_credential');
     unlike($r->{content}, qr/nope/, 'unknown credential: the name is not echoed');
 
@@ -292,13 +273,13 @@ is(soap($U, $env)->{status}, 200, 'warm: 200');
     is($r->{status}, 502, 'unknown credential, HEAD: 502');
     is($r->{content} // '', '', 'unknown credential, HEAD: no body');
 
-    is(stats()->{api_requests}, $before->{api_requests},
+    is($t->stats->{api_requests}, $before->{api_requests},
        'unknown credential: nothing reached the API');
 }
 
 my $log = $t->error_log;
 unlike($log, qr/exited on signal/, 'no worker crashed');
-my @tokens = @{ stats()->{issued_access_tokens} };
+my @tokens = @{ $t->stats->{issued_access_tokens} };
 ok(!(grep { index($log, $_) >= 0 } @tokens), 'no token in the error log');
 
 $t->finish;

@@ -560,18 +560,45 @@ sub all_connected {
     });
 }
 
-# Polls COND (a sub) every 50 ms until it is true or SECONDS (times
-# SfTest::time_scale) passed; returns its last value.
-sub wait_for {
-    my ($seconds, $cond) = @_;
+# SfTest::wait_for: polls COND every 50 ms for up to SECONDS (scaled).
+sub wait_for { SfTest::wait_for(@_) }
 
-    my $end = time + $seconds * SfTest::time_scale();
-    my $v;
-    while (1) {
-        $v = $cond->();
-        return $v if $v || time >= $end;
-        sleep 0.05;
-    }
+# "2 x 200, 1 x 502": how many times each value of the list came.
+sub tally {
+    my %n;
+    $n{$_}++ for @_;
+    return join ', ', map { "$n{$_} x $_" } sort keys %n;
+}
+
+# Checks, from the stats of the fleet's mock (FIRST, the node that started
+# it), that no rotated-out refresh token was presented: no "reuse" in the
+# mock's log of refresh grants, and the live refresh token is the last one
+# it issued (the mock revoked nothing); and that every token request got
+# a token, but UNANSWERED (0) that the mock held.
+sub no_reuse {
+    my ($first, $what, $unanswered) = @_;
+
+    my $s = $first->stats;
+    my @reuse = grep { $_->[1] ne 'ok' } @{ $s->{refresh_log} || [] };
+    is(scalar @reuse, 0, "$what: every refresh grant presented the live "
+                         . 'refresh token')
+        or diag(explain $s->{refresh_log});
+    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
+              "$what: no reuse of a rotated-out refresh token (the mock "
+              . 'revoked nothing)');
+    is($s->{token_requests} - $s->{token_ok}, $unanswered // 0,
+       "$what: every token request succeeded"
+       . ($unanswered ? " but the $unanswered held" : ''));
+}
+
+# The end of a fleet test: finish (stop, and check the error log of) each
+# node of NODES, the last first, then, with REDIS, stop it and check that
+# it was running until the end.
+sub finish_all {
+    my ($redis, @nodes) = @_;
+
+    $_->finish for reverse @nodes;
+    ok($redis->finish, 'redis-server was running until the end') if $redis;
 }
 
 # The pid in a lease owner string "hostname:pid:random" (undef if none).

@@ -26,6 +26,7 @@ use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
+use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
@@ -197,6 +198,10 @@ sub mock {
 sub mode { $_[0]->mock('mode', "mode=$_[1]") }
 sub token_requests { $_[0]->mock('stats')->{token_requests} }
 
+# The mock's /__mock/stats, and the access tokens it issued, in order.
+sub stats { $_[0]->mock('stats') }
+sub tokens { @{ $_[0]->stats->{issued_access_tokens} || [] } }
+
 # -- more mocks: a second org, a third... -----------------------------------
 
 # Starts one more mock Salesforce on a free port, with the same client id,
@@ -360,6 +365,61 @@ sub test_conf {
     return ($? >> 8, $out);
 }
 
+# Runs EDIT (a sub) on the written nginx.conf, the text in $_, and writes
+# the result back:  $t->edit_conf(sub { s/(client_id [^;]+;)/$1\n$x/ });
+sub edit_conf {
+    my ($self, $edit) = @_;
+
+    local $_ = $self->slurp('nginx.conf');
+    $edit->();
+
+    open my $fh, '>', "$self->{dir}/nginx.conf"
+        or die "$self->{dir}/nginx.conf: $!";
+    print $fh $_;
+    close $fh;
+
+    return $self;
+}
+
+# Writes CONTENT into the file NAME of the test directory, mode MODE (0600
+# by default).
+sub write_file {
+    my ($self, $name, $content, $mode) = @_;
+
+    my $path = "$self->{dir}/$name";
+    open my $fh, '>', $path or die "$path: $!";
+    print $fh $content;
+    close $fh;
+    chmod $mode // 0600, $path;
+
+    return $path;
+}
+
+# Writes HTTP as the configuration and runs nginx -t on it: with EXPECT
+# undef, a test that nginx -t accepts it; else that it refuses it, and one
+# test for each regexp of EXPECT (one, or an arrayref) that the output
+# matches; and for each string of ABSENT (an arrayref), that the output
+# does not hold it (a secret).
+sub conf_check {
+    my ($self, $name, $http, $expect, $absent) = @_;
+
+    $self->write_conf($http);
+    my ($rc, $out) = $self->test_conf;
+
+    if (!defined $expect) {
+        is($rc, 0, "$name: accepted") or diag($out);
+        return;
+    }
+
+    isnt($rc, 0, "$name: refused");
+    my @re = ref $expect eq 'ARRAY' ? @$expect : ($expect);
+    like($out, $_, "$name: says why" . (@re > 1 ? " ($_)" : ''))
+        or diag($out)
+        for @re;
+    unlike($out, qr/\Q$_\E/, "$name: no secret in the message")
+        for @{ $absent || [] };
+}
+
 sub start {
     my ($self) = @_;
 
@@ -443,6 +503,16 @@ sub reload {
     }
 
     return $self;
+}
+
+# Stops nginx, empties error.log and starts it again (a fresh master: the
+# zone is new, the state file is read again).
+sub restart {
+    my ($self) = @_;
+
+    $self->stop;
+    truncate "$self->{dir}/error.log", 0;
+    return $self->start;
 }
 
 sub stop {
@@ -554,9 +624,59 @@ sub log_lines {
     return grep { /$re/ } split /\n/, $self->error_log_since($mark);
 }
 
+# The request body temp files (client_body_temp_path) left now.
+sub temp_files {
+    my ($self) = @_;
+
+    opendir my $d, "$self->{dir}/body" or return ();
+    return grep { !/^\./ } readdir $d;
+}
+
 # How much slower everything is: 10 under SF_TEST_VALGRIND, else 1.  Tests
 # multiply their waits by it.
 sub time_scale { $ENV{SF_TEST_VALGRIND} ? 10 : 1 }
+
+# -- waiting for an event --------------------------------------------------
+
+# Polls COND (a sub) every 50 ms until it is true or SECONDS (times
+# time_scale) passed; returns its last value.
+sub wait_for {
+    my ($seconds, $cond) = @_;
+
+    my $end = time + $seconds * time_scale();
+    my $v;
+    while (1) {
+        $v = $cond->();
+        return $v if $v || time >= $end;
+        sleep 0.05;
+    }
+}
+
+# Waits until error.log after MARK matches RE, for up to SECONDS (not
+# scaled: the caller scales), polling every 10 ms; true when it does.
+sub wait_log {
+    my ($self, $re, $mark, $seconds) = @_;
+
+    my $end = time + $seconds;
+    while (time < $end) {
+        return 1 if $self->error_log_since($mark) =~ $re;
+        sleep 0.01;
+    }
+    return 0;
+}
+
+# Waits until the credential NAME (the first if undef) in sf_oauth_info
+# passes COND (a sub given the credential's hash), for up to SECONDS
+# (times time_scale); returns the credential then, or undef.
+sub wait_info {
+    my ($self, $name, $cond, $seconds) = @_;
+
+    my $c;
+    return wait_for($seconds // 10, sub {
+        $c = $self->cred_info($name);
+        return $c && $cond->($c) ? $c : undef;
+    });
+}
 
 # One credential of sf_oauth_info (the first, or the one named), or undef
 # when sf_oauth_info does not answer 200 JSON.
@@ -593,6 +713,36 @@ sub no_token_in {
 }
 
 # -- clients -------------------------------------------------------------
+
+# A SOAP call: POST BODY to PATH with Content-Type text/xml and an empty
+# SOAPAction; options: headers (a hashref, more headers or others in
+# their place), timeout, port, as http() takes them.
+sub soap {
+    my ($self, $path, $body, %opt) = @_;
+
+    return $self->http('POST', $path, body => $body,
+                       timeout => $opt{timeout}, port => $opt{port},
+                       headers => { 'Content-Type' => 'text/xml; charset=UTF-8',
+                                    SOAPAction => '""',
+                                    %{ $opt{headers} || {} } });
+}
+
+# DATA gzip-compressed, with the minimal gzip header.
+sub gz {
+    my ($data) = @_;
+
+    my $out;
+    gzip(\$data => \$out, Minimal => 1) or die $GzipError;
+    return $out;
+}
+
+# Runs openssl with ARGS (joined by spaces, as a shell command); dies with
+# its output when it fails.
+sub openssl {
+    my $cmd = join ' ', 'openssl', @_;
+    my $out = `$cmd 2>&1`;
+    die "$cmd: $out" if $?;
+}
 
 # One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case
 # names) and content, as HTTP::Tiny gives them.
@@ -672,5 +822,6 @@ sub url { 'http://127.0.0.1:' . $_[0]{port} }
 sub mock { my ($self, @hook) = @_; SfTest::mock_hook($self->url, @hook) }
 sub mode { $_[0]->mock('mode', "mode=$_[1]") }
 sub token_requests { $_[0]->mock('stats')->{token_requests} }
+sub stats { $_[0]->mock('stats') }
 
 1;

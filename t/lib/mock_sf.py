@@ -899,14 +899,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(400, {"error": "unsupported_grant_type",
                                    "error_description":
                                    "grant type not supported"})
-        if form.get("client_id") != args.client_id:
-            return self.send(400, {"error": "invalid_client_id",
-                                   "error_description":
-                                   "client identifier invalid"})
-        if form.get("client_secret") != args.client_secret:
-            return self.send(400, {"error": "invalid_client",
-                                   "error_description":
-                                   "invalid client credentials"})
+        if not self.client_ok(form):
+            return None
 
         rt = form.get("refresh_token", "")
         with st.lock:
@@ -1064,18 +1058,28 @@ class Handler(BaseHTTPRequestHandler):
 
         return self.issue_token(mode, {"scope": "api"})
 
+    def client_ok(self, form):
+        """The client checks of the refresh and client credentials grants,
+        as Salesforce makes them: a wrong client_id is 400
+        invalid_client_id, a wrong secret 400 invalid_client.  False when
+        it answered so."""
+        args = self.server.state.args
+        if form.get("client_id") != args.client_id:
+            self.send(400, {"error": "invalid_client_id",
+                            "error_description": "client identifier invalid"})
+            return False
+        if form.get("client_secret") != args.client_secret:
+            self.send(400, {"error": "invalid_client",
+                            "error_description": "invalid client credentials"})
+            return False
+        return True
+
     def client_credentials_grant(self, form, mode):
         """The client credentials flow: the app's run-as user's token."""
         st = self.server.state
         args = st.args
-        if form.get("client_id") != args.client_id:
-            return self.send(400, {"error": "invalid_client_id",
-                                   "error_description":
-                                   "client identifier invalid"})
-        if form.get("client_secret") != args.client_secret:
-            return self.send(400, {"error": "invalid_client",
-                                   "error_description":
-                                   "invalid client credentials"})
+        if not self.client_ok(form):
+            return None
         with st.lock:
             cc_user = st.cc_user
         if not cc_user:
