@@ -531,6 +531,28 @@ ngx_http_output_filter(ngx_http_request_t *r, ngx_chain_t *in)
 }
 
 
+/* nginx's, for ngx_http_sf_oauth_send(): the body as is, to the above */
+
+ngx_int_t
+ngx_http_send_response(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *ct, ngx_http_complex_value_t *cv)
+{
+    ngx_buf_t    b;
+    ngx_chain_t  out;
+
+    ngx_memzero(&b, sizeof(ngx_buf_t));
+
+    b.pos = cv->value.data;
+    b.last = cv->value.data + cv->value.len;
+    b.memory = 1;
+
+    out.buf = &b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
 /* the envelope's inflate and login answer need these; no target calls them */
 
 ngx_module_t  ngx_http_core_module;
