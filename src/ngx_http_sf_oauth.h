@@ -752,18 +752,23 @@ extern ngx_module_t  ngx_http_sf_oauth_module;
 extern ngx_module_t  ngx_http_proxy_module;
 
 
-/* credential */
+/* block */
 typedef struct {
     const char                  *kind;        /* "sf_oauth_credential" */
     ngx_str_t                   *name;
     ngx_flag_t                   world_readable;
 } ngx_http_sf_oauth_owner_t;
 
-char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred);
-char *ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
+char *ngx_http_sf_oauth_block_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);
+char *ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
+    ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
+    ngx_str_t *value);
+
+/* credential */
+char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
     ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,

@@ -22,9 +22,6 @@ static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
-    ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
-    ngx_str_t *value);
 static char *ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
 static char *ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf,
@@ -171,16 +168,18 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     owner.name = &cred->name;
     owner.world_readable = cred->world_readable;
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "client_secret",
-                                  "client_secret_file", &cred->client_secret,
-                                  &cred->client_secret_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "client_secret",
+                                        "client_secret_file",
+                                        &cred->client_secret,
+                                        &cred->client_secret_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "refresh_token",
-                                  "refresh_token_file", &cred->refresh_token,
-                                  &cred->refresh_token_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "refresh_token",
+                                        "refresh_token_file",
+                                        &cred->refresh_token,
+                                        &cred->refresh_token_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -515,151 +514,6 @@ ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * A secret is set once: inline, as "env:NAME" (from the master's
- * environment; list NAME with nginx's "env" directive so that it stays on
- * reload), or from a file.
- */
-
-char *
-ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
-    ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
-    ngx_str_t *value, ngx_str_t *path)
-{
-    u_char  *env;
-
-    if (value->len && path->len) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" has both \"%s\" and "
-                           "\"%s\": set a secret once", owner->kind,
-                           owner->name, name, file);
-        return NGX_CONF_ERROR;
-    }
-
-    if (path->len) {
-        return ngx_http_sf_oauth_read_file(cf, owner, file, path, value);
-    }
-
-    if (value->len > 4 && ngx_strncmp(value->data, "env:", 4) == 0) {
-        env = (u_char *) getenv((char *) value->data + 4);
-
-        if (env == NULL || *env == '\0') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%s\" of %s \"%V\" is \"%V\", but that "
-                               "environment variable is not set or empty",
-                               name, owner->kind, owner->name, value);
-            return NGX_CONF_ERROR;
-        }
-
-        value->data = env;
-        value->len = ngx_strlen(env);
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-/*
- * Reads a secret from a file at configuration time, as root in the master:
- * the worker user needs no access to it.  A file that others may read is
- * refused, unless "allow_world_readable on".  Surrounding white space, such
- * as a final newline, is not part of the secret.
- */
-
-static char *
-ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_owner_t *owner,
-    const char *name, ngx_str_t *path, ngx_str_t *value)
-{
-    u_char          *p, *last;
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_file_info_t  fi;
-
-    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is not a regular file",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    if ((ngx_file_access(&fi) & S_IROTH) && !owner->world_readable) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is "
-                           "readable by everyone: \"chmod o-rwx\" it, or "
-                           "accept the risk with \"allow_world_readable on\"",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-    if (p == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    (void) ngx_close_file(fd);
-
-    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is larger than %d bytes",
-                           name, path, owner->kind, owner->name,
-                           NGX_HTTP_SF_OAUTH_SECRET_MAX);
-        return NGX_CONF_ERROR;
-    }
-
-    last = p + n;
-
-    while (p < last && isspace(*p)) {
-        p++;
-    }
-
-    while (last > p && isspace(last[-1])) {
-        last--;
-    }
-
-    if (p == last) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is empty",
-                           name, path, owner->kind, owner->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *last = '\0';
-
-    value->data = p;
-    value->len = last - p;
-
-    return NGX_CONF_OK;
-
-failed:
-
-    (void) ngx_close_file(fd);
-
-    return NGX_CONF_ERROR;
-}
-
-
-/*
  * What each grant needs, and what it must not have: a parameter that the
  * grant would ignore is an error, so that nobody believes it is used.
  */
@@ -818,8 +672,8 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
     owner.name = &cred->name;
     owner.world_readable = cred->world_readable;
 
-    rv = ngx_http_sf_oauth_read_file(cf, &owner, "private_key",
-                                     &cred->private_key, &pem);
+    rv = ngx_http_sf_oauth_block_read_secret(cf, &owner, "private_key",
+                                             &cred->private_key, &pem);
     if (rv != NGX_CONF_OK) {
         return rv;
     }

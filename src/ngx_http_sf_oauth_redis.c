@@ -1315,9 +1315,9 @@ ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
     owner.name = &rd->name;
     owner.world_readable = rd->world_readable;
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "password",
-                                             "password_file", &rd->password,
-                                             &rd->password_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "password",
+                                        "password_file", &rd->password,
+                                        &rd->password_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
