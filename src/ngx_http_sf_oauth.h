@@ -759,6 +759,8 @@ typedef struct {
     ngx_flag_t                   world_readable;
 } ngx_http_sf_oauth_owner_t;
 
+char *ngx_http_sf_oauth_block_parse(ngx_conf_t *cf, const char *kind,
+    ngx_str_t *name, ngx_command_t *commands, void *conf);
 char *ngx_http_sf_oauth_block_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);

@@ -1,12 +1,124 @@
 
 /*
  * What the module's blocks in nginx.conf (sf_oauth_credential,
- * sf_oauth_redis) share: where their secrets come from (inline, an
- * environment variable, a file read with the permission check).
+ * sf_oauth_redis) share: the dispatcher of their parameters, and where
+ * their secrets come from (inline, an environment variable, a file read
+ * with the permission check).
+ *
+ * A block's parameters are an ngx_command_t table run by the dispatcher,
+ * so they parse like any nginx directive, with nginx's own slot functions.
  */
 
 
 #include "ngx_http_sf_oauth.h"
+
+
+typedef struct {
+    const char                  *kind;        /* "sf_oauth_credential" */
+    ngx_str_t                   *name;
+    ngx_command_t               *commands;
+    void                        *conf;
+} ngx_http_sf_oauth_block_t;
+
+
+static char *ngx_http_sf_oauth_block_param(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+
+
+/*
+ * Parses the block "kind name { ... }" that begins at cf: each parameter
+ * by its entry in "commands", into "conf".
+ */
+
+char *
+ngx_http_sf_oauth_block_parse(ngx_conf_t *cf, const char *kind,
+    ngx_str_t *name, ngx_command_t *commands, void *conf)
+{
+    char                       *rv;
+    ngx_conf_t                  save;
+    ngx_http_sf_oauth_block_t   block;
+
+    block.kind = kind;
+    block.name = name;
+    block.commands = commands;
+    block.conf = conf;
+
+    save = *cf;
+    cf->handler = ngx_http_sf_oauth_block_param;
+    cf->handler_conf = (char *) &block;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    return rv;
+}
+
+
+static char *
+ngx_http_sf_oauth_block_param(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    ngx_http_sf_oauth_block_t  *block = conf;
+
+    char           *rv;
+    ngx_str_t      *value;
+    ngx_uint_t      argc;
+    ngx_command_t  *cmd;
+
+    value = cf->args->elts;
+
+    for (cmd = block->commands; cmd->name.len; cmd++) {
+        if (cmd->name.len == value[0].len
+            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
+        {
+            break;
+        }
+    }
+
+    if (cmd->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown directive \"%V\" in %s \"%V\"",
+                           &value[0], block->kind, block->name);
+        return NGX_CONF_ERROR;
+    }
+
+    argc = (cmd->type & NGX_CONF_TAKE2) ? 3 : 2;
+
+    if (cf->args->nelts != argc) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of arguments in \"%V\" of "
+                           "%s \"%V\": it takes %ui",
+                           &value[0], block->kind, block->name, argc - 1);
+        return NGX_CONF_ERROR;
+    }
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"%V\" in %s \"%V\"",
+                           &value[0], block->kind, block->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = cmd->set(cf, cmd, block->conf);
+
+    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
+        return rv;
+    }
+
+    if (ngx_strcmp(rv, "invalid value") == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" of \"%V\" in %s \"%V\"",
+                           &value[1], &value[0], block->kind, block->name);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" %s in %s \"%V\"",
+                           &value[0], rv, block->kind, block->name);
+    }
+
+    return NGX_CONF_ERROR;
+}
 
 
 /*

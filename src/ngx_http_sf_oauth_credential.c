@@ -4,8 +4,9 @@
  * from (inline, a file, an environment variable), and the fingerprint of
  * what makes a token.
  *
- * The parameters are an ngx_command_t table run by a block handler, so
- * they parse like any nginx directive, with nginx's own slot functions.
+ * The parameters are an ngx_command_t table run by the blocks' dispatcher
+ * (ngx_http_sf_oauth_block.c), so they parse like any nginx directive,
+ * with nginx's own slot functions.
  */
 
 
@@ -14,8 +15,6 @@
 #include <openssl/evp.h>
 
 
-static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
-    ngx_command_t *dummy, void *conf);
 static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -118,7 +117,6 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred)
 {
     char                       *rv;
-    ngx_conf_t                  save;
     const char                 *missing;
     ngx_http_sf_oauth_owner_t   owner;
 
@@ -133,14 +131,10 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     cred->ssl_verify = NGX_CONF_UNSET;
     cred->world_readable = NGX_CONF_UNSET;
 
-    save = *cf;
-    cf->handler = ngx_http_sf_oauth_credential_param;
-    cf->handler_conf = (char *) cred;
-
-    rv = ngx_conf_parse(cf, NULL);
-
-    *cf = save;
-
+    rv = ngx_http_sf_oauth_block_parse(cf, "sf_oauth_credential",
+                                       &cred->name,
+                                       ngx_http_sf_oauth_credential_commands,
+                                       cred);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -320,73 +314,6 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     }
 
     return ngx_http_sf_oauth_fingerprint_conf(cf, cred);
-}
-
-
-static char *
-ngx_http_sf_oauth_credential_param(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf)
-{
-    ngx_http_sf_oauth_cred_t  *cred = (ngx_http_sf_oauth_cred_t *) conf;
-
-    char           *rv;
-    ngx_str_t      *value;
-    ngx_uint_t      argc;
-    ngx_command_t  *cmd;
-
-    value = cf->args->elts;
-
-    for (cmd = ngx_http_sf_oauth_credential_commands; cmd->name.len; cmd++) {
-        if (cmd->name.len == value[0].len
-            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
-        {
-            break;
-        }
-    }
-
-    if (cmd->name.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown directive \"%V\" in sf_oauth_credential "
-                           "\"%V\"", &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    argc = (cmd->type & NGX_CONF_TAKE2) ? 3 : 2;
-
-    if (cf->args->nelts != argc) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid number of arguments in \"%V\" of "
-                           "sf_oauth_credential \"%V\": it takes %ui",
-                           &value[0], &cred->name, argc - 1);
-        return NGX_CONF_ERROR;
-    }
-
-    if (value[1].len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "empty \"%V\" in sf_oauth_credential \"%V\"",
-                           &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    rv = cmd->set(cf, cmd, cred);
-
-    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
-        return rv;
-    }
-
-    if (ngx_strcmp(rv, "invalid value") == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" of \"%V\" in "
-                           "sf_oauth_credential \"%V\"",
-                           &value[1], &value[0], &cred->name);
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" %s in sf_oauth_credential \"%V\"",
-                           &value[0], rv, &cred->name);
-    }
-
-    return NGX_CONF_ERROR;
 }
 
 
