@@ -768,6 +768,16 @@ char *ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
     ngx_str_t *value);
 
+/* what ngx_http_sf_oauth_block_read_file() finds wrong with a file */
+#define NGX_HTTP_SF_OAUTH_FILE_UNREADABLE  1     /* with the errno */
+#define NGX_HTTP_SF_OAUTH_FILE_NOT_FILE    2     /* not a regular file */
+#define NGX_HTTP_SF_OAUTH_FILE_WORLD       3     /* others may read it */
+#define NGX_HTTP_SF_OAUTH_FILE_LARGE       4
+
+ngx_int_t ngx_http_sf_oauth_block_read_file(ngx_str_t *path,
+    ngx_flag_t world_readable, u_char *buf, size_t size, ngx_str_t *value,
+    ngx_err_t *err);
+
 /* credential */
 char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);

@@ -167,10 +167,9 @@ ngx_http_sf_oauth_block_secret(ngx_conf_t *cf,
 
 
 /*
- * Reads a secret from a file at configuration time, as root in the master:
- * the worker user needs no access to it.  A file that others may read is
- * refused, unless "allow_world_readable on".  Surrounding white space, such
- * as a final newline, is not part of the secret.
+ * A secret from a file, for the blocks: the reader's refusals are fatal
+ * here, with the name of the parameter and of the block.  Surrounding
+ * white space, such as a final newline, is not part of the secret.
  */
 
 char *
@@ -178,57 +177,47 @@ ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
     ngx_str_t *value)
 {
-    u_char          *p, *last;
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_file_info_t  fi;
+    u_char     *p, *last;
+    ngx_err_t   err;
+    ngx_str_t   s;
 
     if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
+    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
+    if (p == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
+    switch (ngx_http_sf_oauth_block_read_file(path, owner->world_readable, p,
+                                              NGX_HTTP_SF_OAUTH_SECRET_MAX,
+                                              &s, &err))
+    {
+    case NGX_OK:
+        break;
+
+    case NGX_HTTP_SF_OAUTH_FILE_UNREADABLE:
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, err,
+                           "cannot read %s \"%V\" of %s \"%V\"",
+                           name, path, owner->kind, owner->name);
+        return NGX_CONF_ERROR;
+
+    case NGX_HTTP_SF_OAUTH_FILE_NOT_FILE:
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%s \"%V\" of %s \"%V\" is not a regular file",
                            name, path, owner->kind, owner->name);
-        goto failed;
-    }
+        return NGX_CONF_ERROR;
 
-    if ((ngx_file_access(&fi) & S_IROTH) && !owner->world_readable) {
+    case NGX_HTTP_SF_OAUTH_FILE_WORLD:
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%s \"%V\" of %s \"%V\" is "
                            "readable by everyone: \"chmod o-rwx\" it, or "
                            "accept the risk with \"allow_world_readable on\"",
                            name, path, owner->kind, owner->name);
-        goto failed;
-    }
+        return NGX_CONF_ERROR;
 
-    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-    if (p == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    (void) ngx_close_file(fd);
-
-    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
+    default: /* NGX_HTTP_SF_OAUTH_FILE_LARGE */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%s \"%V\" of %s \"%V\" is larger than %d bytes",
                            name, path, owner->kind, owner->name,
@@ -236,14 +225,11 @@ ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
-    last = p + n;
+    p = s.data;
+    last = s.data + s.len;
 
     while (p < last && isspace(*p)) {
         p++;
-    }
-
-    while (last > p && isspace(last[-1])) {
-        last--;
     }
 
     if (p == last) {
@@ -253,16 +239,89 @@ ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
         return NGX_CONF_ERROR;
     }
 
-    *last = '\0';
-
     value->data = p;
     value->len = last - p;
 
     return NGX_CONF_OK;
+}
 
-failed:
+
+/*
+ * The one reader of the secret files: the blocks' (client_secret_file,
+ * refresh_token_file, private_key, password_file) and the zone's key=.
+ * It reads at configuration time, as root in the master: the worker user
+ * needs no access to the file.  It refuses a file that others may read,
+ * unless world_readable, one that is not a regular file (a FIFO would
+ * block the master), and one larger than "size" bytes; "buf" has room
+ * for size + 1.  The contents go to *value without their trailing white
+ * space, such as a final newline, and end with a NUL.  Returns NGX_OK or
+ * what is wrong, NGX_HTTP_SF_OAUTH_FILE_* (with *err when it cannot be
+ * read); the caller tells the operator, in its words.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_block_read_file(ngx_str_t *path, ngx_flag_t world_readable,
+    u_char *buf, size_t size, ngx_str_t *value, ngx_err_t *err)
+{
+    u_char           *last;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_int_t         rc;
+    ngx_file_info_t   fi;
+
+    *err = 0;
+
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        *err = ngx_errno;
+        return NGX_HTTP_SF_OAUTH_FILE_UNREADABLE;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_NOT_FILE;
+        goto done;
+    }
+
+    if ((ngx_file_access(&fi) & S_IROTH) && !world_readable) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_WORLD;
+        goto done;
+    }
+
+    if (!ngx_is_file(&fi)) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_NOT_FILE;
+        goto done;
+    }
+
+    n = ngx_read_fd(fd, buf, size + 1);
+
+    if (n == -1) {
+        *err = ngx_errno;
+        rc = NGX_HTTP_SF_OAUTH_FILE_UNREADABLE;
+        goto done;
+    }
+
+    if ((size_t) n > size) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_LARGE;
+        goto done;
+    }
+
+    last = buf + n;
+
+    while (last > buf && isspace(last[-1])) {
+        last--;
+    }
+
+    *last = '\0';
+
+    value->data = buf;
+    value->len = last - buf;
+
+    rc = NGX_OK;
+
+done:
 
     (void) ngx_close_file(fd);
 
-    return NGX_CONF_ERROR;
+    return rc;
 }
