@@ -417,6 +417,7 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_shm_zone_t              *shm_zone;
     ngx_str_t                    token_url;
     ngx_str_t                    token_origin;  /* scheme://host[:port] */
+    ngx_str_t                    token_host;
     ngx_str_t                    introspect_url;
     ngx_str_t                    client_id;
     ngx_str_t                    client_secret;
@@ -974,6 +975,16 @@ ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
 
 /* parse */
+typedef struct {
+    ngx_str_t                    origin;      /* scheme://host[:port] */
+    ngx_str_t                    host;        /* IPv6 in brackets */
+    ngx_str_t                    uri;         /* path, query, fragment */
+    in_port_t                    port;
+    const char                  *err;         /* ngx_parse_url()'s */
+} ngx_http_sf_oauth_url_t;
+
+ngx_int_t ngx_http_sf_oauth_parse_url(ngx_pool_t *pool, ngx_str_t *url,
+    ngx_http_sf_oauth_url_t *u);
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_parse_check_token(ngx_str_t *s);

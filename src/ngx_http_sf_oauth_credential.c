@@ -25,8 +25,6 @@ static char *ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
 static char *ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
-static ngx_int_t ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host,
-    ngx_str_t *origin);
 static ngx_int_t ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
     const char *suffix);
 static char *ngx_http_sf_oauth_fingerprint_conf(ngx_conf_t *cf,
@@ -322,9 +320,9 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sf_oauth_cred_t  *cred = conf;
 
-    size_t      skip;
-    ngx_str_t  *url, host;
-    ngx_url_t   u;
+    ngx_int_t                 rc;
+    ngx_str_t                *url;
+    ngx_http_sf_oauth_url_t   u;
 
     if (cred->token_url.data) {
         return "is duplicate";
@@ -332,17 +330,9 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     url = &((ngx_str_t *) cf->args->elts)[1];
 
-    if (url->len > 8
-        && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
-    {
-        skip = 8;
+    rc = ngx_http_sf_oauth_parse_url(cf->pool, url, &u);
 
-    } else if (url->len > 7
-               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
-    {
-        skip = 7;
-
-    } else {
+    if (rc == NGX_DECLINED) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid token_url \"%V\" in sf_oauth_credential "
                            "\"%V\": it must start with https:// or http://",
@@ -350,15 +340,7 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url.data = url->data + skip;
-    u.url.len = url->len - skip;
-    u.default_port = (skip == 8) ? 443 : 80;
-    u.uri_part = 1;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.host.len == 0) {
+    if (rc != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid token_url \"%V\" in sf_oauth_credential "
                            "\"%V\": %s", url, &cred->name,
@@ -367,9 +349,10 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cred->token_url = *url;
+    cred->token_host = u.host;
 
     /* the identity service's URLs start with it */
-    (void) ngx_http_sf_oauth_url_host(url, &host, &cred->token_origin);
+    cred->token_origin = u.origin;
 
     return NGX_CONF_OK;
 }
@@ -448,7 +431,6 @@ ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 {
-    ngx_str_t    host, origin;
     const char  *grant, *extra;
 
     extra = NULL;
@@ -505,9 +487,10 @@ ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin) != NGX_OK
-        || ngx_http_sf_oauth_host_is(&host, "login.salesforce.com", NULL)
-        || ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL))
+    if (ngx_http_sf_oauth_host_is(&cred->token_host, "login.salesforce.com",
+                                  NULL)
+        || ngx_http_sf_oauth_host_is(&cred->token_host, "test.salesforce.com",
+                                     NULL))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "sf_oauth_credential \"%V\": Salesforce refuses "
@@ -535,7 +518,7 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 {
     char                       *rv;
     size_t                      suffix;
-    ngx_str_t                   pem, host, origin;
+    ngx_str_t                   pem, *host;
     ngx_http_sf_oauth_owner_t   owner;
 
     if (cred->username.len == 0 || cred->private_key.len == 0) {
@@ -550,23 +533,18 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 
     if (cred->audience.len == 0) {
 
-        if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
+        host = &cred->token_host;
         suffix = sizeof("/services/oauth2/token") - 1;
 
-        if (ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL)
-            || ngx_http_sf_oauth_host_is(&host, NULL,
+        if (ngx_http_sf_oauth_host_is(host, "test.salesforce.com", NULL)
+            || ngx_http_sf_oauth_host_is(host, NULL,
                                          ".sandbox.my.salesforce.com"))
         {
             ngx_str_set(&cred->audience, "https://test.salesforce.com");
 
-        } else if (ngx_http_sf_oauth_host_is(&host, "login.salesforce.com",
+        } else if (ngx_http_sf_oauth_host_is(host, "login.salesforce.com",
                                              NULL)
-                   || ngx_http_sf_oauth_host_is(&host, NULL,
+                   || ngx_http_sf_oauth_host_is(host, NULL,
                                                 ".my.salesforce.com"))
         {
             ngx_str_set(&cred->audience, "https://login.salesforce.com");
@@ -581,7 +559,7 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
             cred->audience.len = cred->token_url.len - suffix;
 
         } else {
-            cred->audience = origin;
+            cred->audience = cred->token_origin;
         }
 
     } else if (ngx_strncmp(cred->audience.data, "https://", 8) != 0
@@ -610,44 +588,6 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
     ngx_explicit_memzero(pem.data, pem.len);
 
     return rv;
-}
-
-
-/* token_url's host, and its origin: scheme://host[:port] */
-
-static ngx_int_t
-ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host, ngx_str_t *origin)
-{
-    u_char  *p, *last;
-
-    last = url->data + url->len;
-
-    p = ngx_strlcasestrn(url->data, last, (u_char *) "://",
-                         sizeof("://") - 1 - 1);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    host->data = p + sizeof("://") - 1;
-
-    for (p = host->data; p < last && *p != '/' && *p != '?' && *p != '#';
-         p++)
-    {
-        /* void */
-    }
-
-    origin->data = url->data;
-    origin->len = p - url->data;
-
-    last = p;
-
-    for (p = host->data; p < last && *p != ':'; p++) {
-        /* void */
-    }
-
-    host->len = p - host->data;
-
-    return NGX_OK;
 }
 
 
