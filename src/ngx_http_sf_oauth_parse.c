@@ -11,6 +11,10 @@
  * [a-z_], the "error_description" only as one of Salesforce's own
  * descriptions, spelt from the table below; anything else is named by its
  * size only, like a body that is not JSON.
+ *
+ * The module's one URL scanner is here too (ngx_http_sf_oauth_parse_url,
+ * on nginx's ngx_parse_url): for the URLs of the answers, and for
+ * token_url when the configuration is read.
  */
 
 
