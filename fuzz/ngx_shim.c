@@ -492,6 +492,135 @@ ngx_http_send_header(ngx_http_request_t *r)
 
 
 /*
+ * nginx's, for ngx_http_sf_oauth_send(): the body as is, to
+ * ngx_http_output_filter() below
+ */
+
+ngx_int_t
+ngx_http_send_response(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *ct, ngx_http_complex_value_t *cv)
+{
+    ngx_buf_t    b;
+    ngx_chain_t  out;
+
+    ngx_memzero(&b, sizeof(ngx_buf_t));
+
+    b.pos = cv->value.data;
+    b.last = cv->value.data + cv->value.len;
+    b.memory = 1;
+
+    out.buf = &b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * nginx's ngx_parse_url(), for ngx_http_sf_oauth_parse_url(): an
+ * authority only ("host[:port]" or "[IPv6][:port]"), never resolved, with
+ * nginx's error texts
+ */
+
+ngx_int_t
+ngx_parse_url(ngx_pool_t *pool, ngx_url_t *u)
+{
+    char        s6[46];
+    u_char     *host, *p, *last, *port, a[16];
+    ngx_int_t   n;
+
+    host = u->url.data;
+    last = host + u->url.len;
+    port = NULL;
+
+    if (host < last && *host == '[') {
+        p = ngx_strlchr(host, last, ']');
+
+        if (p == NULL || (p + 1 < last && p[1] != ':')) {
+            u->err = "invalid host";
+            return NGX_ERROR;
+        }
+
+        if (p == host + 1) {
+            u->err = "no host";
+            return NGX_ERROR;
+        }
+
+        if (p - host - 1 > 45) {
+            u->err = "invalid IPv6 address";
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(s6, host + 1, p - host - 1);
+        s6[p - host - 1] = '\0';
+
+        if (inet_pton(AF_INET6, s6, a) != 1) {
+            u->err = "invalid IPv6 address";
+            return NGX_ERROR;
+        }
+
+        u->host.data = host;
+        u->host.len = p + 1 - host;
+        port = (p + 1 < last) ? p + 2 : NULL;
+
+    } else {
+        p = ngx_strlchr(host, last, ':');
+
+        u->host.data = host;
+        u->host.len = (p ? p : last) - host;
+        port = p ? p + 1 : NULL;
+
+        if (u->host.len == 0 && port == NULL) {
+            u->err = "no host";
+            return NGX_ERROR;
+        }
+    }
+
+    if (port) {
+        n = ngx_atoi(port, last - port);
+
+        if (n < 1 || n > 65535) {
+            u->err = "invalid port";
+            return NGX_ERROR;
+        }
+
+        u->port = (in_port_t) n;
+
+    } else {
+        u->port = u->default_port;
+    }
+
+    if (u->host.len == 0) {
+        u->err = "no host";
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_atoi(u_char *line, size_t n)
+{
+    ngx_int_t  value;
+
+    if (n == 0) {
+        return NGX_ERROR;
+    }
+
+    for (value = 0; n--; line++) {
+        if (*line < '0' || *line > '9' || value > 100000) {
+            return NGX_ERROR;
+        }
+
+        value = value * 10 + (*line - '0');
+    }
+
+    return value;
+}
+
+
+/*
  * What the module last sent as a response body, copied (the chain may be
  * on the caller's stack), for a target to check; the target frees it.
  */

@@ -417,6 +417,7 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_shm_zone_t              *shm_zone;
     ngx_str_t                    token_url;
     ngx_str_t                    token_origin;  /* scheme://host[:port] */
+    ngx_str_t                    token_host;
     ngx_str_t                    introspect_url;
     ngx_str_t                    client_id;
     ngx_str_t                    client_secret;
@@ -752,18 +753,35 @@ extern ngx_module_t  ngx_http_sf_oauth_module;
 extern ngx_module_t  ngx_http_proxy_module;
 
 
-/* credential */
+/* block */
 typedef struct {
     const char                  *kind;        /* "sf_oauth_credential" */
     ngx_str_t                   *name;
     ngx_flag_t                   world_readable;
 } ngx_http_sf_oauth_owner_t;
 
-char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
-    ngx_http_sf_oauth_cred_t *cred);
-char *ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
+char *ngx_http_sf_oauth_block_parse(ngx_conf_t *cf, const char *kind,
+    ngx_str_t *name, ngx_command_t *commands, void *conf);
+char *ngx_http_sf_oauth_block_secret(ngx_conf_t *cf,
     ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
     ngx_str_t *value, ngx_str_t *path);
+char *ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
+    ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
+    ngx_str_t *value);
+
+/* what ngx_http_sf_oauth_block_read_file() finds wrong with a file */
+#define NGX_HTTP_SF_OAUTH_FILE_UNREADABLE  1     /* with the errno */
+#define NGX_HTTP_SF_OAUTH_FILE_NOT_FILE    2     /* not a regular file */
+#define NGX_HTTP_SF_OAUTH_FILE_WORLD       3     /* others may read it */
+#define NGX_HTTP_SF_OAUTH_FILE_LARGE       4
+
+ngx_int_t ngx_http_sf_oauth_block_read_file(ngx_str_t *path,
+    ngx_flag_t world_readable, u_char *buf, size_t size, ngx_str_t *value,
+    ngx_err_t *err);
+
+/* credential */
+char *ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_credential_unique(ngx_conf_t *cf,
     ngx_http_sf_oauth_main_conf_t *smcf);
 ngx_int_t ngx_http_sf_oauth_credential_names(ngx_conf_t *cf,
@@ -958,6 +976,16 @@ ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
 
 /* parse */
+typedef struct {
+    ngx_str_t                    origin;      /* scheme://host[:port] */
+    ngx_str_t                    host;        /* IPv6 in brackets */
+    ngx_str_t                    uri;         /* path, query, fragment */
+    in_port_t                    port;
+    const char                  *err;         /* ngx_parse_url()'s */
+} ngx_http_sf_oauth_url_t;
+
+ngx_int_t ngx_http_sf_oauth_parse_url(ngx_pool_t *pool, ngx_str_t *url,
+    ngx_http_sf_oauth_url_t *u);
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_parse_check_token(ngx_str_t *s);

@@ -4,8 +4,9 @@
  * from (inline, a file, an environment variable), and the fingerprint of
  * what makes a token.
  *
- * The parameters are an ngx_command_t table run by a block handler, so
- * they parse like any nginx directive, with nginx's own slot functions.
+ * The parameters are an ngx_command_t table run by the blocks' dispatcher
+ * (ngx_http_sf_oauth_block.c), so they parse like any nginx directive,
+ * with nginx's own slot functions.
  */
 
 
@@ -14,23 +15,16 @@
 #include <openssl/evp.h>
 
 
-static char *ngx_http_sf_oauth_credential_param(ngx_conf_t *cf,
-    ngx_command_t *dummy, void *conf);
 static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_sf_oauth_read_file(ngx_conf_t *cf,
-    ngx_http_sf_oauth_owner_t *owner, const char *name, ngx_str_t *path,
-    ngx_str_t *value);
 static char *ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
 static char *ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred);
-static ngx_int_t ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host,
-    ngx_str_t *origin);
 static ngx_int_t ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
     const char *suffix);
 static char *ngx_http_sf_oauth_fingerprint_conf(ngx_conf_t *cf,
@@ -121,7 +115,6 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_cred_t *cred)
 {
     char                       *rv;
-    ngx_conf_t                  save;
     const char                 *missing;
     ngx_http_sf_oauth_owner_t   owner;
 
@@ -136,14 +129,10 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     cred->ssl_verify = NGX_CONF_UNSET;
     cred->world_readable = NGX_CONF_UNSET;
 
-    save = *cf;
-    cf->handler = ngx_http_sf_oauth_credential_param;
-    cf->handler_conf = (char *) cred;
-
-    rv = ngx_conf_parse(cf, NULL);
-
-    *cf = save;
-
+    rv = ngx_http_sf_oauth_block_parse(cf, "sf_oauth_credential",
+                                       &cred->name,
+                                       ngx_http_sf_oauth_credential_commands,
+                                       cred);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -171,16 +160,18 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     owner.name = &cred->name;
     owner.world_readable = cred->world_readable;
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "client_secret",
-                                  "client_secret_file", &cred->client_secret,
-                                  &cred->client_secret_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "client_secret",
+                                        "client_secret_file",
+                                        &cred->client_secret,
+                                        &cred->client_secret_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "refresh_token",
-                                  "refresh_token_file", &cred->refresh_token,
-                                  &cred->refresh_token_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "refresh_token",
+                                        "refresh_token_file",
+                                        &cred->refresh_token,
+                                        &cred->refresh_token_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -325,80 +316,13 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
 
 
 static char *
-ngx_http_sf_oauth_credential_param(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf)
-{
-    ngx_http_sf_oauth_cred_t  *cred = (ngx_http_sf_oauth_cred_t *) conf;
-
-    char           *rv;
-    ngx_str_t      *value;
-    ngx_uint_t      argc;
-    ngx_command_t  *cmd;
-
-    value = cf->args->elts;
-
-    for (cmd = ngx_http_sf_oauth_credential_commands; cmd->name.len; cmd++) {
-        if (cmd->name.len == value[0].len
-            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
-        {
-            break;
-        }
-    }
-
-    if (cmd->name.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown directive \"%V\" in sf_oauth_credential "
-                           "\"%V\"", &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    argc = (cmd->type & NGX_CONF_TAKE2) ? 3 : 2;
-
-    if (cf->args->nelts != argc) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid number of arguments in \"%V\" of "
-                           "sf_oauth_credential \"%V\": it takes %ui",
-                           &value[0], &cred->name, argc - 1);
-        return NGX_CONF_ERROR;
-    }
-
-    if (value[1].len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "empty \"%V\" in sf_oauth_credential \"%V\"",
-                           &value[0], &cred->name);
-        return NGX_CONF_ERROR;
-    }
-
-    rv = cmd->set(cf, cmd, cred);
-
-    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
-        return rv;
-    }
-
-    if (ngx_strcmp(rv, "invalid value") == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" of \"%V\" in "
-                           "sf_oauth_credential \"%V\"",
-                           &value[1], &value[0], &cred->name);
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" %s in sf_oauth_credential \"%V\"",
-                           &value[0], rv, &cred->name);
-    }
-
-    return NGX_CONF_ERROR;
-}
-
-
-static char *
 ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sf_oauth_cred_t  *cred = conf;
 
-    size_t      skip;
-    ngx_str_t  *url, host;
-    ngx_url_t   u;
+    ngx_int_t                 rc;
+    ngx_str_t                *url;
+    ngx_http_sf_oauth_url_t   u;
 
     if (cred->token_url.data) {
         return "is duplicate";
@@ -406,17 +330,9 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     url = &((ngx_str_t *) cf->args->elts)[1];
 
-    if (url->len > 8
-        && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
-    {
-        skip = 8;
+    rc = ngx_http_sf_oauth_parse_url(cf->pool, url, &u);
 
-    } else if (url->len > 7
-               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
-    {
-        skip = 7;
-
-    } else {
+    if (rc == NGX_DECLINED) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid token_url \"%V\" in sf_oauth_credential "
                            "\"%V\": it must start with https:// or http://",
@@ -424,15 +340,7 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url.data = url->data + skip;
-    u.url.len = url->len - skip;
-    u.default_port = (skip == 8) ? 443 : 80;
-    u.uri_part = 1;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.host.len == 0) {
+    if (rc != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid token_url \"%V\" in sf_oauth_credential "
                            "\"%V\": %s", url, &cred->name,
@@ -441,9 +349,10 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cred->token_url = *url;
+    cred->token_host = u.host;
 
     /* the identity service's URLs start with it */
-    (void) ngx_http_sf_oauth_url_host(url, &host, &cred->token_origin);
+    cred->token_origin = u.origin;
 
     return NGX_CONF_OK;
 }
@@ -515,151 +424,6 @@ ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * A secret is set once: inline, as "env:NAME" (from the master's
- * environment; list NAME with nginx's "env" directive so that it stays on
- * reload), or from a file.
- */
-
-char *
-ngx_http_sf_oauth_credential_secret(ngx_conf_t *cf,
-    ngx_http_sf_oauth_owner_t *owner, const char *name, const char *file,
-    ngx_str_t *value, ngx_str_t *path)
-{
-    u_char  *env;
-
-    if (value->len && path->len) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" has both \"%s\" and "
-                           "\"%s\": set a secret once", owner->kind,
-                           owner->name, name, file);
-        return NGX_CONF_ERROR;
-    }
-
-    if (path->len) {
-        return ngx_http_sf_oauth_read_file(cf, owner, file, path, value);
-    }
-
-    if (value->len > 4 && ngx_strncmp(value->data, "env:", 4) == 0) {
-        env = (u_char *) getenv((char *) value->data + 4);
-
-        if (env == NULL || *env == '\0') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"%s\" of %s \"%V\" is \"%V\", but that "
-                               "environment variable is not set or empty",
-                               name, owner->kind, owner->name, value);
-            return NGX_CONF_ERROR;
-        }
-
-        value->data = env;
-        value->len = ngx_strlen(env);
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-/*
- * Reads a secret from a file at configuration time, as root in the master:
- * the worker user needs no access to it.  A file that others may read is
- * refused, unless "allow_world_readable on".  Surrounding white space, such
- * as a final newline, is not part of the secret.
- */
-
-static char *
-ngx_http_sf_oauth_read_file(ngx_conf_t *cf, ngx_http_sf_oauth_owner_t *owner,
-    const char *name, ngx_str_t *path, ngx_str_t *value)
-{
-    u_char          *p, *last;
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_file_info_t  fi;
-
-    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR || !ngx_is_file(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is not a regular file",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    if ((ngx_file_access(&fi) & S_IROTH) && !owner->world_readable) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is "
-                           "readable by everyone: \"chmod o-rwx\" it, or "
-                           "accept the risk with \"allow_world_readable on\"",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    p = ngx_pnalloc(cf->pool, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-    if (p == NULL) {
-        goto failed;
-    }
-
-    n = ngx_read_fd(fd, p, NGX_HTTP_SF_OAUTH_SECRET_MAX + 1);
-
-    if (n == -1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s \"%V\" of %s \"%V\"",
-                           name, path, owner->kind, owner->name);
-        goto failed;
-    }
-
-    (void) ngx_close_file(fd);
-
-    if (n > NGX_HTTP_SF_OAUTH_SECRET_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is larger than %d bytes",
-                           name, path, owner->kind, owner->name,
-                           NGX_HTTP_SF_OAUTH_SECRET_MAX);
-        return NGX_CONF_ERROR;
-    }
-
-    last = p + n;
-
-    while (p < last && isspace(*p)) {
-        p++;
-    }
-
-    while (last > p && isspace(last[-1])) {
-        last--;
-    }
-
-    if (p == last) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s \"%V\" of %s \"%V\" is empty",
-                           name, path, owner->kind, owner->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *last = '\0';
-
-    value->data = p;
-    value->len = last - p;
-
-    return NGX_CONF_OK;
-
-failed:
-
-    (void) ngx_close_file(fd);
-
-    return NGX_CONF_ERROR;
-}
-
-
-/*
  * What each grant needs, and what it must not have: a parameter that the
  * grant would ignore is an error, so that nobody believes it is used.
  */
@@ -667,7 +431,6 @@ failed:
 static char *
 ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 {
-    ngx_str_t    host, origin;
     const char  *grant, *extra;
 
     extra = NULL;
@@ -724,9 +487,10 @@ ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin) != NGX_OK
-        || ngx_http_sf_oauth_host_is(&host, "login.salesforce.com", NULL)
-        || ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL))
+    if (ngx_http_sf_oauth_host_is(&cred->token_host, "login.salesforce.com",
+                                  NULL)
+        || ngx_http_sf_oauth_host_is(&cred->token_host, "test.salesforce.com",
+                                     NULL))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "sf_oauth_credential \"%V\": Salesforce refuses "
@@ -754,7 +518,7 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 {
     char                       *rv;
     size_t                      suffix;
-    ngx_str_t                   pem, host, origin;
+    ngx_str_t                   pem, *host;
     ngx_http_sf_oauth_owner_t   owner;
 
     if (cred->username.len == 0 || cred->private_key.len == 0) {
@@ -769,23 +533,18 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
 
     if (cred->audience.len == 0) {
 
-        if (ngx_http_sf_oauth_url_host(&cred->token_url, &host, &origin)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
+        host = &cred->token_host;
         suffix = sizeof("/services/oauth2/token") - 1;
 
-        if (ngx_http_sf_oauth_host_is(&host, "test.salesforce.com", NULL)
-            || ngx_http_sf_oauth_host_is(&host, NULL,
+        if (ngx_http_sf_oauth_host_is(host, "test.salesforce.com", NULL)
+            || ngx_http_sf_oauth_host_is(host, NULL,
                                          ".sandbox.my.salesforce.com"))
         {
             ngx_str_set(&cred->audience, "https://test.salesforce.com");
 
-        } else if (ngx_http_sf_oauth_host_is(&host, "login.salesforce.com",
+        } else if (ngx_http_sf_oauth_host_is(host, "login.salesforce.com",
                                              NULL)
-                   || ngx_http_sf_oauth_host_is(&host, NULL,
+                   || ngx_http_sf_oauth_host_is(host, NULL,
                                                 ".my.salesforce.com"))
         {
             ngx_str_set(&cred->audience, "https://login.salesforce.com");
@@ -800,7 +559,7 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
             cred->audience.len = cred->token_url.len - suffix;
 
         } else {
-            cred->audience = origin;
+            cred->audience = cred->token_origin;
         }
 
     } else if (ngx_strncmp(cred->audience.data, "https://", 8) != 0
@@ -818,8 +577,8 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
     owner.name = &cred->name;
     owner.world_readable = cred->world_readable;
 
-    rv = ngx_http_sf_oauth_read_file(cf, &owner, "private_key",
-                                     &cred->private_key, &pem);
+    rv = ngx_http_sf_oauth_block_read_secret(cf, &owner, "private_key",
+                                             &cred->private_key, &pem);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -829,44 +588,6 @@ ngx_http_sf_oauth_jwt_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
     ngx_explicit_memzero(pem.data, pem.len);
 
     return rv;
-}
-
-
-/* token_url's host, and its origin: scheme://host[:port] */
-
-static ngx_int_t
-ngx_http_sf_oauth_url_host(ngx_str_t *url, ngx_str_t *host, ngx_str_t *origin)
-{
-    u_char  *p, *last;
-
-    last = url->data + url->len;
-
-    p = ngx_strlcasestrn(url->data, last, (u_char *) "://",
-                         sizeof("://") - 1 - 1);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    host->data = p + sizeof("://") - 1;
-
-    for (p = host->data; p < last && *p != '/' && *p != '?' && *p != '#';
-         p++)
-    {
-        /* void */
-    }
-
-    origin->data = url->data;
-    origin->len = p - url->data;
-
-    last = p;
-
-    for (p = host->data; p < last && *p != ':'; p++) {
-        /* void */
-    }
-
-    host->len = p - host->data;
-
-    return NGX_OK;
 }
 
 

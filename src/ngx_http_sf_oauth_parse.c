@@ -11,6 +11,10 @@
  * [a-z_], the "error_description" only as one of Salesforce's own
  * descriptions, spelt from the table below; anything else is named by its
  * size only, like a body that is not JSON.
+ *
+ * The module's one URL scanner is here too (ngx_http_sf_oauth_parse_url,
+ * on nginx's ngx_parse_url): for the URLs of the answers, and for
+ * token_url when the configuration is read.
  */
 
 
@@ -37,7 +41,8 @@ static ngx_int_t ngx_http_sf_oauth_parse_id(u_char **p, u_char *last,
     ngx_str_t *id);
 static ngx_int_t ngx_http_sf_oauth_copy_field(ngx_pool_t *pool, cJSON *root,
     const char *name, size_t max, ngx_str_t *dst);
-static const char *ngx_http_sf_oauth_check_url(ngx_str_t *s);
+static const char *ngx_http_sf_oauth_check_url(ngx_pool_t *pool,
+    ngx_str_t *s);
 
 
 /* the token errors of Salesforce, in the order they are to be matched */
@@ -250,7 +255,7 @@ ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status, u_char *body,
         why = "it is missing or not a string of 1 to 1024 bytes";
 
     } else {
-        why = ngx_http_sf_oauth_check_url(&tok->instance_url);
+        why = ngx_http_sf_oauth_check_url(pool, &tok->instance_url);
     }
 
     if (why) {
@@ -734,7 +739,7 @@ ngx_http_sf_oauth_parse_redirect(ngx_pool_t *pool, long status,
             } else {
                 ngx_memcpy(origin.data, location, origin.len);
 
-                if (ngx_http_sf_oauth_check_url(&origin) != NULL) {
+                if (ngx_http_sf_oauth_check_url(pool, &origin) != NULL) {
                     origin.len = 0;
                 }
             }
@@ -836,6 +841,76 @@ ngx_http_sf_oauth_parse_check_token(ngx_str_t *s)
 
 
 /*
+ * The one scanner of URLs, for token_url at configuration time and for
+ * the URLs of the token endpoint's answers: "http://" or "https://" (in
+ * any case), then the authority, up to the first "/", "?" or "#", split
+ * with nginx's ngx_parse_url() into a host (an IPv6 address in brackets
+ * is checked as one) and a port of 1 to 65535, and the rest.  Nothing is
+ * resolved (no_resolve): this runs in a worker too, for each token
+ * answer.  NGX_DECLINED: not an http or https URL; NGX_ERROR: u->err says
+ * why, as ngx_parse_url() words it (NULL when out of memory).
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_parse_url(ngx_pool_t *pool, ngx_str_t *url,
+    ngx_http_sf_oauth_url_t *u)
+{
+    u_char     *p, *last;
+    ngx_url_t   pu;
+
+    ngx_memzero(u, sizeof(ngx_http_sf_oauth_url_t));
+    ngx_memzero(&pu, sizeof(ngx_url_t));
+
+    if (url->len > 8
+        && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
+    {
+        pu.url.data = url->data + 8;
+        pu.default_port = 443;
+
+    } else if (url->len > 7
+               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
+    {
+        pu.url.data = url->data + 7;
+        pu.default_port = 80;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    last = url->data + url->len;
+
+    for (p = pu.url.data; p < last && *p != '/' && *p != '?' && *p != '#';
+         p++)
+    {
+        /* void */
+    }
+
+    pu.url.len = p - pu.url.data;
+    pu.no_resolve = 1;
+
+    u->origin.data = url->data;
+    u->origin.len = p - url->data;
+    u->uri.data = p;
+    u->uri.len = last - p;
+
+    if (ngx_parse_url(pool, &pu) != NGX_OK) {
+        u->err = pu.err;
+        return NGX_ERROR;
+    }
+
+    if (pu.host.len == 0) {
+        u->err = "no host";
+        return NGX_ERROR;
+    }
+
+    u->host = pu.host;
+    u->port = pu.port;
+
+    return NGX_OK;
+}
+
+
+/*
  * instance_url is where "proxy_pass $sf_oauth_instance_url" sends every
  * request, so it may name a scheme, a host and a port, and nothing that
  * would change the request: no path, query or fragment, which proxy_pass
@@ -846,22 +921,15 @@ ngx_http_sf_oauth_parse_check_token(ngx_str_t *s)
  */
 
 static const char *
-ngx_http_sf_oauth_check_url(ngx_str_t *s)
+ngx_http_sf_oauth_check_url(ngx_pool_t *pool, ngx_str_t *s)
 {
-    u_char      *p, *end, *host;
-    ngx_uint_t   port, n;
+    u_char                   *p, *last, *authority;
+    ngx_int_t                 rc;
+    ngx_http_sf_oauth_url_t   u;
 
-    p = s->data;
-    end = s->data + s->len;
+    rc = ngx_http_sf_oauth_parse_url(pool, s, &u);
 
-    if (s->len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
-        p += 8;
-
-    } else if (s->len > 7 && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0)
-    {
-        p += 7;
-
-    } else {
+    if (rc == NGX_DECLINED) {
         return "it is not an http or https URL";
     }
 
@@ -869,77 +937,52 @@ ngx_http_sf_oauth_check_url(ngx_str_t *s)
         return "it has spaces, quotes or characters that are not printable";
     }
 
-    for (host = p; host < end; host++) {
-        if (*host == '@') {
+    last = s->data + s->len;
+    authority = ngx_strlchr(s->data, last, ':') + sizeof("://") - 1;
+
+    for (p = authority; p < last; p++) {
+        if (*p == '@') {
             return "it has user information";
         }
     }
 
-    if (end - p > 1 && end[-1] == '/') {
-        end--;
-    }
+    if (rc != NGX_OK) {
 
-    host = p;
-
-    if (*p == '[') {
-
-        for (p++; p < end; p++) {
-            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')
-                  || (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
-            {
-                break;
-            }
+        if (u.err == NULL) {
+            return "out of memory";
         }
 
-        if (p == end || *p != ']' || p == host + 1) {
-            return "it has an invalid IPv6 address";
+        if (authority == u.origin.data + u.origin.len) {
+            return "it has no host";
         }
 
-        p++;
-
-    } else {
-
-        for ( /* void */ ; p < end; p++) {
-            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
-                  || (*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '.'))
-            {
-                break;
-            }
-        }
-
-        if (p == host) {
-            return (p < end && *p != '/' && *p != '?' && *p != '#')
-                   ? "its host has characters other than letters, digits, "
-                     "\"-\" and \".\""
-                   : "it has no host";
-        }
-    }
-
-    if (p < end && *p == ':') {
-
-        port = 0;
-
-        for (p++, n = 0; p < end && *p >= '0' && *p <= '9' && n < 6; p++) {
-            port = port * 10 + (*p - '0');
-            n++;
-        }
-
-        if (n == 0 || n > 5 || port == 0 || port > 65535
-            || (p < end && *p != '/' && *p != '?' && *p != '#'))
-        {
+        if (ngx_strcmp(u.err, "invalid port") == 0) {
             return "it has an invalid port";
         }
-    }
 
-    if (p < end) {
-        return (*p == '/' || *p == '?' || *p == '#')
-               ? "it has a path, a query or a fragment"
+        return (*authority == '[')
+               ? "it has an invalid IPv6 address"
                : "its host has characters other than letters, digits, "
                  "\"-\" and \".\"";
     }
 
+    if (u.host.data[0] != '[') {
+        for (p = u.host.data; p < u.host.data + u.host.len; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
+                  || (*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '.'))
+            {
+                return "its host has characters other than letters, "
+                       "digits, \"-\" and \".\"";
+            }
+        }
+    }
+
+    if (u.uri.len > 1 || (u.uri.len == 1 && u.uri.data[0] != '/')) {
+        return "it has a path, a query or a fragment";
+    }
+
     /* proxy_pass $sf_oauth_instance_url wants no trailing slash */
-    s->len = end - s->data;
+    s->len = u.origin.len;
 
     return NULL;
 }

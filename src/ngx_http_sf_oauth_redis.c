@@ -1198,8 +1198,6 @@ ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev)
 
 /* the sf_oauth_redis block */
 
-static char *ngx_http_sf_oauth_redis_param(ngx_conf_t *cf,
-    ngx_command_t *dummy, void *conf);
 static char *ngx_http_sf_oauth_redis_server(ngx_conf_t *cf,
     ngx_http_sf_oauth_redis_t *rd);
 #if (NGX_SSL)
@@ -1264,7 +1262,6 @@ ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
 {
     char                       *rv;
     u_char                     *p;
-    ngx_conf_t                  save;
     ngx_http_sf_oauth_owner_t   owner;
 
     rd->database = NGX_CONF_UNSET;
@@ -1274,14 +1271,8 @@ ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
     rd->timeout = NGX_CONF_UNSET_MSEC;
     rd->down = NGX_CONF_UNSET_UINT;
 
-    save = *cf;
-    cf->handler = ngx_http_sf_oauth_redis_param;
-    cf->handler_conf = (char *) rd;
-
-    rv = ngx_conf_parse(cf, NULL);
-
-    *cf = save;
-
+    rv = ngx_http_sf_oauth_block_parse(cf, "sf_oauth_redis", &rd->name,
+                                       ngx_http_sf_oauth_redis_commands, rd);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -1315,9 +1306,9 @@ ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
     owner.name = &rd->name;
     owner.world_readable = rd->world_readable;
 
-    rv = ngx_http_sf_oauth_credential_secret(cf, &owner, "password",
-                                             "password_file", &rd->password,
-                                             &rd->password_file);
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "password",
+                                        "password_file", &rd->password,
+                                        &rd->password_file);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -1362,55 +1353,6 @@ ngx_http_sf_oauth_redis_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
                        "with OpenSSL", &rd->name);
     return NGX_CONF_ERROR;
 #endif
-}
-
-
-static char *
-ngx_http_sf_oauth_redis_param(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf)
-{
-    ngx_http_sf_oauth_redis_t  *rd = conf;
-
-    char           *rv;
-    ngx_str_t      *value;
-    ngx_command_t  *cmd;
-
-    value = cf->args->elts;
-
-    for (cmd = ngx_http_sf_oauth_redis_commands; cmd->name.len; cmd++) {
-        if (cmd->name.len == value[0].len
-            && ngx_strcmp(cmd->name.data, value[0].data) == 0)
-        {
-            break;
-        }
-    }
-
-    if (cmd->name.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown directive \"%V\" in sf_oauth_redis "
-                           "\"%V\"", &value[0], &rd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (cf->args->nelts != 2) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid number of arguments in \"%V\" of "
-                           "sf_oauth_redis \"%V\": it takes 1",
-                           &value[0], &rd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    rv = cmd->set(cf, cmd, rd);
-
-    if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
-        return rv;
-    }
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "\"%V\" %s in sf_oauth_redis \"%V\"",
-                       &value[0], rv, &rd->name);
-
-    return NGX_CONF_ERROR;
 }
 
 

@@ -17,25 +17,53 @@ ngx_int_t
 ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_buf_t *b)
 {
-    size_t       len;
-    u_char      *semicolon;
-    ngx_int_t    rc;
-    ngx_chain_t  out;
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    size_t                     len;
+    u_char                    *semicolon;
+    ngx_int_t                  rc;
+    ngx_str_t                  ct;
+    ngx_chain_t                out;
+    ngx_http_complex_value_t   cv;
 
     len = ngx_strlen(type);
     semicolon = ngx_strlchr((u_char *) type, (u_char *) type + len, ';');
+
+    /* a type set before, such as an upstream's, is not matched on */
+    r->headers_out.content_type_lowcase = NULL;
+
+    if (semicolon == NULL) {
+
+        /*
+         * nginx's own: the same status, type, length and body, the header
+         * alone for HEAD, last_buf only on the main request.  It discards
+         * the request body first, which every caller has read or
+         * discarded already.
+         */
+
+        ct.data = (u_char *) type;
+        ct.len = len;
+
+        ngx_memzero(&cv, sizeof(ngx_http_complex_value_t));
+        cv.value.data = b->pos;
+        cv.value.len = b->last - b->pos;
+
+        return ngx_http_send_response(r, status, &ct, &cv);
+    }
+
+    /*
+     * A type with parameters ("text/xml; charset=utf-8"): here, not with
+     * ngx_http_send_response(), which counts them in content_type_len,
+     * the part of the type that gzip_types, sub_filter_types and
+     * charset_types match: no such type would match it any more.
+     */
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;
     r->headers_out.content_type.data = (u_char *) type;
     r->headers_out.content_type.len = len;
-    r->headers_out.content_type_len = semicolon
-                                      ? (size_t) (semicolon - (u_char *) type)
-                                      : len;
-    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_type_len = semicolon - (u_char *) type;
 
     rc = ngx_http_send_header(r);
 

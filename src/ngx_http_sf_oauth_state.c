@@ -41,12 +41,10 @@ char *
 ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
     ngx_str_t *state, ngx_str_t *key)
 {
-    u_char           buf[130], *p, *last;
-    ssize_t          n;
-    ngx_fd_t         fd;
-    ngx_int_t        b;
-    ngx_uint_t       i;
-    ngx_file_info_t  fi;
+    u_char      buf[131], *p, *last;
+    ngx_int_t   b;
+    ngx_str_t   s;
+    ngx_uint_t  i;
 
     zone->state = *state;
 
@@ -60,35 +58,31 @@ ngx_http_sf_oauth_state_conf(ngx_conf_t *cf, ngx_http_sf_oauth_zone_t *zone,
     zone->state_path = zone->state;
     zone->key_path = *key;
 
-    fd = ngx_open_file(key->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    switch (ngx_http_sf_oauth_block_read_file(key, 0, buf, sizeof(buf) - 1,
+                                              &s, &zone->key_errno))
+    {
+    case NGX_OK:
+        break;
 
-    if (fd == NGX_INVALID_FILE) {
-        zone->key_errno = ngx_errno;
+    case NGX_HTTP_SF_OAUTH_FILE_UNREADABLE:
         zone->key_error = "cannot be read";
         goto unusable;
-    }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-        || (ngx_file_access(&fi) & S_IROTH))
-    {
+    case NGX_HTTP_SF_OAUTH_FILE_WORLD:
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "the key \"%V\" of sf_oauth_zone \"%V\" is "
                            "readable by everyone: \"chmod o-rwx\" it",
                            key, &zone->name);
-        (void) ngx_close_file(fd);
         return NGX_CONF_ERROR;
+
+    default:
+        /* not a regular file, or larger than any key: unusable contents */
+        s.data = buf;
+        s.len = 0;
     }
 
-    n = ngx_read_fd(fd, buf, sizeof(buf));
-
-    (void) ngx_close_file(fd);
-
-    p = buf;
-    last = buf + (n > 0 ? n : 0);
-
-    while (last > p && isspace(last[-1])) {
-        last--;
-    }
+    p = s.data;
+    last = s.data + s.len;
 
     if (last - p == 32) {
         ngx_memcpy(zone->key, p, 32);

@@ -193,6 +193,20 @@ EOF
     }
     $check->('a 2048-bit RSA key', $jwt->("$dir/rsa2048.key"), undef);
 
+    # an empty value in an sf_oauth_redis block, refused as in a credential
+
+    for my $k (qw(server prefix)) {
+        my $block = "    sf_oauth_redis fleet {\n"
+                  . ($k eq 'server' ? '' : "        server 127.0.0.1:6379;\n")
+                  . "        $k \"\";\n"
+                  . "    }\n";
+        $check->("an empty \"$k\" in sf_oauth_redis",
+                 $block . "    sf_oauth_zone zone=sf:1m;\n" . $cred->('crm')
+                 . $server,
+                 [ qr/\[emerg\]/,
+                   qr/empty "$k" in sf_oauth_redis "fleet"/ ]);
+    }
+
     $c->finish;
 }
 
