@@ -778,6 +778,7 @@ ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
+ngx_int_t ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
