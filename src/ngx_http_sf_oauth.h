@@ -774,11 +774,12 @@ ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(
 /* refresh ahead of expiry */
 ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
 
+/* zone: the records across reloads */
+ngx_int_t ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
+
 /* store */
-ngx_int_t ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
-void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
-ngx_int_t ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,

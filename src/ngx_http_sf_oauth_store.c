@@ -13,10 +13,10 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static ngx_int_t ngx_http_sf_oauth_store_retired(
+static ngx_int_t ngx_http_sf_oauth_store_is_retired(
     ngx_http_sf_oauth_cred_t *cred);
-static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *node);
+static ngx_int_t ngx_http_sf_oauth_store_can_lease(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
@@ -32,8 +32,8 @@ static ngx_int_t ngx_http_sf_oauth_store_refresh_ahead(
 static ngx_int_t ngx_http_sf_oauth_store_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
-static void ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
-    ngx_msec_t duration);
+static void ngx_http_sf_oauth_store_count_duration(
+    ngx_http_sf_oauth_node_t *node, ngx_msec_t duration);
 static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t failures, ngx_uint_t error_class);
 
@@ -53,7 +53,7 @@ static ngx_str_t  ngx_http_sf_oauth_error_retired =
  */
 
 ngx_int_t
-ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_node_t  *node;
 
@@ -64,10 +64,10 @@ ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* whether a reload dropped the credential's zone: see store_carry */
+/* whether a reload dropped the credential's zone: see zone_carry_records */
 
 static ngx_int_t
-ngx_http_sf_oauth_store_retired(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_zone_t  *zone;
 
@@ -102,7 +102,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
     lk->introspect = 0;
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         lk->error = ngx_http_sf_oauth_error_removed;
         lk->retry_after = 1;
@@ -185,7 +185,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk)
 {
-    if (!ngx_http_sf_oauth_lease_free(cred, node)
+    if (!ngx_http_sf_oauth_store_can_lease(cred, node)
         || (node->busy
             && (ngx_msec_int_t) (node->busy_until - ngx_current_msec) > 0))
     {
@@ -193,7 +193,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
-    if (ngx_http_sf_oauth_store_retired(cred)) {
+    if (ngx_http_sf_oauth_store_is_retired(cred)) {
         lk->error = ngx_http_sf_oauth_error_retired;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
@@ -236,7 +236,7 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->conf_fp != cred->conf_fp
         || node->state == NGX_HTTP_SF_OAUTH_VALID
         || node->state == NGX_HTTP_SF_OAUTH_FAILED)
@@ -268,7 +268,7 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    changed = ngx_http_sf_oauth_store_mine(cred)
+    changed = ngx_http_sf_oauth_store_owns_node(cred)
               && cred->node->conf_fp != cred->conf_fp;
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -339,7 +339,7 @@ ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
+ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
     if (node->lease_pid == 0) {
@@ -386,7 +386,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a reload removed the credential meanwhile */
         ngx_shmtx_unlock(&shpool->mutex);
         return;
@@ -410,7 +410,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->state = NGX_HTTP_SF_OAUTH_VALID;
         node->generation++;
         node->token_ok++;
-        ngx_http_sf_oauth_store_duration(node, tok->duration);
+        ngx_http_sf_oauth_store_count_duration(node, tok->duration);
 
         node->token_len = tok->access_token.len;
         ngx_memcpy(node->token, tok->access_token.data, node->token_len);
@@ -469,7 +469,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_transient++;
     }
 
-    ngx_http_sf_oauth_store_duration(node, tok->duration);
+    ngx_http_sf_oauth_store_count_duration(node, tok->duration);
 
     node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
     ngx_memcpy(node->error, tok->error.data, node->error_len);
@@ -562,7 +562,7 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->state != NGX_HTTP_SF_OAUTH_VALID
         || node->conf_fp != cred->conf_fp)
     {
@@ -638,7 +638,7 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a record of another configuration's */
 
     } else if (cured) {
@@ -677,7 +677,7 @@ ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         cred->node->replays++;
     }
 
@@ -708,7 +708,7 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a reload removed the credential */
         *next = cred->refresh_ahead;
         rc = NGX_DECLINED;
@@ -732,8 +732,8 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
         } else {
             *next = cred->refresh_ahead;
-            rc = ngx_http_sf_oauth_lease_free(cred, node)
-                 && !ngx_http_sf_oauth_store_retired(cred)
+            rc = ngx_http_sf_oauth_store_can_lease(cred, node)
+                 && !ngx_http_sf_oauth_store_is_retired(cred)
                  ? ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk)
                  : NGX_DECLINED;
         }
@@ -791,8 +791,8 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
         }
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)
-        || ngx_http_sf_oauth_store_retired(cred))
+    if (!ngx_http_sf_oauth_store_can_lease(cred, node)
+        || ngx_http_sf_oauth_store_is_retired(cred))
     {
         return NGX_DECLINED;
     }
@@ -831,7 +831,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_DECLINED;
     }
@@ -872,7 +872,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
         node->invalidations++;
     }
 
-    if (ngx_http_sf_oauth_store_retired(cred)) {
+    if (ngx_http_sf_oauth_store_is_retired(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_DECLINED;
     }
@@ -896,7 +896,7 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && cred->node->lease_pid == ngx_pid)
     {
         cred->node->lease_pid = 0;
@@ -918,7 +918,7 @@ ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
 
     } else {
@@ -942,7 +942,7 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    url->len = ngx_http_sf_oauth_store_mine(cred) ? node->url_len : 0;
+    url->len = ngx_http_sf_oauth_store_owns_node(cred) ? node->url_len : 0;
     url->data = ngx_pnalloc(pool, url->len + 1);
 
     if (url->data) {
@@ -983,7 +983,7 @@ ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         who->org_id.data = p;
         who->org_id.len = node->org_id_len;
         p = ngx_cpymem(p, node->org_id, node->org_id_len);
@@ -1018,7 +1018,8 @@ ngx_http_sf_oauth_store_identity_known(ngx_http_sf_oauth_cred_t *cred)
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
-    known = ngx_http_sf_oauth_store_mine(cred) && cred->node->identity_known;
+    known = ngx_http_sf_oauth_store_owns_node(cred)
+            && cred->node->identity_known;
     ngx_shmtx_unlock(&shpool->mutex);
 
     return known;
@@ -1040,7 +1041,7 @@ ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && who->user_id.len == node->user_id_len
         && ngx_strncmp(who->user_id.data, node->user_id, node->user_id_len)
            == 0)
@@ -1105,7 +1106,7 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->conf_fp != cred->conf_fp
         || fleet_generation <= node->fleet_generation)
     {
@@ -1174,7 +1175,7 @@ ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && cred->node->generation == generation)
     {
         cred->node->fleet_generation = fleet;
@@ -1197,7 +1198,7 @@ ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         cred->node->fleet_dirty = dirty;
     }
 
@@ -1219,7 +1220,7 @@ ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         cred->node->fleet_owner_len = owner ? len : 0;
 
         if (owner) {
@@ -1254,7 +1255,7 @@ ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         fp = cred->node->fleet_key_mismatch;
 
         if (mismatch) {
@@ -1289,7 +1290,7 @@ ngx_http_sf_oauth_store_fleet_key_mismatch(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    mismatch = ngx_http_sf_oauth_store_mine(cred)
+    mismatch = ngx_http_sf_oauth_store_owns_node(cred)
                && ngx_memcmp(cred->node->fleet_key_mismatch, zone->key_fp,
                              NGX_HTTP_SF_OAUTH_FP_LEN) == 0;
 
@@ -1319,7 +1320,7 @@ ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         fleet = cred->node->fleet_generation;
         *generation = cred->node->generation;
         /*
@@ -1329,7 +1330,7 @@ ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
          * whose outcome is written back by its worker.
          */
         *dirty = cred->node->fleet_dirty && cred->node->token_len
-                 && ngx_http_sf_oauth_lease_free(cred, cred->node);
+                 && ngx_http_sf_oauth_store_can_lease(cred, cred->node);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -1376,7 +1377,7 @@ ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && node->state == NGX_HTTP_SF_OAUTH_FAILED
         && node->error_len == error->len
         && ngx_memcmp(node->error, error->data, error->len) == 0)
@@ -1397,7 +1398,7 @@ static ngx_msec_t  ngx_http_sf_oauth_bounds[NGX_HTTP_SF_OAUTH_BUCKETS] = {
 
 
 static void
-ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
+ngx_http_sf_oauth_store_count_duration(ngx_http_sf_oauth_node_t *node,
     ngx_msec_t duration)
 {
     ngx_uint_t  i;
@@ -1433,7 +1434,7 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         for (i = 0; i < NGX_HTTP_SF_OAUTH_STATUSES; i++) {
             cred->node->requests[i] += counted[i];
         }
@@ -1466,7 +1467,7 @@ ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         cred->node->wait_timeouts++;
     }
 

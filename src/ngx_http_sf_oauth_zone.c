@@ -12,25 +12,26 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static ngx_int_t ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
-    ngx_http_sf_oauth_cred_t *cred);
-static ngx_uint_t ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone);
-static void ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
+static ngx_int_t ngx_http_sf_oauth_zone_attach_cred(
+    ngx_http_sf_oauth_zone_t *zone, ngx_http_sf_oauth_cred_t *cred);
+static ngx_uint_t ngx_http_sf_oauth_zone_prune_records(
     ngx_http_sf_oauth_zone_t *zone);
-static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_store_find(
+static void ngx_http_sf_oauth_zone_check_secrets(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
+static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_zone_find_record(
     ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name);
-static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_store_old_zone(
+static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_zone_find_old(
     ngx_shm_zone_t *shm_zone);
-static void ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle,
+static void ngx_http_sf_oauth_zone_carry_records(ngx_cycle_t *cycle,
     ngx_array_t *zones);
-static ngx_int_t ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle,
+static ngx_int_t ngx_http_sf_oauth_zone_is_kept(ngx_cycle_t *cycle,
     ngx_shm_zone_t *oshm);
-static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_store_cred(
+static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_zone_find_cred(
     ngx_array_t *zones, ngx_str_t *name);
-static void ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+static void ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
     ngx_http_sf_oauth_cred_t *cred);
-static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
+static void ngx_http_sf_oauth_zone_reset_record(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 
 
@@ -38,12 +39,12 @@ static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
  * At start and on reload, in the master.  A reload that keeps the zone's
  * size hands over the old zone ("data"); one that changes it gets a new,
  * empty zone, into which the records of the old one are copied once the
- * new configuration is committed (ngx_http_sf_oauth_store_commit).  A new
+ * new configuration is committed (ngx_http_sf_oauth_zone_commit).  A new
  * zone reads its state file, but a resized one: its old records are newer.
  */
 
 ngx_int_t
-ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_sf_oauth_zone_t  *ozone = data;
 
@@ -88,7 +89,7 @@ ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             ngx_sprintf(zone->shpool->log_ctx, " in sf_oauth_zone \"%V\"%Z",
                         &shm_zone->shm.name);
 
-            zone->resized = ngx_http_sf_oauth_store_old_zone(shm_zone);
+            zone->resized = ngx_http_sf_oauth_zone_find_old(shm_zone);
         }
     }
 
@@ -99,7 +100,7 @@ ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     pruned = 0;
 
     for (i = 0; i < zone->creds.nelts; i++) {
-        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) == NGX_OK) {
+        if (ngx_http_sf_oauth_zone_attach_cred(zone, cred[i]) == NGX_OK) {
             continue;
         }
 
@@ -113,7 +114,7 @@ ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         }
 
         ngx_shmtx_lock(&zone->shpool->mutex);
-        n = ngx_http_sf_oauth_store_prune(zone);
+        n = ngx_http_sf_oauth_zone_prune_records(zone);
         ngx_shmtx_unlock(&zone->shpool->mutex);
 
         if (n == 0) {
@@ -125,7 +126,7 @@ ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                       "credentials that are no longer configured",
                       &shm_zone->shm.name, n);
 
-        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) != NGX_OK) {
+        if (ngx_http_sf_oauth_zone_attach_cred(zone, cred[i]) != NGX_OK) {
             goto too_small;
         }
     }
@@ -167,14 +168,14 @@ too_small:
  */
 
 void
-ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
+ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 {
     ngx_uint_t                 i, n;
     ngx_shm_zone_t           **shm_zone;
     ngx_http_sf_oauth_zone_t  *zone;
 
     if (!ngx_is_init_cycle(ngx_cycle)) {
-        ngx_http_sf_oauth_store_carry(cycle, zones);
+        ngx_http_sf_oauth_zone_carry_records(cycle, zones);
     }
 
     shm_zone = zones->elts;
@@ -184,8 +185,8 @@ ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
         zone->resized = NULL;
 
         ngx_shmtx_lock(&zone->shpool->mutex);
-        n = ngx_http_sf_oauth_store_prune(zone);
-        ngx_http_sf_oauth_store_secrets(cycle, zone);
+        n = ngx_http_sf_oauth_zone_prune_records(zone);
+        ngx_http_sf_oauth_zone_check_secrets(cycle, zone);
         ngx_shmtx_unlock(&zone->shpool->mutex);
 
         if (n) {
@@ -199,14 +200,14 @@ ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 
 
 static ngx_int_t
-ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
+ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
     ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_node_t  *node;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_sf_oauth_store_find(zone, &cred->name);
+    node = ngx_http_sf_oauth_zone_find_record(zone, &cred->name);
 
     if (node) {
         if (node->conf_fp != cred->conf_fp) {
@@ -215,7 +216,7 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
                           "token_url, client_id or refresh token: "
                           "its cached token is dropped", &cred->name);
 
-            ngx_http_sf_oauth_store_reset(cred, node);
+            ngx_http_sf_oauth_zone_reset_record(cred, node);
             cred->handover = 1;
         }
 
@@ -235,7 +236,7 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
     node->name_len = cred->name.len;
     ngx_memcpy(node->name, cred->name.data, cred->name.len);
 
-    ngx_http_sf_oauth_store_reset(cred, node);
+    ngx_http_sf_oauth_zone_reset_record(cred, node);
 
     ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
 
@@ -252,11 +253,11 @@ ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
  * With the zone locked: frees the records of credentials that the zone's
  * configuration does not have, their secrets wiped first.  A worker of an
  * older configuration that still points to one finds a record that is not
- * its credential's (ngx_http_sf_oauth_store_mine) and leaves it alone.
+ * its credential's (ngx_http_sf_oauth_store_owns_node) and leaves it alone.
  */
 
 static ngx_uint_t
-ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone)
+ngx_http_sf_oauth_zone_prune_records(ngx_http_sf_oauth_zone_t *zone)
 {
     ngx_uint_t                  i, n;
     ngx_queue_t                *q, *next;
@@ -308,7 +309,7 @@ ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone)
  */
 
 static void
-ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
+ngx_http_sf_oauth_zone_check_secrets(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_zone_t *zone)
 {
     ngx_uint_t                  i, held;
@@ -321,7 +322,7 @@ ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
         node = cred[i]->node;
 
         if (node == NULL
-            || !ngx_http_sf_oauth_store_mine(cred[i])
+            || !ngx_http_sf_oauth_store_owns_node(cred[i])
             || node->secret_fp == cred[i]->secret_fp)
         {
             continue;
@@ -349,7 +350,8 @@ ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
 /* with the zone locked: the record of a credential name */
 
 static ngx_http_sf_oauth_node_t *
-ngx_http_sf_oauth_store_find(ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name)
+ngx_http_sf_oauth_zone_find_record(ngx_http_sf_oauth_zone_t *zone,
+    ngx_str_t *name)
 {
     ngx_queue_t               *q;
     ngx_http_sf_oauth_node_t  *node;
@@ -378,7 +380,7 @@ ngx_http_sf_oauth_store_find(ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name)
  */
 
 static ngx_http_sf_oauth_zone_t *
-ngx_http_sf_oauth_store_old_zone(ngx_shm_zone_t *shm_zone)
+ngx_http_sf_oauth_zone_find_old(ngx_shm_zone_t *shm_zone)
 {
     ngx_uint_t        i;
     ngx_shm_zone_t   *oshm;
@@ -431,7 +433,7 @@ ngx_http_sf_oauth_store_old_zone(ngx_shm_zone_t *shm_zone)
  */
 
 static void
-ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
+ngx_http_sf_oauth_zone_carry_records(ngx_cycle_t *cycle, ngx_array_t *zones)
 {
     ngx_uint_t                  i, j;
     ngx_shm_zone_t             *oshm;
@@ -464,17 +466,18 @@ ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
 
         ngx_shmtx_lock(&ozone->shpool->mutex);
 
-        if (!ngx_http_sf_oauth_store_kept(cycle, &oshm[i])) {
+        if (!ngx_http_sf_oauth_zone_is_kept(cycle, &oshm[i])) {
             ozone->sh->retired = 1;
         }
 
         ocred = ozone->creds.elts;
 
         for (j = 0; j < ozone->creds.nelts; j++) {
-            cred = ngx_http_sf_oauth_store_cred(zones, &ocred[j]->name);
+            cred = ngx_http_sf_oauth_zone_find_cred(zones, &ocred[j]->name);
 
             if (cred && cred->fresh) {
-                ngx_http_sf_oauth_store_copy(cycle, ozone, ocred[j], cred);
+                ngx_http_sf_oauth_zone_copy_record(cycle, ozone, ocred[j],
+                                                   cred);
             }
         }
 
@@ -486,7 +489,7 @@ ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
 /* whether the new configuration keeps a zone of the running one */
 
 static ngx_int_t
-ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
+ngx_http_sf_oauth_zone_is_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
 {
     ngx_uint_t        i;
     ngx_shm_zone_t   *shm;
@@ -517,7 +520,7 @@ ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
 /* the credential of a name in the new configuration */
 
 static ngx_http_sf_oauth_cred_t *
-ngx_http_sf_oauth_store_cred(ngx_array_t *zones, ngx_str_t *name)
+ngx_http_sf_oauth_zone_find_cred(ngx_array_t *zones, ngx_str_t *name)
 {
     ngx_uint_t                  i, j;
     ngx_shm_zone_t            **shm_zone;
@@ -552,7 +555,7 @@ ngx_http_sf_oauth_store_cred(ngx_array_t *zones, ngx_str_t *name)
  */
 
 static void
-ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
+ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
     ngx_http_sf_oauth_cred_t *cred)
 {
@@ -565,7 +568,7 @@ ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
     onode = ocred->node;
 
     if (onode == NULL || zone->shpool == ozone->shpool
-        || !ngx_http_sf_oauth_store_mine(ocred))
+        || !ngx_http_sf_oauth_store_owns_node(ocred))
     {
         return;
     }
@@ -629,7 +632,7 @@ ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
 
 
 static void
-ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
+ngx_http_sf_oauth_zone_reset_record(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
     node->conf_fp = cred->conf_fp;
