@@ -792,6 +792,8 @@ ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
+void ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_msec_t *until);

@@ -377,7 +377,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 {
     ngx_uint_t                 error_class;
     ngx_msec_t                 delay;
-    ngx_time_t                *tp;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -407,50 +406,9 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (tok->ok) {
-        node->state = NGX_HTTP_SF_OAUTH_VALID;
-        node->generation++;
+        ngx_http_sf_oauth_store_set_token(node, tok, NULL);
         node->token_ok++;
         ngx_http_sf_oauth_store_count_duration(node, tok->duration);
-
-        node->token_len = tok->access_token.len;
-        ngx_memcpy(node->token, tok->access_token.data, node->token_len);
-        ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
-                                             node->token_len);
-
-        node->url_len = tok->instance_url.len;
-        ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
-
-        if (tok->org_id.len) {
-            if (tok->user_id.len != node->user_id_len
-                || ngx_strncmp(tok->user_id.data, node->user_id,
-                               node->user_id_len)
-                   != 0)
-            {
-                /* another user: what the identity service said is not its */
-                node->identity_known = 0;
-            }
-
-            node->org_id_len = tok->org_id.len;
-            ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
-            node->user_id_len = tok->user_id.len;
-            ngx_memcpy(node->user_id, tok->user_id.data, node->user_id_len);
-        }
-
-        if (tok->refresh_token.len) {
-            ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
-            node->refresh_len = tok->refresh_token.len;
-            ngx_memcpy(node->refresh, tok->refresh_token.data,
-                       node->refresh_len);
-        }
-
-        node->issued_at = tok->issued_at;
-        node->token_time = ngx_time();
-        node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
-        node->token_msec = ngx_current_msec;
-        node->failures = 0;
-        node->backoff_until = 0;
-        node->held = 0;
-        node->busy = 0;
         node->wanted = 0;
 
         /* the last error stays, for the status output */
@@ -523,6 +481,102 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * With the zone locked (or, at start, not yet shared): a new token into the
+ * record, as its next generation.  It comes from the token endpoint's
+ * answer (tok), or from a record (rec) that Redis or the state file held;
+ * the other one is NULL.
+ *
+ * The token and its fingerprint, the instance URL, the refresh token if
+ * one came (else the record's stays), when the token was issued, and the
+ * ids of its user: an answer without "id" leaves the ids as they were, a
+ * record's ids replace them, empty or not; what the identity service said
+ * is forgotten for another user.  The token was got now (an answer), or
+ * when the record says: a caller with a rule for a record that does not
+ * say applies it after.  A token ends the failures, the backoff, the hold
+ * and a quick retry; the counters and the lease are the caller's.
+ */
+
+void
+ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec)
+{
+    ngx_time_t                 *tp;
+    ngx_http_sf_oauth_token_t   from;
+
+    if (rec) {
+        ngx_memzero(&from, sizeof(ngx_http_sf_oauth_token_t));
+
+        from.access_token.len = rec->token_len;
+        from.access_token.data = rec->token;
+        from.instance_url.len = rec->url_len;
+        from.instance_url.data = rec->instance_url;
+        from.refresh_token.len = rec->refresh_len;
+        from.refresh_token.data = rec->refresh;
+        from.org_id.len = rec->org_id_len;
+        from.org_id.data = rec->org_id;
+        from.user_id.len = rec->user_id_len;
+        from.user_id.data = rec->user_id;
+        from.issued_at = rec->issued_at;
+
+        tok = &from;
+    }
+
+    node->state = NGX_HTTP_SF_OAUTH_VALID;
+    node->generation++;
+
+    node->token_len = tok->access_token.len;
+    ngx_memcpy(node->token, tok->access_token.data, node->token_len);
+    ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
+                                         node->token_len);
+
+    node->url_len = tok->instance_url.len;
+    ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
+
+    if (rec || tok->org_id.len) {
+        if (tok->user_id.len != node->user_id_len
+            || ngx_memcmp(tok->user_id.data, node->user_id,
+                          node->user_id_len)
+               != 0)
+        {
+            /* another user: what the identity service said is not its */
+            node->identity_known = 0;
+        }
+
+        node->org_id_len = tok->org_id.len;
+        ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
+        node->user_id_len = tok->user_id.len;
+        ngx_memcpy(node->user_id, tok->user_id.data, node->user_id_len);
+    }
+
+    if (tok->refresh_token.len) {
+        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+        node->refresh_len = tok->refresh_token.len;
+        ngx_memcpy(node->refresh, tok->refresh_token.data,
+                   node->refresh_len);
+    }
+
+    node->issued_at = tok->issued_at;
+
+    if (rec) {
+        node->token_time = rec->token_time;
+        node->token_ms = rec->token_ms;
+
+    } else {
+        node->token_time = ngx_time();
+        node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
+    }
+
+    /* for a refresh ahead, the token's age starts now */
+    node->token_msec = ngx_current_msec;
+
+    node->failures = 0;
+    node->backoff_until = 0;
+    node->held = 0;
+    node->busy = 0;
 }
 
 
@@ -1114,44 +1168,14 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
         return NGX_DECLINED;
     }
 
-    node->state = NGX_HTTP_SF_OAUTH_VALID;
-    node->generation++;
+    ngx_http_sf_oauth_store_set_token(node, NULL, rec);
     node->fleet_generation = fleet_generation;
     node->fleet_dirty = 0;
 
-    node->token_len = rec->token_len;
-    ngx_memcpy(node->token, rec->token, rec->token_len);
-    ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
-                                         node->token_len);
-
-    node->url_len = rec->url_len;
-    ngx_memcpy(node->instance_url, rec->instance_url, rec->url_len);
-
-    if (rec->refresh_len) {
-        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
-        node->refresh_len = rec->refresh_len;
-        ngx_memcpy(node->refresh, rec->refresh, rec->refresh_len);
+    if (rec->token_time == 0) {
+        /* a record that does not say when: got now, for the status */
+        node->token_time = ngx_time();
     }
-
-    if (rec->user_id_len != node->user_id_len
-        || ngx_memcmp(rec->user_id, node->user_id, node->user_id_len) != 0)
-    {
-        node->identity_known = 0;
-    }
-
-    node->org_id_len = rec->org_id_len;
-    ngx_memcpy(node->org_id, rec->org_id, rec->org_id_len);
-    node->user_id_len = rec->user_id_len;
-    ngx_memcpy(node->user_id, rec->user_id, rec->user_id_len);
-
-    node->issued_at = rec->issued_at;
-    node->token_time = rec->token_time ? rec->token_time : ngx_time();
-    node->token_ms = rec->token_ms;
-    node->token_msec = ngx_current_msec;
-    node->failures = 0;
-    node->backoff_until = 0;
-    node->held = 0;
-    node->busy = 0;
 
     if (node->lease_pid == ngx_pid) {
         node->lease_pid = 0;
