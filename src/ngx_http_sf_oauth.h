@@ -311,6 +311,12 @@ typedef struct {
     u_char                       error[NGX_HTTP_SF_OAUTH_ERROR_MAX];
 } ngx_http_sf_oauth_node_t;
 
+/* the counters of a record that ngx_http_sf_oauth_store_count() adds to */
+#define NGX_HTTP_SF_OAUTH_COUNT_REPLAYS                                      \
+    offsetof(ngx_http_sf_oauth_node_t, replays)
+#define NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS                                \
+    offsetof(ngx_http_sf_oauth_node_t, wait_timeouts)
+
 
 typedef struct {
     ngx_queue_t                  nodes;
@@ -799,7 +805,6 @@ ngx_int_t ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_msec_t *until);
 void ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_uint_t cured, ngx_log_t *log);
-void ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
@@ -831,7 +836,8 @@ void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
 void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
     ngx_msec_t api_msec);
-void ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
+    size_t counter);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,

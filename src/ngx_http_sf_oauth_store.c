@@ -720,25 +720,6 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* a request held for a replay, for the status output */
-
-void
-ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        cred->node->replays++;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
 /*
  * The refresh ahead of expiry, from a timer.  Salesforce's session timeout
  * slides with each use, so a token is estimated to expire "lifetime" after
@@ -1480,10 +1461,16 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* a waiting request's deadline passed */
+/*
+ * One more in a counter of the record, for the status output and the
+ * metrics: "counter" is NGX_HTTP_SF_OAUTH_COUNT_REPLAYS (a request held
+ * for a replay) or NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS (a waiting
+ * request's deadline passed), the offset of an ngx_uint_t in the record.
+ */
 
 void
-ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
+    size_t counter)
 {
     ngx_slab_pool_t  *shpool;
 
@@ -1492,7 +1479,7 @@ ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        cred->node->wait_timeouts++;
+        (*(ngx_uint_t *) ((u_char *) cred->node + counter))++;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
