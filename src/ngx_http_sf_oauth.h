@@ -817,6 +817,13 @@ void ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_who_t *who);
 ngx_uint_t ngx_http_sf_oauth_store_identity_known(
     ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
+    ngx_msec_t api_msec);
+void ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
+    size_t counter);
+
+/* store_fleet: what the fleet keeps in a record */
 ngx_int_t ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation);
 void ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
@@ -831,15 +838,10 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t mismatch);
 ngx_uint_t ngx_http_sf_oauth_store_fleet_key_mismatch(
     ngx_http_sf_oauth_cred_t *cred);
-ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
+ngx_uint_t ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
-void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
+void ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
-void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
-    ngx_msec_t api_msec);
-void ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
-    size_t counter);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,

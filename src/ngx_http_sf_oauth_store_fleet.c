@@ -236,7 +236,7 @@ ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
 /* marks the zone's Redis outage as logged, or over; returns the old mark */
 
 ngx_uint_t
-ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
+ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage)
 {
     ngx_uint_t                 old;
@@ -260,7 +260,7 @@ ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
 /* a backoff for "error" alone ends now: its cause is gone */
 
 void
-ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
+ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error)
 {
     ngx_slab_pool_t           *shpool;
