@@ -6,7 +6,18 @@
  * A record holds the access token and its generation, the current refresh
  * token (Salesforce may rotate it), the refresh lease (owner pid and
  * deadline), the last error and the backoff.  How records are made, kept
- * and dropped across reloads is in ngx_http_sf_oauth_zone.c.
+ * and dropped across reloads is in ngx_http_sf_oauth_zone.c; what the
+ * fleet keeps in them, in ngx_http_sf_oauth_store_fleet.c.
+ *
+ * This file is one concern, a token's life in its record as the workers
+ * see it, though it is over a thousand lines: the lookup, the lease, the
+ * result, the 401 rule, the refresh ahead and the introspection all take
+ * the lease and read or write the same fields under the same lock, with
+ * the same checks (the record still the credential's, the configuration
+ * still the record's, the zone not retired), and must be read together to
+ * see that two workers never refresh at once.  The accessors at its end
+ * (identity, status snapshot, metrics) are small readers and counters of
+ * that record, under that lock.
  */
 
 

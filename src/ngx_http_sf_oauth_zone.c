@@ -304,7 +304,7 @@ ngx_http_sf_oauth_zone_prune_records(ngx_http_sf_oauth_zone_t *zone)
  * fix of an invalid_client or invalid assertion; the next request makes a
  * token request.  Its token, valid or not, stays: one got with the old
  * secret or key stays valid at Salesforce.  This is done at the commit,
- * not in init_zone, so that a reload that fails leaves the running
+ * not in zone_init, so that a reload that fails leaves the running
  * workers their hold.
  */
 
@@ -374,7 +374,7 @@ ngx_http_sf_oauth_zone_find_record(ngx_http_sf_oauth_zone_t *zone,
 
 
 /*
- * On a reload that resized the zone, in init_zone: the zone of the same
+ * On a reload that resized the zone, in zone_init: the zone of the same
  * name in the running configuration.  ngx_cycle is still the old cycle,
  * and the old zone stays mapped until the new cycle is committed.
  */
