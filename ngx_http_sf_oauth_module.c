@@ -360,7 +360,7 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    shm_zone->init = ngx_http_sf_oauth_store_init_zone;
+    shm_zone->init = ngx_http_sf_oauth_zone_init;
     shm_zone->data = zone;
 
     zp = ngx_array_push(&smcf->zones);
@@ -1016,7 +1016,7 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    ngx_http_sf_oauth_store_commit(cycle, &smcf->zones);
+    ngx_http_sf_oauth_zone_commit(cycle, &smcf->zones);
 
     zone = smcf->zones.elts;
 

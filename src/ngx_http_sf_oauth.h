@@ -311,6 +311,12 @@ typedef struct {
     u_char                       error[NGX_HTTP_SF_OAUTH_ERROR_MAX];
 } ngx_http_sf_oauth_node_t;
 
+/* the counters of a record that ngx_http_sf_oauth_store_count() adds to */
+#define NGX_HTTP_SF_OAUTH_COUNT_REPLAYS                                      \
+    offsetof(ngx_http_sf_oauth_node_t, replays)
+#define NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS                                \
+    offsetof(ngx_http_sf_oauth_node_t, wait_timeouts)
+
 
 typedef struct {
     ngx_queue_t                  nodes;
@@ -792,10 +798,14 @@ ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_credential_find(
 /* refresh ahead of expiry */
 ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
 
+/* zone: the records across reloads */
+ngx_int_t ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
+
 /* store */
-ngx_int_t ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
-void ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
+ngx_int_t ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
@@ -808,12 +818,13 @@ ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
+void ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_msec_t *until);
 void ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_uint_t cured, ngx_log_t *log);
-void ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
@@ -824,6 +835,13 @@ void ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_who_t *who);
 ngx_uint_t ngx_http_sf_oauth_store_identity_known(
     ngx_http_sf_oauth_cred_t *cred);
+void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
+    ngx_msec_t api_msec);
+void ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
+    size_t counter);
+
+/* store_fleet: what the fleet keeps in a record */
 ngx_int_t ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation);
 void ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
@@ -838,14 +856,10 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t mismatch);
 ngx_uint_t ngx_http_sf_oauth_store_fleet_key_mismatch(
     ngx_http_sf_oauth_cred_t *cred);
-ngx_uint_t ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
+ngx_uint_t ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
-void ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
+void ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
-void ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t *counted, ngx_uint_t api_used, ngx_uint_t api_limit,
-    ngx_msec_t api_msec);
-void ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,

@@ -628,7 +628,7 @@ ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
  * a token got with an old secret or key stays valid at Salesforce, so
  * replacing one must not drop the token, nor the refresh token rotated
  * into the zone.  A change of secret_fp ends a backoff or hold instead
- * (ngx_http_sf_oauth_store_commit): the fix of a wrong secret or key
+ * (ngx_http_sf_oauth_zone_commit): the fix of a wrong secret or key
  * takes effect at the reload.
  */
 

@@ -1299,12 +1299,12 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
         zone = cred[i]->shm_zone->data;
 
         if (zone->redis == rd && cred[i]->node) {
-            (void) ngx_http_sf_oauth_store_outage(cred[i], 0);
+            (void) ngx_http_sf_oauth_store_fleet_outage(cred[i], 0);
 
             if (rd->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
                 /* requests failed for Redis alone: a refresh may go now */
-                ngx_http_sf_oauth_store_retry(cred[i],
-                                              &ngx_http_sf_oauth_fleet_down);
+                ngx_http_sf_oauth_store_fleet_retry(cred[i],
+                                             &ngx_http_sf_oauth_fleet_down);
             }
         }
     }

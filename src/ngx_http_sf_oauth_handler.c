@@ -1084,7 +1084,7 @@ ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
     rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
                                           &until);
 
-    ngx_http_sf_oauth_store_count_replay(ctx->cred);
+    ngx_http_sf_oauth_store_count(ctx->cred, NGX_HTTP_SF_OAUTH_COUNT_REPLAYS);
 
     if (!ctx->replayed) {
         ctx->rejected_ms = ngx_http_sf_oauth_wall_ms(tp);
@@ -1225,7 +1225,8 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
                       "sf_oauth: credential \"%V\": %V",
                       &ctx->cred->name, &ngx_http_sf_oauth_error_timeout);
 
-        ngx_http_sf_oauth_store_wait_timeout(ctx->cred);
+        ngx_http_sf_oauth_store_count(ctx->cred,
+                                      NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS);
 
         lk.error = ngx_http_sf_oauth_error_timeout;
         lk.retry_after = 1;

@@ -250,7 +250,7 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
         return NGX_OK;
     }
 
-    if (ngx_http_sf_oauth_store_outage(cred, 1) == 0) {
+    if (ngx_http_sf_oauth_store_fleet_outage(cred, 1) == 0) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": Redis \"%V\" is "
                       "unreachable or refuses commands: %s; the fleet is "

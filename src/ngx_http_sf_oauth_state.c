@@ -422,30 +422,8 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
             ngx_memcpy(node->refresh, rec[i].refresh, rec[i].refresh_len);
 
             if (rec[i].token_len) {
-                node->token_len = rec[i].token_len;
-                ngx_memcpy(node->token, rec[i].token, rec[i].token_len);
-                ngx_http_sf_oauth_redact_fingerprint(node->token_fp,
-                                                     node->token,
-                                                     node->token_len);
-
-                node->url_len = rec[i].url_len;
-                ngx_memcpy(node->instance_url, rec[i].instance_url,
-                           rec[i].url_len);
-
-                node->org_id_len = rec[i].org_id_len;
-                ngx_memcpy(node->org_id, rec[i].org_id, rec[i].org_id_len);
-                node->user_id_len = rec[i].user_id_len;
-                ngx_memcpy(node->user_id, rec[i].user_id,
-                           rec[i].user_id_len);
-
-                node->issued_at = rec[i].issued_at;
-                node->token_time = rec[i].token_time;
-                node->token_ms = rec[i].token_ms;
-
                 /* its age is unknown: a refresh ahead waits a lifetime */
-                node->token_msec = ngx_current_msec;
-                node->state = NGX_HTTP_SF_OAUTH_VALID;
-                node->generation++;
+                ngx_http_sf_oauth_store_set_token(node, NULL, &rec[i]);
             }
 
             restored++;

@@ -5,41 +5,27 @@
  *
  * A record holds the access token and its generation, the current refresh
  * token (Salesforce may rotate it), the refresh lease (owner pid and
- * deadline), the last error and the backoff.  Records are keyed by the
- * credential name, so a reload maps them back; a fingerprint of the
- * credential's configuration drops a token that a changed configuration
- * no longer vouches for.
+ * deadline), the last error and the backoff.  How records are made, kept
+ * and dropped across reloads is in ngx_http_sf_oauth_zone.c; what the
+ * fleet keeps in them, in ngx_http_sf_oauth_store_fleet.c.
+ *
+ * This file is one concern, a token's life in its record as the workers
+ * see it, though it is over a thousand lines: the lookup, the lease, the
+ * result, the 401 rule, the refresh ahead and the introspection all take
+ * the lease and read or write the same fields under the same lock, with
+ * the same checks (the record still the credential's, the configuration
+ * still the record's, the zone not retired), and must be read together to
+ * see that two workers never refresh at once.  The accessors at its end
+ * (identity, status snapshot, metrics) are small readers and counters of
+ * that record, under that lock.
  */
 
 
 #include "ngx_http_sf_oauth.h"
 
 
-static ngx_int_t ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
+static ngx_int_t ngx_http_sf_oauth_store_is_retired(
     ngx_http_sf_oauth_cred_t *cred);
-static ngx_uint_t ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone);
-static void ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone);
-static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_store_find(
-    ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name);
-static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_store_old_zone(
-    ngx_shm_zone_t *shm_zone);
-static void ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle,
-    ngx_array_t *zones);
-static ngx_int_t ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle,
-    ngx_shm_zone_t *oshm);
-static ngx_http_sf_oauth_cred_t *ngx_http_sf_oauth_store_cred(
-    ngx_array_t *zones, ngx_str_t *name);
-static void ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
-    ngx_http_sf_oauth_cred_t *cred);
-static ngx_int_t ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred);
-static ngx_int_t ngx_http_sf_oauth_store_retired(
-    ngx_http_sf_oauth_cred_t *cred);
-static void ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *node);
-static ngx_int_t ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *node);
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
@@ -55,8 +41,8 @@ static ngx_int_t ngx_http_sf_oauth_store_refresh_ahead(
 static ngx_int_t ngx_http_sf_oauth_store_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
-static void ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
-    ngx_msec_t duration);
+static void ngx_http_sf_oauth_store_count_duration(
+    ngx_http_sf_oauth_node_t *node, ngx_msec_t duration);
 static ngx_msec_t ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t failures, ngx_uint_t error_class);
 
@@ -70,607 +56,13 @@ static ngx_str_t  ngx_http_sf_oauth_error_retired =
 
 
 /*
- * At start and on reload, in the master.  A reload that keeps the zone's
- * size hands over the old zone ("data"); one that changes it gets a new,
- * empty zone, into which the records of the old one are copied once the
- * new configuration is committed (ngx_http_sf_oauth_store_commit).  A new
- * zone reads its state file, but a resized one: its old records are newer.
- */
-
-ngx_int_t
-ngx_http_sf_oauth_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_http_sf_oauth_zone_t  *ozone = data;
-
-    size_t                     len;
-    ngx_uint_t                 i, n, fresh, pruned;
-    ngx_http_sf_oauth_zone_t  *zone;
-    ngx_http_sf_oauth_cred_t **cred;
-
-    zone = shm_zone->data;
-    fresh = 0;
-
-    if (ozone) {
-        /* a reload: keep the records, attach the new credentials to them */
-        zone->sh = ozone->sh;
-        zone->shpool = ozone->shpool;
-
-    } else {
-        zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-        if (shm_zone->shm.exists) {
-            zone->sh = zone->shpool->data;
-
-        } else {
-            fresh = 1;
-
-            zone->sh = ngx_slab_calloc(zone->shpool,
-                                       sizeof(ngx_http_sf_oauth_sh_t));
-            if (zone->sh == NULL) {
-                goto too_small;
-            }
-
-            zone->shpool->data = zone->sh;
-            ngx_queue_init(&zone->sh->nodes);
-
-            len = sizeof(" in sf_oauth_zone \"\"") + shm_zone->shm.name.len;
-
-            zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
-            if (zone->shpool->log_ctx == NULL) {
-                goto too_small;
-            }
-
-            ngx_sprintf(zone->shpool->log_ctx, " in sf_oauth_zone \"%V\"%Z",
-                        &shm_zone->shm.name);
-
-            zone->resized = ngx_http_sf_oauth_store_old_zone(shm_zone);
-        }
-    }
-
-    /* running out of room is reported below, with the way out */
-    zone->shpool->log_nomem = 0;
-
-    cred = zone->creds.elts;
-    pruned = 0;
-
-    for (i = 0; i < zone->creds.nelts; i++) {
-        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) == NGX_OK) {
-            continue;
-        }
-
-        /*
-         * No room: the records of credentials that the new configuration
-         * no longer has would go at the commit anyway; they go now.
-         */
-
-        if (pruned++) {
-            goto too_small;
-        }
-
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        n = ngx_http_sf_oauth_store_prune(zone);
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-
-        if (n == 0) {
-            goto too_small;
-        }
-
-        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
-                      "sf_oauth_zone \"%V\": dropped the records of %ui "
-                      "credentials that are no longer configured",
-                      &shm_zone->shm.name, n);
-
-        if (ngx_http_sf_oauth_store_attach(zone, cred[i]) != NGX_OK) {
-            goto too_small;
-        }
-    }
-
-    /*
-     * A new zone, at start: the tokens from the state file, if any.  A
-     * resized zone gets the records of the old one instead: they are
-     * never older than the file.
-     */
-
-    if (fresh && zone->state.len && zone->resized == NULL) {
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        ngx_http_sf_oauth_state_load(zone, shm_zone->shm.log);
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-    }
-
-    return NGX_OK;
-
-too_small:
-
-    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                  "sf_oauth_zone \"%V\" of %uzk is too small for its %ui "
-                  "credentials, about %uz bytes each: give it a larger size",
-                  &shm_zone->shm.name, shm_zone->shm.size / 1024,
-                  zone->creds.nelts, sizeof(ngx_http_sf_oauth_node_t));
-
-    return NGX_ERROR;
-}
-
-
-/*
- * Once a configuration is committed (init_module, in the master, while
- * ngx_cycle is still the running configuration's): a credential whose
- * record is new in its zone gets the record it had in a zone of the
- * running configuration (a zone resized or renamed, or another zone), and
- * then every zone drops the records of credentials it no longer has.
- * Until then a reload may still fail, and the running configuration keeps
- * using its records.
- */
-
-void
-ngx_http_sf_oauth_store_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
-{
-    ngx_uint_t                 i, n;
-    ngx_shm_zone_t           **shm_zone;
-    ngx_http_sf_oauth_zone_t  *zone;
-
-    if (!ngx_is_init_cycle(ngx_cycle)) {
-        ngx_http_sf_oauth_store_carry(cycle, zones);
-    }
-
-    shm_zone = zones->elts;
-
-    for (i = 0; i < zones->nelts; i++) {
-        zone = shm_zone[i]->data;
-        zone->resized = NULL;
-
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        n = ngx_http_sf_oauth_store_prune(zone);
-        ngx_http_sf_oauth_store_secrets(cycle, zone);
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-
-        if (n) {
-            ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                          "sf_oauth_zone \"%V\": dropped the records of %ui "
-                          "credentials that are no longer configured",
-                          &zone->name, n);
-        }
-    }
-}
-
-
-static ngx_int_t
-ngx_http_sf_oauth_store_attach(ngx_http_sf_oauth_zone_t *zone,
-    ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_http_sf_oauth_node_t  *node;
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    node = ngx_http_sf_oauth_store_find(zone, &cred->name);
-
-    if (node) {
-        if (node->conf_fp != cred->conf_fp) {
-            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                          "sf_oauth: credential \"%V\" changed its "
-                          "token_url, client_id or refresh token: "
-                          "its cached token is dropped", &cred->name);
-
-            ngx_http_sf_oauth_store_reset(cred, node);
-            cred->handover = 1;
-        }
-
-        cred->node = node;
-        cred->fresh = 0;
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        return NGX_OK;
-    }
-
-    node = ngx_slab_calloc_locked(zone->shpool,
-                                  sizeof(ngx_http_sf_oauth_node_t));
-    if (node == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        return NGX_ERROR;
-    }
-
-    node->name_len = cred->name.len;
-    ngx_memcpy(node->name, cred->name.data, cred->name.len);
-
-    ngx_http_sf_oauth_store_reset(cred, node);
-
-    ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
-
-    cred->node = node;
-    cred->fresh = 1;
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    return NGX_OK;
-}
-
-
-/*
- * With the zone locked: frees the records of credentials that the zone's
- * configuration does not have, their secrets wiped first.  A worker of an
- * older configuration that still points to one finds a record that is not
- * its credential's (ngx_http_sf_oauth_store_mine) and leaves it alone.
- */
-
-static ngx_uint_t
-ngx_http_sf_oauth_store_prune(ngx_http_sf_oauth_zone_t *zone)
-{
-    ngx_uint_t                  i, n;
-    ngx_queue_t                *q, *next;
-    ngx_http_sf_oauth_node_t   *node;
-    ngx_http_sf_oauth_cred_t  **cred;
-
-    n = 0;
-    cred = zone->creds.elts;
-
-    for (q = ngx_queue_head(&zone->sh->nodes);
-         q != ngx_queue_sentinel(&zone->sh->nodes);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
-
-        for (i = 0; i < zone->creds.nelts; i++) {
-            if (node->name_len == cred[i]->name.len
-                && ngx_memcmp(node->name, cred[i]->name.data,
-                              node->name_len) == 0)
-            {
-                break;
-            }
-        }
-
-        if (i < zone->creds.nelts) {
-            continue;
-        }
-
-        ngx_queue_remove(q);
-        ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
-        ngx_slab_free_locked(zone->shpool, node);
-        n++;
-    }
-
-    return n;
-}
-
-
-/*
- * At the commit, with the zone locked: a credential whose client secret or
- * private key changed (secret_fp, see ngx_http_sf_oauth_fingerprint_conf)
- * ends its backoff or hold at once, for the change may be the operator's
- * fix of an invalid_client or invalid assertion; the next request makes a
- * token request.  Its token, valid or not, stays: one got with the old
- * secret or key stays valid at Salesforce.  This is done at the commit,
- * not in init_zone, so that a reload that fails leaves the running
- * workers their hold.
- */
-
-static void
-ngx_http_sf_oauth_store_secrets(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *zone)
-{
-    ngx_uint_t                  i, held;
-    ngx_http_sf_oauth_node_t   *node;
-    ngx_http_sf_oauth_cred_t  **cred;
-
-    cred = zone->creds.elts;
-
-    for (i = 0; i < zone->creds.nelts; i++) {
-        node = cred[i]->node;
-
-        if (node == NULL
-            || !ngx_http_sf_oauth_store_mine(cred[i])
-            || node->secret_fp == cred[i]->secret_fp)
-        {
-            continue;
-        }
-
-        held = node->state == NGX_HTTP_SF_OAUTH_FAILED
-               && (ngx_msec_int_t) (node->backoff_until - ngx_current_msec)
-                  > 0;
-
-        node->secret_fp = cred[i]->secret_fp;
-        node->failures = 0;
-        node->backoff_until = 0;
-        node->held = 0;
-
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                      "sf_oauth: credential \"%V\" changed its client "
-                      "secret or private key: %s", &cred[i]->name,
-                      held ? "its backoff or hold ends, the next request "
-                             "makes a token request"
-                           : "its cached token is kept");
-    }
-}
-
-
-/* with the zone locked: the record of a credential name */
-
-static ngx_http_sf_oauth_node_t *
-ngx_http_sf_oauth_store_find(ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name)
-{
-    ngx_queue_t               *q;
-    ngx_http_sf_oauth_node_t  *node;
-
-    for (q = ngx_queue_head(&zone->sh->nodes);
-         q != ngx_queue_sentinel(&zone->sh->nodes);
-         q = ngx_queue_next(q))
-    {
-        node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
-
-        if (node->name_len == name->len
-            && ngx_memcmp(node->name, name->data, name->len) == 0)
-        {
-            return node;
-        }
-    }
-
-    return NULL;
-}
-
-
-/*
- * On a reload that resized the zone, in init_zone: the zone of the same
- * name in the running configuration.  ngx_cycle is still the old cycle,
- * and the old zone stays mapped until the new cycle is committed.
- */
-
-static ngx_http_sf_oauth_zone_t *
-ngx_http_sf_oauth_store_old_zone(ngx_shm_zone_t *shm_zone)
-{
-    ngx_uint_t        i;
-    ngx_shm_zone_t   *oshm;
-    ngx_list_part_t  *part;
-
-    if (ngx_is_init_cycle(ngx_cycle)) {
-        return NULL;
-    }
-
-    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
-    oshm = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            oshm = part->elts;
-            i = 0;
-        }
-
-        if (oshm[i].tag != shm_zone->tag
-            || oshm[i].shm.name.len != shm_zone->shm.name.len
-            || ngx_strncmp(oshm[i].shm.name.data, shm_zone->shm.name.data,
-                           shm_zone->shm.name.len)
-               != 0)
-        {
-            continue;
-        }
-
-        if (oshm[i].data == NULL || oshm[i].shm.addr == NULL) {
-            return NULL;
-        }
-
-        return oshm[i].data;
-    }
-}
-
-
-/*
- * At the commit: the zones of the running configuration, each under its
- * lock.  One that the new configuration does not keep (it was resized or
- * removed) is marked retired: its workers, which never see the new zones,
- * start no token request in it from then on.  Each of its credentials
- * whose record is new in the new configuration gets a copy of the old
- * record: the token, the rotated refresh token, the backoff.
- */
-
-static void
-ngx_http_sf_oauth_store_carry(ngx_cycle_t *cycle, ngx_array_t *zones)
-{
-    ngx_uint_t                  i, j;
-    ngx_shm_zone_t             *oshm;
-    ngx_list_part_t            *part;
-    ngx_http_sf_oauth_zone_t   *ozone;
-    ngx_http_sf_oauth_cred_t  **ocred, *cred;
-
-    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
-    oshm = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return;
-            }
-
-            part = part->next;
-            oshm = part->elts;
-            i = 0;
-        }
-
-        ozone = oshm[i].data;
-
-        if (oshm[i].tag != &ngx_http_sf_oauth_module
-            || ozone == NULL || ozone->sh == NULL)
-        {
-            continue;
-        }
-
-        ngx_shmtx_lock(&ozone->shpool->mutex);
-
-        if (!ngx_http_sf_oauth_store_kept(cycle, &oshm[i])) {
-            ozone->sh->retired = 1;
-        }
-
-        ocred = ozone->creds.elts;
-
-        for (j = 0; j < ozone->creds.nelts; j++) {
-            cred = ngx_http_sf_oauth_store_cred(zones, &ocred[j]->name);
-
-            if (cred && cred->fresh) {
-                ngx_http_sf_oauth_store_copy(cycle, ozone, ocred[j], cred);
-            }
-        }
-
-        ngx_shmtx_unlock(&ozone->shpool->mutex);
-    }
-}
-
-
-/* whether the new configuration keeps a zone of the running one */
-
-static ngx_int_t
-ngx_http_sf_oauth_store_kept(ngx_cycle_t *cycle, ngx_shm_zone_t *oshm)
-{
-    ngx_uint_t        i;
-    ngx_shm_zone_t   *shm;
-    ngx_list_part_t  *part;
-
-    part = &cycle->shared_memory.part;
-    shm = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return 0;
-            }
-
-            part = part->next;
-            shm = part->elts;
-            i = 0;
-        }
-
-        if (shm[i].shm.addr == oshm->shm.addr) {
-            return 1;
-        }
-    }
-}
-
-
-/* the credential of a name in the new configuration */
-
-static ngx_http_sf_oauth_cred_t *
-ngx_http_sf_oauth_store_cred(ngx_array_t *zones, ngx_str_t *name)
-{
-    ngx_uint_t                  i, j;
-    ngx_shm_zone_t            **shm_zone;
-    ngx_http_sf_oauth_zone_t   *zone;
-    ngx_http_sf_oauth_cred_t  **cred;
-
-    shm_zone = zones->elts;
-
-    for (i = 0; i < zones->nelts; i++) {
-        zone = shm_zone[i]->data;
-        cred = zone->creds.elts;
-
-        for (j = 0; j < zone->creds.nelts; j++) {
-            if (cred[j]->name.len == name->len
-                && ngx_memcmp(cred[j]->name.data, name->data, name->len)
-                   == 0)
-            {
-                return cred[j];
-            }
-        }
-    }
-
-    return NULL;
-}
-
-
-/*
- * With the old zone locked: the old record of a credential into its new
- * one, unless the credential changed.  No worker of the new configuration
- * runs yet, but workers of the running one may use the new zone if it is
- * kept: it is locked too.
- */
-
-static void
-ngx_http_sf_oauth_store_copy(ngx_cycle_t *cycle,
-    ngx_http_sf_oauth_zone_t *ozone, ngx_http_sf_oauth_cred_t *ocred,
-    ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_pid_t                  pid;
-    ngx_queue_t                queue;
-    ngx_http_sf_oauth_zone_t  *zone;
-    ngx_http_sf_oauth_node_t  *onode, *node;
-
-    zone = cred->shm_zone->data;
-    onode = ocred->node;
-
-    if (onode == NULL || zone->shpool == ozone->shpool
-        || !ngx_http_sf_oauth_store_mine(ocred))
-    {
-        return;
-    }
-
-    /* one source only */
-    cred->fresh = 0;
-
-    if (onode->conf_fp != cred->conf_fp) {
-        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                      "sf_oauth: credential \"%V\" changed its "
-                      "token_url, client_id or refresh token: "
-                      "its cached token is dropped", &cred->name);
-        return;
-    }
-
-    pid = onode->lease_pid;
-
-    if (pid
-        && ((ngx_msec_int_t) (onode->lease_deadline - ngx_current_msec) <= 0
-            || (kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH)))
-    {
-        pid = 0;
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    node = cred->node;
-    queue = node->queue;
-    ngx_memcpy(node, onode, sizeof(ngx_http_sf_oauth_node_t));
-    node->queue = queue;
-
-    /*
-     * A lease in flight is kept: the new workers wait for it to end, then
-     * take the refresh over, from the refresh token copied here.
-     */
-
-    node->lease_pid = pid;
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "sf_oauth: credential \"%V\": its record was carried over "
-                  "from the old sf_oauth_zone \"%V\" to the new "
-                  "sf_oauth_zone \"%V\"", &cred->name, &ozone->name,
-                  &zone->name);
-
-    if (pid) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                      "sf_oauth: credential \"%V\": the token request of "
-                      "process %P was in flight when this reload moved its "
-                      "record from the old sf_oauth_zone \"%V\" to the new "
-                      "sf_oauth_zone \"%V\": the token it gets stays in the "
-                      "old zone, and the new workers refresh again from "
-                      "the refresh token the zone held; if Salesforce "
-                      "rotated it, that refresh fails with invalid_grant "
-                      "and the refresh token must be configured anew; "
-                      "change or resize zones while no refresh runs",
-                      &cred->name, pid, &ozone->name, &zone->name);
-    }
-}
-
-
-/*
  * With the zone locked: whether the credential's record is still its own.
  * A reload drops the records of removed credentials, while workers of the
  * older configuration may still be finishing requests.
  */
 
-static ngx_int_t
-ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
+ngx_int_t
+ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_node_t  *node;
 
@@ -681,51 +73,16 @@ ngx_http_sf_oauth_store_mine(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* whether a reload dropped the credential's zone: see store_carry */
+/* whether a reload dropped the credential's zone: see zone_carry_records */
 
 static ngx_int_t
-ngx_http_sf_oauth_store_retired(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_zone_t  *zone;
 
     zone = cred->shm_zone->data;
 
     return zone->sh->retired;
-}
-
-
-static void
-ngx_http_sf_oauth_store_reset(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *node)
-{
-    node->conf_fp = cred->conf_fp;
-    node->secret_fp = cred->secret_fp;
-    node->state = NGX_HTTP_SF_OAUTH_EMPTY;
-    node->generation++;
-    node->token_len = 0;
-    node->url_len = 0;
-    node->org_id_len = 0;
-    node->user_id_len = 0;
-    node->identity_known = 0;
-    node->error_len = 0;
-    node->failures = 0;
-    node->backoff_until = 0;
-    node->held = 0;
-    node->wanted = 0;
-    node->issued_at = 0;
-    node->token_ms = 0;
-
-    /*
-     * A lease of an old worker is left alone: its answer is discarded,
-     * and the new workers refresh once it is over (store_handover).
-     */
-
-    ngx_explicit_memzero(node->token, sizeof(node->token));
-    ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
-
-    node->refresh_len = cred->refresh_token.len;
-    ngx_memcpy(node->refresh, cred->refresh_token.data,
-               cred->refresh_token.len);
 }
 
 
@@ -754,7 +111,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
     lk->introspect = 0;
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         lk->error = ngx_http_sf_oauth_error_removed;
         lk->retry_after = 1;
@@ -837,7 +194,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk)
 {
-    if (!ngx_http_sf_oauth_lease_free(cred, node)
+    if (!ngx_http_sf_oauth_store_can_lease(cred, node)
         || (node->busy
             && (ngx_msec_int_t) (node->busy_until - ngx_current_msec) > 0))
     {
@@ -845,7 +202,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
-    if (ngx_http_sf_oauth_store_retired(cred)) {
+    if (ngx_http_sf_oauth_store_is_retired(cred)) {
         lk->error = ngx_http_sf_oauth_error_retired;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
@@ -888,7 +245,7 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->conf_fp != cred->conf_fp
         || node->state == NGX_HTTP_SF_OAUTH_VALID
         || node->state == NGX_HTTP_SF_OAUTH_FAILED)
@@ -920,7 +277,7 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    changed = ngx_http_sf_oauth_store_mine(cred)
+    changed = ngx_http_sf_oauth_store_owns_node(cred)
               && cred->node->conf_fp != cred->conf_fp;
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -990,8 +347,8 @@ ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
  * reused a dead worker's pid.
  */
 
-static ngx_int_t
-ngx_http_sf_oauth_lease_free(ngx_http_sf_oauth_cred_t *cred,
+ngx_int_t
+ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
     if (node->lease_pid == 0) {
@@ -1029,7 +386,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 {
     ngx_uint_t                 error_class;
     ngx_msec_t                 delay;
-    ngx_time_t                *tp;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -1038,7 +394,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a reload removed the credential meanwhile */
         ngx_shmtx_unlock(&shpool->mutex);
         return;
@@ -1059,50 +415,9 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (tok->ok) {
-        node->state = NGX_HTTP_SF_OAUTH_VALID;
-        node->generation++;
+        ngx_http_sf_oauth_store_set_token(node, tok, NULL);
         node->token_ok++;
-        ngx_http_sf_oauth_store_duration(node, tok->duration);
-
-        node->token_len = tok->access_token.len;
-        ngx_memcpy(node->token, tok->access_token.data, node->token_len);
-        ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
-                                             node->token_len);
-
-        node->url_len = tok->instance_url.len;
-        ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
-
-        if (tok->org_id.len) {
-            if (tok->user_id.len != node->user_id_len
-                || ngx_strncmp(tok->user_id.data, node->user_id,
-                               node->user_id_len)
-                   != 0)
-            {
-                /* another user: what the identity service said is not its */
-                node->identity_known = 0;
-            }
-
-            node->org_id_len = tok->org_id.len;
-            ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
-            node->user_id_len = tok->user_id.len;
-            ngx_memcpy(node->user_id, tok->user_id.data, node->user_id_len);
-        }
-
-        if (tok->refresh_token.len) {
-            ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
-            node->refresh_len = tok->refresh_token.len;
-            ngx_memcpy(node->refresh, tok->refresh_token.data,
-                       node->refresh_len);
-        }
-
-        node->issued_at = tok->issued_at;
-        node->token_time = ngx_time();
-        node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
-        node->token_msec = ngx_current_msec;
-        node->failures = 0;
-        node->backoff_until = 0;
-        node->held = 0;
-        node->busy = 0;
+        ngx_http_sf_oauth_store_count_duration(node, tok->duration);
         node->wanted = 0;
 
         /* the last error stays, for the status output */
@@ -1121,7 +436,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->token_transient++;
     }
 
-    ngx_http_sf_oauth_store_duration(node, tok->duration);
+    ngx_http_sf_oauth_store_count_duration(node, tok->duration);
 
     node->error_len = ngx_min(tok->error.len, NGX_HTTP_SF_OAUTH_ERROR_MAX);
     ngx_memcpy(node->error, tok->error.data, node->error_len);
@@ -1179,6 +494,102 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * With the zone locked (or, at start, not yet shared): a new token into the
+ * record, as its next generation.  It comes from the token endpoint's
+ * answer (tok), or from a record (rec) that Redis or the state file held;
+ * the other one is NULL.
+ *
+ * The token and its fingerprint, the instance URL, the refresh token if
+ * one came (else the record's stays), when the token was issued, and the
+ * ids of its user: an answer without "id" leaves the ids as they were, a
+ * record's ids replace them, empty or not; what the identity service said
+ * is forgotten for another user.  The token was got now (an answer), or
+ * when the record says: a caller with a rule for a record that does not
+ * say applies it after.  A token ends the failures, the backoff, the hold
+ * and a quick retry; the counters and the lease are the caller's.
+ */
+
+void
+ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec)
+{
+    ngx_time_t                 *tp;
+    ngx_http_sf_oauth_token_t   from;
+
+    if (rec) {
+        ngx_memzero(&from, sizeof(ngx_http_sf_oauth_token_t));
+
+        from.access_token.len = rec->token_len;
+        from.access_token.data = rec->token;
+        from.instance_url.len = rec->url_len;
+        from.instance_url.data = rec->instance_url;
+        from.refresh_token.len = rec->refresh_len;
+        from.refresh_token.data = rec->refresh;
+        from.org_id.len = rec->org_id_len;
+        from.org_id.data = rec->org_id;
+        from.user_id.len = rec->user_id_len;
+        from.user_id.data = rec->user_id;
+        from.issued_at = rec->issued_at;
+
+        tok = &from;
+    }
+
+    node->state = NGX_HTTP_SF_OAUTH_VALID;
+    node->generation++;
+
+    node->token_len = tok->access_token.len;
+    ngx_memcpy(node->token, tok->access_token.data, node->token_len);
+    ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
+                                         node->token_len);
+
+    node->url_len = tok->instance_url.len;
+    ngx_memcpy(node->instance_url, tok->instance_url.data, node->url_len);
+
+    if (rec || tok->org_id.len) {
+        if (tok->user_id.len != node->user_id_len
+            || ngx_memcmp(tok->user_id.data, node->user_id,
+                          node->user_id_len)
+               != 0)
+        {
+            /* another user: what the identity service said is not its */
+            node->identity_known = 0;
+        }
+
+        node->org_id_len = tok->org_id.len;
+        ngx_memcpy(node->org_id, tok->org_id.data, node->org_id_len);
+        node->user_id_len = tok->user_id.len;
+        ngx_memcpy(node->user_id, tok->user_id.data, node->user_id_len);
+    }
+
+    if (tok->refresh_token.len) {
+        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+        node->refresh_len = tok->refresh_token.len;
+        ngx_memcpy(node->refresh, tok->refresh_token.data,
+                   node->refresh_len);
+    }
+
+    node->issued_at = tok->issued_at;
+
+    if (rec) {
+        node->token_time = rec->token_time;
+        node->token_ms = rec->token_ms;
+
+    } else {
+        node->token_time = ngx_time();
+        node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
+    }
+
+    /* for a refresh ahead, the token's age starts now */
+    node->token_msec = ngx_current_msec;
+
+    node->failures = 0;
+    node->backoff_until = 0;
+    node->held = 0;
+    node->busy = 0;
+}
+
+
+/*
  * Salesforce answered 401 to the token of "generation".  The rule that
  * keeps a 401 from becoming a refresh storm is scoped to the token:
  *
@@ -1214,7 +625,7 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->state != NGX_HTTP_SF_OAUTH_VALID
         || node->conf_fp != cred->conf_fp)
     {
@@ -1290,7 +701,7 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a record of another configuration's */
 
     } else if (cured) {
@@ -1318,25 +729,6 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* a request held for a replay, for the status output */
-
-void
-ngx_http_sf_oauth_store_count_replay(ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        cred->node->replays++;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
 /*
  * The refresh ahead of expiry, from a timer.  Salesforce's session timeout
  * slides with each use, so a token is estimated to expire "lifetime" after
@@ -1360,7 +752,7 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         /* a reload removed the credential */
         *next = cred->refresh_ahead;
         rc = NGX_DECLINED;
@@ -1384,8 +776,8 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
 
         } else {
             *next = cred->refresh_ahead;
-            rc = ngx_http_sf_oauth_lease_free(cred, node)
-                 && !ngx_http_sf_oauth_store_retired(cred)
+            rc = ngx_http_sf_oauth_store_can_lease(cred, node)
+                 && !ngx_http_sf_oauth_store_is_retired(cred)
                  ? ngx_http_sf_oauth_store_refresh_ahead(cred, node, pool, lk)
                  : NGX_DECLINED;
         }
@@ -1443,8 +835,8 @@ ngx_http_sf_oauth_store_introspect(ngx_http_sf_oauth_cred_t *cred,
         }
     }
 
-    if (!ngx_http_sf_oauth_lease_free(cred, node)
-        || ngx_http_sf_oauth_store_retired(cred))
+    if (!ngx_http_sf_oauth_store_can_lease(cred, node)
+        || ngx_http_sf_oauth_store_is_retired(cred))
     {
         return NGX_DECLINED;
     }
@@ -1483,7 +875,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (!ngx_http_sf_oauth_store_mine(cred)) {
+    if (!ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_DECLINED;
     }
@@ -1524,7 +916,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
         node->invalidations++;
     }
 
-    if (ngx_http_sf_oauth_store_retired(cred)) {
+    if (ngx_http_sf_oauth_store_is_retired(cred)) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_DECLINED;
     }
@@ -1548,7 +940,7 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && cred->node->lease_pid == ngx_pid)
     {
         cred->node->lease_pid = 0;
@@ -1570,7 +962,7 @@ ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
 
     } else {
@@ -1594,7 +986,7 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    url->len = ngx_http_sf_oauth_store_mine(cred) ? node->url_len : 0;
+    url->len = ngx_http_sf_oauth_store_owns_node(cred) ? node->url_len : 0;
     url->data = ngx_pnalloc(pool, url->len + 1);
 
     if (url->data) {
@@ -1635,7 +1027,7 @@ ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         who->org_id.data = p;
         who->org_id.len = node->org_id_len;
         p = ngx_cpymem(p, node->org_id, node->org_id_len);
@@ -1670,7 +1062,8 @@ ngx_http_sf_oauth_store_identity_known(ngx_http_sf_oauth_cred_t *cred)
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
-    known = ngx_http_sf_oauth_store_mine(cred) && cred->node->identity_known;
+    known = ngx_http_sf_oauth_store_owns_node(cred)
+            && cred->node->identity_known;
     ngx_shmtx_unlock(&shpool->mutex);
 
     return known;
@@ -1692,7 +1085,7 @@ ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)
+    if (ngx_http_sf_oauth_store_owns_node(cred)
         && who->user_id.len == node->user_id_len
         && ngx_strncmp(who->user_id.data, node->user_id, node->user_id_len)
            == 0)
@@ -1739,308 +1132,6 @@ ngx_http_sf_oauth_backoff(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t failures,
 }
 
 
-/*
- * The fleet (sf_oauth_zone redis=).  A token from Redis of a newer fleet
- * generation than the zone's is copied in, as a new local generation; the
- * lease of this worker, if any, is given back with it.
- */
-
-ngx_int_t
-ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation)
-{
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_node_t  *node;
-
-    node = cred->node;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (!ngx_http_sf_oauth_store_mine(cred)
-        || node->conf_fp != cred->conf_fp
-        || fleet_generation <= node->fleet_generation)
-    {
-        ngx_shmtx_unlock(&shpool->mutex);
-        return NGX_DECLINED;
-    }
-
-    node->state = NGX_HTTP_SF_OAUTH_VALID;
-    node->generation++;
-    node->fleet_generation = fleet_generation;
-    node->fleet_dirty = 0;
-
-    node->token_len = rec->token_len;
-    ngx_memcpy(node->token, rec->token, rec->token_len);
-    ngx_http_sf_oauth_redact_fingerprint(node->token_fp, node->token,
-                                         node->token_len);
-
-    node->url_len = rec->url_len;
-    ngx_memcpy(node->instance_url, rec->instance_url, rec->url_len);
-
-    if (rec->refresh_len) {
-        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
-        node->refresh_len = rec->refresh_len;
-        ngx_memcpy(node->refresh, rec->refresh, rec->refresh_len);
-    }
-
-    if (rec->user_id_len != node->user_id_len
-        || ngx_memcmp(rec->user_id, node->user_id, node->user_id_len) != 0)
-    {
-        node->identity_known = 0;
-    }
-
-    node->org_id_len = rec->org_id_len;
-    ngx_memcpy(node->org_id, rec->org_id, rec->org_id_len);
-    node->user_id_len = rec->user_id_len;
-    ngx_memcpy(node->user_id, rec->user_id, rec->user_id_len);
-
-    node->issued_at = rec->issued_at;
-    node->token_time = rec->token_time ? rec->token_time : ngx_time();
-    node->token_ms = rec->token_ms;
-    node->token_msec = ngx_current_msec;
-    node->failures = 0;
-    node->backoff_until = 0;
-    node->held = 0;
-    node->busy = 0;
-
-    if (node->lease_pid == ngx_pid) {
-        node->lease_pid = 0;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return NGX_OK;
-}
-
-
-/* the zone's token of local "generation" is fleet generation "fleet" */
-
-void
-ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t generation, ngx_uint_t fleet)
-{
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)
-        && cred->node->generation == generation)
-    {
-        cred->node->fleet_generation = fleet;
-        cred->node->fleet_dirty = 0;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
-/* the zone's token was got while Redis was unreachable, or is in Redis */
-
-void
-ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t dirty)
-{
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        cred->node->fleet_dirty = dirty;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
-/* the last fleet lease owner seen, for sf_oauth_info; NULL: none */
-
-void
-ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
-    u_char *owner, size_t len)
-{
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    len = ngx_min(len, NGX_HTTP_SF_OAUTH_OWNER_MAX);
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        cred->node->fleet_owner_len = owner ? len : 0;
-
-        if (owner) {
-            ngx_memcpy(cred->node->fleet_owner, owner, len);
-        }
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
-/*
- * Marks the fleet's record as written with another key than the zone's
- * (mismatch), or as readable (0).  Returns whether it was marked before:
- * for the zone's key when marking (a mark made with another key of the
- * zone, before a reload, counts as none), and for any key when clearing.
- */
-
-ngx_uint_t
-ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t mismatch)
-{
-    u_char                    *fp;
-    ngx_uint_t                 old;
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_zone_t  *zone;
-
-    zone = cred->shm_zone->data;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    old = 0;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        fp = cred->node->fleet_key_mismatch;
-
-        if (mismatch) {
-            old = ngx_memcmp(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN)
-                  == 0;
-            ngx_memcpy(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
-
-        } else {
-            /* a mark is hex digits */
-            old = fp[0] != '\0';
-            ngx_memzero(fp, NGX_HTTP_SF_OAUTH_FP_LEN);
-        }
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return old;
-}
-
-
-/* whether the fleet's record is marked as written with another key */
-
-ngx_uint_t
-ngx_http_sf_oauth_store_fleet_key_mismatch(ngx_http_sf_oauth_cred_t *cred)
-{
-    ngx_uint_t                 mismatch;
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_zone_t  *zone;
-
-    zone = cred->shm_zone->data;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    mismatch = ngx_http_sf_oauth_store_mine(cred)
-               && ngx_memcmp(cred->node->fleet_key_mismatch, zone->key_fp,
-                             NGX_HTTP_SF_OAUTH_FP_LEN) == 0;
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return mismatch;
-}
-
-
-/*
- * The generations of the zone's token, the fleet's and the local one,
- * and whether it is still to be written back; 0 for a removed credential.
- */
-
-ngx_uint_t
-ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t *generation, ngx_uint_t *dirty)
-{
-    ngx_uint_t        fleet;
-    ngx_slab_pool_t  *shpool;
-
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    fleet = 0;
-    *generation = 0;
-    *dirty = 0;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        fleet = cred->node->fleet_generation;
-        *generation = cred->node->generation;
-        /*
-         * A token not yet written back, even one that Salesforce has
-         * rejected since: its refresh token is the newest there is, and
-         * must reach the fleet.  Not while a refresh of this node runs,
-         * whose outcome is written back by its worker.
-         */
-        *dirty = cred->node->fleet_dirty && cred->node->token_len
-                 && ngx_http_sf_oauth_lease_free(cred, cred->node);
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return fleet;
-}
-
-
-/* marks the zone's Redis outage as logged, or over; returns the old mark */
-
-ngx_uint_t
-ngx_http_sf_oauth_store_outage(ngx_http_sf_oauth_cred_t *cred,
-    ngx_uint_t outage)
-{
-    ngx_uint_t                 old;
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_zone_t  *zone;
-
-    zone = cred->shm_zone->data;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    old = zone->sh->outage;
-    zone->sh->outage = outage;
-
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    return old;
-}
-
-
-/* a backoff for "error" alone ends now: its cause is gone */
-
-void
-ngx_http_sf_oauth_store_retry(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *error)
-{
-    ngx_slab_pool_t           *shpool;
-    ngx_http_sf_oauth_node_t  *node;
-
-    node = cred->node;
-    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
-
-    ngx_shmtx_lock(&shpool->mutex);
-
-    if (ngx_http_sf_oauth_store_mine(cred)
-        && node->state == NGX_HTTP_SF_OAUTH_FAILED
-        && node->error_len == error->len
-        && ngx_memcmp(node->error, error->data, error->len) == 0)
-    {
-        node->backoff_until = ngx_current_msec;
-        node->failures = 0;
-    }
-
-    ngx_shmtx_unlock(&shpool->mutex);
-}
-
-
 /* a token request's duration, into the histogram: see the metrics */
 
 static ngx_msec_t  ngx_http_sf_oauth_bounds[NGX_HTTP_SF_OAUTH_BUCKETS] = {
@@ -2049,7 +1140,7 @@ static ngx_msec_t  ngx_http_sf_oauth_bounds[NGX_HTTP_SF_OAUTH_BUCKETS] = {
 
 
 static void
-ngx_http_sf_oauth_store_duration(ngx_http_sf_oauth_node_t *node,
+ngx_http_sf_oauth_store_count_duration(ngx_http_sf_oauth_node_t *node,
     ngx_msec_t duration)
 {
     ngx_uint_t  i;
@@ -2085,7 +1176,7 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
         for (i = 0; i < NGX_HTTP_SF_OAUTH_STATUSES; i++) {
             cred->node->requests[i] += counted[i];
         }
@@ -2107,10 +1198,16 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* a waiting request's deadline passed */
+/*
+ * One more in a counter of the record, for the status output and the
+ * metrics: "counter" is NGX_HTTP_SF_OAUTH_COUNT_REPLAYS (a request held
+ * for a replay) or NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS (a waiting
+ * request's deadline passed), the offset of an ngx_uint_t in the record.
+ */
 
 void
-ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
+    size_t counter)
 {
     ngx_slab_pool_t  *shpool;
 
@@ -2118,8 +1215,8 @@ ngx_http_sf_oauth_store_wait_timeout(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_sf_oauth_store_mine(cred)) {
-        cred->node->wait_timeouts++;
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        (*(ngx_uint_t *) ((u_char *) cred->node + counter))++;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

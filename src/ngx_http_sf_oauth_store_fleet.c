@@ -1,0 +1,284 @@
+
+/*
+ * What the fleet (sf_oauth_zone redis=) keeps in a credential's record of
+ * the zone, each under the zone's lock: a token from Redis, the fleet
+ * generation of the zone's token and whether it is still to be written
+ * back, the last fleet lease owner, the mark of a record written with
+ * another key, and the zone's Redis outage.  The Redis protocol and the
+ * fleet's lease are in ngx_http_sf_oauth_fleet.c.
+ */
+
+
+#include "ngx_http_sf_oauth.h"
+
+
+/*
+ * The fleet (sf_oauth_zone redis=).  A token from Redis of a newer fleet
+ * generation than the zone's is copied in, as a new local generation; the
+ * lease of this worker, if any, is given back with it.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
+        || node->conf_fp != cred->conf_fp
+        || fleet_generation <= node->fleet_generation)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+    node->fleet_generation = fleet_generation;
+    node->fleet_dirty = 0;
+
+    if (rec->token_time == 0) {
+        /* a record that does not say when: got now, for the status */
+        node->token_time = ngx_time();
+    }
+
+    if (node->lease_pid == ngx_pid) {
+        node->lease_pid = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+/* the zone's token of local "generation" is fleet generation "fleet" */
+
+void
+ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t fleet)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)
+        && cred->node->generation == generation)
+    {
+        cred->node->fleet_generation = fleet;
+        cred->node->fleet_dirty = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* the zone's token was got while Redis was unreachable, or is in Redis */
+
+void
+ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t dirty)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        cred->node->fleet_dirty = dirty;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* the last fleet lease owner seen, for sf_oauth_info; NULL: none */
+
+void
+ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
+    u_char *owner, size_t len)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    len = ngx_min(len, NGX_HTTP_SF_OAUTH_OWNER_MAX);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        cred->node->fleet_owner_len = owner ? len : 0;
+
+        if (owner) {
+            ngx_memcpy(cred->node->fleet_owner, owner, len);
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * Marks the fleet's record as written with another key than the zone's
+ * (mismatch), or as readable (0).  Returns whether it was marked before:
+ * for the zone's key when marking (a mark made with another key of the
+ * zone, before a reload, counts as none), and for any key when clearing.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t mismatch)
+{
+    u_char                    *fp;
+    ngx_uint_t                 old;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    old = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        fp = cred->node->fleet_key_mismatch;
+
+        if (mismatch) {
+            old = ngx_memcmp(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN)
+                  == 0;
+            ngx_memcpy(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+
+        } else {
+            /* a mark is hex digits */
+            old = fp[0] != '\0';
+            ngx_memzero(fp, NGX_HTTP_SF_OAUTH_FP_LEN);
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return old;
+}
+
+
+/* whether the fleet's record is marked as written with another key */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_key_mismatch(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t                 mismatch;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    mismatch = ngx_http_sf_oauth_store_owns_node(cred)
+               && ngx_memcmp(cred->node->fleet_key_mismatch, zone->key_fp,
+                             NGX_HTTP_SF_OAUTH_FP_LEN) == 0;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return mismatch;
+}
+
+
+/*
+ * The generations of the zone's token, the fleet's and the local one,
+ * and whether it is still to be written back; 0 for a removed credential.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t *generation, ngx_uint_t *dirty)
+{
+    ngx_uint_t        fleet;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    fleet = 0;
+    *generation = 0;
+    *dirty = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        fleet = cred->node->fleet_generation;
+        *generation = cred->node->generation;
+        /*
+         * A token not yet written back, even one that Salesforce has
+         * rejected since: its refresh token is the newest there is, and
+         * must reach the fleet.  Not while a refresh of this node runs,
+         * whose outcome is written back by its worker.
+         */
+        *dirty = cred->node->fleet_dirty && cred->node->token_len
+                 && ngx_http_sf_oauth_store_can_lease(cred, cred->node);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return fleet;
+}
+
+
+/* marks the zone's Redis outage as logged, or over; returns the old mark */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t outage)
+{
+    ngx_uint_t                 old;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    old = zone->sh->outage;
+    zone->sh->outage = outage;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return old;
+}
+
+
+/* a backoff for "error" alone ends now: its cause is gone */
+
+void
+ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *error)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)
+        && node->state == NGX_HTTP_SF_OAUTH_FAILED
+        && node->error_len == error->len
+        && ngx_memcmp(node->error, error->data, error->len) == 0)
+    {
+        node->backoff_until = ngx_current_msec;
+        node->failures = 0;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
