@@ -664,7 +664,13 @@ ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
     ctx->client_body = r->request_body ? r->request_body->bufs : NULL;
     ctx->client_length = r->headers_in.content_length_n;
 
-    ngx_http_finalize_request(r, ngx_http_sf_oauth_handler_content(r));
+    /*
+     * The content phase goes on where it stopped: the location's content
+     * handler is ngx_http_sf_oauth_handler_content (see
+     * ngx_http_sf_oauth_merge_loc_conf), which the replay runs the same way.
+     */
+
+    ngx_http_finalize_request(r, r->content_handler(r));
 }
 
 
