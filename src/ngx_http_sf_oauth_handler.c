@@ -27,9 +27,9 @@
 static ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_create_ctx(
     ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_lookup_t *lk, ngx_int_t *rc);
-static ngx_int_t ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
+static ngx_int_t ngx_http_sf_oauth_proxy_unmapped(ngx_http_request_t *r,
     ngx_http_sf_oauth_loc_conf_t *slcf);
-static ngx_int_t ngx_http_sf_oauth_clone(ngx_http_request_t *r,
+static ngx_int_t ngx_http_sf_oauth_serve_clone(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_ctx_t **cp);
 static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -231,7 +231,7 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
         }
 
         if (cred == NULL) {
-            return ngx_http_sf_oauth_unmapped(r, slcf);
+            return ngx_http_sf_oauth_proxy_unmapped(r, slcf);
         }
 
         /*
@@ -239,7 +239,7 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
          * starts in the content phase: it looks the token up here.
          */
 
-        rc = ngx_http_sf_oauth_clone(r, cred, &ctx);
+        rc = ngx_http_sf_oauth_serve_clone(r, cred, &ctx);
         if (ctx == NULL) {
             return rc;
         }
@@ -338,7 +338,7 @@ ngx_http_sf_oauth_create_ctx(ngx_http_request_t *r,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
+ngx_http_sf_oauth_proxy_unmapped(ngx_http_request_t *r,
     ngx_http_sf_oauth_loc_conf_t *slcf)
 {
     if (!slcf->soap_login
@@ -364,8 +364,8 @@ ngx_http_sf_oauth_unmapped(ngx_http_request_t *r,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_clone(ngx_http_request_t *r, ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_ctx_t **cp)
+ngx_http_sf_oauth_serve_clone(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_ctx_t **cp)
 {
     ngx_int_t                    rc;
     ngx_http_sf_oauth_ctx_t     *ctx;

@@ -34,7 +34,7 @@ static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot);
-static ngx_int_t ngx_http_sf_oauth_unshare(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r);
 
 
 /*
@@ -75,7 +75,7 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
          * A subrequest shares the header list's elements with its
          * parent, and a main request with its subrequests (mirror).
          */
-        if (ngx_http_sf_oauth_unshare(r) != NGX_OK) {
+        if (ngx_http_sf_oauth_unshare_headers(r) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -160,7 +160,8 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
     if (ctx->gzipped) {
         /*
          * The envelope goes inflated.  The element is looked up here: the
-         * header list may have just been copied (ngx_http_sf_oauth_unshare).
+         * header list may have just been copied
+         * (ngx_http_sf_oauth_unshare_headers).
          */
         h = ctx->coding.header ? ctx->coding.header
                                : ngx_http_sf_oauth_inject_find_encoding(r);
@@ -419,7 +420,7 @@ ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_unshare(ngx_http_request_t *r)
+ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r)
 {
     ngx_uint_t        i, n;
     ngx_list_t        old;

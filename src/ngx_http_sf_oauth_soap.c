@@ -13,18 +13,18 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static void ngx_http_sf_oauth_body_read(ngx_http_request_t *r);
-static void ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev);
-static void ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
+static void ngx_http_sf_oauth_take_body(ngx_http_request_t *r);
+static void ngx_http_sf_oauth_resume_inflation(ngx_event_t *ev);
+static void ngx_http_sf_oauth_run_inflation(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-static void ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
+static void ngx_http_sf_oauth_plan_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *plain);
 static void ngx_http_sf_oauth_refuse_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t status, ngx_str_t *why);
-static ngx_int_t ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
+static ngx_int_t ngx_http_sf_oauth_intercept_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env);
-static void ngx_http_sf_oauth_login_wait(ngx_event_t *ev);
-static ngx_int_t ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
+static void ngx_http_sf_oauth_poll_identity(ngx_event_t *ev);
+static ngx_int_t ngx_http_sf_oauth_reply_to_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 
 
@@ -90,7 +90,7 @@ ngx_http_sf_oauth_soap_read_envelope(ngx_http_request_t *r,
                                                 &encoded);
     }
 
-    rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_body_read);
+    rc = ngx_http_read_client_request_body(r, ngx_http_sf_oauth_take_body);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         return rc;
@@ -103,7 +103,7 @@ ngx_http_sf_oauth_soap_read_envelope(ngx_http_request_t *r,
 /* the SOAP request's body is read: its envelope is parsed, then proxied */
 
 static void
-ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
+ngx_http_sf_oauth_take_body(ngx_http_request_t *r)
 {
     ngx_chain_t              *body;
     ngx_http_sf_oauth_ctx_t  *ctx;
@@ -118,7 +118,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     body = r->request_body ? r->request_body->bufs : NULL;
 
     if (!ctx->gzipped) {
-        ngx_http_sf_oauth_body_parse(r, ctx, body);
+        ngx_http_sf_oauth_plan_envelope(r, ctx, body);
         return;
     }
 
@@ -134,7 +134,7 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
         return;
     }
 
-    ctx->inflating.handler = ngx_http_sf_oauth_inflate_turn;
+    ctx->inflating.handler = ngx_http_sf_oauth_resume_inflation;
     ctx->inflating.data = r->connection;
     ctx->inflating.log = r->connection->log;
 
@@ -142,14 +142,14 @@ ngx_http_sf_oauth_body_read(ngx_http_request_t *r)
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    ngx_http_sf_oauth_body_inflate(r, ctx);
+    ngx_http_sf_oauth_run_inflation(r, ctx);
 }
 
 
 /* the next slice of the envelope's inflation, on a later turn */
 
 static void
-ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev)
+ngx_http_sf_oauth_resume_inflation(ngx_event_t *ev)
 {
     ngx_connection_t         *c;
     ngx_http_request_t       *r;
@@ -165,7 +165,7 @@ ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev)
     /* posted, or its timer fired: either way, the next slice */
     ev->timedout = 0;
 
-    ngx_http_sf_oauth_body_inflate(r, ctx);
+    ngx_http_sf_oauth_run_inflation(r, ctx);
     ngx_http_run_posted_requests(c);
 }
 
@@ -177,7 +177,7 @@ ngx_http_sf_oauth_inflate_turn(ngx_event_t *ev)
  */
 
 static void
-ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
+ngx_http_sf_oauth_run_inflation(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_int_t                  rc;
@@ -232,14 +232,14 @@ ngx_http_sf_oauth_body_inflate(ngx_http_request_t *r,
         return;
     }
 
-    ngx_http_sf_oauth_body_parse(r, ctx, plain);
+    ngx_http_sf_oauth_plan_envelope(r, ctx, plain);
 }
 
 
 /* the envelope, inflated if it came compressed, is parsed, then proxied */
 
 static void
-ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
+ngx_http_sf_oauth_plan_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *plain)
 {
     ngx_int_t                      rc;
@@ -294,7 +294,8 @@ ngx_http_sf_oauth_body_parse(ngx_http_request_t *r,
     }
 
     if (env->call != NGX_HTTP_SF_OAUTH_CALL_OTHER && slcf->soap_login) {
-        ngx_http_finalize_request(r, ngx_http_sf_oauth_soap_login(r, ctx, env));
+        ngx_http_finalize_request(r,
+                              ngx_http_sf_oauth_intercept_login(r, ctx, env));
         return;
     }
 
@@ -335,7 +336,7 @@ ngx_http_sf_oauth_refuse_envelope(ngx_http_request_t *r,
  */
 
 static ngx_int_t
-ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
+ngx_http_sf_oauth_intercept_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_envelope_t *env)
 {
     ngx_str_t                  token;
@@ -346,7 +347,7 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     ctx->envelope = env;
 
     if (env->call != NGX_HTTP_SF_OAUTH_CALL_LOGIN) {
-        return ngx_http_sf_oauth_soap_answer(r, ctx);
+        return ngx_http_sf_oauth_reply_to_login(r, ctx);
     }
 
     if (ngx_http_sf_oauth_store_identity(cred, r->pool, &who) != NGX_OK) {
@@ -354,7 +355,7 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     }
 
     if (who.known || who.org_id.len == 0) {
-        return ngx_http_sf_oauth_soap_answer(r, ctx);
+        return ngx_http_sf_oauth_reply_to_login(r, ctx);
     }
 
     if (cred->identity == NULL
@@ -370,14 +371,14 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
     }
 
     if (cred->identity == NULL) {
-        return ngx_http_sf_oauth_soap_answer(r, ctx);
+        return ngx_http_sf_oauth_reply_to_login(r, ctx);
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "sf_oauth: credential \"%V\": login() waits for the "
                    "identity service", &cred->name);
 
-    ctx->waiter.event.handler = ngx_http_sf_oauth_login_wait;
+    ctx->waiter.event.handler = ngx_http_sf_oauth_poll_identity;
     ctx->waiter.event.data = r->connection;
     ctx->waiter.event.log = r->connection->log;
     ctx->deadline = ngx_current_msec + cred->timeout;
@@ -395,7 +396,7 @@ ngx_http_sf_oauth_soap_login(ngx_http_request_t *r,
 
 
 static void
-ngx_http_sf_oauth_login_wait(ngx_event_t *ev)
+ngx_http_sf_oauth_poll_identity(ngx_event_t *ev)
 {
     ngx_connection_t         *c;
     ngx_http_request_t       *r;
@@ -417,7 +418,7 @@ ngx_http_sf_oauth_login_wait(ngx_event_t *ev)
 
     r->read_event_handler = ngx_http_block_reading;
 
-    ngx_http_finalize_request(r, ngx_http_sf_oauth_soap_answer(r, ctx));
+    ngx_http_finalize_request(r, ngx_http_sf_oauth_reply_to_login(r, ctx));
     ngx_http_run_posted_requests(c);
 }
 
@@ -425,7 +426,7 @@ ngx_http_sf_oauth_login_wait(ngx_event_t *ev)
 /* the answer to login() or logout(), with what is known of the user */
 
 static ngx_int_t
-ngx_http_sf_oauth_soap_answer(ngx_http_request_t *r,
+ngx_http_sf_oauth_reply_to_login(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
     u_char                        *last;

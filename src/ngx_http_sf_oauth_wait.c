@@ -17,15 +17,15 @@
 #include "ngx_http_sf_oauth.h"
 
 
-static ngx_int_t ngx_http_sf_oauth_wait(ngx_http_request_t *r,
+static ngx_int_t ngx_http_sf_oauth_arm_wait(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-static void ngx_http_sf_oauth_wake(ngx_event_t *ev);
-static void ngx_http_sf_oauth_unhold(ngx_http_request_t *r,
+static void ngx_http_sf_oauth_wake_waiter(ngx_event_t *ev);
+static void ngx_http_sf_oauth_undo_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-static void ngx_http_sf_oauth_replay(ngx_http_request_t *r,
+static void ngx_http_sf_oauth_replay_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-static void ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx);
-static void ngx_http_sf_oauth_held_writer(ngx_http_request_t *r);
+static void ngx_http_sf_oauth_stop_wait(ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_drop_send_timeout(ngx_http_request_t *r);
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_start =
@@ -90,7 +90,7 @@ ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
         /* fall through */
 
     case NGX_HTTP_SF_OAUTH_GOT_WAIT:
-        return ngx_http_sf_oauth_wait(r, ctx);
+        return ngx_http_sf_oauth_arm_wait(r, ctx);
 
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -99,10 +99,10 @@ ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_sf_oauth_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_arm_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->waiter.event.handler == NULL) {
-        ctx->waiter.event.handler = ngx_http_sf_oauth_wake;
+        ctx->waiter.event.handler = ngx_http_sf_oauth_wake_waiter;
         ctx->waiter.event.data = r->connection;
         ctx->waiter.event.log = r->connection->log;
     }
@@ -191,7 +191,7 @@ ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
 
     ctx->wait_begun = 0;
 
-    if (ngx_http_sf_oauth_wait(r, ctx) != NGX_AGAIN) {
+    if (ngx_http_sf_oauth_arm_wait(r, ctx) != NGX_AGAIN) {
         return NGX_ERROR;
     }
 
@@ -237,8 +237,10 @@ ngx_http_sf_oauth_wait_is_stale_replay(ngx_http_sf_oauth_ctx_t *ctx)
 }
 
 
+/* the write handler of a parked held request: it sends nothing meanwhile */
+
 static void
-ngx_http_sf_oauth_held_writer(ngx_http_request_t *r)
+ngx_http_sf_oauth_drop_send_timeout(ngx_http_request_t *r)
 {
     ngx_event_t  *wev;
 
@@ -254,7 +256,7 @@ ngx_http_sf_oauth_held_writer(ngx_http_request_t *r)
 
 
 static void
-ngx_http_sf_oauth_wake(ngx_event_t *ev)
+ngx_http_sf_oauth_wake_waiter(ngx_event_t *ev)
 {
     ngx_int_t                    rc;
     ngx_msec_t                   until;
@@ -270,12 +272,12 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
 
     ngx_http_set_log_request(c->log, r);
 
-    ngx_http_sf_oauth_unwait(ctx);
+    ngx_http_sf_oauth_stop_wait(ctx);
 
     if (ctx->held && (r->upstream == NULL || r->upstream->cleanup == NULL)) {
         /* the 401 is drained and the request parked: no send_timeout */
-        r->write_event_handler = ngx_http_sf_oauth_held_writer;
-        ngx_http_sf_oauth_held_writer(r);
+        r->write_event_handler = ngx_http_sf_oauth_drop_send_timeout;
+        ngx_http_sf_oauth_drop_send_timeout(r);
     }
 
     if (ctx->later) {
@@ -292,7 +294,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
         if (rc == NGX_HTTP_SF_OAUTH_REJ_LATER
             && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0)
         {
-            (void) ngx_http_sf_oauth_wait(r, ctx);
+            (void) ngx_http_sf_oauth_arm_wait(r, ctx);
             return;
         }
 
@@ -306,7 +308,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
             return;
         }
 
-        ngx_http_sf_oauth_unwait(ctx);
+        ngx_http_sf_oauth_stop_wait(ctx);
 
         ngx_log_error(NGX_LOG_ERR, c->log, 0,
                       "sf_oauth: credential \"%V\": %V",
@@ -322,13 +324,13 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
     ctx->wait_begun = 0;
 
     if (ctx->held) {
-        ngx_http_sf_oauth_unhold(r, ctx);
+        ngx_http_sf_oauth_undo_hold(r, ctx);
     }
 
     if (rc == NGX_DECLINED) {
 
         if (ctx->replayed) {
-            ngx_http_sf_oauth_replay(r, ctx);
+            ngx_http_sf_oauth_replay_request(r, ctx);
 
         } else {
             /* the token is known: go on with the phases where they stopped */
@@ -357,7 +359,7 @@ ngx_http_sf_oauth_wake(ngx_event_t *ev)
  */
 
 static void
-ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_undo_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_connection_t  *c;
 
@@ -394,7 +396,8 @@ ngx_http_sf_oauth_unhold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
  */
 
 static void
-ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_replay_request(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
 {
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "sf_oauth: credential \"%V\": replaying the request",
@@ -407,7 +410,7 @@ ngx_http_sf_oauth_replay(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
 
 static void
-ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx)
+ngx_http_sf_oauth_stop_wait(ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->waiter.event.timer_set) {
         ngx_del_timer(&ctx->waiter.event);
@@ -424,12 +427,17 @@ ngx_http_sf_oauth_unwait(ngx_http_sf_oauth_ctx_t *ctx)
 }
 
 
+/*
+ * The ctx's pool cleanup (see ngx_http_sf_oauth_handler_ctx): a wait, and
+ * an envelope's inflation, end with the request.
+ */
+
 void
 ngx_http_sf_oauth_wait_clean_ctx(void *data)
 {
     ngx_http_sf_oauth_ctx_t  *ctx = data;
 
-    ngx_http_sf_oauth_unwait(ctx);
+    ngx_http_sf_oauth_stop_wait(ctx);
 
     /* a client that went away while its envelope inflated */
     if (ctx->inflating.posted) {
