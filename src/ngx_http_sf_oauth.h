@@ -658,7 +658,7 @@ typedef struct {
     /*
      * The wall clock's ms when the request's first 401 was held, and when
      * the token it now has was got: see
-     * ngx_http_sf_oauth_handler_older_token()
+     * ngx_http_sf_oauth_wait_is_stale_replay()
      */
     uint64_t                     rejected_ms;
     uint64_t                     token_ms;
@@ -1015,25 +1015,52 @@ void ngx_cdecl ngx_http_sf_oauth_parse_fail(ngx_pool_t *pool,
 
 /* handler */
 ngx_int_t ngx_http_sf_oauth_handler(ngx_http_request_t *r);
-ngx_table_elt_t *ngx_http_sf_oauth_handler_find(ngx_list_t *list,
-    ngx_str_t *name, ngx_table_elt_t *after);
 ngx_int_t ngx_http_sf_oauth_handler_cred(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t **cred, ngx_uint_t log);
 ngx_int_t ngx_http_sf_oauth_handler_rewrite(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_handler_content(ngx_http_request_t *r);
 ngx_int_t ngx_http_sf_oauth_handler_log(ngx_http_request_t *r);
 ngx_http_sf_oauth_ctx_t *ngx_http_sf_oauth_handler_ctx(ngx_http_request_t *r);
-void ngx_http_sf_oauth_handler_unset_token(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx);
 void ngx_http_sf_oauth_handler_response_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 ngx_int_t ngx_http_sf_oauth_handler_authorization_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf);
-ngx_int_t ngx_http_sf_oauth_handler_hold(ngx_http_request_t *r,
+
+/* wait */
+ngx_int_t ngx_http_sf_oauth_wait_ask_zone(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_int_t rc,
+    ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
-ngx_uint_t ngx_http_sf_oauth_handler_older_token(
+ngx_uint_t ngx_http_sf_oauth_wait_is_stale_replay(
     ngx_http_sf_oauth_ctx_t *ctx);
+void ngx_http_sf_oauth_wait_clean_ctx(void *data);
+
+/* inject */
+extern u_char  ngx_http_sf_oauth_inject_lowcase_key[];
+
+ngx_int_t ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+void ngx_http_sf_oauth_inject_unset_token(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+ngx_table_elt_t *ngx_http_sf_oauth_inject_find_header(ngx_list_t *list,
+    ngx_str_t *name, ngx_table_elt_t *after);
+ngx_table_elt_t *ngx_http_sf_oauth_inject_find_encoding(
+    ngx_http_request_t *r);
+
+/* soap */
+ngx_int_t ngx_http_sf_oauth_soap_read_envelope(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+
+/* fail */
+ngx_int_t ngx_http_sf_oauth_fail_request(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
+ngx_int_t ngx_http_sf_oauth_fail_send_error(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *error, time_t retry_after);
+void ngx_http_sf_oauth_fail_end_upstream(ngx_http_request_t *r);
 
 /* envelope */
 void ngx_http_sf_oauth_envelope_init(void);

@@ -379,7 +379,7 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
 
     /*
      * Numbers out of range are 0.  They are informational, but for
-     * token_ms: see ngx_http_sf_oauth_handler_older_token()
+     * token_ms: see ngx_http_sf_oauth_wait_is_stale_replay()
      */
 
     num = cJSON_GetObjectItemCaseSensitive(item, "issued_at");

@@ -35,7 +35,7 @@
  *     The last buffer wakes the request at once, so that the writer's
  *     send_timeout is taken off: a held request sends nothing, and only
  *     the module's own deadline bounds its wait.
- *   - When the refresh completes, ngx_http_sf_oauth_handler.c clears the
+ *   - When the refresh completes, ngx_http_sf_oauth_wait.c clears the
  *     header, sets the new token and runs the proxy's content handler
  *     again: a new upstream, the same method, headers and body.
  *   - When the refresh fails instead, an upstream still streaming the
@@ -50,8 +50,8 @@
  * Limits: a body streamed with proxy_request_buffering off is gone, so
  * such a 401 passes through.  A replayed request's own 401 passes through,
  * never a second refresh, unless the replay's token was older than the
- * request's 401 (ngx_http_sf_oauth_handler_older_token): then the request
- * is held and replayed once more.  Whether a 401 drops the token and
+ * request's 401 (ngx_http_sf_oauth_wait_is_stale_replay): then the
+ * request is held and replayed once more.  Whether a 401 drops the token and
  * refreshes, or waits because refreshes did not cure 401s lately, is the
  * store's rule (ngx_http_sf_oauth_store_rejected).
  */
@@ -110,7 +110,8 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
     if (r->upstream && r->upstream == ctx->upstream) {
         /* the org's API usage: one header lookup, no lock */
 
-        h = ngx_http_sf_oauth_handler_find(&r->upstream->headers_in.headers,
+        h = ngx_http_sf_oauth_inject_find_header(
+                                           &r->upstream->headers_in.headers,
                                            &ngx_http_sf_oauth_limit_info,
                                            NULL);
         if (h) {
@@ -135,7 +136,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         && !r->header_sent
         && ngx_http_sf_oauth_replayable(r, ctx))
     {
-        ngx_http_sf_oauth_handler_unset_token(r, ctx);
+        ngx_http_sf_oauth_inject_unset_token(r, ctx);
 
         /* a response held for the session is not cached either */
         r->upstream->cacheable = 0;
@@ -148,7 +149,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 
             if (ngx_http_sf_oauth_dead(r, ctx, 1)) {
                 /* swallowed: nothing of this response goes further */
-                return ngx_http_sf_oauth_handler_hold(r, ctx);
+                return ngx_http_sf_oauth_wait_hold(r, ctx);
             }
 
             return ngx_http_sf_oauth_pass(r, ctx);
@@ -174,7 +175,7 @@ static ngx_int_t
 ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (ctx->replayed && !ngx_http_sf_oauth_handler_older_token(ctx)) {
+    if (ctx->replayed && !ngx_http_sf_oauth_wait_is_stale_replay(ctx)) {
         /*
          * The replay's own answer passes: one replay after a refresh made
          * for the request
@@ -319,7 +320,7 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 
     if (ngx_http_sf_oauth_dead(r, ctx, last && !full)) {
 
-        if (ngx_http_sf_oauth_handler_hold(r, ctx) != NGX_OK) {
+        if (ngx_http_sf_oauth_wait_hold(r, ctx) != NGX_OK) {
             return NGX_ERROR;
         }
 
