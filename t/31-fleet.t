@@ -135,7 +135,13 @@ sub auths_of {
     my $start = time;
     my $token = $r->{json}{authorization} // '';
 
-    my $gen = (RedisTest::node_redis($n[0]) || {})->{fleet_generation} // -1;
+    # the token is written back to Redis after the answer went out: wait
+    # for node 1's write-back rather than read its generation once
+    my $gen = -1;
+    RedisTest::wait_for(1, sub {
+        $gen = (RedisTest::node_redis($n[0]) || {})->{fleet_generation} // -1;
+        $gen > $old[0];
+    });
     ok($gen > $old[0], "node 1's fleet_generation went up ($old[0] -> $gen)");
 
     my $seen = $gen >= 1 && RedisTest::wait_for(1, sub {
