@@ -123,6 +123,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
 FUZZ_LIBS   := -lcjson -lcrypto -lxml2 -lz
 
 FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
+               src/ngx_http_sf_oauth_url.c \
                src/ngx_http_sf_oauth_codec.c \
                src/ngx_http_sf_oauth_envelope.c \
                src/ngx_http_sf_oauth_inflate.c \

@@ -989,7 +989,7 @@ ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
 
-/* parse */
+/* url */
 typedef struct {
     ngx_str_t                    origin;      /* scheme://host[:port] */
     ngx_str_t                    host;        /* IPv6 in brackets */
@@ -998,8 +998,10 @@ typedef struct {
     const char                  *err;         /* ngx_parse_url()'s */
 } ngx_http_sf_oauth_url_t;
 
-ngx_int_t ngx_http_sf_oauth_parse_url(ngx_pool_t *pool, ngx_str_t *url,
+ngx_int_t ngx_http_sf_oauth_url_parse(ngx_pool_t *pool, ngx_str_t *url,
     ngx_http_sf_oauth_url_t *u);
+
+/* parse */
 void ngx_http_sf_oauth_parse_response(ngx_pool_t *pool, long status,
     u_char *body, size_t len, ngx_http_sf_oauth_token_t *tok);
 ngx_int_t ngx_http_sf_oauth_parse_check_token(ngx_str_t *s);
