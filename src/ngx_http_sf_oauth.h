@@ -956,9 +956,11 @@ void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);
 
-/* redis */
-char *ngx_http_sf_oauth_redis_block(ngx_conf_t *cf,
+/* redis_conf */
+char *ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_redis_t *rd);
+
+/* redis */
 ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
     ngx_cycle_t *cycle, ngx_http_sf_oauth_reply_pt message,
     ngx_http_sf_oauth_redis_ready_pt ready, void *data);
