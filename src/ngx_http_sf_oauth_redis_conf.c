@@ -72,7 +72,8 @@ static ngx_command_t  ngx_http_sf_oauth_redis_commands[] = {
 
 
 char *
-ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
+ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd)
 {
     char                       *rv;
     u_char                     *p;
