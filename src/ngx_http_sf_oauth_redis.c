@@ -27,6 +27,12 @@
  * is noticed too.
  *
  * The client knows none of its callers.
+ *
+ * This file is one concern, though it is over a thousand lines: one
+ * connection's life (connect, TLS, AUTH/SELECT setup, commands and their
+ * callbacks in order, the reply limits and deadlines, PING, close and
+ * reconnect), which is one state machine.  The sf_oauth_redis block that
+ * configures it is ngx_http_sf_oauth_redis_conf.c.
  */
 
 
