@@ -123,6 +123,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
 FUZZ_LIBS   := -lcjson -lcrypto -lxml2 -lz
 
 FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
+               src/ngx_http_sf_oauth_url.c \
                src/ngx_http_sf_oauth_codec.c \
                src/ngx_http_sf_oauth_envelope.c \
                src/ngx_http_sf_oauth_inflate.c \
@@ -131,7 +132,7 @@ FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
                src/ngx_http_sf_oauth_send.c
 FUZZ_TARGETS := parse state envelope verdict
 
-$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRCS) src/ngx_http_sf_oauth.h \
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_SRCS) $(wildcard src/*.h) \
                  | $(OBJS)/Makefile
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ fuzz/fuzz_$*.c $(FUZZ_SRCS) $(FUZZ_LIBS)
 

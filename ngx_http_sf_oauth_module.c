@@ -506,7 +506,7 @@ ngx_http_sf_oauth_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rd->file = cf->conf_file->file.name.data;
     rd->line = cf->conf_file->line;
 
-    if (ngx_http_sf_oauth_redis_block(cf, rd) != NGX_CONF_OK) {
+    if (ngx_http_sf_oauth_redis_conf_block(cf, rd) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

@@ -330,7 +330,7 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     url = &((ngx_str_t *) cf->args->elts)[1];
 
-    rc = ngx_http_sf_oauth_parse_url(cf->pool, url, &u);
+    rc = ngx_http_sf_oauth_url_parse(cf->pool, url, &u);
 
     if (rc == NGX_DECLINED) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -36,6 +36,13 @@
  * the token of that moment: the first request and its replay after a dead
  * session get their own.  Between the two the request body holds the
  * client's envelope again.
+ *
+ * This file is one concern, though it is over a thousand lines: the SAX2
+ * callbacks, the offsets they give, the plan they build and the body made
+ * from the plan share one state (ngx_http_sf_oauth_parse_t) and must be
+ * read together to see that a token lands only where the plan says.  The
+ * gunzip of an envelope is in ngx_http_sf_oauth_inflate.c, the answers
+ * the module writes itself in ngx_http_sf_oauth_answer.c.
  */
 
 

@@ -35,6 +35,15 @@
  *
  * This file knows none of its callers: the refresh hears the answers of
  * acquire and store through a callback.
+ *
+ * It is one concern, though it is over a thousand lines: the fleet's
+ * protocol, each step a script sent and its reply read (acquire, renew,
+ * store, restore, release, sync, the channel's messages), with the
+ * decoding of a record and the key check that every reply needs.  The
+ * steps share the per-credential fleet state and must be read together
+ * to see that no node overwrites a newer token or reuses a rotated-out
+ * refresh token.  The Redis connection is ngx_http_sf_oauth_redis.c; what
+ * the fleet keeps in the zone, ngx_http_sf_oauth_store_fleet.c.
  */
 
 

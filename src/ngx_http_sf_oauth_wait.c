@@ -77,9 +77,19 @@ ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
         return NGX_DECLINED;
 
     case NGX_HTTP_SF_OAUTH_GOT_ERROR:
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sf_oauth: credential \"%V\": no token: %V, retry "
+                       "after %T s", &ctx->cred->name, &lk->error,
+                       lk->retry_after);
+
         return NGX_HTTP_BAD_GATEWAY;
 
     case NGX_HTTP_SF_OAUTH_GOT_LEASE:
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sf_oauth: credential \"%V\": this worker took the "
+                       "refresh lease", &ctx->cred->name);
 
         if (ngx_http_sf_oauth_refresh_start(ctx->cred, lk) != NGX_OK) {
             lk->error = ngx_http_sf_oauth_error_start;
@@ -90,6 +100,11 @@ ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
         /* fall through */
 
     case NGX_HTTP_SF_OAUTH_GOT_WAIT:
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "sf_oauth: credential \"%V\": no token yet, the "
+                       "refresh is another's", &ctx->cred->name);
+
         return ngx_http_sf_oauth_arm_wait(r, ctx);
 
     default:
@@ -170,6 +185,16 @@ ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
 
     rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
                                           &until);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: credential \"%V\": 401 to token generation "
+                   "%ui held (replay %ui), the store says %s",
+                   &ctx->cred->name, ctx->generation, ctx->replays + 1,
+                   rc == NGX_HTTP_SF_OAUTH_REJ_NEWER
+                   ? "a newer token is there"
+                   : rc == NGX_HTTP_SF_OAUTH_REJ_DROPPED
+                     ? "the token is dropped, a refresh follows"
+                     : "no refresh yet: 401s lately outlived refreshes");
 
     ngx_http_sf_oauth_store_count(ctx->cred, NGX_HTTP_SF_OAUTH_COUNT_REPLAYS);
 
@@ -272,6 +297,11 @@ ngx_http_sf_oauth_wake_waiter(ngx_event_t *ev)
 
     ngx_http_set_log_request(c->log, r);
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "sf_oauth: credential \"%V\": waiter woken%s%s",
+                   &ctx->cred->name, ctx->held ? ", 401 held" : "",
+                   ctx->later ? ", refresh later" : "");
+
     ngx_http_sf_oauth_stop_wait(ctx);
 
     if (ctx->held && (r->upstream == NULL || r->upstream->cleanup == NULL)) {
@@ -294,6 +324,10 @@ ngx_http_sf_oauth_wake_waiter(ngx_event_t *ev)
         if (rc == NGX_HTTP_SF_OAUTH_REJ_LATER
             && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "sf_oauth: credential \"%V\": no refresh yet, "
+                           "waiting on", &ctx->cred->name);
+
             (void) ngx_http_sf_oauth_arm_wait(r, ctx);
             return;
         }
@@ -366,6 +400,10 @@ ngx_http_sf_oauth_undo_hold(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     c = r->connection;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "sf_oauth: credential \"%V\": hold undone",
+                   &ctx->cred->name);
+
     ctx->held = 0;
     ctx->replayed = 1;
 
@@ -400,9 +438,10 @@ static void
 ngx_http_sf_oauth_replay_request(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "sf_oauth: credential \"%V\": replaying the request",
-                   &ctx->cred->name);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: credential \"%V\": replaying the request "
+                   "(replay %ui) with token generation %ui",
+                   &ctx->cred->name, ctx->replays + 1, ctx->generation);
 
     ctx->replays++;
 

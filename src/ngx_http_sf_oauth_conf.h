@@ -1,0 +1,251 @@
+
+/*
+ * What the configuration makes: an sf_oauth_redis block, an sf_oauth_zone,
+ * an sf_oauth_credential, the main and location configurations.  They are
+ * read-only once the configuration is loaded, but for the part of a
+ * credential and of a Redis block that each worker keeps for itself, which
+ * is marked as such.
+ *
+ * Included by ngx_http_sf_oauth.h, after ngx_http_sf_oauth_record.h;
+ * never on its own.
+ */
+
+
+#ifndef _NGX_HTTP_SF_OAUTH_CONF_H_INCLUDED_
+#define _NGX_HTTP_SF_OAUTH_CONF_H_INCLUDED_
+
+
+typedef struct ngx_http_sf_oauth_zone_s  ngx_http_sf_oauth_zone_t;
+typedef struct ngx_http_sf_oauth_redis_s  ngx_http_sf_oauth_redis_t;
+typedef struct ngx_http_sf_oauth_redis_conn_s  ngx_http_sf_oauth_redis_conn_t;
+
+/* a Redis reply (a redisReply), or NULL when the connection failed first */
+typedef void (*ngx_http_sf_oauth_reply_pt)(void *reply, void *data);
+typedef void (*ngx_http_sf_oauth_redis_ready_pt)(
+    ngx_http_sf_oauth_redis_t *rd, ngx_uint_t subscriber, void *data);
+
+/* what to do when a refresh is due while Redis is unreachable */
+#define NGX_HTTP_SF_OAUTH_DOWN_LOCAL     0
+#define NGX_HTTP_SF_OAUTH_DOWN_FAIL      1
+
+/* an sf_oauth_redis block */
+struct ngx_http_sf_oauth_redis_s {
+    ngx_str_t                    name;
+    ngx_str_t                    server;
+    ngx_addr_t                   addr;
+    ngx_str_t                    host;        /* zero-terminated */
+    ngx_uint_t                   host_is_ip;
+    ngx_str_t                    user;
+    ngx_str_t                    password;
+    ngx_str_t                    password_file;
+    ngx_int_t                    database;
+    ngx_str_t                    prefix;
+    ngx_str_t                    channel;
+    ngx_flag_t                   tls;
+    ngx_str_t                    ca_file;
+    ngx_flag_t                   ssl_verify;
+    ngx_flag_t                   world_readable;
+    ngx_msec_t                   timeout;
+    ngx_uint_t                   down;
+#if (NGX_SSL)
+    ngx_ssl_t                   *ssl;
+#else
+    void                        *ssl;
+#endif
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+
+    /* per worker: the command connection and the subscriber */
+    ngx_http_sf_oauth_redis_conn_t  *cmd;
+    ngx_http_sf_oauth_redis_conn_t  *sub;
+
+    /* per worker: an outage has been logged as uncoordinated */
+    ngx_uint_t                   outage_logged;
+};
+
+struct ngx_http_sf_oauth_zone_s {
+    ngx_http_sf_oauth_sh_t      *sh;
+    ngx_slab_pool_t             *shpool;
+    ngx_str_t                    name;
+    ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+
+    /* on a reload that resized the zone: the old one, until the commit */
+    ngx_http_sf_oauth_zone_t    *resized;
+
+    /* the state file, if any, and its AES-256 key, and its fingerprint */
+    ngx_str_t                    state;
+    u_char                       key[32];
+    u_char                       key_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+
+    /* the state file configured, a full path, also when it is not used */
+    ngx_str_t                    state_path;
+
+    /* why a configured key cannot be used */
+    ngx_str_t                    key_path;
+    const char                  *key_error;
+    ngx_err_t                    key_errno;
+
+    /* the fleet: redis=NAME, its block, and whether the key allows it */
+    ngx_str_t                    redis_name;
+    ngx_http_sf_oauth_redis_t   *redis;
+};
+
+
+typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
+
+
+typedef struct ngx_http_sf_oauth_cred_s  ngx_http_sf_oauth_cred_t;
+typedef struct ngx_http_sf_oauth_inflate_s  ngx_http_sf_oauth_inflate_t;
+
+struct ngx_http_sf_oauth_cred_s {
+    ngx_str_t                    name;
+
+    ngx_str_t                    zone_name;
+    ngx_shm_zone_t              *shm_zone;
+    ngx_str_t                    token_url;
+    ngx_str_t                    token_origin;  /* scheme://host[:port] */
+    ngx_str_t                    token_host;
+    ngx_str_t                    introspect_url;
+    ngx_str_t                    client_id;
+    ngx_str_t                    client_secret;
+    ngx_str_t                    client_secret_file;
+    ngx_str_t                    refresh_token;
+    ngx_str_t                    refresh_token_file;
+    ngx_str_t                    ca_file;
+    ngx_uint_t                   grant;
+    ngx_str_t                    username;
+    ngx_str_t                    private_key;
+    ngx_str_t                    audience;
+    /* the private key of the JWT bearer grant: an EVP_PKEY */
+    void                        *pkey;
+    ngx_msec_t                   timeout;
+    ngx_msec_t                   backoff_min;
+    ngx_msec_t                   backoff_max;
+    ngx_msec_t                   hold;
+    ngx_msec_t                   lifetime;
+    ngx_msec_t                   refresh_ahead;
+    ngx_flag_t                   introspect;
+    ngx_flag_t                   ssl_verify;
+    ngx_flag_t                   world_readable;
+
+    /*
+     * What makes a token (conf_fp), and what proves the app to Salesforce:
+     * the client secret or the private key (secret_fp).  See
+     * ngx_http_sf_oauth_fingerprint_conf.
+     */
+    uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+
+    /* the next credential whose name differs only in case */
+    ngx_http_sf_oauth_cred_t    *same_name;
+
+    /* the rest is private to each worker process */
+
+    ngx_http_sf_oauth_node_t    *node;
+    /* the record was made by this configuration, not found in the zone */
+    ngx_uint_t                   fresh;
+    /*
+     * this configuration's reload changed the credential: its workers get
+     * the token for requests that the workers before it hold
+     */
+    ngx_uint_t                   handover;
+    ngx_queue_t                  waiters;
+    ngx_http_sf_oauth_transfer_t *transfer;
+
+    /* the token generation a JWT-format token was last logged for */
+    ngx_uint_t                   jwt_generation;
+
+    /* a location answers SOAP login() with this credential's identity */
+    ngx_uint_t                   soap_login;
+    ngx_http_sf_oauth_transfer_t *identity;
+    ngx_msec_t                   identity_tried;
+    size_t                       identity_user_len;
+    u_char                       identity_user[NGX_HTTP_SF_OAUTH_ID_MAX];
+
+    /* the token generation that this worker's introspection asks about */
+    ngx_uint_t                   introspected;
+
+    /*
+     * The fleet, in this worker: the lease in Redis is this owner's, taken
+     * at fleet generation "fleet_base"; the refresh token to send if Redis
+     * has none newer; the timers of the lease's renewal and of the wait
+     * for another node's refresh
+     */
+    ngx_uint_t                   fleet_state;
+    ngx_uint_t                   fleet_alone;
+    ngx_uint_t                   fleet_base;
+    ngx_uint_t                   fleet_known;
+    ngx_uint_t                   fleet_distrust;
+    ngx_uint_t                   fleet_skip;
+    /* a periodic or announced read is in flight; another was asked */
+    unsigned                     fleet_syncing:1;
+    unsigned                     fleet_sync_again:1;
+    /* the periodic read was refused by Redis, and that was said */
+    unsigned                     fleet_read_refused:1;
+    ngx_msec_t                   fleet_deadline;
+    ngx_event_t                  fleet_timer;
+    void                        *fleet_op;
+    size_t                       fleet_owner_len;
+    u_char                       fleet_owner[NGX_HTTP_SF_OAUTH_OWNER_MAX];
+    size_t                       fleet_secret_len;
+    u_char                       fleet_secret[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
+
+    /*
+     * The metrics of this worker not yet in the zone: requests by status,
+     * the last API usage Salesforce reported, and when they were flushed
+     */
+    ngx_uint_t                   counted[NGX_HTTP_SF_OAUTH_STATUSES];
+    ngx_uint_t                   api_used;
+    ngx_uint_t                   api_limit;
+    ngx_msec_t                   api_msec;
+    ngx_uint_t                   unflushed;
+    ngx_msec_t                   flushed;
+    ngx_msec_t                   transfer_start;
+
+    /* recent secrets of this credential, for the log redaction */
+    ngx_uint_t                   seen_generation;
+    ngx_uint_t                   seen_next;
+    size_t                       seen_len[NGX_HTTP_SF_OAUTH_SEEN];
+    u_char                       seen[NGX_HTTP_SF_OAUTH_SEEN]
+                                     [NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+};
+
+
+typedef struct {
+    ngx_array_t                  creds;       /* ngx_http_sf_oauth_cred_t * */
+    ngx_array_t                  zones;       /* ngx_shm_zone_t * */
+
+    /* the credentials by name, for "sf_oauth $variable" */
+    ngx_hash_t                   names;
+
+    ngx_array_t                  redis;       /* ngx_http_sf_oauth_redis_t * */
+} ngx_http_sf_oauth_main_conf_t;
+
+
+typedef struct {
+    ngx_http_sf_oauth_cred_t    *cred;
+
+    /* "sf_oauth $variable": the credential is named per request */
+    ngx_http_complex_value_t    *value;
+
+    /* the location's own content handler (the proxy's), wrapped */
+    ngx_http_handler_pt          handler;
+
+    /* SOAP login() and logout() are answered by the module */
+    ngx_flag_t                   soap_login;
+
+    /* sf_oauth_soap_inflate_limit: a gzip envelope's inflated size */
+    off_t                        inflate_max;
+    ngx_uint_t                   inflate_ratio;
+
+    ngx_str_t                    name;
+    u_char                      *file;
+    ngx_uint_t                   line;
+} ngx_http_sf_oauth_loc_conf_t;
+
+
+#endif /* _NGX_HTTP_SF_OAUTH_CONF_H_INCLUDED_ */

@@ -1,0 +1,152 @@
+
+/*
+ * A credential's record in the shared memory zone (ngx_http_sf_oauth_node_t)
+ * and the zone's header (ngx_http_sf_oauth_sh_t): what every worker of a
+ * node shares, under the zone's lock.  The state file and the fleet's
+ * records are made of the same fields (ngx_http_sf_oauth_codec.c).
+ *
+ * Included by ngx_http_sf_oauth.h, after its limits; never on its own.
+ */
+
+
+#ifndef _NGX_HTTP_SF_OAUTH_RECORD_H_INCLUDED_
+#define _NGX_HTTP_SF_OAUTH_RECORD_H_INCLUDED_
+
+
+typedef struct {
+    ngx_queue_t                  queue;
+
+    uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
+    ngx_uint_t                   generation;
+    ngx_uint_t                   state;
+
+    ngx_pid_t                    lease_pid;
+    ngx_msec_t                   lease_deadline;
+
+    ngx_msec_t                   backoff_until;
+    ngx_uint_t                   failures;
+    ngx_uint_t                   held;      /* FAILED, the operator's to fix */
+    time_t                       error_time;
+
+    /* 401s: tokens in a row whose replays got 401 too, and the last drop */
+    ngx_uint_t                   uncured;
+    ngx_uint_t                   uncured_generation;
+    ngx_msec_t                   rejected_at;
+
+    /* BUSY answers in a row, and no token request before busy_until */
+    ngx_uint_t                   busy;
+    ngx_msec_t                   busy_until;
+
+    /*
+     * A reload changed the credential, and requests of the workers before
+     * it wait for a token that only the new workers can get (see
+     * ngx_http_sf_oauth_store_handover)
+     */
+    ngx_uint_t                   wanted;
+
+    ngx_uint_t                   invalidations;
+    ngx_uint_t                   replays;
+
+    time_t                       token_time;
+    uint64_t                     issued_at;
+
+    /*
+     * When the token was got, in ms of the wall clock of the node that got
+     * it (this one, or another of the fleet); 0: not known
+     */
+    uint64_t                     token_ms;
+
+    /* for the refresh ahead of expiry: when the token was got, last used */
+    ngx_msec_t                   token_msec;
+    ngx_msec_t                   last_use;
+    ngx_uint_t                   ahead_refreshes;
+
+    /* what introspection said: the token of exp_generation expires at exp */
+    time_t                       exp;
+    ngx_uint_t                   exp_generation;
+    ngx_uint_t                   introspections;
+
+    ngx_uint_t                   token_requests;
+    ngx_uint_t                   token_failures;
+
+    /* for the metrics: see ngx_http_sf_oauth_metrics.c */
+    ngx_uint_t                   token_ok;
+    ngx_uint_t                   token_transient;
+    ngx_uint_t                   token_operator;
+    ngx_uint_t                   wait_timeouts;
+    ngx_uint_t                   requests[NGX_HTTP_SF_OAUTH_STATUSES];
+    ngx_uint_t                   duration_count;
+    ngx_msec_t                   duration_sum;
+    ngx_uint_t                   duration_bucket[NGX_HTTP_SF_OAUTH_BUCKETS];
+    ngx_uint_t                   api_used;
+    ngx_uint_t                   api_limit;
+    time_t                       api_time;
+    ngx_msec_t                   api_msec;
+
+    /*
+     * The fleet (sf_oauth_zone redis=): the Redis generation of the token
+     * here, whether it was got while Redis was unreachable and is still to
+     * be written back, and the last lease owner seen
+     */
+    ngx_uint_t                   fleet_generation;
+    ngx_uint_t                   fleet_dirty;
+    size_t                       fleet_owner_len;
+    u_char                       fleet_owner[NGX_HTTP_SF_OAUTH_OWNER_MAX];
+
+    /*
+     * The fingerprint of the zone's key when the fleet's record was found
+     * written with another key: the mismatch lasts while the key is the
+     * same and no record decrypts
+     */
+    u_char                       fleet_key_mismatch[NGX_HTTP_SF_OAUTH_FP_LEN];
+
+    size_t                       name_len;
+    size_t                       token_len;
+    size_t                       refresh_len;
+    size_t                       url_len;
+    size_t                       error_len;
+
+    /* the identity of the token's user, from the "id" URL of the answer */
+    size_t                       org_id_len;
+    size_t                       user_id_len;
+    u_char                       org_id[NGX_HTTP_SF_OAUTH_ID_MAX];
+    u_char                       user_id[NGX_HTTP_SF_OAUTH_ID_MAX];
+
+    /* the identity service's answer about user_id, once read */
+    ngx_uint_t                   identity_known;
+    size_t                       field_len[NGX_HTTP_SF_OAUTH_FIELDS];
+    u_char                       field[NGX_HTTP_SF_OAUTH_FIELDS]
+                                      [NGX_HTTP_SF_OAUTH_FIELD_MAX];
+
+    u_char                       token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    u_char                       name[NGX_HTTP_SF_OAUTH_NAME_MAX];
+    u_char                       token[NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+    u_char                       refresh[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
+    u_char                       instance_url[NGX_HTTP_SF_OAUTH_URL_MAX];
+    u_char                       error[NGX_HTTP_SF_OAUTH_ERROR_MAX];
+} ngx_http_sf_oauth_node_t;
+
+/* the counters of a record that ngx_http_sf_oauth_store_count() adds to */
+#define NGX_HTTP_SF_OAUTH_COUNT_REPLAYS                                      \
+    offsetof(ngx_http_sf_oauth_node_t, replays)
+#define NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS                                \
+    offsetof(ngx_http_sf_oauth_node_t, wait_timeouts)
+
+
+typedef struct {
+    ngx_queue_t                  nodes;
+
+    /* the worker writing the state file, and whether to write once more */
+    ngx_pid_t                    writer;
+    ngx_uint_t                   dirty;
+
+    /* a reload resized the zone: its records went to a new zone */
+    ngx_uint_t                   retired;
+
+    /* Redis is unreachable, and a node's worker has said so */
+    ngx_uint_t                   outage;
+} ngx_http_sf_oauth_sh_t;
+
+
+#endif /* _NGX_HTTP_SF_OAUTH_RECORD_H_INCLUDED_ */
