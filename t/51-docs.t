@@ -49,7 +49,7 @@ sub prose {
 # directives say theirs in their flags
 my %block = (
     'ngx_http_sf_oauth_credential.c' => 'sf_oauth_credential',
-    'ngx_http_sf_oauth_redis.c'      => 'sf_oauth_redis',
+    'ngx_http_sf_oauth_redis_conf.c' => 'sf_oauth_redis',
 );
 my @contexts = ([ NGX_HTTP_MAIN_CONF => 'http' ],
                 [ NGX_HTTP_SRV_CONF  => 'server' ],
