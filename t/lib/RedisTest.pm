@@ -747,15 +747,18 @@ sub results {
 }
 
 # Waits until every node answered 200 to a request sent after T (a
-# time()), up to SECONDS (scaled), or dies saying so.
+# time()), up to SECONDS (scaled), or dies saying so; with ANY, an answer
+# of any status (not 0: none) will do.
 sub wait_all_ok {
-    my ($self, $seconds, $t, $what) = @_;
+    my ($self, $seconds, $t, $what, $any) = @_;
 
     my $n = @{ $self->{kids} || [] };
-    return SfTest::wait_event($seconds, $what // 'a 200 from every node',
-                              sub {
+    $what //= ($any ? 'an answer' : 'a 200') . ' from every node';
+    return SfTest::wait_event($seconds, $what, sub {
         my %ok = map { $_->{node} => 1 }
-                 grep { $_->{t} > $t && $_->{status} == 200 } $self->results;
+                 grep { $_->{t} > $t
+                        && ($any ? $_->{status} : $_->{status} == 200) }
+                 $self->results;
         return keys %ok == $n;
     });
 }
