@@ -34,7 +34,7 @@ for my $round (1 .. 10) {
     $status{$_}++ for $t->parallel(50, '/services/data/');
     my $took = time - $t0;
     $slowest = $took if !$slowest || $took > $slowest;
-    sleep 0.5 - $took if $took < 0.5;
+    sleep 0.5 - $took if $took < 0.5;     # on purpose: the outage's pace
 }
 my $span = time - $start;
 
@@ -54,7 +54,9 @@ my @lines = grep { /\[error\].*sf_oauth/ } split /\n/, $t->error_log;
 is(scalar @lines, $n, 'one error line per token request, not per request');
 
 $t->mode('normal');
-sleep 4.1;
+# the backoff ends: sf_oauth_info's retry_in (s) reaches 0
+$t->wait_info_event(undef, 'the end of the backoff (retry_in 0)',
+                    sub { $_[0]{retry_in} == 0 }, 10);
 is($t->get('/services/data/')->{status}, 200, 'after the outage: 200');
 
 $t->stop;
@@ -78,7 +80,9 @@ $t->mode('normal');
 my @s = $t->parallel(100, '/services/data/');
 is(scalar(grep { $_ == 502 } @s), 100, 'during the hold: every request fails fast');
 is($t->token_requests, 1, 'during the hold: no token request');
-sleep 3.1;
+# the hold ends: sf_oauth_info's retry_in (s) reaches 0
+$t->wait_info_event(undef, 'the end of the hold (retry_in 0)',
+                    sub { $_[0]{retry_in} == 0 }, 10);
 is($t->get('/services/data/')->{status}, 200, 'after the hold: retried, 200');
 is($t->token_requests, 2, 'after the hold: one token request');
 

@@ -57,14 +57,51 @@ sub not_coordinated {
     return $node->log_lines(qr/\[error\].*not coordinated/, $mark);
 }
 
-# Waits until each node logged an error about Redis (up to 2 s, times
-# time_scale), then 2 s more: long enough for retries to log again.
+# Waits until each node logged an error about Redis, then until the
+# nodes tried again, which must not log again: with REDIS running, until
+# it accepted 4 more connections per node (each worker has two, opened
+# again after 100 ms, doubling); with none, 2 s pass.
 sub settle {
-    my (@nodes) = @_;
+    my ($redis, @nodes) = @_;
     for my $node (@nodes) {
-        RedisTest::wait_for(2, sub { scalar redis_errors($node, 'Redis') });
+        SfTest::wait_event(5, 'an error line about Redis on node '
+                              . $node->port,
+                           sub { scalar redis_errors($node, 'Redis') });
     }
-    sleep 2;
+    if (!$redis->running) {
+        sleep 2;    # on purpose: nothing counts the retries; 2 s hold four
+        return;
+    }
+    my $base = $redis->connections;
+    SfTest::wait_event(10, 'the nodes connecting to Redis again', sub {
+        $redis->connections >= $base + 4 * @nodes });
+}
+
+# Waits until each node of NODES logged since its MARK (an arrayref) that
+# Redis is gone.
+sub outage_seen {
+    my ($what, $redis, $mark, @nodes) = @_;
+    for my $i (0 .. $#nodes) {
+        SfTest::wait_event(10, "$what: node " . ($i + 1) . ' logging the outage',
+                           sub { scalar redis_errors($nodes[$i], $redis->server,
+                                                     $mark->[$i]) });
+    }
+}
+
+# Revokes the token and waits until each node of NODES made a token
+# request of its own (sf_oauth_info's token_requests, the node's), then
+# answered LOAD with 200.
+sub revoke_and_refresh {
+    my ($what, $t, $load, @nodes) = @_;
+    my @tr = map { ($_->cred_info || {})->{token_requests} // 0 } @nodes;
+    $t->mock('revoke');
+    for my $i (0 .. $#nodes) {
+        $nodes[$i]->wait_info_event(undef, "$what: node " . ($i + 1)
+                                           . ' refreshing on its own',
+                                    sub { $_[0]{token_requests} > $tr[$i] });
+    }
+    $load->wait_all_ok(10, time, "$what: a 200 from every node after its "
+                                 . 'refresh');
 }
 
 # A fleet of N nodes with its own mock; undef if nginx -t refuses it (a
@@ -154,7 +191,7 @@ SECTION_A: {
 
     my @n = fleet(what => 'Redis down at start', first => $t, n => 2,
                   redis => $redis) or last SECTION_A;
-    settle(@n);
+    settle($redis, @n);
 
     for my $i (0, 1) {
         my @e = redis_errors($n[$i], $redis->server);
@@ -210,12 +247,13 @@ SECTION_B: {
     # outage 1: the token stays valid
     my @mark = map { $_->log_mark } @n;
     my $load = RedisTest::Load->start(\@n, interval => 0.05);
-    sleep 1;
+    sleep 1;    # on purpose: the load runs before the outage
     $redis->kill9;
-    sleep 3;
+    outage_seen('outage 1', $redis, \@mark, @n);
+    sleep 1;    # on purpose: the load runs through the outage
     $redis->restart;
     ok(all_connected(@n), 'outage 1: every node connected again');
-    sleep 1;
+    sleep 1;    # on purpose: the load runs after it
     my @r = $load->stop;
     my @bad = grep { $_->{status} != 200 } @r;
     is(scalar @bad, 0, 'outage 1 (token valid): ' . scalar(@r)
@@ -230,16 +268,14 @@ SECTION_B: {
     # outage 2: two revokes during it, every node refreshes on its own
     @mark = map { $_->log_mark } @n;
     $load = RedisTest::Load->start(\@n, interval => 0.05);
-    sleep 1;
+    sleep 1;    # on purpose: the load runs before the outage
     $redis->kill9;
-    sleep 1;
-    $t->mock('revoke');
-    sleep 2;
-    $t->mock('revoke');
-    sleep 2;
+    outage_seen('outage 2', $redis, \@mark, @n);
+    revoke_and_refresh('outage 2, revoke 1', $t, $load, @n);
+    revoke_and_refresh('outage 2, revoke 2', $t, $load, @n);
     $redis->restart;
     ok(all_connected(@n), 'outage 2: every node connected again');
-    sleep 1;
+    sleep 1;    # on purpose: the load runs after it
     @r = $load->stop;
     @bad = grep { $_->{status} != 200 } @r;
     is(scalar @bad, 0, 'outage 2 (revoked twice): no error for a client')
@@ -336,7 +372,7 @@ sub connect_case {
            "$what: not to database 0") if @db;
         $redis->cli(@db, 'DEL', $redis->key($_)) for qw(record gen lease);
     } else {
-        settle($node);
+        settle($redis, $node);
         is(connected($node), 0, "$what: not connected");
         my @e = redis_errors($node, $redis->server);
         is(scalar @e, 1, "$what: one error line")

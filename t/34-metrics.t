@@ -687,8 +687,17 @@ ok(wait_until(30, sub {
     is($pl, 100, 'prometheus: sf_oauth_api_requests_limit 100');
     cmp_ok($used / 100, '<', 0.9, 'under 90 % of the limit');
 
-    # a few rule evaluations at that usage: no alert
-    sleep 3 * $scale;
+    # a few rule evaluations at that usage: no alert (the rule's
+    # lastEvaluation in /api/v1/rules: 3 times seen, 2 new ones at least)
+    my %evaluated;
+    SfTest::wait_event(15, 'two evaluations of SfOAuthApiUsageHigh', sub {
+        my $d = prom_get('/api/v1/rules') || {};
+        my ($rule) = grep { ($_->{name} // '') eq 'SfOAuthApiUsageHigh' }
+                     map { @{ $_->{rules} || [] } } @{ $d->{groups} || [] };
+        $evaluated{ $rule->{lastEvaluation} } = 1
+            if $rule && $rule->{lastEvaluation};
+        return keys %evaluated >= 3;
+    });
     ok(!grep({ $_->{labels}{alertname} eq 'SfOAuthApiUsageHigh' }
              prom_alerts()), "SfOAuthApiUsageHigh: quiet at $used/100");
 
@@ -702,7 +711,7 @@ ok(wait_until(30, sub {
     # newest.  Then A's timer fires with its older value.
     my ($round, $newest, $zone_used, @trace);
     for my $try (1 .. 15) {
-        sleep 2.5;
+        sleep 2.5;      # on purpose: both workers idle, and flushed
         my @seq;
         for my $i (1 .. 12) {
             my $r = $t->get("/services/data/v59.0/order/$try/$i");
@@ -726,7 +735,7 @@ ok(wait_until(30, sub {
     }
     ok($round, 'a round with an older usage pending on one worker and the '
                . "newest on the other (@trace)");
-    sleep 2 * $scale;
+    sleep 2 * $scale;   # on purpose: A's timer flushes its older value
     $zone_used = val(metrics(), 'sf_oauth_api_requests_used', 'crm');
     is($zone_used, $newest,
        'the zone keeps the newest API usage, not an older one that another '
@@ -752,8 +761,12 @@ ok(wait_until(30, sub {
 # -- counters survive a reload ----------------------------------------------
 
 {
-    # everything counted has reached the zone
-    sleep 1.5 * $scale;
+    # everything counted has reached the zone: the last request's API
+    # usage, which its worker flushes with its counts
+    my $api = $t->mock('stats')->{api_requests};
+    SfTest::wait_event(10, "the zone's API usage at $api (the last request "
+                           . 'flushed)', sub {
+        (val(metrics(), 'sf_oauth_api_requests_used', 'crm') // -1) == $api });
     my $before = metrics();
     my $t0 = time;
 

@@ -43,7 +43,10 @@ sub run_case {
         ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0) >= 1 });
 
     kill 'STOP', $redis->pid;
-    sleep 0.2;
+    SfTest::wait_event(5, 'redis-server stopped by SIGSTOP', sub {
+        open my $fh, '<', '/proc/' . $redis->pid . '/stat' or return 0;
+        return (split ' ', scalar <$fh>)[2] eq 'T';
+    });
     $t->mock('revoke');
 
     my $mark = $n[0]->log_mark;
@@ -87,7 +90,7 @@ sub run_case {
     ok($conn, "$what: every node connected again");
 
     # coordination resumes: wait until the dirty token is written back
-    sleep 2.5;
+    RedisTest::all_synced(10, @n);
     my $before = $t->token_requests;
     $t->mock('revoke');
     my @s = $t->parallel(20, '/services/data/v59.0/after',

@@ -103,6 +103,33 @@ sub start_round {
     return $a;
 }
 
+# Waits until B waits for A's refresh (sf_oauth_info: refreshing, the
+# fleet's lease polled) and nginx has read the N requests on B's PORT (no
+# byte unread on any connection to it): those requests wait.
+sub waiting {
+    my ($name, $port, $n) = @_;
+    SfTest::wait_event(10, "$name: B's $n requests read while B waits for "
+                           . "A's refresh", sub {
+        my $c = $B->cred_info or return 0;
+        return 0 unless $c->{refreshing};
+        my @unread = map { /^\s*(\d+)\s/ ? $1 : () }
+                     `ss -Htn state established '( sport = :$port )'`;
+        return @unread >= $n && !grep { $_ } @unread;
+    });
+}
+
+# Waits until B's workers after a reload (none of OLD) are all connected
+# to Redis.
+sub reloaded {
+    my ($name, @old) = @_;
+    SfTest::wait_event(10, "$name: B's old workers gone", sub {
+        my %now = map { $_ => 1 } $B->worker_pids;
+        return !grep { $now{$_} } @old;
+    });
+    RedisTest::all_connected(10, $B)
+        or die "$name: B's new workers did not connect to Redis\n";
+}
+
 sub end_round {
     $t->mock('delay', 'seconds=0.05');
     RedisTest::wait_for(3, sub { ($redis->get($redis->key('lease')) // 'x') eq '' });
@@ -114,7 +141,7 @@ my $tr0 = $t->token_requests;
 {
     my $a = start_round('abort');
     my @b = map { send_req($B->port, "/services/data/v59.0/abort-B$_") } 1 .. 6;
-    sleep 0.8 * $S;
+    waiting('abort', $B->port, 6);
     close $_ for @b[0 .. 2];
     my $t0 = time;
     my @s = read_all(20 * $S, $a, @b[3 .. 5]);
@@ -132,7 +159,7 @@ my $tr0 = $t->token_requests;
     my $cpid = open(my $cu, '-|', 'curl', '-s', '-o', '/dev/null', '-w', '%{http_code}',
                     '--http2-prior-knowledge', "http://127.0.0.1:$h2port/services/data/v59.0/h2-curl")
         or die;
-    sleep 1 * $S;
+    waiting('h2', $h2port, 2);
     kill 'KILL', $cpid;
     my $out = join '', <$h2>;
     close $h2; close $cu;
@@ -158,14 +185,15 @@ my $tr0 = $t->token_requests;
     my $mark = $B->log_mark;
     my $a = start_round('reload');
     my @b = map { send_req($B->port, "/services/data/v59.0/rl-B$_") } 1 .. 4;
-    sleep 0.8 * $S;
+    waiting('reload', $B->port, 4);
+    my @old = $B->worker_pids;
     kill 'HUP', $B->{nginx_pid};
     my $t0 = time;
     my @s = read_all(25 * $S, $a, @b);
     is_deeply(\@s, [200, 200, 200, 200, 200], 'reload: A and the 4 waiters on B 200')
         or diag(join "\n", $B->log_lines(qr/\[(warn|error|alert|crit)\]/, $mark));
     ok(time - $t0 < 15 * $S, sprintf('reload: no hang (%.1f s)', time - $t0));
-    sleep 1;
+    reloaded('reload', @old);
     is($B->get('/services/data/v59.0/after-reload')->{status}, 200, 'reload: B 200 afterwards');
     end_round();
 }
@@ -180,11 +208,12 @@ is_deeply($st->{valid_refresh_tokens}, [ $st->{issued_refresh_tokens}[-1] ],
 {
     shutdown_timeout();
     $B->reload;
-    sleep 1;
+    RedisTest::all_connected(10, $B)
+        or die "quit: B's workers did not connect to Redis after the reload\n";
     my $mark = $B->log_mark;
     my $a = start_round('quit');
     my @b = map { send_req($B->port, "/services/data/v59.0/q-B$_") } 1 .. 3;
-    sleep 0.8 * $S;
+    waiting('quit', $B->port, 3);
     my $t0 = time;
     $B->stop;
     my $took = time - $t0;

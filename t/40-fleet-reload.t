@@ -57,10 +57,19 @@ setup();
     my $load = RedisTest::Load->start(\@n, interval => 0.02);
     for my $size ('2m', '1m', '4m', '1m') {
         $B->edit_conf(sub { s/zone=sf:\d+m/zone=sf:$size/ });
+        my $tr = $t->token_requests;
         $t->mock('revoke');
-        sleep 0.1;                      # a refresh is running now
+        # a refresh is running now: its token request reached the mock
+        # (which answers it in 0.3 s)
+        SfTest::wait_event(10, "zone $size: a token request after the revoke",
+                           sub { $t->token_requests > $tr });
         $B->reload;
-        sleep 1.5 * $S;
+        my $t1 = time;
+        # the resize is over: B's new workers connected, every node 200
+        RedisTest::all_connected(10, $B)
+            or die "zone $size: B's new workers did not connect to Redis\n";
+        $load->wait_all_ok(10, $t1, "zone $size: a 200 from every node "
+                                    . 'after the reload');
     }
     my @r = $load->stop;
     # a zone resized while its refresh runs: the README says that the
@@ -104,10 +113,24 @@ for my $case (
         $A->edit_conf($edit);
         $A->reload;
     }
-    sleep 1.5;
+    # B's new workers took the new block: connected, or (a password
+    # Redis does not ask for) said why not
+    if ($what eq 'password') {
+        $B->wait_log(qr/\[error\].*redis/i, $mark, 10 * $S)
+            or die "$what: B's new workers did not log a Redis error\n";
+    } else {
+        RedisTest::all_connected(10, $all ? @n : $B)
+            or die "$what: the new workers did not connect to Redis\n";
+    }
     my $info = RedisTest::node_redis($B) || {};
+    my $tr = $t->token_requests;
     $t->mock('revoke');
-    sleep 2;
+    # the revoke's refreshes: a token request, then every node answers a
+    # request sent after it (200 when the fleet is one)
+    SfTest::wait_event(10, "$what: a token request after the revoke",
+                       sub { $t->token_requests > $tr });
+    $load->wait_all_ok(10, time, "$what: every node answers after the revoke's "
+                                 . 'token request', !$all);
     my @r = $load->stop;
     my $s = $t->mock('stats');
     my $reuse = !(@{ $s->{valid_refresh_tokens} } == 1
@@ -129,7 +152,8 @@ for my $case (
     # back to the original block: does the fleet work again?
     $B->edit_conf(sub { $_ = $orig });
     $B->reload;
-    sleep 1.5;
+    RedisTest::all_connected(10, $B)
+        or die "$what: back to the original block: B did not connect\n";
     $tr0 = $t->token_requests;
     $t->mock('revoke');
     my @s = $t->parallel(20, '/services/data/v59.0/back', ports => [ map { $_->port } @n ],

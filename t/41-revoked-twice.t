@@ -43,6 +43,17 @@ sub slow_get {
     };
 }
 
+# Waits until the mock checked the token of a request to PATH (its path
+# and query) that has ?late401: the slow request holds the dead token and
+# its 401 is on the way.
+sub late401_begun {
+    my ($t, $path) = @_;
+
+    SfTest::wait_event(10, "the mock's late 401 for $path", sub {
+        grep { $_ eq $path } @{ $t->stats->{late401_log} || [] };
+    });
+}
+
 my $ENV_NS = 'http://schemas.xmlsoap.org/soap/envelope/';
 my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
          . qq{<query xmlns="urn:partner.soap.sforce.com"><queryString>}
@@ -62,8 +73,9 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     my $mark = $t->log_mark;
 
     $t->mock('revoke');
-    my $slow = slow_get($t, '/services/data/slow?late401=' . (1.5 * $S));
-    sleep 0.3 * $S;
+    my $slow_path = '/services/data/slow?late401=' . (1.5 * $S);
+    my $slow = slow_get($t, $slow_path);
+    late401_begun($t, $slow_path);
     is($t->get('/services/data/fast')->{status}, 200,
        'one node: a revoke, another request refreshes: 200');
     $t->mock('revoke');
@@ -81,15 +93,15 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     # first one's body, and the client gets one whole answer
     $before = $t->token_requests;
     $t->mock('revoke');
-    $slow = slow_get($t, '/services/Soap/u/59.0?late401=' . (1.5 * $S),
-                     $SOAP, sub {
-                         my ($r) = @_;
-                         my @env = $r->{content} =~ /<\/\w+:Envelope>/g;
-                         return @env == 1
-                                && $r->{content} =~ /queryResponse/
-                                && $r->{content} !~ /INVALID_SESSION_ID/;
-                     });
-    sleep 0.3 * $S;
+    $slow_path = '/services/Soap/u/59.0?late401=' . (1.5 * $S);
+    $slow = slow_get($t, $slow_path, $SOAP, sub {
+        my ($r) = @_;
+        my @env = $r->{content} =~ /<\/\w+:Envelope>/g;
+        return @env == 1
+               && $r->{content} =~ /queryResponse/
+               && $r->{content} !~ /INVALID_SESSION_ID/;
+    });
+    late401_begun($t, $slow_path);
     is($t->get('/services/data/fast2')->{status}, 200,
        'one node, SOAP: a revoke, another request refreshes: 200');
     $t->mock('revoke');
@@ -130,8 +142,9 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
 
     # node 1's slow request; node 0 refreshes, node 1 learns it from Redis
     $first->mock('revoke');
-    my $slow = slow_get($n[1], '/services/data/slow?late401=' . (3 * $S));
-    sleep 0.3 * $S;
+    my $slow_path = '/services/data/slow?late401=' . (3 * $S);
+    my $slow = slow_get($n[1], $slow_path);
+    late401_begun($first, $slow_path);
     is($n[0]->get('/services/data/fast')->{status}, 200,
        'fleet: a revoke, node 0 refreshes: 200');
     ok(RedisTest::wait_for(2 * $S, sub {

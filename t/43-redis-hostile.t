@@ -100,6 +100,22 @@ sub workers_kb {
     return \%kb;
 }
 
+# Waits until REDIS ran 2 more EVALs, the periodic reads of the node's
+# workers (one a second each): a steady state.
+sub periodic_reads {
+    my ($what, $redis) = @_;
+    my $base = $redis->stats('commandstats', 'eval');
+    SfTest::wait_event(10, "$what: the periodic reads", sub {
+        $redis->stats('commandstats', 'eval') >= $base + 2 });
+}
+
+# Waits until the fake read its new mode (it logs "mode MODE").
+sub fake_mode_taken {
+    my ($fake, $mode) = @_;
+    SfTest::wait_event(5, "the fake Redis in mode $mode", sub {
+        scalar fake_lines($fake, qr/^mode \Q$mode\E$/) });
+}
+
 sub connected {
     my (@n) = @_;
     return RedisTest::all_connected(8, @n);
@@ -142,7 +158,7 @@ sub huge_case {
     my ($what, $mode, $mib, $sub) = @_;
 
     my ($n, $redis, $fake) = setup($what);
-    sleep 1.5;    # the periodic reads run: a steady state
+    periodic_reads($what, $redis);
     my $before = workers_kb($n, 'VmHWM');
     my $mark = $n->log_mark;
 
@@ -205,7 +221,7 @@ for my $down (qw(local fail)) {
     my ($n, $redis, $fake) = setup($what, timeout => '1s', redis_down => $down);
 
     fake_mode($fake, 'trickle');
-    sleep 0.3;
+    fake_mode_taken($fake, 'trickle');
     $n->mock('revoke');
 
     my $mark = $n->log_mark;
@@ -244,7 +260,7 @@ for my $down (qw(local fail)) {
     RedisTest::wait_for(3, sub {
         ((RedisTest::node_redis($n) || {})->{fleet_generation} // 0) >= 1 });
     my $token = $n->get('/services/data/v59.0/mine')->{json}{authorization};
-    sleep 1.5;
+    periodic_reads($what, $redis);
 
     my $before = workers_kb($n, 'VmHWM');
     my $mark = $n->log_mark;
@@ -259,7 +275,14 @@ for my $down (qw(local fail)) {
         scalar $n->log_lines(qr/\[error\].*record.*$CAP/, $mark) });
     ok($logged, "$what: an error line says the record is larger than the cap")
         or diag(join "\n", $n->log_lines(qr/redis|Redis/, $mark));
-    sleep 2;
+
+    # every worker read it (each says so)
+    my @workers = $n->worker_pids;
+    SfTest::wait_event(10, "$what: the error line from every worker", sub {
+        my %said = map { /\] (\d+)#/ ? ($1 => 1) : () }
+                   $n->log_lines(qr/\[error\].*record.*$CAP/, $mark);
+        return !grep { !$said{$_} } @workers;
+    });
 
     my $after = workers_kb($n, 'VmHWM');
     for my $pid (sort keys %$before) {
@@ -285,7 +308,7 @@ for my $down (qw(local fail)) {
     my ($n, $redis, $fake) = setup($what);
 
     # a real Redis answers the PINGs: the subscribers stay as they are
-    sleep 3;
+    sleep 3;    # on purpose: PINGs (one a second) that must not resubscribe
     is(scalar(fake_lines($fake, qr/^subscribe /)), 2,
        "$what: with a real Redis answering, each worker subscribed once");
     my $mark = $n->log_mark;

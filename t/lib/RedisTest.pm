@@ -320,6 +320,22 @@ sub cli_in {
     return $text;
 }
 
+# A field of INFO: INFO's SECTION and the field NAME's value, as
+# stats('stats', 'total_connections_received'); undef without it.  Of
+# commandstats, the calls of a command: stats('commandstats', 'eval').
+sub stats {
+    my ($self, $section, $name) = @_;
+
+    my $out = $self->cli('INFO', $section) // '';
+    if ($section eq 'commandstats') {
+        return $out =~ /^cmdstat_\Q$name\E:calls=(\d+)/m ? $1 : 0;
+    }
+    return $out =~ /^\Q$name\E:(\S+)/m ? $1 : undef;
+}
+
+# How many connections the server accepted since it started.
+sub connections { $_[0]->stats('stats', 'total_connections_received') // 0 }
+
 sub get { $_[0]->cli('GET', $_[1]) }
 sub set { $_[0]->cli_in($_[2], 'SET', $_[1]) }
 sub del { $_[0]->cli('DEL', $_[1]) }
@@ -563,6 +579,24 @@ sub all_connected {
 # SfTest::wait_for: polls COND every 50 ms for up to SECONDS (scaled).
 sub wait_for { SfTest::wait_for(@_) }
 
+# Waits until the nodes of NODES agree with Redis, up to SECONDS (times
+# SfTest::time_scale), or dies saying so: on every node no token waits to
+# be written back to Redis ("unsynced" false), and every node knows the
+# same fleet generation, 1 or more (the fleet's record).  Those are the
+# node's, in its zone: any worker's answer tells them.
+sub all_synced {
+    my ($seconds, @nodes) = @_;
+
+    my @seen;
+    return SfTest::wait_event($seconds, 'every node in step with Redis ('
+                              . 'unsynced false, one fleet generation)', sub {
+        @seen = map { node_redis($_) } @nodes;
+        return 0 if grep { !$_ || $_->{unsynced} } @seen;
+        my %gen = map { $_->{fleet_generation} => 1 } @seen;
+        return keys %gen == 1 && (keys %gen)[0] >= 1;
+    });
+}
+
 # "2 x 200, 1 x 502": how many times each value of the list came.
 sub tally {
     my %n;
@@ -698,6 +732,52 @@ sub start {
     }
 
     return $self;
+}
+
+# The results so far, as stop gives them, the load going on.
+sub results {
+    my ($self) = @_;
+
+    my @r;
+    for my $k (@{ $self->{kids} || [] }) {
+        push @r, read_results($k);
+    }
+
+    return sort { $a->{t} <=> $b->{t} } @r;
+}
+
+# Waits until every node answered 200 to a request sent after T (a
+# time()), up to SECONDS (scaled), or dies saying so; with ANY, an answer
+# of any status (not 0: none) will do.
+sub wait_all_ok {
+    my ($self, $seconds, $t, $what, $any) = @_;
+
+    my $n = @{ $self->{kids} || [] };
+    $what //= ($any ? 'an answer' : 'a 200') . ' from every node';
+    return SfTest::wait_event($seconds, $what, sub {
+        my %ok = map { $_->{node} => 1 }
+                 grep { $_->{t} > $t
+                        && ($any ? $_->{status} : $_->{status} == 200) }
+                 $self->results;
+        return keys %ok == $n;
+    });
+}
+
+sub read_results {
+    my ($k) = @_;
+
+    my @r;
+    open my $fh, '<', $k->{file} or return ();
+    while (<$fh>) {
+        # a line being written has no newline yet
+        last unless /\n\z/;
+        my ($t, $status, $oauth, $took) = split;
+        push @r, { t => $t, node => $k->{node}, status => $status,
+                   oauth => $oauth, took => $took };
+    }
+    close $fh;
+
+    return @r;
 }
 
 sub stop {

@@ -652,6 +652,34 @@ sub wait_for {
     }
 }
 
+# The same for an event that a test needs before it goes on: returns
+# COND's true value, or dies saying that WHAT did not happen (and after
+# how long), which ends the test file there.
+#
+#     SfTest::wait_event(10, 'the refresh began', sub { ... });
+sub wait_event {
+    my ($seconds, $what, $cond) = @_;
+
+    my $v = wait_for($seconds, $cond);
+    return $v if $v;
+
+    die sprintf("gave up waiting after %.1f s: %s did not happen\n",
+                $seconds * time_scale(), $what);
+}
+
+# The same with COND given the credential NAME (the first if undef) of
+# sf_oauth_info, as wait_info does; returns the credential.
+sub wait_info_event {
+    my ($self, $name, $what, $cond, $seconds) = @_;
+
+    my $c;
+    wait_event($seconds // 10, $what, sub {
+        $c = $self->cred_info($name);
+        return $c && $cond->($c);
+    });
+    return $c;
+}
+
 # Waits until error.log after MARK matches RE, for up to SECONDS (not
 # scaled: the caller scales), polling every 10 ms; true when it does.
 sub wait_log {

@@ -185,7 +185,10 @@ API paths with special answers (after the token check):
   ?late401=S                     the 401 comes S seconds after the token
                                  check (a slow endpoint: the token dies
                                  while Salesforce works); for SOAP too,
-                                 its INVALID_SESSION_ID fault
+                                 its INVALID_SESSION_ID fault.  The stats'
+                                 "late401_log" lists the path of each such
+                                 request once its token was checked, before
+                                 the wait
   ?big401=N                      the 401 has a body of N bytes
   ?cache401=1                    the 401 says Cache-Control: max-age=300
 
@@ -436,6 +439,7 @@ class State:
             self.refresh_log = []
             self.last_token_form = {}
             self.echo_log = []
+            self.late401_log = []
             self.instance_url = self.args.instance_url
             self.xxe_hits = 0
             self.gzip = False
@@ -652,6 +656,7 @@ class Handler(BaseHTTPRequestHandler):
                     "api_log": st.api_log,
                     "introspections": st.introspections,
                     "echo_log": st.echo_log,
+                    "late401_log": st.late401_log,
                     "identity_requests": st.identity_requests,
                     "xxe_hits": st.xxe_hits,
                     "soap_calls": st.soap_calls,
@@ -1208,6 +1213,8 @@ class Handler(BaseHTTPRequestHandler):
             })
         if not ok:
             if "late401" in query:
+                with st.lock:
+                    st.late401_log.append(self.path)
                 time.sleep(float(query["late401"][0]))
             if "slow401" in query:
                 return self.slow401()
@@ -1342,6 +1349,8 @@ class Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         if "late401" in query and not entry["session_valid"]:
             # a slow call: the session checked at once, the fault sent late
+            with st.lock:
+                st.late401_log.append(self.path)
             time.sleep(float(query["late401"][0]))
         with st.lock:
             st.api_requests += 1
