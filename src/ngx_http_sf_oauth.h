@@ -872,6 +872,8 @@ typedef struct {
     ngx_msec_t                   timeout;
     ngx_str_t                   *ca_file;
     ngx_flag_t                   ssl_verify;
+    /* for the log of its connections: "requesting a token from..." */
+    char                        *action;
     ngx_http_sf_oauth_done_pt    done;
     void                        *data;
 } ngx_http_sf_oauth_call_t;

@@ -39,7 +39,7 @@ static ngx_int_t ngx_http_sf_oauth_refresh_grant(
 static ngx_int_t ngx_http_sf_oauth_refresh_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk);
 static void ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url, char *action,
     ngx_http_sf_oauth_done_pt done);
 static void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
     void *data);
@@ -368,6 +368,8 @@ ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = NULL;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &cred->token_url,
+                                   "requesting a token from the token "
+                                   "endpoint",
                                    ngx_http_sf_oauth_refresh_done);
 
     cred->transfer = ngx_http_sf_oauth_client_start(&call);
@@ -409,6 +411,7 @@ ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = NULL;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &cred->introspect_url,
+                                   "introspecting the access token",
                                    ngx_http_sf_oauth_refresh_introspected);
 
     cred->transfer = ngx_http_sf_oauth_client_start(&call);
@@ -426,10 +429,11 @@ ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
 
 static void
 ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url, char *action,
     ngx_http_sf_oauth_done_pt done)
 {
     call->url = url;
+    call->action = action;
     call->timeout = cred->timeout;
     call->ca_file = &cred->ca_file;
     call->ssl_verify = cred->ssl_verify;
@@ -755,6 +759,8 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = token;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &url,
+                                   "reading the user's identity from the "
+                                   "identity service",
                                    ngx_http_sf_oauth_refresh_identified);
 
     cred->identity = ngx_http_sf_oauth_client_start(&call);
