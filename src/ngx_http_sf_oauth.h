@@ -937,7 +937,7 @@ ngx_uint_t ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd);
 ngx_uint_t ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd);
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
-    void *data);
+    void *data, char *action);
 
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,

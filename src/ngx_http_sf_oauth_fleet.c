@@ -59,8 +59,9 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
-    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data);
+    ngx_str_t *script, char *action, ngx_uint_t nkeys, const char **keys,
+    ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
+    void *data);
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_again(ngx_event_t *ev);
@@ -423,6 +424,8 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 
     if (ngx_http_sf_oauth_fleet_eval(cred,
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
+                                     "taking the fleet's refresh lease in "
+                                     "Redis",
                                      4, keys, 3, args,
                                      ngx_http_sf_oauth_fleet_asked, op)
         == NGX_OK)
@@ -685,6 +688,8 @@ ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_renew_lua,
+                                        "renewing the fleet's refresh lease "
+                                        "in Redis",
                                         1, keys, 2, args,
                                         ngx_http_sf_oauth_fleet_renewed,
                                         cred);
@@ -809,6 +814,7 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
+                                     "writing the fleet's record to Redis",
                                      4, keys, 6, args,
                                      ngx_http_sf_oauth_fleet_stored, op)
         != NGX_OK)
@@ -968,6 +974,8 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_restore_lua,
+                                        "putting the fleet's record back "
+                                        "in Redis",
                                         3, keys, 5, args,
                                         ngx_http_sf_oauth_fleet_noop, NULL);
 
@@ -1016,6 +1024,8 @@ ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred)
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_release_lua,
+                                        "releasing the fleet's refresh lease "
+                                        "in Redis",
                                         1, keys, 1, args,
                                         ngx_http_sf_oauth_fleet_noop, NULL);
 
@@ -1130,6 +1140,7 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
                   - known;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
+                                     "reading the fleet's record from Redis",
                                      4, keys, 1, args, handler, cred)
         != NGX_OK
         && handler == ngx_http_sf_oauth_fleet_synced_again)
@@ -1614,12 +1625,16 @@ ngx_http_sf_oauth_fleet_context(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* an EVAL of a script over the credential's keys */
+/*
+ * An EVAL of a script over the credential's keys; "action" is for the log
+ * of the connection while the reply is waited for
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
-    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data)
+    ngx_str_t *script, char *action, ngx_uint_t nkeys, const char **keys,
+    ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
+    void *data)
 {
     u_char                     nk[NGX_INT_T_LEN];
     ngx_str_t                  argv[16];
@@ -1652,7 +1667,7 @@ ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
     }
 
     return ngx_http_sf_oauth_redis_command(zone->redis, n, argv, handler,
-                                           data);
+                                           data, action);
 }
 
 
