@@ -55,6 +55,8 @@ static int ngx_http_sf_oauth_timer(CURLM *multi, long timeout_ms,
 static ngx_connection_t *ngx_http_sf_oauth_client_connection(
     curl_socket_t s);
 static void ngx_http_sf_oauth_client_close(ngx_connection_t *c);
+static u_char *ngx_http_sf_oauth_client_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 static void ngx_http_sf_oauth_event_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_timer_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_check_done(void);
@@ -546,6 +548,8 @@ ngx_http_sf_oauth_client_connection(curl_socket_t s)
     }
 
     *log = *ngx_cycle->log;
+    log->handler = ngx_http_sf_oauth_client_log_error;
+    log->data = NULL;
 
     c = ngx_get_connection(s, log);
     if (c == NULL) {
@@ -577,6 +581,19 @@ ngx_http_sf_oauth_client_close(ngx_connection_t *c)
     c->fd = (ngx_socket_t) -1;
 
     ngx_free(log);
+}
+
+
+/* what nginx adds to a line of the connection's: its action */
+
+static u_char *
+ngx_http_sf_oauth_client_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    if (log->action == NULL) {
+        return buf;
+    }
+
+    return ngx_snprintf(buf, len, " while %s", log->action);
 }
 
 

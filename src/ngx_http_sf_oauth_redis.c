@@ -147,6 +147,8 @@ static void ngx_http_sf_oauth_redis_broken(ngx_http_sf_oauth_redis_conn_t *rc,
     const char *why);
 static void ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev);
+static u_char *ngx_http_sf_oauth_redis_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 
 
 /* hiredis's reply functions, but for arrays of more elements than fit */
@@ -275,6 +277,8 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
     /* the cycle's log stays as it is: the action is the connection's */
 
     rc->log = *ngx_cycle->log;
+    rc->log.handler = ngx_http_sf_oauth_redis_log_error;
+    rc->log.data = NULL;
     rc->log.action = rc->subscriber
                      ? "connecting to Redis for the fleet's channel"
                      : "connecting to Redis";
@@ -1263,6 +1267,19 @@ ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
 static void
 ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev)
 {
+}
+
+
+/* what nginx adds to a line of the connection's: its action */
+
+static u_char *
+ngx_http_sf_oauth_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    if (log->action == NULL) {
+        return buf;
+    }
+
+    return ngx_snprintf(buf, len, " while %s", log->action);
 }
 
 
