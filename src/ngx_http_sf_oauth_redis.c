@@ -107,6 +107,8 @@ struct ngx_http_sf_oauth_redis_conn_s {
 
     /* for the log: why the last attempt failed, once per outage */
     ngx_uint_t                     down_logged;
+    /* for the log: a connect() that failed, once per outage */
+    ngx_uint_t                     connect_logged;
 
     ngx_http_sf_oauth_reply_pt     message;
     ngx_http_sf_oauth_redis_ready_pt  ready;
@@ -305,10 +307,9 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
 
     rc->log.connection = c->number;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, c->log, 0,
-                   "sf_oauth: redis \"%V\": %s connection *%uA opened",
-                   &rd->name, rc->subscriber ? "subscriber" : "command",
-                   c->number);
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, c->log, 0,
+                   "sf_oauth: redis \"%V\": %s connection opened",
+                   &rd->name, rc->subscriber ? "subscriber" : "command");
 
     /* TLS allocates from the connection's pool */
     c->pool = ngx_create_pool(1024, c->log);
@@ -397,7 +398,8 @@ ngx_http_sf_oauth_redis_connected(ngx_event_t *ev)
          * the first worker's (ngx_http_sf_oauth_redis_fail)
          */
 
-        if (rc->backoff == NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN) {
+        if (!rc->connect_logged) {
+            rc->connect_logged = 1;
             c->log_error = NGX_ERROR_INFO;
             (void) ngx_connection_error(c, err, "connect() failed");
 
@@ -861,6 +863,7 @@ static void
 ngx_http_sf_oauth_redis_proven(ngx_http_sf_oauth_redis_conn_t *rc)
 {
     rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+    rc->connect_logged = 0;
 
     if (!rc->down_logged) {
         return;
