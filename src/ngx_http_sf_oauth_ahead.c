@@ -147,9 +147,9 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
             continue;
         }
 
-        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ev->log, 0,
-                       "sf_oauth: credential \"%V\": ahead: generation %ui "
-                       "is due: %s", &cred[i]->name, lk.generation,
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "sf_oauth: credential \"%V\": ahead: the token is "
+                       "due: %s", &cred[i]->name,
                        lk.introspect ? "introspecting it" : "refreshing it");
 
         if (!lk.introspect) {

@@ -82,15 +82,13 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
     /* the secret sent may come back in an error: the redaction knows it */
     ngx_http_sf_oauth_redact_remember(cred, lk->secret.data, lk->secret.len);
 
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "sf_oauth: credential \"%V\": the lease is this "
-                   "process's (%P), for generation %ui: %s",
-                   &cred->name, ngx_pid, lk->generation,
-                   lk->introspect ? "introspecting the token"
-                   : ngx_http_sf_oauth_fleet_on(cred)
-                     ? "asking the fleet first" : "refreshing");
-
     if (lk->introspect) {
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the lease is this "
+                       "process's (%P): introspecting the token of "
+                       "generation %ui", &cred->name, ngx_pid,
+                       lk->generation);
+
         rc = ngx_http_sf_oauth_refresh_introspect(cred, lk);
 
         ngx_explicit_memzero(lk->secret.data, lk->secret.len);
@@ -101,6 +99,14 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 
         return rc;
     }
+
+    /* a lease for a grant: lk tells the fleet generation, not the token's */
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the lease is this "
+                   "process's (%P): %s", &cred->name, ngx_pid,
+                   ngx_http_sf_oauth_fleet_on(cred) ? "asking the fleet first"
+                                                    : "refreshing");
 
     if (!ngx_http_sf_oauth_fleet_on(cred)) {
         rc = ngx_http_sf_oauth_refresh_begin(cred, &lk->secret);

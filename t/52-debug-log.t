@@ -50,7 +50,7 @@ my $mark = $node->log_mark;
 is($node->get('/services/data/v59.0/')->{status}, 200, 'refresh: 200');
 
 logged($_->[0], $mark, "refresh: $_->[1]") for (
-    [ qr/\[debug\].*sf_oauth: credential "crm": the lease is this process's \(\d+\), for generation \d+: asking the fleet first/,
+    [ qr/\[debug\].*sf_oauth: credential "crm": the lease is this process's \(\d+\): asking the fleet first/,
       'the node lease, and what is done with it' ],
     [ qr/\[debug\].*sf_oauth: credential "crm": asking the fleet for its lease, over generation 0/,
       'the fleet is asked' ],
