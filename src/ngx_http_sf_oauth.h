@@ -426,6 +426,8 @@ typedef struct {
     ngx_msec_t                   timeout;
     ngx_str_t                   *ca_file;
     ngx_flag_t                   ssl_verify;
+    /* for the log of its connections: "requesting a token from..." */
+    char                        *action;
     ngx_http_sf_oauth_done_pt    done;
     void                        *data;
 } ngx_http_sf_oauth_call_t;
@@ -491,7 +493,7 @@ ngx_uint_t ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd);
 ngx_uint_t ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd);
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
-    void *data);
+    void *data, char *action);
 
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,

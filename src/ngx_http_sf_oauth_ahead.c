@@ -128,6 +128,10 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
         active = 1;
 
         if (cred[i]->transfer) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                           "sf_oauth: credential \"%V\": ahead: a token "
+                           "request of this process is in flight",
+                           &cred[i]->name);
             continue;
         }
 
@@ -136,8 +140,17 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
         next = ngx_min(next, wait);
 
         if (rc != NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                           "sf_oauth: credential \"%V\": ahead: not due, "
+                           "or another process refreshes; looking again "
+                           "within %M ms", &cred[i]->name, wait);
             continue;
         }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "sf_oauth: credential \"%V\": ahead: the token is "
+                       "due: %s", &cred[i]->name,
+                       lk.introspect ? "introspecting it" : "refreshing it");
 
         if (!lk.introspect) {
             ngx_log_error(NGX_LOG_INFO, ev->log, 0,
@@ -187,6 +200,10 @@ ngx_http_sf_oauth_ahead_handover(ngx_http_sf_oauth_cred_t *cred,
         return 1;
 
     case NGX_HTTP_SF_OAUTH_GOT_WAIT:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": handover: a token "
+                       "request for the workers before the reload is in "
+                       "flight", &cred->name);
         return 1;
 
     case NGX_DECLINED:
@@ -194,6 +211,9 @@ ngx_http_sf_oauth_ahead_handover(ngx_http_sf_oauth_cred_t *cred,
         if (ngx_current_msec - ngx_http_sf_oauth_ahead_start
             < NGX_HTTP_SF_OAUTH_LEASE_SLACK)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": handover: "
+                           "nothing asked yet", &cred->name);
             return 1;
         }
 
@@ -202,6 +222,10 @@ ngx_http_sf_oauth_ahead_handover(ngx_http_sf_oauth_cred_t *cred,
     default: /* NGX_DONE, NGX_HTTP_SF_OAUTH_GOT_ERROR */
         break;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": handover: over",
+                   &cred->name);
 
     cred->handover = 0;
 

@@ -13,6 +13,11 @@
  * One nginx timer carries curl's timeout.  DNS runs in curl's resolver
  * thread, so nothing here blocks the worker.
  *
+ * Each connection has a log of its own, a copy of the cycle's, whose
+ * action names what the transfer on it is for ("requesting a token from
+ * the token endpoint"), as nginx's upstream does: what nginx logs of the
+ * socket says so, and the cycle's log is not changed.
+ *
  * The client knows none of its callers: a transfer is what a
  * ngx_http_sf_oauth_call_t asks, and its answer goes to the completion
  * callback that the call names, as njs's fetch client does.
@@ -35,6 +40,9 @@ struct ngx_http_sf_oauth_transfer_s {
     size_t                       body_len;
     ngx_http_sf_oauth_done_pt    done;
     void                        *data;
+    /* for the log: what the transfer is for, and when it started */
+    char                        *action;
+    ngx_msec_t                   start;
     unsigned                     too_large:1;
     char                         errbuf[CURL_ERROR_SIZE];
 };
@@ -44,6 +52,11 @@ static int ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what,
     void *userp, void *socketp);
 static int ngx_http_sf_oauth_timer(CURLM *multi, long timeout_ms,
     void *userp);
+static ngx_connection_t *ngx_http_sf_oauth_client_connection(
+    curl_socket_t s);
+static void ngx_http_sf_oauth_client_close(ngx_connection_t *c);
+static u_char *ngx_http_sf_oauth_client_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 static void ngx_http_sf_oauth_event_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_timer_handler(ngx_event_t *ev);
 static void ngx_http_sf_oauth_check_done(void);
@@ -123,8 +136,7 @@ ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle)
             && c[i].read
             && c[i].read->handler == ngx_http_sf_oauth_event_handler)
         {
-            ngx_free_connection(&c[i]);
-            c[i].fd = (ngx_socket_t) -1;
+            ngx_http_sf_oauth_client_close(&c[i]);
         }
     }
 
@@ -154,6 +166,10 @@ ngx_http_sf_oauth_abandon(const char *when)
         ngx_memzero(&answer, sizeof(ngx_http_sf_oauth_answer_t));
         answer.error = when;
         answer.abandoned = 1;
+
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "sf_oauth: client: request abandoned %s (%s)",
+                       when, tr->action);
 
         tr->done(&answer, tr->data);
 
@@ -188,6 +204,8 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_call_t *call)
     tr->pool = pool;
     tr->done = call->done;
     tr->data = call->data;
+    tr->action = call->action ? call->action : "making an HTTP request";
+    tr->start = ngx_current_msec;
 
     tr->body = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_BODY_MAX);
     tr->easy = curl_easy_init();
@@ -261,6 +279,10 @@ ngx_http_sf_oauth_client_start(ngx_http_sf_oauth_call_t *call)
 
     ngx_queue_insert_tail(&ngx_http_sf_oauth_transfers, &tr->queue);
     ngx_http_sf_oauth_in_flight++;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "sf_oauth: client: request started (%s), %ui in flight",
+                   tr->action, ngx_http_sf_oauth_in_flight);
 
     return tr;
 
@@ -418,6 +440,8 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
 {
     ngx_connection_t  *c = socketp;
 
+    ngx_http_sf_oauth_transfer_t  *tr;
+
     if (what == CURL_POLL_REMOVE) {
         if (c) {
             if (c->read->active || c->write->active) {
@@ -446,8 +470,7 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
                 ngx_delete_posted_event(c->write);
             }
 
-            ngx_free_connection(c);
-            c->fd = (ngx_socket_t) -1;
+            ngx_http_sf_oauth_client_close(c);
 
             curl_multi_assign(ngx_http_sf_oauth_multi, s, NULL);
         }
@@ -456,17 +479,27 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     }
 
     if (c == NULL) {
-        c = ngx_get_connection(s, ngx_cycle->log);
+        c = ngx_http_sf_oauth_client_connection(s);
         if (c == NULL) {
             return -1;
         }
 
-        c->read->handler = ngx_http_sf_oauth_event_handler;
-        c->write->handler = ngx_http_sf_oauth_event_handler;
-        c->read->log = c->log;
-        c->write->log = c->log;
-
         curl_multi_assign(ngx_http_sf_oauth_multi, s, c);
+    }
+
+    /*
+     * the log says what the transfer on the socket now is for: curl may
+     * give a connection that it keeps to the next transfer
+     */
+
+    tr = NULL;
+
+    if (easy
+        && curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &tr)
+           == CURLE_OK
+        && tr)
+    {
+        c->log->action = tr->action;
     }
 
     /* level-triggered (flags 0): curl may leave data unread */
@@ -498,6 +531,69 @@ ngx_http_sf_oauth_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     }
 
     return 0;
+}
+
+
+/* a connection for a socket of curl's, with a log of its own */
+
+static ngx_connection_t *
+ngx_http_sf_oauth_client_connection(curl_socket_t s)
+{
+    ngx_log_t         *log;
+    ngx_connection_t  *c;
+
+    log = ngx_alloc(sizeof(ngx_log_t), ngx_cycle->log);
+    if (log == NULL) {
+        return NULL;
+    }
+
+    *log = *ngx_cycle->log;
+    log->handler = ngx_http_sf_oauth_client_log_error;
+    log->data = NULL;
+
+    c = ngx_get_connection(s, log);
+    if (c == NULL) {
+        ngx_free(log);
+        return NULL;
+    }
+
+    log->connection = c->number;
+
+    c->read->handler = ngx_http_sf_oauth_event_handler;
+    c->write->handler = ngx_http_sf_oauth_event_handler;
+    c->read->log = log;
+    c->write->log = log;
+
+    return c;
+}
+
+
+/* curl closes the socket: the connection and its log go */
+
+static void
+ngx_http_sf_oauth_client_close(ngx_connection_t *c)
+{
+    ngx_log_t  *log;
+
+    log = c->log;
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    ngx_free(log);
+}
+
+
+/* what nginx adds to a line of the connection's: its action */
+
+static u_char *
+ngx_http_sf_oauth_client_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    if (log->action == NULL) {
+        return buf;
+    }
+
+    return ngx_snprintf(buf, len, " while %s", log->action);
 }
 
 
@@ -618,6 +714,22 @@ ngx_http_sf_oauth_finish(ngx_http_sf_oauth_transfer_t *tr, CURLcode code)
             curl_easy_getinfo(tr->easy, CURLINFO_REDIRECT_URL, &location);
             answer.location = location;
         }
+    }
+
+    if (answer.error) {
+        ngx_log_debug4(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "sf_oauth: client: request %s (%s) after %M ms: %s",
+                       answer.timed_out ? "timed out" : "failed",
+                       tr->action, ngx_current_msec - tr->start,
+                       answer.error);
+
+    } else {
+        ngx_log_debug5(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "sf_oauth: client: request finished (%s) after "
+                       "%M ms: HTTP %l, %uz bytes%s",
+                       tr->action, ngx_current_msec - tr->start, status,
+                       tr->body_len,
+                       tr->too_large ? ", too large" : "");
     }
 
     /* the transfer is no longer in flight when its caller hears of it */

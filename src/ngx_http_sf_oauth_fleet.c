@@ -68,8 +68,9 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
-    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data);
+    ngx_str_t *script, char *action, ngx_uint_t nkeys, const char **keys,
+    ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
+    void *data);
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_again(ngx_event_t *ev);
@@ -401,6 +402,12 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     cred->fleet_deadline = ngx_current_msec + cred->timeout
                            + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": asking the fleet for its "
+                   "lease, over generation %ui%s", &cred->name, known,
+                   unsynced ? " (a token got while Redis was unreachable)"
+                            : "");
+
     ngx_http_sf_oauth_fleet_ask(op);
 }
 
@@ -432,6 +439,8 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 
     if (ngx_http_sf_oauth_fleet_eval(cred,
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
+                                     "taking the fleet's refresh lease in "
+                                     "Redis",
                                      4, keys, 3, args,
                                      ngx_http_sf_oauth_fleet_asked, op)
         == NGX_OK)
@@ -443,12 +452,23 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 
     if (ngx_http_sf_oauth_redis_connecting(zone->redis)) {
         /* a worker's first requests: its connection is on its way */
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the connection to "
+                       "Redis is being set up: asking the fleet again in "
+                       "%d ms", &cred->name,
+                       NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
+
         cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
         cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
         cred->fleet_op = op;
         ngx_add_timer(&cred->fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
         return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": Redis is not connected: "
+                   "the fleet is down for this refresh", &cred->name);
 
     cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
@@ -481,6 +501,11 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                                           "script", r);
         }
 
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": no answer to the lease "
+                       "script: the fleet is down for this refresh",
+                       &cred->name);
+
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
         ngx_free(op);
         return;
@@ -504,6 +529,12 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
              * a generation written from now on is taken.
              */
 
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": fleet generation "
+                           "%ui not taken: the token that failed was got "
+                           "while Redis was unreachable; asking again",
+                           &cred->name, gen);
+
             cred->fleet_distrust = 0;
             cred->fleet_known = gen;
             ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
@@ -516,18 +547,34 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                                            r->element[3], rec);
 
         if (rc == NGX_OK) {
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": fleet generation "
+                           "%ui is newer than %ui: taken, no token request",
+                           &cred->name, gen, cred->fleet_known);
+
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, rec, gen);
             break;
         }
 
         if (rc == NGX_DECLINED) {
             /* another key's: this node's refresh token is older than it */
+
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": fleet generation "
+                           "%ui is another key's: no token request",
+                           &cred->name, gen);
+
             ngx_http_sf_oauth_fleet_mismatch(cred, gen, r->element[3]);
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_KEY, NULL, gen);
             break;
         }
 
         /* a record that cannot be used: ask again, knowing its generation */
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the record of fleet "
+                       "generation %ui cannot be used: asking again over it",
+                       &cred->name, gen);
 
         cred->fleet_known = gen;
         ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
@@ -539,6 +586,11 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
         cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_LEASED;
         cred->fleet_base = gen;
+
+        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": fleet lease taken over "
+                       "generation %ui as \"%*s\"", &cred->name, gen,
+                       cred->fleet_owner_len, cred->fleet_owner);
 
         if (ngx_http_sf_oauth_fleet_overtaken(op)) {
             ngx_free(rec);
@@ -561,6 +613,12 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         if (rc != NGX_OK
             && ngx_http_sf_oauth_fleet_refused(cred, gen, rc, r->element[3]))
         {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": this node's "
+                           "refresh token may be older than fleet "
+                           "generation %ui's, another key's: the lease goes "
+                           "back, no token request", &cred->name, gen);
+
             ngx_http_sf_oauth_fleet_release(cred);
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_KEY, NULL, gen);
             break;
@@ -568,6 +626,11 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
         ngx_http_sf_oauth_store_fleet_owner(cred, cred->fleet_owner,
                                             cred->fleet_owner_len);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": refreshing with %s "
+                       "refresh token", &cred->name,
+                       rc == NGX_OK ? "the fleet's" : "this node's");
 
         /* renewed every third of its time while the token request runs */
         cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_renewal;
@@ -585,11 +648,24 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                                             r->element[2]->len);
 
         if ((ngx_msec_int_t) (cred->fleet_deadline - ngx_current_msec) <= 0) {
+            ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": fleet lease still "
+                           "held by \"%*s\" at generation %ui, past the "
+                           "wait's deadline", &cred->name,
+                           ngx_min(r->element[2]->len, 64),
+                           r->element[2]->str, gen);
+
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_HELD, NULL, gen);
             break;
         }
 
         /* another node refreshes: ask again soon, for its outcome */
+
+        ngx_log_debug5(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": fleet lease held by "
+                       "\"%*s\" at generation %ui: asking again in %d ms",
+                       &cred->name, ngx_min(r->element[2]->len, 64),
+                       r->element[2]->str, gen, NGX_HTTP_SF_OAUTH_FLEET_POLL);
 
         ngx_free(rec);
 
@@ -685,6 +761,11 @@ ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
     ngx_str_t    args[2];
     const char  *keys[1] = { "lease" };
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": renewing the fleet lease "
+                   "\"%*s\"", &cred->name, cred->fleet_owner_len,
+                   cred->fleet_owner);
+
     args[0].data = cred->fleet_owner;
     args[0].len = cred->fleet_owner_len;
     args[1].data = ttl;
@@ -694,6 +775,8 @@ ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_renew_lua,
+                                        "renewing the fleet's refresh lease "
+                                        "in Redis",
                                         1, keys, 2, args,
                                         ngx_http_sf_oauth_fleet_renewed,
                                         cred);
@@ -708,6 +791,13 @@ ngx_http_sf_oauth_fleet_renewed(void *reply, void *data)
 {
     redisReply                *r = reply;
     ngx_http_sf_oauth_cred_t  *cred = data;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": fleet lease renewal: %s",
+                   &cred->name,
+                   r == NULL ? "no answer"
+                   : r->type != REDIS_REPLY_INTEGER ? "refused"
+                   : r->integer == 0 ? "lost" : "renewed");
 
     if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0
         && cred->fleet_state == NGX_HTTP_SF_OAUTH_FLEET_LEASED)
@@ -803,6 +893,11 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     op->handler = handler;
     (void) ngx_http_sf_oauth_store_fleet_view(cred, &op->base, &dirty);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": writing the token to the "
+                   "fleet over generation %ui", &cred->name,
+                   cred->fleet_base);
+
     args[0].data = base;
     args[0].len = ngx_sprintf(base, "%ui", cred->fleet_base) - base;
     args[1].data = blob;
@@ -818,6 +913,7 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
+                                     "writing the fleet's record to Redis",
                                      4, keys, 6, args,
                                      ngx_http_sf_oauth_fleet_stored, op)
         != NGX_OK)
@@ -833,6 +929,11 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     return;
 
 failed:
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the token is not written "
+                   "to the fleet now: Redis is not connected, or no token",
+                   &cred->name);
 
     if (pool) {
         ngx_destroy_pool(pool);
@@ -871,6 +972,11 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
         || ngx_http_sf_oauth_fleet_number(r->element[1], &gen) != NGX_OK)
     {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": no answer to the store "
+                       "script: written back when Redis is there again",
+                       &cred->name);
+
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
         ngx_free(op);
         return;
@@ -881,6 +987,11 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
                 && ngx_http_sf_oauth_fleet_number(r->element[2], &mine)
                    == NGX_OK)
                ? mine : 0;
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the token is fleet "
+                       "generation %ui in Redis%s", &cred->name, gen,
+                       mine ? ", the lease given back" : ", without the lease");
 
         /* the zone's token is generation "gen", if it is still there */
         ngx_http_sf_oauth_store_fleet_stored(cred, op->base, gen);
@@ -977,6 +1088,8 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_restore_lua,
+                                        "putting the fleet's record back "
+                                        "in Redis",
                                         3, keys, 5, args,
                                         ngx_http_sf_oauth_fleet_noop, NULL);
 
@@ -1020,11 +1133,18 @@ ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred)
 
     cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": giving the fleet lease "
+                   "\"%*s\" back", &cred->name, cred->fleet_owner_len,
+                   cred->fleet_owner);
+
     args[0].data = cred->fleet_owner;
     args[0].len = cred->fleet_owner_len;
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_release_lua,
+                                        "releasing the fleet's refresh lease "
+                                        "in Redis",
                                         1, keys, 1, args,
                                         ngx_http_sf_oauth_fleet_noop, NULL);
 
@@ -1077,6 +1197,10 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
     }
 
     if (cred->fleet_syncing) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": a read of the fleet "
+                       "is in flight: one more after it", &cred->name);
+
         cred->fleet_sync_again = 1;
         return;
     }
@@ -1091,6 +1215,11 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
         && cred->transfer == NULL)
     {
         /* a token got while Redis was unreachable: the newest one wins */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": writing back the token "
+                       "got while Redis was unreachable", &cred->name);
+
         ngx_http_sf_oauth_fleet_store(cred, ngx_http_sf_oauth_fleet_written);
         return;
     }
@@ -1139,6 +1268,7 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
                   - known;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
+                                     "reading the fleet's record from Redis",
                                      4, keys, 1, args, handler, cred)
         != NGX_OK
         && handler == ngx_http_sf_oauth_fleet_synced_again)
@@ -1157,7 +1287,7 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     ngx_http_sf_oauth_cred_t  *cred = data;
 
     ngx_int_t                  rc;
-    ngx_uint_t                 answer, gen, local, dirty;
+    ngx_uint_t                 answer, gen, fleet, local, dirty;
     ngx_http_sf_oauth_node_t  *rec;
 
     if (r && r->type == REDIS_REPLY_ERROR) {
@@ -1196,13 +1326,24 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
 
     if (answer != NGX_HTTP_SF_OAUTH_FLEET_NEWER) {
 
-        if (gen < ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty)) {
+        fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": fleet generation %ui "
+                       "in Redis, %ui here: nothing newer", &cred->name, gen,
+                       fleet);
+
+        if (gen < fleet) {
             /* Redis lost its data: the newest generation is put back */
             ngx_http_sf_oauth_fleet_restore(cred);
         }
 
         return;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": fleet generation %ui in "
+                   "Redis is newer: taking it", &cred->name, gen);
 
     rec = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
     if (rec == NULL) {
@@ -1218,6 +1359,10 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     }
 
     if (rc != NGX_OK) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": fleet generation %ui "
+                       "not taken: it is not read again", &cred->name, gen);
+
         cred->fleet_skip = gen;
     }
 
@@ -1281,6 +1426,11 @@ ngx_http_sf_oauth_fleet_message(void *reply, void *data)
             && ngx_strncmp(cred[i]->name.data, cname.data, cname.len) == 0
             && cred[i]->node)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": a message of the "
+                           "fleet's channel: reading the fleet",
+                           &cred[i]->name);
+
             ngx_http_sf_oauth_fleet_sync(cred[i]);
         }
     }
@@ -1298,6 +1448,11 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: redis \"%V\": the %s connection is ready: "
+                   "the fleet is read at once", &rd->name,
+                   subscriber ? "subscriber" : "command");
+
     /* the next outage is logged again */
 
     smcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
@@ -1312,6 +1467,12 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 
             if (rd->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
                 /* requests failed for Redis alone: a refresh may go now */
+
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                               "sf_oauth: credential \"%V\": Redis is back: "
+                               "the redis_down fail refusal ends",
+                               &cred[i]->name);
+
                 ngx_http_sf_oauth_store_fleet_retry(cred[i],
                                              &ngx_http_sf_oauth_fleet_down);
             }
@@ -1423,6 +1584,10 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
         ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
         return NGX_ERROR;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the record of fleet "
+                   "generation %ui decrypts", &cred->name, generation);
 
     if (ngx_http_sf_oauth_store_fleet_key(cred, 0)) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -1554,6 +1719,10 @@ ngx_http_sf_oauth_fleet_mismatch(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_zone_t  *zone;
 
     if (ngx_http_sf_oauth_store_fleet_key(cred, 1)) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the record of fleet "
+                       "generation %ui is another key's, as said before",
+                       &cred->name, generation);
         return;
     }
 
@@ -1623,12 +1792,16 @@ ngx_http_sf_oauth_fleet_context(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* an EVAL of a script over the credential's keys */
+/*
+ * An EVAL of a script over the credential's keys; "action" is for the log
+ * of the connection while the reply is waited for
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
-    ngx_str_t *script, ngx_uint_t nkeys, const char **keys, ngx_uint_t nargs,
-    ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler, void *data)
+    ngx_str_t *script, char *action, ngx_uint_t nkeys, const char **keys,
+    ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
+    void *data)
 {
     u_char                     nk[NGX_INT_T_LEN];
     ngx_str_t                  argv[16];
@@ -1661,7 +1834,7 @@ ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
     }
 
     return ngx_http_sf_oauth_redis_command(zone->redis, n, argv, handler,
-                                           data);
+                                           data, action);
 }
 
 
@@ -1735,6 +1908,14 @@ static void
 ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation)
 {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the token got while Redis "
+                   "was unreachable: %s (generation %ui)", &cred->name,
+                   answer == NGX_HTTP_SF_OAUTH_FLEET_STORED ? "written back"
+                   : answer == NGX_HTTP_SF_OAUTH_FLEET_STALE
+                     ? "a newer one was there" : "not written yet",
+                   generation);
+
     cred->fleet_syncing = 0;
 
     if (cred->fleet_sync_again) {

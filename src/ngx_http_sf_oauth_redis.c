@@ -26,6 +26,12 @@
  * listens, sends a PING every second, so that a server that went silent
  * is noticed too.
  *
+ * Each connection logs with a copy of the cycle's log, whose action says
+ * what the connection does: connecting, the TLS handshake, its setup, the
+ * command whose reply it waits for (each caller names its own), or
+ * listening on the channel.  What nginx logs of the socket says so, as of
+ * an upstream's; the module's own lines name the block and the server.
+ *
  * The client knows none of its callers.
  *
  * This file is one concern, though it is over a thousand lines: one
@@ -76,12 +82,16 @@ typedef struct {
     ngx_uint_t                     setup;
     /* when its reply is due, from when it was sent */
     ngx_msec_t                     deadline;
+    /* for the log, while its reply is waited for */
+    char                          *action;
 } ngx_http_sf_oauth_redis_cmd_t;
 
 
 struct ngx_http_sf_oauth_redis_conn_s {
     ngx_http_sf_oauth_redis_t     *rd;
     ngx_peer_connection_t          peer;
+    /* the connection's log: the cycle's, with an action of its own */
+    ngx_log_t                      log;
     ngx_uint_t                     state;
     ngx_uint_t                     subscriber;
 
@@ -103,6 +113,8 @@ struct ngx_http_sf_oauth_redis_conn_s {
 
     /* for the log: why the last attempt failed, once per outage */
     ngx_uint_t                     down_logged;
+    /* for the log: a connect() that failed, once per outage */
+    ngx_uint_t                     connect_logged;
 
     ngx_http_sf_oauth_reply_pt     message;
     ngx_http_sf_oauth_redis_ready_pt  ready;
@@ -135,13 +147,16 @@ static ngx_int_t ngx_http_sf_oauth_redis_flush(
     ngx_http_sf_oauth_redis_conn_t *rc);
 static ngx_int_t ngx_http_sf_oauth_redis_send(
     ngx_http_sf_oauth_redis_conn_t *rc, ngx_uint_t argc, ngx_str_t *argv,
-    ngx_http_sf_oauth_reply_pt handler, void *data, ngx_uint_t setup);
+    ngx_http_sf_oauth_reply_pt handler, void *data, ngx_uint_t setup,
+    char *action);
 static void ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
     ngx_uint_t level, const char *why);
 static void ngx_http_sf_oauth_redis_broken(ngx_http_sf_oauth_redis_conn_t *rc,
     const char *why);
 static void ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev);
+static u_char *ngx_http_sf_oauth_redis_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 
 
 /* hiredis's reply functions, but for arrays of more elements than fit */
@@ -238,19 +253,21 @@ ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd)
 /*
  * Sends a command; its reply (a redisReply, or NULL when the connection
  * failed first) goes to handler.  NGX_DECLINED: Redis is not connected,
- * and handler is not called.
+ * and handler is not called.  "action" is for the connection's log while
+ * the reply is waited for: "reading the fleet's record from Redis".
  */
 
 ngx_int_t
 ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
-    void *data)
+    void *data, char *action)
 {
     if (rd->cmd == NULL || rd->cmd->state != NGX_HTTP_SF_OAUTH_REDIS_READY) {
         return NGX_DECLINED;
     }
 
-    return ngx_http_sf_oauth_redis_send(rd->cmd, argc, argv, handler, data, 0);
+    return ngx_http_sf_oauth_redis_send(rd->cmd, argc, argv, handler, data, 0,
+                                        action);
 }
 
 
@@ -265,11 +282,20 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
 
     ngx_memzero(&rc->peer, sizeof(ngx_peer_connection_t));
 
+    /* the cycle's log stays as it is: the action is the connection's */
+
+    rc->log = *ngx_cycle->log;
+    rc->log.handler = ngx_http_sf_oauth_redis_log_error;
+    rc->log.data = NULL;
+    rc->log.action = rc->subscriber
+                     ? "connecting to Redis for the fleet's channel"
+                     : "connecting to Redis";
+
     rc->peer.sockaddr = rd->addr.sockaddr;
     rc->peer.socklen = rd->addr.socklen;
     rc->peer.name = &rd->addr.name;
     rc->peer.get = ngx_event_get_peer;
-    rc->peer.log = ngx_cycle->log;
+    rc->peer.log = &rc->log;
     rc->peer.log_error = NGX_ERROR_ERR;
 
     rv = ngx_event_connect_peer(&rc->peer);
@@ -281,12 +307,18 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
 
     c = rc->peer.connection;
     c->data = rc;
-    c->log = ngx_cycle->log;
+    c->log = &rc->log;
     c->read->log = c->log;
     c->write->log = c->log;
 
+    rc->log.connection = c->number;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, c->log, 0,
+                   "sf_oauth: redis \"%V\": %s connection opened",
+                   &rd->name, rc->subscriber ? "subscriber" : "command");
+
     /* TLS allocates from the connection's pool */
-    c->pool = ngx_create_pool(1024, ngx_cycle->log);
+    c->pool = ngx_create_pool(1024, c->log);
     if (c->pool == NULL) {
         ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ALERT,
                                      "ngx_create_pool() failed");
@@ -364,7 +396,24 @@ ngx_http_sf_oauth_redis_connected(ngx_event_t *ev)
     }
 
     if (err) {
-        ngx_log_error(NGX_LOG_DEBUG, c->log, err, "sf_oauth: redis connect");
+
+        /*
+         * As nginx says of an upstream's connect(), with its errno, but at
+         * info (as of a client's connection, NGX_ERROR_INFO), and once per
+         * connection and outage: the outage itself is one error line of
+         * the first worker's (ngx_http_sf_oauth_redis_fail)
+         */
+
+        if (!rc->connect_logged) {
+            rc->connect_logged = 1;
+            c->log_error = NGX_ERROR_INFO;
+            (void) ngx_connection_error(c, err, "connect() failed");
+
+        } else {
+            ngx_log_debug0(NGX_LOG_DEBUG_EVENT, c->log, err,
+                           "connect() failed");
+        }
+
         ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, "connection refused "
                                      "or unreachable");
         return;
@@ -393,6 +442,7 @@ ngx_http_sf_oauth_redis_connected(ngx_event_t *ev)
         }
 
         rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
+        rc->log.action = "performing the TLS handshake with Redis";
 
         if (ngx_ssl_handshake(c) == NGX_AGAIN) {
             ngx_add_timer(c->write, rc->rd->timeout);
@@ -501,6 +551,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
     rc->setup_left = 0;
+    rc->log.action = "setting up the connection to Redis";
 
     if (rd->password.len) {
         ngx_str_set(&argv[0], "AUTH");
@@ -514,7 +565,8 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, n, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1)
+                                         rc, 1,
+                                         "setting up the connection to Redis")
             != NGX_OK)
         {
             return;
@@ -533,7 +585,8 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1)
+                                         rc, 1,
+                                         "setting up the connection to Redis")
             != NGX_OK)
         {
             return;
@@ -546,7 +599,8 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 1, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1)
+                                         rc, 1,
+                                         "setting up the connection to Redis")
             != NGX_OK)
         {
             return;
@@ -558,7 +612,8 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1)
+                                         rc, 1,
+                                         "setting up the connection to Redis")
             != NGX_OK)
         {
             return;
@@ -610,6 +665,10 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_READY;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, &rc->log, 0,
+                   "sf_oauth: redis \"%V\": %s connection ready",
+                   &rd->name, rc->subscriber ? "subscriber" : "command");
+
     /*
      * The backoff and the outage end with the first reply to a command of
      * the caller's, not here: a server that answers the handshake, then
@@ -630,7 +689,7 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
 static ngx_int_t
 ngx_http_sf_oauth_redis_send(ngx_http_sf_oauth_redis_conn_t *rc,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
-    void *data, ngx_uint_t setup)
+    void *data, ngx_uint_t setup, char *action)
 {
     int                             n;
     char                           *cmd;
@@ -690,6 +749,7 @@ ngx_http_sf_oauth_redis_send(ngx_http_sf_oauth_redis_conn_t *rc,
     q->data = data;
     q->setup = setup;
     q->deadline = ngx_current_msec + rc->rd->timeout;
+    q->action = action;
 
     if (setup) {
         rc->setup_left++;
@@ -787,7 +847,8 @@ ngx_http_sf_oauth_redis_ping(ngx_event_t *ev)
 
         (void) ngx_http_sf_oauth_redis_send(rc, 1, argv,
                                             ngx_http_sf_oauth_redis_pong, rc,
-                                            0);
+                                            0, "listening on the fleet's "
+                                               "channel in Redis");
     }
 
     if (rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY) {
@@ -808,6 +869,7 @@ static void
 ngx_http_sf_oauth_redis_proven(ngx_http_sf_oauth_redis_conn_t *rc)
 {
     rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+    rc->connect_logged = 0;
 
     if (!rc->down_logged) {
         return;
@@ -1034,7 +1096,7 @@ ngx_http_sf_oauth_redis_array(const redisReadTask *task,
 /*
  * The read timer: the deadline of the oldest command not answered, from
  * when it was sent, not from the last bytes read, which a server could
- * send one at a time.
+ * send one at a time.  The log's action is that command's too.
  */
 
 static void
@@ -1051,11 +1113,20 @@ ngx_http_sf_oauth_redis_deadline(ngx_http_sf_oauth_redis_conn_t *rc)
     }
 
     if (ngx_queue_empty(&rc->pending)) {
+        if (rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY) {
+            rc->log.action = rc->subscriber
+                             ? "listening on the fleet's channel in Redis"
+                             : "waiting for the fleet's next command to "
+                               "Redis";
+        }
+
         return;
     }
 
     cmd = ngx_queue_data(ngx_queue_head(&rc->pending),
                          ngx_http_sf_oauth_redis_cmd_t, queue);
+
+    rc->log.action = cmd->action;
 
     left = (ngx_msec_int_t) (cmd->deadline - ngx_current_msec);
 
@@ -1102,6 +1173,12 @@ ngx_http_sf_oauth_redis_fail(ngx_http_sf_oauth_redis_conn_t *rc,
     }
 
     if (!rc->retry.timer_set) {
+        ngx_log_debug3(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                       "sf_oauth: redis \"%V\": %s connection opened "
+                       "again in %M ms", &rd->name,
+                       rc->subscriber ? "subscriber" : "command",
+                       rc->backoff);
+
         ngx_add_timer(&rc->retry, rc->backoff);
     }
 
@@ -1199,4 +1276,17 @@ ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
 static void
 ngx_http_sf_oauth_redis_dummy(ngx_event_t *ev)
 {
+}
+
+
+/* what nginx adds to a line of the connection's: its action */
+
+static u_char *
+ngx_http_sf_oauth_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    if (log->action == NULL) {
+        return buf;
+    }
+
+    return ngx_snprintf(buf, len, " while %s", log->action);
 }

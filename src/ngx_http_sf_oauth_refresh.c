@@ -39,7 +39,7 @@ static ngx_int_t ngx_http_sf_oauth_refresh_grant(
 static ngx_int_t ngx_http_sf_oauth_refresh_introspect(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_lookup_t *lk);
 static void ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url, char *action,
     ngx_http_sf_oauth_done_pt done);
 static void ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
     void *data);
@@ -83,6 +83,12 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_redact_remember(cred, lk->secret.data, lk->secret.len);
 
     if (lk->introspect) {
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the lease is this "
+                       "process's (%P): introspecting the token of "
+                       "generation %ui", &cred->name, ngx_pid,
+                       lk->generation);
+
         rc = ngx_http_sf_oauth_refresh_introspect(cred, lk);
 
         ngx_explicit_memzero(lk->secret.data, lk->secret.len);
@@ -93,6 +99,14 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 
         return rc;
     }
+
+    /* a lease for a grant: lk tells the fleet generation, not the token's */
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the lease is this "
+                   "process's (%P): %s", &cred->name, ngx_pid,
+                   ngx_http_sf_oauth_fleet_on(cred) ? "asking the fleet first"
+                                                    : "refreshing");
 
     if (!ngx_http_sf_oauth_fleet_on(cred)) {
         rc = ngx_http_sf_oauth_refresh_begin(cred, &lk->secret);
@@ -176,6 +190,12 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
 
     case NGX_HTTP_SF_OAUTH_FLEET_NEWER:
         /* another node refreshed: its token is in the zone now */
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": another node "
+                       "refreshed (fleet generation %ui): no token request, "
+                       "the lease released", &cred->name, generation);
+
         ngx_http_sf_oauth_store_release(cred);
         break;
 
@@ -200,6 +220,11 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
             return;
         }
 
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the token request "
+                       "did not start: the fleet's lease goes back",
+                       &cred->name);
+
         ngx_http_sf_oauth_fleet_release(cred);
         break;
 
@@ -208,6 +233,10 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
                       "sf_oauth: credential \"%V\": another node's refresh "
                       "did not end within the timeout; asking again with "
                       "the next request", &cred->name);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the lease released",
+                       &cred->name);
 
         ngx_http_sf_oauth_store_release(cred);
         break;
@@ -245,10 +274,22 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
     zone = cred->shm_zone->data;
 
     if (ngx_http_sf_oauth_store_fleet_key_mismatch(cred)) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the fleet is down, "
+                       "and its key differs: no token request",
+                       &cred->name);
+
         ngx_http_sf_oauth_refresh_refuse(cred,
                                          &ngx_http_sf_oauth_fleet_key_error);
         return NGX_OK;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the fleet is down: "
+                   "redis_down %s", &cred->name,
+                   zone->redis->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL
+                   ? "fail, no token request"
+                   : "local, this node refreshes on its own");
 
     if (ngx_http_sf_oauth_store_fleet_outage(cred, 1) == 0) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -296,6 +337,10 @@ ngx_http_sf_oauth_refresh_refuse(ngx_http_sf_oauth_cred_t *cred,
     tok.error = *error;
     tok.error_class = NGX_HTTP_SF_OAUTH_TRANSIENT;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": no token request may be "
+                   "made: stored as a transient failure", &cred->name);
+
     ngx_http_sf_oauth_store_result(cred, &tok);
     ngx_http_sf_oauth_refresh_wake(cred);
 }
@@ -309,6 +354,12 @@ ngx_http_sf_oauth_refresh_written(ngx_http_sf_oauth_cred_t *cred,
 {
     if (answer == NGX_HTTP_SF_OAUTH_FLEET_DOWN) {
         /* written back when Redis is reachable again */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the new token is "
+                       "written to the fleet when Redis is back",
+                       &cred->name);
+
         ngx_http_sf_oauth_store_fleet_mark(cred, 1);
     }
 }
@@ -368,6 +419,8 @@ ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = NULL;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &cred->token_url,
+                                   "requesting a token from the token "
+                                   "endpoint",
                                    ngx_http_sf_oauth_refresh_done);
 
     cred->transfer = ngx_http_sf_oauth_client_start(&call);
@@ -409,6 +462,7 @@ ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = NULL;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &cred->introspect_url,
+                                   "introspecting the access token",
                                    ngx_http_sf_oauth_refresh_introspected);
 
     cred->transfer = ngx_http_sf_oauth_client_start(&call);
@@ -426,10 +480,11 @@ ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
 
 static void
 ngx_http_sf_oauth_refresh_call(ngx_http_sf_oauth_cred_t *cred,
-    ngx_http_sf_oauth_call_t *call, ngx_str_t *url,
+    ngx_http_sf_oauth_call_t *call, ngx_str_t *url, char *action,
     ngx_http_sf_oauth_done_pt done)
 {
     call->url = url;
+    call->action = action;
     call->timeout = cred->timeout;
     call->ca_file = &cred->ca_file;
     call->ssl_verify = cred->ssl_verify;
@@ -456,6 +511,10 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
                       "sf_oauth: credential \"%V\": token request "
                       "abandoned %s", &cred->name, answer->error);
 
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": the lease released, "
+                       "for another process to take", &cred->name);
+
         ngx_http_sf_oauth_fleet_release(cred);
         ngx_http_sf_oauth_store_release(cred);
         return;
@@ -476,6 +535,17 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
 
     /* for the metrics; at least 1 ms: 0 is for no request at all */
     tok.duration = ngx_max(ngx_current_msec - cred->transfer_start, 1);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the token request "
+                   "answered in %M ms, HTTP %ui: %s", &cred->name,
+                   tok.duration, answer->status,
+                   tok.ok ? "a token"
+                   : tok.error_class == NGX_HTTP_SF_OAUTH_OPERATOR
+                     ? "a failure for the operator to fix (held)"
+                   : tok.error_class == NGX_HTTP_SF_OAUTH_BUSY
+                     ? "the refresh token is busy (retried soon)"
+                     : "a transient failure (backed off)");
 
     ngx_http_sf_oauth_refresh_stored(cred, &tok);
 
@@ -524,6 +594,11 @@ ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
         ngx_http_sf_oauth_store_result(cred, tok);
         return;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": the outcome is stored, "
+                   "and the lease of process %P released", &cred->name,
+                   ngx_pid);
 
     if (!tok->ok) {
         /* an error text is built from the endpoint's answer: scrub it */
@@ -616,6 +691,11 @@ ngx_http_sf_oauth_refresh_introspected(ngx_http_sf_oauth_answer_t *answer,
                                            answer->body, answer->len, &tok);
     }
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": introspection of "
+                   "generation %ui: %s", &cred->name, cred->introspected,
+                   !tok.ok ? "failed" : tok.active ? "active" : "not active");
+
     if (!tok.ok) {
         /* the parser echoes no text of the endpoint's; redact all the same */
         tok.error.len = ngx_http_sf_oauth_redact(cred, tok.error.data,
@@ -706,6 +786,10 @@ ngx_http_sf_oauth_refresh_wake(ngx_http_sf_oauth_cred_t *cred)
     ngx_queue_t                 *q;
     ngx_http_sf_oauth_waiter_t  *w;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": waking the waiting "
+                   "requests of process %P", &cred->name, ngx_pid);
+
     for (q = ngx_queue_head(&cred->waiters);
          q != ngx_queue_sentinel(&cred->waiters);
          q = ngx_queue_next(q))
@@ -755,6 +839,8 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     call.bearer = token;
 
     ngx_http_sf_oauth_refresh_call(cred, &call, &url,
+                                   "reading the user's identity from the "
+                                   "identity service",
                                    ngx_http_sf_oauth_refresh_identified);
 
     cred->identity = ngx_http_sf_oauth_client_start(&call);
