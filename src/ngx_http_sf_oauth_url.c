@@ -62,6 +62,14 @@ ngx_http_sf_oauth_url_parse(ngx_pool_t *pool, ngx_str_t *url,
     u->uri.data = p;
     u->uri.len = last - p;
 
+    if (pu.url.len >= 5
+        && ngx_strncasecmp(pu.url.data, (u_char *) "unix:", 5) == 0)
+    {
+        /* ngx_parse_url() would take a unix socket's path for the host */
+        u->err = "it names a unix socket, not a host";
+        return NGX_ERROR;
+    }
+
     if (ngx_parse_url(pool, &pu) != NGX_OK) {
         u->err = pu.err;
         return NGX_ERROR;
