@@ -251,8 +251,8 @@ ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
  * refresh_token_file, private_key, password_file) and the zone's key=.
  * It reads at configuration time, as root in the master: the worker user
  * needs no access to the file.  It refuses a file that others may read,
- * unless world_readable, one that is not a regular file (a FIFO would
- * block the master), and one larger than "size" bytes; "buf" has room
+ * unless world_readable, one that is not a regular file (it is opened
+ * with O_NONBLOCK, so that a FIFO cannot block the master), and one larger than "size" bytes; "buf" has room
  * for size + 1.  The contents go to *value without their trailing white
  * space, such as a final newline, and end with a NUL.  Returns NGX_OK or
  * what is wrong, NGX_HTTP_SF_OAUTH_FILE_* (with *err when it cannot be
@@ -271,7 +271,9 @@ ngx_http_sf_oauth_block_read_file(ngx_str_t *path, ngx_flag_t world_readable,
 
     *err = 0;
 
-    fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* O_NONBLOCK: the open() of a FIFO would wait for a writer */
+    fd = ngx_open_file(path->data, NGX_FILE_RDONLY|NGX_FILE_NONBLOCK,
+                       NGX_FILE_OPEN, 0);
 
     if (fd == NGX_INVALID_FILE) {
         *err = ngx_errno;
@@ -283,13 +285,13 @@ ngx_http_sf_oauth_block_read_file(ngx_str_t *path, ngx_flag_t world_readable,
         goto done;
     }
 
-    if ((ngx_file_access(&fi) & S_IROTH) && !world_readable) {
-        rc = NGX_HTTP_SF_OAUTH_FILE_WORLD;
+    if (!ngx_is_file(&fi)) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_NOT_FILE;
         goto done;
     }
 
-    if (!ngx_is_file(&fi)) {
-        rc = NGX_HTTP_SF_OAUTH_FILE_NOT_FILE;
+    if ((ngx_file_access(&fi) & S_IROTH) && !world_readable) {
+        rc = NGX_HTTP_SF_OAUTH_FILE_WORLD;
         goto done;
     }
 

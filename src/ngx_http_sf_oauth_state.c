@@ -338,7 +338,9 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
     ngx_http_sf_oauth_node_t   *rec, *node;
     ngx_http_sf_oauth_cred_t  **cred;
 
-    fd = ngx_open_file(zone->state.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* O_NONBLOCK: the open() of a FIFO would wait for a writer */
+    fd = ngx_open_file(zone->state.data, NGX_FILE_RDONLY|NGX_FILE_NONBLOCK,
+                       NGX_FILE_OPEN, 0);
 
     if (fd == NGX_INVALID_FILE) {
         if (ngx_errno == NGX_ENOENT) {
@@ -362,7 +364,10 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
     if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR) {
         len = (size_t) ngx_file_size(&fi);
 
-        if (len > NGX_HTTP_SF_OAUTH_STATE_MAX) {
+        if (!ngx_is_file(&fi)) {
+            why = "it is not a regular file";
+
+        } else if (len > NGX_HTTP_SF_OAUTH_STATE_MAX) {
             why = "it is too large";
 
         } else {

@@ -88,6 +88,14 @@ check('world-readable secret file', do {
                            client_secret_file => "$dir/open-secret");
 }, qr/client_secret_file "\Q$dir\E\/open-secret" of sf_oauth_credential "crm" is readable by everyone: "chmod o-rwx" it, or accept the risk with "allow_world_readable on"/);
 
+# a FIFO: refused at once (its open() would wait for a writer forever)
+check('secret file that is a FIFO', do {
+    system('mkfifo', '-m', '0600', "$dir/fifo-secret") == 0
+        or die "mkfifo: $?";
+    $zone . $t->credential(client_secret => undef,
+                           client_secret_file => "$dir/fifo-secret");
+}, qr/client_secret_file "\Q$dir\E\/fifo-secret" of sf_oauth_credential "crm" is not a regular file/);
+
 check('world-readable secret file, allowed',
       $zone . $t->credential(client_secret => undef,
                              client_secret_file => "$dir/open-secret")

@@ -361,7 +361,9 @@ EOF2
 sub test_conf {
     my ($self) = @_;
 
-    my $out = `$NGINX -t -p $self->{dir}/ -c $self->{dir}/nginx.conf 2>&1`;
+    # bounded: a configuration read that blocks (a FIFO) fails the test
+    my $limit = int(60 * time_scale());
+    my $out = `timeout $limit $NGINX -t -p $self->{dir}/ -c $self->{dir}/nginx.conf 2>&1`;
     return ($? >> 8, $out);
 }
 
