@@ -31,7 +31,10 @@ if ($pid == 0) {
     die "exec make: $!";
 }
 
-eval { SfTest::wait_port($port, 'make run') };
+# up to 60 s: make checks the Debian packages and the build, and run.sh
+# starts the mock, before nginx listens (5 s were not enough on a busy
+# machine)
+eval { SfTest::wait_port($port, 'make run', 1200) };
 is($@, '', 'make run listens') or diag(`cat $log`);
 
 my $ua = HTTP::Tiny->new(timeout => 10);
