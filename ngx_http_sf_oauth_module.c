@@ -444,7 +444,7 @@ ngx_http_sf_oauth_credential(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     cred->name = value[1];
     cred->file = cf->conf_file->file.name.data;
     cred->line = cf->conf_file->line;
-    ngx_queue_init(&cred->waiters);
+    ngx_queue_init(&cred->rt.waiters);
 
     rv = ngx_http_sf_oauth_credential_block(cf, cred);
     if (rv != NGX_CONF_OK) {
@@ -1128,7 +1128,7 @@ ngx_http_sf_oauth_instance_url_variable(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t  *cred;
 
     if (ngx_http_sf_oauth_handler_cred(r, &cred, 0) != NGX_OK
-        || cred == NULL || cred->node == NULL
+        || cred == NULL || cred->rt.node == NULL
         || ngx_http_sf_oauth_store_instance_url(cred, r->pool, &url)
            != NGX_OK
         || url.len == 0)

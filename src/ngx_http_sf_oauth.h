@@ -443,7 +443,7 @@ ngx_int_t ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
 
-/* fleet: what a worker's fleet request is doing (cred->fleet_state) */
+/* fleet: what a worker's fleet request is doing (cred->rt.fleet_state) */
 #define NGX_HTTP_SF_OAUTH_FLEET_IDLE     0
 #define NGX_HTTP_SF_OAUTH_FLEET_ASKING   1
 #define NGX_HTTP_SF_OAUTH_FLEET_LEASED   2

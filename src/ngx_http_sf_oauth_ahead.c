@@ -52,7 +52,7 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->lifetime || cred[i]->introspect || cred[i]->handover) {
+        if (cred[i]->lifetime || cred[i]->introspect || cred[i]->rt.handover) {
             break;
         }
     }
@@ -69,7 +69,7 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     /* a handover at once, the refresh ahead in a second */
 
     for (first = 1000; i < smcf->creds.nelts; i++) {
-        if (cred[i]->handover) {
+        if (cred[i]->rt.handover) {
             first = NGX_HTTP_SF_OAUTH_POLL_MAX;
         }
     }
@@ -110,10 +110,10 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 
     for (i = 0; i < smcf->creds.nelts; i++) {
 
-        if (cred[i]->handover) {
+        if (cred[i]->rt.handover) {
             active = 1;
 
-            if (cred[i]->transfer
+            if (cred[i]->rt.transfer
                 || ngx_http_sf_oauth_ahead_handover(cred[i], pool))
             {
                 next = NGX_HTTP_SF_OAUTH_POLL_MAX;
@@ -127,7 +127,7 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
 
         active = 1;
 
-        if (cred[i]->transfer) {
+        if (cred[i]->rt.transfer) {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                            "sf_oauth: credential \"%V\": ahead: a token "
                            "request of this process is in flight",
@@ -227,7 +227,7 @@ ngx_http_sf_oauth_ahead_handover(ngx_http_sf_oauth_cred_t *cred,
                    "sf_oauth: credential \"%V\": handover: over",
                    &cred->name);
 
-    cred->handover = 0;
+    cred->rt.handover = 0;
 
     return 0;
 }

@@ -98,53 +98,16 @@ typedef struct ngx_http_sf_oauth_transfer_s  ngx_http_sf_oauth_transfer_t;
 typedef struct ngx_http_sf_oauth_cred_s  ngx_http_sf_oauth_cred_t;
 typedef struct ngx_http_sf_oauth_inflate_s  ngx_http_sf_oauth_inflate_t;
 
-struct ngx_http_sf_oauth_cred_s {
-    ngx_str_t                    name;
-
-    ngx_str_t                    zone_name;
-    ngx_shm_zone_t              *shm_zone;
-    ngx_str_t                    token_url;
-    ngx_str_t                    token_origin;  /* scheme://host[:port] */
-    ngx_str_t                    token_host;
-    ngx_str_t                    introspect_url;
-    ngx_str_t                    client_id;
-    ngx_str_t                    client_secret;
-    ngx_str_t                    client_secret_file;
-    ngx_str_t                    refresh_token;
-    ngx_str_t                    refresh_token_file;
-    ngx_str_t                    ca_file;
-    ngx_uint_t                   grant;
-    ngx_str_t                    username;
-    ngx_str_t                    private_key;
-    ngx_str_t                    audience;
-    /* the private key of the JWT bearer grant: an EVP_PKEY */
-    void                        *pkey;
-    ngx_msec_t                   timeout;
-    ngx_msec_t                   backoff_min;
-    ngx_msec_t                   backoff_max;
-    ngx_msec_t                   hold;
-    ngx_msec_t                   lifetime;
-    ngx_msec_t                   refresh_ahead;
-    ngx_flag_t                   introspect;
-    ngx_flag_t                   ssl_verify;
-    ngx_flag_t                   world_readable;
-
-    /*
-     * What makes a token (conf_fp), and what proves the app to Salesforce:
-     * the client secret or the private key (secret_fp).  See
-     * ngx_http_sf_oauth_fingerprint_conf.
-     */
-    uint64_t                     conf_fp;
-    uint64_t                     secret_fp;
-
-    u_char                      *file;
-    ngx_uint_t                   line;
-
-    /* the next credential whose name differs only in case */
-    ngx_http_sf_oauth_cred_t    *same_name;
-
-    /* the rest is private to each worker process */
-
+/*
+ * The part of a credential that changes at run time, cred->rt, which
+ * each worker process has a copy of: the record found for it in the zone
+ * (and whether this configuration made it, or must hand a token over to
+ * the workers of an older one), its waiters and token request, the
+ * identity request, the fleet's progress in this worker, the metrics not
+ * yet flushed, the secrets the log redaction knows.  The rest of a
+ * credential is configuration, read-only once loaded.
+ */
+typedef struct {
     ngx_http_sf_oauth_node_t    *node;
     /* the record was made by this configuration, not found in the zone */
     ngx_uint_t                   fresh;
@@ -159,8 +122,7 @@ struct ngx_http_sf_oauth_cred_s {
     /* the token generation a JWT-format token was last logged for */
     ngx_uint_t                   jwt_generation;
 
-    /* a location answers SOAP login() with this credential's identity */
-    ngx_uint_t                   soap_login;
+    /* the identity service's request, and the user it read */
     ngx_http_sf_oauth_transfer_t *identity;
     ngx_msec_t                   identity_tried;
     size_t                       identity_user_len;
@@ -212,6 +174,59 @@ struct ngx_http_sf_oauth_cred_s {
     size_t                       seen_len[NGX_HTTP_SF_OAUTH_SEEN];
     u_char                       seen[NGX_HTTP_SF_OAUTH_SEEN]
                                      [NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+} ngx_http_sf_oauth_cred_rt_t;
+
+
+struct ngx_http_sf_oauth_cred_s {
+    ngx_str_t                    name;
+
+    ngx_str_t                    zone_name;
+    ngx_shm_zone_t              *shm_zone;
+    ngx_str_t                    token_url;
+    ngx_str_t                    token_origin;  /* scheme://host[:port] */
+    ngx_str_t                    token_host;
+    ngx_str_t                    introspect_url;
+    ngx_str_t                    client_id;
+    ngx_str_t                    client_secret;
+    ngx_str_t                    client_secret_file;
+    ngx_str_t                    refresh_token;
+    ngx_str_t                    refresh_token_file;
+    ngx_str_t                    ca_file;
+    ngx_uint_t                   grant;
+    ngx_str_t                    username;
+    ngx_str_t                    private_key;
+    ngx_str_t                    audience;
+    /* the private key of the JWT bearer grant: an EVP_PKEY */
+    void                        *pkey;
+    ngx_msec_t                   timeout;
+    ngx_msec_t                   backoff_min;
+    ngx_msec_t                   backoff_max;
+    ngx_msec_t                   hold;
+    ngx_msec_t                   lifetime;
+    ngx_msec_t                   refresh_ahead;
+    ngx_flag_t                   introspect;
+    ngx_flag_t                   ssl_verify;
+    ngx_flag_t                   world_readable;
+
+    /*
+     * What makes a token (conf_fp), and what proves the app to Salesforce:
+     * the client secret or the private key (secret_fp).  See
+     * ngx_http_sf_oauth_fingerprint_conf.
+     */
+    uint64_t                     conf_fp;
+    uint64_t                     secret_fp;
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+
+    /* the next credential whose name differs only in case */
+    ngx_http_sf_oauth_cred_t    *same_name;
+
+    /* a location answers SOAP login() with this credential's identity */
+    ngx_uint_t                   soap_login;
+
+    /* what each worker process keeps of the credential at run time */
+    ngx_http_sf_oauth_cred_rt_t  rt;
 };
 
 

@@ -299,7 +299,7 @@ ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        ngx_http_sf_oauth_timer_init(&cred[i]->fleet_timer,
+        ngx_http_sf_oauth_timer_init(&cred[i]->rt.fleet_timer,
                                      ngx_http_sf_oauth_fleet_again,
                                      cycle->log);
     }
@@ -329,8 +329,8 @@ ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->fleet_timer.timer_set) {
-            ngx_del_timer(&cred[i]->fleet_timer);
+        if (cred[i]->rt.fleet_timer.timer_set) {
+            ngx_del_timer(&cred[i]->rt.fleet_timer);
         }
     }
 
@@ -397,9 +397,9 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
 
     /* long enough for a dead node's lease to expire, and a bit */
 
-    cred->fleet_known = known;
-    cred->fleet_distrust = unsynced;
-    cred->fleet_deadline = ngx_current_msec + cred->timeout
+    cred->rt.fleet_known = known;
+    cred->rt.fleet_distrust = unsynced;
+    cred->rt.fleet_deadline = ngx_current_msec + cred->timeout
                            + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
@@ -426,16 +426,16 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 
     ngx_http_sf_oauth_fleet_new_owner(cred);
 
-    args[0].data = cred->fleet_owner;
-    args[0].len = cred->fleet_owner_len;
+    args[0].data = cred->rt.fleet_owner;
+    args[0].len = cred->rt.fleet_owner_len;
     args[1].data = ttl;
     args[1].len = ngx_sprintf(ttl, "%M",
                               cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK)
                   - ttl;
     args[2].data = known;
-    args[2].len = ngx_sprintf(known, "%ui", cred->fleet_known) - known;
+    args[2].len = ngx_sprintf(known, "%ui", cred->rt.fleet_known) - known;
 
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
 
     if (ngx_http_sf_oauth_fleet_eval(cred,
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
@@ -459,10 +459,10 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
                        "%d ms", &cred->name,
                        NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
 
-        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
-        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
-        cred->fleet_op = op;
-        ngx_add_timer(&cred->fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
+        cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
+        cred->rt.fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
+        cred->rt.fleet_op = op;
+        ngx_add_timer(&cred->rt.fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL / 2);
         return;
     }
 
@@ -470,7 +470,7 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
                    "sf_oauth: credential \"%V\": Redis is not connected: "
                    "the fleet is down for this refresh", &cred->name);
 
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
     ngx_free(op);
 }
@@ -488,7 +488,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
     ngx_http_sf_oauth_cred_t  *cred;
 
     cred = op->cred;
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4
         || ngx_http_sf_oauth_fleet_number(r->element[0], &answer) != NGX_OK
@@ -522,7 +522,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
     case NGX_HTTP_SF_OAUTH_FLEET_NEWER:
 
-        if (cred->fleet_distrust) {
+        if (cred->rt.fleet_distrust) {
             /*
              * The token that failed was got while Redis was unreachable:
              * the fleet's generation may be older, and dead with it.  Only
@@ -535,8 +535,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                            "while Redis was unreachable; asking again",
                            &cred->name, gen);
 
-            cred->fleet_distrust = 0;
-            cred->fleet_known = gen;
+            cred->rt.fleet_distrust = 0;
+            cred->rt.fleet_known = gen;
             ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
             ngx_free(rec);
             ngx_http_sf_oauth_fleet_ask(op);
@@ -550,7 +550,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
             ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "sf_oauth: credential \"%V\": fleet generation "
                            "%ui is newer than %ui: taken, no token request",
-                           &cred->name, gen, cred->fleet_known);
+                           &cred->name, gen, cred->rt.fleet_known);
 
             op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, rec, gen);
             break;
@@ -576,7 +576,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                        "generation %ui cannot be used: asking again over it",
                        &cred->name, gen);
 
-        cred->fleet_known = gen;
+        cred->rt.fleet_known = gen;
         ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
         ngx_free(rec);
         ngx_http_sf_oauth_fleet_ask(op);
@@ -584,13 +584,13 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
     case NGX_HTTP_SF_OAUTH_FLEET_LEASE:
 
-        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_LEASED;
-        cred->fleet_base = gen;
+        cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_LEASED;
+        cred->rt.fleet_base = gen;
 
         ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "sf_oauth: credential \"%V\": fleet lease taken over "
                        "generation %ui as \"%*s\"", &cred->name, gen,
-                       cred->fleet_owner_len, cred->fleet_owner);
+                       cred->rt.fleet_owner_len, cred->rt.fleet_owner);
 
         if (ngx_http_sf_oauth_fleet_overtaken(op)) {
             ngx_free(rec);
@@ -605,7 +605,7 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
         rc = NGX_ABORT;
 
-        if (r->element[2]->len && !cred->fleet_distrust) {
+        if (r->element[2]->len && !cred->rt.fleet_distrust) {
             rc = ngx_http_sf_oauth_fleet_decode(cred, gen, r->element[2],
                                                 r->element[3], rec);
         }
@@ -624,8 +624,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
             break;
         }
 
-        ngx_http_sf_oauth_store_fleet_owner(cred, cred->fleet_owner,
-                                            cred->fleet_owner_len);
+        ngx_http_sf_oauth_store_fleet_owner(cred, cred->rt.fleet_owner,
+                                            cred->rt.fleet_owner_len);
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "sf_oauth: credential \"%V\": refreshing with %s "
@@ -633,8 +633,8 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
                        rc == NGX_OK ? "the fleet's" : "this node's");
 
         /* renewed every third of its time while the token request runs */
-        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_renewal;
-        ngx_add_timer(&cred->fleet_timer,
+        cred->rt.fleet_timer.handler = ngx_http_sf_oauth_fleet_renewal;
+        ngx_add_timer(&cred->rt.fleet_timer,
                       (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
 
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_LEASE,
@@ -647,7 +647,9 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[2]->str,
                                             r->element[2]->len);
 
-        if ((ngx_msec_int_t) (cred->fleet_deadline - ngx_current_msec) <= 0) {
+        if ((ngx_msec_int_t) (cred->rt.fleet_deadline - ngx_current_msec)
+            <= 0)
+        {
             ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "sf_oauth: credential \"%V\": fleet lease still "
                            "held by \"%*s\" at generation %ui, past the "
@@ -669,10 +671,10 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
 
         ngx_free(rec);
 
-        cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
-        cred->fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
-        cred->fleet_op = op;
-        ngx_add_timer(&cred->fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL);
+        cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
+        cred->rt.fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
+        cred->rt.fleet_op = op;
+        ngx_add_timer(&cred->rt.fleet_timer, NGX_HTTP_SF_OAUTH_FLEET_POLL);
         return;
     }
 
@@ -691,13 +693,13 @@ ngx_http_sf_oauth_fleet_again(ngx_event_t *ev)
 
     cred = (ngx_http_sf_oauth_cred_t *)
                ((u_char *) ev - offsetof(ngx_http_sf_oauth_cred_t,
-                                         fleet_timer));
+                                         rt.fleet_timer));
 
-    if (ngx_http_sf_oauth_fleet_overtaken(cred->fleet_op)) {
+    if (ngx_http_sf_oauth_fleet_overtaken(cred->rt.fleet_op)) {
         return;
     }
 
-    ngx_http_sf_oauth_fleet_ask(cred->fleet_op);
+    ngx_http_sf_oauth_fleet_ask(cred->rt.fleet_op);
 }
 
 
@@ -731,7 +733,7 @@ ngx_http_sf_oauth_fleet_overtaken(ngx_http_sf_oauth_fleet_op_t *op)
     /* a lease just taken (the answer LEASE) is not needed: it goes back */
     ngx_http_sf_oauth_fleet_release(cred);
 
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_NEWER, NULL, fleet);
     ngx_free(op);
 
@@ -748,7 +750,7 @@ ngx_http_sf_oauth_fleet_renewal(ngx_event_t *ev)
 
     cred = (ngx_http_sf_oauth_cred_t *)
                ((u_char *) ev - offsetof(ngx_http_sf_oauth_cred_t,
-                                         fleet_timer));
+                                         rt.fleet_timer));
 
     ngx_http_sf_oauth_fleet_renew(cred);
 }
@@ -763,11 +765,11 @@ ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": renewing the fleet lease "
-                   "\"%*s\"", &cred->name, cred->fleet_owner_len,
-                   cred->fleet_owner);
+                   "\"%*s\"", &cred->name, cred->rt.fleet_owner_len,
+                   cred->rt.fleet_owner);
 
-    args[0].data = cred->fleet_owner;
-    args[0].len = cred->fleet_owner_len;
+    args[0].data = cred->rt.fleet_owner;
+    args[0].len = cred->rt.fleet_owner_len;
     args[1].data = ttl;
     args[1].len = ngx_sprintf(ttl, "%M",
                               cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK)
@@ -781,7 +783,7 @@ ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred)
                                         ngx_http_sf_oauth_fleet_renewed,
                                         cred);
 
-    ngx_add_timer(&cred->fleet_timer,
+    ngx_add_timer(&cred->rt.fleet_timer,
                   (cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK) / 3);
 }
 
@@ -800,7 +802,7 @@ ngx_http_sf_oauth_fleet_renewed(void *reply, void *data)
                    : r->integer == 0 ? "lost" : "renewed");
 
     if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0
-        && cred->fleet_state == NGX_HTTP_SF_OAUTH_FLEET_LEASED)
+        && cred->rt.fleet_state == NGX_HTTP_SF_OAUTH_FLEET_LEASED)
     {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": the fleet's refresh "
@@ -841,17 +843,17 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
 
     zone = cred->shm_zone->data;
 
-    if (cred->fleet_timer.timer_set) {
-        ngx_del_timer(&cred->fleet_timer);
+    if (cred->rt.fleet_timer.timer_set) {
+        ngx_del_timer(&cred->rt.fleet_timer);
     }
 
-    if (cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
+    if (cred->rt.fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
         /* a token got while Redis was down: over the generation known */
-        cred->fleet_base = ngx_http_sf_oauth_store_fleet_view(cred, &local,
-                                                              &dirty);
+        cred->rt.fleet_base = ngx_http_sf_oauth_store_fleet_view(cred, &local,
+                                                                 &dirty);
     }
 
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
     pool = ngx_create_pool(4096, ngx_cycle->log);
     copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
@@ -877,7 +879,7 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
 
     copy->state = NGX_HTTP_SF_OAUTH_VALID;
 
-    ngx_http_sf_oauth_fleet_context(cred, cred->fleet_base + 1, ctx,
+    ngx_http_sf_oauth_fleet_context(cred, cred->rt.fleet_base + 1, ctx,
                                     &context);
 
     blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, copy, 1, pool,
@@ -896,18 +898,18 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": writing the token to the "
                    "fleet over generation %ui", &cred->name,
-                   cred->fleet_base);
+                   cred->rt.fleet_base);
 
     args[0].data = base;
-    args[0].len = ngx_sprintf(base, "%ui", cred->fleet_base) - base;
+    args[0].len = ngx_sprintf(base, "%ui", cred->rt.fleet_base) - base;
     args[1].data = blob;
     args[1].len = len;
-    args[2].data = cred->fleet_owner;
-    args[2].len = cred->fleet_owner_len;
+    args[2].data = cred->rt.fleet_owner;
+    args[2].len = cred->rt.fleet_owner_len;
     args[3] = zone->redis->channel;
     args[4].data = msg;
     args[4].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
-                              cred->fleet_base + 1)
+                              cred->rt.fleet_base + 1)
                   - msg;
     args[5].data = zone->key_fp;
     args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
@@ -1123,23 +1125,23 @@ ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred)
     ngx_str_t    args[1];
     const char  *keys[1] = { "lease" };
 
-    if (cred->fleet_timer.timer_set) {
-        ngx_del_timer(&cred->fleet_timer);
+    if (cred->rt.fleet_timer.timer_set) {
+        ngx_del_timer(&cred->rt.fleet_timer);
     }
 
-    if (cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
+    if (cred->rt.fleet_state != NGX_HTTP_SF_OAUTH_FLEET_LEASED) {
         return;
     }
 
-    cred->fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": giving the fleet lease "
-                   "\"%*s\" back", &cred->name, cred->fleet_owner_len,
-                   cred->fleet_owner);
+                   "\"%*s\" back", &cred->name, cred->rt.fleet_owner_len,
+                   cred->rt.fleet_owner);
 
-    args[0].data = cred->fleet_owner;
-    args[0].len = cred->fleet_owner_len;
+    args[0].data = cred->rt.fleet_owner;
+    args[0].len = cred->rt.fleet_owner_len;
 
     (void) ngx_http_sf_oauth_fleet_eval(cred,
                                         &ngx_http_sf_oauth_fleet_release_lua,
@@ -1170,7 +1172,7 @@ ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->node && ngx_http_sf_oauth_fleet_on(cred[i])) {
+        if (cred[i]->rt.node && ngx_http_sf_oauth_fleet_on(cred[i])) {
             ngx_http_sf_oauth_fleet_sync(cred[i]);
         }
     }
@@ -1196,23 +1198,23 @@ ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
         return;
     }
 
-    if (cred->fleet_syncing) {
+    if (cred->rt.fleet_syncing) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "sf_oauth: credential \"%V\": a read of the fleet "
                        "is in flight: one more after it", &cred->name);
 
-        cred->fleet_sync_again = 1;
+        cred->rt.fleet_sync_again = 1;
         return;
     }
 
-    cred->fleet_syncing = 1;
-    cred->fleet_sync_again = 0;
+    cred->rt.fleet_syncing = 1;
+    cred->rt.fleet_sync_again = 0;
 
     fleet = ngx_http_sf_oauth_store_fleet_view(cred, &local, &dirty);
 
     if (dirty
-        && cred->fleet_state == NGX_HTTP_SF_OAUTH_FLEET_IDLE
-        && cred->transfer == NULL)
+        && cred->rt.fleet_state == NGX_HTTP_SF_OAUTH_FLEET_IDLE
+        && cred->rt.transfer == NULL)
     {
         /* a token got while Redis was unreachable: the newest one wins */
 
@@ -1236,12 +1238,12 @@ ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data)
 {
     ngx_http_sf_oauth_cred_t  *cred = data;
 
-    cred->fleet_syncing = 0;
+    cred->rt.fleet_syncing = 0;
 
     ngx_http_sf_oauth_fleet_synced(reply, data);
 
-    if (cred->fleet_sync_again) {
-        cred->fleet_sync_again = 0;
+    if (cred->rt.fleet_sync_again) {
+        cred->rt.fleet_sync_again = 0;
 
         /* a connection that failed is read again once it is back */
 
@@ -1264,7 +1266,7 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
 
     args[0].data = known;
     /* a generation whose record could not be used is not read again */
-    args[0].len = ngx_sprintf(known, "%ui", ngx_max(fleet, cred->fleet_skip))
+    args[0].len = ngx_sprintf(known, "%ui", ngx_max(fleet, cred->rt.fleet_skip))
                   - known;
 
     if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_sync_lua,
@@ -1274,8 +1276,8 @@ ngx_http_sf_oauth_fleet_read(ngx_http_sf_oauth_cred_t *cred, ngx_uint_t fleet,
         && handler == ngx_http_sf_oauth_fleet_synced_again)
     {
         /* not sent: the next periodic read or reconnection tries again */
-        cred->fleet_syncing = 0;
-        cred->fleet_sync_again = 0;
+        cred->rt.fleet_syncing = 0;
+        cred->rt.fleet_sync_again = 0;
     }
 }
 
@@ -1293,8 +1295,8 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     if (r && r->type == REDIS_REPLY_ERROR) {
         /* said once, until a read works: it is tried every second */
 
-        if (!cred->fleet_read_refused) {
-            cred->fleet_read_refused = 1;
+        if (!cred->rt.fleet_read_refused) {
+            cred->rt.fleet_read_refused = 1;
             ngx_http_sf_oauth_fleet_error(cred, "the fleet's periodic read: "
                                           "Redis refused it", r);
         }
@@ -1312,7 +1314,7 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
         return;
     }
 
-    cred->fleet_read_refused = 0;
+    cred->rt.fleet_read_refused = 0;
 
     ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
                                         r->element[3]->len);
@@ -1363,7 +1365,7 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
                        "sf_oauth: credential \"%V\": fleet generation %ui "
                        "not taken: it is not read again", &cred->name, gen);
 
-        cred->fleet_skip = gen;
+        cred->rt.fleet_skip = gen;
     }
 
     ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
@@ -1424,7 +1426,7 @@ ngx_http_sf_oauth_fleet_message(void *reply, void *data)
             && ngx_strncmp(zone->name.data, zname.data, zname.len) == 0
             && cred[i]->name.len == cname.len
             && ngx_strncmp(cred[i]->name.data, cname.data, cname.len) == 0
-            && cred[i]->node)
+            && cred[i]->rt.node)
         {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "sf_oauth: credential \"%V\": a message of the "
@@ -1462,7 +1464,7 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
     for (i = 0; i < smcf->creds.nelts; i++) {
         zone = cred[i]->shm_zone->data;
 
-        if (zone->redis == rd && cred[i]->node) {
+        if (zone->redis == rd && cred[i]->rt.node) {
             (void) ngx_http_sf_oauth_store_fleet_outage(cred[i], 0);
 
             if (rd->down == NGX_HTTP_SF_OAUTH_DOWN_FAIL) {
@@ -1876,10 +1878,10 @@ ngx_http_sf_oauth_fleet_new_owner(ngx_http_sf_oauth_cred_t *cred)
 
     n = ngx_min(ngx_cycle->hostname.len, NGX_HTTP_SF_OAUTH_OWNER_MAX - 32);
 
-    cred->fleet_owner_len = ngx_sprintf(cred->fleet_owner, "%*s:%P:%08xD",
-                                        n, ngx_cycle->hostname.data, ngx_pid,
-                                        (uint32_t) ngx_random())
-                            - cred->fleet_owner;
+    cred->rt.fleet_owner_len = ngx_sprintf(cred->rt.fleet_owner, "%*s:%P:%08xD",
+                                           n, ngx_cycle->hostname.data, ngx_pid,
+                                           (uint32_t) ngx_random())
+                            - cred->rt.fleet_owner;
 }
 
 
@@ -1916,10 +1918,10 @@ ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
                      ? "a newer one was there" : "not written yet",
                    generation);
 
-    cred->fleet_syncing = 0;
+    cred->rt.fleet_syncing = 0;
 
-    if (cred->fleet_sync_again) {
-        cred->fleet_sync_again = 0;
+    if (cred->rt.fleet_sync_again) {
+        cred->rt.fleet_sync_again = 0;
 
         if (answer != NGX_HTTP_SF_OAUTH_FLEET_DOWN) {
             ngx_http_sf_oauth_fleet_sync(cred);

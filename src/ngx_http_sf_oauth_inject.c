@@ -300,9 +300,9 @@ ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_chain_t  *body;
 
     if (ngx_http_sf_oauth_jwt_match_form(token)
-        && ctx->cred->jwt_generation != ctx->generation)
+        && ctx->cred->rt.jwt_generation != ctx->generation)
     {
-        ctx->cred->jwt_generation = ctx->generation;
+        ctx->cred->rt.jwt_generation = ctx->generation;
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "sf_oauth: credential \"%V\": the access token is a "

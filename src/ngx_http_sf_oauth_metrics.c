@@ -175,7 +175,7 @@ ngx_http_sf_oauth_metrics_count(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
-    cred->counted[status]++;
+    cred->rt.counted[status]++;
     ngx_http_sf_oauth_metrics_counted(cred);
 }
 
@@ -232,9 +232,9 @@ ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
-    cred->api_used = used;
-    cred->api_limit = limit;
-    cred->api_msec = ngx_current_msec;
+    cred->rt.api_used = used;
+    cred->rt.api_limit = limit;
+    cred->rt.api_msec = ngx_current_msec;
     ngx_http_sf_oauth_metrics_counted(cred);
 }
 
@@ -242,13 +242,13 @@ ngx_http_sf_oauth_metrics_usage(ngx_http_sf_oauth_cred_t *cred,
 static void
 ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred)
 {
-    ngx_http_sf_oauth_store_metrics(cred, cred->counted, cred->api_used,
-                                    cred->api_limit, cred->api_msec);
+    ngx_http_sf_oauth_store_metrics(cred, cred->rt.counted, cred->rt.api_used,
+                                    cred->rt.api_limit, cred->rt.api_msec);
 
-    ngx_memzero(cred->counted, sizeof(cred->counted));
-    cred->api_limit = 0;
-    cred->unflushed = 0;
-    cred->flushed = ngx_current_msec;
+    ngx_memzero(cred->rt.counted, sizeof(cred->rt.counted));
+    cred->rt.api_limit = 0;
+    cred->rt.unflushed = 0;
+    cred->rt.flushed = ngx_current_msec;
 }
 
 
@@ -260,9 +260,9 @@ ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred)
 static void
 ngx_http_sf_oauth_metrics_counted(ngx_http_sf_oauth_cred_t *cred)
 {
-    cred->unflushed = 1;
+    cred->rt.unflushed = 1;
 
-    if (ngx_current_msec - cred->flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
+    if (ngx_current_msec - cred->rt.flushed >= NGX_HTTP_SF_OAUTH_FLUSH) {
         ngx_http_sf_oauth_metrics_flush(cred);
         return;
     }
@@ -286,7 +286,7 @@ ngx_http_sf_oauth_metrics_flush_all(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->unflushed && cred[i]->node) {
+        if (cred[i]->rt.unflushed && cred[i]->rt.node) {
             ngx_http_sf_oauth_metrics_flush(cred[i]);
         }
     }

@@ -40,8 +40,8 @@ ngx_http_sf_oauth_redact_install(ngx_http_request_t *r,
     ngx_log_t                 *log;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (cred->seen_generation != generation) {
-        cred->seen_generation = generation;
+    if (cred->rt.seen_generation != generation) {
+        cred->rt.seen_generation = generation;
         ngx_http_sf_oauth_redact_remember(cred, token->data, token->len);
     }
 
@@ -122,8 +122,8 @@ ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
     }
 
     for (i = 0; i < NGX_HTTP_SF_OAUTH_SEEN; i++) {
-        if (cred->seen_len[i] == len
-            && ngx_memcmp(cred->seen[i], secret, len) == 0)
+        if (cred->rt.seen_len[i] == len
+            && ngx_memcmp(cred->rt.seen[i], secret, len) == 0)
         {
             return;
         }
@@ -135,11 +135,11 @@ ngx_http_sf_oauth_redact_remember(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
-    i = cred->seen_next;
-    cred->seen_next = (i + 1) % NGX_HTTP_SF_OAUTH_SEEN;
+    i = cred->rt.seen_next;
+    cred->rt.seen_next = (i + 1) % NGX_HTTP_SF_OAUTH_SEEN;
 
-    ngx_memcpy(cred->seen[i], secret, len);
-    cred->seen_len[i] = len;
+    ngx_memcpy(cred->rt.seen[i], secret, len);
+    cred->rt.seen_len[i] = len;
 }
 
 
@@ -162,8 +162,8 @@ ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
                                        cred->refresh_token.len);
 
     for (i = 0; i < NGX_HTTP_SF_OAUTH_SEEN; i++) {
-        len = ngx_http_sf_oauth_redact_one(buf, len, size, cred->seen[i],
-                                           cred->seen_len[i]);
+        len = ngx_http_sf_oauth_redact_one(buf, len, size, cred->rt.seen[i],
+                                           cred->rt.seen_len[i]);
     }
 
     return len;

@@ -121,12 +121,13 @@ ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
      * newer, and the fleet is asked first.
      */
 
-    cred->fleet_secret_len = ngx_min(lk->secret.len,
-                                     NGX_HTTP_SF_OAUTH_REFRESH_MAX);
-    ngx_memcpy(cred->fleet_secret, lk->secret.data, cred->fleet_secret_len);
+    cred->rt.fleet_secret_len = ngx_min(lk->secret.len,
+                                        NGX_HTTP_SF_OAUTH_REFRESH_MAX);
+    ngx_memcpy(cred->rt.fleet_secret, lk->secret.data,
+               cred->rt.fleet_secret_len);
     ngx_explicit_memzero(lk->secret.data, lk->secret.len);
 
-    cred->fleet_alone = 0;
+    cred->rt.fleet_alone = 0;
 
     /* the fleet answers DOWN when Redis is unreachable or refuses */
 
@@ -210,8 +211,8 @@ ngx_http_sf_oauth_refresh_acquired(ngx_http_sf_oauth_cred_t *cred,
             secret.len = rec->refresh_len;
 
         } else {
-            secret.data = cred->fleet_secret;
-            secret.len = cred->fleet_secret_len;
+            secret.data = cred->rt.fleet_secret;
+            secret.len = cred->rt.fleet_secret_len;
         }
 
         ngx_http_sf_oauth_redact_remember(cred, secret.data, secret.len);
@@ -308,10 +309,10 @@ ngx_http_sf_oauth_refresh_alone(ngx_http_sf_oauth_cred_t *cred)
         return NGX_OK;
     }
 
-    cred->fleet_alone = 1;
+    cred->rt.fleet_alone = 1;
 
-    secret.data = cred->fleet_secret;
-    secret.len = cred->fleet_secret_len;
+    secret.data = cred->rt.fleet_secret;
+    secret.len = cred->rt.fleet_secret_len;
 
     if (ngx_http_sf_oauth_refresh_begin(cred, &secret) != NGX_OK) {
         ngx_http_sf_oauth_refresh_wake(cred);
@@ -423,10 +424,10 @@ ngx_http_sf_oauth_refresh_grant(ngx_http_sf_oauth_cred_t *cred,
                                    "endpoint",
                                    ngx_http_sf_oauth_refresh_done);
 
-    cred->transfer = ngx_http_sf_oauth_client_start(&call);
-    cred->transfer_start = ngx_current_msec;
+    cred->rt.transfer = ngx_http_sf_oauth_client_start(&call);
+    cred->rt.transfer_start = ngx_current_msec;
 
-    rc = (cred->transfer == NULL) ? NGX_ERROR : NGX_OK;
+    rc = (cred->rt.transfer == NULL) ? NGX_ERROR : NGX_OK;
 
     /* the client keeps a copy of the form */
     ngx_explicit_memzero(jwt.data, jwt.len);
@@ -465,12 +466,12 @@ ngx_http_sf_oauth_refresh_introspect(ngx_http_sf_oauth_cred_t *cred,
                                    "introspecting the access token",
                                    ngx_http_sf_oauth_refresh_introspected);
 
-    cred->transfer = ngx_http_sf_oauth_client_start(&call);
-    if (cred->transfer == NULL) {
+    cred->rt.transfer = ngx_http_sf_oauth_client_start(&call);
+    if (cred->rt.transfer == NULL) {
         return NGX_ERROR;
     }
 
-    cred->introspected = lk->generation;
+    cred->rt.introspected = lk->generation;
 
     return NGX_OK;
 }
@@ -504,7 +505,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
     ngx_pool_t                *pool;
     ngx_http_sf_oauth_token_t  tok;
 
-    cred->transfer = NULL;
+    cred->rt.transfer = NULL;
 
     if (answer->abandoned) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
@@ -534,7 +535,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
     }
 
     /* for the metrics; at least 1 ms: 0 is for no request at all */
-    tok.duration = ngx_max(ngx_current_msec - cred->transfer_start, 1);
+    tok.duration = ngx_max(ngx_current_msec - cred->rt.transfer_start, 1);
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": the token request "
@@ -640,7 +641,7 @@ ngx_http_sf_oauth_refresh_stored(ngx_http_sf_oauth_cred_t *cred,
 
     if (ngx_http_sf_oauth_fleet_on(cred)) {
 
-        if (cred->fleet_alone) {
+        if (cred->rt.fleet_alone) {
             /* got while Redis was unreachable: written back when it is not */
             ngx_http_sf_oauth_store_fleet_mark(cred, 1);
 
@@ -673,7 +674,7 @@ ngx_http_sf_oauth_refresh_introspected(ngx_http_sf_oauth_answer_t *answer,
     ngx_http_sf_oauth_token_t    tok;
     ngx_http_sf_oauth_lookup_t   lk;
 
-    cred->transfer = NULL;
+    cred->rt.transfer = NULL;
 
     if (answer->abandoned) {
         ngx_http_sf_oauth_store_release(cred);
@@ -693,7 +694,7 @@ ngx_http_sf_oauth_refresh_introspected(ngx_http_sf_oauth_answer_t *answer,
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": introspection of "
-                   "generation %ui: %s", &cred->name, cred->introspected,
+                   "generation %ui: %s", &cred->name, cred->rt.introspected,
                    !tok.ok ? "failed" : tok.active ? "active" : "not active");
 
     if (!tok.ok) {
@@ -708,7 +709,7 @@ ngx_http_sf_oauth_refresh_introspected(ngx_http_sf_oauth_answer_t *answer,
                       &tok.error);
     }
 
-    if (ngx_http_sf_oauth_store_introspected(cred, cred->introspected, &tok,
+    if (ngx_http_sf_oauth_store_introspected(cred, cred->rt.introspected, &tok,
                                              pool, &lk)
         == NGX_HTTP_SF_OAUTH_GOT_LEASE)
     {
@@ -790,8 +791,8 @@ ngx_http_sf_oauth_refresh_wake(ngx_http_sf_oauth_cred_t *cred)
                    "sf_oauth: credential \"%V\": waking the waiting "
                    "requests of process %P", &cred->name, ngx_pid);
 
-    for (q = ngx_queue_head(&cred->waiters);
-         q != ngx_queue_sentinel(&cred->waiters);
+    for (q = ngx_queue_head(&cred->rt.waiters);
+         q != ngx_queue_sentinel(&cred->rt.waiters);
          q = ngx_queue_next(q))
     {
         w = ngx_queue_data(q, ngx_http_sf_oauth_waiter_t, queue);
@@ -815,7 +816,7 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t                  url;
     ngx_http_sf_oauth_call_t   call;
 
-    if (cred->identity) {
+    if (cred->rt.identity) {
         return NGX_OK;
     }
 
@@ -843,13 +844,13 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
                                    "identity service",
                                    ngx_http_sf_oauth_refresh_identified);
 
-    cred->identity = ngx_http_sf_oauth_client_start(&call);
+    cred->rt.identity = ngx_http_sf_oauth_client_start(&call);
 
-    if (cred->identity) {
-        cred->identity_tried = ngx_current_msec;
-        cred->identity_user_len = ngx_cpymem(cred->identity_user,
-                                             user_id->data, user_id->len)
-                                  - cred->identity_user;
+    if (cred->rt.identity) {
+        cred->rt.identity_tried = ngx_current_msec;
+        cred->rt.identity_user_len = ngx_cpymem(cred->rt.identity_user,
+                                                user_id->data, user_id->len)
+                                  - cred->rt.identity_user;
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "sf_oauth: credential \"%V\": identity request to "
@@ -858,7 +859,7 @@ ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_free(url.data);
 
-    return cred->identity ? NGX_OK : NGX_ERROR;
+    return cred->rt.identity ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -874,7 +875,7 @@ ngx_http_sf_oauth_refresh_identified(ngx_http_sf_oauth_answer_t *answer,
     ngx_pool_t               *pool;
     ngx_http_sf_oauth_who_t   who;
 
-    cred->identity = NULL;
+    cred->rt.identity = NULL;
 
     if (answer->abandoned) {
         return;
@@ -886,8 +887,8 @@ ngx_http_sf_oauth_refresh_identified(ngx_http_sf_oauth_answer_t *answer,
     }
 
     ngx_memzero(&who, sizeof(ngx_http_sf_oauth_who_t));
-    who.user_id.data = cred->identity_user;
-    who.user_id.len = cred->identity_user_len;
+    who.user_id.data = cred->rt.identity_user;
+    who.user_id.len = cred->rt.identity_user_len;
 
     rc = (answer->error == NULL && !answer->too_large)
          ? ngx_http_sf_oauth_parse_who(pool, (long) answer->status,

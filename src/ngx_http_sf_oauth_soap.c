@@ -358,9 +358,9 @@ ngx_http_sf_oauth_intercept_login(ngx_http_request_t *r,
         return ngx_http_sf_oauth_reply_to_login(r, ctx);
     }
 
-    if (cred->identity == NULL
-        && (cred->identity_tried == 0
-            || ngx_current_msec - cred->identity_tried
+    if (cred->rt.identity == NULL
+        && (cred->rt.identity_tried == 0
+            || ngx_current_msec - cred->rt.identity_tried
                >= NGX_HTTP_SF_OAUTH_IDENTITY_RETRY))
     {
         token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
@@ -370,7 +370,7 @@ ngx_http_sf_oauth_intercept_login(ngx_http_request_t *r,
                                                  &who.user_id, &token);
     }
 
-    if (cred->identity == NULL) {
+    if (cred->rt.identity == NULL) {
         return ngx_http_sf_oauth_reply_to_login(r, ctx);
     }
 
@@ -409,7 +409,7 @@ ngx_http_sf_oauth_poll_identity(ngx_event_t *ev)
 
     ngx_http_set_log_request(c->log, r);
 
-    if (ctx->cred->identity
+    if (ctx->cred->rt.identity
         && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0)
     {
         ngx_add_timer(ev, NGX_HTTP_SF_OAUTH_POLL_MAX);

@@ -403,7 +403,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
 
     for (i = 0; i < nrec; i++) {
         for (j = 0; j < zone->creds.nelts; j++) {
-            node = cred[j]->node;
+            node = cred[j]->rt.node;
 
             if (node->name_len != rec[i].name_len
                 || ngx_memcmp(node->name, rec[i].name, node->name_len) != 0)

@@ -66,7 +66,7 @@ ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred)
 {
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
 
     return node->name_len == cred->name.len
            && ngx_memcmp(node->name, cred->name.data, cred->name.len) == 0;
@@ -104,7 +104,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -222,7 +222,7 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
 
 /*
  * In a worker of a configuration whose reload changed the credential
- * (cred->handover), from a timer: the workers before the reload cannot get
+ * (cred->rt.handover), from a timer: the workers before the reload cannot get
  * the record's token any more (store_lookup), and their requests may wait
  * for it.  When one of them said so (node->wanted), this worker takes the
  * lease as a request of its own would, once the old workers' token request
@@ -240,7 +240,7 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -278,7 +278,7 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     changed = ngx_http_sf_oauth_store_owns_node(cred)
-              && cred->node->conf_fp != cred->conf_fp;
+              && cred->rt.node->conf_fp != cred->conf_fp;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -355,8 +355,8 @@ ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
         return 1;
     }
 
-    if (cred->transfer
-        || cred->fleet_state != NGX_HTTP_SF_OAUTH_FLEET_IDLE)
+    if (cred->rt.transfer
+        || cred->rt.fleet_state != NGX_HTTP_SF_OAUTH_FLEET_IDLE)
     {
         /* this worker's own request is still in flight, or its fleet's */
         return 0;
@@ -389,7 +389,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -618,7 +618,7 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
     now = ngx_current_msec;
     dropped = 0;
@@ -689,7 +689,7 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
 
     if (cured && node->uncured == 0) {
         /* the usual case, read without the lock: nothing to reset */
@@ -746,7 +746,7 @@ ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
     now = ngx_current_msec;
 
@@ -870,7 +870,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -941,9 +941,9 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)
-        && cred->node->lease_pid == ngx_pid)
+        && cred->rt.node->lease_pid == ngx_pid)
     {
-        cred->node->lease_pid = 0;
+        cred->rt.node->lease_pid = 0;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -963,7 +963,7 @@ ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        ngx_memcpy(copy, cred->node, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_memcpy(copy, cred->rt.node, sizeof(ngx_http_sf_oauth_node_t));
 
     } else {
         /* a reload removed the credential: nothing to show */
@@ -981,7 +981,7 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -1013,7 +1013,7 @@ ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_memzero(who, sizeof(ngx_http_sf_oauth_who_t));
@@ -1063,7 +1063,7 @@ ngx_http_sf_oauth_store_identity_known(ngx_http_sf_oauth_cred_t *cred)
 
     ngx_shmtx_lock(&shpool->mutex);
     known = ngx_http_sf_oauth_store_owns_node(cred)
-            && cred->node->identity_known;
+            && cred->rt.node->identity_known;
     ngx_shmtx_unlock(&shpool->mutex);
 
     return known;
@@ -1080,7 +1080,7 @@ ngx_http_sf_oauth_store_identity_set(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -1178,19 +1178,19 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
         for (i = 0; i < NGX_HTTP_SF_OAUTH_STATUSES; i++) {
-            cred->node->requests[i] += counted[i];
+            cred->rt.node->requests[i] += counted[i];
         }
 
         /* another worker may have flushed a newer usage meanwhile */
 
         if (api_limit
-            && (cred->node->api_limit == 0
-                || (ngx_msec_int_t) (api_msec - cred->node->api_msec) >= 0))
+            && (cred->rt.node->api_limit == 0
+                || (ngx_msec_int_t) (api_msec - cred->rt.node->api_msec) >= 0))
         {
-            cred->node->api_used = api_used;
-            cred->node->api_limit = api_limit;
-            cred->node->api_time = ngx_time();
-            cred->node->api_msec = api_msec;
+            cred->rt.node->api_used = api_used;
+            cred->rt.node->api_limit = api_limit;
+            cred->rt.node->api_time = ngx_time();
+            cred->rt.node->api_msec = api_msec;
         }
     }
 
@@ -1216,7 +1216,7 @@ ngx_http_sf_oauth_store_count(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        (*(ngx_uint_t *) ((u_char *) cred->node + counter))++;
+        (*(ngx_uint_t *) ((u_char *) cred->rt.node + counter))++;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

@@ -25,7 +25,7 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -70,10 +70,10 @@ ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)
-        && cred->node->generation == generation)
+        && cred->rt.node->generation == generation)
     {
-        cred->node->fleet_generation = fleet;
-        cred->node->fleet_dirty = 0;
+        cred->rt.node->fleet_generation = fleet;
+        cred->rt.node->fleet_dirty = 0;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -93,7 +93,7 @@ ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        cred->node->fleet_dirty = dirty;
+        cred->rt.node->fleet_dirty = dirty;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -115,10 +115,10 @@ ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        cred->node->fleet_owner_len = owner ? len : 0;
+        cred->rt.node->fleet_owner_len = owner ? len : 0;
 
         if (owner) {
-            ngx_memcpy(cred->node->fleet_owner, owner, len);
+            ngx_memcpy(cred->rt.node->fleet_owner, owner, len);
         }
     }
 
@@ -150,7 +150,7 @@ ngx_http_sf_oauth_store_fleet_key(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        fp = cred->node->fleet_key_mismatch;
+        fp = cred->rt.node->fleet_key_mismatch;
 
         if (mismatch) {
             old = ngx_memcmp(fp, zone->key_fp, NGX_HTTP_SF_OAUTH_FP_LEN)
@@ -185,7 +185,7 @@ ngx_http_sf_oauth_store_fleet_key_mismatch(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     mismatch = ngx_http_sf_oauth_store_owns_node(cred)
-               && ngx_memcmp(cred->node->fleet_key_mismatch, zone->key_fp,
+               && ngx_memcmp(cred->rt.node->fleet_key_mismatch, zone->key_fp,
                              NGX_HTTP_SF_OAUTH_FP_LEN) == 0;
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -215,16 +215,16 @@ ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_sf_oauth_store_owns_node(cred)) {
-        fleet = cred->node->fleet_generation;
-        *generation = cred->node->generation;
+        fleet = cred->rt.node->fleet_generation;
+        *generation = cred->rt.node->generation;
         /*
          * A token not yet written back, even one that Salesforce has
          * rejected since: its refresh token is the newest there is, and
          * must reach the fleet.  Not while a refresh of this node runs,
          * whose outcome is written back by its worker.
          */
-        *dirty = cred->node->fleet_dirty && cred->node->token_len
-                 && ngx_http_sf_oauth_store_can_lease(cred, cred->node);
+        *dirty = cred->rt.node->fleet_dirty && cred->rt.node->token_len
+                 && ngx_http_sf_oauth_store_can_lease(cred, cred->rt.node);
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -266,7 +266,7 @@ ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
-    node = cred->node;
+    node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
 
     ngx_shmtx_lock(&shpool->mutex);

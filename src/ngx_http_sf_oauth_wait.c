@@ -145,7 +145,7 @@ ngx_http_sf_oauth_arm_wait(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx)
 
     if (!ctx->waiting) {
         ctx->waiting = 1;
-        ngx_queue_insert_tail(&ctx->cred->waiters, &ctx->waiter.queue);
+        ngx_queue_insert_tail(&ctx->cred->rt.waiters, &ctx->waiter.queue);
     }
 
     ngx_add_timer(&ctx->waiter.event, ctx->poll);

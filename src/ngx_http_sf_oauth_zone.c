@@ -217,11 +217,11 @@ ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
                           "its cached token is dropped", &cred->name);
 
             ngx_http_sf_oauth_zone_reset_record(cred, node);
-            cred->handover = 1;
+            cred->rt.handover = 1;
         }
 
-        cred->node = node;
-        cred->fresh = 0;
+        cred->rt.node = node;
+        cred->rt.fresh = 0;
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_OK;
     }
@@ -240,8 +240,8 @@ ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
 
     ngx_queue_insert_tail(&zone->sh->nodes, &node->queue);
 
-    cred->node = node;
-    cred->fresh = 1;
+    cred->rt.node = node;
+    cred->rt.fresh = 1;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -319,7 +319,7 @@ ngx_http_sf_oauth_zone_check_secrets(ngx_cycle_t *cycle,
     cred = zone->creds.elts;
 
     for (i = 0; i < zone->creds.nelts; i++) {
-        node = cred[i]->node;
+        node = cred[i]->rt.node;
 
         if (node == NULL
             || !ngx_http_sf_oauth_store_owns_node(cred[i])
@@ -475,7 +475,7 @@ ngx_http_sf_oauth_zone_carry_records(ngx_cycle_t *cycle, ngx_array_t *zones)
         for (j = 0; j < ozone->creds.nelts; j++) {
             cred = ngx_http_sf_oauth_zone_find_cred(zones, &ocred[j]->name);
 
-            if (cred && cred->fresh) {
+            if (cred && cred->rt.fresh) {
                 ngx_http_sf_oauth_zone_copy_record(cycle, ozone, ocred[j],
                                                    cred);
             }
@@ -565,7 +565,7 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_node_t  *onode, *node;
 
     zone = cred->shm_zone->data;
-    onode = ocred->node;
+    onode = ocred->rt.node;
 
     if (onode == NULL || zone->shpool == ozone->shpool
         || !ngx_http_sf_oauth_store_owns_node(ocred))
@@ -574,7 +574,7 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     }
 
     /* one source only */
-    cred->fresh = 0;
+    cred->rt.fresh = 0;
 
     if (onode->conf_fp != cred->conf_fp) {
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
@@ -595,7 +595,7 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = cred->node;
+    node = cred->rt.node;
     queue = node->queue;
     ngx_memcpy(node, onode, sizeof(ngx_http_sf_oauth_node_t));
     node->queue = queue;
