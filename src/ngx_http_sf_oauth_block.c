@@ -250,11 +250,12 @@ ngx_http_sf_oauth_block_read_secret(ngx_conf_t *cf,
  * The one reader of the secret files: the blocks' (client_secret_file,
  * refresh_token_file, private_key, password_file) and the zone's key=.
  * It reads at configuration time, as root in the master: the worker user
- * needs no access to the file.  It refuses a file that others may read,
- * unless world_readable, one that is not a regular file (it is opened
- * with O_NONBLOCK, so that a FIFO cannot block the master), and one larger than "size" bytes; "buf" has room
- * for size + 1.  The contents go to *value without their trailing white
- * space, such as a final newline, and end with a NUL.  Returns NGX_OK or
+ * needs no access to the file.  It refuses a file that is not a regular
+ * file (it is opened with O_NONBLOCK, so that a FIFO cannot block the
+ * master), one that others may read, unless world_readable, and one
+ * larger than "size" bytes; "buf" has room for size + 1.  The contents
+ * go to *value without their trailing white space, such as a final
+ * newline, and end with a NUL.  Returns NGX_OK or
  * what is wrong, NGX_HTTP_SF_OAUTH_FILE_* (with *err when it cannot be
  * read); the caller tells the operator, in its words.
  */
