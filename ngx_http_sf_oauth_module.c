@@ -6,7 +6,11 @@
  * all workers (and, with Redis, for the fleet).
  *
  * This file holds the module definition, the directives and the variables.
- * The work is done in src/: HACKING.md has the map.
+ * The work is done in src/: HACKING.md has the map.  It is over a thousand
+ * lines and one concern all the same, nginx's interface to the module: the
+ * directives' handlers, the configurations' create, merge and init, the
+ * module and process hooks, and the variables; the blocks' parameters are
+ * read in src/ (credential.c, redis_conf.c, block.c).
  */
 
 
