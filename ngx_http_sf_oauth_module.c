@@ -39,6 +39,8 @@ static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_sf_oauth_inflate_limit(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
@@ -98,6 +100,13 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
     { ngx_string("sf_oauth_info"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_sf_oauth_info,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth_console"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_sf_oauth_console,
       0,
       0,
       NULL },
@@ -592,6 +601,36 @@ ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
+ * sf_oauth_console: the operator console at the location, a prefix
+ * location, whose own URI is the console's page.
+ */
+
+static char *
+ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->named
+#if (NGX_PCRE)
+        || clcf->regex
+#endif
+       )
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sf_oauth_console\" must be in a prefix or "
+                           "exact location, such as \"location /sf_oauth/\"");
+        return NGX_CONF_ERROR;
+    }
+
+    clcf->handler = ngx_http_sf_oauth_console_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
  * sf_oauth_soap_inflate_limit size [ratio]: a gzip-compressed SOAP
  * envelope inflates to at most "size" bytes, and to at most "ratio" times
  * its compressed size beyond the first NGX_HTTP_SF_OAUTH_INFLATE_FREE
@@ -885,7 +924,8 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if ((conf->cred || conf->value)
         && clcf->handler
         && clcf->handler != ngx_http_sf_oauth_handler_content
-        && clcf->handler != ngx_http_sf_oauth_status_handler)
+        && clcf->handler != ngx_http_sf_oauth_status_handler
+        && clcf->handler != ngx_http_sf_oauth_console_handler)
     {
         conf->handler = clcf->handler;
         clcf->handler = ngx_http_sf_oauth_handler_content;

@@ -515,6 +515,18 @@ ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
 
+/* page: an HTML page of the console, with its safety headers */
+ngx_int_t ngx_http_sf_oauth_page_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *title, ngx_chain_t *body,
+    ngx_str_t *form_action);
+u_char *ngx_http_sf_oauth_page_escape(u_char *dst, u_char *src, size_t len);
+size_t ngx_http_sf_oauth_page_escape_len(u_char *src, size_t len);
+ngx_int_t ngx_http_sf_oauth_page_headers(ngx_http_request_t *r,
+    ngx_str_t *form_action);
+
+/* console */
+ngx_int_t ngx_http_sf_oauth_console_handler(ngx_http_request_t *r);
+
 /* url */
 typedef struct {
     ngx_str_t                    origin;      /* scheme://host[:port] */
