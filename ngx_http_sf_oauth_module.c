@@ -626,7 +626,8 @@ ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf->handler = ngx_http_sf_oauth_console_handler;
 
-    return NGX_CONF_OK;
+    /* the web server flow's zone, for the Connect buttons */
+    return ngx_http_sf_oauth_connect_conf(cf);
 }
 
 
@@ -991,6 +992,7 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     ngx_array_t                    *a;
     ngx_http_handler_pt            *h;
     ngx_http_core_main_conf_t      *cmcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
@@ -1008,6 +1010,15 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_sf_oauth_handler;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+
+    /* the console's flow: its secrets masked in every server's error log */
+    if (smcf->connect_zone
+        && ngx_http_sf_oauth_redact_flow_init(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     /*
      * Log handlers run in the order of the array, and the access log's

@@ -238,6 +238,9 @@ typedef struct {
     ngx_hash_t                   names;
 
     ngx_array_t                  redis;       /* ngx_http_sf_oauth_redis_t * */
+
+    /* the web server flow's zone, made with the first sf_oauth_console */
+    ngx_shm_zone_t              *connect_zone;
 } ngx_http_sf_oauth_main_conf_t;
 
 

@@ -26,19 +26,36 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
     size_t                          len;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_str_t                       title;
+    ngx_str_t                       title, rest, *button;
     ngx_uint_t                      i;
     ngx_chain_t                    *out;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_core_loc_conf_t       *clcf;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    /* the flow's code, state and cookie never reach a log */
+    ngx_http_sf_oauth_redact_flow_install(r);
+
+    /* the web server flow's routes: connect, callback, confirm */
+
+    if (r->uri.len > clcf->name.len
+        && ngx_strncmp(r->uri.data, clcf->name.data, clcf->name.len) == 0)
+    {
+        rest.data = r->uri.data + clcf->name.len;
+        rest.len = r->uri.len - clcf->name.len;
+
+        rc = ngx_http_sf_oauth_connect_route(r, &rest);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
     }
-
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
     if (r->uri.len != clcf->name.len
         || ngx_strncmp(r->uri.data, clcf->name.data, r->uri.len) != 0)
@@ -60,12 +77,25 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
     cred = smcf->creds.elts;
 
     len = sizeof("<h1>Salesforce credentials</h1>\n<table>\n"
-                 "<tr><th>credential</th><th>grant</th><th>zone</th></tr>\n"
+                 "<tr><th>credential</th><th>grant</th><th>zone</th>"
+                 "<th></th></tr>\n"
                  "</table>\n") - 1;
 
+    button = ngx_palloc(r->pool, (smcf->creds.nelts + 1) * sizeof(ngx_str_t));
+    if (button == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     for (i = 0; i < smcf->creds.nelts; i++) {
+        /* Connect or Reconnect, for the refresh token grant */
+        if (ngx_http_sf_oauth_connect_button(r, cred[i], &button[i])
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         len += sizeof("<tr><td></td><td>client_credentials</td><td></td>"
-                      "</tr>\n") - 1
+                      "<td></td></tr>\n") - 1 + button[i].len
                + ngx_http_sf_oauth_page_escape_len(cred[i]->name.data,
                                                    cred[i]->name.len)
                + ngx_http_sf_oauth_page_escape_len(cred[i]->zone_name.data,
@@ -80,10 +110,10 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
 
     p = ngx_cpymem(b->last, "<h1>Salesforce credentials</h1>\n<table>\n"
                    "<tr><th>credential</th><th>grant</th><th>zone</th>"
-                   "</tr>\n",
+                   "<th></th></tr>\n",
                    sizeof("<h1>Salesforce credentials</h1>\n<table>\n"
                           "<tr><th>credential</th><th>grant</th>"
-                          "<th>zone</th></tr>\n") - 1);
+                          "<th>zone</th><th></th></tr>\n") - 1);
 
     for (i = 0; i < smcf->creds.nelts; i++) {
         p = ngx_cpymem(p, "<tr><td>", sizeof("<tr><td>") - 1);
@@ -93,6 +123,8 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
                         ngx_http_sf_oauth_console_grants[cred[i]->grant]);
         p = ngx_http_sf_oauth_page_escape(p, cred[i]->zone_name.data,
                                           cred[i]->zone_name.len);
+        p = ngx_cpymem(p, "</td><td>", sizeof("</td><td>") - 1);
+        p = ngx_cpymem(p, button[i].data, button[i].len);
         p = ngx_cpymem(p, "</td></tr>\n", sizeof("</td></tr>\n") - 1);
     }
 

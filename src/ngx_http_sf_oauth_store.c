@@ -378,6 +378,53 @@ ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * The lease for a connection from the console (the code exchange, or the
+ * confirmation of its tokens), so that no refresh runs at the same time:
+ * NGX_OK, taken; NGX_BUSY, a refresh runs or gets a quick retry soon;
+ * NGX_DECLINED, a reload removed or changed the credential, or retired
+ * its zone.  Counted as a token request.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_lease_connect(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
+        || node->conf_fp != cred->conf_fp
+        || ngx_http_sf_oauth_store_is_retired(cred))
+    {
+        rc = NGX_DECLINED;
+
+    } else if (!ngx_http_sf_oauth_store_can_lease(cred, node)
+               || (node->busy
+                   && (ngx_msec_int_t) (node->busy_until - ngx_current_msec)
+                      > 0))
+    {
+        rc = NGX_BUSY;
+
+    } else {
+        node->lease_pid = ngx_pid;
+        node->lease_deadline = ngx_current_msec + cred->timeout
+                               + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+        node->token_requests++;
+        rc = NGX_OK;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
 /* stores the outcome of this worker's token request and drops its lease */
 
 void
