@@ -608,7 +608,8 @@ ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
@@ -625,6 +626,9 @@ ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     clcf->handler = ngx_http_sf_oauth_console_handler;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+    smcf->console = 1;
 
     /* the web server flow's zone, for the Connect buttons */
     return ngx_http_sf_oauth_connect_conf(cf);
@@ -745,6 +749,30 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
         }
 
         *cp = cred[i];
+
+        if (cred[i]->not_connected.len == 0) {
+            continue;
+        }
+
+        /* not connected: the console's web server flow connects it */
+
+        if (!smcf->console) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_credential \"%V\" in %s:%ui has no "
+                          "refresh_token: set refresh_token or "
+                          "refresh_token_file, or add an sf_oauth_console "
+                          "location to connect it", &cred[i]->name,
+                          cred[i]->file, cred[i]->line);
+            return NGX_CONF_ERROR;
+        }
+
+        if (zone->state_path.len == 0) {
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "the refresh token a connection gets for "
+                          "credential \"%V\" is lost at restart: set "
+                          "state= on sf_oauth_zone \"%V\"", &cred[i]->name,
+                          &zone->name);
+        }
     }
 
     if (ngx_http_sf_oauth_credential_unique(cf, smcf) != NGX_OK

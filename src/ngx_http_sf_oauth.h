@@ -333,6 +333,8 @@ ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_uint_t ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_store_not_connected(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
 ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,

@@ -310,7 +310,10 @@ ngx_http_sf_oauth_connect_start(ngx_http_request_t *r)
 
     /* redirect_uri: connect_url, or this console's own callback */
 
-    {
+    if (cred->connect_url.len) {
+        redirect = cred->connect_url;
+
+    } else {
         ngx_http_sf_oauth_connect_own_origin(r, &origin);
 
         redirect.len = origin.len + clcf->name.len + sizeof("callback") - 1;

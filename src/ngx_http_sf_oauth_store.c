@@ -175,6 +175,14 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
+    if (ngx_http_sf_oauth_store_not_connected(cred, node)) {
+        /* no refresh token to send: no token request, until a connection */
+        ngx_shmtx_unlock(&shpool->mutex);
+        lk->error = cred->not_connected;
+        lk->retry_after = 0;
+        return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
+
     rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -248,7 +256,8 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->conf_fp != cred->conf_fp
         || node->state == NGX_HTTP_SF_OAUTH_VALID
-        || node->state == NGX_HTTP_SF_OAUTH_FAILED)
+        || node->state == NGX_HTTP_SF_OAUTH_FAILED
+        || ngx_http_sf_oauth_store_not_connected(cred, node))
     {
         rc = NGX_DONE;
 
@@ -283,6 +292,27 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_unlock(&shpool->mutex);
 
     return changed;
+}
+
+
+/*
+ * Whether a record (the credential's, with the zone locked, or a
+ * snapshot of it) is "not connected": a refresh_token credential whose
+ * record has no refresh token.  Nothing else marks it: the record's
+ * refresh token is the truth once it has one, from the configuration,
+ * the state file, the fleet or a connection; a reload that keeps the
+ * record (the credential's configuration unchanged, conf_fp) keeps it.
+ * Its requests get cred->not_connected and it makes no token request;
+ * the status, the metrics (held) and the console say so.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_not_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    return cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+           && node->refresh_len == 0
+           && node->name_len != 0;
 }
 
 
