@@ -371,7 +371,9 @@ ngx_http_sf_oauth_connect_start(ngx_http_request_t *r)
     for (i = 0; i < NGX_HTTP_SF_OAUTH_CONNECT_PENDING; i++) {
         pe = &sh->pending[i];
 
-        if (!pe->in_use || pe->used
+        /* one waiting for its confirmation is in use, though used */
+
+        if (!pe->in_use || (pe->used && !pe->confirm)
             || now - pe->created > NGX_HTTP_SF_OAUTH_CONNECT_TTL)
         {
             slot = i;

@@ -30,7 +30,8 @@ mkdir "$dir/state";
 $t->write_file('key', ('c3' x 32) . "\n");
 
 # crm: a refresh token that the mock does not know (a revoked one): held
-# until connected; erp: a working one; svc: client credentials (no button)
+# until connected; erp: a working one; ops: none, "not connected"; svc:
+# client credentials (no button)
 sub conf {
     my (%opt) = @_;
 
@@ -41,6 +42,7 @@ sub conf {
         . $t->credential(refresh_token => 'revoked-before-the-test',
                          timeout => '2s')
         . $t->credential(name => 'erp')
+        . $t->credential(name => 'ops', refresh_token => undef)
         . <<"EOF" . <<'EOF2');
     sf_oauth_credential svc {
         zone sf;
@@ -56,6 +58,11 @@ EOF
         location /services/ {
             sf_oauth crm;
             proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+
+        location /ops/ {
+            sf_oauth ops;
+            proxy_pass http://127.0.0.1:%%MOCK%%/services/;
         }
 
         location = /sf_oauth_info {
@@ -156,6 +163,22 @@ like($t->error_log, qr/\[notice\].*sf_oauth: credential "crm" connected from
 
 $page = keep($t->get('/sf_oauth/'));
 like($page->{content}, qr/>Reconnect</, 'the console: Reconnect');
+
+# -- a credential that was never connected ----------------------------
+
+$r = $t->get('/ops/data/v59.0/sobjects');
+is($r->{status}, 502, 'ops, not connected: 502');
+like($r->{content}, qr/ops\\?" is not connected/, 'ops: the 502 names it');
+like($t->get('/sf_oauth/')->{content},
+     qr/not connected.*?>Connect</s, 'ops: the console offers Connect');
+$requests = $t->token_requests;
+$f = keep($t->connect_flow(credential => 'ops'));
+is($f->{status}, 200, 'ops: connected') or diag($f->{flow_error});
+is($t->get('/ops/data/v59.0/sobjects')->{status}, 200,
+   'ops: a request works at once, no reload');
+is($t->token_requests, $requests + 1, 'ops: one token request, the '
+   . 'exchange');
+is($t->cred_info('ops')->{state}, 'valid', 'ops: sf_oauth_info says valid');
 
 # -- refusals: nothing stored, no exchange ----------------------------------
 
