@@ -206,7 +206,9 @@ ngx_http_sf_oauth_connect_route(ngx_http_request_t *r, ngx_str_t *rest)
 
     if (rest->len == 8 && ngx_strncmp(rest->data, "callback", 8) == 0) {
 
-        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        /* not HEAD either: a callback spends its state and its code */
+
+        if (r->method != NGX_HTTP_GET) {
             return ngx_http_sf_oauth_connect_page(r, NGX_HTTP_NOT_ALLOWED,
                                                   "Method not allowed",
                                                   "The callback takes GET "

@@ -288,6 +288,9 @@ like($s->{content}, qr/expired authorization code/, 'an expired code: why');
 
 $s = keep($t->get('/sf_oauth/callback?state=' . ('A' x 22) . '&code=x'));
 is($s->{status}, 400, 'an unknown state: 400');
+is($t->http('HEAD', '/sf_oauth/callback?code=x&state=y')->{status}, 405,
+   'HEAD of the callback: 405 (a callback spends its state)');
+is($t->http('GET', '/sf_oauth/connect')->{status}, 405, 'GET connect: 405');
 $s = keep($t->get('/sf_oauth/callback?code=x'));
 is($s->{status}, 400, 'no state: 400');
 $s = keep($t->get('/sf_oauth/callback?error=inactive_org&state=x'));
