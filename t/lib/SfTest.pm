@@ -1269,12 +1269,15 @@ sub code_exchange {
 
 # The packages that t/lib/console_browser.py needs and that are missing
 # (chromium, chromium-driver, python3-selenium): none when it can run.
+# Debian's python3 runs it (/usr/bin/python3: another python3 first in the
+# PATH, a pyenv one, has no python3-selenium).
 sub browser_missing {
     my @missing = map { $_->[1] } grep { !-x $_->[0] }
                   (['/usr/bin/chromium', 'chromium'],
                    ['/usr/bin/chromedriver', 'chromium-driver']);
     push @missing, 'python3-selenium'
-        if system('python3 -c "import selenium" >/dev/null 2>&1') != 0;
+        if system('/usr/bin/python3 -c "import selenium" >/dev/null 2>&1')
+           != 0;
     return @missing;
 }
 
@@ -1289,7 +1292,7 @@ sub browser {
     my $pid = open(my $fh, '-|') // die "fork: $!";
     if (!$pid) {
         open STDERR, '>>', "$self->{dir}/browser.log";
-        exec 'timeout', $limit, 'python3',
+        exec 'timeout', $limit, '/usr/bin/python3',
              "$ROOT/t/lib/console_browser.py", @args;
         die "exec: $!";
     }
