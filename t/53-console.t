@@ -107,7 +107,7 @@ EOF
     return $s . "    }\n";
 }
 
-my $zone = "    sf_oauth_zone zone=sf:1m state=$dir/sf.state key=$dir/state.key;\n";
+my $zone = "    sf_oauth_zone zone=sf:1m state=$dir/state/sf.state key=$dir/state.key;\n";
 my $creds = cred($t, 'crm', connect_url => $CONNECT)
     . cred($t, 'jwt', grant => 'jwt_bearer', refresh_token => undef)
     . cred($t, 'cc', grant => 'client_credentials', refresh_token => undef)
@@ -313,7 +313,7 @@ is_deeply($j->{new}{user}, { org_id => '', user_id => '', username => undef },
 # HEAD: the headers alone
 $r = $t->http('HEAD', '/sf_oauth/');
 is($r->{status}, 200, 'HEAD: 200');
-is($r->{content}, '', 'HEAD: no body');
+is($r->{content} // '', '', 'HEAD: no body');
 safety($r, 'HEAD');
 
 # -- 404 and 405 ---------------------------------------------------------------------------
