@@ -22,6 +22,10 @@
  * line.  So with an sf_oauth_console, the error logs of every server, and
  * the console locations' own, write through a second writer that masks
  * the values of "code=", "state=" and "sf_oauth_connect=" in every line.
+ * A server's log becomes a log of its own that writes to the one it had:
+ * the log objects themselves, the cycle's among them, are never changed,
+ * for the cycle's log is still written to when this module's code is
+ * unloaded.
  */
 
 
@@ -36,7 +40,7 @@ static size_t ngx_http_sf_oauth_redact_one(u_char *buf, size_t len,
     size_t size, u_char *secret, size_t slen);
 static void ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log,
     ngx_uint_t level, u_char *buf, size_t len);
-static ngx_int_t ngx_http_sf_oauth_redact_flow_wrap(ngx_conf_t *cf,
+static ngx_log_t *ngx_http_sf_oauth_redact_flow_wrap(ngx_conf_t *cf,
     ngx_log_t *log);
 static size_t ngx_http_sf_oauth_redact_flow_mask(u_char *buf, size_t len,
     const char *name);
@@ -281,9 +285,9 @@ ngx_http_sf_oauth_redact_flow_init(ngx_conf_t *cf)
     for (s = 0; s < cmcf->servers.nelts; s++) {
         clcf = cscfp[s]->ctx->loc_conf[ngx_http_core_module.ctx_index];
 
-        if (ngx_http_sf_oauth_redact_flow_wrap(cf, clcf->error_log)
-            != NGX_OK)
-        {
+        clcf->error_log = ngx_http_sf_oauth_redact_flow_wrap(cf,
+                                                             clcf->error_log);
+        if (clcf->error_log == NULL) {
             return NGX_ERROR;
         }
     }
@@ -324,29 +328,30 @@ ngx_http_sf_oauth_redact_flow_install(ngx_http_request_t *r)
 }
 
 
-/* a log object writes through the flow's mask; the rest of its chain after */
+/* a log of its own that masks the flow's secrets, then writes to "log" */
 
-static ngx_int_t
+static ngx_log_t *
 ngx_http_sf_oauth_redact_flow_wrap(ngx_conf_t *cf, ngx_log_t *log)
 {
-    ngx_log_t  *copy;
+    ngx_log_t  *wrap;
 
-    if (log == NULL || log->writer == ngx_http_sf_oauth_redact_flow_writer) {
-        return NGX_OK;
+    if (log->writer == ngx_http_sf_oauth_redact_flow_writer) {
+        return log;
     }
 
-    copy = ngx_palloc(cf->pool, sizeof(ngx_log_t));
-    if (copy == NULL) {
-        return NGX_ERROR;
+    wrap = ngx_palloc(cf->pool, sizeof(ngx_log_t));
+    if (wrap == NULL) {
+        return NULL;
     }
 
-    *copy = *log;
+    /* its level and file, for the checks of ngx_log_error_core() */
+    *wrap = *log;
 
-    log->writer = ngx_http_sf_oauth_redact_flow_writer;
-    log->wdata = copy;
-    log->next = NULL;
+    wrap->writer = ngx_http_sf_oauth_redact_flow_writer;
+    wrap->wdata = log;
+    wrap->next = NULL;
 
-    return NGX_OK;
+    return wrap;
 }
 
 
