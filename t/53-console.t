@@ -264,7 +264,7 @@ SfTest::wait_event(10, 'the API usage in the console', sub {
 my $html = page('connected');
 
 like(row($html, 'crm'),
-     qr{^<td>refresh_token</td><td>sf</td><td class="valid">valid</td><td>org <code>00D5g000004TmoK</code><br>user <code>005000000000001</code></td><td>generation \d+<br>age \d+s<br>token <code>[0-9a-f]{8}</code><br>refresh token <code>[0-9a-f]{8}</code></td><td></td><td>\d+ of 5000</td><td>&ndash;</td>$},
+     qr{^<td>refresh_token</td><td>sf</td><td class="valid">valid</td><td>org <code>00D5g000004TmoK</code><br>user <code>005000000000001</code></td><td>generation \d+<br>age \d+s<br>token <code>[0-9a-f]{8}</code><br>refresh token <code>[0-9a-f]{8}</code></td><td></td><td>\d+ of 5000</td><td>&ndash;</td><td><form method="post" action="/sf_oauth/connect">.*<button type="submit">Reconnect</button></form></td>$},
      'page: the refresh-token credential') or diag($html);
 like(row($html, 'jwt'), qr{^<td>jwt_bearer</td><td>sf</td><td class="valid">valid</td><td>org <code>00D5g000004TmoK</code>},
      'page: the JWT credential');
@@ -318,12 +318,20 @@ safety($r, 'HEAD');
 
 # -- 404 and 405 ---------------------------------------------------------------------------
 
-for my $path ('/sf_oauth/connect', '/sf_oauth/callback?code=x', '/sf_oauth/x/') {
+for my $path ('/sf_oauth/x/', '/sf_oauth/connectx', '/sf_oauth/x/callback') {
     $r = $t->get($path);
     is($r->{status}, 404, "$path: 404");
     like($r->{content}, qr/<h1>Not found<\/h1>/, "$path: a page of the console");
     safety($r, "$path: 404");
 }
+
+# the web server flow's routes (t/54-connect.t): pages of their own
+$r = $t->get('/sf_oauth/connect');
+is($r->{status}, 405, 'GET /sf_oauth/connect: 405, the flow starts with a POST');
+safety($r, '/sf_oauth/connect: 405');
+$r = $t->get('/sf_oauth/callback?code=x');
+is($r->{status}, 400, '/sf_oauth/callback without a state: 400');
+safety($r, '/sf_oauth/callback: 400');
 
 for my $m ('POST', 'PUT', 'DELETE') {
     $r = $t->http($m, '/sf_oauth/', body => 'credential=crm');
