@@ -551,6 +551,8 @@ ngx_int_t ngx_http_sf_oauth_connect_form(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *token);
 ngx_int_t ngx_http_sf_oauth_connect_button(ngx_http_request_t *r,
     ngx_http_sf_oauth_cred_t *cred, ngx_str_t *html);
+ngx_int_t ngx_http_sf_oauth_connect_form_action(ngx_http_request_t *r,
+    ngx_str_t *origins);
 
 /* console */
 ngx_int_t ngx_http_sf_oauth_console_handler(ngx_http_request_t *r);

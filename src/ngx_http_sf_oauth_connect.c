@@ -44,6 +44,7 @@ static ngx_http_sf_oauth_connect_sh_t *ngx_http_sf_oauth_connect_sh(
 static void ngx_http_sf_oauth_connect_posted(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_connect_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_connect_callback(ngx_http_request_t *r);
+static void ngx_http_sf_oauth_connect_mask(ngx_str_t *s, const char *name);
 static ngx_int_t ngx_http_sf_oauth_connect_confirm(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_connect_exchanged(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_token_t *tok,
@@ -220,7 +221,22 @@ ngx_http_sf_oauth_connect_route(ngx_http_request_t *r, ngx_str_t *rest)
             return rc;
         }
 
-        return ngx_http_sf_oauth_connect_callback(r);
+        rc = ngx_http_sf_oauth_connect_callback(r);
+
+        /*
+         * What the callback needs of its query is copied: the code and
+         * the state are masked where the access log would find them
+         * ($request, $request_uri, $args), in place
+         */
+
+        ngx_http_sf_oauth_connect_mask(&r->request_line, "code=");
+        ngx_http_sf_oauth_connect_mask(&r->request_line, "state=");
+        ngx_http_sf_oauth_connect_mask(&r->unparsed_uri, "code=");
+        ngx_http_sf_oauth_connect_mask(&r->unparsed_uri, "state=");
+        ngx_http_sf_oauth_connect_mask(&r->args, "code=");
+        ngx_http_sf_oauth_connect_mask(&r->args, "state=");
+
+        return rc;
     }
 
     return NGX_DECLINED;
@@ -1841,4 +1857,110 @@ ngx_http_sf_oauth_connect_button(ngx_http_request_t *r,
     html->len = p - html->data;
 
     return NGX_OK;
+}
+
+
+/*
+ * The console page's form-action origins: those of the authorize URLs of
+ * its Connect forms (Chrome applies form-action to the 303 that follows
+ * the POST), one space between two; empty without a refresh-token
+ * credential.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_connect_form_action(ngx_http_request_t *r,
+    ngx_str_t *origins)
+{
+    u_char                          *p;
+    size_t                           len;
+    ngx_uint_t                       i, j, seen;
+    ngx_http_sf_oauth_cred_t       **cred;
+    ngx_http_sf_oauth_main_conf_t   *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_sf_oauth_module);
+    cred = smcf->creds.elts;
+
+    len = 0;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+        len += cred[i]->token_origin.len + 1;
+    }
+
+    ngx_str_null(origins);
+
+    origins->data = ngx_pnalloc(r->pool, len + 1);
+    if (origins->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = origins->data;
+
+    for (i = 0; i < smcf->creds.nelts; i++) {
+
+        if (cred[i]->grant != NGX_HTTP_SF_OAUTH_GRANT_REFRESH) {
+            continue;
+        }
+
+        seen = 0;
+
+        for (j = 0; j < i; j++) {
+            if (cred[j]->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+                && cred[j]->token_origin.len == cred[i]->token_origin.len
+                && ngx_strncasecmp(cred[j]->token_origin.data,
+                                   cred[i]->token_origin.data,
+                                   cred[i]->token_origin.len)
+                   == 0)
+            {
+                seen = 1;
+                break;
+            }
+        }
+
+        if (seen) {
+            continue;
+        }
+
+        if (p != origins->data) {
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, cred[i]->token_origin.data,
+                       cred[i]->token_origin.len);
+    }
+
+    origins->len = p - origins->data;
+
+    return NGX_OK;
+}
+
+
+/* the value of each "name" argument in s, made asterisks of its length */
+
+static void
+ngx_http_sf_oauth_connect_mask(ngx_str_t *s, const char *name)
+{
+    u_char  *p, *end;
+    size_t   n;
+
+    n = ngx_strlen(name);
+    p = s->data;
+    end = s->data + s->len;
+
+    while (p && p < end) {
+        p = ngx_strlcasestrn(p, end, (u_char *) name, n - 1);
+        if (p == NULL) {
+            return;
+        }
+
+        if (p == s->data || p[-1] == '?' || p[-1] == '&') {
+            for (p += n; p < end && *p != '&' && *p != ' ' && *p != '#';
+                 p++)
+            {
+                *p = '*';
+            }
+
+        } else {
+            p += n;
+        }
+    }
 }

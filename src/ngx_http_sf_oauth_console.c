@@ -72,7 +72,7 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
     size_t                          len;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_str_t                       title, rest;
+    ngx_str_t                       title, rest, origins;
     ngx_uint_t                      i, n, json;
     ngx_chain_t                    *out;
     ngx_http_sf_oauth_node_t       *nodes;
@@ -229,7 +229,13 @@ ngx_http_sf_oauth_console_handler(ngx_http_request_t *r)
 
     ngx_str_set(&title, "sf_oauth console");
 
-    return ngx_http_sf_oauth_page_send(r, NGX_HTTP_OK, &title, out, NULL);
+    /* the Connect forms' 303 goes to the authorize URLs' origins */
+    if (ngx_http_sf_oauth_connect_form_action(r, &origins) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_sf_oauth_page_send(r, NGX_HTTP_OK, &title, out,
+                                       origins.len ? &origins : NULL);
 }
 
 

@@ -147,8 +147,9 @@ ngx_http_sf_oauth_page_send(ngx_http_request_t *r, ngx_uint_t status,
  * The headers of every answer of the console and the flow, pages or not:
  * no cache, no referrer, no frame, no sniffing, and a CSP that allows
  * the page's own style and forms to itself only, and, when
- * "form_action" is not NULL, to that origin (the authorize URL's: Chrome
- * applies form-action to the redirect that follows a form's POST).
+ * "form_action" is not NULL, to those origins (the authorize URLs', one
+ * space between two: Chrome applies form-action to the redirect that
+ * follows a form's POST).
  */
 
 ngx_int_t
@@ -337,33 +338,49 @@ ngx_http_sf_oauth_page_header(ngx_http_request_t *r, const char *name,
 static ngx_int_t
 ngx_http_sf_oauth_page_origin_ok(ngx_str_t *origin)
 {
-    u_char      ch;
+    u_char      ch, *p, *end, *start;
     ngx_uint_t  i;
 
-    if (origin->len < sizeof("http://x") - 1
-        || (ngx_strncmp(origin->data, "https://", sizeof("https://") - 1)
-            != 0
-            && ngx_strncmp(origin->data, "http://", sizeof("http://") - 1)
-               != 0))
-    {
-        return 0;
-    }
+    /* a list of origins, one space between two: the console's forms' */
 
-    for (i = 0; i < origin->len; i++) {
-        ch = origin->data[i];
+    p = origin->data;
+    end = origin->data + origin->len;
 
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-            || (ch >= '0' && ch <= '9')
-            || ch == '.' || ch == '-' || ch == ':' || ch == '/'
-            || ch == '[' || ch == ']')
-        {
-            continue;
+    for ( ;; ) {
+        start = p;
+
+        while (p < end && *p != ' ') {
+            p++;
         }
 
-        return 0;
-    }
+        if (p - start < (ssize_t) sizeof("http://x") - 1
+            || (ngx_strncmp(start, "https://", sizeof("https://") - 1) != 0
+                && ngx_strncmp(start, "http://", sizeof("http://") - 1)
+                   != 0))
+        {
+            return 0;
+        }
 
-    return 1;
+        for (i = 0; i < (ngx_uint_t) (p - start); i++) {
+            ch = start[i];
+
+            if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+                || (ch >= '0' && ch <= '9')
+                || ch == '.' || ch == '-' || ch == ':' || ch == '/'
+                || ch == '[' || ch == ']')
+            {
+                continue;
+            }
+
+            return 0;
+        }
+
+        if (p == end) {
+            return 1;
+        }
+
+        p++;
+    }
 }
 
 

@@ -69,7 +69,6 @@ EOF
         }
 
         location /sf_oauth/ {
-            access_log off;
             sf_oauth_console;
         }
     }
@@ -110,6 +109,9 @@ ok($button{crm} && $button{erp}, 'a Connect form for each refresh-token '
    . 'credential');
 ok(!$button{svc}, 'none for the client credentials one');
 like($page->{content}, qr/>Reconnect</, 'Reconnect: it has a refresh token');
+like($page->{headers}{'content-security-policy'} // '',
+     qr/form-action 'self' \Q${\ $t->mock_url}\E;/,
+     'the console\'s CSP lets its forms\' 303 go to the authorize origin');
 my %hidden = map { @$_ } SfTest::form_hidden($button{crm});
 like($hidden{form} // '', qr/^[A-Za-z0-9_-]{43}$/, 'the form token');
 
@@ -372,12 +374,15 @@ ok(@flow_secrets > 20, scalar(@flow_secrets) . ' codes, states and cookies '
    . 'seen');
 ok(@secrets > 5, scalar(@secrets) . ' tokens and secrets');
 
-my $log = $t->error_log;
+my $log = $t->error_log . $t->slurp('access.log');
 like($log, qr/\[debug\]/, 'the log is at debug level');
 like($log, qr/http request line: "GET \/sf_oauth\/callback\?code=\*\*\*/,
      'nginx\'s request line of a callback: masked');
+like($t->slurp('access.log'), qr/"GET \/sf_oauth\/callback\?code=\*{8,}&state=\*{22} /,
+     'the access log\'s callback: masked');
 my @leaks = grep { index($log, $_) >= 0 } @secrets, @flow_secrets;
-is(scalar @leaks, 0, 'no secret of the flow in the debug log')
+is(scalar @leaks, 0, 'no secret of the flow in the debug log or the '
+   . 'access log')
     or diag("leaked: @leaks[0 .. ($#leaks > 3 ? 3 : $#leaks)]");
 
 my $answers = join "\n", map {
