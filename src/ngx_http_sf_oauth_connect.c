@@ -45,6 +45,8 @@ static void ngx_http_sf_oauth_connect_posted(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_connect_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_connect_callback(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_connect_mask(ngx_str_t *s, const char *name);
+static void ngx_http_sf_oauth_connect_spent(ngx_http_request_t *r,
+    ngx_uint_t slot, u_char *state, ngx_uint_t give_back);
 static ngx_int_t ngx_http_sf_oauth_connect_confirm(ngx_http_request_t *r);
 static void ngx_http_sf_oauth_connect_exchanged(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_token_t *tok,
@@ -511,13 +513,11 @@ ngx_http_sf_oauth_connect_callback(ngx_http_request_t *r)
     ngx_str_t                      state, code, error, redirect, verifier,
                                    name, addr, user;
     ngx_uint_t                     slot;
-    ngx_slab_pool_t               *shpool;
     ngx_pool_cleanup_t            *cln;
     ngx_http_sf_oauth_cred_t      *cred;
     ngx_http_sf_oauth_pending_t   *pe;
     ngx_http_sf_oauth_exchange_t  *ex;
     ngx_http_sf_oauth_main_conf_t *smcf;
-    ngx_http_sf_oauth_connect_sh_t *sh;
 
     if (ngx_http_arg(r, (u_char *) "state", 5, &state) != NGX_OK) {
         ngx_str_null(&state);
@@ -612,25 +612,13 @@ ngx_http_sf_oauth_connect_callback(ngx_http_request_t *r)
     ngx_explicit_memzero(code.data, code.len);
     ngx_explicit_memzero(pe->verifier, sizeof(pe->verifier));
 
+    /* a refresh runs: the state is given back, the callback may be retried */
+    ngx_http_sf_oauth_connect_spent(r, slot, ex->state, rc == NGX_BUSY);
+
     if (rc != NGX_OK) {
         ngx_free(ex);
 
         if (rc == NGX_BUSY) {
-            /* the state is given back: the same callback may be retried */
-
-            sh = ngx_http_sf_oauth_connect_sh(r, &shpool);
-
-            ngx_shmtx_lock(&shpool->mutex);
-
-            if (ngx_memcmp(sh->pending[slot].state, state.data,
-                           NGX_HTTP_SF_OAUTH_CONNECT_STATE)
-                == 0)
-            {
-                sh->pending[slot].used = 0;
-            }
-
-            ngx_shmtx_unlock(&shpool->mutex);
-
             return ngx_http_sf_oauth_connect_page(r,
                                               NGX_HTTP_SERVICE_UNAVAILABLE,
                                               "A refresh is running",
@@ -1077,6 +1065,7 @@ ngx_http_sf_oauth_connect_denied(ngx_http_request_t *r, ngx_str_t *error,
         redirect.data = pe->redirect;
         redirect.len = pe->redirect_len;
         ngx_explicit_memzero(pe->verifier, sizeof(pe->verifier));
+        ngx_http_sf_oauth_connect_spent(r, slot, pe->state, 0);
     }
 
     if ((error->len == 13 && ngx_strncmp(error->data, "access_denied", 13)
@@ -1176,9 +1165,9 @@ ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
             break;
         }
 
+        /* the verifier stays until the exchange starts: see _spent() */
         pe->used = 1;
         ngx_memcpy(copy, pe, sizeof(ngx_http_sf_oauth_pending_t));
-        ngx_explicit_memzero(pe->verifier, sizeof(pe->verifier));
         *slot = i;
         found = 1;
         break;
@@ -1217,6 +1206,37 @@ ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
                                             "nothing was stored.  Start "
                                             "again from the console.",
                                           NULL);
+}
+
+
+/*
+ * After take(): the entry's verifier is wiped (its exchange started, or
+ * the flow ended), or with "give_back" the entry is the flow's again.
+ */
+
+static void
+ngx_http_sf_oauth_connect_spent(ngx_http_request_t *r, ngx_uint_t slot,
+    u_char *state, ngx_uint_t give_back)
+{
+    ngx_slab_pool_t                 *shpool;
+    ngx_http_sf_oauth_pending_t     *pe;
+    ngx_http_sf_oauth_connect_sh_t  *sh;
+
+    sh = ngx_http_sf_oauth_connect_sh(r, &shpool);
+    pe = &sh->pending[slot];
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_memcmp(pe->state, state, NGX_HTTP_SF_OAUTH_CONNECT_STATE) == 0) {
+        if (give_back) {
+            pe->used = 0;
+
+        } else {
+            ngx_explicit_memzero(pe->verifier, sizeof(pe->verifier));
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
 }
 
 

@@ -314,6 +314,32 @@ like($s->{content}, qr/<code>inactive_org<\/code>/, 'another error: named');
 is(generation(), $gen, 'the errors stored nothing');
 is($t->get($api)->{status}, 200, 'and the token still serves');
 
+# -- a refresh under way: the callback waits for nothing, 503 ----------
+
+$f = keep($t->connect_flow(credential => 'crm', stop_before => 'callback'));
+$t->mode('hang_once');
+$t->mock('revoke');
+$gen = generation();
+$ex = exchanges();
+my $stuck = HTTP::Tiny->new(timeout => 0.3)->get("http://127.0.0.1:${\ $t->port}$api");
+SfTest::wait_event(10, 'the refresh under way', sub {
+    console_state('crm') eq 'refreshing' });
+$s = keep(SfTest::flow_step($f, 'callback', 'GET', $f->{callback_url}));
+is($s->{status}, 503, 'a refresh under way: 503');
+like($s->{content}, qr/A token refresh of this credential is running/,
+     'a refresh under way: the page says to reload in a moment');
+is(exchanges(), $ex, 'a refresh under way: no exchange');
+$t->mode('normal');
+$s = SfTest::wait_event(20, 'the callback taken again after the refresh',
+    sub {
+        my $s = SfTest::flow_step($f, 'again', 'GET', $f->{callback_url});
+        return $s->{status} == 503 ? undef : $s;
+    });
+is($s->{status}, 200, 'reloaded after the refresh: the state was given '
+   . 'back, connected') or diag($s->{content});
+is(exchanges(), $ex + 1, 'reloaded: one exchange');
+is($t->get($api)->{status}, 200, 'reloaded: requests work');
+
 # -- another user or org: stored on confirmation only ---------------------
 
 $gen = generation();
