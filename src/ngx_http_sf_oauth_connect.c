@@ -55,7 +55,8 @@ static void ngx_http_sf_oauth_connect_gone(void *data);
 static ngx_int_t ngx_http_sf_oauth_connect_denied(ngx_http_request_t *r,
     ngx_str_t *error, ngx_str_t *state);
 static ngx_int_t ngx_http_sf_oauth_connect_take(ngx_http_request_t *r,
-    ngx_str_t *state, ngx_http_sf_oauth_pending_t *copy, ngx_uint_t *slot);
+    ngx_str_t *state, ngx_http_sf_oauth_pending_t *copy, ngx_uint_t *slot,
+    ngx_int_t *sent);
 static ngx_int_t ngx_http_sf_oauth_connect_same_site(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_connect_form_token(ngx_http_request_t *r,
     const char *purpose, ngx_str_t *name, time_t window, u_char *dst);
@@ -540,8 +541,10 @@ ngx_http_sf_oauth_connect_callback(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = ngx_http_sf_oauth_connect_take(r, &state, pe, &slot);
-    if (rc != NGX_OK) {
+    if (ngx_http_sf_oauth_connect_take(r, &state, pe, &slot, &rc)
+        != NGX_OK)
+    {
+        /* refused: its page was sent */
         return rc;
     }
 
@@ -1055,10 +1058,10 @@ ngx_http_sf_oauth_connect_denied(ngx_http_request_t *r, ngx_str_t *error,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        rc = ngx_http_sf_oauth_connect_take(r, state, pe, &slot);
-
-        if (rc != NGX_OK) {
-            /* refused: take() sent the page */
+        if (ngx_http_sf_oauth_connect_take(r, state, pe, &slot, &rc)
+            != NGX_OK)
+        {
+            /* refused: its page was sent */
             return rc;
         }
 
@@ -1120,12 +1123,13 @@ ngx_http_sf_oauth_connect_denied(ngx_http_request_t *r, ngx_str_t *error,
 
 /*
  * Takes the pending entry of "state" for this browser, once: NGX_OK with
- * a copy; otherwise the refusal's page was sent, and its code returned.
+ * a copy; otherwise NGX_DECLINED, the refusal's page was sent, and *sent
+ * is what sending it returned, for the content handler to return.
  */
 
 static ngx_int_t
 ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
-    ngx_http_sf_oauth_pending_t *copy, ngx_uint_t *slot)
+    ngx_http_sf_oauth_pending_t *copy, ngx_uint_t *slot, ngx_int_t *sent)
 {
     u_char                           hash[32];
     ngx_int_t                        cookie;
@@ -1184,7 +1188,7 @@ ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
                       "sf_oauth: a callback without the cookie of its "
                       "connection was refused");
 
-        return ngx_http_sf_oauth_connect_page(r, NGX_HTTP_FORBIDDEN,
+        *sent = ngx_http_sf_oauth_connect_page(r, NGX_HTTP_FORBIDDEN,
                                               "Forbidden",
                                               "This callback does not come "
                                               "with the browser that "
@@ -1193,9 +1197,10 @@ ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
                                               "was stored.  Start again "
                                               "from the console, in one "
                                               "browser.", NULL);
+        return NGX_DECLINED;
     }
 
-    return ngx_http_sf_oauth_connect_page(r, NGX_HTTP_BAD_REQUEST,
+    *sent = ngx_http_sf_oauth_connect_page(r, NGX_HTTP_BAD_REQUEST,
                                           "Bad request",
                                           expired
                                           ? "This connection expired (10 "
@@ -1206,6 +1211,7 @@ ngx_http_sf_oauth_connect_take(ngx_http_request_t *r, ngx_str_t *state,
                                             "nothing was stored.  Start "
                                             "again from the console.",
                                           NULL);
+    return NGX_DECLINED;
 }
 
 

@@ -422,12 +422,18 @@ is(scalar @leaks, 0, 'no token or secret in a page of the console');
 # -- with state=: the connected refresh token survives a restart ---------
 
 conf(zone => "zone=sf:1m state=$dir/state/sf.state key=$dir/key");
+$t->stop;
+unlike($t->error_log, qr/\[(?:alert|crit|emerg)\]/,
+       'no alert, crit or emerg before the restart');
 $t->restart;
 is($t->get($api)->{status}, 502, 'state=: a new zone, the configured '
    . '(revoked) refresh token: 502');
 $f = keep($t->connect_flow(credential => 'crm'));
 is($f->{status}, 200, 'state=: connected');
 $requests = $t->token_requests;
+$t->stop;
+unlike($t->error_log, qr/\[(?:alert|crit|emerg)\]/,
+       'no alert, crit or emerg before the restart');
 $t->restart;
 is($t->get($api)->{status}, 200, 'state=: after a restart, 200');
 is($t->token_requests, $requests, 'state=: 0 token requests (the file)');
