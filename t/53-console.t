@@ -242,6 +242,35 @@ like($r->{json}{error_description} // '',
      'not connected: says so, and what to do')
     or diag(explain($r->{json}));
 is($t->get('/new/data/')->{status}, 502, 'not connected: 502 again');
+
+# each API in its own shape: a SOAP fault, the Bulk API's error
+$r = $t->soap('/new/services/Soap/u/59.0',
+              '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+              . 'xmlns:urn="urn:partner.soap.sforce.com"><soapenv:Header>'
+              . '<urn:SessionHeader><urn:sessionId>bogus</urn:sessionId>'
+              . '</urn:SessionHeader></soapenv:Header><soapenv:Body><urn:query>'
+              . '<urn:queryString>SELECT Id FROM Account</urn:queryString>'
+              . '</urn:query></soapenv:Body></soapenv:Envelope>');
+push @answers, $r;
+is($r->{status}, 502, 'not connected, SOAP: 502');
+like($r->{content},
+     qr{<faultcode>soapenv:Server</faultcode><faultstring>sf_oauth: sf_oauth_token_unavailable: credential &quot;new&quot;: credential &quot;new&quot; is not connected},
+     'not connected, SOAP: a soapenv:Server fault that says so')
+    or diag($r->{content});
+
+$r = $t->http('POST', '/new/services/async/59.0/job',
+              body => '<?xml version="1.0" encoding="UTF-8"?>'
+                    . '<jobInfo xmlns="http://www.force.com/2009/06/asyncapi/dataload">'
+                    . '<operation>insert</operation><object>Account</object>'
+                    . '<contentType>CSV</contentType></jobInfo>',
+              headers => { 'Content-Type' => 'application/xml; charset=UTF-8',
+                           'X-SFDC-Session' => 'bogus' });
+push @answers, $r;
+is($r->{status}, 502, 'not connected, Bulk: 502');
+like($r->{content},
+     qr{<exceptionCode>sf_oauth_token_unavailable</exceptionCode><exceptionMessage>sf_oauth_token_unavailable: credential &quot;new&quot;: credential &quot;new&quot; is not connected},
+     'not connected, Bulk: the Bulk API\'s error that says so')
+    or diag($r->{content});
 is($t->token_requests, $before, 'not connected: no token request');
 
 my $prom = $t->get('/sf_oauth_info?format=prometheus')->{content};
