@@ -148,5 +148,21 @@ ok(!defined $h->{origin} || $h->{origin} eq 'null'
    || $h->{origin} eq ($console =~ s{/sf_oauth/$}{}r),
    'its Origin: the console\'s own, or null (Referrer-Policy: no-referrer)');
 
+# the console page's CSP decides: form-action 'self' alone, and Chromium
+# does not follow the connect's 303 to the authorize URL (it stays on the
+# console), as issue 20 says
+my $strict = $t->start_fake_console('crm', '--form-action-self');
+my $before = $t->stats->{authorize}{requests};
+$r = $t->browser('--console', $strict, '--credential', 'crm',
+                 '--timeout', 5 * SfTest::time_scale());
+ok(!$r->{ok}, 'form-action \'self\' alone: the flow does not go through');
+is($r->{steps}[-1]{step}, 'console', 'form-action \'self\' alone: no login page');
+is($t->stats->{authorize}{requests}, $before,
+   'form-action \'self\' alone: the mock\'s authorize never reached');
+$fs = decode_json(HTTP::Tiny->new->get($strict . '__state')->{content});
+is(scalar @{ $fs->{connect_headers} }, 1,
+   'form-action \'self\' alone: the connect POST itself was sent (its 303 '
+   . 'not followed)');
+
 $t->finish;
 done_testing;

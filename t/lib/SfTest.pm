@@ -243,11 +243,16 @@ sub extra_mocks { @{ $_[0]{extra_mocks} || [] } }
 
 # Starts t/lib/fake_console.py, a stand-in for the module's console (the
 # same contract: the page's Connect forms, connect, callback, confirm) on a
-# free port, against this test's mock, with the credentials NAMES; for the
+# free port, against this test's mock, with the credentials NAMES (and
+# fake_console.py's options among them, such as --form-action-self); for the
 # tests of the flow client and the browser alone.  Returns its console
 # URL (http://127.0.0.1:PORT/sf_oauth/).  finish and DESTROY stop it.
 sub start_fake_console {
     my ($self, @names) = @_;
+
+    # options of fake_console.py (--form-action-self) among the names
+    my @opt = grep { /^--/ } @names;
+    @names = grep { !/^--/ } @names;
 
     my $port = free_port();
     my $pid = fork() // die "fork: $!";
@@ -257,7 +262,7 @@ sub start_fake_console {
         exec 'python3', "$ROOT/t/lib/fake_console.py", '--port', $port,
              '--mock', $self->mock_url, '--client-id', $CLIENT_ID,
              '--client-secret', $CLIENT_SECRET,
-             map { ('--credential', $_) } @names;
+             (map { ('--credential', $_) } @names), @opt;
         die "exec python3: $!";
     }
     push @{ $self->{helper_pids} }, $pid;

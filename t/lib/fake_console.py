@@ -10,6 +10,7 @@ library.  It is not the module and proves nothing about it.
                             "credential" and "form" (a form token), and a
                             Connect button; the module's safety headers
                             (CSP form-action 'self' and the mock's origin,
+                            or 'self' alone with --form-action-self;
                             Referrer-Policy: no-referrer...)
   POST /sf_oauth/connect    the form token, and Sec-Fetch-Site: same-origin
                             (when sent) or an Origin that is this one or
@@ -62,8 +63,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Content-Security-Policy",
                          "default-src 'none'; style-src 'unsafe-inline'; "
-                         "form-action 'self' %s; frame-ancestors 'none'"
-                         % a.mock)
+                         "form-action 'self'%s; frame-ancestors 'none'"
+                         % ("" if a.form_action_self else " " + a.mock))
         for k, v in headers:
             self.send_header(k, v)
         self.end_headers()
@@ -226,6 +227,9 @@ def main():
     ap.add_argument("--client-id", required=True)
     ap.add_argument("--client-secret", required=True)
     ap.add_argument("--credential", action="append", default=[])
+    ap.add_argument("--form-action-self", action="store_true",
+                    help="the page's CSP form-action is 'self' alone (Chrome "
+                         "then follows no 303 to the authorize URL)")
     args = ap.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
