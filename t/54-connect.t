@@ -340,6 +340,22 @@ is($s->{status}, 200, 'reloaded after the refresh: the state was given '
 is(exchanges(), $ex + 1, 'reloaded: one exchange');
 is($t->get($api)->{status}, 200, 'reloaded: requests work');
 
+# -- a client that goes away during the exchange --------------------------
+
+$f = keep($t->connect_flow(credential => 'crm', stop_before => 'callback'));
+$t->mock('exchange_mode', 'mode=slow&seconds=1');
+$gen = generation();
+$s = HTTP::Tiny->new(timeout => 0.3, max_redirect => 0,
+                     cookie_jar => $f->{jar})->get($f->{callback_url});
+is($s->{status}, 599, 'the client went away during the exchange');
+SfTest::wait_event(10, 'the exchange stored with its client gone',
+                   sub { generation() == $gen + 1 });
+pass('the exchange is stored all the same');
+like($t->slurp('access.log'), qr{"GET /sf_oauth/callback\?[^"]*" 499 },
+     'the request was gone (499) before the exchange ended');
+$t->mock('exchange_mode', 'mode=normal');
+is($t->get($api)->{status}, 200, 'and requests use it');
+
 # -- another user or org: stored on confirmation only ---------------------
 
 $gen = generation();
