@@ -26,6 +26,11 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
 DEB_PACKAGES += build-essential debhelper dpkg-dev fakeroot lintian \
                 libhiredis-dev
 
+# the real browser of t/55-browser-*.t (headless Chromium through selenium),
+# installed without their recommends: those start daemons (avahi, upower)
+# and bring systemd, none of which a headless browser needs
+BROWSER_PACKAGES := chromium chromium-driver python3-selenium
+
 SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps node-deps test test-valgrind fuzz fuzz-deps bench run deb clean \
@@ -33,8 +38,8 @@ SOURCES := config ngx_http_sf_oauth_module.c $(wildcard src/*.c src/*.h)
 
 all: $(MODULE)
 
-# $(call install-missing,PACKAGES): installs those of the Debian PACKAGES
-# that are missing; nothing when all are there.
+# $(call install-missing,PACKAGES[,APT-OPTIONS]): installs those of the
+# Debian PACKAGES that are missing; nothing when all are there.
 install-missing = missing=""; \
 	for p in $(1); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
@@ -43,12 +48,13 @@ install-missing = missing=""; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
-	        >/dev/null || exit 1; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) \
+	        $$missing >/dev/null || exit 1; \
 	fi
 
 deps:
 	@$(call install-missing,$(DEB_PACKAGES))
+	@$(call install-missing,$(BROWSER_PACKAGES),--no-install-recommends)
 
 # jsforce, the Node.js client the SOAP and Bulk tests run, into
 # build/node (outside git); Debian's nodejs and npm when there is no npm.

@@ -43,6 +43,8 @@ static char *ngx_http_sf_oauth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_sf_oauth_inflate_limit(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 
@@ -102,6 +104,13 @@ static ngx_command_t  ngx_http_sf_oauth_commands[] = {
     { ngx_string("sf_oauth_info"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_sf_oauth_info,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("sf_oauth_console"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_sf_oauth_console,
       0,
       0,
       NULL },
@@ -596,6 +605,41 @@ ngx_http_sf_oauth_info(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
+ * sf_oauth_console: the operator console at the location, a prefix
+ * location, whose own URI is the console's page.
+ */
+
+static char *
+ngx_http_sf_oauth_console(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->named
+#if (NGX_PCRE)
+        || clcf->regex
+#endif
+       )
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sf_oauth_console\" must be in a prefix or "
+                           "exact location, such as \"location /sf_oauth/\"");
+        return NGX_CONF_ERROR;
+    }
+
+    clcf->handler = ngx_http_sf_oauth_console_handler;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+    smcf->console = 1;
+
+    /* the web server flow's zone, for the Connect buttons */
+    return ngx_http_sf_oauth_connect_conf(cf);
+}
+
+
+/*
  * sf_oauth_soap_inflate_limit size [ratio]: a gzip-compressed SOAP
  * envelope inflates to at most "size" bytes, and to at most "ratio" times
  * its compressed size beyond the first NGX_HTTP_SF_OAUTH_INFLATE_FREE
@@ -709,6 +753,30 @@ ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf)
         }
 
         *cp = cred[i];
+
+        if (cred[i]->not_connected.len == 0) {
+            continue;
+        }
+
+        /* not connected: the console's web server flow connects it */
+
+        if (!smcf->console) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "sf_oauth_credential \"%V\" in %s:%ui has no "
+                          "refresh_token: set refresh_token or "
+                          "refresh_token_file, or add an sf_oauth_console "
+                          "location to connect it", &cred[i]->name,
+                          cred[i]->file, cred[i]->line);
+            return NGX_CONF_ERROR;
+        }
+
+        if (zone->state_path.len == 0) {
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "the refresh token a connection gets for "
+                          "credential \"%V\" is lost at restart: set "
+                          "state= on sf_oauth_zone \"%V\"", &cred[i]->name,
+                          &zone->name);
+        }
     }
 
     if (ngx_http_sf_oauth_credential_unique(cf, smcf) != NGX_OK
@@ -889,7 +957,8 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if ((conf->cred || conf->value)
         && clcf->handler
         && clcf->handler != ngx_http_sf_oauth_handler_content
-        && clcf->handler != ngx_http_sf_oauth_status_handler)
+        && clcf->handler != ngx_http_sf_oauth_status_handler
+        && clcf->handler != ngx_http_sf_oauth_console_handler)
     {
         conf->handler = clcf->handler;
         clcf->handler = ngx_http_sf_oauth_handler_content;
@@ -955,6 +1024,7 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     ngx_array_t                    *a;
     ngx_http_handler_pt            *h;
     ngx_http_core_main_conf_t      *cmcf;
+    ngx_http_sf_oauth_main_conf_t  *smcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
@@ -972,6 +1042,15 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_sf_oauth_handler;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+
+    /* the console's flow: its secrets masked in every server's error log */
+    if (smcf->connect_zone
+        && ngx_http_sf_oauth_redact_flow_init(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     /*
      * Log handlers run in the order of the array, and the access log's

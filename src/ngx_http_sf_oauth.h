@@ -333,11 +333,15 @@ ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 ngx_int_t ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_uint_t ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_store_not_connected(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
 ngx_int_t ngx_http_sf_oauth_store_ahead(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk, ngx_msec_t *next);
 ngx_int_t ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_http_sf_oauth_token_t *tok, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
+ngx_int_t ngx_http_sf_oauth_store_lease_connect(
+    ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
 void ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
@@ -443,6 +447,21 @@ ngx_int_t ngx_http_sf_oauth_refresh_start(ngx_http_sf_oauth_cred_t *cred,
 ngx_int_t ngx_http_sf_oauth_refresh_identity(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *org_id, ngx_str_t *user_id, ngx_str_t *token);
 
+/*
+ * The code exchange's outcome: with tok->ok the credential's lease is
+ * still held, for the caller to store the tokens
+ * (ngx_http_sf_oauth_refresh_connected) or release it; "status" is 502,
+ * or 504 when the token endpoint did not answer in time.
+ */
+typedef void (*ngx_http_sf_oauth_exchanged_pt)(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok, ngx_uint_t status, void *data);
+
+ngx_int_t ngx_http_sf_oauth_refresh_exchange(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *code, ngx_str_t *redirect_uri, ngx_str_t *verifier,
+    ngx_http_sf_oauth_exchanged_pt handler, void *data);
+ngx_uint_t ngx_http_sf_oauth_refresh_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok);
+
 /* fleet: what a worker's fleet request is doing (cred->rt.fleet_state) */
 #define NGX_HTTP_SF_OAUTH_FLEET_IDLE     0
 #define NGX_HTTP_SF_OAUTH_FLEET_ASKING   1
@@ -514,6 +533,29 @@ ngx_int_t ngx_http_sf_oauth_send(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, ngx_buf_t *b);
 ngx_int_t ngx_http_sf_oauth_send_bulk_error(ngx_http_request_t *r,
     ngx_uint_t status, ngx_str_t *code, ngx_str_t *message);
+
+/* page: an HTML page of the console, with its safety headers */
+ngx_int_t ngx_http_sf_oauth_page_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *title, ngx_chain_t *body,
+    ngx_str_t *form_action);
+u_char *ngx_http_sf_oauth_page_escape(u_char *dst, u_char *src, size_t len);
+size_t ngx_http_sf_oauth_page_escape_len(u_char *src, size_t len);
+ngx_int_t ngx_http_sf_oauth_page_headers(ngx_http_request_t *r,
+    ngx_str_t *form_action);
+
+/* connect: the web server flow, from the console */
+char *ngx_http_sf_oauth_connect_conf(ngx_conf_t *cf);
+ngx_int_t ngx_http_sf_oauth_connect_route(ngx_http_request_t *r,
+    ngx_str_t *rest);
+ngx_int_t ngx_http_sf_oauth_connect_form(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_str_t *token);
+ngx_int_t ngx_http_sf_oauth_connect_button(ngx_http_request_t *r,
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *html);
+ngx_int_t ngx_http_sf_oauth_connect_form_action(ngx_http_request_t *r,
+    ngx_str_t *origins);
+
+/* console */
+ngx_int_t ngx_http_sf_oauth_console_handler(ngx_http_request_t *r);
 
 /* url */
 typedef struct {
@@ -647,6 +689,8 @@ size_t ngx_http_sf_oauth_redact(ngx_http_sf_oauth_cred_t *cred, u_char *buf,
     size_t len, size_t size);
 void ngx_http_sf_oauth_redact_fingerprint(u_char *dst, u_char *data,
     size_t len);
+ngx_int_t ngx_http_sf_oauth_redact_flow_init(ngx_conf_t *cf);
+void ngx_http_sf_oauth_redact_flow_install(ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_SF_OAUTH_H_INCLUDED_ */

@@ -191,6 +191,8 @@ struct ngx_http_sf_oauth_cred_s {
     ngx_str_t                    client_secret_file;
     ngx_str_t                    refresh_token;
     ngx_str_t                    refresh_token_file;
+    /* the web server flow's callback URL, as registered in the app */
+    ngx_str_t                    connect_url;
     ngx_str_t                    ca_file;
     ngx_uint_t                   grant;
     ngx_str_t                    username;
@@ -219,6 +221,13 @@ struct ngx_http_sf_oauth_cred_s {
     u_char                      *file;
     ngx_uint_t                   line;
 
+    /*
+     * A refresh_token credential configured without a refresh token is
+     * "not connected" until its record has one (see
+     * ngx_http_sf_oauth_store_not_connected): the error its requests get
+     */
+    ngx_str_t                    not_connected;
+
     /* the next credential whose name differs only in case */
     ngx_http_sf_oauth_cred_t    *same_name;
 
@@ -238,6 +247,12 @@ typedef struct {
     ngx_hash_t                   names;
 
     ngx_array_t                  redis;       /* ngx_http_sf_oauth_redis_t * */
+
+    /* the web server flow's zone, made with the first sf_oauth_console */
+    ngx_shm_zone_t              *connect_zone;
+
+    /* a location has sf_oauth_console */
+    ngx_uint_t                   console;
 } ngx_http_sf_oauth_main_conf_t;
 
 

@@ -17,6 +17,8 @@
 
 static char *ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_sf_oauth_set_connect_url(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_sf_oauth_set_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -75,6 +77,9 @@ static ngx_command_t  ngx_http_sf_oauth_credential_commands[] = {
     { ngx_string("refresh_token_file"), NGX_CONF_TAKE1,
       ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, refresh_token_file), NULL },
+
+    { ngx_string("connect_url"), NGX_CONF_TAKE1,
+      ngx_http_sf_oauth_set_connect_url, 0, 0, NULL },
 
     { ngx_string("timeout"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
       offsetof(ngx_http_sf_oauth_cred_t, timeout), NULL },
@@ -203,14 +208,26 @@ ngx_http_sf_oauth_credential_block(ngx_conf_t *cf,
     if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH
         && cred->refresh_token.len == 0)
     {
-        missing = "refresh_token\" or \"refresh_token_file";
-    }
+        /*
+         * Not connected: the console's web server flow gets its refresh
+         * token (init_main_conf checks that there is a console)
+         */
 
-    if (missing) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sf_oauth_credential \"%V\" has no \"%s\"",
-                           &cred->name, missing);
-        return NGX_CONF_ERROR;
+        cred->not_connected.data = ngx_pnalloc(cf->pool,
+                                       sizeof("credential \"\" is not "
+                                              "connected: connect it from "
+                                              "the sf_oauth_console page")
+                                       + cred->name.len);
+        if (cred->not_connected.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cred->not_connected.len = ngx_sprintf(cred->not_connected.data,
+                                              "credential \"%V\" is not "
+                                              "connected: connect it from "
+                                              "the sf_oauth_console page",
+                                              &cred->name)
+                                  - cred->not_connected.data;
     }
 
     if (cred->refresh_token.len > NGX_HTTP_SF_OAUTH_REFRESH_MAX) {
@@ -358,6 +375,51 @@ ngx_http_sf_oauth_set_url(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * connect_url: the callback URL of the web server flow, exactly as
+ * registered in the connected app or external client app.
+ */
+
+static char *
+ngx_http_sf_oauth_set_connect_url(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_sf_oauth_cred_t  *cred = conf;
+
+    ngx_int_t                 rc;
+    ngx_str_t                *url;
+    ngx_http_sf_oauth_url_t   u;
+
+    if (cred->connect_url.data) {
+        return "is duplicate";
+    }
+
+    url = &((ngx_str_t *) cf->args->elts)[1];
+
+    rc = ngx_http_sf_oauth_url_parse(cf->pool, url, &u);
+
+    if (rc == NGX_DECLINED) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid connect_url \"%V\" in "
+                           "sf_oauth_credential \"%V\": it must start with "
+                           "https:// or http://", url, &cred->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid connect_url \"%V\" in "
+                           "sf_oauth_credential \"%V\": %s", url,
+                           &cred->name, u.err ? u.err : "no host");
+        return NGX_CONF_ERROR;
+    }
+
+    cred->connect_url = *url;
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_sf_oauth_set_grant(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -453,6 +515,12 @@ ngx_http_sf_oauth_grant_conf(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred)
     {
         extra = cred->refresh_token_file.len ? "refresh_token_file"
                                              : "refresh_token";
+    }
+
+    if (cred->grant != NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+        && cred->connect_url.len)
+    {
+        extra = "connect_url";
     }
 
     if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_JWT

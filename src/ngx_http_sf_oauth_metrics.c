@@ -55,8 +55,8 @@ static void ngx_http_sf_oauth_metrics_flush(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_metrics_flush_all(ngx_cycle_t *cycle);
 static void ngx_http_sf_oauth_metrics_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_sf_oauth_metrics_value(
-    ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_node_t *node,
-    time_t now, ngx_uint_t *v);
+    ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, time_t now, ngx_uint_t *v);
 static u_char *ngx_http_sf_oauth_metrics_histogram(u_char *p, u_char *last,
     ngx_http_sf_oauth_metric_t *m, ngx_http_sf_oauth_node_t *node,
     ngx_http_sf_oauth_cred_t *cred);
@@ -124,7 +124,8 @@ static ngx_http_sf_oauth_metric_t  ngx_http_sf_oauth_metrics[] = {
       NGX_HTTP_SF_OAUTH_M_BACKOFF, 0 },
     { "sf_oauth_token_held", "gauge",
       "1 while the credential has no token and its last token request "
-      "failed in a way only an operator can fix (hold), else 0",
+      "failed in a way only an operator can fix (hold), or it is not "
+      "connected, else 0",
       NGX_HTTP_SF_OAUTH_M_HELD, 0 },
     { "sf_oauth_api_requests_used", "gauge",
       "The org's API requests in the last 24 hours (Sforce-Limit-Info)",
@@ -372,7 +373,7 @@ ngx_http_sf_oauth_metrics_handler(ngx_http_request_t *r)
                 continue;
             }
 
-            if (ngx_http_sf_oauth_metrics_value(m, node, now, &v)
+            if (ngx_http_sf_oauth_metrics_value(m, cred[i], node, now, &v)
                 != NGX_OK)
             {
                 continue;
@@ -408,7 +409,8 @@ failed:
 
 static ngx_int_t
 ngx_http_sf_oauth_metrics_value(ngx_http_sf_oauth_metric_t *m,
-    ngx_http_sf_oauth_node_t *node, time_t now, ngx_uint_t *v)
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
+    time_t now, ngx_uint_t *v)
 {
     ngx_msec_int_t  left;
 
@@ -442,7 +444,9 @@ ngx_http_sf_oauth_metrics_value(ngx_http_sf_oauth_metric_t *m,
         return NGX_OK;
 
     case NGX_HTTP_SF_OAUTH_M_HELD:
-        *v = (node->state == NGX_HTTP_SF_OAUTH_FAILED && node->held);
+        /* a credential not connected is held until a connection */
+        *v = (node->state == NGX_HTTP_SF_OAUTH_FAILED && node->held)
+             || ngx_http_sf_oauth_store_not_connected(cred, node);
         return NGX_OK;
 
     case NGX_HTTP_SF_OAUTH_M_API:

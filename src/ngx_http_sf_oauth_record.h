@@ -149,4 +149,55 @@ typedef struct {
 } ngx_http_sf_oauth_sh_t;
 
 
+/*
+ * The web server flow (ngx_http_sf_oauth_connect.c): a connection started
+ * from the console and not finished yet, in the module's own zone
+ * "sf_oauth_connect", so that any worker can take its callback.  "state"
+ * and the PKCE verifier are base64url of random bytes; the browser's
+ * cookie is kept as its SHA-256 only.  After an exchange whose user or
+ * org differs from the record's, the tokens wait here for the operator's
+ * confirmation ("confirm"), for at most as long as a flow.
+ */
+#define NGX_HTTP_SF_OAUTH_CONNECT_PENDING   64
+#define NGX_HTTP_SF_OAUTH_CONNECT_TTL       600
+#define NGX_HTTP_SF_OAUTH_CONNECT_RANDOM    16
+#define NGX_HTTP_SF_OAUTH_CONNECT_STATE     22      /* base64url of 16 */
+#define NGX_HTTP_SF_OAUTH_CONNECT_VERIFIER  64      /* base64url of 48 */
+
+typedef struct {
+    ngx_uint_t                   in_use;
+    ngx_uint_t                   used;
+    ngx_uint_t                   confirm;
+    time_t                       created;
+
+    u_char                       state[NGX_HTTP_SF_OAUTH_CONNECT_STATE];
+    u_char                       cookie[32];
+    u_char                       verifier[NGX_HTTP_SF_OAUTH_CONNECT_VERIFIER];
+
+    size_t                       name_len;
+    u_char                       name[NGX_HTTP_SF_OAUTH_NAME_MAX];
+    size_t                       redirect_len;
+    u_char                       redirect[NGX_HTTP_SF_OAUTH_URL_MAX];
+
+    /* with "confirm": what the exchange brought */
+    uint64_t                     issued_at;
+    size_t                       token_len;
+    size_t                       refresh_len;
+    size_t                       url_len;
+    size_t                       org_id_len;
+    size_t                       user_id_len;
+    u_char                       org_id[NGX_HTTP_SF_OAUTH_ID_MAX];
+    u_char                       user_id[NGX_HTTP_SF_OAUTH_ID_MAX];
+    u_char                       token[NGX_HTTP_SF_OAUTH_TOKEN_MAX];
+    u_char                       refresh[NGX_HTTP_SF_OAUTH_REFRESH_MAX];
+    u_char                       instance_url[NGX_HTTP_SF_OAUTH_URL_MAX];
+} ngx_http_sf_oauth_pending_t;
+
+/* the zone "sf_oauth_connect": the form tokens' key, the pending flows */
+typedef struct {
+    u_char                       key[32];
+    ngx_http_sf_oauth_pending_t  pending[NGX_HTTP_SF_OAUTH_CONNECT_PENDING];
+} ngx_http_sf_oauth_connect_sh_t;
+
+
 #endif /* _NGX_HTTP_SF_OAUTH_RECORD_H_INCLUDED_ */

@@ -13,6 +13,19 @@
  * The writer stays until nginx resets the connection's log for the next
  * location, and it only refers to configuration memory, so it is safe for
  * whatever the connection logs afterwards.
+ *
+ * The web server flow's secrets come in the request itself: the code and
+ * the state in the callback's query, the flow's cookie; the state again
+ * in the 303's Location, the cookie in its Set-Cookie.  nginx logs the
+ * request line, the arguments and the headers at debug level before any
+ * location is chosen, and every line of a request ends with its request
+ * line.  So with an sf_oauth_console, the error logs of every server, and
+ * the console locations' own, write through a second writer that masks
+ * the values of "code=", "state=" and "sf_oauth_connect=" in every line.
+ * A server's log becomes a log of its own that writes to the one it had:
+ * the log objects themselves, the cycle's among them, are never changed,
+ * for the cycle's log is still written to when this module's code is
+ * unloaded.
  */
 
 
@@ -25,6 +38,12 @@ static void ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
 static size_t ngx_http_sf_oauth_redact_one(u_char *buf, size_t len,
     size_t size, u_char *secret, size_t slen);
+static void ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log,
+    ngx_uint_t level, u_char *buf, size_t len);
+static ngx_log_t *ngx_http_sf_oauth_redact_flow_wrap(ngx_conf_t *cf,
+    ngx_log_t *log);
+static size_t ngx_http_sf_oauth_redact_flow_mask(u_char *buf, size_t len,
+    const char *name);
 
 
 /*
@@ -244,4 +263,170 @@ ngx_http_sf_oauth_redact_fingerprint(u_char *dst, u_char *data, size_t len)
     }
 
     ngx_hex_dump(dst, md, NGX_HTTP_SF_OAUTH_FP_LEN / 2);
+}
+
+
+/*
+ * With an sf_oauth_console: every server's error log (which a request
+ * logs to until its location is found) masks the flow's secrets.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_redact_flow_init(ngx_conf_t *cf)
+{
+    ngx_uint_t                   s;
+    ngx_http_core_srv_conf_t   **cscfp;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_core_main_conf_t   *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    cscfp = cmcf->servers.elts;
+
+    for (s = 0; s < cmcf->servers.nelts; s++) {
+        clcf = cscfp[s]->ctx->loc_conf[ngx_http_core_module.ctx_index];
+
+        clcf->error_log = ngx_http_sf_oauth_redact_flow_wrap(cf,
+                                                             clcf->error_log);
+        if (clcf->error_log == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A console location's request: its connection's log (the location's
+ * error_log, which may be its own) masks the flow's secrets too.
+ */
+
+void
+ngx_http_sf_oauth_redact_flow_install(ngx_http_request_t *r)
+{
+    ngx_log_t                 *log;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    log = r->connection->log;
+
+    if (log->writer == ngx_http_sf_oauth_redact_flow_writer) {
+        return;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->error_log->writer == ngx_http_sf_oauth_redact_flow_writer) {
+        log->writer = clcf->error_log->writer;
+        log->wdata = clcf->error_log->wdata;
+        log->next = NULL;
+        return;
+    }
+
+    log->writer = ngx_http_sf_oauth_redact_flow_writer;
+    log->wdata = clcf->error_log;
+    log->next = NULL;
+}
+
+
+/* a log of its own that masks the flow's secrets, then writes to "log" */
+
+static ngx_log_t *
+ngx_http_sf_oauth_redact_flow_wrap(ngx_conf_t *cf, ngx_log_t *log)
+{
+    ngx_log_t  *wrap;
+
+    if (log->writer == ngx_http_sf_oauth_redact_flow_writer) {
+        return log;
+    }
+
+    wrap = ngx_palloc(cf->pool, sizeof(ngx_log_t));
+    if (wrap == NULL) {
+        return NULL;
+    }
+
+    /* its level and file, for the checks of ngx_log_error_core() */
+    *wrap = *log;
+
+    wrap->writer = ngx_http_sf_oauth_redact_flow_writer;
+    wrap->wdata = log;
+    wrap->next = NULL;
+
+    return wrap;
+}
+
+
+static void
+ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len)
+{
+    u_char      out[NGX_MAX_ERROR_STR];
+    size_t      n;
+    ngx_log_t  *l, *first;
+    ngx_uint_t  debug_connection;
+
+    n = ngx_min(len, sizeof(out));
+    ngx_memcpy(out, buf, n);
+
+    n = ngx_http_sf_oauth_redact_flow_mask(out, n, "code=");
+    n = ngx_http_sf_oauth_redact_flow_mask(out, n, "state=");
+    n = ngx_http_sf_oauth_redact_flow_mask(out, n, "sf_oauth_connect=");
+
+    first = log->wdata;
+    debug_connection = (log->log_level & NGX_LOG_DEBUG_CONNECTION) != 0;
+
+    for (l = first; l; l = l->next) {
+
+        if (l != first && l->log_level < level && !debug_connection) {
+            break;
+        }
+
+        if (l->writer) {
+            l->writer(l, level, out, n);
+            continue;
+        }
+
+        (void) ngx_write_fd(l->file->fd, out, n);
+    }
+}
+
+
+/*
+ * Replaces the value after each "name" in buf (up to "&", ";", a space, a
+ * quote, a comma or the line's end) with "***".  Returns the new length.
+ */
+
+static size_t
+ngx_http_sf_oauth_redact_flow_mask(u_char *buf, size_t len, const char *name)
+{
+    u_char  *p, *v, *e, *end;
+    size_t   n;
+
+    n = ngx_strlen(name);
+    p = buf;
+    end = buf + len;
+
+    for ( ;; ) {
+        p = ngx_strlcasestrn(p, end, (u_char *) name, n - 1);
+        if (p == NULL) {
+            return end - buf;
+        }
+
+        v = p + n;
+
+        for (e = v; e < end; e++) {
+            if (*e == '&' || *e == ';' || *e == ' ' || *e == '"'
+                || *e == ',' || *e == '\'' || *e == CR || *e == LF)
+            {
+                break;
+            }
+        }
+
+        if (e - v > 3) {
+            ngx_memcpy(v, "***", 3);
+            ngx_memmove(v + 3, e, end - e);
+            end -= (e - v) - 3;
+        }
+
+        p = v;
+    }
 }

@@ -17,7 +17,10 @@
  *     the lease;
  *   - the introspection of the access token, under the lease, for the
  *     refresh ahead of expiry: it may end in a grant;
- *   - the identity service, for SOAP login() answers, under no lease.
+ *   - the identity service, for SOAP login() answers, under no lease;
+ *   - the web server flow's code exchange (grant_type=authorization_code)
+ *     for a connection from the console, under the lease: its tokens are
+ *     stored as a rotation's are (ngx_http_sf_oauth_refresh_connected).
  */
 
 
@@ -53,6 +56,16 @@ static ngx_int_t ngx_http_sf_oauth_refresh_answer(
     ngx_http_sf_oauth_answer_t *answer, ngx_pool_t *pool,
     ngx_http_sf_oauth_token_t *tok);
 static void ngx_http_sf_oauth_refresh_wake(ngx_http_sf_oauth_cred_t *cred);
+static void ngx_http_sf_oauth_refresh_exchanged(
+    ngx_http_sf_oauth_answer_t *answer, void *data);
+
+
+/* a code exchange in flight: whom to tell */
+typedef struct {
+    ngx_http_sf_oauth_cred_t        *cred;
+    ngx_http_sf_oauth_exchanged_pt   handler;
+    void                            *data;
+} ngx_http_sf_oauth_refresh_exchange_t;
 
 
 static ngx_str_t  ngx_http_sf_oauth_refresh_error_start =
@@ -915,4 +928,210 @@ ngx_http_sf_oauth_refresh_identified(ngx_http_sf_oauth_answer_t *answer,
     }
 
     ngx_destroy_pool(pool);
+}
+
+
+/*
+ * The web server flow's code exchange for "cred", under its lease:
+ * POST token_url with grant_type=authorization_code, the code, the
+ * redirect_uri of the authorize request, the PKCE verifier, client_id and
+ * client_secret when configured.  NGX_OK: started, and "handler" is told
+ * the outcome; NGX_BUSY: a refresh runs (nothing started); NGX_DECLINED:
+ * a reload removed or changed the credential; NGX_ERROR.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_refresh_exchange(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *code, ngx_str_t *redirect_uri, ngx_str_t *verifier,
+    ngx_http_sf_oauth_exchanged_pt handler, void *data)
+{
+    ngx_int_t                              rc;
+    ngx_uint_t                             n;
+    ngx_keyval_t                           form[6];
+    ngx_http_sf_oauth_call_t               call;
+    ngx_http_sf_oauth_refresh_exchange_t  *ex;
+
+    rc = ngx_http_sf_oauth_store_lease_connect(cred);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ex = ngx_alloc(sizeof(ngx_http_sf_oauth_refresh_exchange_t),
+                   ngx_cycle->log);
+    if (ex == NULL) {
+        ngx_http_sf_oauth_store_release(cred);
+        return NGX_ERROR;
+    }
+
+    ex->cred = cred;
+    ex->handler = handler;
+    ex->data = data;
+
+    /* what is sent may come back in an error: the redaction knows it */
+    ngx_http_sf_oauth_redact_remember(cred, code->data, code->len);
+    ngx_http_sf_oauth_redact_remember(cred, verifier->data, verifier->len);
+
+    ngx_str_set(&form[0].key, "grant_type");
+    ngx_str_set(&form[0].value, "authorization_code");
+    ngx_str_set(&form[1].key, "code");
+    form[1].value = *code;
+    ngx_str_set(&form[2].key, "redirect_uri");
+    form[2].value = *redirect_uri;
+    ngx_str_set(&form[3].key, "code_verifier");
+    form[3].value = *verifier;
+    ngx_str_set(&form[4].key, "client_id");
+    form[4].value = cred->client_id;
+    n = 5;
+
+    if (cred->client_secret.len) {
+        ngx_str_set(&form[n].key, "client_secret");
+        form[n++].value = cred->client_secret;
+    }
+
+    call.form = form;
+    call.nform = n;
+    call.bearer = NULL;
+
+    ngx_http_sf_oauth_refresh_call(cred, &call, &cred->token_url,
+                                   "exchanging an authorization code at the "
+                                   "token endpoint",
+                                   ngx_http_sf_oauth_refresh_exchanged);
+    call.data = ex;
+
+    cred->rt.transfer = ngx_http_sf_oauth_client_start(&call);
+    cred->rt.transfer_start = ngx_current_msec;
+
+    if (cred->rt.transfer == NULL) {
+        ngx_free(ex);
+        ngx_http_sf_oauth_store_release(cred);
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": code exchange at \"%V\"",
+                   &cred->name, &cred->token_url);
+
+    return NGX_OK;
+}
+
+
+/* the code exchange's answer, to the caller's handler */
+
+static void
+ngx_http_sf_oauth_refresh_exchanged(ngx_http_sf_oauth_answer_t *answer,
+    void *data)
+{
+    ngx_http_sf_oauth_refresh_exchange_t *ex = data;
+
+    ngx_uint_t                 status;
+    ngx_pool_t                *pool;
+    ngx_http_sf_oauth_cred_t  *cred;
+    ngx_http_sf_oauth_token_t  tok;
+
+    cred = ex->cred;
+    cred->rt.transfer = NULL;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+
+    ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
+    status = answer->timed_out ? NGX_HTTP_GATEWAY_TIME_OUT
+                               : NGX_HTTP_BAD_GATEWAY;
+
+    if (answer->abandoned || pool == NULL) {
+        ngx_str_set(&tok.error, "the worker process is exiting: the code "
+                    "exchange was abandoned");
+
+    } else if (ngx_http_sf_oauth_refresh_answer(answer, pool, &tok)
+               == NGX_OK)
+    {
+        ngx_http_sf_oauth_parse_response(pool, (long) answer->status,
+                                         answer->body, answer->len, &tok);
+    }
+
+    tok.duration = ngx_max(ngx_current_msec - cred->rt.transfer_start, 1);
+
+    if (tok.ok && !ngx_http_sf_oauth_store_changed(cred)) {
+        ngx_http_sf_oauth_redact_remember(cred, tok.access_token.data,
+                                          tok.access_token.len);
+        ngx_http_sf_oauth_redact_remember(cred, tok.refresh_token.data,
+                                          tok.refresh_token.len);
+
+    } else {
+        if (tok.ok) {
+            ngx_explicit_memzero(tok.access_token.data, tok.access_token.len);
+            ngx_explicit_memzero(tok.refresh_token.data,
+                                 tok.refresh_token.len);
+            ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
+            ngx_str_set(&tok.error, "a reload changed the credential during "
+                        "the code exchange: connect it again");
+        }
+
+        tok.error.len = ngx_http_sf_oauth_redact(cred, tok.error.data,
+                                                 tok.error.len,
+                                                 tok.error.len);
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the code exchange "
+                      "failed: %V", &cred->name, &tok.error);
+
+        ngx_http_sf_oauth_store_release(cred);
+        ngx_http_sf_oauth_refresh_wake(cred);
+    }
+
+    ex->handler(cred, &tok, status, ex->data);
+
+    if (tok.ok) {
+        ngx_explicit_memzero(tok.access_token.data, tok.access_token.len);
+        ngx_explicit_memzero(tok.refresh_token.data, tok.refresh_token.len);
+    }
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+
+    ngx_free(ex);
+}
+
+
+/*
+ * A connection's tokens, with the lease held: the credential's newest
+ * generation, as a rotation's are (the zone, the state file, the fleet's
+ * compare-and-set), which ends a hold or a backoff; the lease released
+ * and this worker's waiters woken.  Returns the new generation.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_refresh_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_uint_t                 generation;
+    ngx_http_sf_oauth_node_t  *copy;
+
+    ngx_http_sf_oauth_redact_remember(cred, tok->access_token.data,
+                                      tok->access_token.len);
+    ngx_http_sf_oauth_redact_remember(cred, tok->refresh_token.data,
+                                      tok->refresh_token.len);
+
+    ngx_http_sf_oauth_store_result(cred, tok);
+
+    ngx_http_sf_oauth_state_save(cred);
+
+    if (ngx_http_sf_oauth_fleet_on(cred)) {
+        ngx_http_sf_oauth_fleet_store(cred,
+                                      ngx_http_sf_oauth_refresh_written);
+    }
+
+    ngx_http_sf_oauth_refresh_wake(cred);
+
+    generation = 0;
+
+    copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+    if (copy) {
+        ngx_http_sf_oauth_store_snapshot(cred, copy);
+        generation = copy->generation;
+        ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(copy);
+    }
+
+    return generation;
 }

@@ -132,4 +132,21 @@ typedef struct {
 } ngx_http_sf_oauth_ctx_t;
 
 
+/*
+ * A callback request waiting for its code exchange (connect.c): "r" is
+ * NULL once the request is gone (its pool's cleanup), and the exchange's
+ * outcome is then stored all the same, with nobody to show it to.
+ */
+typedef struct {
+    ngx_http_request_t          *r;
+    ngx_pool_cleanup_t          *cln;
+    ngx_uint_t                   slot;
+    u_char                       state[NGX_HTTP_SF_OAUTH_CONNECT_STATE];
+    size_t                       addr_len;
+    u_char                       addr[NGX_SOCKADDR_STRLEN];
+    size_t                       user_len;
+    u_char                       user[NGX_HTTP_SF_OAUTH_NAME_MAX];
+} ngx_http_sf_oauth_exchange_t;
+
+
 #endif /* _NGX_HTTP_SF_OAUTH_REQUEST_H_INCLUDED_ */

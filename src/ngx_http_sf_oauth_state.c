@@ -411,6 +411,14 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                 continue;
             }
 
+            if (rec[i].conf_fp == node->conf_fp
+                && rec[i].refresh_len == 0
+                && cred[j]->not_connected.len)
+            {
+                /* it was not connected when the file was written */
+                break;
+            }
+
             if (rec[i].conf_fp != node->conf_fp
                 || (rec[i].refresh_len == 0
                     && cred[j]->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH))

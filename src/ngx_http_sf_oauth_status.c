@@ -217,7 +217,10 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
                      ngx_http_sf_oauth_grants[cred->grant]);
 
     p = ngx_slprintf(p, last, ",\"state\":\"%s\",\"generation\":%ui,",
-                     ngx_http_sf_oauth_states[node->state], node->generation);
+                     ngx_http_sf_oauth_store_not_connected(cred, node)
+                     ? "not connected"
+                     : ngx_http_sf_oauth_states[node->state],
+                     node->generation);
 
     p = ngx_slprintf(p, last, "\"token_fp\":\"%*s\",\"token_age\":%T,"
                      "\"issued_at\":%uL",

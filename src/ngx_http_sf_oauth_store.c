@@ -175,6 +175,14 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
+    if (ngx_http_sf_oauth_store_not_connected(cred, node)) {
+        /* no refresh token to send: no token request, until a connection */
+        ngx_shmtx_unlock(&shpool->mutex);
+        lk->error = cred->not_connected;
+        lk->retry_after = 0;
+        return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
+
     rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
 
     ngx_shmtx_unlock(&shpool->mutex);
@@ -248,7 +256,8 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->conf_fp != cred->conf_fp
         || node->state == NGX_HTTP_SF_OAUTH_VALID
-        || node->state == NGX_HTTP_SF_OAUTH_FAILED)
+        || node->state == NGX_HTTP_SF_OAUTH_FAILED
+        || ngx_http_sf_oauth_store_not_connected(cred, node))
     {
         rc = NGX_DONE;
 
@@ -283,6 +292,27 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_unlock(&shpool->mutex);
 
     return changed;
+}
+
+
+/*
+ * Whether a record (the credential's, with the zone locked, or a
+ * snapshot of it) is "not connected": a refresh_token credential whose
+ * record has no refresh token.  Nothing else marks it: the record's
+ * refresh token is the truth once it has one, from the configuration,
+ * the state file, the fleet or a connection; a reload that keeps the
+ * record (the credential's configuration unchanged, conf_fp) keeps it.
+ * Its requests get cred->not_connected and it makes no token request;
+ * the status, the metrics (held) and the console say so.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_not_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    return cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH
+           && node->refresh_len == 0
+           && node->name_len != 0;
 }
 
 
@@ -375,6 +405,53 @@ ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     }
 
     return 0;
+}
+
+
+/*
+ * The lease for a connection from the console (the code exchange, or the
+ * confirmation of its tokens), so that no refresh runs at the same time:
+ * NGX_OK, taken; NGX_BUSY, a refresh runs or gets a quick retry soon;
+ * NGX_DECLINED, a reload removed or changed the credential, or retired
+ * its zone.  Counted as a token request.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_lease_connect(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
+        || node->conf_fp != cred->conf_fp
+        || ngx_http_sf_oauth_store_is_retired(cred))
+    {
+        rc = NGX_DECLINED;
+
+    } else if (!ngx_http_sf_oauth_store_can_lease(cred, node)
+               || (node->busy
+                   && (ngx_msec_int_t) (node->busy_until - ngx_current_msec)
+                      > 0))
+    {
+        rc = NGX_BUSY;
+
+    } else {
+        node->lease_pid = ngx_pid;
+        node->lease_deadline = ngx_current_msec + cred->timeout
+                               + NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+        node->token_requests++;
+        rc = NGX_OK;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
 }
 
 

@@ -58,9 +58,9 @@ check('credential without client_id',
       $zone . $t->credential(client_id => undef),
       qr/sf_oauth_credential "crm" has no "client_id"/);
 
-check('credential without refresh token',
+check('credential without refresh token and no console',
       $zone . $t->credential(refresh_token => undef),
-      qr/sf_oauth_credential "crm" has no "refresh_token" or "refresh_token_file"/);
+      qr/sf_oauth_credential "crm" in \S+nginx\.conf:\d+ has no refresh_token: set refresh_token or refresh_token_file, or add an sf_oauth_console location to connect it/);
 
 check('unreadable client_secret_file',
       $zone . $t->credential(client_secret => undef,

@@ -60,6 +60,11 @@ $r = $ua->get("http://127.0.0.1:$port/sf_oauth_info");
 is((eval { decode_json($r->{content}) } // {})->{credentials}[0]{state}, 'valid',
    'sf_oauth_info shows a valid token');
 
+$r = $ua->get("http://127.0.0.1:$port/sf_oauth/");
+is($r->{status}, 200, 'the console of conf.example answers');
+like($r->{content}, qr{<td><b>crm</b></td><td>refresh_token</td><td>sf</td><td class="valid">valid</td>},
+     'the console shows the credential valid');
+
 # a revoke: the next request is replayed, and the access log says so
 $ua->post("http://127.0.0.1:$mock_port/__mock/revoke");
 $r = $ua->get("http://127.0.0.1:$port/services/data/v59.0/replayed");

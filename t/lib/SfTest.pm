@@ -29,7 +29,9 @@ use HTTP::Tiny;
 use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Select;
 use IO::Socket::INET;
+use Digest::SHA ();
 use JSON::PP;
+use MIME::Base64 ();
 use POSIX qw(:sys_wait_h);
 use Scalar::Util ();
 use Test::More;
@@ -238,6 +240,45 @@ sub start_extra_mock {
 }
 
 sub extra_mocks { @{ $_[0]{extra_mocks} || [] } }
+
+# Starts t/lib/fake_console.py, a stand-in for the module's console (the
+# same contract: the page's Connect forms, connect, callback, confirm) on a
+# free port, against this test's mock, with the credentials NAMES (and
+# fake_console.py's options among them, such as --form-action-self); for the
+# tests of the flow client and the browser alone.  Returns its console
+# URL (http://127.0.0.1:PORT/sf_oauth/).  finish and DESTROY stop it.
+sub start_fake_console {
+    my ($self, @names) = @_;
+
+    # options of fake_console.py (--form-action-self) among the names
+    my @opt = grep { /^--/ } @names;
+    @names = grep { !/^--/ } @names;
+
+    my $port = free_port();
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/fake_console.log";
+        open STDERR, '>&', \*STDOUT;
+        exec 'python3', "$ROOT/t/lib/fake_console.py", '--port', $port,
+             '--mock', $self->mock_url, '--client-id', $CLIENT_ID,
+             '--client-secret', $CLIENT_SECRET,
+             (map { ('--credential', $_) } @names), @opt;
+        die "exec python3: $!";
+    }
+    push @{ $self->{helper_pids} }, $pid;
+    wait_port($port, 'the fake console', 200, $pid);
+    return "http://127.0.0.1:$port/sf_oauth/";
+}
+
+# Stops what start_fake_console started.
+sub stop_helpers {
+    my ($self) = @_;
+
+    for my $pid (@{ delete $self->{helper_pids} || [] }) {
+        kill 'TERM', $pid;
+        waitpid($pid, 0);
+    }
+}
 
 # -- nginx ---------------------------------------------------------------
 
@@ -573,6 +614,7 @@ sub finish {
     $self->stop;
     $self->stop_mock;
     $self->stop_extra_mocks(1);
+    $self->stop_helpers;
 
     # a test may expect some lines, such as a worker it killed
     my $allow = $self->{allow_alerts};
@@ -598,6 +640,7 @@ sub DESTROY {
     $self->stop;
     $self->stop_mock;
     $self->stop_extra_mocks;
+    $self->stop_helpers;
 }
 
 sub slurp {
@@ -842,6 +885,495 @@ sub parallel {
 
     return map { $buf{$_} =~ m{^HTTP/1\.\d (\d+)} ? $1 : 0 } 0 .. $n - 1;
 }
+
+# -- the web server flow, as a browser goes through it -------------------
+
+# The users of the mock's login page (t/lib/mock_sf.py's USERS): name ->
+# password, org id, user id.
+our %USERS = (
+    'admin@acme' => { password => 'acme-password',
+                      org_id => '00D5g000004TmoK',
+                      user_id => '005000000000001' },
+    'other@globex' => { password => 'globex-password',
+                        org_id => '00D5g000009GlbX',
+                        user_id => '005000000000002' },
+);
+
+# A PKCE pair: (verifier, challenge), the challenge being
+# base64url(SHA-256(verifier)) with no padding.  VERIFIER may be given.
+sub pkce {
+    my ($verifier) = @_;
+
+    $verifier //= MIME::Base64::encode_base64url(
+        join('', map { chr int rand 256 } 1 .. 48));
+    return ($verifier, MIME::Base64::encode_base64url(
+                Digest::SHA::sha256($verifier)));
+}
+
+# application/x-www-form-urlencoded, or a query: PAIRS is a list of
+# [name, value] or a hashref (sorted by name).
+sub form_encode {
+    my ($pairs) = @_;
+
+    my @p = ref $pairs eq 'HASH'
+        ? map { [$_, $pairs->{$_}] } sort keys %$pairs
+        : @$pairs;
+    my $enc = sub {
+        my ($s) = @_;
+        utf8::encode($s) if utf8::is_utf8($s);
+        $s =~ s/([^A-Za-z0-9\-._~])/sprintf('%%%02X', ord $1)/ge;
+        return $s;
+    };
+    return join '&', map { $enc->($_->[0]) . '=' . $enc->($_->[1] // '') }
+                     @p;
+}
+
+# The query of URL (or a form body) as a hashref (the first value of each
+# name); '+' is a space.
+sub parse_query {
+    my ($url) = @_;
+
+    my $q = $url =~ /\?/ ? ($url =~ s/^[^?]*\?//r) : $url;
+    $q =~ s/#.*//s;
+    my %h;
+    for my $pair (split /&/, $q) {
+        my ($k, $v) = split /=/, $pair, 2;
+        next unless defined $k && length $k;
+        for ($k, $v) {
+            next unless defined;
+            tr/+/ /;
+            s/%([0-9A-Fa-f]{2})/chr hex $1/ge;
+        }
+        $h{$k} //= $v // '';
+    }
+    return \%h;
+}
+
+# URL resolved against BASE (an absolute URL): enough for the Location
+# headers and form actions of the console and the mock.
+sub resolve_url {
+    my ($base, $url) = @_;
+
+    return $url if $url =~ m{^[a-z][a-z0-9+.-]*://}i;
+    my ($origin) = $base =~ m{^([a-z]+://[^/?#]+)}i;
+    return $origin . $url if $url =~ m{^/};
+    (my $dir = $base) =~ s{[?#].*}{}s;
+    $dir =~ s{[^/]*$}{};
+    return $dir . $url;
+}
+
+# The origin (scheme://host:port) of URL.
+sub url_origin { ($_[0] =~ m{^([a-z]+://[^/?#]+)}i)[0] }
+
+# The forms of an HTML page: a list of hashrefs with method (lower case),
+# action (as written), id, name, and inputs: a list of hashrefs (tag,
+# type, name, value, id) of its <input>s and <button>s in order.  Enough
+# for the pages the module and the mock write (attributes quoted).
+sub html_forms {
+    my ($page) = @_;
+
+    my @forms;
+    while ($page =~ m{<form\b([^>]*)>(.*?)</form\s*>}gsi) {
+        my ($attrs, $inner) = ($1, $2);
+        my %f = (%{ html_attrs($attrs) }, inputs => []);
+        $f{method} = lc($f{method} // 'get');
+        while ($inner =~ m{<(input|button)\b([^>]*)>}gsi) {
+            my $tag = lc $1;
+            my $a = html_attrs($2);
+            $a->{tag} = $tag;
+            $a->{type} = lc($a->{type} // ($tag eq 'button' ? 'submit'
+                                                            : 'text'));
+            push @{ $f{inputs} }, $a;
+        }
+        push @forms, \%f;
+    }
+    return @forms;
+}
+
+# The attributes of a start tag's text: name (lower case) -> value, the
+# entities &amp; &lt; &gt; &quot; &#39; &#x27; decoded.
+sub html_attrs {
+    my ($text) = @_;
+
+    my %a;
+    while ($text =~ m{([A-Za-z_:][-A-Za-z0-9_:.]*)
+                      (?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?}gx)
+    {
+        my ($k, $v) = (lc $1, $2 // $3 // $4 // '');
+        $v =~ s/&quot;/"/g;
+        $v =~ s/&#0*39;|&#x0*27;|&apos;/'/gi;
+        $v =~ s/&lt;/</g;
+        $v =~ s/&gt;/>/g;
+        $v =~ s/&amp;/&/g;
+        $a{$k} = $v;
+    }
+    return \%a;
+}
+
+# The hidden inputs of FORM as [name, value] pairs, in order.
+sub form_hidden {
+    my ($form) = @_;
+
+    return map { [$_->{name}, $_->{value} // ''] }
+           grep { $_->{type} eq 'hidden' && defined $_->{name} }
+           @{ $form->{inputs} };
+}
+
+# A browser: HTTP::Tiny that follows no redirect itself and keeps cookies
+# in JAR (an SfTest::CookieJar).
+sub browser_ua {
+    my ($jar) = @_;
+
+    return HTTP::Tiny->new(
+        timeout => 30 * time_scale(), max_redirect => 0, keep_alive => 0,
+        cookie_jar => $jar,
+        agent => 'Mozilla/5.0 (X11; Linux x86_64) SfTest/1.0');
+}
+
+# One step of a flow: the request (METHOD URL, headers, form body) made by
+# UA, its answer pushed onto FLOW's steps as a hashref: name, method, url,
+# request_headers, status, headers (lower-case names), content; returned.
+sub flow_step {
+    my ($flow, $name, $method, $url, %opt) = @_;
+
+    my %hdr = (Accept => 'text/html,application/xhtml+xml',
+               %{ $opt{headers} || {} });
+    my %args = (headers => \%hdr);
+    if (defined $opt{form}) {
+        $args{content} = form_encode($opt{form});
+        $hdr{'Content-Type'} = 'application/x-www-form-urlencoded';
+    }
+    my $res = $flow->{ua}->request($method, $url, \%args);
+    my $step = { name => $name, method => $method, url => $url,
+                 request_headers => \%hdr, request_body => $args{content},
+                 status => $res->{status}, headers => $res->{headers},
+                 content => $res->{content} };
+    push @{ $flow->{steps} }, $step;
+    return $step;
+}
+
+# The step NAME of FLOW (a flow of authorize_flow or connect_flow), or
+# undef.
+sub step {
+    my ($flow, $name) = @_;
+
+    my ($s) = grep { $_->{name} eq $name } @{ $flow->{steps} || [] };
+    return $s;
+}
+
+# The mock Salesforce's pages from an authorize URL to the redirect that
+# carries the code: GET URL (the login page), the login form submitted
+# with USER's name and password, the consent form with Allow (or Deny).
+# Options: url (the authorize URL), user ('admin@acme' by default),
+# password (the user's by default), deny (press Deny), and flow (a flow
+# hashref to go on with: its ua and steps).  Steps: "authorize", "login",
+# "consent".  Returns the flow: steps, ua, jar, and when the pages went as
+# a browser expects: redirect (the consent's Location, absolute), code,
+# state, error, error_description (of its query); error_step and
+# flow_error (what went wrong) otherwise.
+sub authorize_flow {
+    my ($self, %opt) = @_;
+
+    my $flow = $opt{flow} || do {
+        my $jar = SfTest::CookieJar->new;
+        { steps => [], jar => $jar, ua => browser_ua($jar) };
+    };
+    my $user = $opt{user} // 'admin@acme';
+    my $password = $opt{password} // ($USERS{$user} || {})->{password};
+
+    my $fail = sub {
+        my ($step, $why) = @_;
+        $flow->{error_step} = $step->{name};
+        $flow->{flow_error} = "$step->{name}: $why (status $step->{status})";
+        return $flow;
+    };
+
+    my $s = flow_step($flow, 'authorize', 'GET', $opt{url});
+    return $fail->($s, 'no login page') if $s->{status} != 200;
+    my ($login) = grep { ($_->{id} // '') eq 'login' }
+                  html_forms($s->{content});
+    return $fail->($s, 'no login form') unless $login;
+
+    $s = flow_step($flow, 'login', uc $login->{method},
+                   resolve_url($s->{url}, $login->{action}),
+                   form => [form_hidden($login), ['username', $user],
+                            ['pw', $password // '']]);
+    my ($consent) = grep { ($_->{id} // '') eq 'consent' }
+                    html_forms($s->{content});
+    return $fail->($s, 'no consent form') unless $consent;
+
+    my ($button) = grep { ($_->{id} // '') eq ($opt{deny} ? 'oadeny'
+                                                          : 'oaapprove') }
+                   @{ $consent->{inputs} };
+    return $fail->($s, 'no Allow or Deny button') unless $button;
+    $s = flow_step($flow, 'consent', uc $consent->{method},
+                   resolve_url($s->{url}, $consent->{action}),
+                   form => [form_hidden($consent),
+                            [$button->{name}, $button->{value}]]);
+    return $fail->($s, 'no redirect') unless $s->{status} == 302
+                                            && $s->{headers}{location};
+
+    $flow->{redirect} = resolve_url($s->{url}, $s->{headers}{location});
+    my $q = parse_query($flow->{redirect});
+    $flow->{$_} = $q->{$_} for grep { exists $q->{$_} }
+                              qw(code state error error_description);
+    return $flow;
+}
+
+# The whole connect flow as a browser goes through it: the console page,
+# its Connect form of CREDENTIAL posted with a browser's same-origin
+# headers, the 303 to the authorize URL followed, the mock's login and
+# consent pages, the redirect to the callback followed with the cookies.
+#
+#     my $f = $t->connect_flow(credential => 'crm');
+#     is($f->{status}, 200, ...);              # the callback's page
+#     my $cb = SfTest::step($f, 'callback');  # its status, headers, content
+#
+# Options:
+#   console      the console's URL (http://127.0.0.1:PORT/sf_oauth/)
+#   credential   the credential whose Connect form is posted ('crm')
+#   user, password, deny
+#                the mock's login (authorize_flow)
+#   origin       the Origin of the connect POST: the console's origin by
+#                default ("null" is what Chromium sends with
+#                Referrer-Policy: no-referrer); undef: none
+#   cross_site   the connect POST comes from another site: Origin
+#                http://evil.example, Sec-Fetch-Site: cross-site
+#   form         a hashref of fields that replace (or, undef, drop) the
+#                Connect form's own (the form token: form => {form =>
+#                'forged'})
+#   drop_cookie  the cookies are gone before the callback (another browser)
+#   state        the callback's state is this one instead
+#   replay       the callback URL is requested once more after it
+#                ("replay")
+#   confirm      when the callback's page has a confirm form (a reconnect
+#                to another org or user), post it ("confirm")
+#   stop_before  'callback': stop before it (the flow has callback_url)
+# Steps: "console", "connect", then authorize_flow's, "callback",
+# "replay", "confirm".  Returns the flow: steps, jar, ua, status (of the
+# last step), authorize_url, authorize_query (its query as a hashref),
+# state, code, error, callback_url, cookies (names set by the connect),
+# forms (the callback page's forms) and flow_error, error_step when a step
+# did not go as a browser expects (no form, no redirect...).
+sub connect_flow {
+    my ($self, %opt) = @_;
+
+    my $console = $opt{console} // "http://127.0.0.1:$self->{port}/sf_oauth/";
+    my $cred = $opt{credential} // 'crm';
+    my $jar = SfTest::CookieJar->new;
+    my $flow = { steps => [], jar => $jar, ua => browser_ua($jar) };
+
+    my $fail = sub {
+        my ($step, $why) = @_;
+        $flow->{error_step} = $step->{name};
+        $flow->{flow_error} = "$step->{name}: $why (status $step->{status})";
+        $flow->{status} = $step->{status};
+        return $flow;
+    };
+
+    my $s = flow_step($flow, 'console', 'GET', $console);
+    return $fail->($s, 'no console page') if $s->{status} != 200;
+    my ($connect) = grep {
+        $_->{method} eq 'post' && ($_->{action} // '') =~ /connect$/
+            && grep({ ($_->{name} // '') eq 'credential'
+                      && ($_->{value} // '') eq $cred } @{ $_->{inputs} })
+    } html_forms($s->{content});
+    return $fail->($s, "no Connect form for \"$cred\"") unless $connect;
+
+    my @fields = form_hidden($connect);
+    for my $k (sort keys %{ $opt{form} || {} }) {
+        @fields = grep { $_->[0] ne $k } @fields;
+        push @fields, [$k, $opt{form}{$k}] if defined $opt{form}{$k};
+    }
+    my %hdr = ('Sec-Fetch-Site' => 'same-origin',
+               'Sec-Fetch-Mode' => 'navigate',
+               'Sec-Fetch-Dest' => 'document',
+               'Sec-Fetch-User' => '?1');
+    $hdr{Origin} = exists $opt{origin} ? $opt{origin} : url_origin($console);
+    delete $hdr{Origin} unless defined $hdr{Origin};
+    if ($opt{cross_site}) {
+        $hdr{Origin} = 'http://evil.example';
+        $hdr{'Sec-Fetch-Site'} = 'cross-site';
+    }
+    my $cookies_before = { map { $_->{name} => 1 } $jar->cookies };
+    $s = flow_step($flow, 'connect', 'POST',
+                   resolve_url($console, $connect->{action}),
+                   headers => \%hdr, form => \@fields);
+    $flow->{cookies} = [ grep { !$cookies_before->{$_} }
+                         map { $_->{name} } $jar->cookies ];
+    return $fail->($s, 'no 303 to the authorize URL')
+        unless $s->{status} == 303 && $s->{headers}{location};
+    $flow->{authorize_url} = resolve_url($s->{url}, $s->{headers}{location});
+    $flow->{authorize_query} = parse_query($flow->{authorize_url});
+    $flow->{state} = $flow->{authorize_query}{state};
+
+    $self->authorize_flow(url => $flow->{authorize_url}, flow => $flow,
+                          user => $opt{user}, password => $opt{password},
+                          deny => $opt{deny});
+    if ($flow->{flow_error}) {
+        $flow->{status} = $flow->{steps}[-1]{status};
+        return $flow;
+    }
+
+    my $cb = $flow->{redirect};
+    if (defined $opt{state}) {
+        my $enc = form_encode([['x', $opt{state}]]) =~ s/^x=//r;
+        $cb =~ s/([?&]state=)[^&#]*/$1$enc/;
+    }
+    $flow->{callback_url} = $cb;
+    return $flow if ($opt{stop_before} // '') eq 'callback';
+
+    $jar->clear if $opt{drop_cookie};
+    $s = flow_step($flow, 'callback', 'GET', $cb,
+                   headers => { 'Sec-Fetch-Site' => 'cross-site',
+                                'Sec-Fetch-Mode' => 'navigate',
+                                'Sec-Fetch-Dest' => 'document' });
+    $flow->{forms} = [ html_forms($s->{content} // '') ];
+    $flow->{status} = $s->{status};
+
+    if ($opt{replay}) {
+        $s = flow_step($flow, 'replay', 'GET', $cb);
+        $flow->{status} = $s->{status};
+    }
+
+    if ($opt{confirm}) {
+        my ($confirm) = grep { $_->{method} eq 'post'
+                               && ($_->{action} // '') =~ /confirm$/ }
+                        @{ $flow->{forms} };
+        return $fail->($flow->{steps}[-1], 'no confirm form')
+            unless $confirm;
+        $s = flow_step($flow, 'confirm', 'POST',
+                       resolve_url($cb, $confirm->{action}),
+                       headers => { %hdr, Origin => url_origin($console),
+                                    'Sec-Fetch-Site' => 'same-origin' },
+                       form => [form_hidden($confirm)]);
+        $flow->{status} = $s->{status};
+    }
+
+    return $flow;
+}
+
+# The code exchange at the mock's token endpoint, as the module makes it:
+# grant_type=authorization_code with FORM's fields (code, redirect_uri,
+# code_verifier; client_id and client_secret are the test's unless given,
+# undef drops one).  Returns http()'s hashref (status, json...).
+sub code_exchange {
+    my ($self, %form) = @_;
+
+    my %f = (grant_type => 'authorization_code', client_id => $CLIENT_ID,
+             client_secret => $CLIENT_SECRET, %form);
+    delete @f{ grep { !defined $f{$_} } keys %f };
+    my $res = HTTP::Tiny->new(timeout => 30 * time_scale())->request(
+        'POST', $self->mock_url . '/services/oauth2/token',
+        { headers => { 'Content-Type' =>
+                           'application/x-www-form-urlencoded' },
+          content => form_encode(\%f) });
+    $res->{json} = eval { decode_json($res->{content}) };
+    return $res;
+}
+
+# The packages that t/lib/console_browser.py needs and that are missing
+# (chromium, chromium-driver, python3-selenium): none when it can run.
+# Debian's python3 runs it (/usr/bin/python3: another python3 first in the
+# PATH, a pyenv one, has no python3-selenium).
+sub browser_missing {
+    my @missing = map { $_->[1] } grep { !-x $_->[0] }
+                  (['/usr/bin/chromium', 'chromium'],
+                   ['/usr/bin/chromedriver', 'chromium-driver']);
+    push @missing, 'python3-selenium'
+        if system('/usr/bin/python3 -c "import selenium" >/dev/null 2>&1')
+           != 0;
+    return @missing;
+}
+
+# Runs t/lib/console_browser.py (headless Chromium) with ARGS; returns its
+# JSON answer as a hashref (ok, error, steps, final_url, title, text,
+# screenshot...), or { ok => 0, error => ... } when it printed none.  Its
+# stderr goes to browser.log in the test directory.
+sub browser {
+    my ($self, @args) = @_;
+
+    my $limit = int(240 * time_scale());
+    my $pid = open(my $fh, '-|') // die "fork: $!";
+    if (!$pid) {
+        open STDERR, '>>', "$self->{dir}/browser.log";
+        exec 'timeout', $limit, '/usr/bin/python3',
+             "$ROOT/t/lib/console_browser.py", @args;
+        die "exec: $!";
+    }
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    my ($json) = $out =~ /^(\{.*\})\s*\z/ms;
+    my $r = eval { decode_json($json // '') };
+    return $r || { ok => 0, error => "no JSON from console_browser.py: $out"
+                                     . $self->slurp('browser.log') };
+}
+
+package SfTest::CookieJar;
+
+# A small cookie jar for HTTP::Tiny's cookie_jar (add, cookie_header), as
+# a browser keeps cookies: by host (no Domain attribute: host-only, as the
+# module sets them; ports are not told apart, as browsers do not), path
+# prefix, Max-Age and Expires (a past one deletes), Secure (https only).
+# HttpOnly and SameSite are kept in the cookie's hash for the tests.
+
+sub new { bless { cookies => [] }, shift }
+
+sub add {
+    my ($self, $url, $header) = @_;
+
+    my ($scheme, $host, $path) = $url =~ m{^(\w+)://([^/:?#]+)[^/?#]*([^?#]*)}
+        or return;
+    my ($pair, @attrs) = split /;\s*/, $header;
+    my ($name, $value) = $pair =~ /^\s*([^=]+?)\s*=\s*(.*?)\s*$/ or return;
+    my %c = (name => $name, value => $value, host => lc $host,
+             path => ($path =~ m{^(/.*)/} ? $1 : '/') || '/');
+    my $delete;
+    for (@attrs) {
+        my ($k, $v) = /^\s*([^=]+?)\s*(?:=\s*(.*?))?\s*$/ or next;
+        $k = lc $k;
+        if ($k eq 'path' && defined $v && $v =~ m{^/}) { $c{path} = $v }
+        elsif ($k eq 'max-age') { $delete = 1 if ($v // 0) <= 0 }
+        elsif ($k eq 'expires') {
+            # enough for a date in the past: nginx's "Thu, 01 Jan 1970..."
+            $delete = 1 if ($v // '') =~ /19[0-9]{2}|200[0-9]/;
+        }
+        elsif ($k eq 'secure') { $c{secure} = 1 }
+        elsif ($k eq 'httponly') { $c{httponly} = 1 }
+        elsif ($k eq 'samesite') { $c{samesite} = $v }
+        elsif ($k eq 'domain') { $c{domain} = $v }
+    }
+    $c{raw} = $header;
+    @{ $self->{cookies} } = grep {
+        !($_->{name} eq $c{name} && $_->{host} eq $c{host}
+          && $_->{path} eq $c{path})
+    } @{ $self->{cookies} };
+    push @{ $self->{cookies} }, \%c unless $delete;
+    return;
+}
+
+sub cookie_header {
+    my ($self, $url) = @_;
+
+    my ($scheme, $host, $path) = $url =~ m{^(\w+)://([^/:?#]+)[^/?#]*([^?#]*)}
+        or return '';
+    $path ||= '/';
+    return join '; ', map { "$_->{name}=$_->{value}" } grep {
+        $_->{host} eq lc $host
+            && (!$_->{secure} || lc $scheme eq 'https')
+            && ($path eq $_->{path} || index($path, $_->{path}) == 0
+                && ($_->{path} =~ m{/$}
+                    || substr($path, length $_->{path}, 1) eq '/'))
+    } @{ $self->{cookies} };
+}
+
+# The cookies kept: hashrefs (name, value, host, path, secure, httponly,
+# samesite, raw: the Set-Cookie header).
+sub cookies { @{ $_[0]{cookies} } }
+
+# Every cookie forgotten.
+sub clear { $_[0]{cookies} = [] }
 
 package SfTest::Mock;
 

@@ -79,6 +79,45 @@ Test hooks, under /__mock/ (never used by the module):
   POST /__mock/cc_user?enabled=1|0
                                  the app has (or has no) run-as user for
                                  the client credentials flow
+  POST /__mock/revoke_refresh    every refresh token dies, and every access
+                                 token: an admin's "revoke" of the app's
+                                 approvals.  The refresh grant then answers
+                                 400 invalid_grant "expired access/refresh
+                                 token"; a revoked token presented again
+                                 revokes nothing more (unlike a rotated-out
+                                 one); "-NAME" refresh tokens never used
+                                 die too.  A later code exchange's tokens
+                                 are valid
+
+  The web server flow's hooks (see "The web server flow" below):
+
+  POST /__mock/callbacks?url=U[&url=V...]
+                                 the app's registered callback URLs are
+                                 exactly these (compared byte for byte);
+                                 no url: the default again.  A bare URL as
+                                 the whole query (/__mock/callbacks?http://
+                                 127.0.0.1:8080/sf_oauth/callback) is one url
+  POST /__mock/code_secret?required=1|0
+                                 the app requires the client secret at the
+                                 code exchange ("Require Secret for Web
+                                 Server Flow", the default) or not (a
+                                 secret sent is still checked)
+  POST /__mock/age_codes?seconds=S
+                                 every code issued so far is S seconds older
+                                 (900 or more: expired) with no wait
+  POST /__mock/exchange_mode?mode=M[&seconds=S]
+                                 the code exchange alone (the other grants
+                                 go on as the token endpoint's mode says):
+                                 normal; down (503 with an HTML maintenance
+                                 page); slow (answered after S seconds, 2
+                                 by default); refuse (400 invalid_grant
+                                 "expired authorization code", the code not
+                                 spent).  Refusals count as exchanges
+                                 refused, reason "down" or "refuse"
+  POST /__mock/deny_error?error=E
+                                 the error a Deny sends: access_denied (the
+                                 default), or access-denied, Salesforce's
+                                 other spelling
 
 Grants of the token endpoint (grant_type; the modes below apply to all):
 
@@ -122,15 +161,110 @@ Grants of the token endpoint (grant_type; the modes below apply to all):
                   id, token_type, issued_at; no refresh_token
   anything else   400 unsupported_grant_type
 
+  authorization_code
+                  the web server flow's code exchange: see below
+
   Tokens of every grant are alike for the API, revoke and lifetime.
   Stats: "token_requests" counts every token request, "grants" counts them
-  per grant ("refresh_token", "jwt_bearer", "client_credentials", "other"),
+  per grant ("refresh_token", "jwt_bearer", "client_credentials",
+  "authorization_code", "other"),
   "jwt_log" lists each assertion whose signature verified: its header and
   claims (not the signature), the mock's clock then ("now"), and the error
   answered (null for a token); "jwt_assertions" lists every assertion
   received, raw (secrets, like "issued_access_tokens": to look for them in
   logs); "jwt_audience", "clock_skew".  "last_token_form" has
   "client_secret_ok" (the secret sent is the mock's) and "has_assertion".
+
+The web server flow (DESIGN.md section 10), as Salesforce does it:
+
+  GET  /services/oauth2/authorize?response_type=code&client_id=C&
+       redirect_uri=U[&scope=S][&prompt=P][&state=X]
+       [&code_challenge=H[&code_challenge_method=S256]]
+         client_id missing or not the mock's: 400, an HTML error page
+           (invalid_client_id), no redirect, as Salesforce does
+         redirect_uri missing: 400, an HTML error page
+         redirect_uri not registered (see /__mock/callbacks): 302 to it
+           with error=redirect_uri_mismatch
+         response_type not "code": 302, error=unsupported_response_type
+         code_challenge_method other than S256, or a code_challenge that is
+           not 43 base64url characters (a SHA-256): 302,
+           error=invalid_request
+         otherwise the login page: 200 HTML, <form id="login"
+           method="post" action="/services/oauth2/authorize/login"> with
+           the query in hidden inputs, a username (id and name "username"),
+           a password (id "password", name "pw") and the submit button
+           id "Login" (Salesforce's own ids)
+  POST /services/oauth2/authorize/login
+         the query checked again as above; a wrong username or password:
+         the login page again (200) saying "Please check your username and
+         password"; else the consent page: 200 HTML, <form id="consent"
+         method="post" action="/services/oauth2/authorize/consent"> with a
+         hidden "ticket" (this login: single use, bound to the user and the
+         query, which it keeps) and two submit buttons, Allow (id
+         "oaapprove", name "approve") and Deny (id "oadeny", name "deny")
+  POST /services/oauth2/authorize/consent
+         Allow: 302 to redirect_uri?code=CODE&state=X (a new code, single
+         use, 15 minutes); Deny: 302 to redirect_uri?error=access_denied&
+         error_description=end-user+denied+authorization&state=X; an
+         unknown or spent ticket: 400, an HTML error page.  A redirect
+         carries state only when the request had one.
+
+  Users (username, password: org id, user id):
+    admin@acme    acme-password    00D5g000004TmoK (ORG_ID), 005000000000001
+                                   (the user of the other grants' "id")
+    other@globex  globex-password  00D5g000009GlbX, 005000000000002
+  A code's tokens belong to its user: the answer's id is
+  http://127.0.0.1:PORT/id/ORG/USER, the refresh grant with its refresh
+  token (and those rotated from it) answers the same id, and the identity
+  service answers with that user.
+
+  Registered callback URLs: by default any http or https URL of 127.0.0.1
+  or localhost, any port, whose path ends in "/callback" and that has no
+  query: tests start nginx on ports they draw, and a redirect_uri that the
+  module builds wrong still fails.  /__mock/callbacks sets an exact list.
+
+  grant_type=authorization_code (POST /services/oauth2/token), checked in
+  this order:
+    client_id not the mock's        400 invalid_client_id
+                                        "client identifier invalid"
+    client_secret sent and wrong, or missing when the app requires it
+                                    400 invalid_client
+                                        "invalid client credentials"
+    code unknown                    400 invalid_grant
+                                        "invalid authorization code"
+    code spent, or 15 minutes old   400 invalid_grant
+                                        "expired authorization code"
+    (a code that got this far is spent, whatever comes next)
+    redirect_uri not the authorize request's, byte for byte
+                                    400 redirect_uri_mismatch
+                                        "redirect_uri must match
+                                        configuration"
+    a code_challenge was sent and no code_verifier came
+                                    400 invalid_grant
+                                        "invalid code verifier"
+    base64url(SHA-256(code_verifier)), no padding, is not the challenge,
+    or the verifier is not 43-128 characters of [A-Za-z0-9-._~]
+                                    400 invalid_request
+                                        "invalid code verifier"
+    (a verifier sent for a code with no challenge is not checked)
+  success: access_token, refresh_token (only when the authorize scope had
+  refresh_token or offline_access: a new one, valid for the refresh grant,
+  its rotation and revoke like any other), signature (base64 HMAC-SHA256
+  of the client secret over id + issued_at), scope (the requested one),
+  instance_url, id, token_type, issued_at (ms).  The token endpoint's
+  modes (down, slow...) apply before all of this, as for every grant.
+
+  Stats: "authorize" counts requests (authorize GETs), login_pages,
+  logins, login_failures, consents, denials, codes_issued, exchanges_ok,
+  exchanges_refused (by reason: client_id, client_secret, unknown_code,
+  reused, expired, redirect_uri, verifier_missing, verifier_wrong, down,
+  refuse) and refresh_uses (refresh grants that presented a refresh token
+  a code exchange issued, or one rotated from it).  "authorize_log" lists
+  each authorize request's query, "exchange_log" each code exchange
+  (client_id, redirect_uri, has_client_secret, has_code_verifier, user,
+  result: "ok" or the refusal's reason); secrets, to look for in logs:
+  "issued_codes", "code_refresh_tokens" (issued by exchanges),
+  "code_access_tokens", "code_verifiers" (received).
 
 Modes of the token endpoint:
 
@@ -287,6 +421,8 @@ import argparse
 import base64
 import gzip
 import hashlib
+import hmac
+import html
 import json
 import os
 import re
@@ -305,7 +441,8 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 # grant_type -> its name in the stats' "grants"
 GRANTS = {"refresh_token": "refresh_token", JWT_BEARER: "jwt_bearer",
-          "client_credentials": "client_credentials"}
+          "client_credentials": "client_credentials",
+          "authorization_code": "authorization_code"}
 
 MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "hang_released", "garbage", "huge",
@@ -315,6 +452,29 @@ MODES = ("normal", "rotation", "down", "slow", "hang", "hang_once",
          "leaky_code", "leaky_introspect", "redirect_leaky")
 
 ORG_ID = "00D5g000004TmoK"   # 15 characters, as a real org id
+DEFAULT_USER_ID = "005000000000001"
+
+# The users who can log in on the authorize pages: two orgs, so that a
+# reconnect to another org can be tested
+USERS = {
+    "admin@acme": {"password": "acme-password", "org_id": ORG_ID,
+                   "user_id": DEFAULT_USER_ID,
+                   "display_name": "Acme Admin"},
+    "other@globex": {"password": "globex-password",
+                     "org_id": "00D5g000009GlbX",
+                     "user_id": "005000000000002",
+                     "display_name": "Globex Other"},
+}
+
+# The authorize request's fields that the login page carries along
+AUTHORIZE_FIELDS = ("response_type", "client_id", "redirect_uri", "scope",
+                    "prompt", "state", "code_challenge",
+                    "code_challenge_method", "display", "login_hint")
+
+CODE_LIFETIME = 900          # a code lives 15 minutes
+EXCHANGE_MODES = ("normal", "down", "slow", "refuse")
+PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}\Z")
+PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
 # A REST 401 that no refresh cures (a high-assurance session, IP policy)
 NOT_REST_BODY = ('[{"message":"This session is not valid for use with the '
@@ -455,7 +615,32 @@ class State:
             self.bulk_jobs = {}
             self.bulk_seq = 0
             self.grants = {"refresh_token": 0, "jwt_bearer": 0,
-                           "client_credentials": 0, "other": 0}
+                           "client_credentials": 0,
+                           "authorization_code": 0, "other": 0}
+            # the web server flow
+            self.revoked_refresh = set()
+            self.refresh_revoked_all = False
+            self.callbacks = None        # None: the default rule
+            self.code_secret = True
+            self.exchange_mode = "normal"
+            self.exchange_delay = 2.0
+            self.deny_error = "access_denied"
+            self.tickets = {}            # ticket -> (username, query)
+            self.codes = {}              # code -> its authorization
+            self.token_user = {}         # access token -> username
+            self.refresh_user = {}       # refresh token -> username
+            self.code_refresh = set()    # refresh tokens from exchanges
+            self.authorize = {"requests": 0, "login_pages": 0, "logins": 0,
+                              "login_failures": 0, "consents": 0,
+                              "denials": 0, "codes_issued": 0,
+                              "exchanges_ok": 0, "exchanges_refused": {},
+                              "refresh_uses": 0}
+            self.authorize_log = []
+            self.exchange_log = []
+            self.issued_codes = []
+            self.code_refresh_tokens = []
+            self.code_access_tokens = []
+            self.code_verifiers = []
             self.jwt_key = self.args.jwt_key
             self.jwt_audience = self.args.login_url
             self.jwt_users = {"integration@acme.com": True}
@@ -618,6 +803,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.token()
         if path == "/services/oauth2/introspect":
             return self.introspect()
+        if path in ("/services/oauth2/authorize",
+                    "/services/oauth2/authorize/login",
+                    "/services/oauth2/authorize/consent"):
+            return self.authorize(path)
         if path.startswith("/services/Soap/"):
             return self.soap(path)
         if path.startswith("/services/async/"):
@@ -673,6 +862,16 @@ class Handler(BaseHTTPRequestHandler):
                     "jwt_assertions": st.jwt_assertions,
                     "jwt_audience": st.jwt_audience,
                     "clock_skew": st.clock_skew,
+                    "authorize": st.authorize,
+                    "authorize_log": st.authorize_log,
+                    "exchange_log": st.exchange_log,
+                    "issued_codes": st.issued_codes,
+                    "code_refresh_tokens": st.code_refresh_tokens,
+                    "code_access_tokens": st.code_access_tokens,
+                    "code_verifiers": st.code_verifiers,
+                    "callbacks": st.callbacks,
+                    "exchange_mode": st.exchange_mode,
+                    "code_secret": st.code_secret,
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -745,6 +944,45 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.cc_user = query.get("enabled", ["1"])[0] == "1"
             return self.send(200, {"cc_user": st.cc_user})
+        if path == "/__mock/revoke_refresh":
+            with st.lock:
+                st.revoked_refresh |= st.refresh_tokens
+                st.refresh_tokens.clear()
+                st.refresh_revoked_all = True
+                st.access_tokens.clear()
+            return self.send(200, {"revoked_refresh": True})
+        if path == "/__mock/callbacks":
+            raw = urllib.parse.urlsplit(self.path).query
+            urls = query.get("url")
+            if urls is None and raw.startswith(("http:", "https:")):
+                urls = [urllib.parse.unquote(raw)]
+            with st.lock:
+                st.callbacks = urls or None
+            return self.send(200, {"callbacks": st.callbacks})
+        if path == "/__mock/code_secret":
+            with st.lock:
+                st.code_secret = query.get("required", ["1"])[0] == "1"
+            return self.send(200, {"code_secret": st.code_secret})
+        if path == "/__mock/age_codes":
+            seconds = float(query.get("seconds", [str(CODE_LIFETIME)])[0])
+            with st.lock:
+                for c in st.codes.values():
+                    c["created"] -= seconds
+                n = len(st.codes)
+            return self.send(200, {"aged": n})
+        if path == "/__mock/exchange_mode":
+            mode = query.get("mode", ["normal"])[0]
+            if mode not in EXCHANGE_MODES:
+                return self.send(400, {"error": "unknown exchange mode "
+                                       + mode})
+            with st.lock:
+                st.exchange_mode = mode
+                st.exchange_delay = float(query.get("seconds", ["2"])[0])
+            return self.send(200, {"exchange_mode": mode})
+        if path == "/__mock/deny_error":
+            with st.lock:
+                st.deny_error = query.get("error", ["access_denied"])[0]
+            return self.send(200, {"deny_error": st.deny_error})
         if path == "/__mock/reset_echo":
             with st.lock:
                 st.echo_log = []
@@ -900,6 +1138,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.jwt_grant(form, mode)
         if grant == "client_credentials":
             return self.client_credentials_grant(form, mode)
+        if grant == "authorization_code":
+            return self.code_grant(form, mode)
         if form.get("grant_type") != "refresh_token":
             return self.send(400, {"error": "unsupported_grant_type",
                                    "error_description":
@@ -913,7 +1153,8 @@ class Handler(BaseHTTPRequestHandler):
             # "-NAME"; valid from its first use until it is rotated out
             if (rt.startswith(args.refresh_token)
                     and OTHER_REFRESH.match(rt[len(args.refresh_token):])
-                    and rt not in st.other_refresh):
+                    and rt not in st.other_refresh
+                    and not st.refresh_revoked_all):
                 st.other_refresh.add(rt)
                 st.refresh_tokens.add(rt)
             # each refresh grant: which issued refresh token (its index,
@@ -922,6 +1163,8 @@ class Handler(BaseHTTPRequestHandler):
                    if rt in st.issued_refresh else -1)
             st.refresh_log.append([idx, "busy" if rt in st.in_flight
                                    else "ok" if rt in st.refresh_tokens
+                                   else "revoked"
+                                   if rt in st.revoked_refresh
                                    else "reuse" if idx >= 0
                                    else "unknown", time.time()])
             if rt in st.in_flight:
@@ -930,7 +1173,10 @@ class Handler(BaseHTTPRequestHandler):
                     "error_description":
                     "token request is already being processed"})
             if rt not in st.refresh_tokens:
-                if rt in st.issued_refresh or rt in st.other_refresh:
+                if rt in st.revoked_refresh:
+                    # revoked by an admin, not rotated out: no reuse
+                    pass
+                elif rt in st.issued_refresh or rt in st.other_refresh:
                     # reuse of a rotated-out token: revoke everything
                     st.refresh_tokens.clear()
                     st.access_tokens.clear()
@@ -938,6 +1184,9 @@ class Handler(BaseHTTPRequestHandler):
                                        "error_description":
                                        "expired access/refresh token"})
             st.in_flight.add(rt)
+            if rt in st.code_refresh:
+                st.authorize["refresh_uses"] += 1
+            user = st.refresh_user.get(rt)
 
         try:
             time.sleep(args.token_delay)
@@ -953,7 +1202,7 @@ class Handler(BaseHTTPRequestHandler):
                 "signature": secrets.token_urlsafe(32),
                 "scope": "refresh_token api",
                 "instance_url": instance,
-                "id": "%s/id/%s/005000000000001" % (args.login_url, ORG_ID),
+                "id": self.id_url(user),
                 "token_type": "Bearer",
                 "issued_at": str(int(time.time() * 1000)),
             }
@@ -962,6 +1211,8 @@ class Handler(BaseHTTPRequestHandler):
                 st.access_tokens.add(token)
                 st.token_issued[token] = st.token_used[token] = time.time()
                 st.issued_access.append(token)
+                if user:
+                    st.token_user[token] = user
                 if mode == "rotation":
                     new_rt = "5Aep861mock" + secrets.token_urlsafe(40)
                     if st.refresh_len:
@@ -970,6 +1221,10 @@ class Handler(BaseHTTPRequestHandler):
                     st.refresh_tokens.discard(rt)
                     st.refresh_tokens.add(new_rt)
                     st.issued_refresh.append(new_rt)
+                    if rt in st.code_refresh:
+                        st.code_refresh.add(new_rt)
+                    if user:
+                        st.refresh_user[new_rt] = user
                     reply["refresh_token"] = new_rt
         finally:
             with st.lock:
@@ -1063,6 +1318,316 @@ class Handler(BaseHTTPRequestHandler):
 
         return self.issue_token(mode, {"scope": "api"})
 
+    # -- the web server flow ---------------------------------------------
+
+    def id_url(self, username=None):
+        """The identity URL of a user (the default one: ORG_ID's
+        005000000000001), as the token answers carry it in "id"."""
+        user = USERS.get(username) or USERS["admin@acme"]
+        return "%s/id/%s/%s" % (self.server.state.args.login_url,
+                                user["org_id"], user["user_id"])
+
+    def callback_ok(self, uri):
+        """Whether uri is a registered callback URL of the app."""
+        st = self.server.state
+        with st.lock:
+            callbacks = st.callbacks
+        if callbacks is not None:
+            return uri in callbacks
+        u = urllib.parse.urlsplit(uri)
+        try:
+            u.port
+        except ValueError:
+            return False
+        return (u.scheme in ("http", "https")
+                and u.hostname in ("127.0.0.1", "localhost")
+                and u.path.endswith("/callback") and not u.query
+                and not u.fragment and "@" not in u.netloc)
+
+    @staticmethod
+    def redirect_to(uri, params):
+        """uri with params added to its query (state last, when given)."""
+        q = urllib.parse.urlencode([(k, v) for k, v in params
+                                    if v is not None])
+        return uri + ("&" if "?" in uri else "?") + q
+
+    def html_page(self, status, title, body, headers=()):
+        self.send(status, '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+                  '<title>%s</title></head>\n<body>\n<h1>%s</h1>\n%s\n'
+                  '</body></html>\n' % (html.escape(title), html.escape(title),
+                                        body),
+                  ctype="text/html; charset=utf-8",
+                  headers=[("Cache-Control", "no-store")] + list(headers))
+
+    def authorize_check(self, q):
+        """Checks an authorize request's query as Salesforce does: None when
+        it may go on to the login, else it has answered (an error page, or a
+        redirect to redirect_uri with the error)."""
+        st = self.server.state
+        state = q.get("state")
+
+        def back(error, description):
+            self.send(302, "", ctype="text/plain", headers=[(
+                "Location", self.redirect_to(q["redirect_uri"], [
+                    ("error", error), ("error_description", description),
+                    ("state", state)]))])
+
+        if q.get("client_id") != st.args.client_id:
+            self.html_page(400, "Remote Access Authorization Error",
+                           "<p>error=invalid_client_id: client identifier "
+                           "invalid</p>")
+            return False
+        if not q.get("redirect_uri"):
+            self.html_page(400, "Remote Access Authorization Error",
+                           "<p>error=invalid_request: missing "
+                           "redirect_uri</p>")
+            return False
+        if not self.callback_ok(q["redirect_uri"]):
+            back("redirect_uri_mismatch",
+                 "redirect_uri must match configuration")
+            return False
+        if q.get("response_type") != "code":
+            back("unsupported_response_type",
+                 "response type not supported")
+            return False
+        if q.get("code_challenge_method") not in (None, "S256"):
+            back("invalid_request", "code_challenge_method not supported")
+            return False
+        if "code_challenge" in q and not PKCE_CHALLENGE.match(
+                q["code_challenge"]):
+            back("invalid_request", "invalid code_challenge")
+            return False
+        return None
+
+    def login_page(self, q, error=None):
+        st = self.server.state
+        with st.lock:
+            st.authorize["login_pages"] += 1
+        hidden = "".join(
+            '<input type="hidden" name="%s" value="%s">\n'
+            % (k, html.escape(q[k])) for k in AUTHORIZE_FIELDS if k in q)
+        self.html_page(200, "Login | Salesforce", (
+            ('<p class="loginError" id="error">%s</p>\n'
+             % html.escape(error) if error else "")
+            + '<form id="login" name="login" method="post" '
+              'action="/services/oauth2/authorize/login">\n' + hidden
+            + '<label for="username">Username</label>\n'
+              '<input type="text" id="username" name="username" value="'
+            + html.escape(q.get("login_hint", "")) + '">\n'
+              '<label for="password">Password</label>\n'
+              '<input type="password" id="password" name="pw">\n'
+              '<input type="submit" id="Login" name="Login" '
+              'value="Log In">\n</form>'))
+
+    def consent_page(self, ticket, username):
+        self.html_page(200, "Allow Access?", (
+            '<p>The app asks to access your data as <b id="user">%s</b>: '
+            'access and manage your data (api), perform requests at any '
+            'time (refresh_token, offline_access).</p>\n'
+            '<form id="consent" name="consent" method="post" '
+            'action="/services/oauth2/authorize/consent">\n'
+            '<input type="hidden" name="ticket" value="%s">\n'
+            '<input type="submit" id="oaapprove" name="approve" '
+            'value="Allow">\n'
+            '<input type="submit" id="oadeny" name="deny" value="Deny">\n'
+            '</form>' % (html.escape(username), html.escape(ticket))))
+
+    def authorize(self, path):
+        """The authorize endpoint and its login and consent pages."""
+        st = self.server.state
+        raw = self.body().decode("latin-1")
+        if path == "/services/oauth2/authorize":
+            if self.command not in ("GET", "HEAD"):
+                return self.send(405, "", ctype="text/plain")
+            raw = urllib.parse.urlsplit(self.path).query
+        elif self.command != "POST":
+            return self.send(405, "", ctype="text/plain")
+        q = {k: v[0] for k, v in urllib.parse.parse_qs(
+            raw, keep_blank_values=True).items()}
+
+        if path == "/services/oauth2/authorize":
+            with st.lock:
+                st.authorize["requests"] += 1
+                st.authorize_log.append(
+                    {k: q[k] for k in AUTHORIZE_FIELDS if k in q})
+            if self.authorize_check(q) is None:
+                self.login_page(q)
+            return None
+
+        if path == "/services/oauth2/authorize/login":
+            q = {k: v for k, v in q.items()
+                 if k in AUTHORIZE_FIELDS + ("username", "pw")}
+            username = q.pop("username", "")
+            password = q.pop("pw", "")
+            if self.authorize_check(q) is not None:
+                return None
+            user = USERS.get(username)
+            if user is None or not hmac.compare_digest(
+                    user["password"].encode(), password.encode()):
+                with st.lock:
+                    st.authorize["login_failures"] += 1
+                return self.login_page(q, "Please check your username and "
+                                          "password. If you still can't "
+                                          "log in, contact your Salesforce "
+                                          "administrator.")
+            ticket = secrets.token_urlsafe(24)
+            with st.lock:
+                st.authorize["logins"] += 1
+                st.tickets[ticket] = (username, q)
+            return self.consent_page(ticket, username)
+
+        # the consent
+        with st.lock:
+            entry = st.tickets.pop(q.get("ticket", ""), None)
+        if entry is None:
+            return self.html_page(400, "Remote Access Authorization Error",
+                                  "<p>error=invalid_request: this login "
+                                  "is unknown or was used: start again "
+                                  "from the app</p>")
+        username, aq = entry
+        state = aq.get("state")
+        if "approve" not in q:
+            with st.lock:
+                st.authorize["denials"] += 1
+                error = st.deny_error
+            return self.send(302, "", ctype="text/plain", headers=[(
+                "Location", self.redirect_to(aq["redirect_uri"], [
+                    ("error", error),
+                    ("error_description", "end-user denied authorization"),
+                    ("state", state)]))])
+        code = "aPrx" + secrets.token_urlsafe(48)
+        with st.lock:
+            st.authorize["consents"] += 1
+            st.authorize["codes_issued"] += 1
+            st.codes[code] = {
+                "client_id": aq["client_id"],
+                "redirect_uri": aq["redirect_uri"],
+                "challenge": aq.get("code_challenge"),
+                "scope": aq.get("scope") or "api refresh_token",
+                "user": username,
+                "created": time.time(),
+                "used": False,
+            }
+            st.issued_codes.append(code)
+        return self.send(302, "", ctype="text/plain", headers=[(
+            "Location", self.redirect_to(aq["redirect_uri"], [
+                ("code", code), ("state", state)]))])
+
+    def code_grant(self, form, mode):
+        """grant_type=authorization_code: the code exchange."""
+        st = self.server.state
+        args = st.args
+        log = {"client_id": form.get("client_id"),
+               "redirect_uri": form.get("redirect_uri"),
+               "has_client_secret": "client_secret" in form,
+               "has_code_verifier": "code_verifier" in form,
+               "user": None, "result": None}
+
+        def refuse(reason, status, error, description, ctype=None):
+            with st.lock:
+                refused = st.authorize["exchanges_refused"]
+                refused[reason] = refused.get(reason, 0) + 1
+                log["result"] = reason
+            if ctype:
+                return self.send(status, description, ctype=ctype)
+            return self.send(status, {"error": error,
+                                      "error_description": description})
+
+        with st.lock:
+            st.exchange_log.append(log)
+            if "code_verifier" in form:
+                st.code_verifiers.append(form["code_verifier"])
+            xmode, delay = st.exchange_mode, st.exchange_delay
+            secret_required = st.code_secret
+        if xmode == "down":
+            return refuse("down", 503, None,
+                          "<html><body><h1>Down for maintenance</h1>"
+                          "</body></html>", ctype="text/html")
+        if xmode == "refuse":
+            return refuse("refuse", 400, "invalid_grant",
+                          "expired authorization code")
+        if xmode == "slow":
+            time.sleep(delay)
+
+        if form.get("client_id") != args.client_id:
+            return refuse("client_id", 400, "invalid_client_id",
+                          "client identifier invalid")
+        if ("client_secret" in form or secret_required) and \
+                form.get("client_secret") != args.client_secret:
+            return refuse("client_secret", 400, "invalid_client",
+                          "invalid client credentials")
+        with st.lock:
+            c = st.codes.get(form.get("code", ""))
+            spent = c is not None and c["used"]
+            old = c is not None and (
+                time.time() - c["created"] >= CODE_LIFETIME)
+            if c is not None:
+                c["used"] = True
+        if c is None:
+            return refuse("unknown_code", 400, "invalid_grant",
+                          "invalid authorization code")
+        if spent or old:
+            return refuse("reused" if spent else "expired", 400,
+                          "invalid_grant", "expired authorization code")
+        log["user"] = c["user"]
+        if form.get("redirect_uri") != c["redirect_uri"]:
+            return refuse("redirect_uri", 400, "redirect_uri_mismatch",
+                          "redirect_uri must match configuration")
+        if c["challenge"] is not None:
+            verifier = form.get("code_verifier")
+            if verifier is None:
+                return refuse("verifier_missing", 400, "invalid_grant",
+                              "invalid code verifier")
+            digest = None
+            if PKCE_VERIFIER.match(verifier):
+                digest = base64.urlsafe_b64encode(hashlib.sha256(
+                    verifier.encode()).digest()).rstrip(b"=").decode()
+            if digest is None or \
+                    not hmac.compare_digest(digest, c["challenge"]):
+                return refuse("verifier_wrong", 400, "invalid_request",
+                              "invalid code verifier")
+
+        time.sleep(args.token_delay)
+        token = st.fixed_token or new_access_token()
+        if mode == "crlf":
+            token = token[:20] + "\r\nX-Injected: 1"
+        with st.lock:
+            instance = st.instance_url
+        if mode == "no_instance":
+            instance = "ftp://example.com"
+        identity = self.id_url(c["user"])
+        issued_at = str(int(time.time() * 1000))
+        reply = {
+            "access_token": token,
+            "signature": base64.b64encode(hmac.new(
+                args.client_secret.encode(), (identity + issued_at).encode(),
+                hashlib.sha256).digest()).decode(),
+            "scope": c["scope"],
+            "instance_url": instance,
+            "id": identity,
+            "token_type": "Bearer",
+            "issued_at": issued_at,
+        }
+        scopes = c["scope"].split()
+        with st.lock:
+            if "refresh_token" in scopes or "offline_access" in scopes:
+                rt = "5Aep861code" + secrets.token_urlsafe(40)
+                st.refresh_tokens.add(rt)
+                st.issued_refresh.append(rt)
+                st.code_refresh.add(rt)
+                st.code_refresh_tokens.append(rt)
+                st.refresh_user[rt] = c["user"]
+                reply["refresh_token"] = rt
+            st.token_ok += 1
+            st.access_tokens.add(token)
+            st.token_issued[token] = st.token_used[token] = time.time()
+            st.issued_access.append(token)
+            st.code_access_tokens.append(token)
+            st.token_user[token] = c["user"]
+            st.authorize["exchanges_ok"] += 1
+            log["result"] = "ok"
+        return self.send(200, reply)
+
     def client_ok(self, form):
         """The client checks of the refresh and client credentials grants,
         as Salesforce makes them: a wrong client_id is 400
@@ -1149,16 +1714,22 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.identity_requests += 1
             ok = self.session_ok(token) and st.identity_mode != "fail"
+            name = st.token_user.get(token)
         parts = path.split("/")
-        if not ok or len(parts) != 4 or parts[2] != ORG_ID:
+        # a code's token (or one refreshed from its refresh token) is its
+        # user's, the others the default user's (any user id of ORG_ID)
+        user = USERS.get(name) if name else None
+        if not ok or len(parts) != 4 or parts[2] != (
+                user["org_id"] if user else ORG_ID) or (
+                user and parts[3] != user["user_id"]):
             return self.send(403, "Bad_OAuth_Token", ctype="text/plain")
         base = "http://127.0.0.1:%d" % self.server.server_address[1]
         return self.send(200, {
             "id": base + path,
             "asserted_user": True,
             "user_id": parts[3],
-            "organization_id": ORG_ID,
-            "username": "integration@mock.example.com",
+            "organization_id": parts[2],
+            "username": name or "integration@mock.example.com",
             "nick_name": "integration",
             "display_name": "Mock <Integration> & Co",
             "email": "integration@mock.example.com",
