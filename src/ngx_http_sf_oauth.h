@@ -344,6 +344,8 @@ ngx_int_t ngx_http_sf_oauth_store_lease_connect(
     ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok);
+void ngx_http_sf_oauth_store_record_token(ngx_http_sf_oauth_token_t *tok,
+    ngx_http_sf_oauth_node_t *rec);
 void ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
     ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec);
 void ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred);
@@ -670,6 +672,8 @@ ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
 
 /* status */
 ngx_int_t ngx_http_sf_oauth_status_handler(ngx_http_request_t *r);
+u_char *ngx_http_sf_oauth_status_json_str(u_char *p, u_char *last,
+    const char *key, u_char *s, size_t len);
 
 /* metrics */
 ngx_int_t ngx_http_sf_oauth_metrics_init(ngx_cycle_t *cycle);

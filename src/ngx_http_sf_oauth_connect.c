@@ -26,6 +26,11 @@
 
 #include "ngx_http_sf_oauth.h"
 
+
+/* a string that points at "n" bytes of "d" */
+#define ngx_http_sf_oauth_str_point(str, d, n)                               \
+    (str).data = (u_char *) (d); (str).len = (n)
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -994,17 +999,16 @@ ngx_http_sf_oauth_connect_confirm(ngx_http_request_t *r)
     ngx_memzero(&tok, sizeof(ngx_http_sf_oauth_token_t));
     tok.ok = 1;
     tok.duration = 1;
-    tok.access_token.data = copy->token;
-    tok.access_token.len = copy->token_len;
-    tok.refresh_token.data = copy->refresh;
-    tok.refresh_token.len = copy->refresh_len;
-    tok.instance_url.data = copy->instance_url;
-    tok.instance_url.len = copy->url_len;
-    tok.org_id.data = copy->org_id;
-    tok.org_id.len = copy->org_id_len;
-    tok.user_id.data = copy->user_id;
-    tok.user_id.len = copy->user_id_len;
     tok.issued_at = copy->issued_at;
+
+    /* the pending entry's copy of what the exchange got */
+    ngx_http_sf_oauth_str_point(tok.access_token, copy->token, copy->token_len);
+    ngx_http_sf_oauth_str_point(tok.refresh_token, copy->refresh,
+                                copy->refresh_len);
+    ngx_http_sf_oauth_str_point(tok.instance_url, copy->instance_url,
+                                copy->url_len);
+    ngx_http_sf_oauth_str_point(tok.org_id, copy->org_id, copy->org_id_len);
+    ngx_http_sf_oauth_str_point(tok.user_id, copy->user_id, copy->user_id_len);
 
     generation = ngx_http_sf_oauth_refresh_connected(cred, &tok);
 

@@ -43,8 +43,6 @@ static u_char *ngx_http_sf_oauth_console_json(u_char *p, u_char *last,
     ngx_http_sf_oauth_console_t *c);
 static u_char *ngx_http_sf_oauth_console_html_str(u_char *p, u_char *last,
     const char *before, u_char *s, size_t len, const char *after);
-static u_char *ngx_http_sf_oauth_console_json_str(u_char *p, u_char *last,
-    const char *key, u_char *s, size_t len);
 static ngx_int_t ngx_http_sf_oauth_console_vary(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_console_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *title, const char *text);
@@ -487,30 +485,30 @@ ngx_http_sf_oauth_console_json(u_char *p, u_char *last,
 
     node = c->node;
 
-    p = ngx_http_sf_oauth_console_json_str(p, last, "{\"name\":",
-                                           c->cred->name.data,
-                                           c->cred->name.len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, "{\"name\":",
+                                          c->cred->name.data,
+                                          c->cred->name.len);
 
     p = ngx_slprintf(p, last, ",\"grant\":\"%s\"",
                      ngx_http_sf_oauth_console_grants[c->cred->grant]);
 
-    p = ngx_http_sf_oauth_console_json_str(p, last, ",\"zone\":",
-                                           c->cred->zone_name.data,
-                                           c->cred->zone_name.len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"zone\":",
+                                          c->cred->zone_name.data,
+                                          c->cred->zone_name.len);
 
     p = ngx_slprintf(p, last, ",\"state\":\"%s\"", c->state);
 
     /* the user: the ids of the token's answer, the identity's username */
 
-    p = ngx_http_sf_oauth_console_json_str(p, last, ",\"user\":{\"org_id\":",
-                                           node->org_id, node->org_id_len);
-    p = ngx_http_sf_oauth_console_json_str(p, last, ",\"user_id\":",
-                                           node->user_id, node->user_id_len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"user\":{\"org_id\":",
+                                          node->org_id, node->org_id_len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"user_id\":",
+                                          node->user_id, node->user_id_len);
 
     if (c->username.len) {
-        p = ngx_http_sf_oauth_console_json_str(p, last, ",\"username\":",
-                                               c->username.data,
-                                               c->username.len);
+        p = ngx_http_sf_oauth_status_json_str(p, last, ",\"username\":",
+                                              c->username.data,
+                                              c->username.len);
         p = ngx_slprintf(p, last, "}");
 
     } else {
@@ -525,8 +523,8 @@ ngx_http_sf_oauth_console_json(u_char *p, u_char *last,
                      (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, c->token_fp,
                      (size_t) NGX_HTTP_SF_OAUTH_FP_LEN, c->refresh_fp);
 
-    p = ngx_http_sf_oauth_console_json_str(p, last, ",\"error\":",
-                                           c->error.data, c->error.len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"error\":",
+                                          c->error.data, c->error.len);
 
     if (node->api_limit) {
         p = ngx_slprintf(p, last, ",\"api_usage\":{\"used\":%ui,"
@@ -537,16 +535,16 @@ ngx_http_sf_oauth_console_json(u_char *p, u_char *last,
     }
 
     if (c->redis.len) {
-        p = ngx_http_sf_oauth_console_json_str(p, last,
-                                               ",\"fleet\":{\"redis\":",
-                                               c->redis.data, c->redis.len);
+        p = ngx_http_sf_oauth_status_json_str(p, last,
+                                              ",\"fleet\":{\"redis\":",
+                                              c->redis.data, c->redis.len);
         p = ngx_slprintf(p, last, ",\"connected\":%s,"
                          "\"fleet_generation\":%ui",
                          c->connected ? "true" : "false",
                          node->fleet_generation);
-        p = ngx_http_sf_oauth_console_json_str(p, last, ",\"lease_owner\":",
-                                               node->fleet_owner,
-                                               node->fleet_owner_len);
+        p = ngx_http_sf_oauth_status_json_str(p, last, ",\"lease_owner\":",
+                                              node->fleet_owner,
+                                              node->fleet_owner_len);
         p = ngx_slprintf(p, last, "}");
 
     } else {
@@ -554,9 +552,9 @@ ngx_http_sf_oauth_console_json(u_char *p, u_char *last,
     }
 
     if (c->cred->connect_url.len) {
-        p = ngx_http_sf_oauth_console_json_str(p, last, ",\"connect_url\":",
-                                               c->cred->connect_url.data,
-                                               c->cred->connect_url.len);
+        p = ngx_http_sf_oauth_status_json_str(p, last, ",\"connect_url\":",
+                                              c->cred->connect_url.data,
+                                              c->cred->connect_url.len);
 
     } else {
         p = ngx_slprintf(p, last, ",\"connect_url\":null");
@@ -587,31 +585,6 @@ ngx_http_sf_oauth_console_html_str(u_char *p, u_char *last,
     p = ngx_http_sf_oauth_page_escape(p, s, len);
 
     return ngx_cpymem(p, after, alen);
-}
-
-
-/* a key and its string value, escaped for JSON, if all of it fits */
-
-static u_char *
-ngx_http_sf_oauth_console_json_str(u_char *p, u_char *last, const char *key,
-    u_char *s, size_t len)
-{
-    size_t  klen;
-
-    klen = ngx_strlen(key);
-
-    if ((size_t) (last - p)
-        < klen + 2 + len + ngx_escape_json(NULL, s, len))
-    {
-        return last;
-    }
-
-    p = ngx_cpymem(p, key, klen);
-    *p++ = '"';
-    p = (u_char *) ngx_escape_json(p, s, len);
-    *p++ = '"';
-
-    return p;
 }
 
 

@@ -14,8 +14,6 @@ static size_t ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
 static u_char *ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_uint_t last_cred);
-static u_char *ngx_http_sf_oauth_info_str(u_char *p, u_char *last,
-    const char *key, u_char *s, size_t len);
 
 
 static const char  *ngx_http_sf_oauth_states[] = {
@@ -208,10 +206,11 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
 
     /* every string is escaped, whatever was checked before */
 
-    p = ngx_http_sf_oauth_info_str(p, last, "{\"name\":", cred->name.data,
-                                   cred->name.len);
-    p = ngx_http_sf_oauth_info_str(p, last, ",\"zone\":",
-                                   cred->zone_name.data, cred->zone_name.len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, "{\"name\":",
+                                          cred->name.data, cred->name.len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"zone\":",
+                                          cred->zone_name.data,
+                                          cred->zone_name.len);
 
     p = ngx_slprintf(p, last, ",\"grant\":\"%s\"",
                      ngx_http_sf_oauth_grants[cred->grant]);
@@ -228,8 +227,8 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
                      node->token_len ? now - node->token_time : (time_t) -1,
                      node->issued_at);
 
-    p = ngx_http_sf_oauth_info_str(p, last, ",\"instance_url\":",
-                                   node->instance_url, node->url_len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"instance_url\":",
+                                          node->instance_url, node->url_len);
 
     p = ngx_slprintf(p, last, ",\"refresh_token_fp\":\"%*s\","
                      "\"refresh_token_rotated\":%s,",
@@ -252,8 +251,8 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
                      && node->state == NGX_HTTP_SF_OAUTH_VALID
                      ? node->exp - now : (time_t) -1);
 
-    p = ngx_http_sf_oauth_info_str(p, last, ",\"last_error\":", node->error,
-                                   node->error_len);
+    p = ngx_http_sf_oauth_status_json_str(p, last, ",\"last_error\":",
+                                          node->error, node->error_len);
 
     p = ngx_slprintf(p, last, ",\"last_error_age\":%T",
                      node->error_time ? now - node->error_time : (time_t) -1);
@@ -275,18 +274,18 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     zone = cred->shm_zone->data;
 
     if (zone->redis) {
-        p = ngx_http_sf_oauth_info_str(p, last, ",\"redis\":{\"name\":",
-                                       zone->redis->name.data,
-                                       zone->redis->name.len);
+        p = ngx_http_sf_oauth_status_json_str(p, last, ",\"redis\":{\"name\":",
+                                              zone->redis->name.data,
+                                              zone->redis->name.len);
         p = ngx_slprintf(p, last, ",\"connected\":%s,"
                          "\"fleet_generation\":%ui,\"unsynced\":%s",
                          ngx_http_sf_oauth_fleet_connected(cred)
                          ? "true" : "false",
                          node->fleet_generation,
                          node->fleet_dirty ? "true" : "false");
-        p = ngx_http_sf_oauth_info_str(p, last, ",\"lease_owner\":",
-                                       node->fleet_owner,
-                                       node->fleet_owner_len);
+        p = ngx_http_sf_oauth_status_json_str(p, last, ",\"lease_owner\":",
+                                              node->fleet_owner,
+                                              node->fleet_owner_len);
 
         /* the key's fingerprint: the same on every node of the fleet */
         p = ngx_slprintf(p, last,
@@ -308,8 +307,8 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
 
 /* a key and its string value, escaped, if all of it fits */
 
-static u_char *
-ngx_http_sf_oauth_info_str(u_char *p, u_char *last, const char *key,
+u_char *
+ngx_http_sf_oauth_status_json_str(u_char *p, u_char *last, const char *key,
     u_char *s, size_t len)
 {
     size_t  klen;

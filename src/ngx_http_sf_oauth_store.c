@@ -586,6 +586,31 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
  * and a quick retry; the counters and the lease are the caller's.
  */
 
+/*
+ * A token answer that holds a record's access token, refresh token,
+ * instance_url, user ids and issue time, pointing into the record.
+ */
+
+void
+ngx_http_sf_oauth_store_record_token(ngx_http_sf_oauth_token_t *tok,
+    ngx_http_sf_oauth_node_t *rec)
+{
+    ngx_memzero(tok, sizeof(ngx_http_sf_oauth_token_t));
+
+    tok->access_token.len = rec->token_len;
+    tok->access_token.data = rec->token;
+    tok->instance_url.len = rec->url_len;
+    tok->instance_url.data = rec->instance_url;
+    tok->refresh_token.len = rec->refresh_len;
+    tok->refresh_token.data = rec->refresh;
+    tok->org_id.len = rec->org_id_len;
+    tok->org_id.data = rec->org_id;
+    tok->user_id.len = rec->user_id_len;
+    tok->user_id.data = rec->user_id;
+    tok->issued_at = rec->issued_at;
+}
+
+
 void
 ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
     ngx_http_sf_oauth_token_t *tok, ngx_http_sf_oauth_node_t *rec)
@@ -594,20 +619,7 @@ ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
     ngx_http_sf_oauth_token_t   from;
 
     if (rec) {
-        ngx_memzero(&from, sizeof(ngx_http_sf_oauth_token_t));
-
-        from.access_token.len = rec->token_len;
-        from.access_token.data = rec->token;
-        from.instance_url.len = rec->url_len;
-        from.instance_url.data = rec->instance_url;
-        from.refresh_token.len = rec->refresh_len;
-        from.refresh_token.data = rec->refresh;
-        from.org_id.len = rec->org_id_len;
-        from.org_id.data = rec->org_id;
-        from.user_id.len = rec->user_id_len;
-        from.user_id.data = rec->user_id;
-        from.issued_at = rec->issued_at;
-
+        ngx_http_sf_oauth_store_record_token(&from, rec);
         tok = &from;
     }
 
