@@ -266,4 +266,10 @@ for my $doc (@docs) {
 
 ok($links > 50, "the documents' links are read ($links)");
 
+# the README stays the short way in: at most 300 lines (issue 19)
+{
+    my $n = () = slurp("$root/README.md") =~ /\n/g;
+    cmp_ok($n, '<=', 300, "README.md has at most 300 lines ($n)");
+}
+
 done_testing();
