@@ -122,9 +122,13 @@ ngx_http_sf_oauth_connect_conf(ngx_conf_t *cf)
         return NGX_CONF_OK;
     }
 
+    /*
+     * A tag of its own: the token zones' code walks every zone tagged
+     * with the module (ngx_http_sf_oauth_zone.c), and this one is not one
+     */
     shm_zone = ngx_shared_memory_add(cf, &ngx_http_sf_oauth_connect_zone_name,
                                      NGX_HTTP_SF_OAUTH_CONNECT_ZONE_SIZE,
-                                     &ngx_http_sf_oauth_module);
+                                     &ngx_http_sf_oauth_connect_zone_name);
     if (shm_zone == NULL) {
         return NGX_CONF_ERROR;
     }
