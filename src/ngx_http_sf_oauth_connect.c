@@ -21,6 +21,13 @@
  * form is for, the credential and the hour: any worker can check one.
  * Nothing secret (token, code, verifier, state, cookie) is ever put in a
  * page, a log line or a header other than the protocol's.
+ *
+ * The file is over a thousand lines and one concern, a connection's life
+ * from the Connect button to the stored token: the pending entries, the
+ * form token and cookie checks, the exchange's wait and each step's page
+ * are the steps of that one flow, and its safety can only be read in one
+ * piece.  The console's page is ngx_http_sf_oauth_console.c, the pages'
+ * headers ngx_http_sf_oauth_page.c, the exchange ngx_http_sf_oauth_refresh.c.
  */
 
 
