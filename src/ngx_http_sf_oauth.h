@@ -499,6 +499,8 @@ void ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t known, ngx_uint_t unsynced, ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_fleet_pt handler);
+void ngx_http_sf_oauth_fleet_store_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);
 
 /* redis_conf */
