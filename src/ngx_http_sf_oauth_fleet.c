@@ -26,6 +26,13 @@
  * a new generation into its zone on the announcement, and within a second
  * without one (a periodic read: pub/sub loses messages across reconnects).
  *
+ * A connection from the console (a new refresh token chain the operator
+ * chose, perhaps because the old one was revoked) is the exception: it
+ * holds no fleet lease, and a newer generation found when it is written
+ * (another node refreshed the old chain meanwhile) is not adopted; the
+ * connection's record is written again over it, with the same
+ * compare-and-set, and is the fleet's newest generation.
+ *
  * A record that does not decrypt, beside the fingerprint of another key
  * than the zone's, tells a fleet whose nodes have different keys: this
  * node cannot know the newest refresh token, and its own may have been
@@ -1079,7 +1086,9 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
         ngx_http_sf_oauth_store_fleet_stored(cred, op->base, gen);
         ngx_http_sf_oauth_store_fleet_owner(cred, NULL, 0);
 
-        if (!mine) {
+        if (!mine && op->connected == NULL) {
+            /* a connection holds no fleet lease: nothing to give back */
+
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                           "sf_oauth: credential \"%V\": the token was "
                           "written to the fleet as generation %ui without "
