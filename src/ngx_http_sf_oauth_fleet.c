@@ -1129,8 +1129,10 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
  * A connection's store found generation "gen", newer than the one it was
  * written over: another node refreshed the old refresh token chain
  * meanwhile.  That record is not adopted; the connection's is written
- * again over "gen".  Returns 0 when it is not (it was tried enough, or
- * cannot be sent): the answer is then handled as an ordinary store's.
+ * again over "gen".  Returns 0 when it is not (it was tried enough, a
+ * token request of this node began since the connection, which may have
+ * rotated its refresh token out, or it cannot be sent): the answer is
+ * then handled as an ordinary store's.
  */
 
 static ngx_uint_t
@@ -1148,6 +1150,19 @@ ngx_http_sf_oauth_fleet_rebase(ngx_http_sf_oauth_fleet_op_t *op,
                       "and other nodes stored newer ones each time: the "
                       "fleet's generation %ui is used; connect again",
                       &cred->name, op->rebases, gen);
+        return 0;
+    }
+
+    if (ngx_http_sf_oauth_store_fleet_requested(cred,
+                                                op->connected->token_requests))
+    {
+        /* its refresh token may be rotated out: never written again */
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": another node stored "
+                      "fleet generation %ui over the connection's %ui, and "
+                      "this node made a token request since: the fleet's "
+                      "token is used", &cred->name, gen, op->over);
         return 0;
     }
 
