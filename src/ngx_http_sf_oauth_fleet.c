@@ -1160,9 +1160,10 @@ ngx_http_sf_oauth_fleet_rebase(ngx_http_sf_oauth_fleet_op_t *op,
 
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": another node stored "
-                      "fleet generation %ui over the connection's %ui, and "
-                      "this node made a token request since: the fleet's "
-                      "token is used", &cred->name, gen, op->over);
+                      "fleet generation %ui while the connection was "
+                      "written over %ui, and this node made a token "
+                      "request since: the fleet's token is used",
+                      &cred->name, gen, op->over);
         return 0;
     }
 
