@@ -374,6 +374,8 @@ ngx_int_t ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *rec, ngx_uint_t fleet_generation);
 void ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_uint_t fleet);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_requested(
+    ngx_http_sf_oauth_cred_t *cred, ngx_uint_t requests);
 void ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t dirty);
 void ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
@@ -498,6 +500,8 @@ ngx_uint_t ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t known, ngx_uint_t unsynced, ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler);
+void ngx_http_sf_oauth_fleet_store_connected(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);
 

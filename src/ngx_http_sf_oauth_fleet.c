@@ -26,6 +26,13 @@
  * a new generation into its zone on the announcement, and within a second
  * without one (a periodic read: pub/sub loses messages across reconnects).
  *
+ * A connection from the console (a new refresh token chain the operator
+ * chose, perhaps because the old one was revoked) is the exception: it
+ * holds no fleet lease, and a newer generation found when it is written
+ * (another node refreshed the old chain meanwhile) is not adopted; the
+ * connection's record is written again over it, with the same
+ * compare-and-set, and is the fleet's newest generation.
+ *
  * A record that does not decrypt, beside the fingerprint of another key
  * than the zone's, tells a fleet whose nodes have different keys: this
  * node cannot know the newest refresh token, and its own may have been
@@ -60,10 +67,23 @@
 #define NGX_HTTP_SF_OAUTH_FLEET_BAD_GEN   2
 
 
+/* how often a connection is written again over a newer generation */
+#define NGX_HTTP_SF_OAUTH_FLEET_REBASES   8
+
+
+/*
+ * An acquire or a store.  A connection's store keeps its record
+ * ("connected"), to write it again over a newer generation ("over") that
+ * another node stored meanwhile.
+ */
 typedef struct {
     ngx_http_sf_oauth_cred_t      *cred;
     ngx_http_sf_oauth_fleet_pt     handler;
     ngx_uint_t                     base;
+    ngx_http_sf_oauth_node_t      *connected;
+    ngx_uint_t                     over;
+    ngx_uint_t                     first;
+    ngx_uint_t                     rebases;
 } ngx_http_sf_oauth_fleet_op_t;
 
 
@@ -81,7 +101,15 @@ static void ngx_http_sf_oauth_fleet_written(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t answer, ngx_http_sf_oauth_node_t *rec, ngx_uint_t generation);
 static void ngx_http_sf_oauth_fleet_renew(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_renewed(void *reply, void *data);
+static void ngx_http_sf_oauth_fleet_store_op(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler, ngx_uint_t connected);
+static ngx_int_t ngx_http_sf_oauth_fleet_write(
+    ngx_http_sf_oauth_fleet_op_t *op, ngx_http_sf_oauth_node_t *rec,
+    ngx_uint_t base);
 static void ngx_http_sf_oauth_fleet_stored(void *reply, void *data);
+static ngx_uint_t ngx_http_sf_oauth_fleet_rebase(
+    ngx_http_sf_oauth_fleet_op_t *op, ngx_uint_t gen);
+static void ngx_http_sf_oauth_fleet_op_free(ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred);
 static void ngx_http_sf_oauth_fleet_synced_again(void *reply, void *data);
@@ -394,6 +422,7 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     op->cred = cred;
     op->handler = handler;
     op->base = known;
+    op->connected = NULL;
 
     /* long enough for a dead node's lease to expire, and a bit */
 
@@ -824,24 +853,35 @@ void
 ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_fleet_pt handler)
 {
-    u_char                        *blob, base[NGX_INT_T_LEN];
-    u_char                         ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
-                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
-                                       + NGX_INT_T_LEN + 2];
-    u_char                         msg[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
-                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
-                                       + NGX_INT_T_LEN + 2];
-    size_t                         len;
-    ngx_str_t                      args[6], context;
+    ngx_http_sf_oauth_fleet_store_op(cred, handler, 0);
+}
+
+
+/*
+ * As ngx_http_sf_oauth_fleet_store, for the tokens that the operator has
+ * just connected (a new refresh token chain): they become the fleet's
+ * newest generation whatever another node stored meanwhile.  A newer
+ * generation in Redis is not adopted: the connection's record is written
+ * again over it, with the same compare-and-set, until it is the newest
+ * (or NGX_HTTP_SF_OAUTH_FLEET_REBASES times, then as a STALE store).  The
+ * answer: STORED, STALE, DOWN.
+ */
+
+void
+ngx_http_sf_oauth_fleet_store_connected(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler)
+{
+    ngx_http_sf_oauth_fleet_store_op(cred, handler, 1);
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_store_op(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_fleet_pt handler, ngx_uint_t connected)
+{
     ngx_uint_t                     local, dirty;
-    ngx_pool_t                    *pool;
-    const char                    *keys[4] = { "gen", "record", "lease",
-                                               "keyfp" };
-    ngx_http_sf_oauth_zone_t      *zone;
     ngx_http_sf_oauth_node_t      *copy;
     ngx_http_sf_oauth_fleet_op_t  *op;
-
-    zone = cred->shm_zone->data;
 
     if (cred->rt.fleet_timer.timer_set) {
         ngx_del_timer(&cred->rt.fleet_timer);
@@ -855,11 +895,10 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
 
     cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
 
-    pool = ngx_create_pool(4096, ngx_cycle->log);
     copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
     op = ngx_alloc(sizeof(ngx_http_sf_oauth_fleet_op_t), ngx_cycle->log);
 
-    if (pool == NULL || copy == NULL || op == NULL) {
+    if (copy == NULL || op == NULL) {
         goto failed;
     }
 
@@ -879,54 +918,26 @@ ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
 
     copy->state = NGX_HTTP_SF_OAUTH_VALID;
 
-    ngx_http_sf_oauth_fleet_context(cred, cred->rt.fleet_base + 1, ctx,
-                                    &context);
-
-    blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, copy, 1, pool,
-                                          &len);
-
-    ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
-
-    if (blob == NULL) {
-        goto failed;
-    }
-
     op->cred = cred;
     op->handler = handler;
     (void) ngx_http_sf_oauth_store_fleet_view(cred, &op->base, &dirty);
+    op->connected = NULL;
+    op->over = cred->rt.fleet_base;
+    op->first = cred->rt.fleet_base;
+    op->rebases = 0;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "sf_oauth: credential \"%V\": writing the token to the "
-                   "fleet over generation %ui", &cred->name,
-                   cred->rt.fleet_base);
-
-    args[0].data = base;
-    args[0].len = ngx_sprintf(base, "%ui", cred->rt.fleet_base) - base;
-    args[1].data = blob;
-    args[1].len = len;
-    args[2].data = cred->rt.fleet_owner;
-    args[2].len = cred->rt.fleet_owner_len;
-    args[3] = zone->redis->channel;
-    args[4].data = msg;
-    args[4].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
-                              cred->rt.fleet_base + 1)
-                  - msg;
-    args[5].data = zone->key_fp;
-    args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
-
-    if (ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
-                                     "writing the fleet's record to Redis",
-                                     4, keys, 6, args,
-                                     ngx_http_sf_oauth_fleet_stored, op)
-        != NGX_OK)
-    {
-        ngx_explicit_memzero(blob, len);
+    if (ngx_http_sf_oauth_fleet_write(op, copy, op->over) != NGX_OK) {
         goto failed;
     }
 
-    ngx_explicit_memzero(blob, len);
-    ngx_destroy_pool(pool);
-    ngx_free(copy);
+    if (connected) {
+        /* kept, to be written again over a newer generation */
+        op->connected = copy;
+
+    } else {
+        ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(copy);
+    }
 
     return;
 
@@ -936,10 +947,6 @@ failed:
                    "sf_oauth: credential \"%V\": the token is not written "
                    "to the fleet now: Redis is not connected, or no token",
                    &cred->name);
-
-    if (pool) {
-        ngx_destroy_pool(pool);
-    }
 
     if (copy) {
         ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
@@ -951,6 +958,79 @@ failed:
     }
 
     handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
+}
+
+
+/*
+ * The store script for rec, bound to and announced as generation base + 1,
+ * over "base"; its answer goes to ngx_http_sf_oauth_fleet_stored.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_write(ngx_http_sf_oauth_fleet_op_t *op,
+    ngx_http_sf_oauth_node_t *rec, ngx_uint_t base)
+{
+    u_char                        *blob, gen[NGX_INT_T_LEN];
+    u_char                         ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                       + NGX_INT_T_LEN + 2];
+    u_char                         msg[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                       + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                       + NGX_INT_T_LEN + 2];
+    size_t                         len;
+    ngx_int_t                      rc;
+    ngx_str_t                      args[6], context;
+    ngx_pool_t                    *pool;
+    const char                    *keys[4] = { "gen", "record", "lease",
+                                               "keyfp" };
+    ngx_http_sf_oauth_cred_t      *cred;
+    ngx_http_sf_oauth_zone_t      *zone;
+
+    cred = op->cred;
+    zone = cred->shm_zone->data;
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_sf_oauth_fleet_context(cred, base + 1, ctx, &context);
+
+    blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, rec, 1, pool,
+                                          &len);
+
+    if (blob == NULL) {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": writing the token to the "
+                   "fleet over generation %ui", &cred->name, base);
+
+    args[0].data = gen;
+    args[0].len = ngx_sprintf(gen, "%ui", base) - gen;
+    args[1].data = blob;
+    args[1].len = len;
+    args[2].data = cred->rt.fleet_owner;
+    args[2].len = cred->rt.fleet_owner_len;
+    args[3] = zone->redis->channel;
+    args[4].data = msg;
+    args[4].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
+                              base + 1)
+                  - msg;
+    args[5].data = zone->key_fp;
+    args[5].len = NGX_HTTP_SF_OAUTH_FP_LEN;
+
+    rc = ngx_http_sf_oauth_fleet_eval(cred, &ngx_http_sf_oauth_fleet_store_lua,
+                                      "writing the fleet's record to Redis",
+                                      4, keys, 6, args,
+                                      ngx_http_sf_oauth_fleet_stored, op);
+
+    ngx_explicit_memzero(blob, len);
+    ngx_destroy_pool(pool);
+
+    return rc;
 }
 
 
@@ -980,7 +1060,14 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
                        &cred->name);
 
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
-        ngx_free(op);
+        ngx_http_sf_oauth_fleet_op_free(op);
+        return;
+    }
+
+    if (answer == NGX_HTTP_SF_OAUTH_FLEET_STALE && op->connected
+        && ngx_http_sf_oauth_fleet_rebase(op, gen))
+    {
+        /* written again over "gen"; this answer comes again */
         return;
     }
 
@@ -999,7 +1086,9 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
         ngx_http_sf_oauth_store_fleet_stored(cred, op->base, gen);
         ngx_http_sf_oauth_store_fleet_owner(cred, NULL, 0);
 
-        if (!mine) {
+        if (!mine && op->connected == NULL) {
+            /* a connection holds no fleet lease: nothing to give back */
+
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                           "sf_oauth: credential \"%V\": the token was "
                           "written to the fleet as generation %ui without "
@@ -1008,8 +1097,17 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
                           &cred->name, gen);
         }
 
+        if (op->rebases) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                          "sf_oauth: credential \"%V\": the connection "
+                          "overwrote fleet generation %ui, which another "
+                          "node stored meanwhile (it was connected over "
+                          "generation %ui): it is fleet generation %ui",
+                          &cred->name, op->over, op->first, gen);
+        }
+
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STORED, NULL, gen);
-        ngx_free(op);
+        ngx_http_sf_oauth_fleet_op_free(op);
         return;
     }
 
@@ -1023,6 +1121,76 @@ ngx_http_sf_oauth_fleet_stored(void *reply, void *data)
     ngx_http_sf_oauth_fleet_read(cred, 0, ngx_http_sf_oauth_fleet_synced);
 
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_STALE, NULL, gen);
+    ngx_http_sf_oauth_fleet_op_free(op);
+}
+
+
+/*
+ * A connection's store found generation "gen", newer than the one it was
+ * written over: another node refreshed the old refresh token chain
+ * meanwhile.  That record is not adopted; the connection's is written
+ * again over "gen".  Returns 0 when it is not (it was tried enough, a
+ * token request of this node began since the connection, which may have
+ * rotated its refresh token out, or it cannot be sent): the answer is
+ * then handled as an ordinary store's.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_fleet_rebase(ngx_http_sf_oauth_fleet_op_t *op,
+    ngx_uint_t gen)
+{
+    ngx_http_sf_oauth_cred_t  *cred;
+
+    cred = op->cred;
+
+    if (op->rebases == NGX_HTTP_SF_OAUTH_FLEET_REBASES) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the connection was "
+                      "written over a newer fleet generation %ui times, "
+                      "and other nodes stored newer ones each time: the "
+                      "fleet's generation %ui is used; connect again",
+                      &cred->name, op->rebases, gen);
+        return 0;
+    }
+
+    if (ngx_http_sf_oauth_store_fleet_requested(cred,
+                                                op->connected->token_requests))
+    {
+        /* its refresh token may be rotated out: never written again */
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": another node stored "
+                      "fleet generation %ui while the connection was "
+                      "written over %ui, and this node made a token "
+                      "request since: the fleet's token is used",
+                      &cred->name, gen, op->over);
+        return 0;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": another node stored fleet "
+                   "generation %ui over %ui: the connection is written over "
+                   "it", &cred->name, gen, op->over);
+
+    if (ngx_http_sf_oauth_fleet_write(op, op->connected, gen) != NGX_OK) {
+        return 0;
+    }
+
+    op->over = gen;
+    op->rebases++;
+
+    return 1;
+}
+
+
+static void
+ngx_http_sf_oauth_fleet_op_free(ngx_http_sf_oauth_fleet_op_t *op)
+{
+    if (op->connected) {
+        ngx_explicit_memzero(op->connected, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_free(op->connected);
+    }
+
     ngx_free(op);
 }
 

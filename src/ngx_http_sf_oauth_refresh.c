@@ -1117,8 +1117,9 @@ ngx_http_sf_oauth_refresh_connected(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_state_save(cred);
 
     if (ngx_http_sf_oauth_fleet_on(cred)) {
-        ngx_http_sf_oauth_fleet_store(cred,
-                                      ngx_http_sf_oauth_refresh_written);
+        /* the newest generation, even over a newer one of the old chain */
+        ngx_http_sf_oauth_fleet_store_connected(cred,
+                                            ngx_http_sf_oauth_refresh_written);
     }
 
     ngx_http_sf_oauth_refresh_wake(cred);

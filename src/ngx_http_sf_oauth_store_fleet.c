@@ -80,6 +80,32 @@ ngx_http_sf_oauth_store_fleet_stored(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * Whether a token request of the zone began since it had made "requests"
+ * (or the credential is gone): a refresh may have rotated the refresh
+ * token that the zone held then.  A token adopted from the fleet is none.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_requested(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t requests)
+{
+    ngx_uint_t        requested;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    requested = !ngx_http_sf_oauth_store_owns_node(cred)
+                || cred->rt.node->token_requests != requests;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return requested;
+}
+
+
 /* the zone's token was got while Redis was unreachable, or is in Redis */
 
 void
