@@ -36,6 +36,8 @@
 
 static void ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
+static void ngx_http_sf_oauth_redact_write(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
 static size_t ngx_http_sf_oauth_redact_one(u_char *buf, size_t len,
     size_t size, u_char *secret, size_t slen);
 static void ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log,
@@ -90,8 +92,7 @@ ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
 {
     u_char                          out[NGX_MAX_ERROR_STR];
     size_t                          n;
-    ngx_log_t                      *l, *first;
-    ngx_uint_t                      i, debug_connection;
+    ngx_uint_t                      i;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
@@ -109,6 +110,23 @@ ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
         }
     }
 
+    ngx_http_sf_oauth_redact_write(log, level, out, n);
+}
+
+
+/*
+ * A redacted line to the logs that "log" wraps (log->wdata), as nginx's
+ * own ngx_log_error_core() writes to a chain of logs: the first always,
+ * the next ones while their level takes the line
+ */
+
+static void
+ngx_http_sf_oauth_redact_write(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    ngx_log_t   *l, *first;
+    ngx_uint_t   debug_connection;
+
     first = log->wdata;
     debug_connection = (log->log_level & NGX_LOG_DEBUG_CONNECTION) != 0;
 
@@ -119,11 +137,11 @@ ngx_http_sf_oauth_redact_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
         }
 
         if (l->writer) {
-            l->writer(l, level, out, n);
+            l->writer(l, level, buf, len);
             continue;
         }
 
-        (void) ngx_write_fd(l->file->fd, out, n);
+        (void) ngx_write_fd(l->file->fd, buf, len);
     }
 }
 
@@ -359,10 +377,8 @@ static void
 ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len)
 {
-    u_char      out[NGX_MAX_ERROR_STR];
-    size_t      n;
-    ngx_log_t  *l, *first;
-    ngx_uint_t  debug_connection;
+    u_char  out[NGX_MAX_ERROR_STR];
+    size_t  n;
 
     n = ngx_min(len, sizeof(out));
     ngx_memcpy(out, buf, n);
@@ -371,22 +387,7 @@ ngx_http_sf_oauth_redact_flow_writer(ngx_log_t *log, ngx_uint_t level,
     n = ngx_http_sf_oauth_redact_flow_mask(out, n, "state=");
     n = ngx_http_sf_oauth_redact_flow_mask(out, n, "sf_oauth_connect=");
 
-    first = log->wdata;
-    debug_connection = (log->log_level & NGX_LOG_DEBUG_CONNECTION) != 0;
-
-    for (l = first; l; l = l->next) {
-
-        if (l != first && l->log_level < level && !debug_connection) {
-            break;
-        }
-
-        if (l->writer) {
-            l->writer(l, level, out, n);
-            continue;
-        }
-
-        (void) ngx_write_fd(l->file->fd, out, n);
-    }
+    ngx_http_sf_oauth_redact_write(log, level, out, n);
 }
 
 
