@@ -1175,6 +1175,8 @@ ngx_http_sf_oauth_exit_process(ngx_cycle_t *cycle)
     /* an abandoned refresh gives its fleet lease back first */
     ngx_http_sf_oauth_client_exit(cycle);
     ngx_http_sf_oauth_fleet_exit(cycle);
+
+    ngx_http_sf_oauth_envelope_exit();
 }
 
 

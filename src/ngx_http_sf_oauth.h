@@ -640,6 +640,7 @@ void ngx_http_sf_oauth_fail_end_upstream(ngx_http_request_t *r);
 
 /* envelope */
 void ngx_http_sf_oauth_envelope_init(void);
+void ngx_http_sf_oauth_envelope_exit(void);
 ngx_uint_t ngx_http_sf_oauth_envelope_kind(ngx_http_request_t *r);
 void ngx_http_sf_oauth_envelope_namespace(ngx_http_request_t *r,
     ngx_str_t *ns);

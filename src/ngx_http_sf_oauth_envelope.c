@@ -40,9 +40,12 @@
  * This file is one concern, though it is over a thousand lines: the SAX2
  * callbacks, the offsets they give, the plan they build and the body made
  * from the plan share one state (ngx_http_sf_oauth_parse_t) and must be
- * read together to see that a token lands only where the plan says.  The
- * gunzip of an envelope is in ngx_http_sf_oauth_inflate.c, the answers
- * the module writes itself in ngx_http_sf_oauth_answer.c.
+ * read together to see that a token lands only where the plan says.
+ *
+ * Each worker keeps one parser context and one head buffer for every
+ * parse (see ngx_http_sf_oauth_envelope_context()).  The gunzip of an
+ * envelope is in ngx_http_sf_oauth_inflate.c, the answers the module
+ * writes itself in ngx_http_sf_oauth_answer.c.
  */
 
 
@@ -125,6 +128,7 @@ static ngx_int_t ngx_http_sf_oauth_envelope_encoding(u_char *p, size_t len,
     ngx_str_t *why);
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
+static xmlParserCtxtPtr ngx_http_sf_oauth_envelope_context(void);
 
 
 #define NGX_HTTP_SF_OAUTH_SOAP_NS  "http://schemas.xmlsoap.org/soap/envelope/"
@@ -145,12 +149,54 @@ static ngx_str_t  ngx_http_sf_oauth_envelope_ns[] = {
 };
 
 
+/*
+ * One parser context and one head buffer in each worker, reused by every
+ * parse: a parse runs to its end within one call, and a context made for
+ * each envelope (its dictionary, stacks and buffers) cost as much as the
+ * parse itself.  The context is made again after a parse that did not
+ * end where the module stopped it, and when its dictionary holds more
+ * names than an envelope of Salesforce's ever needs: a client cannot
+ * grow a worker through it.
+ */
+
+#define NGX_HTTP_SF_OAUTH_DICT_MAX  1024
+
+static xmlSAXHandler     ngx_http_sf_oauth_envelope_sax;
+static xmlParserCtxtPtr  ngx_http_sf_oauth_envelope_ctxt;
+static u_char            ngx_http_sf_oauth_envelope_head[
+                             NGX_HTTP_SF_OAUTH_HEAD_MAX];
+
+
 /* libxml2's globals, once in each worker, before any parse */
 
 void
 ngx_http_sf_oauth_envelope_init(void)
 {
+    xmlSAXHandler  *sax;
+
     xmlInitParser();
+
+    sax = &ngx_http_sf_oauth_envelope_sax;
+
+    ngx_memzero(sax, sizeof(xmlSAXHandler));
+
+    sax->initialized = XML_SAX2_MAGIC;
+    sax->startElementNs = ngx_http_sf_oauth_envelope_start;
+    sax->endElementNs = ngx_http_sf_oauth_envelope_end;
+    sax->internalSubset = ngx_http_sf_oauth_envelope_dtd;
+    sax->externalSubset = ngx_http_sf_oauth_envelope_dtd;
+    sax->entityDecl = ngx_http_sf_oauth_envelope_entity;
+    sax->serror = ngx_http_sf_oauth_envelope_serror;
+}
+
+
+void
+ngx_http_sf_oauth_envelope_exit(void)
+{
+    if (ngx_http_sf_oauth_envelope_ctxt) {
+        xmlFreeParserCtxt(ngx_http_sf_oauth_envelope_ctxt);
+        ngx_http_sf_oauth_envelope_ctxt = NULL;
+    }
 }
 
 
@@ -259,7 +305,6 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     size_t                      n;
     ssize_t                     got;
     ngx_int_t                   rc;
-    xmlSAXHandler               sax;
     xmlParserCtxtPtr            ctxt;
     ngx_http_sf_oauth_parse_t   ps;
 
@@ -277,20 +322,8 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return NGX_ERROR;
     }
 
-    ps.head = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_HEAD_MAX);
-    if (ps.head == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&sax, sizeof(xmlSAXHandler));
-
-    sax.initialized = XML_SAX2_MAGIC;
-    sax.startElementNs = ngx_http_sf_oauth_envelope_start;
-    sax.endElementNs = ngx_http_sf_oauth_envelope_end;
-    sax.internalSubset = ngx_http_sf_oauth_envelope_dtd;
-    sax.externalSubset = ngx_http_sf_oauth_envelope_dtd;
-    sax.entityDecl = ngx_http_sf_oauth_envelope_entity;
-    sax.serror = ngx_http_sf_oauth_envelope_serror;
+    /* the head is copied out by the plan before this returns */
+    ps.head = ngx_http_sf_oauth_envelope_head;
 
     /*
      * The first bytes tell an encoding that is not ASCII-compatible; the
@@ -322,24 +355,12 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return NGX_DECLINED;
     }
 
-    ctxt = xmlCreatePushParserCtxt(&sax, &ps, NULL, 0, NULL);
+    ctxt = ngx_http_sf_oauth_envelope_context();
     if (ctxt == NULL) {
         return NGX_ERROR;
     }
 
-    /*
-     * The declared encoding is checked above: libxml2 reads the envelope
-     * as UTF-8 whatever alias of UTF-8 or US-ASCII it names, and its
-     * offsets stay the body's bytes
-     */
-
-    (void) xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA
-                                   | XML_PARSE_IGNORE_ENC);
-
-    /* no entity is substituted, no DTD loaded, nothing fetched */
-    ctxt->replaceEntities = 0;
-    ctxt->loadsubset = 0;
-    ctxt->validate = 0;
+    ctxt->userData = &ps;
 
     ps.ctxt = ctxt;
 
@@ -440,7 +461,20 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         rc = NGX_DECLINED;
     }
 
-    xmlFreeParserCtxt(ctxt);
+    /*
+     * Kept for the next parse only after a parse that the module stopped
+     * itself, with a dictionary of the size envelopes need
+     */
+
+    if (!ps.done || ps.error
+        || xmlDictSize(ctxt->dict) > NGX_HTTP_SF_OAUTH_DICT_MAX)
+    {
+        xmlFreeParserCtxt(ctxt);
+        ngx_http_sf_oauth_envelope_ctxt = NULL;
+
+    } else {
+        ctxt->userData = NULL;
+    }
 
     if (rc != NGX_OK) {
         return rc;
@@ -449,6 +483,55 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     env->call = ps.call;
 
     return ngx_http_sf_oauth_envelope_plan(&ps, body, env);
+}
+
+
+/*
+ * The worker's parser context, ready for a new envelope: made once, or
+ * reset.  libxml2 2.9's xmlCtxtReset() leaves the namespace stack of a
+ * stopped parse (reset from 2.10 on): it is emptied here, or the prefixes
+ * of one client's envelope would be bound in the next one's.
+ */
+
+static xmlParserCtxtPtr
+ngx_http_sf_oauth_envelope_context(void)
+{
+    xmlParserCtxtPtr  ctxt;
+
+    ctxt = ngx_http_sf_oauth_envelope_ctxt;
+
+    if (ctxt == NULL) {
+        ctxt = xmlCreatePushParserCtxt(&ngx_http_sf_oauth_envelope_sax,
+                                       NULL, NULL, 0, NULL);
+        if (ctxt == NULL) {
+            return NULL;
+        }
+
+        ngx_http_sf_oauth_envelope_ctxt = ctxt;
+
+    } else if (xmlCtxtResetPush(ctxt, NULL, 0, NULL, NULL) != 0) {
+        xmlFreeParserCtxt(ctxt);
+        ngx_http_sf_oauth_envelope_ctxt = NULL;
+        return NULL;
+    }
+
+    ctxt->nsNr = 0;
+
+    /*
+     * The declared encoding is checked by the caller: libxml2 reads the
+     * envelope as UTF-8 whatever alias of UTF-8 or US-ASCII it names, and
+     * its offsets stay the body's bytes
+     */
+
+    (void) xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA
+                                   | XML_PARSE_IGNORE_ENC);
+
+    /* no entity is substituted, no DTD loaded, nothing fetched */
+    ctxt->replaceEntities = 0;
+    ctxt->loadsubset = 0;
+    ctxt->validate = 0;
+
+    return ctxt;
 }
 
 
