@@ -1090,6 +1090,7 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
 {
     ngx_uint_t                      i;
     ngx_shm_zone_t                **zone;
+    ngx_core_conf_t                *ccf;
     ngx_http_sf_oauth_cred_t      **cred;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
@@ -1100,6 +1101,8 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
     }
 
     ngx_http_sf_oauth_zone_commit(cycle, &smcf->zones);
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
 
     zone = smcf->zones.elts;
 
@@ -1121,6 +1124,26 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
                           "sf_oauth: credential \"%V\": ssl_verify is off, "
                           "the token endpoint's certificate is not checked",
                           &cred[i]->name);
+        }
+
+        /*
+         * The old workers of a reload or a quit close every connection at
+         * worker_shutdown_timeout: a token request still running then is
+         * abandoned, and a refresh token it was rotating is lost
+         */
+
+        if (ccf->shutdown_timeout
+            && ccf->shutdown_timeout < cred[i]->timeout)
+        {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "sf_oauth: credential \"%V\": "
+                          "worker_shutdown_timeout %Mms is shorter than its "
+                          "timeout %Mms: a token request that a reload's "
+                          "old worker still runs then is cut short, and a "
+                          "refresh token it rotates is lost; set "
+                          "worker_shutdown_timeout to %Mms or more",
+                          &cred[i]->name, ccf->shutdown_timeout,
+                          cred[i]->timeout, cred[i]->timeout);
         }
     }
 

@@ -207,6 +207,34 @@ EOF
                    qr/empty "$k" in sf_oauth_redis "fleet"/ ]);
     }
 
+    # worker_shutdown_timeout below a credential's timeout (10 s unless
+    # set): a reload's old worker would cut its token request short
+
+    for my $case ([ '1s', 'crm', 10000 ], [ '9s', 'crm', 10000 ],
+                  [ '10s' ], [ '2m' ], [ undef ])
+    {
+        my ($wst, $name, $ms) = @$case;
+
+        $c->write_conf("    sf_oauth_zone zone=sf:1m;\n" . $cred->('crm')
+                       . $server);
+        $c->edit_conf(sub { s/^events/worker_shutdown_timeout $wst;\n\nevents/m })
+            if defined $wst;
+
+        my ($rc, $out) = $c->test_conf;
+        my $what = 'worker_shutdown_timeout ' . ($wst // 'unset');
+
+        is($rc, 0, "nginx -t: $what: accepted") or diag($out);
+
+        if ($name) {
+            like($out, qr/\[warn\].*sf_oauth: credential "$name": worker_shutdown_timeout \d+ms is shorter than its timeout ${ms}ms: .*refresh token it rotates is lost; set worker_shutdown_timeout to ${ms}ms or more/,
+                 "nginx -t: $what: warned, with both values");
+
+        } else {
+            unlike($out, qr/worker_shutdown_timeout/,
+                   "nginx -t: $what: no warning");
+        }
+    }
+
     $c->finish;
 }
 
