@@ -1127,9 +1127,10 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
         }
 
         /*
-         * The old workers of a reload or a quit close every connection at
-         * worker_shutdown_timeout: a token request still running then is
-         * abandoned, and a refresh token it was rotating is lost
+         * A reload's or a quit's old worker closes every connection at
+         * worker_shutdown_timeout, but a token request in flight is given
+         * its credential's timeout (a refresh token rotated in it must
+         * not be lost): the worker can outlive worker_shutdown_timeout
          */
 
         if (ccf->shutdown_timeout
@@ -1138,12 +1139,14 @@ ngx_http_sf_oauth_init_module(ngx_cycle_t *cycle)
             ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                           "sf_oauth: credential \"%V\": "
                           "worker_shutdown_timeout %Mms is shorter than its "
-                          "timeout %Mms: a token request that a reload's "
-                          "old worker still runs then is cut short, and a "
-                          "refresh token it rotates is lost; set "
-                          "worker_shutdown_timeout to %Mms or more",
+                          "timeout %Mms: an old worker that runs a token "
+                          "request for it then lets the request end, up to "
+                          "%Mms, so that a rotated refresh token is not "
+                          "lost; set worker_shutdown_timeout to %Mms or "
+                          "more to bound old workers by it alone",
                           &cred[i]->name, ccf->shutdown_timeout,
-                          cred[i]->timeout, cred[i]->timeout);
+                          cred[i]->timeout, cred[i]->timeout,
+                          cred[i]->timeout);
         }
     }
 

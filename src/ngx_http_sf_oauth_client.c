@@ -149,7 +149,8 @@ ngx_http_sf_oauth_client_exit(ngx_cycle_t *cycle)
  * callback, with "abandoned" set.  A token request's caller gives its
  * lease back there, so that another worker takes over at once; a refresh
  * token that Salesforce rotates in such a request is lost, so this
- * happens only on exit or when worker_shutdown_timeout runs out.
+ * happens only on exit: a graceful shutdown waits for the requests in
+ * flight, so only a fast one (SIGTERM, SIGINT) has any.
  */
 
 static void
@@ -632,8 +633,21 @@ ngx_http_sf_oauth_event_handler(ngx_event_t *ev)
     c = ev->data;
 
     if (c->close) {
-        /* worker_shutdown_timeout ran out: it wins over the wait above */
-        ngx_http_sf_oauth_abandon("at worker_shutdown_timeout");
+        /*
+         * worker_shutdown_timeout ran out (ngx_shutdown_timer_handler()
+         * closes every connection once).  A token request is bounded by
+         * its credential's timeout, and a refresh token rotated in it is
+         * lost if it is dropped: it is given that time, and the worker
+         * exits when it ends (its timer is not cancelable meanwhile).
+         */
+
+        c->close = 0;
+        c->error = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: worker_shutdown_timeout ran out during a "
+                      "token request: the worker exits when it ends, "
+                      "within the credential's timeout");
         return;
     }
 

@@ -2,8 +2,8 @@
 
 # A worker that shuts down gracefully (reload) with a token request in
 # flight waits for it, so that a rotated refresh token reaches the zone,
-# but never past worker_shutdown_timeout.  A worker that hangs past its
-# lease deadline is taken over.
+# past worker_shutdown_timeout too, up to the credential's timeout.  A
+# worker that hangs past its lease deadline is taken over.
 
 use strict;
 use warnings;
@@ -73,17 +73,58 @@ is(scalar @{ $t->mock('stats')->{valid_refresh_tokens} }, 1,
 
 $t->stop;
 
-# -- but not past worker_shutdown_timeout -----------------------------------
+# -- past worker_shutdown_timeout: the token request gets its timeout --------
+
+# worker_shutdown_timeout 1s closes every connection of the old worker
+# after 1 s; its token request, 2.5 s long, is let run, and the rotated
+# refresh token it brings is kept
+sub shutdown_conf {
+    my (%opt) = @_;
+
+    $t->simple_conf(%opt);
+    $t->edit_conf(sub { s/^events/worker_shutdown_timeout 1s;\n\nevents/m });
+}
+
+$t->mock('reset');
+$t->mode('rotation');
+$t->mock('delay', 'seconds=2.5');
+shutdown_conf(timeout => '5s');
+truncate $t->dir . '/error.log', 0;
+$t->start;
+
+start_refresh_and_leave();
+$owner = refreshing_pid();
+ok($owner, 'a worker is refreshing; its client has left');
+
+$start = time;
+kill 'HUP', $t->{nginx_pid};
+$t->wait_log(qr/worker_shutdown_timeout ran out during a token request: the worker exits when it ends, within the credential's timeout/,
+             10 * SfTest::time_scale());
+ok(kill(0, $owner), 'the old worker is still there at worker_shutdown_timeout');
+sleep 0.1 while kill(0, $owner) && time - $start < 20 * SfTest::time_scale();
+my $took = time - $start;
+ok(!kill(0, $owner), sprintf('and exits when its request is done (%.1f s)', $took));
+
+$stats = $t->mock('stats');
+is($stats->{token_ok}, 1, 'the token request completed');
+$info = $t->get('/sf_oauth_info')->{json}{credentials}[0];
+is($info->{state}, 'valid', 'its token reached the zone');
+ok($info->{refresh_token_rotated}, 'and so did the rotated refresh token');
+unlike($t->error_log, qr/abandoned/, 'nothing was abandoned');
+
+$t->mock('revoke');
+$r = $t->get('/services/data/');
+is($r->{status}, 200, 'the next refresh works');
+is(scalar @{ $t->mock('stats')->{valid_refresh_tokens} }, 1,
+   'with the rotated refresh token: Salesforce revoked nothing');
+
+$t->stop;
+
+# -- a hung token endpoint: the old worker exits at the credential's timeout -
 
 $t->mock('reset');
 $t->mode('hang');
-$t->simple_conf(timeout => '30s',
-                http_extra => '') ;
-my $conf = $t->slurp('nginx.conf');
-$conf =~ s/^events/worker_shutdown_timeout 1s;\n\nevents/m;
-open my $fh, '>', $t->dir . '/nginx.conf' or die;
-print $fh $conf;
-close $fh;
+shutdown_conf(timeout => '3s');
 truncate $t->dir . '/error.log', 0;
 $t->start;
 
@@ -93,15 +134,19 @@ ok($owner, 'a worker is refreshing against a hung endpoint');
 
 $start = time;
 kill 'HUP', $t->{nginx_pid};
-sleep 0.1 while kill(0, $owner) && time - $start < 20;
-my $took = time - $start;
+sleep 0.1 while kill(0, $owner) && time - $start < 20 * SfTest::time_scale();
+$took = time - $start;
 ok(!kill(0, $owner), 'the old worker exits');
-ok($took < 5, sprintf('within worker_shutdown_timeout, not the 30 s timeout (%.1f s)', $took));
-like($t->error_log, qr/credential "crm": token request abandoned at worker_shutdown_timeout/,
-     'the abandoned request is logged');
+ok($took < 6 * SfTest::time_scale(),
+   sprintf('at the 3 s timeout, not later (%.1f s)', $took));
+like($t->error_log, qr/credential "crm": token request failed.*(timed out|timeout)/i,
+     'the timed-out request is logged');
 
+# a timeout is a transient failure: the new workers refresh after the
+# first backoff (1 s)
 $t->mode('normal');
-is($t->get('/services/data/')->{status}, 200, 'the new workers refresh at once');
+ok(SfTest::wait_for(5, sub { $t->get('/services/data/')->{status} == 200 }),
+   'the new workers refresh after the backoff');
 
 $t->stop;
 

@@ -208,7 +208,7 @@ EOF
     }
 
     # worker_shutdown_timeout below a credential's timeout (10 s unless
-    # set): a reload's old worker would cut its token request short
+    # set): a reload's old worker outlives it while a token request runs
 
     for my $case ([ '1s', 'crm', 10000 ], [ '9s', 'crm', 10000 ],
                   [ '10s' ], [ '2m' ], [ undef ])
@@ -226,7 +226,7 @@ EOF
         is($rc, 0, "nginx -t: $what: accepted") or diag($out);
 
         if ($name) {
-            like($out, qr/\[warn\].*sf_oauth: credential "$name": worker_shutdown_timeout \d+ms is shorter than its timeout ${ms}ms: .*refresh token it rotates is lost; set worker_shutdown_timeout to ${ms}ms or more/,
+            like($out, qr/\[warn\].*sf_oauth: credential "$name": worker_shutdown_timeout \d+ms is shorter than its timeout ${ms}ms: an old worker that runs a token request for it then lets the request end, up to ${ms}ms, so that a rotated refresh token is not lost; set worker_shutdown_timeout to ${ms}ms or more/,
                  "nginx -t: $what: warned, with both values");
 
         } else {
