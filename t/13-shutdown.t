@@ -103,6 +103,18 @@ like($t->error_log, qr/credential "crm": token request abandoned at worker_shutd
 $t->mode('normal');
 is($t->get('/services/data/')->{status}, 200, 'the new workers refresh at once');
 
+# the metrics count it as dropped, and the new workers' as a success
+{
+    my $text = $t->get('/sf_oauth_info?format=prometheus')->{content} // '';
+    my %result = $text =~ /^sf_oauth_token_requests_total
+                           \{credential="crm",zone="sf",result="(\w+)"\}
+                           \x20(\d+)$/mgx;
+    is_deeply(\%result, { success => 1, transient_failure => 0,
+                          operator_failure => 0, dropped => 1 },
+              'sf_oauth_token_requests_total: the abandoned request '
+              . 'result="dropped", the next one result="success"');
+}
+
 $t->stop;
 
 # -- a hung owner is taken over at its lease deadline -----------------------
