@@ -197,6 +197,32 @@ sub total {
 
 sub metrics { parse(scrape()->{content}) }
 
+# the exposition format's order: one HELP and one TYPE per family, before
+# its samples, and a family's samples together
+sub families_together {
+    my ($m, $what) = @_;
+
+    my (@order, %heads);
+    for my $line (split /\n/, $m->{text}) {
+        if ($line =~ /^# (HELP|TYPE) (\S+)/) {
+            $heads{$2}{$1}++;
+            push @order, $2 unless @order && $order[-1] eq $2;
+            next;
+        }
+        my ($name) = $line =~ /^(\w+)/ or next;
+        my $base = $name =~ s/_(bucket|sum|count)$//r;
+        $name = $base if ($m->{type}{$base} // '') eq 'histogram';
+        push @order, $name unless @order && $order[-1] eq $name;
+    }
+    my %seen;
+    my @split = grep { $seen{$_}++ } @order;
+    is_deeply(\@split, [], "$what: each family's samples together, after "
+                           . 'its HELP and TYPE');
+    is_deeply([ grep { ($heads{$_}{HELP} // 0) != 1
+                       || ($heads{$_}{TYPE} // 0) != 1 } sort keys %heads ],
+              [], "$what: one HELP and one TYPE per family");
+}
+
 sub promtool_check {
     my ($text, $what) = @_;
 
@@ -299,6 +325,7 @@ promtool_check($text, 'a token, a hold, a backoff; API usage known and '
                       . 'unknown');
 
 is_deeply($m->{bad}, [], 'every line parses as a comment or a sample');
+families_together($m, 'the default scope');
 
 # -- names, types, help, labels ----------------------------------------------
 
@@ -531,6 +558,7 @@ no_secret_in($text, 'a token, a hold');
 
     my $z = parse($r->{content});
     is_deeply($z->{bad}, [], 'scope=zone: every line parses');
+    families_together($z, 'scope=zone');
     is_deeply($z->{type}, \%WANT_ZONE,
               'scope=zone: the counters, the histogram, sf_oauth_credentials '
               . 'and sf_oauth_api_requests_max_ratio, no per-credential '
