@@ -74,6 +74,7 @@ typedef struct {
     ngx_uint_t                   token_ok;
     ngx_uint_t                   token_transient;
     ngx_uint_t                   token_operator;
+    ngx_uint_t                   token_dropped;
     ngx_uint_t                   wait_timeouts;
     ngx_uint_t                   requests[NGX_HTTP_SF_OAUTH_STATUSES];
     ngx_uint_t                   duration_count;
@@ -132,6 +133,8 @@ typedef struct {
     offsetof(ngx_http_sf_oauth_node_t, replays)
 #define NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS                                \
     offsetof(ngx_http_sf_oauth_node_t, wait_timeouts)
+#define NGX_HTTP_SF_OAUTH_COUNT_DROPPED                                      \
+    offsetof(ngx_http_sf_oauth_node_t, token_dropped)
 
 
 typedef struct {

@@ -529,6 +529,7 @@ ngx_http_sf_oauth_refresh_done(ngx_http_sf_oauth_answer_t *answer,
                        "sf_oauth: credential \"%V\": the lease released, "
                        "for another process to take", &cred->name);
 
+        ngx_http_sf_oauth_store_count(cred, NGX_HTTP_SF_OAUTH_COUNT_DROPPED);
         ngx_http_sf_oauth_fleet_release(cred);
         ngx_http_sf_oauth_store_release(cred);
         return;

@@ -484,9 +484,11 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     if (node->conf_fp != cred->conf_fp) {
         /*
          * A reload changed the credential meanwhile: the answer is stale,
-         * and whoever waited for it needs the new workers' token.
+         * and whoever waited for it needs the new workers' token.  It
+         * is counted as dropped, for the metrics.
          */
         node->wanted = 1;
+        node->token_dropped++;
         ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
@@ -1290,8 +1292,10 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
 /*
  * One more in a counter of the record, for the status output and the
  * metrics: "counter" is NGX_HTTP_SF_OAUTH_COUNT_REPLAYS (a request held
- * for a replay) or NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS (a waiting
- * request's deadline passed), the offset of an ngx_uint_t in the record.
+ * for a replay), NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS (a waiting
+ * request's deadline passed) or NGX_HTTP_SF_OAUTH_COUNT_DROPPED (a token
+ * request abandoned by an exiting worker), the offset of an ngx_uint_t in
+ * the record.
  */
 
 void

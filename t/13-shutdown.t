@@ -148,6 +148,19 @@ $t->mode('normal');
 ok(SfTest::wait_for(5, sub { $t->get('/services/data/')->{status} == 200 }),
    'the new workers refresh after the backoff');
 
+# the metrics count the timed-out request as a transient failure, not as
+# dropped, and the new workers' as a success
+{
+    my $text = $t->get('/sf_oauth_info?format=prometheus')->{content} // '';
+    my %result = $text =~ /^sf_oauth_token_requests_total
+                           \{credential="crm",zone="sf",result="(\w+)"\}
+                           \x20(\d+)$/mgx;
+    is_deeply(\%result, { success => 1, transient_failure => 1,
+                          operator_failure => 0, dropped => 0 },
+              'sf_oauth_token_requests_total: the timed-out request '
+              . 'result="transient_failure", the next one result="success"');
+}
+
 $t->stop;
 
 # -- a hung owner is taken over at its lease deadline -----------------------

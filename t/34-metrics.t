@@ -30,20 +30,15 @@ my $scale = SfTest->can('time_scale') ? SfTest::time_scale()
                                       : ($ENV{SF_TEST_VALGRIND} ? 10 : 1);
 my $RULES = "$SfTest::ROOT/prometheus/sf_oauth.rules.yml";
 
-# every metric the issue asks for, with its type
+# every metric of the default scope (a series per credential), with its
+# type
 my %WANT = (
     sf_oauth_token_requests_total                     => 'counter',
-    sf_oauth_token_requests_succeeded_total           => 'counter',
-    sf_oauth_token_requests_transient_failures_total  => 'counter',
-    sf_oauth_token_requests_operator_failures_total   => 'counter',
     sf_oauth_replays_total                            => 'counter',
     sf_oauth_rejected_tokens_total                    => 'counter',
     sf_oauth_ahead_refreshes_total                    => 'counter',
     sf_oauth_wait_timeouts_total                      => 'counter',
-    sf_oauth_requests_hit_total                       => 'counter',
-    sf_oauth_requests_wait_total                      => 'counter',
-    sf_oauth_requests_retry_total                     => 'counter',
-    sf_oauth_requests_error_total                     => 'counter',
+    sf_oauth_requests_total                           => 'counter',
     sf_oauth_token_valid                              => 'gauge',
     sf_oauth_token_age_seconds                        => 'gauge',
     sf_oauth_backoff_seconds                          => 'gauge',
@@ -51,6 +46,24 @@ my %WANT = (
     sf_oauth_api_requests_used                        => 'gauge',
     sf_oauth_api_requests_limit                       => 'gauge',
     sf_oauth_token_request_duration_seconds           => 'histogram',
+);
+
+# the metrics with a label for the outcome: its name and every value, each
+# always a sample
+my %LABEL = (
+    sf_oauth_token_requests_total =>
+        [ result => qw(success transient_failure operator_failure dropped) ],
+    sf_oauth_requests_total => [ status => qw(hit wait retry error) ],
+    sf_oauth_credentials =>
+        [ state => qw(valid held backoff not_connected no_token) ],
+);
+
+# scope=zone: the counters and the histogram summed, the credentials
+# counted by state, the highest API usage; no per-credential gauge
+my %WANT_ZONE = (
+    (map { $_ => $WANT{$_} } grep { $WANT{$_} ne 'gauge' } keys %WANT),
+    sf_oauth_credentials                              => 'gauge',
+    sf_oauth_api_requests_max_ratio                   => 'gauge',
 );
 
 # -- nginx: three credentials, two zones ------------------------------------
@@ -146,21 +159,69 @@ sub parse {
     return \%m;
 }
 
-# the value of a sample of a credential (undef when there is none)
+# the value of a sample of a credential (undef when there is none); $more:
+# the bucket's le, or {label => value} of its other labels
 sub val {
-    my ($m, $name, $cred, $le) = @_;
+    my ($m, $name, $cred, $more) = @_;
+
+    $more = { le => $more } if defined $more && !ref $more;
+    return lval($m, $name, { %{ $more // {} }, credential => $cred });
+}
+
+# the value of the first sample of $name with these labels
+sub lval {
+    my ($m, $name, $want) = @_;
 
     for my $s (@{ $m->{samples} }) {
-        next unless $s->{name} eq $name
-                    && ($s->{labels}{credential} // '') eq $cred;
-        next if defined $le && ($s->{labels}{le} // '') ne $le;
+        next unless $s->{name} eq $name;
+        next if grep { ($s->{labels}{$_} // '') ne $want->{$_} } keys %$want;
         return $s->{value};
     }
 
     return undef;
 }
 
+# the sum over the outcome label of a labeled metric
+sub total {
+    my ($m, $name, $cred) = @_;
+
+    my ($label, @values) = @{ $LABEL{$name} };
+    my $sum = 0;
+    for my $v (@values) {
+        my $x = val($m, $name, $cred, { $label => $v });
+        return undef unless defined $x;
+        $sum += $x;
+    }
+    return $sum;
+}
+
 sub metrics { parse(scrape()->{content}) }
+
+# the exposition format's order: one HELP and one TYPE per family, before
+# its samples, and a family's samples together
+sub families_together {
+    my ($m, $what) = @_;
+
+    my (@order, %heads);
+    for my $line (split /\n/, $m->{text}) {
+        if ($line =~ /^# (HELP|TYPE) (\S+)/) {
+            $heads{$2}{$1}++;
+            push @order, $2 unless @order && $order[-1] eq $2;
+            next;
+        }
+        my ($name) = $line =~ /^(\w+)/ or next;
+        my $base = $name =~ s/_(bucket|sum|count)$//r;
+        $name = $base if ($m->{type}{$base} // '') eq 'histogram';
+        push @order, $name unless @order && $order[-1] eq $name;
+    }
+    my %seen;
+    my @split = grep { $seen{$_}++ } @order;
+    is_deeply(\@split, [], "$what: each family's samples together, after "
+                           . 'its HELP and TYPE');
+    is_deeply([ grep { ($heads{$_}{HELP} // 0) != 1
+                       || ($heads{$_}{TYPE} // 0) != 1 } sort keys %heads ],
+              [], "$what: one HELP and one TYPE per family");
+}
 
 sub promtool_check {
     my ($text, $what) = @_;
@@ -204,8 +265,15 @@ sub wait_until {
            "$c: no token age without a token");
         is(val($m, 'sf_oauth_api_requests_used', $c), undef,
            "$c: no API usage before Salesforce said any");
-        is(val($m, 'sf_oauth_token_requests_total', $c), 0,
-           "$c: no token request yet");
+        for my $res (@{ $LABEL{sf_oauth_token_requests_total} }[1 .. 4]) {
+            is(val($m, 'sf_oauth_token_requests_total', $c,
+                   { result => $res }), 0,
+               "$c: no token request yet (result=\"$res\")");
+        }
+        for my $st (@{ $LABEL{sf_oauth_requests_total} }[1 .. 4]) {
+            is(val($m, 'sf_oauth_requests_total', $c, { status => $st }), 0,
+               "$c: no request yet (status=\"$st\")");
+        }
     }
 
     my $info = $t->cred_info('crm');
@@ -241,12 +309,14 @@ my %status;    # credential => its $sf_oauth_status
 my $m;
 ok(wait_until(5, sub {
        $m = metrics();
-       !grep { (val($m, 'sf_oauth_requests_' . lc($status{$_}) . '_total', $_)
-                // 0) != 1 } @CREDS;
-   }), 'each request is counted by its $sf_oauth_status within 5 s')
+       !grep { (val($m, 'sf_oauth_requests_total', $_,
+                    { status => lc $status{$_} }) // 0) != 1
+               || total($m, 'sf_oauth_requests_total', $_) != 1 } @CREDS;
+   }), 'each request is counted by its $sf_oauth_status within 5 s, in '
+       . 'sf_oauth_requests_total{status="..."}, and only there')
     or diag(join "\n", map { "$_: $status{$_} "
-                             . (val($m, 'sf_oauth_requests_'
-                                    . lc($status{$_}) . '_total', $_) // '-') }
+                             . (val($m, 'sf_oauth_requests_total', $_,
+                                    { status => lc $status{$_} }) // '-') }
                        @CREDS);
 
 my $text = scrape()->{content};
@@ -255,6 +325,7 @@ promtool_check($text, 'a token, a hold, a backoff; API usage known and '
                       . 'unknown');
 
 is_deeply($m->{bad}, [], 'every line parses as a comment or a sample');
+families_together($m, 'the default scope');
 
 # -- names, types, help, labels ----------------------------------------------
 
@@ -289,10 +360,17 @@ for my $name (sort keys %{ $m->{type} }) {
         }
         $unknown{ $s->{name} }++ unless $m->{type}{$family};
 
-        my @extra = grep { $_ ne 'credential' && $_ ne 'zone'
+        my $own = $LABEL{$family} ? $LABEL{$family}[0] : '';
+        my @extra = grep { $_ ne 'credential' && $_ ne 'zone' && $_ ne $own
                            && !($_ eq 'le' && $s->{name} =~ /_bucket$/) }
                     keys %{ $s->{labels} };
         $bad_labels{ $s->{name} } = "@extra" if @extra;
+        if ($own) {
+            my $v = $s->{labels}{$own} // '(none)';
+            $bad_labels{ $s->{name} } = "$own=$v"
+                unless grep { $_ eq $v }
+                       @{ $LABEL{$family} }[1 .. $#{ $LABEL{$family} }];
+        }
         $missing{ $s->{name} }++
             unless defined $s->{labels}{credential}
                    && defined $s->{labels}{zone};
@@ -305,7 +383,8 @@ for my $name (sort keys %{ $m->{type} }) {
 
     is_deeply(\%unknown, {}, 'every sample belongs to a TYPE\'d family');
     is_deeply(\%bad_labels, {},
-              'no label but credential and zone (and le on buckets)');
+              'no label but credential and zone (and le on buckets, result '
+              . 'and status on their metrics, with their values only)');
     is_deeply(\%missing, {}, 'every sample has credential and zone');
     is_deeply(\%wrong_zone, {},
               'zone is the credential\'s zone (sf, and edge for down)');
@@ -316,8 +395,9 @@ for my $name (sort keys %{ $m->{type} }) {
                   qw(sf_oauth_token_valid sf_oauth_backoff_seconds
                      sf_oauth_token_held))
     {
-        is_deeply($per_cred{$name}, { map { $_ => 1 } @CREDS },
-                  "$name: one sample per credential");
+        my $n = $LABEL{$name} ? @{ $LABEL{$name} } - 1 : 1;
+        is_deeply($per_cred{$name}, { map { $_ => $n } @CREDS },
+                  "$name: $n sample(s) per credential");
     }
 }
 
@@ -348,20 +428,30 @@ is(val($m, 'sf_oauth_token_held', 'bad'), 1, 'bad: held (an operator failure)');
 is(val($m, 'sf_oauth_token_held', 'down'), 0, 'down: not held (transient)');
 is(val($m, 'sf_oauth_token_held', 'crm'), 0, 'crm: not held');
 
-is(val($m, 'sf_oauth_token_requests_total', 'crm'), 1, 'crm: 1 token request');
-is(val($m, 'sf_oauth_token_requests_succeeded_total', 'crm'), 1,
-   'crm: 1 succeeded');
-is(val($m, 'sf_oauth_token_requests_total', 'bad'), 1, 'bad: 1 token request');
-is(val($m, 'sf_oauth_token_requests_operator_failures_total', 'bad'), 1,
-   'bad: 1 operator failure');
-is(val($m, 'sf_oauth_token_requests_transient_failures_total', 'bad'), 0,
-   'bad: no transient failure');
-is(val($m, 'sf_oauth_token_requests_total', 'down'), $m2->token_requests,
+sub tokens { val($m, 'sf_oauth_token_requests_total', $_[0],
+                 { result => $_[1] }) }
+
+is(total($m, 'sf_oauth_token_requests_total', 'crm'), 1,
+   'crm: 1 token request');
+is(tokens('crm', 'success'), 1, 'crm: 1 result="success"');
+is(total($m, 'sf_oauth_token_requests_total', 'bad'), 1,
+   'bad: 1 token request');
+is(tokens('bad', 'operator_failure'), 1, 'bad: 1 result="operator_failure"');
+is(tokens('bad', 'transient_failure'), 0, 'bad: no transient failure');
+is(total($m, 'sf_oauth_token_requests_total', 'down'), $m2->token_requests,
    'down: as many token requests as the second mock got');
-is(val($m, 'sf_oauth_token_requests_transient_failures_total', 'down'),
-   $m2->token_requests, 'down: each a transient failure');
-is(val($m, 'sf_oauth_token_requests_operator_failures_total', 'down'), 0,
-   'down: no operator failure');
+is(tokens('down', 'transient_failure'), $m2->token_requests,
+   'down: each a result="transient_failure"');
+is(tokens('down', 'operator_failure'), 0, 'down: no operator failure');
+is(tokens($_, 'dropped'), 0, "$_: no token request dropped") for @CREDS;
+
+# the JSON counts a token request when it starts: none is in flight now
+for my $c (@CREDS) {
+    my $info = $t->cred_info($c);
+    is(total($m, 'sf_oauth_token_requests_total', $c),
+       $info->{token_requests},
+       "$c: the sum over result is the JSON's token_requests");
+}
 is($t->token_requests, 2, 'the first mock got 2 token requests (crm, bad)');
 
 for my $c (@CREDS) {
@@ -379,7 +469,7 @@ for my $c (@CREDS) {
     ok(!grep({ $v[$_] > $v[$_ + 1] } 0 .. $#v - 1),
        "$c: buckets are cumulative (@v)");
     is($v[-1], $count, "$c: le=\"+Inf\" is the count");
-    is($count, val($m, 'sf_oauth_token_requests_total', $c),
+    is($count, total($m, 'sf_oauth_token_requests_total', $c),
        "$c: one observation per token request");
     my $sum = val($m, 'sf_oauth_token_request_duration_seconds_sum', $c);
     ok(defined $sum && $sum > 0 && $sum < 30 * $scale,
@@ -452,6 +542,105 @@ no_secret_in($text, 'a token, a hold');
     for my $f (qw(bogus PROMETHEUS prometheusx)) {
         $r = $t->get("/sf_oauth_info?format=$f");
         is($r->{status}, 400, "format=$f: 400");
+    }
+}
+
+# -- scope=zone: the counters summed per zone ------------------------------
+
+{
+    my $full = metrics();
+    my $r = $t->get('/sf_oauth_info?format=prometheus&scope=zone');
+    is($r->{status}, 200, 'scope=zone: 200');
+    like($r->{headers}{'content-type'} // '',
+         qr{^text/plain; version=0\.0\.4(; charset=utf-8)?$},
+         'scope=zone: the text exposition format');
+    promtool_check($r->{content}, 'scope=zone');
+
+    my $z = parse($r->{content});
+    is_deeply($z->{bad}, [], 'scope=zone: every line parses');
+    families_together($z, 'scope=zone');
+    is_deeply($z->{type}, \%WANT_ZONE,
+              'scope=zone: the counters, the histogram, sf_oauth_credentials '
+              . 'and sf_oauth_api_requests_max_ratio, no per-credential '
+              . 'gauge');
+
+    my (%bad, %want, %got);
+    for my $s (@{ $z->{samples} }) {
+        my $family = $s->{name} =~ s/_(bucket|sum|count)$//r;
+        $family = $s->{name} unless $z->{type}{$family};
+        my $own = $LABEL{$family} ? $LABEL{$family}[0] : '';
+        my @extra = grep { $_ ne 'zone' && $_ ne $own
+                           && !($_ eq 'le' && $s->{name} =~ /_bucket$/) }
+                    keys %{ $s->{labels} };
+        $bad{ $s->{name} } = "@extra" if @extra;
+        $bad{ $s->{name} } = 'no zone' unless defined $s->{labels}{zone};
+        next unless ($z->{type}{$family} // '') =~ /^(counter|histogram)$/;
+        my $key = join ',', $s->{name},
+                  map { "$_=$s->{labels}{$_}" } sort keys %{ $s->{labels} };
+        $got{$key} = $s->{value};
+    }
+    is_deeply(\%bad, {}, 'scope=zone: no credential label; zone, and result, '
+                         . 'status, state or le where they belong');
+
+    # each counter of a zone is the sum of its credentials' of a scrape
+    # before (nothing happens meanwhile: no request, down in its backoff)
+    for my $s (@{ $full->{samples} }) {
+        my $family = $s->{name} =~ s/_(bucket|sum|count)$//r;
+        $family = $s->{name} unless $full->{type}{$family};
+        next unless ($full->{type}{$family} // '') =~ /^(counter|histogram)$/;
+        my %l = %{ $s->{labels} };
+        delete $l{credential};
+        my $key = join ',', $s->{name}, map { "$_=$l{$_}" } sort keys %l;
+        $want{$key} += $s->{value};
+    }
+    ok(keys %want > 20, 'the full scrape has counters to add up ('
+                        . scalar(keys %want) . ')');
+    is_deeply(\%got, \%want,
+              'scope=zone: every counter and histogram sample is the sum of '
+              . 'its zone\'s credentials\'');
+
+    my %state;
+    for my $zone (qw(sf edge)) {
+        for my $st (@{ $LABEL{sf_oauth_credentials} }[1 .. 5]) {
+            $state{$zone}{$st} = lval($z, 'sf_oauth_credentials',
+                                      { zone => $zone, state => $st });
+        }
+    }
+    is_deeply(\%state,
+              { sf => { valid => 1, held => 1, backoff => 0,
+                        not_connected => 0, no_token => 0 },
+                edge => { valid => 0, held => 0, backoff => 1,
+                          not_connected => 0, no_token => 0 } },
+              'scope=zone: sf_oauth_credentials: crm valid and bad held in '
+              . 'sf, down in backoff in edge');
+
+    my $used = val($full, 'sf_oauth_api_requests_used', 'crm');
+    my $limit = val($full, 'sf_oauth_api_requests_limit', 'crm');
+    my $ratio = lval($z, 'sf_oauth_api_requests_max_ratio', { zone => 'sf' });
+    ok(defined $ratio && $used && $limit
+       && abs($ratio - $used / $limit) < 0.0001,
+       "scope=zone: sf's API usage ratio " . ($ratio // 'missing')
+       . " is crm's $used/$limit");
+    is(lval($z, 'sf_oauth_api_requests_max_ratio', { zone => 'edge' }), undef,
+       'scope=zone: no API usage ratio for edge (no REST answer)');
+
+    cmp_ok(length $r->{content}, '<', length scrape()->{content},
+           'scope=zone is smaller than the full scrape');
+    no_secret_in($r->{content}, 'scope=zone');
+
+    my $c = parse($t->get('/sf_oauth_info?format=prometheus&scope=credential')
+                  ->{content});
+    is_deeply($c->{type}, \%WANT,
+              'scope=credential: the default, a series per credential');
+
+    for my $v ('bogus', 'ZONE', 'zones', '') {
+        $r = $t->get("/sf_oauth_info?format=prometheus&scope=$v");
+        is($r->{status}, 400, "scope=$v: 400");
+        like($r->{content},
+             qr/unknown scope: use scope=credential .* or scope=zone/,
+             "scope=$v: the page names the values allowed");
+        like($r->{headers}{'content-type'} // '', qr{^text/plain},
+             "scope=$v: text/plain");
     }
 }
 
@@ -535,6 +724,8 @@ sub prom_val {
     my ($q) = @_;
     $q = 'last_over_time(' . $q . '[' . 10 * $scale . 's])'
         if $q =~ /^\w+(\{[^}]*\})?$/;
+    $q = 'sum(last_over_time(' . $1 . '[' . 10 * $scale . 's]))'
+        if $q =~ /^sum\((\w+\{[^}]*\})\)$/;
     my $r = prom_query($q);
     return @$r == 1 ? $r->[0]{value}[1] : undef;
 }
@@ -552,7 +743,8 @@ ok(wait_until(30, sub {
 
 ok(wait_until(30, sub {
        (prom_val('up{job="sf_oauth"}') // 0) == 1
-       && defined prom_val('sf_oauth_token_requests_total{credential="crm"}');
+       && defined prom_val('sum(sf_oauth_token_requests_total'
+                           . '{credential="crm"})');
    }), 'prometheus scrapes sf_oauth_info?format=prometheus')
     or diag(encode_json(prom_get('/api/v1/targets') // {}));
 
@@ -578,9 +770,11 @@ ok(wait_until(30, sub {
 # -- a revoke under 3 concurrent requests: 1 token request, 3 replays --------
 
 {
-    my $tr0 = prom_val('sf_oauth_token_requests_total{credential="crm"}');
+    my $tr_q = 'sum(sf_oauth_token_requests_total{credential="crm"})';
+    my $rt_q = 'sf_oauth_requests_total{credential="crm",status="retry"}';
+    my $tr0 = prom_val($tr_q);
     my $rp0 = prom_val('sf_oauth_replays_total{credential="crm"}');
-    my $rt0 = prom_val('sf_oauth_requests_retry_total{credential="crm"}');
+    my $rt0 = prom_val($rt_q);
     my $rj0 = prom_val('sf_oauth_rejected_tokens_total{credential="crm"}');
     is($tr0, 1, 'prometheus: 1 token request of crm before the revoke');
     is($rp0, 0, 'prometheus: no replay before the revoke');
@@ -601,21 +795,22 @@ ok(wait_until(30, sub {
 
     my ($tr, $rp, $rt, $rj);
     ok(wait_until(15, sub {
-           $tr = prom_val('sf_oauth_token_requests_total{credential="crm"}');
+           $tr = prom_val($tr_q);
            $rp = prom_val('sf_oauth_replays_total{credential="crm"}');
-           $rt = prom_val('sf_oauth_requests_retry_total{credential="crm"}');
+           $rt = prom_val($rt_q);
            ($tr // 0) == $tr0 + 1 && ($rp // 0) == $rp0 + 3
            && ($rt // 0) == $rt0 + 3;
        }), 'prometheus sees the revoke within 15 s');
     is($tr - $tr0, 1, 'prometheus: sf_oauth_token_requests_total went up by 1');
     is($rp - $rp0, 3, 'prometheus: sf_oauth_replays_total went up by 3');
     is($rt - $rt0, 3,
-       'prometheus: sf_oauth_requests_retry_total went up by 3');
+       'prometheus: sf_oauth_requests_total{status="retry"} went up by 3');
     $rj = prom_val('sf_oauth_rejected_tokens_total{credential="crm"}');
     is($rj - $rj0, 1,
        'prometheus: sf_oauth_rejected_tokens_total went up by 1 (one dead '
        . 'token)');
-    is(prom_val('sf_oauth_token_requests_succeeded_total{credential="crm"}'),
+    is(prom_val('sf_oauth_token_requests_total{credential="crm",'
+                . 'result="success"}'),
        2, 'prometheus: 2 token requests of crm succeeded');
 }
 
@@ -788,9 +983,12 @@ ok(wait_until(30, sub {
         next unless $type eq 'counter' || $type eq 'histogram';
         my $c = $s->{labels}{credential};
         my $want = $s->{value};
-        $want++ if $s->{name} eq 'sf_oauth_requests_hit_total' && $c eq 'crm';
-        my $got = val($after, $s->{name}, $c, $s->{labels}{le});
-        push @changed, "$s->{name}\{$c} $want -> " . ($got // 'missing')
+        $want++ if $s->{name} eq 'sf_oauth_requests_total' && $c eq 'crm'
+                   && $s->{labels}{status} eq 'hit';
+        my $got = lval($after, $s->{name}, $s->{labels});
+        my $l = join ',', map { "$_=$s->{labels}{$_}" }
+                          sort keys %{ $s->{labels} };
+        push @changed, "$s->{name}\{$l} $want -> " . ($got // 'missing')
             unless defined $got && $got == $want;
     }
     is_deeply(\@changed, [], 'after a reload every counter is what it was '
@@ -808,10 +1006,11 @@ ok(wait_until(30, sub {
        'after the reload: bad is still held');
     promtool_check($after->{text}, 'after a reload');
 
-    my $hit = val($after, 'sf_oauth_requests_hit_total', 'crm');
+    my $hit = val($after, 'sf_oauth_requests_total', 'crm',
+                  { status => 'hit' });
     ok(wait_until(15, sub {
-           (prom_val('sf_oauth_requests_hit_total{credential="crm"}') // -1)
-               == $hit;
+           (prom_val('sf_oauth_requests_total{credential="crm",status="hit"}')
+            // -1) == $hit;
        }), "prometheus sees the HIT of before the reload ($hit)");
     my %resets = map {
         my $q = "sum(resets($_\[10m]))";
@@ -821,7 +1020,7 @@ ok(wait_until(30, sub {
     is_deeply(\%resets, { map { $_ => 0 } keys %resets },
               'prometheus saw no counter reset ('
               . scalar(keys %resets) . ' counters)');
-    is(prom_val('sf_oauth_token_requests_total{credential="crm"}'), 2,
+    is(prom_val('sum(sf_oauth_token_requests_total{credential="crm"})'), 2,
        'prometheus: sf_oauth_token_requests_total still 2 after the reload');
     is(prom_val('sf_oauth_replays_total{credential="crm"}'), 3,
        'prometheus: sf_oauth_replays_total still 3 after the reload');

@@ -155,6 +155,20 @@ sub check {
     is(scalar $t->log_lines(qr/while requests waited for its token: refreshing for them/),
        $changed ? 1 : 0, "$what: the new workers refreshed for it "
                          . ($changed ? 'once' : 'never'));
+
+    # the metrics count the old answer as dropped; with the others, every
+    # token request the JSON counted (none is in flight)
+    my $text = $t->get('/sf_oauth_info?format=prometheus')->{content} // '';
+    my %result = $text =~ /^sf_oauth_token_requests_total
+                           \{credential="crm",zone="sf",result="(\w+)"\}
+                           \x20(\d+)$/mgx;
+    is($result{dropped}, $changed ? 1 : 0,
+       "$what: sf_oauth_token_requests_total{result=\"dropped\"} "
+       . ($changed ? 1 : 0));
+    my $sum = 0;
+    $sum += $_ for values %result;
+    is($sum, $t->cred_info('crm')->{token_requests},
+       "$what: the sum over result is the JSON's token_requests ($sum)");
 }
 
 # -- a reload that changes nothing: one token request ------------------------

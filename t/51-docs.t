@@ -183,10 +183,12 @@ my @metrics;
 {
     my $s = slurp("$root/src/ngx_http_sf_oauth_metrics.c");
 
-    @metrics = $s =~ /\{\s*"(sf_oauth_\w+)",\s*"(counter|gauge|histogram)"/g;
+    # name, type, its own label or NULL, the scopes that show it
+    @metrics = $s =~ /\{\s*"(sf_oauth_\w+)",\s*"(counter|gauge|histogram)",
+                      \s*(?:"(\w+)"|NULL),\s*NGX_HTTP_SF_OAUTH_S_(\w+),/gx;
 }
 
-ok(@metrics >= 2 * 10, 'the metrics table is read');
+ok(@metrics >= 4 * 10, 'the metrics table is read');
 
 {
     my ($section) = $reference =~ /^## Metrics\n(.*?)(?=^## |\z)/ms;
@@ -194,9 +196,23 @@ ok(@metrics >= 2 * 10, 'the metrics table is read');
     ok(defined $section, 'docs/reference.md has a section "Metrics"');
     $section //= '';
 
-    while (my ($name, $type) = splice @metrics, 0, 2) {
-        like($section, qr/^\| `\Q$name\E` \| \Q$type\E \|/m,
-             "docs/reference.md: the metrics' table has $name, a $type");
+    my %scopes = (BOTH => 'default, `zone`', CREDENTIAL => 'default',
+                  ZONE => '`zone`');
+
+    while (my ($name, $type, $label, $scope) = splice @metrics, 0, 4) {
+        my ($labels, $in) = $section
+            =~ /^\| `\Q$name\E` \| \Q$type\E \| ([^|]*) \| ([^|]*) \|/m;
+        ok(defined $labels,
+           "docs/reference.md: the metrics' table has $name, a $type");
+        $labels //= '';
+        my @want = ($scope eq 'ZONE' ? () : 'credential', 'zone',
+                    defined $label ? $label : (),
+                    $type eq 'histogram' ? 'le' : ());
+        is(join(',', $labels =~ /`(\w+)`/g), join(',', @want),
+           "docs/reference.md: $name has the labels @want");
+        is($in // '', $scopes{$scope} // $scope,
+           "docs/reference.md: $name is in the scopes "
+           . ($scopes{$scope} // $scope));
     }
 }
 

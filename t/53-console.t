@@ -278,6 +278,16 @@ like($prom, qr/^sf_oauth_token_held\{credential="new",zone="sf"\} 1$/m,
      'not connected: sf_oauth_token_held 1');
 like($prom, qr/^sf_oauth_token_held\{credential="crm",zone="sf"\} 0$/m,
      'connected: sf_oauth_token_held 0');
+{
+    # scope=zone counts it apart from the credentials on hold
+    my $zone = $t->get('/sf_oauth_info?format=prometheus&scope=zone')
+               ->{content} // '';
+    my %state = $zone =~ /^sf_oauth_credentials\{zone="sf",state="(\w+)"\}
+                          \x20(\d+)$/mgx;
+    is($state{not_connected}, 1,
+       'scope=zone: sf_oauth_credentials{state="not_connected"} 1');
+    is($state{held}, 0, 'scope=zone: not counted as held');
+}
 is($t->cred_info('new')->{state}, 'not connected',
    'sf_oauth_info: state "not connected"');
 
