@@ -129,6 +129,14 @@ typedef struct {
     unsigned                     noted:1;
     unsigned                     later:1;
     unsigned                     limit_rate_set:1;
+
+    /*
+     * Asked once for a replay whose token was got before its first 401:
+     * whether 401s lately were not cured, see
+     * ngx_http_sf_oauth_wait_is_stale_replay()
+     */
+    unsigned                     uncured_asked:1;
+    unsigned                     uncured:1;
 } ngx_http_sf_oauth_ctx_t;
 
 

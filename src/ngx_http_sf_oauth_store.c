@@ -821,6 +821,36 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * Whether 401s lately were not cured by a refresh: a request replayed with
+ * a token got after its 401 was answered 401 again, and no replay has
+ * succeeded since (see ngx_http_sf_oauth_store_replayed).  Read under the
+ * lock, unlike store_replayed's fast path: it is asked only for a replay's
+ * 401, never on the hot path, and whether the record is still the
+ * credential's compares its name, which a reload's new workers may be
+ * writing.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t                 uncured;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    uncured = ngx_http_sf_oauth_store_owns_node(cred) ? node->uncured : 0;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return uncured;
+}
+
+
+/*
  * The refresh ahead of expiry, from a timer.  Salesforce's session timeout
  * slides with each use, so a token is estimated to expire "lifetime" after
  * its last use (or after it was got, if later).  When that is less than

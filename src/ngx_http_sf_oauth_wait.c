@@ -246,19 +246,43 @@ ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
  * yet learned the fleet's newest token), not that no refresh cures this
  * 401: the request is held once more, and replayed with the newest token,
  * as a rule got after its 401.  A request never has more than two
- * replays.  The cost, with a 401 that no refresh cures: a request whose
- * first replay used another request's token is held a second time, until
- * the next refresh the store allows; so are requests whose token looks
- * older than it is (clocks of a fleet's nodes apart, timer_resolution, a
- * clock stepped back).
+ * replays.
+ *
+ * Unless replays are getting 401s lately: another request's replay, with
+ * a token got after its own 401, was answered 401 too and no replay has
+ * succeeded since (the store's "uncured").  Then this 401 is the same
+ * one that no refresh cures, and it passes at once, counted like that
+ * request's: a second hold would wait for the next refresh the store
+ * allows and cost a token request, only for its replay to get 401 again.
+ * The store is asked once a response (the filter and the 401's note ask
+ * in turn), so both see the same answer.
+ *
+ * What is left: with a 401 that no refresh cures, under concurrency, a
+ * request whose replay's 401 comes before any other request's replay got
+ * one still looks revoked twice and is held a second time, until the next
+ * refresh the store allows; so is a request whose token looks older than
+ * it is (clocks of a fleet's nodes apart, timer_resolution, a clock
+ * stepped back).  And while 401s are not cured, a real second revocation
+ * during a slow request passes its 401 to that client; later requests
+ * are cured, as the store's rate limit allows.
  */
 
 ngx_uint_t
 ngx_http_sf_oauth_wait_is_stale_replay(ngx_http_sf_oauth_ctx_t *ctx)
 {
-    return ctx->replays == 1
-           && ctx->token_ms != 0
-           && ctx->token_ms < ctx->rejected_ms;
+    if (ctx->replays != 1
+        || ctx->token_ms == 0
+        || ctx->token_ms >= ctx->rejected_ms)
+    {
+        return 0;
+    }
+
+    if (!ctx->uncured_asked) {
+        ctx->uncured_asked = 1;
+        ctx->uncured = (ngx_http_sf_oauth_store_uncured(ctx->cred) != 0);
+    }
+
+    return !ctx->uncured;
 }
 
 

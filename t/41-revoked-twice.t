@@ -9,7 +9,10 @@
 # 200.  The same with a fleet, where the node learned the newer token from
 # Redis.  And a 401 that no refresh cures still costs one replay: a
 # request is replayed at most twice, and at most once after a token
-# request made for it.
+# request made for it.  Under concurrency too: a request whose replay
+# used another request's new token, when that request's replay got 401
+# already, gets its 401 at once, with no second hold and no second token
+# request.
 
 use strict;
 use warnings;
@@ -118,6 +121,60 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     is($t->token_requests - $before, 1, 'one node: after one token request');
     is($t->mock('stats')->{api_requests} - $api, 2,
        'one node: and one replay');
+
+    $t->finish;
+}
+
+# -- a 401 that no refresh cures, under concurrency -------------------------
+
+# The slow request's token is checked, then its 401 comes "late" seconds
+# later.  Meanwhile the fast request's 401 refreshes, and its replay gets
+# 401 again: 401s are not cured lately.  The slow request is replayed with
+# the fast one's token, got before its 401: a 401 to that replay could be
+# a second revocation, but with 401s not cured lately it is the same 401,
+# and it passes at once.  Else it would be held once more, until the
+# next refresh that the rate limit allows, and cost a token request.
+
+{
+    my $t = SfTest->new;
+    $t->start_mock;
+    $t->simple_conf;
+    $t->start;
+
+    is($t->get('/services/data/warm')->{status}, 200, 'uncured: warm');
+    my $before = $t->token_requests;
+    my $replays = $t->cred_info->{replays};
+    my $mark = $t->log_mark;
+
+    my $late = 1 * $S;
+    my $slow_path = "/services/data/slow?reject=1&late401=$late";
+    my $t0 = time;
+    my $slow = slow_get($t, $slow_path);
+    late401_begun($t, $slow_path);
+
+    is($t->get('/services/data/fast?reject=1')->{status}, 401,
+       'uncured: the fast request, refreshed and replayed: 401');
+    my $fast = time - $t0;
+    cmp_ok($fast, '<', $late,
+           sprintf('uncured: its replay\'s 401 came before the slow '
+                   . 'request\'s first (%.1f s)', $fast));
+
+    is($slow->(), 401, 'uncured: the slow request, replayed with the fast '
+                       . 'one\'s token: 401');
+    my $took = time - $t0;
+
+    is($t->token_requests - $before, 1,
+       'uncured: one token request, none for the slow request');
+    is(scalar(grep { $_->{path} eq $slow_path }
+                   @{ $t->stats->{api_log} }), 2,
+       'uncured: the slow request was replayed once, not held twice');
+    cmp_ok($took, '<', 3 * $late,
+           sprintf('uncured: its 401 passed at once, after two late 401s '
+                   . '(%.1f s, %.1f s each)', $took, $late));
+    is($t->cred_info->{replays} - $replays, 2,
+       'uncured: 2 replays counted, one a request');
+    my @warn = $t->error_log_since($mark) =~ /a refresh does not cure/g;
+    is(scalar @warn, 1, 'uncured: "a refresh does not cure" logged once');
 
     $t->finish;
 }
