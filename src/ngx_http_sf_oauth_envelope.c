@@ -155,11 +155,12 @@ static ngx_str_t  ngx_http_sf_oauth_envelope_ns[] = {
  * each envelope (its dictionary, stacks and buffers) cost as much as the
  * parse itself.  The context is made again after a parse that did not
  * end where the module stopped it, and when its dictionary holds more
- * names than an envelope of Salesforce's ever needs: a client cannot
- * grow a worker through it.
+ * names, or more bytes of them, than envelopes of Salesforce's ever need:
+ * a client cannot grow a worker through it.
  */
 
-#define NGX_HTTP_SF_OAUTH_DICT_MAX  1024
+#define NGX_HTTP_SF_OAUTH_DICT_MAX    1024
+#define NGX_HTTP_SF_OAUTH_DICT_BYTES  (256 * 1024)
 
 static xmlSAXHandler     ngx_http_sf_oauth_envelope_sax;
 static xmlParserCtxtPtr  ngx_http_sf_oauth_envelope_ctxt;
@@ -467,7 +468,8 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
      */
 
     if (!ps.done || ps.error
-        || xmlDictSize(ctxt->dict) > NGX_HTTP_SF_OAUTH_DICT_MAX)
+        || xmlDictSize(ctxt->dict) > NGX_HTTP_SF_OAUTH_DICT_MAX
+        || xmlDictGetUsage(ctxt->dict) > NGX_HTTP_SF_OAUTH_DICT_BYTES)
     {
         xmlFreeParserCtxt(ctxt);
         ngx_http_sf_oauth_envelope_ctxt = NULL;
@@ -516,6 +518,13 @@ ngx_http_sf_oauth_envelope_context(void)
     }
 
     ctxt->nsNr = 0;
+
+    /*
+     * xmlCtxtReset() takes the encoding for UTF-8: a new context detects
+     * it from the first bytes, and skips a byte order mark
+     */
+
+    ctxt->charset = XML_CHAR_ENCODING_NONE;
 
     /*
      * The declared encoding is checked by the caller: libxml2 reads the
