@@ -135,6 +135,8 @@ typedef struct {
     offsetof(ngx_http_sf_oauth_node_t, wait_timeouts)
 #define NGX_HTTP_SF_OAUTH_COUNT_DROPPED                                      \
     offsetof(ngx_http_sf_oauth_node_t, token_dropped)
+#define NGX_HTTP_SF_OAUTH_COUNT_TOKEN_REQUESTS                               \
+    offsetof(ngx_http_sf_oauth_node_t, token_requests)
 
 
 typedef struct {

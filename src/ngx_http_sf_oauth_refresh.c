@@ -166,6 +166,9 @@ ngx_http_sf_oauth_refresh_begin(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t                *pool;
     ngx_http_sf_oauth_token_t  tok;
 
+    ngx_http_sf_oauth_store_count(cred,
+                                  NGX_HTTP_SF_OAUTH_COUNT_TOKEN_REQUESTS);
+
     pool = ngx_create_pool(1024, ngx_cycle->log);
 
     rc = (pool == NULL) ? NGX_ERROR

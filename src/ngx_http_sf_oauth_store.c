@@ -361,7 +361,6 @@ ngx_http_sf_oauth_take_refresh(ngx_http_sf_oauth_cred_t *cred,
                                       node->refresh, node->refresh_len);
 
     if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
-        node->token_requests++;
         lk->fleet_generation = node->fleet_generation;
         lk->fleet_unsynced = node->fleet_dirty;
     }
@@ -1323,9 +1322,11 @@ ngx_http_sf_oauth_store_metrics(ngx_http_sf_oauth_cred_t *cred,
  * One more in a counter of the record, for the status output and the
  * metrics: "counter" is NGX_HTTP_SF_OAUTH_COUNT_REPLAYS (a request held
  * for a replay), NGX_HTTP_SF_OAUTH_COUNT_WAIT_TIMEOUTS (a waiting
- * request's deadline passed) or NGX_HTTP_SF_OAUTH_COUNT_DROPPED (a token
- * request abandoned by an exiting worker), the offset of an ngx_uint_t in
- * the record.
+ * request's deadline passed), NGX_HTTP_SF_OAUTH_COUNT_DROPPED (a token
+ * request abandoned by an exiting worker) or
+ * NGX_HTTP_SF_OAUTH_COUNT_TOKEN_REQUESTS (a token request begins: counted
+ * then, not when the lease is taken, as a fleet may answer that no
+ * request is needed), the offset of an ngx_uint_t in the record.
  */
 
 void
