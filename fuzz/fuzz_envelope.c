@@ -357,6 +357,58 @@ check_fault(ngx_pool_t *pool, ngx_str_t *why)
 }
 
 
+/*
+ * The worker's parser context is reset for each envelope: the outcome of
+ * a parse by it must be the outcome of a parse by a new context (no
+ * namespace, encoding, error or name of the envelope before may count)
+ */
+
+static void
+same_as_fresh(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
+    ngx_int_t rc, ngx_http_sf_oauth_envelope_t *env, ngx_str_t *why)
+{
+    ngx_str_t                      why2, *a, *b;
+    ngx_int_t                      rc2;
+    ngx_uint_t                     i;
+    ngx_http_sf_oauth_envelope_t   env2;
+
+    ngx_http_sf_oauth_envelope_exit();
+
+    rc2 = ngx_http_sf_oauth_envelope_parse(pool, chain, ns, &env2, &why2);
+
+    if (rc2 != rc
+        || why2.len != why->len
+        || (why->len && ngx_memcmp(why2.data, why->data, why->len) != 0))
+    {
+        fail("a reused parser context and a new one disagree",
+             why->data, why->len);
+    }
+
+    if (rc != NGX_OK) {
+        return;
+    }
+
+    if (env2.call != env->call || env2.size != env->size
+        || env2.pieces.nelts != env->pieces.nelts)
+    {
+        fail("a reused parser context plans otherwise than a new one",
+             NULL, 0);
+    }
+
+    a = env->pieces.elts;
+    b = env2.pieces.elts;
+
+    for (i = 0; i < env->pieces.nelts; i++) {
+        if (a[i].len != b[i].len
+            || ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0)
+        {
+            fail("a reused parser context cuts the head otherwise than a "
+                 "new one", NULL, 0);
+        }
+    }
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -459,10 +511,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cl->buf->last_buf = 1;
     }
 
-    /* the parse */
+    /* the parse, by the context that the inputs before left */
 
     rc = ngx_http_sf_oauth_envelope_parse(pool, chain, &namespaces[data[0] & 3],
                                           &env, &why);
+
+    /* the same by a new context: a worker's reused one must not differ */
+
+    same_as_fresh(pool, chain, &namespaces[data[0] & 3], rc, &env, &why);
 
     if (rc == NGX_DECLINED) {
         if (why.len == 0 || why.data == NULL) {
