@@ -96,10 +96,12 @@ start_refresh_and_leave();
 $owner = refreshing_pid();
 ok($owner, 'a worker is refreshing; its client has left');
 
+my $mark = $t->log_mark;
 $start = time;
 kill 'HUP', $t->{nginx_pid};
-$t->wait_log(qr/worker_shutdown_timeout ran out during a token request: the worker exits when it ends, within the credential's timeout/,
-             10 * SfTest::time_scale());
+ok($t->wait_log(qr/worker_shutdown_timeout ran out during a token request: the worker exits when it ends, within the credential's timeout/,
+                $mark, 10 * SfTest::time_scale()),
+   'worker_shutdown_timeout runs out during the token request: a notice');
 ok(kill(0, $owner), 'the old worker is still there at worker_shutdown_timeout');
 sleep 0.1 while kill(0, $owner) && time - $start < 20 * SfTest::time_scale();
 my $took = time - $start;
