@@ -42,6 +42,14 @@
 #           revoke under 500 connections over the three): they do not fit
 #           the ~12 minutes of a plain `make bench`.
 #
+# The noise: on this 2-CPU machine, shared with other work, identical
+# runs differ by up to 30 %.  Tried over 8 rounds of 2 s, the A/A
+# control's middle half was 0.14 wide with wrk -t1 -c32 pinned to CPU 1
+# and nginx's workers to CPU 0, 0.23 with -t2 -c64 unpinned, 0.20 with
+# -t1 -c16 pinned: hence the defaults.  Pinned, wrk used about 30 % of its
+# CPU and nginx all of its own.  16 rounds of 2 s keep a plain run
+# around 10-11 minutes.
+#
 # It prints what it measures and writes bench/results.md.  Environment:
 # ROUNDS (default 16), DURATION of each wrk run in the rounds (2 s),
 # CONNECTIONS (32), THREADS (1), PIN (1: wrk on CPU 1, nginx's workers on
@@ -818,8 +826,8 @@ my %deploy;
             ($deploy{after}{$_}{$k} // 0) - ($deploy{before}{$_}{$k} // 0)
         } @pids;
         $deploy{"d_$k"} = $worst // 0;
-        $deploy{"${k}_before"} = join ' / ', map { $deploy{before}{$_}{$k} // '?' } @pids;
-        $deploy{"${k}_after"} = join ' / ', map { $deploy{after}{$_}{$k} // '?' } @pids;
+        $deploy{"${k}_before"} = join ', ', map { $deploy{before}{$_}{$k} // '?' } @pids;
+        $deploy{"${k}_after"} = join ', ', map { $deploy{after}{$_}{$k} // '?' } @pids;
     }
     printf "deploy: %d bytes, %s in %.1f s, the zip %s, session %s; "
            . "VmRSS %s -> %s KiB, VmHWM %s -> %s KiB (worst growth %d / "
@@ -1201,7 +1209,7 @@ for my $p (@paths) {
 }
 
 my $table = <<'EOT';
-| path | (a) | (b) | (a) req/s | (b) req/s | b/a, median of the rounds | min–max | q1–q3 | p50 ms a / b | p99 ms a / b | errors a / b | target | |
+| path | (a) | (b) | (a) req/s | (b) req/s | b/a, median of the rounds | min–max | q1–q3 | p50 ms a / b | p99 ms a / b | errors a / b | target | verdict |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 EOT
 for my $p (@paths) {
@@ -1277,7 +1285,10 @@ my $trial_note = $trial
     : '';
 my $wrk_how = sprintf 'wrk -t%d -c%d, %d s a run%s', $threads, $conns,
     $duration, $pin ? ', wrk pinned to CPU 1 (taskset), nginx\'s two '
-    . 'workers to CPU 0' : ', no CPU pinning';
+    . 'workers to CPU 0: nginx\'s CPU is the limit (wrk\'s is far from '
+    . 'busy), so the ratios are nginx\'s cost; whatever else runs on CPU 0 '
+    . 'takes from nginx alone, which the A/A control shows'
+    : ', no CPU pinning';
 my $paths_run = join ', ', map { $_->{id} } @paths;
 
 my $report = <<"EOF";
@@ -1328,7 +1339,7 @@ client put there). Request bodies stay in memory (client_body_buffer_size
 - redis=: a credential in a zone with `redis=` connected to a
   redis-server of its own (in the same rounds as the rest).
 
-Token requests at the mock during the rounds: $tokens_in_rounds (must be 0).
+Token requests at the mock during the rounds: @{[ $tokens_in_rounds ? "**$tokens_in_rounds**: a path fetched tokens while it was measured" : 0 ]} (must be 0).
 
 $table
 Ratios b/a of each round (requests/s):
@@ -1340,8 +1351,11 @@ $noise
 
 The rule: a 3 % target needs the A/A control's median within 1.5 % of 1
 and the middle half of its rounds within 3 points, over 8 rounds at
-least; a path's verdict also
-says when its own middle half is wider than that. Targets (issue 21): SOAP
+least; a path's verdict also says when its own middle half is wider than
+that. A verdict is "clearly" met or not when the middle half of the
+path's rounds lies beyond the target by more than the noise (the A/A
+control's distance from 1 plus the width of its middle half), whatever
+the rule says. Targets (issue 21): SOAP
 ≥ 0.95 of the same call proxied with no rewrite (1 KB to 64 KB), Bulk 1.0,
 \$cred over 1,000 credentials and a zone with `redis=` ≥ 0.97 of the static
 header.
@@ -1371,8 +1385,8 @@ to the mock Salesforce; the body goes to nginx's temp file
 | answer | HTTP $deploy{status} in @{[ sprintf '%.1f', $deploy{secs} // 0 ]} s |
 | the zip at the mock | @{[ $deploy{intact} ? 'intact (every byte, SHA-256 equal), one call' : '**NOT INTACT**' ]} |
 | the session at the mock | @{[ $deploy{session_ok} ? "the module's token" : '**not valid**' ]} |
-| workers' VmRSS before / after (KiB) | $deploy{rss_before} / $deploy{rss_after} (largest growth $deploy{d_rss} KiB) |
-| workers' VmHWM (peak RSS) before / after (KiB) | $deploy{hwm_before} / $deploy{hwm_after} (largest growth $deploy{d_hwm} KiB) |
+| VmRSS of the two workers, before; after (KiB) | $deploy{rss_before}; $deploy{rss_after} (the largest growth: $deploy{d_rss} KiB) |
+| VmHWM (peak RSS) of the two workers, before; after (KiB) | $deploy{hwm_before}; $deploy{hwm_after} (the largest growth: $deploy{d_hwm} KiB) |
 
 ## Scrape: sf_oauth_info?format=prometheus with @{[ $ncreds + 2 ]} credentials
 
