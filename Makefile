@@ -163,8 +163,11 @@ fuzz: fuzz-deps $(addprefix $(BUILD)/fuzz_,$(FUZZ_TARGETS))
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed"; exit 1; fi
 
-# wrk A/B against plain proxy_pass, a revoke storm and a soak; writes
-# bench/results.md (about 3 minutes)
+# interleaved wrk A/B rounds of every API family (REST, SOAP, Bulk 1.0,
+# $$cred over 1,000 credentials, redis=) and an A/A control, a revoke storm
+# per family, a 50 MB deploy's RSS and the Prometheus scrape; writes
+# bench/results.md (about 11 minutes; BENCH=all adds the soak and the
+# fleet storm)
 bench: deps $(MODULE)
 	@command -v wrk >/dev/null || { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
