@@ -68,6 +68,7 @@ def main():
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as EC
         from selenium.webdriver.support.ui import WebDriverWait
+        from selenium.common.exceptions import WebDriverException
     except ImportError as e:
         result["error"] = "no selenium: %s" % e
         print(json.dumps(result))
@@ -92,7 +93,11 @@ def main():
         return 2
 
     driver.set_page_load_timeout(args.timeout)
-    wait = WebDriverWait(driver, args.timeout)
+
+    # a look at the page while the browser navigates may fail ("aborted
+    # by navigation": CI run 13): the waits look again until the timeout
+    wait = WebDriverWait(driver, args.timeout, poll_frequency=0.1,
+                         ignored_exceptions=(WebDriverException,))
 
     def step(what):
         result["steps"].append({"step": what, "url": driver.current_url,
