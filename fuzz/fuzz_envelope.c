@@ -22,6 +22,10 @@
  *      before the Body, and each holds exactly the token;
  *   4. ends with the client's bytes from its Body's start tag on.
  *
+ * The outcome must be the same by a new parser context, when parsed
+ * again (its head remembered), and, for the same envelope with another
+ * tail, with and without the heads remembered.
+ *
  * A violation aborts, after the input and the output on stderr.
  *
  * The inputs that broke these before they were fixed are in the seed
@@ -358,21 +362,28 @@ check_fault(ngx_pool_t *pool, ngx_str_t *why)
 
 
 /*
- * The worker's parser context is reset for each envelope: the outcome of
- * a parse by it must be the outcome of a parse by a new context (no
- * namespace, encoding, error or name of the envelope before may count)
+ * The worker's parser context is reset for each envelope, and the plans
+ * of heads parsed before are given again to envelopes that begin with the
+ * same bytes: the outcome of a parse (after ngx_http_sf_oauth_envelope_exit()
+ * when "fresh": a new context, nothing remembered) must be the outcome
+ * "rc", "env", "why" of another parse of the same envelope.  No namespace,
+ * encoding, error or name of the envelopes before may count, nor any byte
+ * past the head that decided a remembered plan.
  */
 
 static void
-same_as_fresh(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
-    ngx_int_t rc, ngx_http_sf_oauth_envelope_t *env, ngx_str_t *why)
+same_outcome(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
+    ngx_int_t rc, ngx_http_sf_oauth_envelope_t *env, ngx_str_t *why,
+    int fresh, const char *what)
 {
     ngx_str_t                      why2, *a, *b;
     ngx_int_t                      rc2;
     ngx_uint_t                     i;
     ngx_http_sf_oauth_envelope_t   env2;
 
-    ngx_http_sf_oauth_envelope_exit();
+    if (fresh) {
+        ngx_http_sf_oauth_envelope_exit();
+    }
 
     rc2 = ngx_http_sf_oauth_envelope_parse(pool, chain, ns, &env2, &why2);
 
@@ -380,8 +391,7 @@ same_as_fresh(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
         || why2.len != why->len
         || (why->len && ngx_memcmp(why2.data, why->data, why->len) != 0))
     {
-        fail("a reused parser context and a new one disagree",
-             why->data, why->len);
+        fail(what, why->data, why->len);
     }
 
     if (rc != NGX_OK) {
@@ -391,8 +401,7 @@ same_as_fresh(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
     if (env2.call != env->call || env2.size != env->size
         || env2.pieces.nelts != env->pieces.nelts)
     {
-        fail("a reused parser context plans otherwise than a new one",
-             NULL, 0);
+        fail(what, NULL, 0);
     }
 
     a = env->pieces.elts;
@@ -402,10 +411,47 @@ same_as_fresh(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
         if (a[i].len != b[i].len
             || ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0)
         {
-            fail("a reused parser context cuts the head otherwise than a "
-                 "new one", NULL, 0);
+            fail(what, NULL, 0);
         }
     }
+}
+
+
+/*
+ * The same envelope with another tail: its bytes from "keep" on are the
+ * input's own, reversed.  Parsed after the input, whose head is
+ * remembered if it was taken, then by a new parser: the two must agree,
+ * wherever "keep" falls, before or after the head that decided the plan.
+ */
+
+static void
+other_tail(ngx_pool_t *pool, u_char *body, size_t len, size_t keep,
+    ngx_str_t *ns)
+{
+    u_char                        *copy;
+    size_t                         i;
+    ngx_str_t                      why;
+    ngx_int_t                      rc;
+    ngx_chain_t                   *chain;
+    ngx_http_sf_oauth_envelope_t   env;
+
+    copy = ngx_pnalloc(pool, len ? len : 1);
+    ngx_memcpy(copy, body, keep);
+
+    for (i = keep; i < len; i++) {
+        copy[i] = body[len - 1 - (i - keep)];
+    }
+
+    chain = ngx_alloc_chain_link(pool);
+    chain->buf = mem_buf(pool, copy, len);
+    chain->buf->last_buf = 1;
+    chain->next = NULL;
+
+    rc = ngx_http_sf_oauth_envelope_parse(pool, chain, ns, &env, &why);
+
+    same_outcome(pool, chain, ns, rc, &env, &why, 1,
+                 "an envelope with another tail is planned otherwise by a "
+                 "remembered head than by a new parse");
 }
 
 
@@ -426,7 +472,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_chain_t                   *chain, *cl, **ll, *res;
     ngx_http_sf_oauth_envelope_t   env;
 
-    static int  inited;
+    static int       inited;
+    static ngx_log_t  log;   /* level 0: no debug line is written */
 
     if (!inited) {
         ngx_http_sf_oauth_envelope_init();
@@ -445,7 +492,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     split = data[1];
     fd = -1;
 
-    pool = ngx_create_pool(4096, NULL);
+    pool = ngx_create_pool(4096, &log);
 
     /* a block of its own, so that a read past the body is caught */
     body = malloc(len ? len : 1);
@@ -516,9 +563,25 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc = ngx_http_sf_oauth_envelope_parse(pool, chain, &namespaces[data[0] & 3],
                                           &env, &why);
 
-    /* the same by a new context: a worker's reused one must not differ */
+    /* again: a head taken is remembered, and its plan given again */
 
-    same_as_fresh(pool, chain, &namespaces[data[0] & 3], rc, &env, &why);
+    same_outcome(pool, chain, &namespaces[data[0] & 3], rc, &env, &why, 0,
+                 "a remembered plan differs from the parse that made it");
+
+    /* another tail, from a place that byte 1 chooses too */
+
+    other_tail(pool, body, len, len - len * split / 255,
+               &namespaces[data[0] & 3]);
+
+    /*
+     * the input by a new context and nothing remembered: the worker's
+     * reused context must not differ; what this parse remembers is there
+     * for the next input
+     */
+
+    same_outcome(pool, chain, &namespaces[data[0] & 3], rc, &env, &why, 1,
+                 "a reused parser context, or a remembered plan, and a new "
+                 "parse disagree");
 
     if (rc == NGX_DECLINED) {
         if (why.len == 0 || why.data == NULL) {

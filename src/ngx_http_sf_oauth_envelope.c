@@ -87,6 +87,9 @@ typedef struct {
     ngx_uint_t                   call;
     ngx_uint_t                   done;
 
+    /* the bytes that decided the plan: the call's start tag's end, or 0 */
+    size_t                       decided;
+
     const char                  *error;
 } ngx_http_sf_oauth_parse_t;
 
@@ -98,6 +101,30 @@ typedef struct {
     ngx_str_t                   *before;
     ngx_str_t                   *after;
 } ngx_http_sf_oauth_edit_t;
+
+
+/*
+ * A head that libxml2 parsed, and its plan: the bytes from the envelope's
+ * start to the ">" (or "/>") that ends the call's start tag, which
+ * decided everything the plan holds, the endpoint's namespace, the edits
+ * and the markup they put around the token.  One block of memory, with
+ * the bytes after the structure.
+ */
+typedef struct {
+    ngx_queue_t                  queue;
+    size_t                       size;
+
+    ngx_str_t                    ns;
+    u_char                      *head;
+    size_t                       len;
+
+    off_t                        body;
+    ngx_uint_t                   call;
+
+    ngx_uint_t                   nedits;
+    ngx_http_sf_oauth_edit_t     edits[NGX_HTTP_SF_OAUTH_EDITS_MAX];
+    ngx_str_t                    text[2 * NGX_HTTP_SF_OAUTH_EDITS_MAX];
+} ngx_http_sf_oauth_memo_t;
 
 
 static void ngx_http_sf_oauth_envelope_start(void *data,
@@ -129,6 +156,10 @@ static ngx_int_t ngx_http_sf_oauth_envelope_encoding(u_char *p, size_t len,
 static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
 static xmlParserCtxtPtr ngx_http_sf_oauth_envelope_context(void);
+static ngx_http_sf_oauth_memo_t *ngx_http_sf_oauth_envelope_recall(
+    ngx_chain_t *body, ngx_str_t *ns, size_t *have, u_char **head);
+static void ngx_http_sf_oauth_envelope_memorize(ngx_http_sf_oauth_parse_t *ps);
+static void ngx_http_sf_oauth_envelope_forget(size_t size);
 
 
 #define NGX_HTTP_SF_OAUTH_SOAP_NS  "http://schemas.xmlsoap.org/soap/envelope/"
@@ -168,6 +199,30 @@ static u_char            ngx_http_sf_oauth_envelope_head[
                              NGX_HTTP_SF_OAUTH_HEAD_MAX];
 
 
+/*
+ * The heads of the last envelopes that libxml2 parsed, with their plans,
+ * most recent first.  A client sends the same head again and again: the
+ * Header of its calls (a SessionHeader, CallOptions, QueryOptions) and
+ * the call's start tag do not change from one query() to the next, only
+ * what follows them does.  An envelope whose first bytes are exactly the
+ * bytes that decided a plan gets that plan, as libxml2 would give it
+ * again: a SAX parse reports the start tags in order, each with what it
+ * read up to the tag's end, and the parse stops at the call's; bytes
+ * after that end may change when libxml2 gets to report the call, never
+ * what it reports.  Any other envelope is parsed.
+ * The fuzzer (fuzz/fuzz_envelope.c) holds each plan given this way to a
+ * new parse of the same envelope.  What is kept is bounded, and lives in
+ * the worker only; none of it is ever logged.
+ */
+
+#define NGX_HTTP_SF_OAUTH_MEMO_MAX    16
+#define NGX_HTTP_SF_OAUTH_MEMO_BYTES  (512 * 1024)
+
+static ngx_queue_t       ngx_http_sf_oauth_envelope_memo;
+static ngx_uint_t        ngx_http_sf_oauth_envelope_memos;
+static size_t            ngx_http_sf_oauth_envelope_memo_bytes;
+
+
 /* libxml2's globals, once in each worker, before any parse */
 
 void
@@ -176,6 +231,8 @@ ngx_http_sf_oauth_envelope_init(void)
     xmlSAXHandler  *sax;
 
     xmlInitParser();
+
+    ngx_queue_init(&ngx_http_sf_oauth_envelope_memo);
 
     sax = &ngx_http_sf_oauth_envelope_sax;
 
@@ -198,6 +255,8 @@ ngx_http_sf_oauth_envelope_exit(void)
         xmlFreeParserCtxt(ngx_http_sf_oauth_envelope_ctxt);
         ngx_http_sf_oauth_envelope_ctxt = NULL;
     }
+
+    ngx_http_sf_oauth_envelope_forget(NGX_HTTP_SF_OAUTH_MEMO_BYTES);
 }
 
 
@@ -303,10 +362,11 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     ngx_str_t *ns, ngx_http_sf_oauth_envelope_t *env, ngx_str_t *why)
 {
     int                         err;
-    size_t                      n;
+    size_t                      n, have;
     ssize_t                     got;
     ngx_int_t                   rc;
     xmlParserCtxtPtr            ctxt;
+    ngx_http_sf_oauth_memo_t   *m;
     ngx_http_sf_oauth_parse_t   ps;
 
     ngx_memzero(&ps, sizeof(ngx_http_sf_oauth_parse_t));
@@ -316,12 +376,6 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
     ps.pool = pool;
     ps.ns = ns;
     ps.body = -1;
-
-    if (ngx_array_init(&ps.edits, pool, 2, sizeof(ngx_http_sf_oauth_edit_t))
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
 
     /* the head is copied out by the plan before this returns */
     ps.head = ngx_http_sf_oauth_envelope_head;
@@ -356,6 +410,33 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return NGX_DECLINED;
     }
 
+    have = got;
+
+    m = ngx_http_sf_oauth_envelope_recall(body, ns, &have, &ps.head);
+
+    if (m == (void *) NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (m) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+                       "sf_oauth: SOAP envelope: the plan of a head of %uz "
+                       "bytes parsed before", m->len);
+
+        ps.edits.elts = m->edits;
+        ps.edits.nelts = m->nedits;
+        ps.body = m->body;
+        env->call = m->call;
+
+        return ngx_http_sf_oauth_envelope_plan(&ps, body, env);
+    }
+
+    if (ngx_array_init(&ps.edits, pool, 2, sizeof(ngx_http_sf_oauth_edit_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     ctxt = ngx_http_sf_oauth_envelope_context();
     if (ctxt == NULL) {
         return NGX_ERROR;
@@ -388,11 +469,17 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
 
         n = ngx_min(4096, NGX_HTTP_SF_OAUTH_HEAD_MAX - ps.len);
 
-        got = ngx_http_sf_oauth_envelope_read(body, ps.len, ps.head + ps.len,
-                                              n);
-        if (got == NGX_ERROR) {
-            rc = NGX_ERROR;
-            break;
+        if (ps.len < have) {
+            /* read already, to be compared with the heads parsed before */
+            got = ngx_min(n, have - ps.len);
+
+        } else {
+            got = ngx_http_sf_oauth_envelope_read(body, ps.len,
+                                                  ps.head + ps.len, n);
+            if (got == NGX_ERROR) {
+                rc = NGX_ERROR;
+                break;
+            }
         }
 
         ps.len += got;
@@ -482,9 +569,203 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
         return rc;
     }
 
+    if (ps.decided) {
+        ngx_http_sf_oauth_envelope_memorize(&ps);
+    }
+
     env->call = ps.call;
 
     return ngx_http_sf_oauth_envelope_plan(&ps, body, env);
+}
+
+
+/*
+ * The plan parsed before for an envelope that begins with the same bytes,
+ * for the same endpoint; NULL when there is none, (void *) NGX_ERROR when
+ * the body cannot be read.  The first bytes are compared where they are
+ * when the body's first buffer is in memory and holds them, and *head
+ * then points there; or else read into the head buffer, where they stay
+ * for the parse ("have").
+ */
+
+static ngx_http_sf_oauth_memo_t *
+ngx_http_sf_oauth_envelope_recall(ngx_chain_t *body, ngx_str_t *ns,
+    size_t *have, u_char **head)
+{
+    u_char                    *p;
+    size_t                     in_memory;
+    ssize_t                    got;
+    ngx_queue_t               *q;
+    ngx_http_sf_oauth_memo_t  *m;
+
+    in_memory = (body && ngx_buf_in_memory(body->buf))
+                ? (size_t) (body->buf->last - body->buf->pos) : 0;
+
+    for (q = ngx_queue_head(&ngx_http_sf_oauth_envelope_memo);
+         q != ngx_queue_sentinel(&ngx_http_sf_oauth_envelope_memo);
+         q = ngx_queue_next(q))
+    {
+        m = ngx_queue_data(q, ngx_http_sf_oauth_memo_t, queue);
+
+        if (m->ns.len != ns->len
+            || (ns->len && ngx_memcmp(m->ns.data, ns->data, ns->len) != 0))
+        {
+            continue;
+        }
+
+        if (m->len <= in_memory) {
+            p = body->buf->pos;
+
+            if (ngx_memcmp(p, m->head, m->len) != 0) {
+                continue;
+            }
+
+            *head = p;
+            goto found;
+        }
+
+        if (m->len > *have) {
+            got = ngx_http_sf_oauth_envelope_read(body, *have,
+                                             ngx_http_sf_oauth_envelope_head
+                                             + *have,
+                                             m->len - *have);
+            if (got == NGX_ERROR) {
+                return (void *) NGX_ERROR;
+            }
+
+            *have += got;
+
+            if (m->len > *have) {
+                /* the body is shorter */
+                continue;
+            }
+        }
+
+        if (ngx_memcmp(ngx_http_sf_oauth_envelope_head, m->head, m->len)
+            != 0)
+        {
+            continue;
+        }
+
+    found:
+
+        ngx_queue_remove(q);
+        ngx_queue_insert_head(&ngx_http_sf_oauth_envelope_memo, q);
+
+        return m;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Keeps the head that decided a plan, and the plan, as the most recent;
+ * the least recent go to make room.  Nothing is kept when memory is short.
+ */
+
+static void
+ngx_http_sf_oauth_envelope_memorize(ngx_http_sf_oauth_parse_t *ps)
+{
+    u_char                    *p;
+    size_t                     size;
+    ngx_uint_t                 i;
+    ngx_http_sf_oauth_edit_t  *e;
+    ngx_http_sf_oauth_memo_t  *m;
+
+    e = ps->edits.elts;
+
+    size = sizeof(ngx_http_sf_oauth_memo_t) + ps->decided + ps->ns->len;
+
+    for (i = 0; i < ps->edits.nelts; i++) {
+        size += (e[i].before ? e[i].before->len : 0)
+                + (e[i].after ? e[i].after->len : 0);
+    }
+
+    if (ps->edits.nelts > NGX_HTTP_SF_OAUTH_EDITS_MAX
+        || size > NGX_HTTP_SF_OAUTH_MEMO_BYTES)
+    {
+        return;
+    }
+
+    ngx_http_sf_oauth_envelope_forget(size);
+
+    m = ngx_alloc(size, ps->pool->log);
+    if (m == NULL) {
+        return;
+    }
+
+    ngx_memzero(m, sizeof(ngx_http_sf_oauth_memo_t));
+
+    p = (u_char *) &m[1];
+
+    m->size = size;
+
+    m->head = p;
+    m->len = ps->decided;
+    p = ngx_cpymem(p, ps->head, ps->decided);
+
+    m->ns.data = p;
+    m->ns.len = ps->ns->len;
+
+    if (ps->ns->len) {
+        p = ngx_cpymem(p, ps->ns->data, ps->ns->len);
+    }
+
+    m->body = ps->body;
+    m->call = ps->call;
+    m->nedits = ps->edits.nelts;
+
+    for (i = 0; i < ps->edits.nelts; i++) {
+        m->edits[i].start = e[i].start;
+        m->edits[i].end = e[i].end;
+
+        if (e[i].before) {
+            m->text[2 * i].data = p;
+            m->text[2 * i].len = e[i].before->len;
+            p = ngx_cpymem(p, e[i].before->data, e[i].before->len);
+            m->edits[i].before = &m->text[2 * i];
+        }
+
+        if (e[i].after) {
+            m->text[2 * i + 1].data = p;
+            m->text[2 * i + 1].len = e[i].after->len;
+            p = ngx_cpymem(p, e[i].after->data, e[i].after->len);
+            m->edits[i].after = &m->text[2 * i + 1];
+        }
+    }
+
+    ngx_queue_insert_head(&ngx_http_sf_oauth_envelope_memo, &m->queue);
+
+    ngx_http_sf_oauth_envelope_memos++;
+    ngx_http_sf_oauth_envelope_memo_bytes += size;
+}
+
+
+/* the least recent heads go, until "size" more bytes and one more fit */
+
+static void
+ngx_http_sf_oauth_envelope_forget(size_t size)
+{
+    ngx_queue_t               *q;
+    ngx_http_sf_oauth_memo_t  *m;
+
+    while (ngx_http_sf_oauth_envelope_memos
+           && (ngx_http_sf_oauth_envelope_memos
+                   >= NGX_HTTP_SF_OAUTH_MEMO_MAX
+               || ngx_http_sf_oauth_envelope_memo_bytes + size
+                  > NGX_HTTP_SF_OAUTH_MEMO_BYTES))
+    {
+        q = ngx_queue_last(&ngx_http_sf_oauth_envelope_memo);
+        m = ngx_queue_data(q, ngx_http_sf_oauth_memo_t, queue);
+
+        ngx_queue_remove(q);
+
+        ngx_http_sf_oauth_envelope_memos--;
+        ngx_http_sf_oauth_envelope_memo_bytes -= m->size;
+
+        ngx_free(m);
+    }
 }
 
 
@@ -574,6 +855,24 @@ ngx_http_sf_oauth_envelope_start(void *data, const xmlChar *local,
             } else if (ngx_http_sf_oauth_local(local, "logout")) {
                 ps->call = NGX_HTTP_SF_OAUTH_CALL_LOGOUT;
             }
+        }
+
+        /*
+         * The bytes that decided: up to the end of the call's start tag,
+         * its ">" or "/>" included.  libxml2 reports the tag before it
+         * reads that end: an envelope with another byte there is not the
+         * same head (it would be refused).
+         */
+
+        pos = xmlByteConsumed(ps->ctxt);
+
+        if (pos >= 0 && (size_t) pos < ps->len && ps->head[pos] == '>') {
+            ps->decided = (size_t) pos + 1;
+
+        } else if (pos >= 0 && (size_t) pos + 1 < ps->len
+                   && ps->head[pos] == '/' && ps->head[pos + 1] == '>')
+        {
+            ps->decided = (size_t) pos + 2;
         }
 
         ps->done = 1;
