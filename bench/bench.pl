@@ -54,7 +54,7 @@
 # ROUNDS (default 16), DURATION of each wrk run in the rounds (2 s),
 # CONNECTIONS (32), THREADS (1), PIN (1: wrk on CPU 1, nginx's workers on
 # CPU 0; 0: no pinning), PATHS (a comma-separated subset of the path ids:
-# aa,rest,soap,soap64,soaphead,bulk,cred,redis), CREDS (1000), SCRAPES
+# aa,rest,soap,soapmiss,soap64,soaphead,bulk,cred,redis), CREDS (1000), SCRAPES
 # (21), BENCH (all: also the soak and the fleet storm), SOAK (60 s),
 # LIFETIME (5 s), TRIAL (1: results.md says at its top that it is a trial).
 
@@ -222,6 +222,31 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "text/xml; charset=UTF-8"
 wrk.headers["SOAPAction"] = '""'
+EOF
+
+# the file BENCH_BODY, each request with another head: its CallOptions'
+# client is "LegacyIntegration/4.2.N", N 1 .. BENCH_HEADS in turn, so that
+# no head is the one before (the module remembers 16); formatted at init
+my $soapmiss_lua = $t->write_file('soapmiss.lua', <<'EOF', 0644);
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+local body = f:read("*a")
+f:close()
+local reqs = {}
+local n = tonumber(os.getenv("BENCH_HEADS"))
+local i = 0
+function init(args)
+    for k = 1, n do
+        local b = string.gsub(body, "LegacyIntegration/4%.2",
+                              "LegacyIntegration/4.2." .. k)
+        reqs[k] = wrk.format("POST", nil,
+                             { ["Content-Type"] = "text/xml; charset=UTF-8",
+                               ["SOAPAction"] = '""' }, b)
+    end
+end
+function request()
+    i = i % n + 1
+    return reqs[i]
+end
 EOF
 
 # each request another credential: X-Cred c0001 .. cNNNN, in turn; the
@@ -611,6 +636,12 @@ my @paths = (
       a_url => "/n$SOAP", b_url => "/b$SOAP", script => $soap_lua,
       a_env => $soap_env->('soap', 'a'), b_env => $soap_env->('soap', 'b'),
       target => 0.95, size => length $env{soap}[1] },
+    { id => 'soapmiss', name => 'SOAP query(), every head new',
+      a_is => 'proxied with no rewrite', b_is => 'sf_oauth: SessionHeader',
+      a_url => "/n$SOAP", b_url => "/b$SOAP", script => $soapmiss_lua,
+      a_env => { %{ $soap_env->('soap', 'a') }, BENCH_HEADS => 1000 },
+      b_env => { %{ $soap_env->('soap', 'b') }, BENCH_HEADS => 1000 },
+      size => length $env{soap}[1] },
     { id => 'soap64', name => 'SOAP create(), big Body',
       a_is => 'proxied with no rewrite', b_is => 'sf_oauth: SessionHeader',
       a_url => "/n$SOAP", b_url => "/b$SOAP", script => $soap_lua,
@@ -1328,7 +1359,13 @@ client put there). Request bodies stay in memory (client_body_buffer_size
   query() of @{[ length $env{soap}[1] ]} bytes; a create() of 146 Contacts,
   @{[ length $env{soap64}[1] ]} bytes, whose Body is big and head small; and the query()
   behind a PackageVersionHeader of 360 packages, @{[ length $env{soaphead}[1] ]} bytes, whose
-  head (what the module parses, up to the Body) is big.
+  head (what the module parses, up to the Body) is big. Each sends the
+  same envelope again and again, as a client's calls of one kind begin
+  with the same bytes: the module parses a head once and gives the next
+  envelope that begins with the same bytes the same plan. "every head
+  new" sends the query() with 1,000 different heads in turn (its
+  CallOptions' client differs), so that every one is parsed: what a
+  head costs to parse.
 - Bulk 1.0: GET of a job, (a) `proxy_set_header X-SFDC-Session`, (b)
   `sf_oauth` (which sets X-SFDC-Session and Authorization).
 - \$cred: $ncreds `sf_oauth_credential` blocks, each with its own refresh
