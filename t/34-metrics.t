@@ -223,18 +223,6 @@ sub families_together {
               [], "$what: one HELP and one TYPE per family");
 }
 
-sub promtool_check {
-    my ($text, $what) = @_;
-
-    my $file = $t->dir . '/metrics.txt';
-    open my $fh, '>', $file or die "$file: $!";
-    print $fh $text;
-    close $fh;
-
-    my $out = `promtool check metrics < $file 2>&1`;
-    is($? >> 8, 0, "promtool check metrics accepts the output: $what")
-        or diag($out);
-}
 
 # polls until the sub returns true, for up to $secs seconds (scaled)
 sub wait_until {
@@ -256,7 +244,7 @@ sub wait_until {
     like($r->{headers}{'content-type'} // '',
          qr{^text/plain; version=0\.0\.4(; charset=utf-8)?$},
          'the text exposition format\'s content type');
-    promtool_check($r->{content}, 'no token, no API usage yet');
+    $t->promtool_check($r->{content}, 'no token, no API usage yet');
 
     my $m = parse($r->{content});
     for my $c (@CREDS) {
@@ -321,7 +309,7 @@ ok(wait_until(5, sub {
 
 my $text = scrape()->{content};
 $m = parse($text);
-promtool_check($text, 'a token, a hold, a backoff; API usage known and '
+$t->promtool_check($text, 'a token, a hold, a backoff; API usage known and '
                       . 'unknown');
 
 is_deeply($m->{bad}, [], 'every line parses as a comment or a sample');
@@ -554,7 +542,7 @@ no_secret_in($text, 'a token, a hold');
     like($r->{headers}{'content-type'} // '',
          qr{^text/plain; version=0\.0\.4(; charset=utf-8)?$},
          'scope=zone: the text exposition format');
-    promtool_check($r->{content}, 'scope=zone');
+    $t->promtool_check($r->{content}, 'scope=zone');
 
     my $z = parse($r->{content});
     is_deeply($z->{bad}, [], 'scope=zone: every line parses');
@@ -1007,7 +995,7 @@ ok(wait_until(30, sub {
        . sprintf('%.1f s later)', $spent));
     is(val($after, 'sf_oauth_token_held', 'bad'), 1,
        'after the reload: bad is still held');
-    promtool_check($after->{text}, 'after a reload');
+    $t->promtool_check($after->{text}, 'after a reload');
 
     my $hit = val($after, 'sf_oauth_requests_total', 'crm',
                   { status => 'hit' });

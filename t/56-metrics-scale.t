@@ -78,17 +78,6 @@ sub lval {
     return undef;
 }
 
-sub promtool_check {
-    my ($text, $what) = @_;
-
-    my $file = $t->dir . '/metrics.txt';
-    open my $fh, '>', $file or die "$file: $!";
-    print $fh $text;
-    close $fh;
-
-    my $out = `promtool check metrics < $file 2>&1`;
-    is($? >> 8, 0, "promtool check metrics: $what") or diag($out);
-}
 
 is($t->get('/services/data/v59.0/')->{status}, 200, 'c1: 200');
 
@@ -103,8 +92,8 @@ SfTest::wait_event(10, 'the request counted', sub {
 });
 
 my $full = scrape();
-promtool_check($full, "the default scope, $N credentials");
-promtool_check($zone, "scope=zone, $N credentials");
+$t->promtool_check($full, "the default scope, $N credentials");
+$t->promtool_check($zone, "scope=zone, $N credentials");
 
 my $valid = () = $full =~ /^sf_oauth_token_valid\{/mg;
 is($valid, $N, "the default scope: sf_oauth_token_valid of $N credentials");

@@ -653,6 +653,17 @@ sub slurp {
 
 sub error_log { $_[0]->slurp('error.log') }
 
+# A test that `promtool check metrics` accepts TEXT (a Prometheus
+# exposition), named WHAT; promtool's complaints as a diag when not.
+sub promtool_check {
+    my ($self, $text, $what) = @_;
+
+    my $file = $self->write_file('metrics.txt', $text, 0644);
+    my $out = `promtool check metrics < $file 2>&1`;
+    Test::More::is($? >> 8, 0, "promtool check metrics accepts the output: "
+                               . $what) or Test::More::diag($out);
+}
+
 # Where error.log ends now; error_log_since(MARK) is what came after it.
 sub log_mark { -s "$_[0]{dir}/error.log" || 0 }
 
