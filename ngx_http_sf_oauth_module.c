@@ -964,6 +964,10 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         clcf->handler = ngx_http_sf_oauth_handler_content;
 
         ngx_http_sf_oauth_check_intercept(cf, conf, clcf);
+
+        if (ngx_http_sf_oauth_grpc_conf(cf, conf, clcf) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     return NGX_CONF_OK;
