@@ -169,6 +169,11 @@ static ngx_http_variable_t  ngx_http_sf_oauth_vars[] = {
       ngx_http_sf_oauth_handler_authorization_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    /* the same for the Pub/Sub API's metadata */
+    { ngx_string("http_accesstoken"), NULL,
+      ngx_http_sf_oauth_handler_accesstoken_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 

@@ -611,6 +611,8 @@ ngx_int_t ngx_http_sf_oauth_handler_authorization_variable(
 ngx_int_t ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf);
 void ngx_http_sf_oauth_handler_grpc_trailers(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+ngx_int_t ngx_http_sf_oauth_handler_accesstoken_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 
 /* wait */
 ngx_int_t ngx_http_sf_oauth_wait_ask_zone(ngx_http_request_t *r,

@@ -671,6 +671,48 @@ ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
 
 
 /*
+ * $http_accesstoken: the client's own accesstoken metadata, never the
+ * token that a Pub/Sub location puts there while grpc_pass builds the
+ * upstream call (as $http_authorization for Authorization).
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_handler_accesstoken_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                *value;
+    ngx_table_elt_t          *h;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    static ngx_str_t  name = ngx_string("accesstoken");
+
+    ctx = ngx_http_sf_oauth_handler_ctx(r->main);
+
+    if (ctx && ctx->meta[0].header) {
+        value = ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value;
+
+    } else {
+        h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers,
+                                                 &name, NULL);
+        value = h ? &h->value : NULL;
+    }
+
+    if (value == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = value->len;
+    v->data = value->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
  * $request_body: the client's body, never the envelope with the token.
  * The envelope is the request body only while the proxy builds the
  * upstream request, but a $request_body evaluated then (a proxy_cache_key,

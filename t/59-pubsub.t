@@ -62,6 +62,13 @@ sub conf {
     my ($timeouts) = @_;
 
     return "    sf_oauth_zone zone=sf:1m;\n" . $t->credential . <<"EOF";
+    # what \$http_accesstoken says while grpc_pass builds the call
+    map \$http_accesstoken \$seen {
+        ~^client-own-  "the client's";
+        ""             "none";
+        default        "another";
+    }
+
     server {
         listen 127.0.0.1:%%PORT%% reuseport default_server;
 
@@ -76,6 +83,7 @@ sub conf {
         location /eventbus.v1.PubSub/ {
             sf_oauth crm;
             grpc_pass grpc://127.0.0.1:$mport;
+            grpc_set_header X-Seen \$seen;
 $timeouts
         }
     }
@@ -132,8 +140,10 @@ is_deeply($r->{json}{metadata}, {
     instanceurl => [ $instance ],
     tenantid => [ $ORG_ID ],
     authorization => [],
+    'x-seen' => [ "the client's" ],
 }, "GetTopic: the mock sees the module's accesstoken, instanceurl and "
-   . "tenantid, and no authorization") or diag(explain $r->{json});
+   . "tenantid, and no authorization; \$http_accesstoken is the client's "
+   . "while grpc_pass builds the call") or diag(explain $r->{json});
 
 # -- a unary call after a revoke: replayed -------------------------------------
 

@@ -19,7 +19,8 @@ The calls:
 
   GetTopic, Publish (unary)  answer a JSON document: the method, the
                              metadata seen ("accesstoken", "instanceurl",
-                             "tenantid", "authorization", each a list) and
+                             "tenantid", "authorization", "x-seen", each a
+                             list) and
                              the request's bytes (hex) and their sha256
   GetSchema (unary)          by the request's bytes: "other16" answers 16
                              with error-code sfdc.platform.eventbus.other;
@@ -55,7 +56,8 @@ import grpc
 AUTH_ERROR = "sfdc.platform.eventbus.grpc.service.auth.error"
 AUTH_MESSAGE = ("An authentication exception occurred. Provide valid "
                 "authentication via metadata headers")
-KEYS = ("accesstoken", "instanceurl", "tenantid", "authorization")
+KEYS = ("accesstoken", "instanceurl", "tenantid", "authorization",
+        "x-seen")
 
 
 class State:
