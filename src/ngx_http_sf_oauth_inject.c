@@ -21,6 +21,9 @@
  *   - $http_authorization is this module's variable: it always shows the
  *     client's own header, never the token, so nothing that evaluates it
  *     (proxy_set_header, a cache key, add_header, a log) can copy it.
+ *   - For the Pub/Sub API (gRPC, ngx_http_sf_oauth_grpc.c) the token goes
+ *     into the accesstoken metadata instead, with instanceurl and
+ *     tenantid, by the same rules; $http_accesstoken is this module's too.
  */
 
 

@@ -147,6 +147,8 @@ is_deeply($r->{json}{metadata}, {
 
 # -- a unary call after a revoke: replayed -------------------------------------
 
+my $before;
+
 $t->mock('revoke');
 my $body = 'publish-' . ('x' x 100);
 $r = unary('Publish', $body);
@@ -181,9 +183,25 @@ ok(($r->{json}{body_hex} // '') eq unpack('H*', $body),
 is(scalar(my @x = $t->tokens), 3,
    'a 100 KB Publish after a revoke: one token request');
 
+# concurrent calls after a revoke, over both workers: one token request
+
+$t->mock('revoke');
+$before = $t->token_requests;
+my @fhs = map {
+    open(my $fh, '-|', $PY, "$ROOT/t/lib/pubsub_client.py",
+         "127.0.0.1:$gport", 'unary', 'Publish', "concurrent-$_", @bogus)
+        or die "pubsub_client.py: $!";
+    $fh;
+} 1 .. 8;
+my @codes = map { my $fh = $_; my $l = join '', <$fh>; close $fh;
+                  (eval { decode_json($l) } || {})->{code} // 'none' } @fhs;
+is_deeply(\@codes, [ ('OK') x 8 ], '8 concurrent Publish after a revoke: OK');
+is($t->token_requests, $before + 1,
+   '8 concurrent Publish after a revoke: one token request');
+
 # -- other statuses pass untouched ---------------------------------------------
 
-my $before = $t->token_requests;
+$before = $t->token_requests;
 $r = unary('GetSchema', 'other16');
 is($r->{code}, 'UNAUTHENTICATED', '16 with another error-code: passed');
 is($r->{trailers}{'error-code'}, 'sfdc.platform.eventbus.other',
