@@ -183,6 +183,21 @@ ok(($r->{json}{body_hex} // '') eq unpack('H*', $body),
 is(scalar(my @x = $t->tokens), 3,
    'a 100 KB Publish after a revoke: one token request');
 
+# a unary call past client_max_body_size (1m) is refused with nginx's 413,
+# and nothing reaches the mock
+
+my $calls = @{ pubsub_stats()->{calls} };
+$before = $t->token_requests;
+$r = unary('Publish', 'repeat:' . (1024 * 1024 + 1));
+isnt($r->{code}, 'OK', 'a Publish past client_max_body_size: refused');
+like($r->{details} // '', qr/413/, 'a Publish past client_max_body_size: 413')
+    or diag(explain $r);
+is(scalar @{ pubsub_stats()->{calls} }, $calls,
+   'a Publish past client_max_body_size: nothing reached the mock');
+my ($why) = grep { /\[error\].*client intended to send too large/ }
+            split /\n/, $t->error_log;
+ok($why, 'a Publish past client_max_body_size: the error log says why');
+
 # concurrent calls after a revoke, over both workers: one token request
 
 $t->mock('revoke');

@@ -5,7 +5,7 @@ Debian's python3-grpcio (run it with /usr/bin/python3).
 
   pubsub_client.py ADDR unary METHOD BODY [KEY=VALUE...]
       one unary call (GetTopic, GetSchema, Publish) with BODY as its bytes
-      and the metadata KEY=VALUE; prints one JSON line: "code" (the status
+      ("repeat:N": N bytes "x") and the metadata KEY=VALUE; prints one JSON line: "code" (the status
       name), "details", "trailers", "response" (the answer's bytes as text)
   pubsub_client.py ADDR subscribe BODY [KEY=VALUE...]
       a Subscribe stream, BODY its first request; prints a JSON line for
@@ -39,8 +39,11 @@ def main():
             call = channel.unary_unary("/eventbus.v1.PubSub/" + method,
                                        request_serializer=ident,
                                        response_deserializer=ident)
+            data = body.encode()
+            if body.startswith("repeat:"):
+                data = b"x" * int(body[7:])
             try:
-                res, c = call.with_call(body.encode(), metadata=md,
+                res, c = call.with_call(data, metadata=md,
                                         timeout=30)
                 status_line(c.code(), c.details(), c.trailing_metadata(),
                             res.decode())
