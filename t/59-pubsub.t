@@ -214,6 +214,28 @@ is_deeply(\@codes, [ ('OK') x 8 ], '8 concurrent Publish after a revoke: OK');
 is($t->token_requests, $before + 1,
    '8 concurrent Publish after a revoke: one token request');
 
+# a client that cancels (its deadline passed) while its call is held for a
+# slow refresh: the refresh goes on, the next call gets its token
+
+$t->mock('delay', 'seconds=1');
+$t->mock('revoke');
+$before = $t->token_requests;
+{
+    local $ENV{PUBSUB_TIMEOUT} = '0.3';
+    $r = unary('Publish', 'cancelled');
+}
+is($r->{code}, 'DEADLINE_EXCEEDED', 'a call held for a slow refresh: the '
+   . 'client gave up');
+SfTest::wait_event(10, 'the slow refresh ended',
+                   sub { $t->token_requests == $before + 1 });
+$t->mock('delay', 'seconds=0.05');
+$r = unary('GetTopic', 'after-cancel');
+is($r->{code}, 'OK', 'the next call: OK');
+is($t->token_requests, $before + 1, 'the next call: no more token request');
+ok(SfTest::wait_for(5, sub { $t->slurp('access.log')
+                             =~ m{"POST /eventbus\.v1\.PubSub/Publish HTTP/2\.0" 499 } }),
+   'the cancelled call is logged 499');
+
 # -- other statuses pass untouched ---------------------------------------------
 
 $before = $t->token_requests;

@@ -5,7 +5,8 @@ Debian's python3-grpcio (run it with /usr/bin/python3).
 
   pubsub_client.py ADDR unary METHOD BODY [KEY=VALUE...]
       one unary call (GetTopic, GetSchema, Publish) with BODY as its bytes
-      ("repeat:N": N bytes "x") and the metadata KEY=VALUE; prints one JSON line: "code" (the status
+      ("repeat:N": N bytes "x") and the metadata KEY=VALUE, its deadline
+      $PUBSUB_TIMEOUT seconds (30); prints one JSON line: "code" (the status
       name), "details", "trailers", "response" (the answer's bytes as text)
   pubsub_client.py ADDR subscribe BODY [KEY=VALUE...]
       a Subscribe stream, BODY its first request; prints a JSON line for
@@ -14,6 +15,7 @@ Debian's python3-grpcio (run it with /usr/bin/python3).
 """
 
 import json
+import os
 import sys
 
 import grpc
@@ -44,7 +46,8 @@ def main():
                 data = b"x" * int(body[7:])
             try:
                 res, c = call.with_call(data, metadata=md,
-                                        timeout=30)
+                                        timeout=float(os.environ.get(
+                                            "PUBSUB_TIMEOUT", "30")))
                 status_line(c.code(), c.details(), c.trailing_metadata(),
                             res.decode())
             except grpc.RpcError as e:
