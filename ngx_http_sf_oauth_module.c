@@ -169,6 +169,11 @@ static ngx_http_variable_t  ngx_http_sf_oauth_vars[] = {
       ngx_http_sf_oauth_handler_authorization_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    /* the same for the Pub/Sub API's metadata */
+    { ngx_string("http_accesstoken"), NULL,
+      ngx_http_sf_oauth_handler_accesstoken_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -964,6 +969,10 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         clcf->handler = ngx_http_sf_oauth_handler_content;
 
         ngx_http_sf_oauth_check_intercept(cf, conf, clcf);
+
+        if (ngx_http_sf_oauth_grpc_conf(cf, conf, clcf) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     return NGX_CONF_OK;

@@ -180,6 +180,7 @@
 #define NGX_HTTP_SF_OAUTH_REST           0
 #define NGX_HTTP_SF_OAUTH_SOAP           1
 #define NGX_HTTP_SF_OAUTH_BULK           2
+#define NGX_HTTP_SF_OAUTH_GRPC           3
 
 /* the OAuth grants a credential can use */
 #define NGX_HTTP_SF_OAUTH_GRANT_REFRESH  0
@@ -280,6 +281,9 @@ extern ngx_module_t  ngx_http_sf_oauth_module;
  */
 extern ngx_module_t  ngx_http_proxy_module;
 
+/* nginx's grpc module: its location conf starts the same way */
+extern ngx_module_t  ngx_http_grpc_module;
+
 
 /* block */
 typedef struct {
@@ -356,6 +360,8 @@ void ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 ngx_uint_t ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
+ngx_int_t ngx_http_sf_oauth_store_tenant(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *url, ngx_str_t *org_id);
 ngx_int_t ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
     ngx_pool_t *pool, ngx_str_t *url);
 ngx_int_t ngx_http_sf_oauth_store_identity(ngx_http_sf_oauth_cred_t *cred,
@@ -603,6 +609,10 @@ void ngx_http_sf_oauth_handler_response_header(ngx_http_request_t *r,
 ngx_int_t ngx_http_sf_oauth_handler_authorization_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 ngx_int_t ngx_http_sf_oauth_handler_request_body_init(ngx_conf_t *cf);
+void ngx_http_sf_oauth_handler_grpc_trailers(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
+ngx_int_t ngx_http_sf_oauth_handler_accesstoken_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 
 /* wait */
 ngx_int_t ngx_http_sf_oauth_wait_ask_zone(ngx_http_request_t *r,
@@ -675,6 +685,14 @@ ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);
+
+/* grpc: the Pub/Sub API */
+char *ngx_http_sf_oauth_grpc_conf(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *slcf, ngx_http_core_loc_conf_t *clcf);
+ngx_uint_t ngx_http_sf_oauth_grpc_unary(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_grpc_read_call(ngx_http_request_t *r);
+void ngx_http_sf_oauth_grpc_reuse_body(ngx_http_request_t *r);
+ngx_uint_t ngx_http_sf_oauth_grpc_dead(ngx_list_t *headers);
 
 /* status */
 ngx_int_t ngx_http_sf_oauth_status_handler(ngx_http_request_t *r);

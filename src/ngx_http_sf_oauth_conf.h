@@ -268,6 +268,12 @@ typedef struct {
     /* SOAP login() and logout() are answered by the module */
     ngx_flag_t                   soap_login;
 
+    /*
+     * the location's content handler is grpc_pass's: the Pub/Sub API,
+     * see ngx_http_sf_oauth_grpc.c
+     */
+    ngx_uint_t                   grpc;
+
     /* sf_oauth_soap_inflate_limit: a gzip envelope's inflated size */
     off_t                        inflate_max;
     ngx_uint_t                   inflate_ratio;

@@ -121,6 +121,35 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
     }
 
     /*
+     * A Pub/Sub unary call answered UNAUTHENTICATED, trailers-only, is
+     * held and replayed; any other gRPC answer passes (see
+     * ngx_http_sf_oauth_grpc.c).
+     */
+
+    if (ctx->kind == NGX_HTTP_SF_OAUTH_GRPC) {
+
+        if (r == r->main
+            && ctx->authorization.len
+            && ctx == ngx_http_get_module_ctx(r, ngx_http_sf_oauth_module)
+            && r->upstream
+            && r->upstream == ctx->upstream
+            && !r->header_sent
+            && ngx_http_sf_oauth_grpc_unary(r)
+            && ngx_http_sf_oauth_grpc_dead(&r->headers_out.headers)
+            && ngx_http_sf_oauth_replayable(r, ctx))
+        {
+            ngx_http_sf_oauth_inject_unset_token(r, ctx);
+            r->upstream->cacheable = 0;
+
+            return ngx_http_sf_oauth_wait_hold(r, ctx);
+        }
+
+        ngx_http_sf_oauth_handler_response_header(r, ctx);
+
+        return ngx_http_next_header_filter(r);
+    }
+
+    /*
      * Only a main request's response from the upstream that got the
      * token is held and replayed, and only one that may say the session
      * is dead: a 401, a SOAP 500, a Bulk 1.0 400.
@@ -219,6 +248,18 @@ ngx_http_sf_oauth_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     if (!ctx->held) {
+
+        if (ctx->kind == NGX_HTTP_SF_OAUTH_GRPC) {
+            /* a gRPC stream's trailers come with its last buffer */
+
+            for (cl = in; cl; cl = cl->next) {
+                if (cl->buf->last_buf) {
+                    ngx_http_sf_oauth_handler_grpc_trailers(r, ctx);
+                    break;
+                }
+            }
+        }
+
         return ngx_http_next_body_filter(r, in);
     }
 

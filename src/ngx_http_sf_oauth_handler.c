@@ -35,6 +35,8 @@ static ngx_int_t ngx_http_sf_oauth_request_body_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+static void ngx_http_sf_oauth_note_dead(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_clone =
@@ -252,8 +254,31 @@ ngx_http_sf_oauth_handler_content(ngx_http_request_t *r)
     }
 
     if (!ctx->kind_known) {
-        ctx->kind = ngx_http_sf_oauth_envelope_kind(r);
+        ctx->kind = slcf->grpc ? NGX_HTTP_SF_OAUTH_GRPC
+                               : ngx_http_sf_oauth_envelope_kind(r);
         ctx->kind_known = 1;
+    }
+
+    if (ctx->kind == NGX_HTTP_SF_OAUTH_GRPC) {
+
+        if (r == r->main
+            && r->request_body == NULL
+            && ngx_http_sf_oauth_grpc_unary(r))
+        {
+            /* the call is read whole first; then this runs again */
+            return ngx_http_sf_oauth_grpc_read_call(r);
+        }
+
+        if (ctx->replays) {
+            ngx_http_sf_oauth_grpc_reuse_body(r);
+        }
+
+        if (ngx_http_sf_oauth_store_tenant(ctx->cred, r->pool,
+                                           &ctx->instance_url, &ctx->org_id)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     if (ctx->kind == NGX_HTTP_SF_OAUTH_SOAP
@@ -453,8 +478,6 @@ static void
 ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx)
 {
-    ngx_msec_t  until;
-
     if (ctx->noted
         || ctx->upstream == NULL
         || ctx->upstream != r->upstream
@@ -462,6 +485,22 @@ ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     {
         return;
     }
+
+    ngx_http_sf_oauth_note_dead(r, ctx);
+}
+
+
+/*
+ * An answer that says the token is dead (a 401, the Pub/Sub API's
+ * UNAUTHENTICATED) and is not replayed: the token is dropped, by the
+ * generation rule, unless this was a replay's answer.
+ */
+
+static void
+ngx_http_sf_oauth_note_dead(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_msec_t  until;
 
     ctx->noted = 1;
 
@@ -524,11 +563,47 @@ ngx_http_sf_oauth_handler_response_header(ngx_http_request_t *r,
         ctx->upstream->cacheable = 0;
         ngx_http_sf_oauth_note_401(r, ctx);
 
+    } else if (ctx->kind == NGX_HTTP_SF_OAUTH_GRPC
+               && !ctx->noted
+               && ngx_http_sf_oauth_grpc_dead(&r->headers_out.headers))
+    {
+        /* a trailers-only UNAUTHENTICATED that is not replayed: passed */
+        ngx_http_sf_oauth_note_dead(r, ctx);
+
     } else if (ctx->replayed && !ctx->noted) {
         ctx->noted = 1;
         ngx_http_sf_oauth_store_replayed(ctx->cred, ctx->generation, 1,
                                          r->connection->log);
     }
+}
+
+
+/*
+ * The end of a gRPC call's answer (its last buffer, the trailers known): a
+ * stream that ends UNAUTHENTICATED passes to the client as it is, and the
+ * token is dropped, so that the client's own retry gets a new one.
+ */
+
+void
+ngx_http_sf_oauth_handler_grpc_trailers(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    if (ctx->kind != NGX_HTTP_SF_OAUTH_GRPC
+        || ctx->noted
+        || r != r->main
+        || ctx->upstream == NULL
+        || ctx->upstream != r->upstream
+        || !ngx_http_sf_oauth_grpc_dead(&r->headers_out.trailers))
+    {
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "sf_oauth: credential \"%V\": gRPC stream ended "
+                   "UNAUTHENTICATED, token generation %ui dropped",
+                   &ctx->cred->name, ctx->generation);
+
+    ngx_http_sf_oauth_note_dead(r, ctx);
 }
 
 
@@ -578,6 +653,48 @@ ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
 
         value = (ctx && ctx->auth.header == h && !ctx->auth.pushed)
                 ? &ctx->auth.saved_value : NULL;
+    }
+
+    if (value == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = value->len;
+    v->data = value->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * $http_accesstoken: the client's own accesstoken metadata, never the
+ * token that a Pub/Sub location puts there while grpc_pass builds the
+ * upstream call (as $http_authorization for Authorization).
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_handler_accesstoken_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                *value;
+    ngx_table_elt_t          *h;
+    ngx_http_sf_oauth_ctx_t  *ctx;
+
+    static ngx_str_t  name = ngx_string("accesstoken");
+
+    ctx = ngx_http_sf_oauth_handler_ctx(r->main);
+
+    if (ctx && ctx->meta[0].header) {
+        value = ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value;
+
+    } else {
+        h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers,
+                                                 &name, NULL);
+        value = h ? &h->value : NULL;
     }
 
     if (value == NULL) {

@@ -21,6 +21,9 @@
  *   - $http_authorization is this module's variable: it always shows the
  *     client's own header, never the token, so nothing that evaluates it
  *     (proxy_set_header, a cache key, add_header, a log) can copy it.
+ *   - For the Pub/Sub API (gRPC, ngx_http_sf_oauth_grpc.c) the token goes
+ *     into the accesstoken metadata instead, with instanceurl and
+ *     tenantid, by the same rules; $http_accesstoken is this module's too.
  */
 
 
@@ -32,6 +35,10 @@ static ngx_table_elt_t *ngx_http_sf_oauth_set_header(ngx_http_request_t *r,
     u_char *lowcase_key, ngx_str_t *value);
 static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot);
 static ngx_int_t ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r);
@@ -50,6 +57,25 @@ u_char  ngx_http_sf_oauth_inject_lowcase_key[] = "authorization";
 static u_char  ngx_http_sf_oauth_lowcase_session[] = "x-sfdc-session";
 static u_char  ngx_http_sf_oauth_lowcase_coding[] = "content-encoding";
 static u_char  ngx_http_sf_oauth_lowcase_connection[] = "connection";
+
+/* the Pub/Sub API's metadata, in the order of ctx->meta */
+static u_char  ngx_http_sf_oauth_lowcase_accesstoken[] = "accesstoken";
+static u_char  ngx_http_sf_oauth_lowcase_instanceurl[] = "instanceurl";
+static u_char  ngx_http_sf_oauth_lowcase_tenantid[] = "tenantid";
+
+static ngx_str_t  ngx_http_sf_oauth_meta_names[] = {
+    ngx_string("accesstoken"),
+    ngx_string("instanceurl"),
+    ngx_string("tenantid"),
+    ngx_string("authorization"),
+    ngx_null_string
+};
+
+static u_char  *ngx_http_sf_oauth_meta_lowcase[] = {
+    ngx_http_sf_oauth_lowcase_accesstoken,
+    ngx_http_sf_oauth_lowcase_instanceurl,
+    ngx_http_sf_oauth_lowcase_tenantid
+};
 
 
 ngx_int_t
@@ -80,6 +106,13 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
         }
 
         ctx->unshared = 1;
+    }
+
+    if (ctx->kind == NGX_HTTP_SF_OAUTH_GRPC) {
+        token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
+        token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
+
+        return ngx_http_sf_oauth_set_metadata(r, ctx, &token);
     }
 
     h = ngx_http_sf_oauth_set_header(r, &ctx->auth,
@@ -177,6 +210,121 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
     }
 
     return ngx_http_sf_oauth_set_envelope(r, ctx, &token);
+}
+
+
+/*
+ * The Pub/Sub API's metadata, for the upstream request only: accesstoken
+ * (the token), instanceurl and tenantid (the token answer's instance_url
+ * and org id), in the client's first header of each name or a new one.
+ * Nothing else of the client's credentials goes on: its Authorization,
+ * and its second accesstoken, instanceurl or tenantid, pass for
+ * "Connection", which grpc_pass never sends (see
+ * ngx_http_sf_oauth_set_token's X-SFDC-Session).
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token)
+{
+    ngx_str_t        *value[3], *name;
+    ngx_uint_t        i, j;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
+    value[0] = token;
+    value[1] = &ctx->instance_url;
+    value[2] = &ctx->org_id;
+
+    for (i = 0; i < 3; i++) {
+        h = ctx->meta[i].header
+            ? NULL
+            : ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers,
+                                              &ngx_http_sf_oauth_meta_names[i],
+                                              NULL);
+
+        if (ngx_http_sf_oauth_set_header(r, &ctx->meta[i], h,
+                                         &ngx_http_sf_oauth_meta_names[i],
+                                         ngx_http_sf_oauth_meta_lowcase[i],
+                                         value[i])
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        h = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+
+            if (h[i].hash == 0
+                || &h[i] == ctx->meta[0].header
+                || &h[i] == ctx->meta[1].header
+                || &h[i] == ctx->meta[2].header)
+            {
+                continue;
+            }
+
+            for (j = 0; ngx_http_sf_oauth_meta_names[j].len; j++) {
+                name = &ngx_http_sf_oauth_meta_names[j];
+
+                if (h[i].key.len == name->len
+                    && ngx_strncasecmp(h[i].key.data, name->data, name->len)
+                       == 0)
+                {
+                    if (ngx_http_sf_oauth_drop_header(r, ctx, &h[i])
+                        != NGX_OK)
+                    {
+                        return NGX_ERROR;
+                    }
+
+                    break;
+                }
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a client's header that must not go on passes for "Connection" */
+
+static ngx_int_t
+ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h)
+{
+    ngx_http_sf_oauth_slot_t  *slot;
+
+    static ngx_str_t  connection = ngx_string("Connection");
+
+    if (ctx->sessions == NULL) {
+        ctx->sessions = ngx_array_create(r->pool, 1,
+                                         sizeof(ngx_http_sf_oauth_slot_t));
+        if (ctx->sessions == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    slot = ngx_array_push(ctx->sessions);
+    if (slot == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(slot, sizeof(ngx_http_sf_oauth_slot_t));
+
+    if (ngx_http_sf_oauth_set_header(r, slot, h, &connection,
+                                     ngx_http_sf_oauth_lowcase_connection,
+                                     &h->value)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    h->key = connection;
+
+    return NGX_OK;
 }
 
 
@@ -348,6 +496,10 @@ ngx_http_sf_oauth_inject_unset_token(ngx_http_request_t *r,
 
     ngx_http_sf_oauth_unset_header(r, &ctx->coding);
 
+    for (i = 3; i > 0; i--) {
+        ngx_http_sf_oauth_unset_header(r, &ctx->meta[i - 1]);
+    }
+
     if (ctx->sessions) {
         slot = ctx->sessions->elts;
 
@@ -449,7 +601,10 @@ ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r)
 
             if (h[i].lowcase_key == ngx_http_sf_oauth_inject_lowcase_key
                 || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_session
-                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_connection)
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_connection
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_accesstoken
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_instanceurl
+                || h[i].lowcase_key == ngx_http_sf_oauth_lowcase_tenantid)
             {
                 /* a token, or a dead one: another request's, never copied */
                 continue;

@@ -70,10 +70,22 @@ typedef struct {
     ngx_http_sf_oauth_slot_t     session;
     ngx_http_sf_oauth_slot_t     coding;
 
-    /* a client's second X-SFDC-Session, and more: the token in each */
+    /*
+     * a client's second X-SFDC-Session, and more: the token in each; for
+     * the Pub/Sub API, the client's Authorization and its second
+     * accesstoken, instanceurl or tenantid, none of which goes on
+     */
     ngx_array_t                 *sessions;
 
-    /* REST, SOAP or Bulk 1.0 */
+    /*
+     * The Pub/Sub API's metadata (accesstoken, instanceurl, tenantid), and
+     * the instance_url and org id put there, of the token's answer
+     */
+    ngx_http_sf_oauth_slot_t     meta[3];
+    ngx_str_t                    instance_url;
+    ngx_str_t                    org_id;
+
+    /* REST, SOAP, Bulk 1.0 or the Pub/Sub API (gRPC) */
     ngx_uint_t                   kind;
 
     /*

@@ -1120,6 +1120,50 @@ ngx_http_sf_oauth_store_instance_url(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * The instance_url and the org id of the token's answer, in one copy made
+ * under the lock (the Pub/Sub API's instanceurl and tenantid): empty when
+ * not known.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_tenant(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_str_t *url, ngx_str_t *org_id)
+{
+    u_char                    *p;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    p = ngx_pnalloc(pool, NGX_HTTP_SF_OAUTH_URL_MAX + NGX_HTTP_SF_OAUTH_ID_MAX);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        url->data = p;
+        url->len = node->url_len;
+        p = ngx_cpymem(p, node->instance_url, node->url_len);
+
+        org_id->data = p;
+        org_id->len = node->org_id_len;
+        ngx_memcpy(p, node->org_id, node->org_id_len);
+
+    } else {
+        ngx_str_null(url);
+        ngx_str_null(org_id);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+/*
  * Who the token's user is: the ids (empty when not known) and, once read,
  * what the identity service said of that user.
  */
