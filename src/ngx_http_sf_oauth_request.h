@@ -73,8 +73,11 @@ typedef struct {
     /* a client's second X-SFDC-Session, and more: the token in each */
     ngx_array_t                 *sessions;
 
-    /* REST, SOAP or Bulk 1.0 */
+    /* REST, SOAP, Bulk 1.0 or CometD */
     ngx_uint_t                   kind;
+
+    /* a CometD answer held: the channel of its request */
+    ngx_uint_t                   bayeux;
 
     /*
      * A SOAP request's envelope: its plan, and the client's body and
