@@ -22,6 +22,7 @@ use lib 't/lib';
 use SfTest;
 use Digest::SHA qw(sha256_hex);
 use IO::Socket::INET;
+use IO::Uncompress::Gunzip qw(gunzip);
 use JSON::PP;
 use Test::More;
 use Time::HiRes qw(sleep);
@@ -106,6 +107,7 @@ sub bayeux_send {
     print $s "POST /cometd/59.0 HTTP/1.1\r\nHost: localhost\r\n"
              . "Authorization: " . ($opt{auth} // $CLIENT_AUTH) . "\r\n"
              . "Content-Type: application/json\r\n"
+             . ($opt{gzip} ? "Accept-Encoding: gzip\r\n" : '')
              . "Content-Length: " . length($body) . "\r\n"
              . "Connection: close\r\n\r\n" . $body;
     return $s;
@@ -260,6 +262,40 @@ is(reply($conn, '/meta/connect')->{successful}, JSON::PP::true,
    'with its connect reply');
 is($t->token_requests - $before, 1, 'still one token request');
 
+# -- the same, gzip-compressed by Salesforce ------------------------------------
+
+$t->mock('gzip', 'on=1');
+$before = $t->token_requests;
+$hs = handshake(gzip => 1);
+is($hs->{headers}{'content-encoding'}, 'gzip', 'gzip: the handshake passes compressed');
+my $plain;
+gunzip(\$hs->{raw} => \$plain);
+$cid = (decode_json($plain)->[0] || {})->{clientId};
+ok($cid, 'gzip: handshake successful');
+$from = log_len();
+$s = bayeux_send([{ channel => '/meta/connect', clientId => $cid,
+                    connectionType => 'long-polling' }], gzip => 1);
+connect_held($from);
+$t->mock('revoke');
+$conn = bayeux_read($s);
+ok(!$conn->{headers}{'content-encoding'},
+   'gzip: the rewritten connect goes uncompressed');
+$r = reply($conn, '/meta/connect');
+is_deeply($r->{advice}, { reconnect => 'handshake', interval => 0 },
+          'gzip: advice reconnect "handshake"') or diag($conn->{raw});
+($back = $conn->{raw})
+    =~ s/\Q{"reconnect":"handshake","interval":0}\E/{"reconnect": "none", "interval": 0}/;
+is(sha256_hex($back), mock_entry('/meta/connect')->{sha256},
+   'gzip: every other byte as the mock sent it, inflated');
+is($conn->{headers}{'content-length'}, length $conn->{raw},
+   'gzip: its Content-Length');
+$hs = handshake(gzip => 1);
+gunzip(\$hs->{raw} => \$plain);
+is((decode_json($plain)->[0] || {})->{successful}, JSON::PP::true,
+   'gzip: the re-handshake succeeds');
+is($t->token_requests - $before, 1, 'gzip: one token request');
+$t->mock('gzip', 'on=0');
+
 # -- answers that pass untouched -------------------------------------------------
 
 $before = $t->token_requests;
@@ -357,9 +393,19 @@ SKIP: {
 # -- no token anywhere ----------------------------------------------------------
 
 $t->no_token_in(\@responses, [$t->tokens]);
-if ($debug) {
-    like($t->error_log, qr/\[debug\]/, 'the error log is at debug level');
-}
+
+# as t/52: no 12-character prefix of any secret in the (debug) log
+$st = $t->stats;
+my @secrets = ($SfTest::CLIENT_SECRET, $SfTest::REFRESH_TOKEN,
+               @{ $st->{issued_access_tokens} },
+               @{ $st->{issued_refresh_tokens} });
+$t->stop;
+my $log = $t->error_log;
+like($log, qr/\[debug\]/, 'the error log is at debug level') if $debug;
+my @found = grep { index($log, substr($_, 0, 12)) >= 0 } @secrets;
+is(scalar @found, 0, 'no 12-character prefix of any secret in the log ('
+                     . scalar(@secrets) . ' secrets)')
+    or diag(map { substr($_, 0, 12) . "...\n" } @found);
 
 $t->finish;
 done_testing();

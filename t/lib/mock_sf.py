@@ -50,7 +50,7 @@ Test hooks, under /__mock/ (never used by the module):
                                  start, the JWT and client credentials
                                  settings too (jwt_key: --jwt-key's again)
   POST /__mock/reset_echo        forget the echo_log
-  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk) gzips its answers,
+  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk, CometD) gzips its answers,
                                  errors included, when the request says
                                  Accept-Encoding: gzip, as Salesforce does
   *    /__mock/xxe               counts a fetch in "xxe_hits" (the URL of an
@@ -447,7 +447,7 @@ request.
                     clients it was queued for
   Stats: "cometd_log" (per request: the channels, the Authorization
   headers, each reply's channel, successful and error, the body's length
-  and SHA-256 as sent), "cometd_auths" (every Authorization value),
+  and SHA-256 as sent, before gzip), "cometd_auths" (every Authorization value),
   "cometd_clients" (the clientIds alive) and "cometd_subscriptions" (per
   clientId).
 
@@ -842,8 +842,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         path = urllib.parse.urlsplit(self.path).path
-        self.gzip_ok = (path.startswith("/services/")
-                        and not path.startswith("/services/oauth2/")
+        self.gzip_ok = ((path.startswith("/services/")
+                         and not path.startswith("/services/oauth2/")
+                         or path.startswith("/cometd/"))
                         and self.server.state.gzip
                         and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
