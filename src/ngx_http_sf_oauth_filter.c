@@ -2,8 +2,11 @@
 /*
  * The response filter: the dead-session replay, and the token leaving the
  * request.  A dead session is a REST 401, a SOAP 500 INVALID_SESSION_ID
- * fault or a Bulk 1.0 400 InvalidSessionId (ngx_http_sf_oauth_verdict.c);
- * "the 401" below stands for any of them.
+ * fault or a Bulk 1.0 400 InvalidSessionId (ngx_http_sf_oauth_verdict.c),
+ * or a CometD handshake's 200 that says so (ngx_http_sf_oauth_bayeux.c);
+ * "the 401" below stands for any of them.  A CometD connect's 200 that
+ * says so is read the same way, but not replayed: it goes on with its
+ * advice rewritten (ngx_http_sf_oauth_reconnect).
  *
  * Why "swallow, hold, re-run" and not a subrequest or error_page: the
  * operator writes only "sf_oauth NAME;" and proxy_pass.  error_page with
