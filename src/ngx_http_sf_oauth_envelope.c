@@ -203,7 +203,8 @@ ngx_http_sf_oauth_envelope_exit(void)
 
 /*
  * The kind of API a request goes to, from its URI: SOAP, Bulk 1.0, the
- * Streaming API (CometD) or REST.  The URI is the client's, as nginx normalized it.
+ * Streaming API (CometD) or REST.  The URI is the client's, as nginx
+ * normalized it.
  */
 
 ngx_uint_t
