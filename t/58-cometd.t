@@ -262,6 +262,36 @@ is(reply($conn, '/meta/connect')->{successful}, JSON::PP::true,
    'with its connect reply');
 is($t->token_requests - $before, 1, 'still one token request');
 
+# -- five clients' connects held at once, then revoked: one refresh -------------
+
+my @cids;
+for (1 .. 5) {
+    $hs = handshake();
+    push @cids, reply($hs, '/meta/handshake')->{clientId};
+}
+ok(!grep({ !$_ } @cids), 'five clients: handshook');
+$before = $t->token_requests;
+$from = log_len();
+my @socks = map { bayeux_send([{ channel => '/meta/connect', clientId => $_,
+                                 connectionType => 'long-polling' }]) } @cids;
+SfTest::wait_event(10, 'the mock holds five connects', sub {
+    my @log = @{ $t->stats->{cometd_log} };
+    5 == grep { grep({ $_ eq '/meta/connect' } @{ $_->{channels} })
+                && !@{ $_->{replies} } } @log[$from .. $#log];
+});
+$t->mock('revoke');
+my @advice = map { reply(bayeux_read($_), '/meta/connect')->{advice}{reconnect}
+                   // '' } @socks;
+is_deeply(\@advice, [('handshake') x 5],
+          'five clients: each told to handshake again');
+@socks = map { bayeux_send([{ channel => '/meta/handshake', version => '1.0',
+                              supportedConnectionTypes => ['long-polling'] }]) }
+         1 .. 5;
+my @ok = map { reply(bayeux_read($_), '/meta/handshake')->{successful} } @socks;
+is(scalar(grep { $_ && $_ eq JSON::PP::true } @ok), 5,
+   'five clients: their handshakes at once succeed');
+is($t->token_requests - $before, 1, 'five clients: one token request');
+
 # -- the same, gzip-compressed by Salesforce ------------------------------------
 
 $t->mock('gzip', 'on=1');
