@@ -138,7 +138,8 @@ sub bayeux_read {
         $body = $raw;
     }
     my $res = { status => $status // 0, headers => \%h, raw => $body,
-                content => $body, json => eval { decode_json($body) } };
+                content => $body,
+                json => scalar eval { decode_json($body) } };
     push @responses, $res;
     return $res;
 }
@@ -291,6 +292,33 @@ my @ok = map { reply(bayeux_read($_), '/meta/handshake')->{successful} } @socks;
 is(scalar(grep { $_ && $_ eq JSON::PP::true } @ok), 5,
    'five clients: their handshakes at once succeed');
 is($t->token_requests - $before, 1, 'five clients: one token request');
+
+# -- a refused connect the module cannot read passes as it is, no refresh -------
+
+for my $odd (qw(truncated big)) {
+    $t->mock('cometd', "odd=$odd");
+    $hs = handshake();
+    $cid = reply($hs, '/meta/handshake')->{clientId};
+    $before = $t->token_requests;
+    $from = log_len();
+    $mark = $t->log_mark;
+    $s = bayeux_send([{ channel => '/meta/connect', clientId => $cid,
+                        connectionType => 'long-polling' }]);
+    connect_held($from);
+    $t->mock('revoke');
+    $conn = bayeux_read($s);
+    $e = mock_entry('/meta/connect') || {};
+    is(sha256_hex($conn->{raw}), $e->{sha256},
+       "$odd: the refused connect passes byte for byte ($e->{length} bytes)");
+    unlike($conn->{raw}, qr/"handshake"/, "$odd: its advice as it was");
+    is($t->token_requests - $before, 0, "$odd: no token request");
+    unlike($t->error_log_since($mark), qr/CometD/, "$odd: no CometD line");
+    # the next handshake finds the dead token: refreshed and replayed
+    is(reply(handshake(), '/meta/handshake')->{successful}, JSON::PP::true,
+       "$odd: the next handshake is cured");
+    is($t->token_requests - $before, 1, "$odd: by one token request");
+}
+$t->mock('cometd', 'odd=none');
 
 # -- the same, gzip-compressed by Salesforce ------------------------------------
 

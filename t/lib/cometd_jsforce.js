@@ -122,10 +122,12 @@ main().then((res) => {
   process.stdout.write(JSON.stringify(res) + '\n');
   process.exit(0);
 }).catch(async (err) => {
-  // the mock's record, for the test's diagnostics
+  // the mock's record, for the test's diagnostics (without the tokens)
   const st = await hook('stats').catch(() => ({}));
+  const log = (st.cometd_log || []).map((e) => ({
+    channels: e.channels, status: e.status, replies: e.replies }));
   process.stdout.write(JSON.stringify({ ok: false, step,
                                         error: String(err.message),
-                                        log: st.cometd_log }) + '\n');
+                                        log }) + '\n');
   process.exit(0);
 });

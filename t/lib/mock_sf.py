@@ -438,8 +438,11 @@ request.
   "handshake".  With the http401 knob, a dead session is an HTTP 401 with
   the REST API's INVALID_SESSION_ID body instead.
 
-  POST /__mock/cometd?hold=S&daily_limit=0|1&http401=0|1
-                    the knobs (each one given is set)
+  POST /__mock/cometd?hold=S&daily_limit=0|1&http401=0|1&odd=O
+                    the knobs (each one given is set); odd: an answer
+                    with a "401::" error is cut short by 2 bytes (not
+                    JSON, "truncated") or padded past 9000 bytes in its
+                    ext ("big"); "none": as Salesforce answers
   POST /__mock/publish?channel=C[&size=N]
                     an event on channel C for every client subscribed to
                     it: the body (JSON) as its payload, or N bytes of
@@ -695,6 +698,7 @@ class State:
             self.cometd_hold = 10.0
             self.cometd_daily_limit = False
             self.cometd_http401 = False
+            self.cometd_odd = ""
             self.cometd_clients = {}     # clientId -> {"subs", "queue"}
             self.cometd_log = []
             self.cometd_auths = []
@@ -981,11 +985,14 @@ class Handler(BaseHTTPRequestHandler):
                     st.cometd_daily_limit = query["daily_limit"][0] == "1"
                 if "http401" in query:
                     st.cometd_http401 = query["http401"][0] == "1"
+                if "odd" in query:
+                    st.cometd_odd = query["odd"][0]
                 st.lock.notify_all()
                 return self.send(200, {
                     "hold": st.cometd_hold,
                     "daily_limit": st.cometd_daily_limit,
-                    "http401": st.cometd_http401})
+                    "http401": st.cometd_http401,
+                    "odd": st.cometd_odd})
         if path == "/__mock/publish":
             channel = query.get("channel", ["/topic/Mock"])[0]
             size = int(query.get("size", ["0"])[0])
@@ -1981,7 +1988,16 @@ class Handler(BaseHTTPRequestHandler):
             entry["replies"].append({"channel": r.get("channel"),
                                      "successful": r.get("successful"),
                                      "error": r.get("error")})
+        with st.lock:
+            odd = st.cometd_odd
+        refused = any(str(r.get("error", "")).startswith("401::")
+                      for r in replies)
+        if refused and odd == "big":
+            for r in replies:
+                r.setdefault("ext", {})["pad"] = "x" * 9000
         body = json.dumps(replies).encode()
+        if refused and odd == "truncated":
+            body = body[:-2]
         entry["length"] = len(body)
         entry["sha256"] = hashlib.sha256(body).hexdigest()
         return self.send(200, body)
