@@ -116,7 +116,7 @@ test-valgrind: deps node-deps $(MODULE)
 	    $(TESTS)
 
 # libFuzzer targets for the token response parser, the state file reader,
-# the SOAP envelope rewriter and the error-body verdict, built with clang, ASan and UBSan against a small stand-in for
+# the SOAP envelope rewriter and the error-body verdict (CometD's too), built with clang, ASan and UBSan against a small stand-in for
 # nginx's core (fuzz/ngx_shim.c); each runs FUZZ_TIME seconds from the seed
 # corpus in fuzz/corpus (copied, so that the run adds nothing to the tree).
 FUZZ_TIME   ?= 60
@@ -136,6 +136,7 @@ FUZZ_SRCS   := fuzz/ngx_shim.c src/ngx_http_sf_oauth_parse.c \
                src/ngx_http_sf_oauth_inflate.c \
                src/ngx_http_sf_oauth_answer.c \
                src/ngx_http_sf_oauth_verdict.c \
+               src/ngx_http_sf_oauth_bayeux.c \
                src/ngx_http_sf_oauth_send.c
 FUZZ_TARGETS := parse state envelope verdict
 

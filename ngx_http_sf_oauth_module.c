@@ -21,6 +21,8 @@ static ngx_int_t ngx_http_sf_oauth_add_variables(ngx_conf_t *cf);
 static void *ngx_http_sf_oauth_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_sf_oauth_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_sf_oauth_create_loc_conf(ngx_conf_t *cf);
+static void ngx_http_sf_oauth_check_cometd(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *conf, ngx_http_core_loc_conf_t *clcf);
 static void ngx_http_sf_oauth_check_intercept(ngx_conf_t *cf,
     ngx_http_sf_oauth_loc_conf_t *conf, ngx_http_core_loc_conf_t *clcf);
 static char *ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -896,6 +898,43 @@ ngx_http_sf_oauth_check_intercept(ngx_conf_t *cf,
 }
 
 
+/*
+ * Salesforce holds a CometD /meta/connect up to 110 s before it answers:
+ * a location for /cometd/ whose proxy_read_timeout is shorter ends every
+ * long poll with a 504, and the client handshakes again and again.
+ * nginx -t says so.  Known by the location's name: a location that is not
+ * named for /cometd/ and carries it too needs the same.
+ */
+
+static void
+ngx_http_sf_oauth_check_cometd(ngx_conf_t *cf,
+    ngx_http_sf_oauth_loc_conf_t *conf, ngx_http_core_loc_conf_t *clcf)
+{
+    ngx_http_upstream_conf_t  *ucf;
+
+    /* ngx_http_proxy_loc_conf_t starts with its ngx_http_upstream_conf_t */
+    ucf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_proxy_module);
+
+    if (ucf == NULL
+        || ucf->read_timeout >= NGX_HTTP_SF_OAUTH_COMETD_TIMEOUT
+        || ngx_strlcasestrn(clcf->name.data, clcf->name.data + clcf->name.len,
+                            (u_char *) "/cometd", sizeof("/cometd") - 1 - 1)
+           == NULL)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                  "sf_oauth \"%V\" in %s:%ui: location \"%V\" proxies the "
+                  "Streaming API (CometD), whose /meta/connect Salesforce "
+                  "holds up to 110 s, with proxy_read_timeout %M ms: every "
+                  "long poll would end in a 504; set \"proxy_read_timeout "
+                  "%Ms;\" in it", &conf->name, conf->file, conf->line,
+                  &clcf->name, ucf->read_timeout,
+                  (ngx_msec_t) NGX_HTTP_SF_OAUTH_COMETD_TIMEOUT / 1000);
+}
+
+
 static char *
 ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -973,6 +1012,8 @@ ngx_http_sf_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         if (ngx_http_sf_oauth_grpc_conf(cf, conf, clcf) != NGX_CONF_OK) {
             return NGX_CONF_ERROR;
         }
+
+        ngx_http_sf_oauth_check_cometd(cf, conf, clcf);
     }
 
     return NGX_CONF_OK;

@@ -7,6 +7,12 @@
  * also the URI.  Whatever the body, the verdict is 0 or 1, and a cut 401
  * is a dead session.  (Only candidates are ever asked: the verdict itself
  * does not look at the status of a SOAP or Bulk answer.)
+ *
+ * The same bytes are a CometD answer to a handshake or (bit 5) a connect,
+ * and a CometD request body: the Bayeux verdict is one of its three, a
+ * cut answer passes, and a rewritten connect holds the new advice and
+ * every byte of the answer around it; the request's channel is one of
+ * its three.
  */
 
 
@@ -35,13 +41,19 @@ silent(void *ctx, const char *msg, ...)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    u_char              *body;
-    size_t               len;
-    ngx_int_t            dead;
-    ngx_str_t            ns;
-    ngx_uint_t           kind, status, whole, k;
-    ngx_pool_t          *pool;
-    ngx_http_request_t   r;
+    u_char                    *body;
+    size_t                     len;
+    ngx_int_t                  dead;
+    ngx_buf_t                  b;
+    ngx_str_t                  ns, out;
+    ngx_uint_t                 kind, status, whole, k, channel;
+    ngx_pool_t                *pool;
+    ngx_chain_t                cl;
+    ngx_http_request_t         r;
+    ngx_http_request_body_t    rb;
+
+    static const char  advice[] = "{\"reconnect\":\"handshake\","
+                                  "\"interval\":0}";
 
     static int  inited;
 
@@ -87,7 +99,59 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     k = ngx_http_sf_oauth_envelope_kind(&r);
 
     if (k != NGX_HTTP_SF_OAUTH_REST && k != NGX_HTTP_SF_OAUTH_SOAP
-        && k != NGX_HTTP_SF_OAUTH_BULK)
+        && k != NGX_HTTP_SF_OAUTH_BULK && k != NGX_HTTP_SF_OAUTH_COMETD)
+    {
+        abort();
+    }
+
+    /* the same bytes as a CometD answer, and as its request */
+
+    channel = ((data[0] >> 5) & 1) ? NGX_HTTP_SF_OAUTH_BAYEUX_CONNECT
+                                   : NGX_HTTP_SF_OAUTH_BAYEUX_HANDSHAKE;
+
+    dead = ngx_http_sf_oauth_bayeux_verdict(pool, channel, body, len, whole,
+                                            &out);
+
+    if (dead != NGX_HTTP_SF_OAUTH_BAYEUX_PASS
+        && (!whole
+            || (dead != NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY
+                && dead != NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT)
+            || (dead == NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY
+                && channel != NGX_HTTP_SF_OAUTH_BAYEUX_HANDSHAKE)
+            || (dead == NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT
+                && channel != NGX_HTTP_SF_OAUTH_BAYEUX_CONNECT)))
+    {
+        abort();
+    }
+
+    if (dead == NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT) {
+        /* the answer's first and last bytes stay, the advice is in */
+
+        if (out.len <= sizeof(advice) - 1
+            || ngx_strlcasestrn(out.data, out.data + out.len,
+                                (u_char *) advice, sizeof(advice) - 1 - 1)
+               == NULL
+            || out.data[0] != body[0]
+            || out.data[out.len - 1] != body[len - 1])
+        {
+            abort();
+        }
+    }
+
+    b.pos = body;
+    b.last = body + len;
+    b.memory = 1;
+    cl.buf = &b;
+    cl.next = NULL;
+    rb.bufs = &cl;
+    r.request_body = &rb;
+    r.method = NGX_HTTP_POST;
+
+    k = ngx_http_sf_oauth_bayeux_request(&r);
+
+    if (k != NGX_HTTP_SF_OAUTH_BAYEUX_NONE
+        && k != NGX_HTTP_SF_OAUTH_BAYEUX_HANDSHAKE
+        && k != NGX_HTTP_SF_OAUTH_BAYEUX_CONNECT)
     {
         abort();
     }

@@ -55,6 +55,15 @@
 /* how much of an error response is read to tell a dead session */
 #define NGX_HTTP_SF_OAUTH_INSPECT_MAX    65536
 
+/*
+ * The most of a Streaming API (CometD) request and of its answer read to
+ * tell a dead session; a longer answer (event deliveries) passes unread
+ */
+#define NGX_HTTP_SF_OAUTH_BAYEUX_MAX     8192
+
+/* the proxy_read_timeout a CometD location needs: a long poll is 110 s */
+#define NGX_HTTP_SF_OAUTH_COMETD_TIMEOUT 120000
+
 /* the most bytes of an envelope's XML declaration */
 #define NGX_HTTP_SF_OAUTH_XMLDECL_MAX    1024
 
@@ -181,6 +190,17 @@
 #define NGX_HTTP_SF_OAUTH_SOAP           1
 #define NGX_HTTP_SF_OAUTH_BULK           2
 #define NGX_HTTP_SF_OAUTH_GRPC           3
+#define NGX_HTTP_SF_OAUTH_COMETD         4
+
+/* the Bayeux channel of a CometD request whose answer may be held */
+#define NGX_HTTP_SF_OAUTH_BAYEUX_NONE       0
+#define NGX_HTTP_SF_OAUTH_BAYEUX_HANDSHAKE  1
+#define NGX_HTTP_SF_OAUTH_BAYEUX_CONNECT    2
+
+/* what a CometD answer says: see ngx_http_sf_oauth_bayeux.c */
+#define NGX_HTTP_SF_OAUTH_BAYEUX_PASS       0
+#define NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY     1
+#define NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT  2
 
 /* the OAuth grants a credential can use */
 #define NGX_HTTP_SF_OAUTH_GRANT_REFRESH  0
@@ -625,6 +645,8 @@ ngx_int_t ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
 ngx_uint_t ngx_http_sf_oauth_wait_is_stale_replay(
     ngx_http_sf_oauth_ctx_t *ctx);
 void ngx_http_sf_oauth_wait_clean_ctx(void *data);
+void ngx_http_sf_oauth_wait_reconnect(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 
 /* inject */
 extern u_char  ngx_http_sf_oauth_inject_lowcase_key[];
@@ -682,6 +704,12 @@ ngx_int_t ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind,
     ngx_uint_t status);
 ngx_int_t ngx_http_sf_oauth_verdict(ngx_uint_t kind, ngx_uint_t status,
     u_char *body, size_t len, ngx_uint_t whole);
+
+/* bayeux */
+ngx_uint_t ngx_http_sf_oauth_bayeux_request(ngx_http_request_t *r);
+ngx_int_t ngx_http_sf_oauth_bayeux_verdict(ngx_pool_t *pool,
+    ngx_uint_t channel, u_char *body, size_t len, ngx_uint_t whole,
+    ngx_str_t *out);
 
 /* filter */
 ngx_int_t ngx_http_sf_oauth_filter_init(ngx_conf_t *cf);

@@ -261,8 +261,9 @@ ngx_http_sf_oauth_envelope_exit(void)
 
 
 /*
- * The kind of API a request goes to, from its URI: SOAP, Bulk 1.0 or
- * REST.  The URI is the client's, as nginx normalized it.
+ * The kind of API a request goes to, from its URI: SOAP, Bulk 1.0, the
+ * Streaming API (CometD) or REST.  The URI is the client's, as nginx
+ * normalized it.
  */
 
 ngx_uint_t
@@ -275,7 +276,12 @@ ngx_http_sf_oauth_envelope_kind(ngx_http_request_t *r)
     p = ngx_strlcasestrn(r->uri.data, last, (u_char *) "/services/",
                          sizeof("/services/") - 1 - 1);
     if (p == NULL) {
-        return NGX_HTTP_SF_OAUTH_REST;
+        /* the Streaming API: /cometd/V */
+
+        p = ngx_strlcasestrn(r->uri.data, last, (u_char *) "/cometd/",
+                             sizeof("/cometd/") - 1 - 1);
+
+        return p ? NGX_HTTP_SF_OAUTH_COMETD : NGX_HTTP_SF_OAUTH_REST;
     }
 
     p += sizeof("/services/") - 1;

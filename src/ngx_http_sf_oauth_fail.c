@@ -127,7 +127,7 @@ ngx_http_sf_oauth_fail_send_error(ngx_http_request_t *r,
 
     kind = ngx_http_sf_oauth_envelope_kind(r);
 
-    if (kind != NGX_HTTP_SF_OAUTH_REST) {
+    if (kind == NGX_HTTP_SF_OAUTH_SOAP || kind == NGX_HTTP_SF_OAUTH_BULK) {
         /* "CODE: credential "NAME": ERROR", or "CODE: ERROR" */
 
         len = code.len + sizeof(": credential \"\": ") - 1 + name.len

@@ -2,8 +2,11 @@
 /*
  * The response filter: the dead-session replay, and the token leaving the
  * request.  A dead session is a REST 401, a SOAP 500 INVALID_SESSION_ID
- * fault or a Bulk 1.0 400 InvalidSessionId (ngx_http_sf_oauth_verdict.c);
- * "the 401" below stands for any of them.
+ * fault or a Bulk 1.0 400 InvalidSessionId (ngx_http_sf_oauth_verdict.c),
+ * or a CometD handshake's 200 that says so (ngx_http_sf_oauth_bayeux.c);
+ * "the 401" below stands for any of them.  A CometD connect's 200 that
+ * says so is read the same way, but not replayed: it goes on with its
+ * advice rewritten (ngx_http_sf_oauth_reconnect).
  *
  * Why "swallow, hold, re-run" and not a subrequest or error_page: the
  * operator writes only "sf_oauth NAME;" and proxy_pass.  error_page with
@@ -64,12 +67,16 @@
 static ngx_int_t ngx_http_sf_oauth_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_sf_oauth_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+static ngx_int_t ngx_http_sf_oauth_candidate(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_replayable(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_inspect(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_sf_oauth_dead(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t whole);
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_uint_t whole, ngx_str_t *rewritten);
+static ngx_int_t ngx_http_sf_oauth_reconnect(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *in, ngx_str_t *rewritten);
 static ngx_int_t ngx_http_sf_oauth_pass(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_consume(ngx_chain_t *in);
@@ -152,7 +159,8 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
     /*
      * Only a main request's response from the upstream that got the
      * token is held and replayed, and only one that may say the session
-     * is dead: a 401, a SOAP 500, a Bulk 1.0 400.
+     * is dead: a 401, a SOAP 500, a Bulk 1.0 400, a CometD handshake's or
+     * connect's 200.
      */
 
     if (r == r->main
@@ -161,8 +169,7 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
         && r->upstream
         && r->upstream == ctx->upstream
         && r->upstream->headers_in.status_n == r->headers_out.status
-        && ngx_http_sf_oauth_verdict_candidate(ctx->kind,
-                                               r->headers_out.status)
+        && ngx_http_sf_oauth_candidate(r, ctx)
         && !r->header_sent
         && ngx_http_sf_oauth_replayable(r, ctx))
     {
@@ -177,7 +184,9 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
 
         if (r->header_only || r->headers_out.content_length_n == 0) {
 
-            if (ngx_http_sf_oauth_dead(r, ctx, 1)) {
+            if (ngx_http_sf_oauth_dead(r, ctx, 1, NULL)
+                == NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY)
+            {
                 /* swallowed: nothing of this response goes further */
                 return ngx_http_sf_oauth_wait_hold(r, ctx);
             }
@@ -196,6 +205,39 @@ ngx_http_sf_oauth_header_filter(ngx_http_request_t *r)
     ngx_http_sf_oauth_handler_response_header(r, ctx);
 
     return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * Whether this response may say the session is dead.  A CometD 200 may,
+ * only when its request was a /meta/handshake or /meta/connect and it is
+ * not announced longer than NGX_HTTP_SF_OAUTH_BAYEUX_MAX: an answer that
+ * delivers events passes at once, unread.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_candidate(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ctx->bayeux = NGX_HTTP_SF_OAUTH_BAYEUX_NONE;
+
+    if (!ngx_http_sf_oauth_verdict_candidate(ctx->kind,
+                                             r->headers_out.status))
+    {
+        return 0;
+    }
+
+    if (r->headers_out.status != NGX_HTTP_OK) {
+        return 1;
+    }
+
+    if (r->headers_out.content_length_n > NGX_HTTP_SF_OAUTH_BAYEUX_MAX) {
+        return 0;
+    }
+
+    ctx->bayeux = ngx_http_sf_oauth_bayeux_request(r);
+
+    return ctx->bayeux != NGX_HTTP_SF_OAUTH_BAYEUX_NONE;
 }
 
 
@@ -297,9 +339,10 @@ static ngx_int_t
 ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
     ngx_chain_t *in)
 {
-    off_t         len;
+    off_t         len, max;
     size_t        n, prior;
     ngx_int_t     rc;
+    ngx_str_t     rewritten;
     ngx_buf_t    *b, *copy;
     ngx_uint_t    last, full;
     ngx_chain_t  *cl, *out;
@@ -308,9 +351,11 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 
     if (b == NULL) {
         len = r->headers_out.content_length_n;
+        max = ctx->bayeux ? NGX_HTTP_SF_OAUTH_BAYEUX_MAX
+                          : NGX_HTTP_SF_OAUTH_INSPECT_MAX;
 
-        if (len <= 0 || len > NGX_HTTP_SF_OAUTH_INSPECT_MAX) {
-            len = NGX_HTTP_SF_OAUTH_INSPECT_MAX;
+        if (len <= 0 || len > max) {
+            len = max;
         }
 
         b = ngx_create_temp_buf(r->pool, (size_t) len);
@@ -360,7 +405,13 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
      * flush, then finalizes the request): what was read is all there is.
      */
 
-    if (ngx_http_sf_oauth_dead(r, ctx, last && !full)) {
+    rc = ngx_http_sf_oauth_dead(r, ctx, last && !full, &rewritten);
+
+    if (rc == NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT) {
+        return ngx_http_sf_oauth_reconnect(r, ctx, in, &rewritten);
+    }
+
+    if (rc == NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY) {
 
         if (ngx_http_sf_oauth_wait_hold(r, ctx) != NGX_OK) {
             return NGX_ERROR;
@@ -402,15 +453,21 @@ ngx_http_sf_oauth_inspect(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
 }
 
 
-/* whether the response held so far says that the session is dead */
+/*
+ * Whether the response held so far says that the session is dead:
+ * NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY (a dead session: hold and replay),
+ * _RECONNECT (a CometD connect's: "rewritten" is the body to send
+ * instead, its header set for it), or _PASS.
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
-    ngx_uint_t whole)
+    ngx_uint_t whole, ngx_str_t *rewritten)
 {
     size_t            len;
     u_char           *body;
     ngx_int_t         dead, rc;
+    ngx_uint_t        inflated;
     ngx_table_elt_t  *ce;
 
     ctx->inspecting = 0;
@@ -419,6 +476,7 @@ ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
     len = ctx->inspected ? ctx->inspected->last - ctx->inspected->pos : 0;
 
     ce = r->headers_out.content_encoding;
+    inflated = 0;
 
     if (len && ce && ce->hash
         && ((ce->value.len == 4
@@ -438,10 +496,40 @@ ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
             whole = 0;
             len = 0;
         }
+
+        inflated = 1;
     }
 
-    dead = ngx_http_sf_oauth_verdict(ctx->kind, r->headers_out.status, body,
-                                     len, whole);
+    if (ctx->bayeux && rewritten) {
+        dead = ngx_http_sf_oauth_bayeux_verdict(r->pool, ctx->bayeux, body,
+                                                len, whole, rewritten);
+
+        if (dead == NGX_HTTP_SF_OAUTH_BAYEUX_RECONNECT) {
+            /* the rewritten body goes as it is, with its own length */
+
+            r->headers_out.content_length_n = rewritten->len;
+
+            if (r->headers_out.content_length) {
+                r->headers_out.content_length->hash = 0;
+                r->headers_out.content_length = NULL;
+            }
+
+            if (inflated) {
+                ce->hash = 0;
+                r->headers_out.content_encoding = NULL;
+            }
+        }
+
+    } else if (ctx->bayeux) {
+        /* no body: no Bayeux message */
+        dead = NGX_HTTP_SF_OAUTH_BAYEUX_PASS;
+
+    } else {
+        dead = ngx_http_sf_oauth_verdict(ctx->kind, r->headers_out.status,
+                                         body, len, whole)
+               ? NGX_HTTP_SF_OAUTH_BAYEUX_REPLAY
+               : NGX_HTTP_SF_OAUTH_BAYEUX_PASS;
+    }
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "sf_oauth: upstream %ui, %uz bytes%s read: %s",
@@ -449,6 +537,54 @@ ngx_http_sf_oauth_dead(ngx_http_request_t *r, ngx_http_sf_oauth_ctx_t *ctx,
                    dead ? "dead session" : "passed");
 
     return dead;
+}
+
+
+/*
+ * A CometD connect that says the session is dead: the token is dropped
+ * (ngx_http_sf_oauth_wait_reconnect), and the client gets the answer with
+ * its advice rewritten, whole, in place of what Salesforce sent.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_reconnect(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_chain_t *in, ngx_str_t *rewritten)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t  *out;
+
+    ngx_http_sf_oauth_wait_reconnect(r, ctx);
+
+    /* read already, and sent as the rewritten body */
+    ngx_http_sf_oauth_consume(in);
+
+    rc = ngx_http_sf_oauth_pass(r, ctx);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return (rc > NGX_OK) ? NGX_ERROR : rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = rewritten->data;
+    b->last = rewritten->data + rewritten->len;
+    b->temporary = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out = ngx_alloc_chain_link(r->pool);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->buf = b;
+    out->next = NULL;
+
+    return ngx_http_next_body_filter(r, out);
 }
 
 

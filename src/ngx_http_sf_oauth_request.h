@@ -85,8 +85,11 @@ typedef struct {
     ngx_str_t                    instance_url;
     ngx_str_t                    org_id;
 
-    /* REST, SOAP, Bulk 1.0 or the Pub/Sub API (gRPC) */
+    /* REST, SOAP, Bulk 1.0, CometD or the Pub/Sub API (gRPC) */
     ngx_uint_t                   kind;
+
+    /* a CometD answer held: the channel of its request */
+    ngx_uint_t                   bayeux;
 
     /*
      * A SOAP request's envelope: its plan, and the client's body and

@@ -9,7 +9,10 @@
  *   SOAP       500 with a fault whose faultcode's local name is
  *              INVALID_SESSION_ID;
  *   Bulk 1.0   400 with the exceptionCode InvalidSessionId, in XML or in
- *              JSON.
+ *              JSON;
+ *   CometD     a 401 as REST; a 200 to a /meta/handshake or /meta/connect
+ *              is a candidate too, and src/ngx_http_sf_oauth_bayeux.c
+ *              reads its Bayeux messages.
  *
  * The response filter holds only these candidates, reads at most
  * NGX_HTTP_SF_OAUTH_INSPECT_MAX bytes of their body, and asks here.  Every
@@ -53,6 +56,10 @@ ngx_http_sf_oauth_verdict_candidate(ngx_uint_t kind, ngx_uint_t status)
 
     case NGX_HTTP_BAD_REQUEST:
         return kind == NGX_HTTP_SF_OAUTH_BULK;
+
+    case NGX_HTTP_OK:
+        /* a CometD handshake or connect: see ngx_http_sf_oauth_bayeux.c */
+        return kind == NGX_HTTP_SF_OAUTH_COMETD;
 
     default:
         return 0;

@@ -239,6 +239,41 @@ ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
 
 
 /*
+ * A CometD /meta/connect answered "401::...": the client's session on
+ * Salesforce's side is gone with its token, and a replay of the connect
+ * cannot bring it back.  The token is dropped by the same rule as a 401's
+ * (the generation compared, refreshes that did not cure lately waited
+ * out), and the response goes on, its advice rewritten by the filter: the
+ * client's handshake that follows waits for the refresh as any request
+ * does, and gets the new token.
+ */
+
+void
+ngx_http_sf_oauth_wait_reconnect(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_int_t   rc;
+    ngx_msec_t  until;
+
+    rc = ngx_http_sf_oauth_store_rejected(ctx->cred, ctx->generation,
+                                          &until);
+
+    ctx->noted = 1;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "sf_oauth: credential \"%V\": a CometD /meta/connect "
+                  "said the session of token generation %ui is dead: the "
+                  "client is told to handshake again (advice reconnect "
+                  "\"handshake\"), %s", &ctx->cred->name, ctx->generation,
+                  rc == NGX_HTTP_SF_OAUTH_REJ_NEWER
+                  ? "a newer token is there"
+                  : rc == NGX_HTTP_SF_OAUTH_REJ_DROPPED
+                    ? "the token is dropped or already being refreshed"
+                    : "no refresh yet: 401s lately outlived refreshes");
+}
+
+
+/*
  * Whether a replay's token was got before the request's first 401 came:
  * another worker's or node's refresh, found newer than the token that
  * failed.  Then a 401 to the replay says that this token died too (two

@@ -18,6 +18,7 @@ Python standard library only.  It answers like Salesforce does:
                                  SOAP (partner, enterprise, metadata,
                                  tooling, Apex web services): see below
   *    /services/async/V/job...  Bulk API 1.0: see below
+  POST /cometd/V                 the Streaming API (CometD): see below
 
 Test hooks, under /__mock/ (never used by the module):
 
@@ -49,7 +50,7 @@ Test hooks, under /__mock/ (never used by the module):
                                  start, the JWT and client credentials
                                  settings too (jwt_key: --jwt-key's again)
   POST /__mock/reset_echo        forget the echo_log
-  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk) gzips its answers,
+  POST /__mock/gzip?on=1|0       the API (REST, SOAP, Bulk, CometD) gzips its answers,
                                  errors included, when the request says
                                  Accept-Encoding: gzip, as Salesforce does
   *    /__mock/xxe               counts a fetch in "xxe_hits" (the URL of an
@@ -408,6 +409,51 @@ was created with Content-Type application/json):
 
 SOAP and Bulk calls count in "api_requests" and "api_log" too.
 
+The Streaming API (POST /cometd/V, Bayeux over long polling, DESIGN.md
+section 11): a JSON array of messages (or one message) in, an array of
+replies out, always HTTP 200.  The session is "Authorization: OAuth T" (or
+Bearer T), a live access token as for the REST API, checked for every
+request.
+
+  /meta/handshake   clientId, supportedConnectionTypes ["long-polling"],
+                    advice {"interval":0,"timeout":HOLD*1000,
+                    "reconnect":"retry"}.  A dead or missing session:
+                    "error":"403::Handshake denied", "ext":{"sfdc":
+                    {"failureReason":"401::Authentication invalid"}},
+                    advice reconnect "none".  With the daily_limit knob,
+                    the failureReason is "403::Organization total events
+                    daily limit exceeded"
+  /meta/connect     held up to HOLD seconds (the "hold" knob, 10 by
+                    default; Salesforce's 110), not held in a batch
+                    with other messages (it comes last), answered at once with
+                    the events queued for the client, then its reply.  A
+                    session dead when it comes, or revoked while it is
+                    held (/__mock/revoke wakes it): "401::Authentication
+                    invalid" ("401::Request requires authentication"
+                    without a token), advice {"reconnect":"none",
+                    "interval":0}
+  /meta/subscribe, /meta/unsubscribe, /meta/disconnect
+                    as Salesforce answers them
+  An unknown clientId: "403::Unknown client", advice reconnect
+  "handshake".  With the http401 knob, a dead session is an HTTP 401 with
+  the REST API's INVALID_SESSION_ID body instead.
+
+  POST /__mock/cometd?hold=S&daily_limit=0|1&http401=0|1&odd=O
+                    the knobs (each one given is set); odd: an answer
+                    with a "401::" error is cut short by 2 bytes (not
+                    JSON, "truncated") or padded past 9000 bytes in its
+                    ext ("big"); "none": as Salesforce answers
+  POST /__mock/publish?channel=C[&size=N]
+                    an event on channel C for every client subscribed to
+                    it: the body (JSON) as its payload, or N bytes of
+                    "x"; each gets the next replayId.  Answers how many
+                    clients it was queued for
+  Stats: "cometd_log" (per request: the channels, the Authorization
+  headers, each reply's channel, successful and error, the body's length
+  and SHA-256 as sent, before gzip), "cometd_auths" (every Authorization value),
+  "cometd_clients" (the clientIds alive) and "cometd_subscriptions" (per
+  clientId).
+
   GET  /id/ORG_ID/USER_ID        the identity service: who the token's user
                                  is (403 for a token that is not valid, or
                                  after POST /__mock/identity_mode?mode=fail)
@@ -648,6 +694,15 @@ class State:
             self.jwt_assertions = []
             self.clock_skew = 0.0
             self.cc_user = True
+            # the Streaming API (CometD)
+            self.cometd_hold = 10.0
+            self.cometd_daily_limit = False
+            self.cometd_http401 = False
+            self.cometd_odd = ""
+            self.cometd_clients = {}     # clientId -> {"subs", "queue"}
+            self.cometd_log = []
+            self.cometd_auths = []
+            self.cometd_replay = 0
             self.lock.notify_all()
 
     def now(self):
@@ -791,8 +846,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         path = urllib.parse.urlsplit(self.path).path
-        self.gzip_ok = (path.startswith("/services/")
-                        and not path.startswith("/services/oauth2/")
+        self.gzip_ok = ((path.startswith("/services/")
+                         and not path.startswith("/services/oauth2/")
+                         or path.startswith("/cometd/"))
                         and self.server.state.gzip
                         and "gzip" in self.headers.get("Accept-Encoding", ""))
         if path.startswith("/__mock/"):
@@ -813,6 +869,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.bulk(path)
         if path.startswith("/services/"):
             return self.api(path)
+        if path.startswith("/cometd/"):
+            return self.cometd()
         if path.startswith("/echo/"):
             return self.echo(path)
         if path.startswith("/id/"):
@@ -827,7 +885,7 @@ class Handler(BaseHTTPRequestHandler):
     def control(self, path):
         st = self.server.state
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        self.body()
+        self.last_body = self.body()
         if path == "/__mock/stats":
             with st.lock:
                 return self.send(200, {
@@ -872,6 +930,12 @@ class Handler(BaseHTTPRequestHandler):
                     "callbacks": st.callbacks,
                     "exchange_mode": st.exchange_mode,
                     "code_secret": st.code_secret,
+                    "cometd_log": st.cometd_log,
+                    "cometd_auths": st.cometd_auths,
+                    "cometd_clients": sorted(st.cometd_clients),
+                    "cometd_subscriptions": {
+                        k: sorted(v["subs"])
+                        for k, v in st.cometd_clients.items()},
                 })
         if path == "/__mock/mode":
             mode = query.get("mode", [""])[0]
@@ -913,9 +977,46 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.api_mode = query.get("mode", ["normal"])[0]
             return self.send(200, {"api_mode": st.api_mode})
+        if path == "/__mock/cometd":
+            with st.lock:
+                if "hold" in query:
+                    st.cometd_hold = float(query["hold"][0])
+                if "daily_limit" in query:
+                    st.cometd_daily_limit = query["daily_limit"][0] == "1"
+                if "http401" in query:
+                    st.cometd_http401 = query["http401"][0] == "1"
+                if "odd" in query:
+                    st.cometd_odd = query["odd"][0]
+                st.lock.notify_all()
+                return self.send(200, {
+                    "hold": st.cometd_hold,
+                    "daily_limit": st.cometd_daily_limit,
+                    "http401": st.cometd_http401,
+                    "odd": st.cometd_odd})
+        if path == "/__mock/publish":
+            channel = query.get("channel", ["/topic/Mock"])[0]
+            size = int(query.get("size", ["0"])[0])
+            with st.lock:
+                st.cometd_replay += 1
+                payload = "x" * size if size else \
+                    json.loads(self.last_body or b"{}")
+                event = {"data": {"event": {"replayId": st.cometd_replay,
+                                            "createdDate":
+                                            "2026-12-07T00:00:00.000Z"},
+                                  "payload": payload},
+                         "channel": channel}
+                n = 0
+                for client in st.cometd_clients.values():
+                    if channel in client["subs"]:
+                        client["queue"].append(event)
+                        n += 1
+                st.lock.notify_all()
+            return self.send(200, {"queued": n,
+                                   "replayId": st.cometd_replay})
         if path == "/__mock/revoke":
             with st.lock:
                 st.access_tokens.clear()
+                st.lock.notify_all()
             return self.send(200, {"revoked": True})
         if path == "/__mock/jwt_key":
             key = query.get("path", [""])[0]
@@ -1835,6 +1936,163 @@ class Handler(BaseHTTPRequestHandler):
             "peer_port": self.client_address[1],
         }, headers=[("Sforce-Limit-Info",
                      "per-app-api-usage=1/100(appName=mock), " + usage)])
+
+    # -- the Streaming API (CometD) ----------------------------------------
+
+    def cometd(self):
+        st = self.server.state
+        data = self.body()
+        auths = self.headers.get_all("Authorization") or []
+        token = None
+        if len(auths) == 1:
+            for scheme in ("OAuth ", "Bearer "):
+                if auths[0].startswith(scheme):
+                    token = auths[0][len(scheme):]
+        try:
+            msgs = json.loads(data)
+        except ValueError:
+            msgs = None
+        if isinstance(msgs, dict):
+            msgs = [msgs]
+        entry = {"channels": [m.get("channel") for m in msgs or []
+                              if isinstance(m, dict)],
+                 "authorization": auths, "replies": [], "status": 200}
+        with st.lock:
+            st.cometd_auths.extend(auths)
+            st.cometd_log.append(entry)
+            st.api_requests += 1
+            ok = self.session_ok(token)
+            if ok:
+                self.touch(token)
+            elif st.cometd_http401:
+                st.api_401 += 1
+                entry["status"] = 401
+        if not isinstance(msgs, list) or not all(isinstance(m, dict)
+                                                 for m in msgs):
+            entry["status"] = 400
+            return self.send(400, [{"successful": False,
+                                    "error": "400::Bad request"}])
+        if entry["status"] == 401:
+            return self.send(401, [{"message": "Session expired or invalid",
+                                    "errorCode": "INVALID_SESSION_ID"}])
+        # as CometD's server: a connect in a batch comes last, and is not
+        # held when the batch has other replies to send
+        replies = []
+        for m in msgs:
+            if m.get("channel") != "/meta/connect":
+                replies.extend(self.cometd_message(m, token))
+        for m in msgs:
+            if m.get("channel") == "/meta/connect":
+                replies.extend(self.cometd_message(m, token, not replies))
+        for r in replies:
+            entry["replies"].append({"channel": r.get("channel"),
+                                     "successful": r.get("successful"),
+                                     "error": r.get("error")})
+        with st.lock:
+            odd = st.cometd_odd
+        refused = any(str(r.get("error", "")).startswith("401::")
+                      for r in replies)
+        if refused and odd == "big":
+            for r in replies:
+                r.setdefault("ext", {})["pad"] = "x" * 9000
+        body = json.dumps(replies).encode()
+        if refused and odd == "truncated":
+            body = body[:-2]
+        entry["length"] = len(body)
+        entry["sha256"] = hashlib.sha256(body).hexdigest()
+        return self.send(200, body)
+
+    def cometd_message(self, m, token, hold=True):
+        """The replies to one Bayeux message (events first for a
+        connect, held unless "hold" is false)."""
+        st = self.server.state
+        channel = m.get("channel")
+        reply = {"channel": channel, "id": m.get("id")}
+        dead = {"reconnect": "none", "interval": 0}
+        why = "401::Authentication invalid" if token \
+            else "401::Request requires authentication"
+        if channel == "/meta/handshake":
+            with st.lock:
+                ok = self.session_ok(token)
+                limit = st.cometd_daily_limit
+                hold = st.cometd_hold
+                if ok and not limit:
+                    cid = secrets.token_hex(12)
+                    st.cometd_clients[cid] = {"subs": set(), "queue": []}
+            reply["ext"] = {"replay": True, "payload.format": True}
+            if not ok or limit:
+                reason = why if not ok else \
+                    "403::Organization total events daily limit exceeded"
+                reply["ext"]["sfdc"] = {"failureReason": reason}
+                reply.update({"successful": False,
+                              "error": "403::Handshake denied",
+                              "advice": {"reconnect": "none"}})
+                return [reply]
+            reply.update({"successful": True, "clientId": cid,
+                          "version": "1.0", "minimumVersion": "1.0",
+                          "supportedConnectionTypes": ["long-polling"],
+                          "advice": {"interval": 0,
+                                     "timeout": int(hold * 1000),
+                                     "reconnect": "retry"}})
+            return [reply]
+        cid = m.get("clientId")
+        reply["clientId"] = cid
+        with st.lock:
+            client = st.cometd_clients.get(cid)
+            ok = self.session_ok(token)
+        if client is None:
+            reply.update({"successful": False,
+                          "error": "403::Unknown client",
+                          "advice": {"reconnect": "handshake",
+                                     "interval": 0}})
+            return [reply]
+        if not ok:
+            reply.update({"successful": False, "error": why,
+                          "advice": dead})
+            return [reply]
+        if channel == "/meta/connect":
+            with st.lock:
+                deadline = time.time() + (st.cometd_hold if hold else 0)
+                while True:
+                    if not self.session_ok(token):
+                        reply.update({"successful": False, "error": why,
+                                      "advice": dead})
+                        return [reply]
+                    if cid not in st.cometd_clients:
+                        reply.update({"successful": False,
+                                      "error": "403::Unknown client",
+                                      "advice": {"reconnect": "handshake",
+                                                 "interval": 0}})
+                        return [reply]
+                    if client["queue"]:
+                        events, client["queue"] = client["queue"], []
+                        reply["successful"] = True
+                        return events + [reply]
+                    left = deadline - time.time()
+                    if left <= 0:
+                        break
+                    st.lock.wait(left)
+            reply["successful"] = True
+            return [reply]
+        if channel in ("/meta/subscribe", "/meta/unsubscribe"):
+            sub = m.get("subscription")
+            reply["subscription"] = sub
+            with st.lock:
+                if channel == "/meta/subscribe":
+                    client["subs"].add(sub)
+                else:
+                    client["subs"].discard(sub)
+            reply["successful"] = True
+            return [reply]
+        if channel == "/meta/disconnect":
+            with st.lock:
+                st.cometd_clients.pop(cid, None)
+                st.lock.notify_all()
+            reply["successful"] = True
+            return [reply]
+        reply.update({"successful": False,
+                      "error": "403::Publish denied"})
+        return [reply]
 
     # -- SOAP (partner, enterprise, metadata, tooling, Apex classes) -------
 
