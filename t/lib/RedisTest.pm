@@ -14,6 +14,8 @@ package RedisTest;
 #                    user_password => 'pw');               #   default user off
 #     RedisTest->new(dir => $d, tls => 1);                  # TLS only
 #     RedisTest->new(dir => $d, unix => 1);                 # + a unix socket
+#     RedisTest->new(dir => $d, host => '127.0.0.2');       # another loopback
+#     RedisTest->new(dir => $d, extra => [ARGS]);           # more arguments
 #     $redis->start;               # waits until it answers PING
 #     $redis->kill9;  $redis->restart;     # same port, same options
 #     $redis->stop;                # TERM, and waits for it
@@ -76,6 +78,7 @@ sub new {
         credential => $opt{credential} // 'crm',
         prefix => $opt{prefix} // 'sf_oauth:',
         extra => $opt{extra} || [],
+        host => $opt{host} // '127.0.0.1',
         subs => [],
     }, $class;
 
@@ -88,7 +91,7 @@ sub new {
 
 sub port { $_[0]{port} }
 sub dir { $_[0]{dir} }
-sub server { '127.0.0.1:' . $_[0]{port} }
+sub server { ($_[0]{host} // '127.0.0.1') . ':' . $_[0]{port} }
 sub socket_path { "$_[0]{dir}/redis.sock" }
 sub unix_server { 'unix:' . $_[0]->socket_path }
 sub ca_file { "$_[0]{dir}/tls/ca.crt" }
@@ -137,7 +140,7 @@ sub server_args {
     my ($self) = @_;
 
     my @a = ('--daemonize', 'no', '--save', '', '--appendonly', 'no',
-             '--dir', $self->{dir}, '--bind', '127.0.0.1',
+             '--dir', $self->{dir}, '--bind', $self->{host},
              '--logfile', '');
 
     if ($self->{tls}) {
@@ -267,7 +270,7 @@ sub log {
 sub cli_args {
     my ($self) = @_;
 
-    my @a = ('-h', '127.0.0.1', '-p', $self->{port});
+    my @a = ('-h', $self->{host} // '127.0.0.1', '-p', $self->{port});
     push @a, '--tls', '--cacert', $self->ca_file if $self->{tls};
     if (defined $self->{user}) {
         push @a, '--user', $self->{user}, '--pass', $self->{user_password};
