@@ -871,7 +871,19 @@ ngx_http_sf_oauth_redis_readonly_all(ngx_http_sf_oauth_redis_conn_t *rc)
         ngx_http_sf_oauth_redis_fail(other, NGX_LOG_DEBUG, (char *) why);
     }
 
-    ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_WARN, (char *) why);
+    /*
+     * Said by the worker whose command met it, whichever it is: its
+     * command failed for it (once an outage)
+     */
+
+    if (!rc->down_logged) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\": %s", &rd->name,
+                      &rd->server, why);
+        rc->down_logged = 1;
+    }
+
+    ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG, (char *) why);
 }
 
 
