@@ -217,6 +217,35 @@ SfTest::wait_event(10, 'B has the fleet record', sub {
     RedisTest::no_reuse($first, 'after READONLY');
 }
 
+# -- a reload while a name is being resolved -------------------------------------------
+
+{
+    # the DNS server stops answering; A's clients dropped: every worker
+    # reconnects, and waits for the resolver (30 s) when nginx reloads
+    point('drop');
+    # (until the resolver's cache of the name expires, valid=1s, a worker
+    # reconnects to A without a query: its clients are dropped again)
+    my $q = queries();
+    SfTest::wait_event(10, 'the workers ask the DNS server again', sub {
+        $ra->cli('CLIENT', 'KILL', 'TYPE', 'normal');
+        $ra->cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
+        queries() >= $q + 2
+    });
+
+    point('127.0.0.2');
+    my $mark = length $n[0]->error_log;
+    my @old = $n[0]->worker_pids;
+    $n[0]->reload;
+    ok(SfTest::wait_for(10, sub { !grep { kill 0, $_ } @old }),
+       'the old workers exit though their resolves were in flight');
+    ok(RedisTest::all_connected_to(15, $ra->server, $n[0]),
+       'reloaded while a name was being resolved: the new workers are on A');
+    my $r = $n[0]->get('/services/data/v59.0/reloaded');
+    is($r->{status}, 200, 'and serve: 200');
+    unlike($n[0]->error_log_since($mark), qr/\[(alert|crit)\]/,
+           'no alert from the old workers\' resolves in flight');
+}
+
 $_->finish for reverse @n;
 $rb->stop;
 $ra->stop;

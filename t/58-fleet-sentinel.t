@@ -31,9 +31,20 @@ $first->mode('rotation');
 my $g = RedisTest::sentinel_group(dir => $first->dir, sentinels => 2);
 my ($a0, $b0) = @$g{qw(primary replica)};
 
+# under valgrind a worker's first exchanges take more than a second
+my $timeout = $ENV{SF_TEST_VALGRIND} ? '5s' : '1s';
+
 my @sentinel = (server => undef,
                 sentinel => RedisTest::sentinel_addrs($g),
-                sentinel_master => $g->{master});
+                sentinel_master => $g->{master}, timeout => $timeout);
+
+# how many connections of clients are subscribed on SENTINEL (a sentinel
+# has no PUBSUB; the nodes' workers are its only subscribers)
+sub listeners {
+    my ($sentinel) = @_;
+    my $out = $sentinel->cli('CLIENT', 'LIST') // '';
+    return scalar(() = $out =~ /\bsub=[1-9]/g);
+}
 
 my @n = RedisTest::fleet(redis => $a0, first => $first, n => 2,
                          redis_conf => \@sentinel,
@@ -115,6 +126,44 @@ RedisTest::all_synced(10, @n);
 like($n[0]->error_log, qr/the sentinels switched the master from "\Q${\ $a0->server }\E" to "\Q${\ $new->server }\E"|READONLY|ROLE says/,
      'the log says why the node left the old primary');
 
+# -- the first sentinel stops: the subscription moves to the second ----------------
+
+{
+    my ($s1, $s2) = @{ $g->{sentinels} };
+    my $mark = length $n[0]->error_log;
+
+    # each worker subscribes on one sentinel, the first worker on the first
+    SfTest::wait_event(10, 'the four workers subscribed', sub {
+        listeners($s1) + listeners($s2) == 4
+    });
+    ok(listeners($s1) >= 1, 'the first sentinel has subscribers ('
+                            . listeners($s1) . ')');
+
+    $s1->stop;
+    ok(SfTest::wait_for(10, sub { listeners($s2) == 4 }),
+       'the first sentinel stopped: its subscribers move to the second');
+    ok($n[0]->wait_log(qr/\[warn\].*sentinel "127\.0\.0\.1:${\ $s1->port }": .*\+switch-master is listened to on the next sentinel/,
+                       $mark, 10 * $S),
+       'the log says the subscription moves on');
+
+    # a failover back, through the second sentinel alone
+    $g->{sentinels} = [ $s2 ];
+    my $back = RedisTest::sentinel_failover($g);
+    is($back->server, $a0->server, 'the second sentinel fails over back to A');
+    ok(RedisTest::all_connected_to(15, $back->server, @n),
+       'every worker of both nodes follows, with one sentinel left')
+        or diag(explain [ map { RedisTest::node_redis($_) } @n ]);
+
+    my $before = $first->token_requests;
+    $first->mock('revoke');
+    my @s = $first->parallel(40, '/services/data/v59.0/back', ports => \@ports,
+                             timeout => 30 * $S);
+    is(RedisTest::tally(@s), '40 x 200', 'back on A, a revoke: 40 x 200');
+    is($first->token_requests - $before, 1, 'one token request for the fleet');
+    RedisTest::no_reuse($first, 'back on A');
+    $g->{sentinels} = [ $s1, $s2 ];
+}
+
 $_->finish for reverse @n;
 
 # -- a password of the sentinels ------------------------------------------------
@@ -128,7 +177,7 @@ $_->finish for reverse @n;
 
     my $ok = SfTest->new(mock_of => $first);
     RedisTest::configure_node($ok, redis => $gp->{primary},
-                              redis_conf => [ @conf,
+                              redis_conf => [ @conf, timeout => $timeout,
                                               sentinel_password => 'sentinel-Pw-42' ]);
     $ok->start;
     ok(RedisTest::all_connected_to(10, $gp->{primary}->server, $ok),
@@ -137,7 +186,7 @@ $_->finish for reverse @n;
 
     my $bad = SfTest->new(mock_of => $first);
     RedisTest::configure_node($bad, redis => $gp->{primary},
-                              redis_conf => [ @conf,
+                              redis_conf => [ @conf, timeout => $timeout,
                                               sentinel_password => 'wrong-Pw-17' ]);
     $bad->start;
     ok($bad->wait_log(qr/\[error\].*refused AUTH: check sentinel_password/,
@@ -150,6 +199,37 @@ $_->finish for reverse @n;
     $bad->finish;
 
     RedisTest::sentinel_finish($gp);
+}
+
+# -- TLS to the sentinels and to the primary ----------------------------------
+
+SKIP: {
+    skip 'redis-server without TLS', 4 unless RedisTest::tls_supported();
+
+    my $gt = RedisTest::sentinel_group(dir => $first->dir . '/tls',
+                                       sentinels => 1, tls => 1);
+    my $p = $gt->{primary};
+    my @conf = (server => undef, sentinel => RedisTest::sentinel_addrs($gt),
+                sentinel_master => $gt->{master}, timeout => $timeout);
+
+    my $ok = SfTest->new(mock_of => $first);
+    RedisTest::configure_node($ok, redis => $p, redis_conf => \@conf);
+    $ok->start;
+    ok(RedisTest::all_connected_to(10, $p->server, $ok),
+       'tls on: through the sentinel over TLS to the primary over TLS');
+    $ok->finish;
+
+    my $bad = SfTest->new(mock_of => $first);
+    RedisTest::configure_node($bad, redis => $p,
+                              redis_conf => [ @conf,
+                                              ca_file => $p->wrong_ca_file ]);
+    $bad->start;
+    ok($bad->wait_log(qr/\[error\].*sentinel "127\.0\.0\.1:\d+": its TLS certificate does not verify; check ca_file/,
+                      undef, 10 * $S),
+       'tls on, the wrong CA: the sentinel is not trusted, and the log says so');
+    $bad->finish;
+
+    RedisTest::sentinel_finish($gt);
 }
 
 RedisTest::sentinel_finish($g);

@@ -73,6 +73,7 @@ sub new {
         user => $opt{user},
         user_password => $opt{user_password},
         tls => $opt{tls},
+        tls_dir => $opt{tls_dir},
         unix => $opt{unix},
         zone => $opt{zone} // 'sf',
         credential => $opt{credential} // 'crm',
@@ -84,7 +85,7 @@ sub new {
 
     make_path($self->{dir});
     chmod 0755, $self->{dir};
-    $self->make_certs if $self->{tls};
+    $self->make_certs if $self->{tls} && !$self->{tls_dir};
 
     return $self;
 }
@@ -94,8 +95,9 @@ sub dir { $_[0]{dir} }
 sub server { ($_[0]{host} // '127.0.0.1') . ':' . $_[0]{port} }
 sub socket_path { "$_[0]{dir}/redis.sock" }
 sub unix_server { 'unix:' . $_[0]->socket_path }
-sub ca_file { "$_[0]{dir}/tls/ca.crt" }
-sub wrong_ca_file { "$_[0]{dir}/tls/wrong-ca.crt" }
+sub tls_dir { $_[0]{tls_dir} // "$_[0]{dir}/tls" }
+sub ca_file { $_[0]->tls_dir . '/ca.crt' }
+sub wrong_ca_file { $_[0]->tls_dir . '/wrong-ca.crt' }
 sub pid { $_[0]{pid} }
 
 # Is this redis-server built with TLS (BUILD_TLS: linked with libssl)?
@@ -144,7 +146,7 @@ sub server_args {
              '--logfile', '');
 
     if ($self->{tls}) {
-        my $d = "$self->{dir}/tls";
+        my $d = $self->tls_dir;
         push @a, '--port', 0, '--tls-port', $self->{port},
                  '--tls-cert-file', "$d/server.crt",
                  '--tls-key-file', "$d/server.key",
@@ -618,7 +620,8 @@ sub all_connected_to {
 # down-after-milliseconds and failover-timeout, so that a SENTINEL FAILOVER
 # ends in a second or two.  Waits until the replica is in sync and every
 # sentinel knows it (a failover needs a good replica).  Options:
-# sentinels (2), master, sentinel_password (the sentinels' requirepass).
+# sentinels (2), master, sentinel_password (the sentinels' requirepass),
+# tls (every server and sentinel on TLS only, with the primary's CA).
 # Returns a hashref: primary, replica, sentinels (an arrayref), master.
 sub sentinel_group {
     my (%opt) = @_;
@@ -626,11 +629,17 @@ sub sentinel_group {
     my $dir = $opt{dir} or die 'sentinel_group needs dir';
     my $master = $opt{master} // 'mymaster';
 
-    my $primary = RedisTest->new(dir => $dir, tag => 'a');
+    my $tls = $opt{tls};
+    my $primary = RedisTest->new(dir => $dir, tag => 'a', tls => $tls,
+                                 extra => $tls ? [ '--tls-replication', 'yes' ]
+                                               : []);
     $primary->start;
-    my $replica = RedisTest->new(dir => $dir, tag => 'b',
+    my @shared = $tls ? (tls => 1, tls_dir => $primary->tls_dir) : ();
+    my $replica = RedisTest->new(dir => $dir, tag => 'b', @shared,
                                  extra => [ '--replicaof', '127.0.0.1',
-                                            $primary->port ]);
+                                            $primary->port,
+                                            $tls ? ('--tls-replication', 'yes')
+                                                 : () ]);
     $replica->start;
 
     SfTest::wait_event(10, 'the replica in sync', sub {
@@ -639,7 +648,7 @@ sub sentinel_group {
 
     my @sentinels = map {
         RedisTest::Sentinel->new(dir => $dir, tag => $_, master => $master,
-                                 primary => $primary,
+                                 primary => $primary, @shared,
                                  password => $opt{sentinel_password})->start
     } 1 .. ($opt{sentinels} // 2);
 
@@ -719,6 +728,8 @@ sub new {
         dir => "$opt{dir}/sentinel" . ($opt{tag} // ''),
         port => SfTest::free_port(),
         password => $opt{password},
+        tls => $opt{tls},
+        tls_dir => $opt{tls_dir},
         extra => [],
         subs => [],
     }, $class;
@@ -734,6 +745,14 @@ sub new {
               "sentinel failover-timeout $opt{master} 2000\n",
               "sentinel parallel-syncs $opt{master} 1\n";
     print $fh "requirepass $opt{password}\n" if defined $opt{password};
+    if ($self->{tls}) {
+        my $d = $self->tls_dir;
+        print $fh "port 0\n", "tls-port $self->{port}\n",
+                  "tls-cert-file $d/server.crt\n",
+                  "tls-key-file $d/server.key\n",
+                  "tls-ca-cert-file $d/ca.crt\n",
+                  "tls-auth-clients no\n", "tls-replication yes\n";
+    }
     close $fh;
 
     return $self;

@@ -4,7 +4,8 @@
     dns_test.py PORT ZONEFILE COUNTFILE
 
 ZONEFILE holds "name ip" lines and is read again for every query, so that a
-test moves a name by rewriting it.  The answer's TTL is 1 s.  A name not in
+test moves a name by rewriting it; "name drop" leaves the queries for name
+unanswered (a resolver that hangs).  The answer's TTL is 1 s.  A name not in
 the file gets NXDOMAIN; a query for another type than A (nginx asks AAAA
 too only with ipv6=on) gets an answer with no records.  After each query,
 COUNTFILE holds "name count" lines: how many queries came for each name.
@@ -70,6 +71,9 @@ def main():
         ident = data[:2]
         zone = read_zone(zone_path)
         ip = zone.get(name)
+
+        if ip == 'drop':
+            continue
 
         if ip is None:
             flags, ancount, answer = 0x8183, 0, b''     # NXDOMAIN
