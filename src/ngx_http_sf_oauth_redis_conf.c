@@ -214,15 +214,15 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
         }
 
     } else {
-        rd->server.len = sizeof("sentinel master \"\"") - 1
-                         + rd->sentinel_master.len;
+        /* what the log calls the server: "mymaster (sentinels)" */
+
+        rd->server.len = rd->sentinel_master.len + sizeof(" (sentinels)") - 1;
         rd->server.data = ngx_pnalloc(cf->pool, rd->server.len);
         if (rd->server.data == NULL) {
             return NGX_CONF_ERROR;
         }
 
-        ngx_sprintf(rd->server.data, "sentinel master \"%V\"",
-                    &rd->sentinel_master);
+        ngx_sprintf(rd->server.data, "%V (sentinels)", &rd->sentinel_master);
     }
 
     if (!rd->tls) {
