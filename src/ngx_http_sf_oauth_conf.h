@@ -98,9 +98,12 @@ struct ngx_http_sf_oauth_redis_s {
     ngx_msec_t                   timeout;
     ngx_uint_t                   down;
 
-    /* the server as host and port; the sentinels, and the master's name */
+    /*
+     * the server as host and port; or the sentinels (an array of
+     * ngx_http_sf_oauth_redis_host_t), and the master's name
+     */
     ngx_http_sf_oauth_redis_host_t   primary;
-    ngx_array_t                 *sentinels;  /* ngx_http_sf_oauth_redis_host_t */
+    ngx_array_t                 *sentinels;
     ngx_str_t                    sentinel_master;
     ngx_str_t                    sentinel_password;
     ngx_str_t                    sentinel_password_file;

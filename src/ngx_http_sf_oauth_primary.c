@@ -31,6 +31,12 @@
  * event loop: nginx's resolver, nginx's connections and timers, TLS to the
  * sentinels as to the primary ("tls on" in the block), hiredis only to
  * format the commands and read the replies.
+ *
+ * It is one concern, though over a thousand lines: the answer to "where
+ * is the primary", with the two ways of getting it that a name needs (the
+ * resolver, and a sentinel's short connection: connect, TLS, AUTH, one
+ * question or the subscription).  It calls no other file of the module's
+ * but the timer's; the Redis client calls it.
  */
 
 
