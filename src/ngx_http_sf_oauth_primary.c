@@ -21,9 +21,10 @@
  * With sentinels, each worker also keeps one connection to one of them,
  * subscribed to +switch-master: a message that names the block's master
  * is passed to the client (ngx_http_sf_oauth_redis.c), which closes its
- * connections to the old address and asks here again.  A subscription
- * that breaks is opened again on the next sentinel, after 100 ms doubling
- * to 1 s.
+ * connections to the old address and asks here again.  The subscription
+ * sends a PING every second, so that a sentinel gone silent is noticed
+ * within the block's timeout; one that breaks is opened again on the next
+ * sentinel, after 100 ms doubling to 1 s.
  *
  * The client asks (ngx_http_sf_oauth_primary_locate) and tells nothing
  * else: that the primary was wrong (READONLY, a ROLE not master, a refused
@@ -47,6 +48,9 @@
 
 #define NGX_HTTP_SF_OAUTH_PRIMARY_RETRY_MIN  100
 #define NGX_HTTP_SF_OAUTH_PRIMARY_RETRY_MAX  1000
+
+/* how often the subscription sends a PING, ms */
+#define NGX_HTTP_SF_OAUTH_PRIMARY_PING       1000
 
 /* a sentinel's reply is short: an address, a subscription, a message */
 #define NGX_HTTP_SF_OAUTH_PRIMARY_REPLY_MAX  4096
@@ -74,10 +78,13 @@ struct ngx_http_sf_oauth_primary_s {
     /* replies due before the last: the AUTH's */
     ngx_uint_t                       auth;
     ngx_uint_t                       subscribed;
+    /* a PING of the subscription's not answered yet */
+    ngx_uint_t                       pinging;
 
     /* the subscription's */
     ngx_uint_t                       next;
     ngx_event_t                      retry;
+    ngx_event_t                      ping;
     ngx_msec_t                       backoff;
     ngx_uint_t                       down_logged;
     ngx_http_sf_oauth_moved_pt       moved;
@@ -122,6 +129,8 @@ static void ngx_http_sf_oauth_primary_message(ngx_http_sf_oauth_primary_t *s,
 static void ngx_http_sf_oauth_primary_fail(ngx_http_sf_oauth_primary_t *s,
     const char *why);
 static void ngx_http_sf_oauth_primary_watch_again(ngx_event_t *ev);
+static void ngx_http_sf_oauth_primary_ping(ngx_event_t *ev);
+static ngx_uint_t ngx_http_sf_oauth_primary_is_pong(redisReply *r);
 static void ngx_http_sf_oauth_primary_close(ngx_http_sf_oauth_primary_t *s);
 static void ngx_http_sf_oauth_primary_dummy(ngx_event_t *ev);
 static u_char *ngx_http_sf_oauth_primary_log_error(ngx_log_t *log,
@@ -900,12 +909,40 @@ ngx_http_sf_oauth_primary_reply(ngx_http_sf_oauth_primary_t *s,
                        "sf_oauth: redis \"%V\": subscribed to sentinel "
                        "\"%V\"", &s->rd->name, &s->sentinel->text);
 
+        /* a sentinel gone silent is noticed by its PING's deadline */
+        ngx_add_timer(&s->ping, NGX_HTTP_SF_OAUTH_PRIMARY_PING);
+
+        return NGX_AGAIN;
+    }
+
+    if (s->pinging && ngx_http_sf_oauth_primary_is_pong(r)) {
+        s->pinging = 0;
+
+        c = s->peer.connection;
+
+        if (c->read->timer_set) {
+            ngx_del_timer(c->read);
+        }
+
         return NGX_AGAIN;
     }
 
     ngx_http_sf_oauth_primary_message(s, r);
 
     return NGX_AGAIN;
+}
+
+
+/* a PING's answer on a subscribed connection: ["pong", ""] */
+
+static ngx_uint_t
+ngx_http_sf_oauth_primary_is_pong(redisReply *r)
+{
+    return r->type == REDIS_REPLY_ARRAY && r->elements >= 1
+           && r->element[0]->type == REDIS_REPLY_STRING
+           && r->element[0]->len == sizeof("pong") - 1
+           && ngx_strncasecmp((u_char *) r->element[0]->str,
+                              (u_char *) "pong", sizeof("pong") - 1) == 0;
 }
 
 
@@ -1205,6 +1242,8 @@ ngx_http_sf_oauth_primary_watch(ngx_http_sf_oauth_redis_t *rd,
     ngx_http_sf_oauth_timer_init(&s->retry,
                                  ngx_http_sf_oauth_primary_watch_again,
                                  cycle->log);
+    ngx_http_sf_oauth_timer_init(&s->ping, ngx_http_sf_oauth_primary_ping,
+                                 cycle->log);
 
     rd->watch = s;
 
@@ -1257,6 +1296,47 @@ ngx_http_sf_oauth_primary_watch_again(ngx_event_t *ev)
 }
 
 
+/* the subscription's PING, answered within the block's timeout */
+
+static void
+ngx_http_sf_oauth_primary_ping(ngx_event_t *ev)
+{
+    ngx_str_t                     argv[1];
+    ngx_connection_t             *c;
+    ngx_http_sf_oauth_primary_t  *s;
+
+    s = (ngx_http_sf_oauth_primary_t *)
+            ((u_char *) ev - offsetof(ngx_http_sf_oauth_primary_t, ping));
+
+    if (!s->subscribed || ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    c = s->peer.connection;
+
+    if (!s->pinging) {
+        ngx_str_set(&argv[0], "PING");
+
+        if (ngx_http_sf_oauth_primary_format(s, 1, argv) != NGX_OK) {
+            ngx_http_sf_oauth_primary_fail(s, "out of memory");
+            return;
+        }
+
+        s->pinging = 1;
+        ngx_add_timer(c->read, s->rd->timeout);
+
+        ngx_http_sf_oauth_primary_write(c->write);
+
+        if (!s->subscribed) {
+            /* the write failed */
+            return;
+        }
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_SF_OAUTH_PRIMARY_PING);
+}
+
+
 static void
 ngx_http_sf_oauth_primary_close(ngx_http_sf_oauth_primary_t *s)
 {
@@ -1267,9 +1347,14 @@ ngx_http_sf_oauth_primary_close(ngx_http_sf_oauth_primary_t *s)
         s->resolving = NULL;
     }
 
+    if (s->ping.timer_set) {
+        ngx_del_timer(&s->ping);
+    }
+
     c = s->peer.connection;
     s->peer.connection = NULL;
     s->subscribed = 0;
+    s->pinging = 0;
     s->auth = 0;
     s->read_bytes = 0;
 

@@ -10,6 +10,9 @@
 #     primary (+switch-master, READONLY, ROLE); a revoke afterwards costs
 #     one token request for the fleet, and no rotated-out refresh token is
 #     presented
+#   - a sentinel stopped, or hung: the workers' +switch-master
+#     subscriptions move to another one
+#   - TLS to the sentinel and to the primary
 #   - nginx -t: sentinel with server, sentinel without sentinel_master
 #   - sentinels with requirepass: the right sentinel_password works; a
 #     wrong one is one clear error line, without the password
@@ -162,6 +165,17 @@ like($n[0]->error_log, qr/the sentinels switched the master from "\Q${\ $a0->ser
     is($first->token_requests - $before, 1, 'one token request for the fleet');
     RedisTest::no_reuse($first, 'back on A');
     $g->{sentinels} = [ $s1, $s2 ];
+
+    # the first sentinel back, the second hung (SIGSTOP): its PINGs go
+    # unanswered, and its subscribers move to the first within the timeout
+    $s1->start;
+    SfTest::wait_event(10, 'the four workers on the second sentinel', sub {
+        listeners($s2) == 4
+    });
+    kill 'STOP', $s2->pid;
+    my $moved = SfTest::wait_for(15, sub { listeners($s1) == 4 });
+    kill 'CONT', $s2->pid;
+    ok($moved, 'the second sentinel hung: its subscribers move to the first');
 }
 
 $_->finish for reverse @n;
