@@ -1071,9 +1071,11 @@ ngx_http_sf_oauth_add_variables(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_sf_oauth_init(ngx_conf_t *cf)
 {
+    ngx_uint_t                      i;
     ngx_array_t                    *a;
     ngx_http_handler_pt            *h;
     ngx_http_core_main_conf_t      *cmcf;
+    ngx_http_sf_oauth_redis_t     **rd;
     ngx_http_sf_oauth_main_conf_t  *smcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
@@ -1094,6 +1096,16 @@ ngx_http_sf_oauth_init(ngx_conf_t *cf)
     *h = ngx_http_sf_oauth_handler;
 
     smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sf_oauth_module);
+
+    /* http's resolver is known now: for the host names of the fleet */
+
+    rd = smcf->redis.elts;
+
+    for (i = 0; i < smcf->redis.nelts; i++) {
+        if (ngx_http_sf_oauth_redis_conf_resolver(cf, rd[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
 
     /* the console's flow: its secrets masked in every server's error log */
     if (smcf->connect_zone

@@ -536,6 +536,16 @@ void ngx_http_sf_oauth_fleet_release(ngx_http_sf_oauth_cred_t *cred);
 char *ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
     ngx_http_sf_oauth_redis_t *rd);
 
+ngx_int_t ngx_http_sf_oauth_redis_conf_resolver(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd);
+
+/* primary */
+void ngx_http_sf_oauth_primary_locate(ngx_http_sf_oauth_locate_t *lc);
+void ngx_http_sf_oauth_primary_cancel(ngx_http_sf_oauth_locate_t *lc);
+ngx_int_t ngx_http_sf_oauth_primary_watch(ngx_http_sf_oauth_redis_t *rd,
+    ngx_cycle_t *cycle, ngx_http_sf_oauth_moved_pt moved);
+void ngx_http_sf_oauth_primary_unwatch(ngx_http_sf_oauth_redis_t *rd);
+
 /* redis */
 ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
     ngx_cycle_t *cycle, ngx_http_sf_oauth_reply_pt message,
@@ -546,6 +556,8 @@ ngx_uint_t ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd);
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
     void *data, char *action);
+ngx_uint_t ngx_http_sf_oauth_redis_primary(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *addr, const char **source);
 
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,

@@ -85,6 +85,11 @@ ngx_http_sf_oauth_block_param(ngx_conf_t *cf, ngx_command_t *dummy,
 
     argc = (cmd->type & NGX_CONF_TAKE2) ? 3 : 2;
 
+    /* a list: one or more */
+    if ((cmd->type & NGX_CONF_1MORE) && cf->args->nelts > argc) {
+        argc = cf->args->nelts;
+    }
+
     if (cf->args->nelts != argc) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid number of arguments in \"%V\" of "

@@ -18,11 +18,64 @@
 typedef struct ngx_http_sf_oauth_zone_s  ngx_http_sf_oauth_zone_t;
 typedef struct ngx_http_sf_oauth_redis_s  ngx_http_sf_oauth_redis_t;
 typedef struct ngx_http_sf_oauth_redis_conn_s  ngx_http_sf_oauth_redis_conn_t;
+typedef struct ngx_http_sf_oauth_primary_s  ngx_http_sf_oauth_primary_t;
+typedef struct ngx_http_sf_oauth_locate_s  ngx_http_sf_oauth_locate_t;
 
 /* a Redis reply (a redisReply), or NULL when the connection failed first */
 typedef void (*ngx_http_sf_oauth_reply_pt)(void *reply, void *data);
 typedef void (*ngx_http_sf_oauth_redis_ready_pt)(
     ngx_http_sf_oauth_redis_t *rd, ngx_uint_t subscriber, void *data);
+
+/* where the primary is: NGX_OK (lc's address), or NGX_ERROR (lc->why) */
+typedef void (*ngx_http_sf_oauth_located_pt)(ngx_http_sf_oauth_locate_t *lc,
+    ngx_int_t rc);
+
+/* the sentinels say the primary moved to "ip:port" */
+typedef void (*ngx_http_sf_oauth_moved_pt)(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *addr);
+
+/* a host:port of an sf_oauth_redis block: its server, or a sentinel */
+typedef struct {
+    ngx_str_t                    text;        /* as written */
+    ngx_str_t                    host;        /* zero-terminated */
+    in_port_t                    port;
+    /* an IP literal or a unix socket: no name to resolve */
+    ngx_uint_t                   is_ip;
+    /* resolved when the configuration is loaded (no resolver, or an IP) */
+    ngx_addr_t                   addr;
+    ngx_uint_t                   resolved;
+} ngx_http_sf_oauth_redis_host_t;
+
+/*
+ * A connection's question "where is the primary?", per worker: the
+ * answer (an address, where it came from), and what primary.c keeps while
+ * it finds out.
+ */
+struct ngx_http_sf_oauth_locate_s {
+    ngx_http_sf_oauth_redis_t     *rd;
+    ngx_http_sf_oauth_located_pt   handler;
+    void                          *data;
+
+    ngx_sockaddr_t                 sockaddr;
+    socklen_t                      socklen;
+    ngx_str_t                      name;        /* "ip:port" */
+    u_char                         name_buf[NGX_SOCKADDR_STRLEN];
+    /* for TLS: the host name or IP the certificate must be for */
+    ngx_str_t                      host;        /* zero-terminated */
+    u_char                         host_buf[NGX_SOCKADDR_STRLEN + 1];
+    ngx_uint_t                     host_is_ip;
+    in_port_t                      port;
+    /* "configuration", "resolver" or "sentinel" */
+    const char                    *source;
+    const char                    *why;
+    u_char                         why_buf[256];
+
+    /* in flight: a name being resolved, a sentinel being asked */
+    ngx_resolver_ctx_t            *resolving;
+    void                          *asking;
+    ngx_uint_t                     next;
+    ngx_uint_t                     tried;
+};
 
 /* what to do when a refresh is due while Redis is unreachable */
 #define NGX_HTTP_SF_OAUTH_DOWN_LOCAL     0
@@ -32,9 +85,6 @@ typedef void (*ngx_http_sf_oauth_redis_ready_pt)(
 struct ngx_http_sf_oauth_redis_s {
     ngx_str_t                    name;
     ngx_str_t                    server;
-    ngx_addr_t                   addr;
-    ngx_str_t                    host;        /* zero-terminated */
-    ngx_uint_t                   host_is_ip;
     ngx_str_t                    user;
     ngx_str_t                    password;
     ngx_str_t                    password_file;
@@ -47,6 +97,20 @@ struct ngx_http_sf_oauth_redis_s {
     ngx_flag_t                   world_readable;
     ngx_msec_t                   timeout;
     ngx_uint_t                   down;
+
+    /*
+     * the server as host and port; or the sentinels (an array of
+     * ngx_http_sf_oauth_redis_host_t), and the master's name
+     */
+    ngx_http_sf_oauth_redis_host_t   primary;
+    ngx_array_t                 *sentinels;
+    ngx_str_t                    sentinel_master;
+    ngx_str_t                    sentinel_password;
+    ngx_str_t                    sentinel_password_file;
+
+    /* http's resolver, when it has servers: names resolved at run time */
+    ngx_resolver_t              *resolver;
+    ngx_msec_t                   resolver_timeout;
 #if (NGX_SSL)
     ngx_ssl_t                   *ssl;
 #else
@@ -59,6 +123,9 @@ struct ngx_http_sf_oauth_redis_s {
     /* per worker: the command connection and the subscriber */
     ngx_http_sf_oauth_redis_conn_t  *cmd;
     ngx_http_sf_oauth_redis_conn_t  *sub;
+
+    /* per worker: the sentinels' subscription */
+    ngx_http_sf_oauth_primary_t     *watch;
 
     /* per worker: an outage has been logged as uncoordinated */
     ngx_uint_t                   outage_logged;

@@ -8,8 +8,15 @@
  * connect resolves host names with a blocking getaddrinfo().  nginx's
  * connection gives the worker's event loop, its timers and TLS through
  * nginx's OpenSSL; hiredis still parses every reply (RESP), so no parser
- * is written by hand.  The address is resolved when the configuration is
- * loaded, never in a worker.
+ * is written by hand.
+ *
+ * Where the primary is, ngx_http_sf_oauth_primary.c says before each
+ * connection: the configuration's address, the resolver's, or the
+ * sentinels'.  When it may have moved (a resolved name, sentinels), the
+ * connection's setup checks with ROLE that the server is the primary; a
+ * ROLE not "master", a -READONLY reply to any command, or the sentinels'
+ * +switch-master to another address close the connections, as a failure
+ * does (their commands fail), and the next connection asks again.
  *
  * Each worker keeps two connections per sf_oauth_redis block: one for
  * commands, whose replies come back in order and go to each command's
@@ -51,6 +58,7 @@
 #define NGX_HTTP_SF_OAUTH_REDIS_CONNECTING  1
 #define NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE   2
 #define NGX_HTTP_SF_OAUTH_REDIS_READY       3
+#define NGX_HTTP_SF_OAUTH_REDIS_LOCATING    4
 
 /*
  * Reconnects: 100 ms, doubling to 1 s, not more: a token that a node got
@@ -119,10 +127,21 @@ struct ngx_http_sf_oauth_redis_conn_s {
     ngx_http_sf_oauth_reply_pt     message;
     ngx_http_sf_oauth_redis_ready_pt  ready;
     void                          *data;
+
+    /* where the primary is, asked before each connection */
+    ngx_http_sf_oauth_locate_t     locate;
 };
 
 
 static void ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc);
+static void ngx_http_sf_oauth_redis_located(ngx_http_sf_oauth_locate_t *lc,
+    ngx_int_t rv);
+static void ngx_http_sf_oauth_redis_role(void *reply, void *data);
+static ngx_uint_t ngx_http_sf_oauth_redis_readonly(redisReply *r);
+static void ngx_http_sf_oauth_redis_readonly_all(
+    ngx_http_sf_oauth_redis_conn_t *rc);
+static void ngx_http_sf_oauth_redis_moved(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *addr);
 static void ngx_http_sf_oauth_redis_retry(ngx_event_t *ev);
 static void ngx_http_sf_oauth_redis_connected(ngx_event_t *ev);
 #if (NGX_SSL)
@@ -186,6 +205,9 @@ ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd, ngx_cycle_t *cycle,
         rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
         rc->ready = ready;
         rc->data = data;
+        rc->locate.rd = rd;
+        rc->locate.handler = ngx_http_sf_oauth_redis_located;
+        rc->locate.data = rc;
         ngx_queue_init(&rc->pending);
 
         ngx_http_sf_oauth_timer_init(&rc->retry,
@@ -206,7 +228,8 @@ ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd, ngx_cycle_t *cycle,
         ngx_http_sf_oauth_redis_connect(rc);
     }
 
-    return NGX_OK;
+    return ngx_http_sf_oauth_primary_watch(rd, cycle,
+                                           ngx_http_sf_oauth_redis_moved);
 }
 
 
@@ -229,6 +252,8 @@ ngx_http_sf_oauth_redis_exit(ngx_http_sf_oauth_redis_t *rd)
 
         ngx_http_sf_oauth_redis_close(rc);
     }
+
+    ngx_http_sf_oauth_primary_unwatch(rd);
 }
 
 
@@ -245,8 +270,38 @@ ngx_uint_t
 ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd)
 {
     return rd->cmd
-           && (rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_CONNECTING
+           && (rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_LOCATING
+               || rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_CONNECTING
                || rd->cmd->state == NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE);
+}
+
+
+/*
+ * The primary the command connection is set up with, or ready on, and
+ * where its address came from: "configuration", "resolver", "sentinel";
+ * whether the connection is ready.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_redis_primary(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *addr, const char **source)
+{
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    rc = rd->cmd;
+
+    if (rc == NULL || rc->state == NGX_HTTP_SF_OAUTH_REDIS_CLOSED
+        || rc->state == NGX_HTTP_SF_OAUTH_REDIS_LOCATING)
+    {
+        ngx_str_null(addr);
+        *source = NULL;
+        return 0;
+    }
+
+    *addr = rc->locate.name;
+    *source = rc->locate.source;
+
+    return rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY;
 }
 
 
@@ -274,11 +329,28 @@ ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
 static void
 ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
 {
-    ngx_int_t                   rv;
-    ngx_connection_t           *c;
-    ngx_http_sf_oauth_redis_t  *rd;
+    rc->state = NGX_HTTP_SF_OAUTH_REDIS_LOCATING;
 
+    /* the answer may come at once: the configuration's address */
+    ngx_http_sf_oauth_primary_locate(&rc->locate);
+}
+
+
+static void
+ngx_http_sf_oauth_redis_located(ngx_http_sf_oauth_locate_t *lc, ngx_int_t rv)
+{
+    ngx_connection_t                *c;
+    ngx_http_sf_oauth_redis_t       *rd;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    rc = lc->data;
     rd = rc->rd;
+
+    if (rv != NGX_OK) {
+        rc->state = NGX_HTTP_SF_OAUTH_REDIS_CLOSED;
+        ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, lc->why);
+        return;
+    }
 
     ngx_memzero(&rc->peer, sizeof(ngx_peer_connection_t));
 
@@ -291,9 +363,9 @@ ngx_http_sf_oauth_redis_connect(ngx_http_sf_oauth_redis_conn_t *rc)
                      ? "connecting to Redis for the fleet's channel"
                      : "connecting to Redis";
 
-    rc->peer.sockaddr = rd->addr.sockaddr;
-    rc->peer.socklen = rd->addr.socklen;
-    rc->peer.name = &rd->addr.name;
+    rc->peer.sockaddr = &lc->sockaddr.sockaddr;
+    rc->peer.socklen = lc->socklen;
+    rc->peer.name = &lc->name;
     rc->peer.get = ngx_event_get_peer;
     rc->peer.log = &rc->log;
     rc->peer.log_error = NGX_ERROR_ERR;
@@ -436,9 +508,9 @@ ngx_http_sf_oauth_redis_connected(ngx_event_t *ev)
             return;
         }
 
-        if (rc->rd->host.len && !rc->rd->host_is_ip) {
+        if (rc->locate.host.len && !rc->locate.host_is_ip) {
             SSL_set_tlsext_host_name(c->ssl->connection,
-                                     (char *) rc->rd->host.data);
+                                     (char *) rc->locate.host.data);
         }
 
         rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
@@ -502,10 +574,11 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
         cert = SSL_get_peer_certificate(c->ssl->connection);
 
         if (cert == NULL
-            || (rd->host_is_ip
-                ? X509_check_ip_asc(cert, (char *) rd->host.data, 0) != 1
-                : X509_check_host(cert, (char *) rd->host.data,
-                                  rd->host.len, 0, NULL) != 1))
+            || (rc->locate.host_is_ip
+                ? X509_check_ip_asc(cert, (char *) rc->locate.host.data, 0)
+                  != 1
+                : X509_check_host(cert, (char *) rc->locate.host.data,
+                                  rc->locate.host.len, 0, NULL) != 1))
         {
             if (cert) {
                 X509_free(cert);
@@ -513,7 +586,7 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
 
             p = ngx_snprintf(why, sizeof(why) - 1,
                              "the server's TLS certificate is not for "
-                             "\"%V\"", &rd->host);
+                             "\"%V\"", &rc->locate.host);
             *p = '\0';
 
             ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_ERR, (char *) why);
@@ -587,6 +660,25 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
                                          ngx_http_sf_oauth_redis_setup_done,
                                          rc, 1,
                                          "setting up the connection to Redis")
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    /*
+     * A primary that may have moved (the resolver's, the sentinels'):
+     * whether this server is it, or a replica now, or still
+     */
+
+    if (rc->locate.source && ngx_strcmp(rc->locate.source, "configuration")) {
+        ngx_str_set(&argv[0], "ROLE");
+
+        if (ngx_http_sf_oauth_redis_send(rc, 1, argv,
+                                         ngx_http_sf_oauth_redis_role,
+                                         rc, 1,
+                                         "checking that Redis is the "
+                                         "primary")
             != NGX_OK)
         {
             return;
@@ -682,6 +774,163 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
 
     if (rc->ready) {
         rc->ready(rd, rc->subscriber, rc->data);
+    }
+}
+
+
+/* ROLE's reply: ["master", ...], or the server is not the primary */
+
+static void
+ngx_http_sf_oauth_redis_role(void *reply, void *data)
+{
+    redisReply                      *r = reply;
+    ngx_http_sf_oauth_redis_conn_t  *rc = data;
+
+    u_char                      why[256], *p;
+    redisReply                 *role;
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    rd = rc->rd;
+
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        /* the connection failed, or the setup's error, said as such */
+        ngx_http_sf_oauth_redis_setup_done(reply, data);
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0
+        && r->element[0]->type == REDIS_REPLY_STRING
+        && r->element[0]->len == sizeof("master") - 1
+        && ngx_strncmp(r->element[0]->str, "master", sizeof("master") - 1)
+           == 0)
+    {
+        ngx_http_sf_oauth_redis_setup_done(reply, data);
+        return;
+    }
+
+    role = (r->type == REDIS_REPLY_ARRAY && r->elements > 0
+            && r->element[0]->type == REDIS_REPLY_STRING)
+           ? r->element[0] : NULL;
+
+    p = ngx_snprintf(why, sizeof(why) - 1,
+                     "\"%V\" (from the %s) is not the primary: ROLE says "
+                     "\"%*s\"; %s", &rc->locate.name, rc->locate.source,
+                     role ? ngx_min(role->len, 32) : 7,
+                     role ? role->str : "unknown",
+                     rd->sentinels ? "asking the sentinels again"
+                                   : "resolving the name again");
+    *p = '\0';
+
+    ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_WARN, (char *) why);
+}
+
+
+/* -READONLY: a replica now, the primary elsewhere */
+
+static ngx_uint_t
+ngx_http_sf_oauth_redis_readonly(redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR
+           && r->len >= sizeof("READONLY") - 1
+           && ngx_strncmp(r->str, "READONLY", sizeof("READONLY") - 1) == 0;
+}
+
+
+/*
+ * A command got -READONLY: the connection fails (its commands fail, that
+ * one too, as on a lost connection), and so does the other one to the
+ * same server; both ask where the primary is again.
+ */
+
+static void
+ngx_http_sf_oauth_redis_readonly_all(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    u_char                           why[256], *p;
+    ngx_http_sf_oauth_redis_t       *rd;
+    ngx_http_sf_oauth_redis_conn_t  *other;
+
+    rd = rc->rd;
+    other = rc->subscriber ? rd->cmd : rd->sub;
+
+    p = ngx_snprintf(why, sizeof(why) - 1,
+                     "\"%V\" answered READONLY: it is a replica now; %s",
+                     &rc->locate.name,
+                     rd->sentinels ? "asking the sentinels where the primary "
+                                     "is"
+                     : rd->primary.resolved ? "its address is fixed (see "
+                                              "\"resolver\")"
+                     : "resolving the name again");
+    *p = '\0';
+
+    if (other && other->state != NGX_HTTP_SF_OAUTH_REDIS_CLOSED
+        && other->state != NGX_HTTP_SF_OAUTH_REDIS_LOCATING
+        && other->locate.name.len == rc->locate.name.len
+        && ngx_strncmp(other->locate.name.data, rc->locate.name.data,
+                       rc->locate.name.len) == 0)
+    {
+        ngx_http_sf_oauth_redis_fail(other, NGX_LOG_DEBUG, (char *) why);
+    }
+
+    /*
+     * Said by the worker whose command met it, whichever it is: its
+     * command failed for it (once an outage)
+     */
+
+    if (!rc->down_logged) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\": %s", &rd->name,
+                      &rd->server, why);
+        rc->down_logged = 1;
+    }
+
+    ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_DEBUG, (char *) why);
+}
+
+
+/*
+ * The sentinels moved the master to "addr": a connection to another
+ * address is closed, its commands fail, and it asks where the primary is
+ */
+
+static void
+ngx_http_sf_oauth_redis_moved(ngx_http_sf_oauth_redis_t *rd, ngx_str_t *addr)
+{
+    ngx_uint_t                       i, logged;
+    ngx_http_sf_oauth_redis_conn_t  *rc;
+
+    logged = 0;
+
+    for (i = 0; i < 2; i++) {
+        rc = i ? rd->sub : rd->cmd;
+
+        if (rc == NULL || rc->state == NGX_HTTP_SF_OAUTH_REDIS_CLOSED
+            || rc->state == NGX_HTTP_SF_OAUTH_REDIS_LOCATING
+            || (rc->locate.name.len == addr->len
+                && ngx_strncmp(rc->locate.name.data, addr->data, addr->len)
+                   == 0))
+        {
+            continue;
+        }
+
+        if (!logged && ngx_worker == 0) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "sf_oauth: redis \"%V\": the sentinels switched "
+                          "the master from \"%V\" to \"%V\": connecting "
+                          "to it", &rd->name, &rc->locate.name, addr);
+        }
+
+        logged = 1;
+
+        ngx_http_sf_oauth_redis_close(rc);
+
+        /* at once: the old primary is no outage */
+        rc->backoff = NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN;
+
+        if (!rc->retry.timer_set && !ngx_exiting && !ngx_terminate
+            && !ngx_quit)
+        {
+            ngx_add_timer(&rc->retry, 1);
+        }
     }
 }
 
@@ -965,6 +1214,12 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
                 continue;
             }
 
+            if (ngx_http_sf_oauth_redis_readonly(r)) {
+                freeReplyObject(r);
+                ngx_http_sf_oauth_redis_readonly_all(rc);
+                return;
+            }
+
             q = ngx_queue_head(&rc->pending);
             ngx_queue_remove(q);
             cmd = ngx_queue_data(q, ngx_http_sf_oauth_redis_cmd_t, queue);
@@ -1215,6 +1470,8 @@ ngx_http_sf_oauth_redis_close(ngx_http_sf_oauth_redis_conn_t *rc)
     ngx_queue_t                    *q;
     ngx_connection_t               *c;
     ngx_http_sf_oauth_redis_cmd_t  *cmd;
+
+    ngx_http_sf_oauth_primary_cancel(&rc->locate);
 
     c = rc->peer.connection;
     rc->peer.connection = NULL;

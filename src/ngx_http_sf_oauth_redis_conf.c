@@ -2,8 +2,11 @@
 /*
  * The sf_oauth_redis block, read when the configuration is loaded: its
  * parameters (through the dispatcher of ngx_http_sf_oauth_block.c), the
- * server's address, resolved here and never in a worker, and the TLS
- * context.  The client that uses them is ngx_http_sf_oauth_redis.c.
+ * server's or the sentinels' addresses, and the TLS context.  A host name
+ * is resolved here, with the system's resolver, only when http has no
+ * "resolver": it is then frozen, and nginx -t says so; with one, workers
+ * resolve it again before each connection (ngx_http_sf_oauth_primary.c).
+ * The client that uses them is ngx_http_sf_oauth_redis.c.
  */
 
 
@@ -12,8 +15,14 @@
 
 /* the sf_oauth_redis block */
 
-static char *ngx_http_sf_oauth_redis_server(ngx_conf_t *cf,
-    ngx_http_sf_oauth_redis_t *rd);
+static char *ngx_http_sf_oauth_redis_sentinel(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_sf_oauth_redis_host(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd, ngx_str_t *text, in_port_t port,
+    ngx_http_sf_oauth_redis_host_t *h);
+static ngx_int_t ngx_http_sf_oauth_redis_freeze(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd, ngx_http_sf_oauth_redis_host_t *h,
+    const char *what);
 #if (NGX_SSL)
 static char *ngx_http_sf_oauth_redis_tls(ngx_conf_t *cf,
     ngx_http_sf_oauth_redis_t *rd);
@@ -31,6 +40,20 @@ static ngx_command_t  ngx_http_sf_oauth_redis_commands[] = {
 
     { ngx_string("server"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_redis_t, server), NULL },
+
+    { ngx_string("sentinel"), NGX_CONF_1MORE,
+      ngx_http_sf_oauth_redis_sentinel, 0, 0, NULL },
+
+    { ngx_string("sentinel_master"), NGX_CONF_TAKE1, ngx_conf_set_str_slot,
+      0, offsetof(ngx_http_sf_oauth_redis_t, sentinel_master), NULL },
+
+    { ngx_string("sentinel_password"), NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, sentinel_password), NULL },
+
+    { ngx_string("sentinel_password_file"), NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, sentinel_password_file), NULL },
 
     { ngx_string("user"), NGX_CONF_TAKE1, ngx_conf_set_str_slot, 0,
       offsetof(ngx_http_sf_oauth_redis_t, user), NULL },
@@ -103,10 +126,41 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
         ngx_str_set(&rd->prefix, "sf_oauth:");
     }
 
-    if (rd->server.len == 0) {
+    if (rd->server.len && rd->sentinels) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sf_oauth_redis \"%V\" has no \"server\"",
-                           &rd->name);
+                           "sf_oauth_redis \"%V\" in %s:%ui has both "
+                           "\"server\" and \"sentinel\": use one, "
+                           "\"sentinel\" to ask the sentinels where the "
+                           "primary is", &rd->name, rd->file, rd->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rd->server.len == 0 && rd->sentinels == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\" in %s:%ui has no "
+                           "\"server\" and no \"sentinel\"",
+                           &rd->name, rd->file, rd->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rd->sentinels && rd->sentinel_master.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\" in %s:%ui has "
+                           "\"sentinel\" but no \"sentinel_master\": name "
+                           "the master the sentinels monitor",
+                           &rd->name, rd->file, rd->line);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rd->sentinels == NULL
+        && (rd->sentinel_master.len || rd->sentinel_password.len
+            || rd->sentinel_password_file.len))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sf_oauth_redis \"%V\" in %s:%ui has "
+                           "\"sentinel_master\" or \"sentinel_password\" "
+                           "without \"sentinel\"",
+                           &rd->name, rd->file, rd->line);
         return NGX_CONF_ERROR;
     }
 
@@ -128,6 +182,14 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
         return rv;
     }
 
+    rv = ngx_http_sf_oauth_block_secret(cf, &owner, "sentinel_password",
+                                        "sentinel_password_file",
+                                        &rd->sentinel_password,
+                                        &rd->sentinel_password_file);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
     if (rd->user.len && rd->password.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "sf_oauth_redis \"%V\" has a \"user\" but no "
@@ -144,9 +206,23 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
     p = ngx_cpymem(rd->channel.data, rd->prefix.data, rd->prefix.len);
     ngx_memcpy(p, "events", sizeof("events") - 1);
 
-    rv = ngx_http_sf_oauth_redis_server(cf, rd);
-    if (rv != NGX_CONF_OK) {
-        return rv;
+    if (rd->server.len) {
+        rv = ngx_http_sf_oauth_redis_host(cf, rd, &rd->server, 6379,
+                                          &rd->primary);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+    } else {
+        /* what the log calls the server: "mymaster (sentinels)" */
+
+        rd->server.len = rd->sentinel_master.len + sizeof(" (sentinels)") - 1;
+        rd->server.data = ngx_pnalloc(cf->pool, rd->server.len);
+        if (rd->server.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_sprintf(rd->server.data, "%V (sentinels)", &rd->sentinel_master);
     }
 
     if (!rd->tls) {
@@ -171,51 +247,193 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
 }
 
 
+/* "sentinel HOST:PORT ...": each host as "server"'s, port 26379 */
+
+static char *
+ngx_http_sf_oauth_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_sf_oauth_redis_t *rd = conf;
+
+    char                            *rv;
+    ngx_str_t                       *value;
+    ngx_uint_t                       i;
+    ngx_http_sf_oauth_redis_host_t  *h;
+
+    if (rd->sentinels) {
+        return "is duplicate: list every sentinel in one \"sentinel\"";
+    }
+
+    rd->sentinels = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                     sizeof(ngx_http_sf_oauth_redis_host_t));
+    if (rd->sentinels == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        h = ngx_array_push(rd->sentinels);
+        if (h == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        rv = ngx_http_sf_oauth_redis_host(cf, rd, &value[i], 26379, h);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+        if (h->addr.sockaddr && h->addr.sockaddr->sa_family == AF_UNIX) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "sentinel \"%V\" of sf_oauth_redis \"%V\": "
+                               "use HOST:PORT", &value[i], &rd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 /*
- * The server's address: "unix:PATH", or HOST:PORT resolved now, when the
- * configuration is loaded, never in a worker.
+ * A server's or a sentinel's address: "unix:PATH", an IP literal, or a
+ * host name, which is resolved later: at run time with http's resolver,
+ * or by ngx_http_sf_oauth_redis_conf_resolver() without one.
  */
 
 static char *
-ngx_http_sf_oauth_redis_server(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd)
+ngx_http_sf_oauth_redis_host(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *text, in_port_t port, ngx_http_sf_oauth_redis_host_t *h)
 {
     ngx_url_t  u;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = rd->server;
-    u.default_port = 6379;
+    u.url = *text;
+    u.default_port = port;
+    u.no_resolve = 1;
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid server \"%V\" in sf_oauth_redis \"%V\": "
-                           "%s", &rd->server, &rd->name,
+                           "invalid address \"%V\" in sf_oauth_redis \"%V\": "
+                           "%s", text, &rd->name,
                            u.err ? u.err : "host not found");
         return NGX_CONF_ERROR;
     }
 
-    if (u.naddrs > 1) {
-        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                           "server \"%V\" of sf_oauth_redis \"%V\" has %ui "
-                           "addresses: the first, \"%V\", is used",
-                           &rd->server, &rd->name, u.naddrs,
-                           &u.addrs[0].name);
-    }
+    h->text = *text;
+    h->port = u.port;
 
-    rd->addr = u.addrs[0];
-
-    rd->host.len = u.host.len;
-    rd->host.data = ngx_pnalloc(cf->pool, u.host.len + 1);
-    if (rd->host.data == NULL) {
+    h->host.len = u.host.len;
+    h->host.data = ngx_pnalloc(cf->pool, u.host.len + 1);
+    if (h->host.data == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    *ngx_cpymem(rd->host.data, u.host.data, u.host.len) = '\0';
+    *ngx_cpymem(h->host.data, u.host.data, u.host.len) = '\0';
 
-    rd->host_is_ip = (ngx_inet_addr(rd->host.data, rd->host.len)
-                      != INADDR_NONE);
+    if (u.naddrs) {
+        /* unix:PATH, or an IP literal */
+        h->addr = u.addrs[0];
+        h->is_ip = 1;
+        h->resolved = 1;
+    }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * When the configuration is loaded, after http's "resolver" is known:
+ * with one, host names are resolved again in the workers before every
+ * connection; without one, they are resolved now, once, and nginx -t
+ * warns that they are frozen.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_redis_conf_resolver(ngx_conf_t *cf,
+    ngx_http_sf_oauth_redis_t *rd)
+{
+    ngx_uint_t                       i;
+    ngx_http_core_loc_conf_t        *clcf;
+    ngx_http_sf_oauth_redis_host_t  *h;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver && clcf->resolver->connections.nelts) {
+        rd->resolver = clcf->resolver;
+        rd->resolver_timeout = clcf->resolver_timeout;
+
+        if (rd->resolver_timeout == NGX_CONF_UNSET_MSEC
+            || rd->resolver_timeout == 0)
+        {
+            rd->resolver_timeout = 30000;
+        }
+
+        return NGX_OK;
+    }
+
+    if (rd->sentinels == NULL) {
+        return ngx_http_sf_oauth_redis_freeze(cf, rd, &rd->primary,
+                                              "server");
+    }
+
+    h = rd->sentinels->elts;
+
+    for (i = 0; i < rd->sentinels->nelts; i++) {
+        if (ngx_http_sf_oauth_redis_freeze(cf, rd, &h[i], "sentinel")
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_sf_oauth_redis_freeze(ngx_conf_t *cf, ngx_http_sf_oauth_redis_t *rd,
+    ngx_http_sf_oauth_redis_host_t *h, const char *what)
+{
+    ngx_url_t  u;
+
+    if (h->resolved) {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = h->text;
+    u.default_port = h->port;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "invalid %s \"%V\" in sf_oauth_redis \"%V\" in "
+                      "%s:%ui: %s", what, &h->text, &rd->name, rd->file,
+                      rd->line, u.err ? u.err : "host not found");
+        return NGX_ERROR;
+    }
+
+    if (u.naddrs > 1) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "%s \"%V\" of sf_oauth_redis \"%V\" has %ui "
+                      "addresses: the first, \"%V\", is used", what,
+                      &h->text, &rd->name, u.naddrs, &u.addrs[0].name);
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                  "the host name in %s \"%V\" of sf_oauth_redis \"%V\" in "
+                  "%s:%ui is resolved once, now, to \"%V\", and frozen: a "
+                  "failover that moves the name is not followed; add "
+                  "\"resolver\" to http to resolve it again before each "
+                  "connection", what, &h->text, &rd->name, rd->file,
+                  rd->line, &u.addrs[0].name);
+
+    h->addr = u.addrs[0];
+    h->resolved = 1;
+
+    return NGX_OK;
 }
 
 

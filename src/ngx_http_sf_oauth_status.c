@@ -167,7 +167,9 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     u_char                     refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     time_t                     now;
     ngx_uint_t                 rotated, refreshing;
+    ngx_str_t                  primary;
     ngx_msec_t                 retry;
+    const char                *source;
     ngx_http_sf_oauth_zone_t  *zone;
 
     now = ngx_time();
@@ -286,6 +288,20 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
         p = ngx_http_sf_oauth_status_json_str(p, last, ",\"lease_owner\":",
                                               node->fleet_owner,
                                               node->fleet_owner_len);
+
+        /* the primary the command connection is on, and who said so */
+        (void) ngx_http_sf_oauth_redis_primary(zone->redis, &primary,
+                                               &source);
+
+        if (primary.len) {
+            p = ngx_http_sf_oauth_status_json_str(p, last, ",\"primary\":",
+                                                  primary.data, primary.len);
+            p = ngx_slprintf(p, last, ",\"primary_from\":\"%s\"", source);
+
+        } else {
+            p = ngx_slprintf(p, last, ",\"primary\":null,"
+                             "\"primary_from\":null");
+        }
 
         /* the key's fingerprint: the same on every node of the fleet */
         p = ngx_slprintf(p, last,

@@ -14,6 +14,8 @@ package RedisTest;
 #                    user_password => 'pw');               #   default user off
 #     RedisTest->new(dir => $d, tls => 1);                  # TLS only
 #     RedisTest->new(dir => $d, unix => 1);                 # + a unix socket
+#     RedisTest->new(dir => $d, host => '127.0.0.2');       # another loopback
+#     RedisTest->new(dir => $d, extra => [ARGS]);           # more arguments
 #     $redis->start;               # waits until it answers PING
 #     $redis->kill9;  $redis->restart;     # same port, same options
 #     $redis->stop;                # TERM, and waits for it
@@ -21,6 +23,9 @@ package RedisTest;
 #     $redis->server               # "127.0.0.1:PORT" for "server"
 #     $redis->unix_server          # "unix:/path/redis.sock" (unix => 1)
 #     $redis->conf_block(...)      # an sf_oauth_redis block (see there)
+#     RedisTest::sentinel_group(dir => $d, sentinels => 2)
+#                                  # a primary, a replica and sentinels
+#                                  #   (RedisTest::Sentinel; see there)
 #     $redis->key('record')        # "sf_oauth:sf:crm:record"
 #     $redis->cli(ARGS...)         # redis-cli with the connection, TLS and
 #                                  #   auth options; its output
@@ -68,27 +73,31 @@ sub new {
         user => $opt{user},
         user_password => $opt{user_password},
         tls => $opt{tls},
+        tls_dir => $opt{tls_dir},
         unix => $opt{unix},
         zone => $opt{zone} // 'sf',
         credential => $opt{credential} // 'crm',
         prefix => $opt{prefix} // 'sf_oauth:',
+        extra => $opt{extra} || [],
+        host => $opt{host} // '127.0.0.1',
         subs => [],
     }, $class;
 
     make_path($self->{dir});
     chmod 0755, $self->{dir};
-    $self->make_certs if $self->{tls};
+    $self->make_certs if $self->{tls} && !$self->{tls_dir};
 
     return $self;
 }
 
 sub port { $_[0]{port} }
 sub dir { $_[0]{dir} }
-sub server { '127.0.0.1:' . $_[0]{port} }
+sub server { ($_[0]{host} // '127.0.0.1') . ':' . $_[0]{port} }
 sub socket_path { "$_[0]{dir}/redis.sock" }
 sub unix_server { 'unix:' . $_[0]->socket_path }
-sub ca_file { "$_[0]{dir}/tls/ca.crt" }
-sub wrong_ca_file { "$_[0]{dir}/tls/wrong-ca.crt" }
+sub tls_dir { $_[0]{tls_dir} // "$_[0]{dir}/tls" }
+sub ca_file { $_[0]->tls_dir . '/ca.crt' }
+sub wrong_ca_file { $_[0]->tls_dir . '/wrong-ca.crt' }
 sub pid { $_[0]{pid} }
 
 # Is this redis-server built with TLS (BUILD_TLS: linked with libssl)?
@@ -133,11 +142,11 @@ sub server_args {
     my ($self) = @_;
 
     my @a = ('--daemonize', 'no', '--save', '', '--appendonly', 'no',
-             '--dir', $self->{dir}, '--bind', '127.0.0.1',
+             '--dir', $self->{dir}, '--bind', $self->{host},
              '--logfile', '');
 
     if ($self->{tls}) {
-        my $d = "$self->{dir}/tls";
+        my $d = $self->tls_dir;
         push @a, '--port', 0, '--tls-port', $self->{port},
                  '--tls-cert-file', "$d/server.crt",
                  '--tls-key-file', "$d/server.key",
@@ -150,6 +159,7 @@ sub server_args {
     push @a, '--unixsocket', $self->socket_path, '--unixsocketperm', '777'
         if $self->{unix};
     push @a, '--requirepass', $self->{password} if defined $self->{password};
+    push @a, @{ $self->{extra} };
 
     # an ACL user with every right; the default user is then off, unless
     # there is a requirepass too: nothing works without the user's AUTH
@@ -262,7 +272,7 @@ sub log {
 sub cli_args {
     my ($self) = @_;
 
-    my @a = ('-h', '127.0.0.1', '-p', $self->{port});
+    my @a = ('-h', $self->{host} // '127.0.0.1', '-p', $self->{port});
     push @a, '--tls', '--cacert', $self->ca_file if $self->{tls};
     if (defined $self->{user}) {
         push @a, '--user', $self->{user}, '--pass', $self->{user_password};
@@ -578,6 +588,183 @@ sub all_connected {
 
 # SfTest::wait_for: polls COND every 50 ms for up to SECONDS (scaled).
 sub wait_for { SfTest::wait_for(@_) }
+
+# Waits until every worker of every node of NODES is connected to Redis
+# at ADDR ("127.0.0.1:PORT" in sf_oauth_info's "primary"), as
+# all_connected does; true when they are.
+sub all_connected_to {
+    my ($seconds, $addr, @nodes) = @_;
+
+    my %streak;
+
+    return wait_for($seconds, sub {
+        for my $node (@nodes) {
+            while (($streak{$node} // 0) < 12) {
+                my $r = node_redis($node);
+                if (!$r || !$r->{connected} || ($r->{primary} // '') ne $addr) {
+                    $streak{$node} = 0;
+                    return 0;
+                }
+                $streak{$node}++;
+            }
+        }
+        return 1;
+    });
+}
+
+# -- Sentinel ----------------------------------------------------------------------
+
+# A primary, a replica of it (--replicaof) and N sentinels (1 to 3,
+# RedisTest::Sentinel) monitoring it as MASTER ("mymaster"), each on a
+# free port with its files in DIR; the sentinels with short
+# down-after-milliseconds and failover-timeout, so that a SENTINEL FAILOVER
+# ends in a second or two.  Waits until the replica is in sync and every
+# sentinel knows it (a failover needs a good replica).  Options:
+# sentinels (2), master, sentinel_password (the sentinels' requirepass),
+# tls (every server and sentinel on TLS only, with the primary's CA).
+# Returns a hashref: primary, replica, sentinels (an arrayref), master.
+sub sentinel_group {
+    my (%opt) = @_;
+
+    my $dir = $opt{dir} or die 'sentinel_group needs dir';
+    my $master = $opt{master} // 'mymaster';
+
+    my $tls = $opt{tls};
+    my $primary = RedisTest->new(dir => $dir, tag => 'a', tls => $tls,
+                                 extra => $tls ? [ '--tls-replication', 'yes' ]
+                                               : []);
+    $primary->start;
+    my @shared = $tls ? (tls => 1, tls_dir => $primary->tls_dir) : ();
+    my $replica = RedisTest->new(dir => $dir, tag => 'b', @shared,
+                                 extra => [ '--replicaof', '127.0.0.1',
+                                            $primary->port,
+                                            $tls ? ('--tls-replication', 'yes')
+                                                 : () ]);
+    $replica->start;
+
+    SfTest::wait_event(10, 'the replica in sync', sub {
+        ($replica->stats('replication', 'master_link_status') // '') eq 'up'
+    });
+
+    my @sentinels = map {
+        RedisTest::Sentinel->new(dir => $dir, tag => $_, master => $master,
+                                 primary => $primary, @shared,
+                                 password => $opt{sentinel_password})->start
+    } 1 .. ($opt{sentinels} // 2);
+
+    SfTest::wait_event(20, 'every sentinel knows the replica', sub {
+        !grep {
+            ($_->cli('SENTINEL', 'replicas', $master) // '')
+                !~ /\b\Q${\ $replica->port }\E\b/
+        } @sentinels
+    });
+
+    return { primary => $primary, replica => $replica,
+             sentinels => \@sentinels, master => $master };
+}
+
+# "sentinel 127.0.0.1:P1 127.0.0.1:P2;" for an sf_oauth_redis block
+sub sentinel_addrs {
+    my ($group) = @_;
+
+    return join ' ', map { '127.0.0.1:' . $_->port } @{ $group->{sentinels} };
+}
+
+# SENTINEL FAILOVER on the first sentinel, then waits until every sentinel
+# names the other server, and that server says ROLE master.  Returns the
+# new primary (a RedisTest) and swaps primary and replica in GROUP.
+sub sentinel_failover {
+    my ($group) = @_;
+
+    my ($old, $new) = @$group{qw(primary replica)};
+    my $m = $group->{master};
+
+    my $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m) // '';
+    die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
+
+    SfTest::wait_event(20, 'the sentinels name the new primary', sub {
+        !grep {
+            ($_->cli('SENTINEL', 'get-master-addr-by-name', $m) // '')
+                !~ /\b\Q${\ $new->port }\E\b/
+        } @{ $group->{sentinels} }
+    });
+    SfTest::wait_event(10, 'the new primary says ROLE master', sub {
+        ($new->cli('ROLE') // '') =~ /^master/
+    });
+
+    @$group{qw(primary replica)} = ($new, $old);
+
+    return $new;
+}
+
+sub sentinel_finish {
+    my ($group) = @_;
+
+    $_->stop for @{ $group->{sentinels} };
+    $group->{replica}->stop;
+    $group->{primary}->stop;
+}
+
+
+package RedisTest::Sentinel;
+
+# A redis-server --sentinel of the test's, in the foreground, on a free
+# port, with its own sentinel.conf in DIR/sentinelTAG (sentinel rewrites
+# it): never the system's redis-sentinel service.  cli() as RedisTest's.
+
+use strict;
+use warnings;
+
+use File::Path qw(make_path);
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(sleep);
+
+our @ISA = ('RedisTest');
+
+sub new {
+    my ($class, %opt) = @_;
+
+    my $self = bless {
+        dir => "$opt{dir}/sentinel" . ($opt{tag} // ''),
+        port => SfTest::free_port(),
+        password => $opt{password},
+        tls => $opt{tls},
+        tls_dir => $opt{tls_dir},
+        extra => [],
+        subs => [],
+    }, $class;
+
+    make_path($self->{dir});
+
+    my $p = $opt{primary};
+    open my $fh, '>', "$self->{dir}/sentinel.conf" or die "$self->{dir}: $!";
+    print $fh "port $self->{port}\n", "bind 127.0.0.1\n",
+              "daemonize no\n", "dir $self->{dir}\n",
+              "sentinel monitor $opt{master} 127.0.0.1 ${\ $p->port } 1\n",
+              "sentinel down-after-milliseconds $opt{master} 1000\n",
+              "sentinel failover-timeout $opt{master} 2000\n",
+              "sentinel parallel-syncs $opt{master} 1\n";
+    print $fh "requirepass $opt{password}\n" if defined $opt{password};
+    if ($self->{tls}) {
+        my $d = $self->tls_dir;
+        print $fh "port 0\n", "tls-port $self->{port}\n",
+                  "tls-cert-file $d/server.crt\n",
+                  "tls-key-file $d/server.key\n",
+                  "tls-ca-cert-file $d/ca.crt\n",
+                  "tls-auth-clients no\n", "tls-replication yes\n";
+    }
+    close $fh;
+
+    return $self;
+}
+
+sub server_args {
+    my ($self) = @_;
+
+    return ("$self->{dir}/sentinel.conf", '--sentinel');
+}
+
+package RedisTest;
 
 # Waits until the nodes of NODES agree with Redis, up to SECONDS (times
 # SfTest::time_scale), or dies saying so: on every node no token waits to

@@ -117,6 +117,16 @@ sub free_port {
     die 'no free port in 1000 tries';
 }
 
+# A free port for a UDP server of the test's (the DNS server of
+# t/58-fleet-resolve.t): free_port's, its UDP socket closed for the server
+# to bind; the port stays out of free_port's hands.
+sub free_udp_port {
+    my $port = free_port();
+    close $lock{$port};
+    $lock{$port} = 1;
+    return $port;
+}
+
 sub wait_port {
     my ($port, $what, $tries, $pid) = @_;
 
