@@ -453,10 +453,11 @@ request.
                     ("403::Handshake denied", failureReason "401::") is
                     answered S seconds after the session check, its path
                     in "late401_log" before the wait, as for REST
-  POST /__mock/publish?channel=C[&size=N]
+  POST /__mock/publish?channel=C[&size=N[&random=1]]
                     an event on channel C for every client subscribed to
                     it: the body (JSON) as its payload, or N bytes of
-                    "x"; each gets the next replayId.  Answers how many
+                    "x" (of random hex digits with random=1, which gzip
+                    compresses to about half); each gets the next replayId.  Answers how many
                     clients it was queued for.  Any channel can be
                     subscribed and published to: a PushTopic's event
                     (/topic/X) says "type":"created", a platform event's
@@ -1024,8 +1025,9 @@ class Handler(BaseHTTPRequestHandler):
             size = int(query.get("size", ["0"])[0])
             with st.lock:
                 st.cometd_replay += 1
-                payload = "x" * size if size else \
-                    json.loads(self.last_body or b"{}")
+                payload = ("x" * size if "random" not in query
+                           else secrets.token_hex(size // 2 + 1)[:size]) \
+                    if size else json.loads(self.last_body or b"{}")
                 event = {"data": {"event": {"replayId": st.cometd_replay,
                                             "createdDate":
                                             "2026-12-07T00:00:00.000Z"},
