@@ -438,19 +438,34 @@ request.
   "handshake".  With the http401 knob, a dead session is an HTTP 401 with
   the REST API's INVALID_SESSION_ID body instead.
 
-  POST /__mock/cometd?hold=S&daily_limit=0|1&http401=0|1&odd=O
+  POST /__mock/cometd?hold=S&daily_limit=0|1&http401=0|1&odd=O&split=P
                     the knobs (each one given is set); odd: an answer
                     with a "401::" error is cut short by 2 bytes (not
                     JSON, "truncated") or padded past 9000 bytes in its
-                    ext ("big"); "none": as Salesforce answers
-  POST /__mock/publish?channel=C[&size=N]
+                    ext ("big"); "none": as Salesforce answers.
+                    split=chunked|length: the next answer that carries
+                    events is sent in two halves (of its bytes on the
+                    wire, gzip-compressed or not), chunked with no
+                    Content-Length or with one; the second half waits
+                    for ?release=1 (stats' "cometd_split_state": armed,
+                    first_sent, released, done; idle with split=none)
+  ?late401=S        on /cometd/: a handshake refused for a dead session
+                    ("403::Handshake denied", failureReason "401::") is
+                    answered S seconds after the session check, its path
+                    in "late401_log" before the wait, as for REST
+  POST /__mock/publish?channel=C[&size=N[&random=1]]
                     an event on channel C for every client subscribed to
                     it: the body (JSON) as its payload, or N bytes of
-                    "x"; each gets the next replayId.  Answers how many
-                    clients it was queued for
+                    "x" (of random hex digits with random=1, which gzip
+                    compresses to about half); each gets the next replayId.  Answers how many
+                    clients it was queued for.  Any channel can be
+                    subscribed and published to: a PushTopic's event
+                    (/topic/X) says "type":"created", a platform event's
+                    (/event/X__e) names its "schema"
   Stats: "cometd_log" (per request: the channels, the Authorization
   headers, each reply's channel, successful and error, the body's length
-  and SHA-256 as sent, before gzip), "cometd_auths" (every Authorization value),
+  and SHA-256 as sent, before gzip, and "wire_sha256", after it;
+  "split_at" for a split answer), "cometd_auths" (every Authorization value),
   "cometd_clients" (the clientIds alive) and "cometd_subscriptions" (per
   clientId).
 
@@ -703,6 +718,8 @@ class State:
             self.cometd_log = []
             self.cometd_auths = []
             self.cometd_replay = 0
+            self.cometd_split = "none"   # none, chunked, length
+            self.cometd_split_state = "idle"
             self.lock.notify_all()
 
     def now(self):
@@ -933,6 +950,7 @@ class Handler(BaseHTTPRequestHandler):
                     "cometd_log": st.cometd_log,
                     "cometd_auths": st.cometd_auths,
                     "cometd_clients": sorted(st.cometd_clients),
+                    "cometd_split_state": st.cometd_split_state,
                     "cometd_subscriptions": {
                         k: sorted(v["subs"])
                         for k, v in st.cometd_clients.items()},
@@ -987,24 +1005,40 @@ class Handler(BaseHTTPRequestHandler):
                     st.cometd_http401 = query["http401"][0] == "1"
                 if "odd" in query:
                     st.cometd_odd = query["odd"][0]
+                if "split" in query:
+                    st.cometd_split = query["split"][0]
+                    st.cometd_split_state = "armed" \
+                        if st.cometd_split != "none" else "idle"
+                if "release" in query and \
+                        st.cometd_split_state == "first_sent":
+                    st.cometd_split_state = "released"
                 st.lock.notify_all()
                 return self.send(200, {
                     "hold": st.cometd_hold,
                     "daily_limit": st.cometd_daily_limit,
                     "http401": st.cometd_http401,
-                    "odd": st.cometd_odd})
+                    "odd": st.cometd_odd,
+                    "split": st.cometd_split,
+                    "split_state": st.cometd_split_state})
         if path == "/__mock/publish":
             channel = query.get("channel", ["/topic/Mock"])[0]
             size = int(query.get("size", ["0"])[0])
             with st.lock:
                 st.cometd_replay += 1
-                payload = "x" * size if size else \
-                    json.loads(self.last_body or b"{}")
+                payload = ("x" * size if "random" not in query
+                           else secrets.token_hex(size // 2 + 1)[:size]) \
+                    if size else json.loads(self.last_body or b"{}")
                 event = {"data": {"event": {"replayId": st.cometd_replay,
                                             "createdDate":
                                             "2026-12-07T00:00:00.000Z"},
                                   "payload": payload},
                          "channel": channel}
+                # a platform event names its schema; a PushTopic's says
+                # what happened to the record
+                if channel.startswith("/event/"):
+                    event["data"]["schema"] = "mock-schema-" + channel[7:]
+                elif channel.startswith("/topic/"):
+                    event["data"]["event"]["type"] = "created"
                 n = 0
                 for client in st.cometd_clients.values():
                     if channel in client["subs"]:
@@ -2000,7 +2034,66 @@ class Handler(BaseHTTPRequestHandler):
             body = body[:-2]
         entry["length"] = len(body)
         entry["sha256"] = hashlib.sha256(body).hexdigest()
+        wire = gzip.compress(body, mtime=0) if self.gzip_ok else body
+        entry["wire_sha256"] = hashlib.sha256(wire).hexdigest()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        if "late401" in query and any(
+                r.get("error") == "403::Handshake denied"
+                and str(r.get("ext", {}).get("sfdc", {})
+                        .get("failureReason", "")).startswith("401::")
+                for r in replies):
+            # a slow handshake: the session checked at once, the refusal
+            # sent late
+            with st.lock:
+                st.late401_log.append(self.path)
+            time.sleep(float(query["late401"][0]))
+        events = any(not str(r.get("channel", "")).startswith("/meta/")
+                     for r in replies)
+        with st.lock:
+            split = events and st.cometd_split_state == "armed"
+            if split:
+                st.cometd_split_state = "first_sent"
+                entry["split_at"] = len(wire) // 2
+        if split:
+            return self.cometd_split_send(wire, entry["split_at"])
         return self.send(200, body)
+
+    def cometd_split_send(self, wire, half):
+        """Sends WIRE (gzip-compressed already when the client may take
+        it) in two parts: the first HALF bytes, then, once the test
+        releases it (/__mock/cometd?release=1), the rest; chunked or with
+        a Content-Length, as the split knob says."""
+        st = self.server.state
+        chunked = st.cometd_split == "chunked"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(wire)))
+        if self.gzip_ok:
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Vary", "Accept-Encoding")
+        self.end_headers()
+        parts = [wire[:half], wire[half:]]
+        try:
+            for i, part in enumerate(parts):
+                if i == 1:
+                    with st.lock:
+                        end = time.time() + 120
+                        while (st.cometd_split_state != "released"
+                               and time.time() < end):
+                            st.lock.wait(1)
+                        st.cometd_split_state = "done"
+                if chunked:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                else:
+                    self.wfile.write(part)
+                self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
 
     def cometd_message(self, m, token, hold=True):
         """The replies to one Bayeux message (events first for a
