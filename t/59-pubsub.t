@@ -8,10 +8,12 @@
 # module puts accesstoken, instanceurl and tenantid on the upstream call,
 # never the client's own (nor its Authorization); a unary call answered
 # UNAUTHENTICATED (auth error-code) is replayed after one token request,
-# with the same bytes; a stream's UNAUTHENTICATED passes to the client, and
-# its retry gets the new token after one token request; any other status
-# passes with no token request; no token in the debug log; nginx -t's
-# warning about grpc_read_timeout.
+# with the same bytes, and the client sees no error across revokes; a
+# stream's UNAUTHENTICATED passes to the client, and its retry gets the new
+# token after one token request; a Subscribe's FetchRequests reach the mock
+# while it streams, which sends no more events than they ask for; any
+# other status passes with no token request; no token in the debug log;
+# nginx -t's warning about grpc_read_timeout.
 
 use strict;
 use warnings;
@@ -21,6 +23,7 @@ use SfTest;
 use Test::More;
 use JSON::PP;
 use Time::HiRes qw(sleep time);
+use IPC::Open2;
 
 my $PY = '/usr/bin/python3';    # Debian's, which has python3-grpcio and -protobuf
 
@@ -145,6 +148,18 @@ sub unary {
     return eval { decode_json($line) } || { code => 'no answer: ' . $line };
 }
 
+# a Publish's PublishResults as "correlation key: ok" (a replay id and no
+# error) or what is wrong
+sub results {
+    my ($r) = @_;
+    return [ map { $_->{correlation_key} . ': '
+                   . ($_->{error} ? "error $_->{error}{msg}"
+                      : $_->{replay_id} =~ /^[0-9a-f]{16}$/ ? 'ok'
+                      : "replay id '$_->{replay_id}'") }
+             @{ ($r->{response} // {})->{results} // [] } ];
+}
+sub ok_results { [ map { "evt-$_: ok" } 0 .. $_[0] - 1 ] }
+
 my ($instance) = values %{ $t->mock('instance_url') };
 
 # -- the metadata --------------------------------------------------------------
@@ -153,6 +168,11 @@ my $r = unary('GetTopic', '/event/Order__e');
 is($r->{code}, 'OK', 'GetTopic: OK') or diag(explain $r);
 my @tokens = $t->tokens;
 is(scalar @tokens, 1, 'GetTopic: one token request');
+is_deeply([ @{ $r->{response} // {} }{qw(topic_name tenant_guid can_publish
+                                           can_subscribe)} ],
+          [ '/event/Order__e', $ORG_ID, JSON::PP::true, JSON::PP::true ],
+          "GetTopic: a TopicInfo of the topic asked, its tenant_guid the "
+          . "module's tenantid") or diag(explain $r);
 is_deeply(call_of($r)->{metadata}, {
     accesstoken => [ $tokens[-1] ],
     instanceurl => [ $instance ],
@@ -170,6 +190,9 @@ my $before;
 $t->mock('revoke');
 $r = unary('Publish', '/event/Order__e', 5, 100);
 is($r->{code}, 'OK', 'Publish after a revoke: OK') or diag(explain $r);
+is_deeply(results($r), ok_results(5),
+          'Publish after a revoke: a PublishResult with a replay id for each '
+          . 'of the 5 events, in order') or diag(explain $r);
 is(call_of($r)->{sha256}, $r->{request_sha256},
    'Publish after a revoke: the replay sent the same bytes');
 @tokens = $t->tokens;
@@ -196,6 +219,8 @@ is($r->{code}, 'OK', 'a 100 KB Publish after a revoke: OK')
     or diag(substr(encode_json($r), 0, 500));
 ok(call_of($r)->{sha256} eq $r->{request_sha256},
    'a 100 KB Publish after a revoke: the same bytes');
+is_deeply(results($r), ok_results(4),
+          'a 100 KB Publish after a revoke: a PublishResult for each event');
 is(scalar(my @x = $t->tokens), 3,
    'a 100 KB Publish after a revoke: one token request');
 
@@ -338,12 +363,96 @@ is($status->{code}, 'UNAUTHENTICATED',
    'Subscribe with a dead token: UNAUTHENTICATED, trailers-only');
 is($status->{trailers}{'error-code'}, $AUTH,
    'Subscribe with a dead token: with the error-code');
+is(scalar(grep { /^\{"events"/ } @lines), 0,
+   'Subscribe with a dead token: no FetchResponse before it');
 $fh = subscribe('/event/Stream__e', 'EARLIEST', 'fetch:2', 'events:2',
                 'close');
 @lines = <$fh>;
 close $fh;
 is(decode_json($lines[-1])->{code}, 'OK', 'its retry: OK');
 is($t->token_requests, $before + 1, 'its retry: one token request');
+
+# -- a Subscribe's flow control: no more events than its FetchRequests ask --
+
+publish('/event/Flow__e', 10);
+$before = $t->token_requests;
+$fh = subscribe('/event/Flow__e', 'EARLIEST', 'fetch:3', 'events:3',
+                'keepalives:2', 'fetch:2', 'events:2', 'close');
+my @msgs = map { decode_json($_) } <$fh>;
+close $fh;
+$status = pop @msgs;
+is($status->{code}, 'OK', 'a Subscribe asking for 3 events, then 2: OK')
+    or diag(explain $status);
+my @sent = grep { $msgs[$_]{sent} } 0 .. $#msgs;
+is_deeply([ map { $msgs[$_]{sent}{num_requested} } @sent ], [ 3, 2 ],
+          'a Subscribe asking for 3 events, then 2: two FetchRequests');
+my @first = @msgs[ $sent[0] + 1 .. ($sent[1] // @msgs) - 1 ];
+my @then = defined $sent[1] ? @msgs[ $sent[1] + 1 .. $#msgs ] : ();
+is_deeply([ map { $_->{event}{id} } map { @{ $_->{events} } } @first ],
+          [ map { "ctl-$_" } 0 .. 2 ],
+          'a FetchRequest for 3: exactly the first 3 of the 10 events');
+my ($last) = grep { @{ $first[$_]{events} } } reverse 0 .. $#first;
+my @idle = defined $last ? @first[ $last + 1 .. $#first ] : ();
+my $third = defined $last ? $first[$last]{events}[-1]{replay_id} : '';
+is_deeply([ map { [ scalar @{ $_->{events} }, $_->{pending_num_requested},
+                    $_->{latest_replay_id} ] } @idle ],
+          [ ([ 0, 0, $third ]) x 2 ],
+          'then empty keepalives, nothing pending, the latest replay id the '
+          . "third event's, until the next FetchRequest")
+    or diag(explain \@first);
+is_deeply([ map { $_->{event}{id} } map { @{ $_->{events} } } @then ],
+          [ 'ctl-3', 'ctl-4' ],
+          'the next FetchRequest for 2: the next 2 events');
+my ($flow) = grep { $_->{method} eq 'Subscribe'
+                    && ($_->{topic} // '') eq '/event/Flow__e' }
+             @{ pubsub_stats()->{calls} };
+is_deeply([ @{ $flow // {} }{qw(fetch_requests events_sent status)} ],
+          [ [ 3, 2 ], 5, 0 ],
+          'the mock got the second FetchRequest while the stream was open, '
+          . 'and sent 5 events')
+    or diag(explain $flow);
+is($t->token_requests, $before, 'a Subscribe asking for 3, then 2: no token '
+   . 'request');
+
+# -- unary calls on one connection across revokes: the client sees no error --
+
+{
+    my $calls_before = @{ pubsub_stats()->{calls} };
+    my $spid = open2(my $sout, my $sin, $PY, "$ROOT/t/lib/pubsub_client.py",
+                     "127.0.0.1:$gport", 'session', @bogus);
+    $sin->autoflush(1);
+    my (@seen, @want, @counts);
+    $before = $t->token_requests;
+    for my $round (1 .. 3) {
+        $t->mock('revoke');
+        my $topic = "/event/Round${round}__e";
+        for my $call ([ 'GetTopic', $topic ], [ 'Publish', $topic, 3, 50 ],
+                      [ 'GetSchema', 'MockSchemaId00001' ]) {
+            print $sin "@$call\n";
+            my $l = <$sout> // '';
+            my $res = eval { decode_json($l) } || { code => "no answer: $l" };
+            push @seen, "$call->[0] after revoke $round: $res->{code}",
+                        $call->[0] eq 'Publish' ? results($res) : ();
+            push @want, "$call->[0] after revoke $round: OK",
+                        $call->[0] eq 'Publish' ? ok_results(3) : ();
+        }
+        push @counts, $t->token_requests - $before;
+    }
+    close $sin;
+    close $sout;
+    waitpid $spid, 0;
+    is_deeply(\@seen, \@want, 'unary calls on one connection across 3 '
+              . 'revokes: no error, each Publish a PublishResult for every '
+              . 'event');
+    is_deeply(\@counts, [ 1, 2, 3 ],
+              'unary calls across 3 revokes: one token request per revoke');
+    my @calls = @{ pubsub_stats()->{calls} };
+    @calls = @calls[ $calls_before .. $#calls ];
+    is_deeply([ map { "$_->{method} $_->{status}" } @calls ],
+              [ ('GetTopic 16', 'GetTopic 0', 'Publish 0', 'GetSchema 0') x 3 ],
+              'unary calls across 3 revokes: the first after each met '
+              . 'UNAUTHENTICATED and was replayed, the others went once');
+}
 
 # -- what the mock saw: never the client's own ---------------------------------
 
