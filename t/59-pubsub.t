@@ -25,7 +25,7 @@ use JSON::PP;
 use Time::HiRes qw(sleep time);
 use IPC::Open2;
 
-my $PY = '/usr/bin/python3';    # Debian's, which has python3-grpcio and -protobuf
+my $PY = '/usr/bin/python3';    # Debian's: python3-grpcio, python3-protobuf
 
 plan skip_all => 'python3-grpcio or python3-protobuf is missing '
                 . '(apt-get install python3-grpcio python3-protobuf)'

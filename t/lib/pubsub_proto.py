@@ -26,10 +26,11 @@ PACKAGE = "eventbus.v1"
 SERVICE = PACKAGE + ".PubSub"
 
 F = descriptor_pb2.FieldDescriptorProto
-STRING, BYTES, BOOL, INT32, INT64 = (F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_BOOL,
-                                     F.TYPE_INT32, F.TYPE_INT64)
+STRING, BYTES, BOOL, INT32 = (F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_BOOL,
+                              F.TYPE_INT32)
 
-# name: [(field, number, type, repeated, type name of a message or enum)]
+# message: [(field, number, scalar type or the name of a message or enum,
+#            True if repeated)]
 MESSAGES = {
     "TopicInfo": [("topic_name", 1, STRING), ("tenant_guid", 2, STRING),
                   ("can_publish", 3, BOOL), ("can_subscribe", 4, BOOL),
