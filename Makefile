@@ -19,7 +19,7 @@ DEB_PACKAGES := nginx nginx-dev libcurl4-openssl-dev libcjson-dev libssl-dev \
                 libpcre2-dev zlib1g-dev gcc make perl python3 curl procps \
                 ca-certificates nghttp2-client openssl \
                 libnginx-mod-http-image-filter libxml2-dev python3-zeep \
-                python3-grpcio \
+                python3-grpcio python3-protobuf \
                 redis-server redis-sentinel libhiredis-dev prometheus faketime
 
 # make deb and t/33-deb.t: debian/control's Build-Depends, the build tools,
