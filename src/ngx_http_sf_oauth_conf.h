@@ -47,6 +47,7 @@ struct ngx_http_sf_oauth_redis_s {
     ngx_flag_t                   world_readable;
     ngx_msec_t                   timeout;
     ngx_uint_t                   down;
+    ngx_msec_t                   failover_wait;
 #if (NGX_SSL)
     ngx_ssl_t                   *ssl;
 #else
