@@ -19,6 +19,8 @@
 #       then one, the request 200; stopped longer
 #       than failover_wait (2 s on node 3), redis_down local applies after
 #       it; failover_wait 0 (node 4): at once, as before
+#   the last run_id a node saw survives a reload, and a reload that
+#   resizes the zone: the same server after it is no change
 #
 # Nodes 3 and 4 are in the fleet only for (c): they answer no request
 # before it.
@@ -315,6 +317,25 @@ $first->mode('normal');
 
     $redis->start;
     ok(RedisTest::all_connected(5, @n), 'every node connected again');
+}
+
+# -- the primary as the node knew it survives a reload, and a resize ---------------
+
+for my $case ([ 'reload', sub { $_ .= "# reloaded\n" } ],
+              [ 'zone resize', sub { s/zone=sf:1m/zone=sf:2m/ } ]) {
+    my ($what, $edit) = @$case;
+    my $failovers = (RedisTest::node_redis($b) || {})->{failovers};
+    my $mark = $b->log_mark;
+
+    ok($failovers >= 4, "$what: node 2 has seen $failovers changes of primary");
+    $b->edit_conf($edit);
+    $b->reload;
+    ok(RedisTest::all_connected(5, $b), "$what: node 2's new workers connected");
+    my $r = RedisTest::node_redis($b) || {};
+    is($r->{failovers}, $failovers,
+       "$what: the last run_id is kept: the same server is no change");
+    is(scalar($b->log_lines(qr/the primary changed/, $mark)), 0,
+       "$what: no primary change said");
 }
 
 for my $node (@n) {
