@@ -44,9 +44,9 @@ $first->mode('rotation');
 my $redis = RedisTest->new(dir => $first->dir);
 $redis->start;
 
-# a lease's time to live: timeout 6 s and 2 s, the quarantine after a
-# change of primary; the token request at the mock takes 4 s in (a)
-my %fleet = (redis => $redis, credential => { timeout => '6s' },
+# a lease's time to live: timeout 8 s and 2 s, the quarantine after a
+# change of primary; the token request at the mock takes 5 s in (a)
+my %fleet = (redis => $redis, credential => { timeout => '8s' },
              redis_conf => sub {
                  $_[0] == 2 ? [ failover_wait => '2s' ]
                  : $_[0] == 3 ? [ failover_wait => '0' ]
@@ -122,7 +122,7 @@ sub primary_changed {
     my $before = $first->stats;
     my @mark = map { $_->log_mark } @n;
 
-    $first->mock('delay', 'seconds=4');
+    $first->mock('delay', 'seconds=5');
     $first->mock('revoke');
 
     my $wa = bg_get($a, '/services/data/v59.0/a-node1');
@@ -136,15 +136,19 @@ sub primary_changed {
     $redis->restart;
 
     primary_changed($b, $mark[1], '(a)');
-    ok(RedisTest::all_connected(5, $b), '(a): node 2 connected again');
+
+    # node 2's request: its token is dead too, it needs a refresh
+    my $api401 = $first->stats->{api_401};
+    my $wb = bg_get($b, '/services/data/v59.0/a-node2');
+    SfTest::wait_event(10, "(a): node 2's request got its 401",
+                       sub { $first->stats->{api_401} > $api401 });
     my $q = RedisTest::node_redis($b) || {};
     ok(($q->{quarantine_ms} // 0) > 0,
        "(a): sf_oauth_info shows the quarantine ($q->{quarantine_ms} ms)");
     is($q->{failovers}, 1, '(a): sf_oauth_info: failovers 1');
     is($first->stats->{token_ok}, $before->{token_ok},
-       "(a): node 1's token request is still at the mock");
+       "(a): node 1's token request is still at the mock then");
 
-    my $wb = bg_get($b, '/services/data/v59.0/a-node2');
     my ($ra, $rb) = ($wa->(), $wb->());
 
     is($ra->{status}, 200, '(a): node 1: 200');
