@@ -125,6 +125,9 @@
 /* hex characters of a fingerprint: the only form a secret is ever logged in */
 #define NGX_HTTP_SF_OAUTH_FP_LEN         8
 
+/* a Redis server's run_id: 40 hex digits */
+#define NGX_HTTP_SF_OAUTH_RUN_ID_LEN     40
+
 /* how long past the token request timeout a refresh lease stays valid */
 #define NGX_HTTP_SF_OAUTH_LEASE_SLACK    2000
 
@@ -417,6 +420,16 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
 void ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_primary(
+    ngx_http_sf_oauth_cred_t *cred, ngx_str_t *run_id, ngx_str_t *old);
+void ngx_http_sf_oauth_store_fleet_seen(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation);
+ngx_msec_t ngx_http_sf_oauth_store_fleet_quarantine(
+    ngx_http_sf_oauth_cred_t *cred, ngx_msec_t ttl);
+ngx_msec_t ngx_http_sf_oauth_store_fleet_down(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t mark, ngx_uint_t clear, ngx_uint_t *logged);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_failovers(
+    ngx_http_sf_oauth_cred_t *cred);
 
 /* state file */
 char *ngx_http_sf_oauth_state_conf(ngx_conf_t *cf,
@@ -508,6 +521,10 @@ ngx_uint_t ngx_http_sf_oauth_refresh_connected(ngx_http_sf_oauth_cred_t *cred,
 #define NGX_HTTP_SF_OAUTH_FLEET_STALE    6
 #define NGX_HTTP_SF_OAUTH_FLEET_KEY      7
 
+/* fleet: why Redis counts as down (ngx_http_sf_oauth_store_fleet_down) */
+#define NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE  1
+#define NGX_HTTP_SF_OAUTH_FLEET_REFUSED      2
+
 /*
  * What the fleet says: one of the answers above; with NEWER and LEASE the
  * record in Redis (NULL if none or unusable), and the fleet generation.
@@ -524,6 +541,9 @@ ngx_int_t ngx_http_sf_oauth_fleet_init(ngx_cycle_t *cycle);
 void ngx_http_sf_oauth_fleet_exit(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_sf_oauth_fleet_on(ngx_http_sf_oauth_cred_t *cred);
 ngx_uint_t ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred);
+ngx_msec_t ngx_http_sf_oauth_fleet_quarantine(ngx_http_sf_oauth_cred_t *cred);
+ngx_msec_t ngx_http_sf_oauth_fleet_failover_left(
+    ngx_http_sf_oauth_cred_t *cred);
 void ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t known, ngx_uint_t unsynced, ngx_http_sf_oauth_fleet_pt handler);
 void ngx_http_sf_oauth_fleet_store(ngx_http_sf_oauth_cred_t *cred,
@@ -553,6 +573,8 @@ ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
 void ngx_http_sf_oauth_redis_exit(ngx_http_sf_oauth_redis_t *rd);
 ngx_uint_t ngx_http_sf_oauth_redis_ready(ngx_http_sf_oauth_redis_t *rd);
 ngx_uint_t ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd);
+void ngx_http_sf_oauth_redis_run_id(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *run_id);
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
     void *data, char *action);

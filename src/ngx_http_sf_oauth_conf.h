@@ -111,6 +111,7 @@ struct ngx_http_sf_oauth_redis_s {
     /* http's resolver, when it has servers: names resolved at run time */
     ngx_resolver_t              *resolver;
     ngx_msec_t                   resolver_timeout;
+    ngx_msec_t                   failover_wait;
 #if (NGX_SSL)
     ngx_ssl_t                   *ssl;
 #else

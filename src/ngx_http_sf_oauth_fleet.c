@@ -40,6 +40,14 @@
  * but for a generation whose refresh token it has itself (the key was
  * changed on it, and the others follow).
  *
+ * Redis replicates asynchronously: a new primary (a failover, a restart
+ * that lost its data, told by the server's run_id) may never have seen a
+ * lease the old one granted.  For a lease's time to live after the change
+ * a node takes none, unless a newer generation is written back meanwhile
+ * (the quarantine); a lost write-back is put back by the periodic read.
+ * While no primary answers (unreachable, READONLY), a refresh waits for
+ * one up to failover_wait before redis_down applies.
+ *
  * This file knows none of its callers: the refresh hears the answers of
  * acquire and store through a callback.
  *
@@ -84,6 +92,9 @@ typedef struct {
     ngx_uint_t                     over;
     ngx_uint_t                     first;
     ngx_uint_t                     rebases;
+    /* an acquire: Redis's refusal said, the quarantine said (debug) */
+    ngx_uint_t                     refused;
+    ngx_uint_t                     quarantined;
 } ngx_http_sf_oauth_fleet_op_t;
 
 
@@ -93,6 +104,11 @@ static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
     void *data);
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
 static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
+static ngx_uint_t ngx_http_sf_oauth_fleet_hold(
+    ngx_http_sf_oauth_fleet_op_t *op, ngx_msec_t poll);
+static void ngx_http_sf_oauth_fleet_extend(ngx_http_sf_oauth_cred_t *cred,
+    ngx_msec_t wait);
+static ngx_uint_t ngx_http_sf_oauth_fleet_no_primary(redisReply *r);
 static void ngx_http_sf_oauth_fleet_again(ngx_event_t *ev);
 static ngx_uint_t ngx_http_sf_oauth_fleet_overtaken(
     ngx_http_sf_oauth_fleet_op_t *op);
@@ -120,6 +136,8 @@ static void ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev);
 static void ngx_http_sf_oauth_fleet_message(void *reply, void *data);
 static void ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t subscriber, void *data);
+static void ngx_http_sf_oauth_fleet_primary(ngx_http_sf_oauth_redis_t *rd,
+    ngx_http_sf_oauth_cred_t *cred);
 static ngx_int_t ngx_http_sf_oauth_fleet_decode(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t generation, redisReply *blob,
     redisReply *fp, ngx_http_sf_oauth_node_t *rec);
@@ -181,10 +199,12 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
 
 /*
  * KEYS: gen, lease, record, keyfp; ARGV: owner, ttl ms, the generation
- * known.  {1, gen, record, keyfp}: a newer generation; {2, base, record,
- * keyfp}: the lease is taken, to be written over "base" (the record is ''
- * when Redis holds an older generation than the node: the node's refresh
- * token is newer); {3, gen, owner, ''}: another holds it.
+ * known, whether the lease may be taken ('0' in the quarantine after a
+ * change of primary).  {1, gen, record, keyfp}: a newer generation; {2,
+ * base, record, keyfp}: the lease is taken, to be written over "base" (the
+ * record is '' when Redis holds an older generation than the node: the
+ * node's refresh token is newer); {3, gen, owner, ''}: another holds it,
+ * or it may not be taken (the owner '' if none).
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
@@ -193,7 +213,8 @@ static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     "local k = tonumber(ARGV[3]) "
     "if g > k then "
     "  return {1, g, record(KEYS[3]), keyfp(KEYS[4])} end "
-    "if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
+    "if ARGV[4] == '1' "
+    "  and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then "
     "  if g < k then return {2, k, '', ''} end "
     "  return {2, g, record(KEYS[3]), keyfp(KEYS[4])} end "
     "return {3, g, owner(KEYS[2]), ''}");
@@ -400,6 +421,61 @@ ngx_http_sf_oauth_fleet_connected(ngx_http_sf_oauth_cred_t *cred)
 
 
 /*
+ * How long (ms) the credential still takes no fleet lease after its
+ * node saw the Redis primary change: a lease's time to live (the one the
+ * lease script is given), unless a newer generation was written since;
+ * 0: none
+ */
+
+ngx_msec_t
+ngx_http_sf_oauth_fleet_quarantine(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    if (zone->redis == NULL) {
+        return 0;
+    }
+
+    return ngx_http_sf_oauth_store_fleet_quarantine(cred,
+                               cred->timeout + NGX_HTTP_SF_OAUTH_LEASE_SLACK);
+}
+
+
+/*
+ * How long (ms) is left of failover_wait in the node's Redis outage
+ * (unreachable, or refusing the lease script); 0: no outage, the wait is
+ * over, or failover_wait is 0
+ */
+
+ngx_msec_t
+ngx_http_sf_oauth_fleet_failover_left(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_msec_t                 since;
+    ngx_msec_int_t             left;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+
+    if (zone->redis == NULL || zone->redis->failover_wait == 0) {
+        return 0;
+    }
+
+    since = ngx_http_sf_oauth_store_fleet_down(cred, 0, 0, NULL);
+
+    if (since == 0) {
+        return 0;
+    }
+
+    left = (ngx_msec_int_t) (since + zone->redis->failover_wait
+                             - ngx_current_msec);
+
+    return left > 0 ? (ngx_msec_t) left : 0;
+}
+
+
+/*
  * The fleet's answer for a worker that holds its node's lease, to
  * replace the token of fleet generation "known": NEWER (adopted into the
  * zone already), LEASE (the record holds the newest refresh token, if
@@ -423,6 +499,8 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
     op->handler = handler;
     op->base = known;
     op->connected = NULL;
+    op->refused = 0;
+    op->quarantined = 0;
 
     /* long enough for a dead node's lease to expire, and a bit */
 
@@ -445,13 +523,36 @@ static void
 ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 {
     u_char                     ttl[NGX_INT_T_LEN], known[NGX_INT_T_LEN];
-    ngx_str_t                  args[3];
+    ngx_str_t                  args[4];
+    ngx_msec_t                 quarantine;
     const char                *keys[4] = { "gen", "lease", "record",
                                            "keyfp" };
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t  *cred;
 
     cred = op->cred;
+
+    /*
+     * After a change of primary, the new one may never have seen a lease
+     * that the old one granted: none is taken until that lease would have
+     * expired, but the fleet is still read for a newer generation (the
+     * outcome of that lease's refresh, written back)
+     */
+
+    quarantine = ngx_http_sf_oauth_fleet_quarantine(cred);
+
+    if (quarantine) {
+        ngx_http_sf_oauth_fleet_extend(cred, quarantine);
+
+        if (!op->quarantined) {
+            op->quarantined = 1;
+
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "sf_oauth: credential \"%V\": the Redis primary "
+                           "changed: no fleet lease for %M ms, waiting for "
+                           "a newer generation", &cred->name, quarantine);
+        }
+    }
 
     ngx_http_sf_oauth_fleet_new_owner(cred);
 
@@ -463,6 +564,8 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
                   - ttl;
     args[2].data = known;
     args[2].len = ngx_sprintf(known, "%ui", cred->rt.fleet_known) - known;
+    args[3].data = (u_char *) (quarantine ? "0" : "1");
+    args[3].len = 1;
 
     cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
 
@@ -470,7 +573,7 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
                                      &ngx_http_sf_oauth_fleet_acquire_lua,
                                      "taking the fleet's refresh lease in "
                                      "Redis",
-                                     4, keys, 3, args,
+                                     4, keys, 4, args,
                                      ngx_http_sf_oauth_fleet_asked, op)
         == NGX_OK)
     {
@@ -495,13 +598,121 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
         return;
     }
 
+    (void) ngx_http_sf_oauth_store_fleet_down(cred,
+                                          NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE,
+                                          0, NULL);
+
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
+
+    /* Redis is back at once, or the failover wait ends: asked again */
+
+    if (ngx_http_sf_oauth_fleet_hold(op, NGX_HTTP_SF_OAUTH_FLEET_SYNC)) {
+        return;
+    }
+
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "sf_oauth: credential \"%V\": Redis is not connected: "
                    "the fleet is down for this refresh", &cred->name);
 
-    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_IDLE;
     op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
     ngx_free(op);
+}
+
+
+/*
+ * While Redis is unreachable or refuses the lease script, for up to
+ * failover_wait since that began (a failover, a restart), the refresh
+ * waits for the fleet rather than go on alone (redis_down): it asks
+ * again in "poll" ms, or as soon as the command connection is ready
+ * again.  Its requests wait with it, within their own deadline.  Returns
+ * 0 when it does not wait (failover_wait 0, or over).
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_fleet_hold(ngx_http_sf_oauth_fleet_op_t *op,
+    ngx_msec_t poll)
+{
+    ngx_msec_t                 left;
+    ngx_uint_t                 logged;
+    ngx_http_sf_oauth_cred_t  *cred;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    cred = op->cred;
+    zone = cred->shm_zone->data;
+
+    left = ngx_http_sf_oauth_fleet_failover_left(cred);
+
+    if (left == 0) {
+        return 0;
+    }
+
+    (void) ngx_http_sf_oauth_store_fleet_down(cred, 0, 0, &logged);
+
+    if (!logged) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": Redis \"%V\" is "
+                      "unreachable or refuses the fleet's lease: a refresh "
+                      "waits for it to be back, up to failover_wait (%M ms "
+                      "left), before redis_down applies; requests that "
+                      "need a new token wait meanwhile", &cred->name,
+                      &zone->redis->name, left);
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "sf_oauth: credential \"%V\": waiting for Redis, %M ms "
+                   "left of failover_wait", &cred->name, left);
+
+    ngx_http_sf_oauth_fleet_extend(cred, left);
+
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_WAITING;
+    cred->rt.fleet_timer.handler = ngx_http_sf_oauth_fleet_again;
+    cred->rt.fleet_op = op;
+    ngx_add_timer(&cred->rt.fleet_timer, ngx_min(left, poll));
+
+    return 1;
+}
+
+
+/*
+ * Whether an error reply says that the server is no writable primary:
+ * READONLY (a replica, inside a script too), MASTERDOWN, LOADING
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_fleet_no_primary(redisReply *r)
+{
+    u_char  *p, *last;
+
+    if (r->type != REDIS_REPLY_ERROR) {
+        return 0;
+    }
+
+    p = (u_char *) r->str;
+    last = p + r->len;
+
+    return ngx_strlcasestrn(p, last, (u_char *) "READONLY", 8 - 1) != NULL
+           || (r->len >= 10 && ngx_strncmp(p, "MASTERDOWN", 10) == 0)
+           || (r->len >= 7 && ngx_strncmp(p, "LOADING", 7) == 0);
+}
+
+
+/*
+ * The wait for another node's lease ends no sooner than the full wait
+ * after "wait" ms: those spent in the quarantine or the failover wait
+ */
+
+static void
+ngx_http_sf_oauth_fleet_extend(ngx_http_sf_oauth_cred_t *cred,
+    ngx_msec_t wait)
+{
+    ngx_msec_t  deadline;
+
+    deadline = ngx_current_msec + wait + cred->timeout
+               + 2 * NGX_HTTP_SF_OAUTH_LEASE_SLACK;
+
+    if ((ngx_msec_int_t) (deadline - cred->rt.fleet_deadline) > 0) {
+        cred->rt.fleet_deadline = deadline;
+    }
 }
 
 
@@ -525,9 +736,31 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         || r->element[2]->type != REDIS_REPLY_STRING
         || r->element[3]->type != REDIS_REPLY_STRING)
     {
-        if (r && r->type == REDIS_REPLY_ERROR) {
+        if (r && r->type == REDIS_REPLY_ERROR && !op->refused) {
+            /* once a refresh: the failover wait asks again */
+            op->refused = 1;
             ngx_http_sf_oauth_fleet_error(cred, "Redis refused the lease "
                                           "script", r);
+        }
+
+        /*
+         * No primary answers (the connection failed, or a replica or a
+         * loading server refused): the failover wait; any other refusal
+         * (an ACL, OOM) is no failover, and the fleet is down at once
+         */
+
+        if (r == NULL || ngx_http_sf_oauth_fleet_no_primary(r)) {
+            (void) ngx_http_sf_oauth_store_fleet_down(cred,
+                                          r == NULL
+                                          ? NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE
+                                          : NGX_HTTP_SF_OAUTH_FLEET_REFUSED,
+                                          0, NULL);
+
+            if (ngx_http_sf_oauth_fleet_hold(op,
+                                             5 * NGX_HTTP_SF_OAUTH_FLEET_POLL))
+            {
+                return;
+            }
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
@@ -538,6 +771,18 @@ ngx_http_sf_oauth_fleet_asked(void *reply, void *data)
         op->handler(cred, NGX_HTTP_SF_OAUTH_FLEET_DOWN, NULL, 0);
         ngx_free(op);
         return;
+    }
+
+    /* Redis answers the lease script: no outage, whatever came before */
+
+    (void) ngx_http_sf_oauth_store_fleet_down(cred, 0,
+                                          NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE
+                                          | NGX_HTTP_SF_OAUTH_FLEET_REFUSED,
+                                          NULL);
+
+    if (answer != NGX_HTTP_SF_OAUTH_FLEET_LEASE) {
+        /* the generation that Redis holds: after a failover, the base */
+        ngx_http_sf_oauth_store_fleet_seen(cred, gen);
     }
 
     rec = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
@@ -1360,9 +1605,20 @@ ngx_http_sf_oauth_fleet_sync_all(ngx_event_t *ev)
 static void
 ngx_http_sf_oauth_fleet_sync(ngx_http_sf_oauth_cred_t *cred)
 {
-    ngx_uint_t  fleet, local, dirty;
+    ngx_uint_t                 fleet, local, dirty;
+    ngx_http_sf_oauth_zone_t  *zone;
 
     if (!ngx_http_sf_oauth_fleet_connected(cred)) {
+        zone = cred->shm_zone->data;
+
+        /* the outage's beginning, for failover_wait, within a second */
+
+        if (!ngx_http_sf_oauth_redis_connecting(zone->redis)) {
+            (void) ngx_http_sf_oauth_store_fleet_down(cred,
+                                          NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE,
+                                          0, NULL);
+        }
+
         return;
     }
 
@@ -1483,6 +1739,11 @@ ngx_http_sf_oauth_fleet_synced(void *reply, void *data)
     }
 
     cred->rt.fleet_read_refused = 0;
+
+    if (answer != NGX_HTTP_SF_OAUTH_FLEET_BAD_GEN) {
+        /* the generation that Redis holds: after a failover, the base */
+        ngx_http_sf_oauth_store_fleet_seen(cred, gen);
+    }
 
     ngx_http_sf_oauth_store_fleet_owner(cred, (u_char *) r->element[3]->str,
                                         r->element[3]->len);
@@ -1632,6 +1893,22 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
     for (i = 0; i < smcf->creds.nelts; i++) {
         zone = cred[i]->shm_zone->data;
 
+        if (zone->redis == rd && cred[i]->rt.node && !subscriber) {
+            ngx_http_sf_oauth_fleet_primary(rd, cred[i]);
+
+            (void) ngx_http_sf_oauth_store_fleet_down(cred[i], 0,
+                                          NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE,
+                                          NULL);
+
+            if (cred[i]->rt.fleet_state == NGX_HTTP_SF_OAUTH_FLEET_WAITING
+                && cred[i]->rt.fleet_timer.timer_set)
+            {
+                /* a refresh that waits for the fleet asks again now */
+                ngx_del_timer(&cred[i]->rt.fleet_timer);
+                ngx_add_timer(&cred[i]->rt.fleet_timer, 1);
+            }
+        }
+
         if (zone->redis == rd && cred[i]->rt.node) {
             (void) ngx_http_sf_oauth_store_fleet_outage(cred[i], 0);
 
@@ -1655,6 +1932,45 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
 
     ngx_del_timer(&ngx_http_sf_oauth_fleet_sync_event);
     ngx_add_timer(&ngx_http_sf_oauth_fleet_sync_event, 1);
+}
+
+
+/*
+ * The command connection is set up with a server: a run_id other than
+ * the last one the zone saw is a new primary (a failover, an endpoint
+ * that moved, a restart that lost its data), which may never have seen a
+ * lease or a write of the old one.  Said once per node and change.
+ */
+
+static void
+ngx_http_sf_oauth_fleet_primary(ngx_http_sf_oauth_redis_t *rd,
+    ngx_http_sf_oauth_cred_t *cred)
+{
+    u_char                     buf[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
+    ngx_str_t                  run_id, old;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    ngx_http_sf_oauth_redis_run_id(rd, &run_id);
+
+    old.data = buf;
+    old.len = 0;
+
+    if (!ngx_http_sf_oauth_store_fleet_primary(cred, &run_id, &old)) {
+        return;
+    }
+
+    zone = cred->shm_zone->data;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "sf_oauth: redis \"%V\" at \"%V\": the primary changed "
+                  "(run_id %*s..., was %*s...: a failover, or a restart): it "
+                  "may never have seen a fleet lease or a write of the old "
+                  "one, so zone \"%V\" takes no fleet lease for a lease's "
+                  "time to live (a credential's timeout and %d ms), unless "
+                  "a newer token is written back meanwhile; its refreshes "
+                  "wait for that", &rd->name, &rd->server,
+                  (size_t) 8, run_id.data, (size_t) 8, old.data,
+                  &zone->name, NGX_HTTP_SF_OAUTH_LEASE_SLACK);
 }
 
 

@@ -102,6 +102,17 @@ typedef struct {
      */
     u_char                       fleet_key_mismatch[NGX_HTTP_SF_OAUTH_FP_LEN];
 
+    /*
+     * After the zone's Redis primary changed (failovers in the header):
+     * the change this record has seen, the fleet generation that the new
+     * primary held when first read since, and whether it has held a newer
+     * one since (a lease of the old primary's was released by its owner's
+     * write-back: the quarantine is over for this credential)
+     */
+    ngx_uint_t                   fleet_failover;
+    ngx_uint_t                   fleet_failover_base;
+    ngx_uint_t                   fleet_released;
+
     size_t                       name_len;
     size_t                       token_len;
     size_t                       refresh_len;
@@ -151,6 +162,27 @@ typedef struct {
 
     /* Redis is unreachable, and a node's worker has said so */
     ngx_uint_t                   outage;
+
+    /*
+     * The fleet's Redis primary: the run_id of the server last seen, the
+     * changes seen (failovers) and when the last one was (ms): no fleet
+     * lease is taken for a lease's time to live after it
+     */
+    size_t                       run_id_len;
+    u_char                       run_id[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
+    ngx_uint_t                   failovers;
+    ngx_msec_t                   failover_at;
+
+    /*
+     * Since when (ms; 0: not) Redis is unreachable, and refuses the lease
+     * script (READONLY...), and when it last refused: the failover wait
+     * counts from the earlier; and whether a node's worker has said that
+     * requests wait
+     */
+    ngx_msec_t                   down_since;
+    ngx_msec_t                   refused_since;
+    ngx_msec_t                   refused_last;
+    ngx_uint_t                   wait_logged;
 } ngx_http_sf_oauth_sh_t;
 
 

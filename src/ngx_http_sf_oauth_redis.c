@@ -124,6 +124,10 @@ struct ngx_http_sf_oauth_redis_conn_s {
     /* for the log: a connect() that failed, once per outage */
     ngx_uint_t                     connect_logged;
 
+    /* the command connection's server, from INFO server; 0: not known */
+    size_t                         run_id_len;
+    u_char                         run_id[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
+
     ngx_http_sf_oauth_reply_pt     message;
     ngx_http_sf_oauth_redis_ready_pt  ready;
     void                          *data;
@@ -149,6 +153,7 @@ static void ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c);
 #endif
 static void ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_setup_done(void *reply, void *data);
+static void ngx_http_sf_oauth_redis_setup_info(void *reply, void *data);
 static void ngx_http_sf_oauth_redis_ping(ngx_event_t *ev);
 static void ngx_http_sf_oauth_redis_pong(void *reply, void *data);
 static void ngx_http_sf_oauth_redis_proven(
@@ -302,6 +307,26 @@ ngx_http_sf_oauth_redis_primary(ngx_http_sf_oauth_redis_t *rd,
     *source = rc->locate.source;
 
     return rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY;
+}
+
+
+/*
+ * The run_id of the server that the command connection was set up with
+ * (INFO server), which tells a new primary from the old one; empty when
+ * not known (not connected, or INFO refused to an ACL user).
+ */
+
+void
+ngx_http_sf_oauth_redis_run_id(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *run_id)
+{
+    if (rd->cmd == NULL || rd->cmd->state != NGX_HTTP_SF_OAUTH_REDIS_READY) {
+        ngx_str_null(run_id);
+        return;
+    }
+
+    run_id->data = rd->cmd->run_id;
+    run_id->len = rd->cmd->run_id_len;
 }
 
 
@@ -603,8 +628,10 @@ ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c)
 
 
 /*
- * The connection's own first commands: AUTH, SELECT, then PING, or on the
- * subscriber SUBSCRIBE; the connection is ready when all are answered.
+ * The connection's own first commands: AUTH, SELECT, ROLE (a primary
+ * that may have moved), then INFO server (the server's run_id) and PING,
+ * or on the subscriber SUBSCRIBE; the connection is ready when all are
+ * answered.
  */
 
 static void
@@ -624,6 +651,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
     rc->setup_left = 0;
+    rc->run_id_len = 0;
     rc->log.action = "setting up the connection to Redis";
 
     if (rd->password.len) {
@@ -686,6 +714,19 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
     }
 
     if (!rc->subscriber) {
+        /* which server this is: a new run_id is a new primary */
+        ngx_str_set(&argv[0], "INFO");
+        ngx_str_set(&argv[1], "server");
+
+        if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
+                                         ngx_http_sf_oauth_redis_setup_info,
+                                         rc, 1,
+                                         "setting up the connection to Redis")
+            != NGX_OK)
+        {
+            return;
+        }
+
         /* whether commands may run at all: NOAUTH says so here */
         ngx_str_set(&argv[0], "PING");
 
@@ -857,6 +898,9 @@ ngx_http_sf_oauth_redis_readonly_all(ngx_http_sf_oauth_redis_conn_t *rc)
                      &rc->locate.name,
                      rd->sentinels ? "asking the sentinels where the primary "
                                      "is"
+                     : rd->primary.is_ip ? "its address is fixed: the "
+                                           "fleet waits for it to be the "
+                                           "primary again"
                      : rd->primary.resolved ? "its address is fixed (see "
                                               "\"resolver\")"
                      : "resolving the name again");
@@ -932,6 +976,64 @@ ngx_http_sf_oauth_redis_moved(ngx_http_sf_oauth_redis_t *rd, ngx_str_t *addr)
             ngx_add_timer(&rc->retry, 1);
         }
     }
+}
+
+
+/*
+ * The reply to INFO server: the line "run_id:" and 40 hex digits.  A
+ * refusal (an ACL user without INFO) leaves the run_id unknown, and is no
+ * failure: the PING after it, answered last, ends the setup.
+ */
+
+static void
+ngx_http_sf_oauth_redis_setup_info(void *reply, void *data)
+{
+    redisReply                      *r = reply;
+    ngx_http_sf_oauth_redis_conn_t  *rc = data;
+
+    u_char  *p, *last;
+    size_t   n;
+
+    if (r == NULL) {
+        /* the connection failed: it says why itself */
+        return;
+    }
+
+    rc->setup_left--;
+
+    if (r->type != REDIS_REPLY_STRING) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, &rc->log, 0,
+                       "sf_oauth: redis \"%V\": no answer to INFO server: "
+                       "the server's run_id is not known", &rc->rd->name);
+        return;
+    }
+
+    p = (u_char *) r->str;
+    last = p + r->len;
+
+    p = ngx_strlcasestrn(p, last, (u_char *) "run_id:", 7 - 1);
+    if (p == NULL) {
+        return;
+    }
+
+    p += 7;
+
+    for (n = 0; p + n < last && n < NGX_HTTP_SF_OAUTH_RUN_ID_LEN; n++) {
+        if (!isxdigit(p[n])) {
+            break;
+        }
+    }
+
+    if (n != NGX_HTTP_SF_OAUTH_RUN_ID_LEN) {
+        return;
+    }
+
+    ngx_memcpy(rc->run_id, p, n);
+    rc->run_id_len = n;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, &rc->log, 0,
+                   "sf_oauth: redis \"%V\": the server's run_id is %*s",
+                   &rc->rd->name, (size_t) 8, rc->run_id);
 }
 
 

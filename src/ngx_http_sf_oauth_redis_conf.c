@@ -86,6 +86,9 @@ static ngx_command_t  ngx_http_sf_oauth_redis_commands[] = {
       offsetof(ngx_http_sf_oauth_redis_t, down),
       ngx_http_sf_oauth_redis_downs },
 
+    { ngx_string("failover_wait"), NGX_CONF_TAKE1, ngx_conf_set_msec_slot, 0,
+      offsetof(ngx_http_sf_oauth_redis_t, failover_wait), NULL },
+
     { ngx_string("allow_world_readable"), NGX_CONF_FLAG,
       ngx_conf_set_flag_slot, 0,
       offsetof(ngx_http_sf_oauth_redis_t, world_readable), NULL },
@@ -108,6 +111,7 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
     rd->world_readable = NGX_CONF_UNSET;
     rd->timeout = NGX_CONF_UNSET_MSEC;
     rd->down = NGX_CONF_UNSET_UINT;
+    rd->failover_wait = NGX_CONF_UNSET_MSEC;
 
     rv = ngx_http_sf_oauth_block_parse(cf, "sf_oauth_redis", &rd->name,
                                        ngx_http_sf_oauth_redis_commands, rd);
@@ -121,6 +125,7 @@ ngx_http_sf_oauth_redis_conf_block(ngx_conf_t *cf,
     ngx_conf_init_value(rd->world_readable, 0);
     ngx_conf_init_msec_value(rd->timeout, 1000);
     ngx_conf_init_uint_value(rd->down, NGX_HTTP_SF_OAUTH_DOWN_LOCAL);
+    ngx_conf_init_msec_value(rd->failover_wait, 10000);
 
     if (rd->prefix.data == NULL) {
         ngx_str_set(&rd->prefix, "sf_oauth:");

@@ -29,7 +29,7 @@ static const char  *ngx_http_sf_oauth_states[] = {
  */
 
 #define NGX_HTTP_SF_OAUTH_INFO_KEYS      1400
-#define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   16
+#define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   19
 
 
 static const char  *ngx_http_sf_oauth_grants[] = {
@@ -302,6 +302,13 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
             p = ngx_slprintf(p, last, ",\"primary\":null,"
                              "\"primary_from\":null");
         }
+
+        /* after a change of primary, and while Redis is down: ms left */
+        p = ngx_slprintf(p, last, ",\"failovers\":%ui,\"quarantine_ms\":%M,"
+                         "\"failover_wait_ms\":%M",
+                         ngx_http_sf_oauth_store_fleet_failovers(cred),
+                         ngx_http_sf_oauth_fleet_quarantine(cred),
+                         ngx_http_sf_oauth_fleet_failover_left(cred));
 
         /* the key's fingerprint: the same on every node of the fleet */
         p = ngx_slprintf(p, last,

@@ -4,8 +4,10 @@
  * the zone, each under the zone's lock: a token from Redis, the fleet
  * generation of the zone's token and whether it is still to be written
  * back, the last fleet lease owner, the mark of a record written with
- * another key, and the zone's Redis outage.  The Redis protocol and the
- * fleet's lease are in ngx_http_sf_oauth_fleet.c.
+ * another key, and the zone's Redis outage and primary: the run_id of the
+ * server, the time of its last change, and the quarantine of the fleet's
+ * lease after it.  The Redis protocol and the fleet's lease are in
+ * ngx_http_sf_oauth_fleet.c.
  */
 
 
@@ -307,4 +309,233 @@ ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * The run_id of the Redis server that a command connection of the node
+ * was just set up with.  Returns 1 when it differs from the last one seen
+ * (a failover, an endpoint that moved, a restart that lost its data): the
+ * change is counted and timed, and "old" is the run_id before.  The first
+ * run_id a zone ever sees is none, nor is an unknown one.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_primary(ngx_http_sf_oauth_cred_t *cred,
+    ngx_str_t *run_id, ngx_str_t *old)
+{
+    ngx_uint_t                 changed;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_sh_t    *sh;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    sh = zone->sh;
+
+    changed = 0;
+
+    if (run_id->len == 0 || run_id->len > NGX_HTTP_SF_OAUTH_RUN_ID_LEN) {
+        return 0;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (sh->run_id_len != run_id->len
+        || ngx_memcmp(sh->run_id, run_id->data, run_id->len) != 0)
+    {
+        if (sh->run_id_len) {
+            changed = 1;
+            ngx_memcpy(old->data, sh->run_id, sh->run_id_len);
+            old->len = sh->run_id_len;
+
+            sh->failovers++;
+            sh->failover_at = ngx_current_msec ? ngx_current_msec : 1;
+        }
+
+        ngx_memcpy(sh->run_id, run_id->data, run_id->len);
+        sh->run_id_len = run_id->len;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return changed;
+}
+
+
+/*
+ * The fleet generation that Redis holds now, as a reply of the primary
+ * said.  The first since a change of primary, or the zone's own if newer
+ * (a node puts its generation back into a primary that lost it: that is
+ * no new write), is the credential's base; a newer one than the base was
+ * written since: the lease of the old primary, if any, was given back
+ * (its owner wrote its outcome back), and the quarantine is over for the
+ * credential.
+ */
+
+void
+ngx_http_sf_oauth_store_fleet_seen(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_sf_oauth_store_owns_node(cred) && zone->sh->failovers) {
+
+        if (node->fleet_failover != zone->sh->failovers) {
+            node->fleet_failover = zone->sh->failovers;
+            node->fleet_failover_base = ngx_max(generation,
+                                                node->fleet_generation);
+            node->fleet_released = 0;
+
+        } else if (generation > node->fleet_failover_base) {
+            node->fleet_released = 1;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * How long (ms) the credential takes no fleet lease still: a lease's time
+ * to live "ttl" since the primary changed, unless a newer generation was
+ * written since; 0: none.
+ */
+
+ngx_msec_t
+ngx_http_sf_oauth_store_fleet_quarantine(ngx_http_sf_oauth_cred_t *cred,
+    ngx_msec_t ttl)
+{
+    ngx_msec_int_t             left;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    left = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (zone->sh->failover_at
+        && !(ngx_http_sf_oauth_store_owns_node(cred)
+             && node->fleet_failover == zone->sh->failovers
+             && node->fleet_released))
+    {
+        left = (ngx_msec_int_t) (zone->sh->failover_at + ttl
+                                 - ngx_current_msec);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return left > 0 ? (ngx_msec_t) left : 0;
+}
+
+
+/*
+ * The node's view of a Redis outage: "mark" sets, "clear" ends, the
+ * outage's kinds (NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE, _REFUSED).
+ * Returns since when (ms) the outage lasts, the earlier of the kinds, or
+ * 0 when there is none; with "logged", whether a worker has said that
+ * requests wait for it, and marks it said.  Unreachable ends when a
+ * connection is set up; a refusal, when the lease script is answered, or
+ * when none was seen for failover_wait and a second (no one asked: the
+ * server may have been promoted since).
+ */
+
+ngx_msec_t
+ngx_http_sf_oauth_store_fleet_down(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t mark, ngx_uint_t clear, ngx_uint_t *logged)
+{
+    ngx_msec_t                 since, now;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_sh_t    *sh;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    sh = zone->sh;
+
+    now = ngx_current_msec ? ngx_current_msec : 1;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if ((clear & NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE)) {
+        sh->down_since = 0;
+    }
+
+    if ((clear & NGX_HTTP_SF_OAUTH_FLEET_REFUSED)) {
+        sh->refused_since = 0;
+    }
+
+    if ((mark & NGX_HTTP_SF_OAUTH_FLEET_UNREACHABLE) && sh->down_since == 0) {
+        sh->down_since = now;
+    }
+
+    if (sh->refused_since
+        && (ngx_msec_int_t) (now - sh->refused_last)
+           > (ngx_msec_int_t) (zone->redis->failover_wait + 1000))
+    {
+        sh->refused_since = 0;
+    }
+
+    if ((mark & NGX_HTTP_SF_OAUTH_FLEET_REFUSED)) {
+        if (sh->refused_since == 0) {
+            sh->refused_since = now;
+        }
+
+        sh->refused_last = now;
+    }
+
+    since = sh->down_since;
+
+    if (sh->refused_since
+        && (since == 0
+            || (ngx_msec_int_t) (sh->refused_since - since) < 0))
+    {
+        since = sh->refused_since;
+    }
+
+    if (since == 0) {
+        sh->wait_logged = 0;
+    }
+
+    if (logged) {
+        *logged = sh->wait_logged;
+        sh->wait_logged = 1;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return since;
+}
+
+
+/* how many changes of the Redis primary the node has seen */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_failovers(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t                 n;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_zone_t  *zone;
+
+    zone = cred->shm_zone->data;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    n = zone->sh->failovers;
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return n;
 }

@@ -22,6 +22,8 @@ static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_zone_find_record(
     ngx_http_sf_oauth_zone_t *zone, ngx_str_t *name);
 static ngx_http_sf_oauth_zone_t *ngx_http_sf_oauth_zone_find_old(
     ngx_shm_zone_t *shm_zone);
+static void ngx_http_sf_oauth_zone_carry_primary(
+    ngx_http_sf_oauth_zone_t *zone, ngx_http_sf_oauth_zone_t *old);
 static void ngx_http_sf_oauth_zone_carry_records(ngx_cycle_t *cycle,
     ngx_array_t *zones);
 static ngx_int_t ngx_http_sf_oauth_zone_is_kept(ngx_cycle_t *cycle,
@@ -182,6 +184,11 @@ ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 
     for (i = 0; i < zones->nelts; i++) {
         zone = shm_zone[i]->data;
+
+        if (zone->resized && !ngx_is_init_cycle(ngx_cycle)) {
+            ngx_http_sf_oauth_zone_carry_primary(zone, zone->resized);
+        }
+
         zone->resized = NULL;
 
         ngx_shmtx_lock(&zone->shpool->mutex);
@@ -420,6 +427,39 @@ ngx_http_sf_oauth_zone_find_old(ngx_shm_zone_t *shm_zone)
 
         return oshm[i].data;
     }
+}
+
+
+/*
+ * At the commit, for a zone resized: the fleet's Redis primary as the old
+ * zone knew it (its run_id, the changes seen and when the last was), so
+ * that a reload does not take a new primary for the first one seen
+ */
+
+static void
+ngx_http_sf_oauth_zone_carry_primary(ngx_http_sf_oauth_zone_t *zone,
+    ngx_http_sf_oauth_zone_t *old)
+{
+    ngx_http_sf_oauth_sh_t  sh;
+
+    if (old->sh == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&old->shpool->mutex);
+    sh = *old->sh;
+    ngx_shmtx_unlock(&old->shpool->mutex);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (zone->sh->run_id_len == 0) {
+        ngx_memcpy(zone->sh->run_id, sh.run_id, sh.run_id_len);
+        zone->sh->run_id_len = sh.run_id_len;
+        zone->sh->failovers = sh.failovers;
+        zone->sh->failover_at = sh.failover_at;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 

@@ -237,8 +237,11 @@ SECTION_B: {
     $redis->start;
     push @everyone, $redis;
 
+    # failover_wait 0: redis_down at once, as before failover_wait was
+    # (t/58-fleet-failover.t has the wait)
     my @n = fleet(what => 'Redis killed under load', first => $t,
-                  redis => $redis) or last SECTION_B;
+                  redis => $redis, redis_conf => [ failover_wait => '0' ])
+        or last SECTION_B;
     my @ports = map { $_->port } @n;
 
     ok(all_connected(@n), 'under load: connected');
@@ -310,7 +313,8 @@ SECTION_C: {
     push @everyone, $redis;
 
     my @n = fleet(what => 'redis_down fail', first => $t, n => 1,
-                  redis => $redis, redis_conf => [ redis_down => 'fail' ])
+                  redis => $redis, redis_conf => [ redis_down => 'fail',
+                                                   failover_wait => '0' ])
         or last SECTION_C;
     ok(all_connected(@n), 'redis_down fail: connected');
 

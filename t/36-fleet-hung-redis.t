@@ -31,8 +31,11 @@ sub run_case {
     my $redis = RedisTest->new(dir => $t->dir);
     $redis->start;
 
+    # failover_wait 0: redis_down once the hung Redis is noticed, not
+    # after the wait for a failover (t/58-fleet-failover.t has the wait)
     my @rc = (($rtimeout ? (timeout => $rtimeout) : ()),
-              ($down ? (redis_down => $down) : ()));
+              ($down ? (redis_down => $down) : ()),
+              failover_wait => '0');
     my @n = RedisTest::fleet(redis => $redis, first => $t, n => 2,
                              redis_conf => \@rc,
                              credential => { timeout => '3s' });

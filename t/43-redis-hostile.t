@@ -132,9 +132,11 @@ sub setup {
     $redis->start;
     my $fake = start_fake($t->dir, $redis->port);
 
+    # failover_wait 0: redis_down as soon as the server is found broken,
+    # not after the wait for a failover (t/58-fleet-failover.t has it)
     my ($n) = RedisTest::fleet(redis => $redis, first => $t, n => 1,
                                redis_conf => [ server => "127.0.0.1:$fake->{port}",
-                                               @rc ],
+                                               failover_wait => '0', @rc ],
                                credential => { timeout => '3s' });
     ok(connected($n), "$what: connected through the fake Redis");
     is($n->get('/services/data/v59.0/warm')->{status}, 200, "$what: warm 200");
