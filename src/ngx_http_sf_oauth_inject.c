@@ -37,6 +37,8 @@ static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static ngx_int_t ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
@@ -124,6 +126,10 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
     }
 
     r->headers_in.authorization = h;
+
+    if (ngx_http_sf_oauth_drop_metadata(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
     token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
@@ -227,10 +233,9 @@ static ngx_int_t
 ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token)
 {
-    ngx_str_t        *value[3], *name;
-    ngx_uint_t        i, j;
+    ngx_str_t        *value[3];
+    ngx_uint_t        i;
     ngx_table_elt_t  *h;
-    ngx_list_part_t  *part;
 
     value[0] = token;
     value[1] = &ctx->instance_url;
@@ -253,12 +258,34 @@ ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
         }
     }
 
+    return ngx_http_sf_oauth_drop_metadata(r, ctx);
+}
+
+
+/*
+ * The client's own accesstoken, instanceurl, tenantid and Authorization,
+ * but those that hold the module's values, pass for "Connection": in
+ * every sf_oauth location, so that a gRPC call that is not a Pub/Sub
+ * location's (grpc_pass with a variable) takes none of them upstream
+ * either.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_str_t        *name;
+    ngx_uint_t        i, j;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
 
             if (h[i].hash == 0
+                || &h[i] == ctx->auth.header
                 || &h[i] == ctx->meta[0].header
                 || &h[i] == ctx->meta[1].header
                 || &h[i] == ctx->meta[2].header)
