@@ -6,7 +6,11 @@
 # grpc_pass has a variable is not a Pub/Sub location (docs/reference.md):
 # it gets Authorization, as REST does, and the client's metadata must not
 # go on with it.  An HTTP/1.1 gRPC client that sends accesstoken twice, in
-# odd case, gets one accesstoken upstream, the module's.
+# odd case, gets one accesstoken upstream, the module's; its chunked
+# Publish is replayed after a revoke with the same bytes.  A mirror and an
+# error_page fallback get the client's own accesstoken, never the token; a
+# call held for a slow refresh goes on over a reload; the access log's
+# $http_accesstoken, $http_instanceurl, $http_tenantid are the client's.
 
 use strict;
 use warnings;
@@ -16,6 +20,8 @@ use SfTest;
 use Test::More;
 use JSON::PP;
 use HTTP::Tiny;
+use IO::Socket::INET;
+use Time::HiRes qw(sleep);
 
 my $PY = '/usr/bin/python3';    # Debian's, which has python3-grpcio
 
@@ -31,6 +37,9 @@ $t->start_mock;
 my $gport = SfTest::free_port();     # h2c, grpc_pass with a URL
 my $vport = SfTest::free_port();     # h2c, grpc_pass with a variable
 my $hport = SfTest::free_port();     # HTTP/1.1, grpc_pass with a URL
+my $xport = SfTest::free_port();     # h2c, a mirror
+my $eport = SfTest::free_port();     # h2c, error_page to a fallback
+my $dead = SfTest::free_port();      # nothing listens
 my $mport = SfTest::free_port();     # the mock Pub/Sub
 my $cport = SfTest::free_port();     # its control port
 
@@ -92,6 +101,35 @@ $t->write_conf("    sf_oauth_zone zone=sf:1m;\n" . $t->credential . <<"EOF");
             grpc_pass grpc://127.0.0.1:$mport;
         }
     }
+    server {
+        listen 127.0.0.1:$xport http2 reuseport;
+
+        location /eventbus.v1.PubSub/ {
+            sf_oauth crm;
+            mirror /mirror;
+            grpc_pass grpc://127.0.0.1:$mport;
+        }
+
+        location = /mirror {
+            internal;
+            proxy_pass http://127.0.0.1:%%MOCK%%/echo/mirror;
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$eport http2 reuseport;
+
+        location /eventbus.v1.PubSub/ {
+            sf_oauth crm;
+            grpc_pass grpc://127.0.0.1:$dead;
+            error_page 502 = \@fallback;
+        }
+
+        location \@fallback {
+            rewrite ^ /echo/fallback break;
+            proxy_pass http://127.0.0.1:%%MOCK%%;
+        }
+    }
 EOF
 
 $t->start;
@@ -147,6 +185,88 @@ is_deeply($answer->{metadata}{accesstoken}, [ $tokens[-1] ],
 is_deeply($answer->{metadata}{instanceurl}, [ $instance ],
           'HTTP/1.1, InstanceUrl: the upstream has the module\'s')
     or diag(explain $answer);
+
+# -- HTTP/1.1, chunked, after a revoke: the replay sends the same bytes ---
+
+sub http11_chunked {
+    my ($payload, $slice) = @_;
+    my $frame = "\0" . pack('N', length $payload) . $payload;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $hport) or die "$!";
+    print $s "POST /eventbus.v1.PubSub/Publish HTTP/1.1\r\nHost: x\r\n"
+           . "Connection: close\r\nContent-Type: application/grpc\r\n"
+           . "TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for my $part (unpack("(a$slice)*", $frame)) {
+        printf $s "%x\r\n%s\r\n", length $part, $part;
+        $s->flush;
+        sleep 0.05;
+    }
+    print $s "0\r\n\r\n";
+    my $res = join '', <$s>;
+    my (undef, $rest) = split /\r\n\r\n/, $res, 2;
+    $rest //= "";
+    my $data = '';
+    while ($rest =~ s/^([0-9a-f]+)\r\n//i && hex $1) {
+        $data .= substr($rest, 0, hex $1, '');
+        $rest =~ s/^\r\n//;
+    }
+    return eval { decode_json(substr($data, 5)) } // { raw => $res };
+}
+
+my $payload3 = join '', map { chr(97 + $_ % 26) } 1 .. 3000;
+my $before = $t->token_requests;
+$t->mock('revoke');
+$answer = http11_chunked($payload3, 700);
+ok(($answer->{body_hex} // "") eq unpack('H*', $payload3),
+   'HTTP/1.1 chunked Publish after a revoke: the replay sent the same bytes')
+    or diag(substr($answer->{raw} // 'a JSON answer', 0, 600));
+is($t->token_requests, $before + 1,
+   'HTTP/1.1 chunked Publish after a revoke: one token request');
+
+# -- a mirror, an error_page fallback: the client's own, never the token ---
+
+sub echo_of {
+    my ($path) = @_;
+    return (grep { $_->{path} =~ m{^/echo/$path} }
+            @{ $t->mock('stats')->{echo_log} })[-1];
+}
+
+$r = unary($xport, 'Publish', 'mirrored');
+is($r->{code}, 'OK', 'a mirrored Publish: OK');
+ok(SfTest::wait_for(5, sub { echo_of('mirror') }), 'the mirror was sent');
+is_deeply((echo_of('mirror') // {})->{accesstoken}, [ $BOGUS ],
+          "the mirror gets the client's own accesstoken, not the token")
+    or diag(explain echo_of('mirror'));
+
+$r = unary($eport, 'Publish', 'fallback');
+ok(SfTest::wait_for(5, sub { echo_of('fallback') }),
+   'the error_page fallback was sent');
+my $fb = echo_of('fallback') // {};
+is_deeply([ @{ $fb->{accesstoken} // [] }, @{ $fb->{authorization} // [] } ],
+          [ $BOGUS ],
+          "the fallback gets the client's own accesstoken, and no token")
+    or diag(explain $fb);
+
+# -- a reload while a unary call is held for a slow refresh ----------------
+
+$t->mock('delay', 'seconds=1');
+$t->mock('revoke');
+$before = $t->token_requests;
+open(my $bg, '-|', $PY, "$ROOT/t/lib/pubsub_client.py", "127.0.0.1:$gport",
+     'unary', 'Publish', 'held-over-reload', @bogus)
+    or die "pubsub_client.py: $!";
+ok(SfTest::wait_for(10, sub { my $c = last_call();
+                              ($c->{method} // '') eq 'Publish'
+                              && ($c->{status} // 0) == 16 }),
+   'a Publish after a revoke is answered UNAUTHENTICATED, and held');
+$t->reload;
+my $held = eval { decode_json(join '', <$bg>) } // {};
+close $bg;
+is($held->{code}, 'OK', 'the call held over a reload: OK')
+    or diag(explain $held);
+is($t->token_requests, $before + 1, 'the call held over a reload: one token '
+   . 'request');
+$t->mock('delay', 'seconds=0.05');
 
 # -- the access log reads the client's own ----------------------------------
 
