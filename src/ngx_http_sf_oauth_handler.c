@@ -37,6 +37,8 @@ static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_note_dead(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_sf_oauth_header_variable(
+    ngx_http_variable_value_t *v, ngx_str_t *value);
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_clone =
@@ -655,18 +657,7 @@ ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
                 ? &ctx->auth.saved_value : NULL;
     }
 
-    if (value == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = value->len;
-    v->data = value->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_sf_oauth_header_variable(v, value);
 }
 
 
@@ -697,6 +688,16 @@ ngx_http_sf_oauth_handler_accesstoken_variable(ngx_http_request_t *r,
         value = h ? &h->value : NULL;
     }
 
+    return ngx_http_sf_oauth_header_variable(v, value);
+}
+
+
+/* a header variable's value, the client's: not found when NULL */
+
+static ngx_int_t
+ngx_http_sf_oauth_header_variable(ngx_http_variable_value_t *v,
+    ngx_str_t *value)
+{
     if (value == NULL) {
         v->not_found = 1;
         return NGX_OK;

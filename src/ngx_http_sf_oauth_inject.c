@@ -40,7 +40,7 @@ static ngx_int_t ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
 static ngx_int_t ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h);
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h, ngx_str_t *value);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot);
 static ngx_int_t ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r);
@@ -87,7 +87,6 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
     ngx_str_t                  token;
     ngx_list_t                *in;
     ngx_table_elt_t           *h;
-    ngx_http_sf_oauth_slot_t  *slot;
 
     static ngx_str_t  auth = ngx_string("Authorization");
     static ngx_str_t  session = ngx_string("X-SFDC-Session");
@@ -164,32 +163,9 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
          h;
          h = ngx_http_sf_oauth_inject_find_header(in, &session, h))
     {
-        if (ctx->sessions == NULL) {
-            ctx->sessions = ngx_array_create(r->pool, 1,
-                                             sizeof(ngx_http_sf_oauth_slot_t));
-            if (ctx->sessions == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        slot = ngx_array_push(ctx->sessions);
-        if (slot == NULL) {
+        if (ngx_http_sf_oauth_drop_header(r, ctx, h, &token) != NGX_OK) {
             return NGX_ERROR;
         }
-
-        ngx_memzero(slot, sizeof(ngx_http_sf_oauth_slot_t));
-
-        if (ngx_http_sf_oauth_set_header(r, slot, h, &session,
-                                         ngx_http_sf_oauth_lowcase_session,
-                                         &token)
-            == NULL)
-        {
-            return NGX_ERROR;
-        }
-
-        h->key.len = sizeof("connection") - 1;
-        h->lowcase_key = ngx_http_sf_oauth_lowcase_connection;
-        h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
     }
 
     if (ctx->envelope == NULL) {
@@ -300,7 +276,8 @@ ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
                     && ngx_strncasecmp(h[i].key.data, name->data, name->len)
                        == 0)
                 {
-                    if (ngx_http_sf_oauth_drop_header(r, ctx, &h[i])
+                    if (ngx_http_sf_oauth_drop_header(r, ctx, &h[i],
+                                                      &h[i].value)
                         != NGX_OK)
                     {
                         return NGX_ERROR;
@@ -316,11 +293,14 @@ ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
 }
 
 
-/* a client's header that must not go on passes for "Connection" */
+/*
+ * A client's header that must not go on passes for "Connection", with
+ * "value", until ngx_http_sf_oauth_inject_unset_token()
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h)
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h, ngx_str_t *value)
 {
     ngx_http_sf_oauth_slot_t  *slot;
 
@@ -343,7 +323,7 @@ ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
 
     if (ngx_http_sf_oauth_set_header(r, slot, h, &connection,
                                      ngx_http_sf_oauth_lowcase_connection,
-                                     &h->value)
+                                     value)
         == NULL)
     {
         return NGX_ERROR;
