@@ -190,4 +190,6 @@ ok(recalled($mark), 'the class endpoints: remembered plans were used');
 ok(!$t->log_lines(qr/\[(alert|crit|emerg)\]/), 'no alert');
 ok(!$t->log_lines(qr/\Q$_\E/), 'no token is logged') for $t->tokens;
 
+$t->finish;
+
 done_testing();
