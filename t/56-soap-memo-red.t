@@ -16,9 +16,7 @@ use warnings;
 use lib 't/lib';
 use SfTest;
 use HTTP::Tiny;
-use IO::Socket::INET;
 use Test::More;
-use Time::HiRes qw(sleep);
 
 my $t = SfTest->new(log_level => 'debug');
 $t->start_mock;
@@ -131,20 +129,9 @@ attack('in a temp file', sub { plain($_[0], $PATH, $fport) });
 # -- chunked, in slices, from a slow client ----------------------------------
 
 sub chunked {
-    my ($body) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => $t->port) or die "$!";
-    print $s "POST $PATH HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-           . "Content-Type: text/xml\r\nSOAPAction: \"\"\r\n"
-           . "Transfer-Encoding: chunked\r\n\r\n";
-    # slices that cut the head, its call tag and the tail
-    for my $slice (unpack('(a700)*', $body)) {
-        printf $s "%x\r\n%s\r\n", length $slice, $slice;
-        $s->flush;
-        sleep 0.02;
-    }
-    print $s "0\r\n\r\n";
-    my $res = join '', <$s>;
+    my $res = $t->chunked("POST $PATH HTTP/1.1\r\nHost: x\r\n"
+                          . "Content-Type: text/xml\r\nSOAPAction: \"\"\r\n",
+                          $_[0], 700);
     return ($res =~ m{^HTTP/1\.1 (\d+)})[0] // 0;
 }
 

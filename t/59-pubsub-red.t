@@ -20,8 +20,6 @@ use SfTest;
 use Test::More;
 use JSON::PP;
 use HTTP::Tiny;
-use IO::Socket::INET;
-use Time::HiRes qw(sleep);
 
 my $PY = '/usr/bin/python3';    # Debian's, which has python3-grpcio
 
@@ -40,20 +38,7 @@ my $hport = SfTest::free_port();     # HTTP/1.1, grpc_pass with a URL
 my $xport = SfTest::free_port();     # h2c, a mirror
 my $eport = SfTest::free_port();     # h2c, error_page to a fallback
 my $dead = SfTest::free_port();      # nothing listens
-my $mport = SfTest::free_port();     # the mock Pub/Sub
-my $cport = SfTest::free_port();     # its control port
-
-my $pid = fork() // die "fork: $!";
-if ($pid == 0) {
-    open STDOUT, '>>', $t->dir . '/pubsub.log';
-    open STDERR, '>&', \*STDOUT;
-    exec $PY, "$ROOT/t/lib/mock_pubsub.py", '--port', $mport,
-         '--control-port', $cport, '--sf-url', $t->mock_url;
-    die "exec: $!";
-}
-push @{ $t->{helper_pids} }, $pid;
-SfTest::wait_port($mport, 'the mock Pub/Sub', 400, $pid);
-SfTest::wait_port($cport, "the mock Pub/Sub's control port", 400, $pid);
+my ($mport, $cport) = $t->start_mock_pubsub;   # the mock Pub/Sub
 
 sub last_call {
     my $res = HTTP::Tiny->new(timeout => 10)
@@ -190,19 +175,11 @@ is_deeply($answer->{metadata}{instanceurl}, [ $instance ],
 
 sub http11_chunked {
     my ($payload, $slice) = @_;
-    my $frame = "\0" . pack('N', length $payload) . $payload;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => $hport) or die "$!";
-    print $s "POST /eventbus.v1.PubSub/Publish HTTP/1.1\r\nHost: x\r\n"
-           . "Connection: close\r\nContent-Type: application/grpc\r\n"
-           . "TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n";
-    for my $part (unpack("(a$slice)*", $frame)) {
-        printf $s "%x\r\n%s\r\n", length $part, $part;
-        $s->flush;
-        sleep 0.05;
-    }
-    print $s "0\r\n\r\n";
-    my $res = join '', <$s>;
+    my $res = $t->chunked("POST /eventbus.v1.PubSub/Publish HTTP/1.1\r\n"
+                          . "Host: x\r\nContent-Type: application/grpc\r\n"
+                          . "TE: trailers\r\n",
+                          "\0" . pack('N', length $payload) . $payload,
+                          $slice, port => $hport);
     my (undef, $rest) = split /\r\n\r\n/, $res, 2;
     $rest //= "";
     my $data = '';
