@@ -10,7 +10,9 @@
 # Publish is replayed after a revoke with the same bytes.  A mirror and an
 # error_page fallback get the client's own accesstoken, never the token; a
 # call held for a slow refresh goes on over a reload; the access log's
-# $http_accesstoken, $http_instanceurl, $http_tenantid are the client's.
+# $http_accesstoken, $http_instanceurl, $http_tenantid are the client's; a
+# Pub/Sub API gone mid-stream ends the stream with an error, and is not
+# taken for a dead token.
 
 use strict;
 use warnings;
@@ -38,7 +40,7 @@ my $hport = SfTest::free_port();     # HTTP/1.1, grpc_pass with a URL
 my $xport = SfTest::free_port();     # h2c, a mirror
 my $eport = SfTest::free_port();     # h2c, error_page to a fallback
 my $dead = SfTest::free_port();      # nothing listens
-my ($mport, $cport) = $t->start_mock_pubsub;   # the mock Pub/Sub
+my ($mport, $cport, $mpid) = $t->start_mock_pubsub;   # the mock Pub/Sub
 
 sub last_call {
     my $res = HTTP::Tiny->new(timeout => 10)
@@ -255,6 +257,30 @@ like($t->slurp('meta.log'),
      qr{^/eventbus\.v1\.PubSub/GetTopic at=\Q$BOGUS\E iu=https://client\.example\.com ti=00Dclient$}m,
      "\$http_accesstoken, \$http_instanceurl, \$http_tenantid in the access "
      . "log: the client's own");
+
+# -- a Pub/Sub API that fails mid-stream ----------------------------------
+
+$before = $t->token_requests;
+open(my $sub, '-|', $PY, "$ROOT/t/lib/pubsub_client.py", "127.0.0.1:$gport",
+     'subscribe', 'replay=-1', @bogus)
+    or die "pubsub_client.py: $!";
+like(scalar(<$sub>) // '', qr/"event"/, 'Subscribe: the stream delivers '
+     . 'events');
+kill 'KILL', $mpid;
+waitpid $mpid, 0;
+my $end;
+while (my $l = <$sub>) {
+    my $m = eval { decode_json($l) } // {};
+    $end = $m if exists $m->{code};
+}
+close $sub;
+ok($end && $end->{code} ne 'OK',
+   'the Pub/Sub API gone mid-stream: the stream ends with an error status '
+   . '(' . ($end->{code} // 'none') . ')');
+$r = unary($gport, 'GetTopic', 'gone');
+is($r->{code}, 'UNAVAILABLE', 'the next call: UNAVAILABLE');
+is($t->token_requests, $before, 'no token request: an upstream gone is '
+   . 'not a dead token');
 
 $t->no_token_in([], [ $t->tokens ]);
 unlike($t->error_log, qr/\[alert\]/, 'no [alert]');

@@ -181,7 +181,7 @@ sub spawn_mock {
 # Starts the mock Pub/Sub API (t/lib/mock_pubsub.py, with Debian's
 # /usr/bin/python3 and its python3-grpcio), whose calls check their
 # accesstoken against this node's mock Salesforce; stopped with the other
-# helpers.  Returns its gRPC port and its control port.
+# helpers.  Returns its gRPC port, its control port and its pid.
 sub start_mock_pubsub {
     my ($self) = @_;
 
@@ -202,7 +202,7 @@ sub start_mock_pubsub {
     wait_port($port, 'the mock Pub/Sub', 400, $pid);
     wait_port($cport, "the mock Pub/Sub's control port", 400, $pid);
 
-    return ($port, $cport);
+    return ($port, $cport, $pid);
 }
 
 # One call to a mock's /__mock/ hooks: GET for stats, POST for the others.
