@@ -67,6 +67,8 @@ $t->write_conf("    sf_oauth_zone zone=sf:1m;\n" . $t->credential . <<"EOF");
         location /eventbus.v1.PubSub/ {
             sf_oauth crm;
             grpc_pass grpc://127.0.0.1:$mport;
+            # a variable's name in another case is the same variable
+            grpc_set_header X-Seen "\$http_ACCESSTOKEN \$http_AccessToken";
         }
     }
 
@@ -251,6 +253,9 @@ $t->mock('delay', 'seconds=0.05');
 
 $r = unary($gport, 'GetTopic', 'logged');
 is($r->{code}, 'OK', 'GetTopic: OK') or diag(explain $r);
+is_deeply(last_call()->{metadata}{'x-seen'}, [ "$BOGUS $BOGUS" ],
+          "\$http_ACCESSTOKEN, \$http_AccessToken while grpc_pass builds the "
+          . "call: the client's own");
 ok(SfTest::wait_for(5, sub { $t->slurp('meta.log') =~ /GetTopic/ }),
    'the access log line is written');
 like($t->slurp('meta.log'),
