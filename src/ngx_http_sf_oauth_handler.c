@@ -664,28 +664,51 @@ ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
 /*
  * $http_accesstoken: the client's own accesstoken metadata, never the
  * token that a Pub/Sub location puts there while grpc_pass builds the
- * upstream call (as $http_authorization for Authorization).
+ * upstream call (as $http_authorization for Authorization), and still the
+ * client's while another sf_oauth location hides it from its upstream.
  */
 
 ngx_int_t
 ngx_http_sf_oauth_handler_accesstoken_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t                *value;
-    ngx_table_elt_t          *h;
-    ngx_http_sf_oauth_ctx_t  *ctx;
+    ngx_str_t                 *value;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_sf_oauth_ctx_t   *ctx;
+    ngx_http_sf_oauth_slot_t  *slot;
 
     static ngx_str_t  name = ngx_string("accesstoken");
 
     ctx = ngx_http_sf_oauth_handler_ctx(r->main);
 
     if (ctx && ctx->meta[0].header) {
-        value = ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value;
+        return ngx_http_sf_oauth_header_variable(v,
+                   ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value);
+    }
 
-    } else {
-        h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers,
-                                                 &name, NULL);
-        value = h ? &h->value : NULL;
+    h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers, &name,
+                                             NULL);
+    value = h ? &h->value : NULL;
+
+    if (ctx && ctx->sessions) {
+        /*
+         * Any other location drops them all while the upstream request is
+         * built (ngx_http_sf_oauth_inject_set_token()): the first one's
+         */
+
+        slot = ctx->sessions->elts;
+
+        for (i = 0; i < ctx->sessions->nelts; i++) {
+            if (slot[i].saved_key.len == name.len
+                && ngx_strncasecmp(slot[i].saved_key.data, name.data,
+                                   name.len)
+                   == 0)
+            {
+                value = &slot[i].saved_value;
+                break;
+            }
+        }
     }
 
     return ngx_http_sf_oauth_header_variable(v, value);

@@ -79,6 +79,7 @@ $t->write_conf("    sf_oauth_zone zone=sf:1m;\n" . $t->credential . <<"EOF");
             set \$backend 127.0.0.1:$mport;
             sf_oauth crm;
             grpc_pass grpc://\$backend;
+            grpc_set_header X-Seen \$http_accesstoken;
         }
     }
 
@@ -152,6 +153,9 @@ is_deeply([ @{ $md->{accesstoken} // [] }, @{ $md->{instanceurl} // [] },
           "grpc_pass with a variable: none of the client's accesstoken, "
           . 'instanceurl, tenantid reaches the upstream')
     or diag(explain $md);
+is_deeply($md->{'x-seen'}, [ $BOGUS ],
+          "grpc_pass with a variable: \$http_accesstoken is the client's own "
+          . 'while grpc_pass builds the call') or diag(explain $md);
 
 # -- HTTP/1.1, accesstoken twice in odd case -------------------------------
 
