@@ -165,8 +165,9 @@ my $res = HTTP::Tiny->new(timeout => 10)->post(
         headers => {
             'Content-Type' => 'application/grpc',
             'TE' => 'trailers',
-            'AccessToken' => [ $BOGUS, "$BOGUS-2" ],
-            'ACCESSTOKEN' => "$BOGUS-3",
+            # three lines "AccessToken: ..." (HTTP::Tiny folds names that
+            # differ in case only into one, so one name, three values)
+            'AccessToken' => [ $BOGUS, "$BOGUS-2", "$BOGUS-3" ],
             'InstanceUrl' => 'https://client.example.com',
         },
         content => "\0" . pack('N', length $payload) . $payload,
