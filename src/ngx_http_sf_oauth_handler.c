@@ -37,6 +37,8 @@ static void ngx_http_sf_oauth_note_401(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
 static void ngx_http_sf_oauth_note_dead(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_sf_oauth_header_variable(
+    ngx_http_variable_value_t *v, ngx_str_t *value);
 
 
 static ngx_str_t  ngx_http_sf_oauth_error_clone =
@@ -655,48 +657,70 @@ ngx_http_sf_oauth_handler_authorization_variable(ngx_http_request_t *r,
                 ? &ctx->auth.saved_value : NULL;
     }
 
-    if (value == NULL) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = value->len;
-    v->data = value->data;
-    v->valid = 1;
-    v->no_cacheable = 1;
-    v->not_found = 0;
-
-    return NGX_OK;
+    return ngx_http_sf_oauth_header_variable(v, value);
 }
 
 
 /*
  * $http_accesstoken: the client's own accesstoken metadata, never the
  * token that a Pub/Sub location puts there while grpc_pass builds the
- * upstream call (as $http_authorization for Authorization).
+ * upstream call (as $http_authorization for Authorization), and still the
+ * client's while another sf_oauth location hides it from its upstream.
  */
 
 ngx_int_t
 ngx_http_sf_oauth_handler_accesstoken_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t                *value;
-    ngx_table_elt_t          *h;
-    ngx_http_sf_oauth_ctx_t  *ctx;
+    ngx_str_t                 *value;
+    ngx_uint_t                 i;
+    ngx_table_elt_t           *h;
+    ngx_http_sf_oauth_ctx_t   *ctx;
+    ngx_http_sf_oauth_slot_t  *slot;
 
     static ngx_str_t  name = ngx_string("accesstoken");
 
     ctx = ngx_http_sf_oauth_handler_ctx(r->main);
 
     if (ctx && ctx->meta[0].header) {
-        value = ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value;
-
-    } else {
-        h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers,
-                                                 &name, NULL);
-        value = h ? &h->value : NULL;
+        return ngx_http_sf_oauth_header_variable(v,
+                   ctx->meta[0].pushed ? NULL : &ctx->meta[0].saved_value);
     }
 
+    h = ngx_http_sf_oauth_inject_find_header(&r->headers_in.headers, &name,
+                                             NULL);
+    value = h ? &h->value : NULL;
+
+    if (ctx && ctx->sessions) {
+        /*
+         * Any other location drops them all while the upstream request is
+         * built (ngx_http_sf_oauth_inject_set_token()): the first one's
+         */
+
+        slot = ctx->sessions->elts;
+
+        for (i = 0; i < ctx->sessions->nelts; i++) {
+            if (slot[i].saved_key.len == name.len
+                && ngx_strncasecmp(slot[i].saved_key.data, name.data,
+                                   name.len)
+                   == 0)
+            {
+                value = &slot[i].saved_value;
+                break;
+            }
+        }
+    }
+
+    return ngx_http_sf_oauth_header_variable(v, value);
+}
+
+
+/* a header variable's value, the client's: not found when NULL */
+
+static ngx_int_t
+ngx_http_sf_oauth_header_variable(ngx_http_variable_value_t *v,
+    ngx_str_t *value)
+{
     if (value == NULL) {
         v->not_found = 1;
         return NGX_OK;

@@ -37,8 +37,10 @@ static ngx_int_t ngx_http_sf_oauth_set_envelope(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
 static ngx_int_t ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx);
 static ngx_int_t ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h);
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h, ngx_str_t *value);
 static void ngx_http_sf_oauth_unset_header(ngx_http_request_t *r,
     ngx_http_sf_oauth_slot_t *slot);
 static ngx_int_t ngx_http_sf_oauth_unshare_headers(ngx_http_request_t *r);
@@ -85,7 +87,6 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
     ngx_str_t                  token;
     ngx_list_t                *in;
     ngx_table_elt_t           *h;
-    ngx_http_sf_oauth_slot_t  *slot;
 
     static ngx_str_t  auth = ngx_string("Authorization");
     static ngx_str_t  session = ngx_string("X-SFDC-Session");
@@ -125,6 +126,10 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
 
     r->headers_in.authorization = h;
 
+    if (ngx_http_sf_oauth_drop_metadata(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     token.data = ctx->authorization.data + sizeof("Bearer ") - 1;
     token.len = ctx->authorization.len - (sizeof("Bearer ") - 1);
 
@@ -158,32 +163,9 @@ ngx_http_sf_oauth_inject_set_token(ngx_http_request_t *r,
          h;
          h = ngx_http_sf_oauth_inject_find_header(in, &session, h))
     {
-        if (ctx->sessions == NULL) {
-            ctx->sessions = ngx_array_create(r->pool, 1,
-                                             sizeof(ngx_http_sf_oauth_slot_t));
-            if (ctx->sessions == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        slot = ngx_array_push(ctx->sessions);
-        if (slot == NULL) {
+        if (ngx_http_sf_oauth_drop_header(r, ctx, h, &token) != NGX_OK) {
             return NGX_ERROR;
         }
-
-        ngx_memzero(slot, sizeof(ngx_http_sf_oauth_slot_t));
-
-        if (ngx_http_sf_oauth_set_header(r, slot, h, &session,
-                                         ngx_http_sf_oauth_lowcase_session,
-                                         &token)
-            == NULL)
-        {
-            return NGX_ERROR;
-        }
-
-        h->key.len = sizeof("connection") - 1;
-        h->lowcase_key = ngx_http_sf_oauth_lowcase_connection;
-        h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
     }
 
     if (ctx->envelope == NULL) {
@@ -227,10 +209,9 @@ static ngx_int_t
 ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
     ngx_http_sf_oauth_ctx_t *ctx, ngx_str_t *token)
 {
-    ngx_str_t        *value[3], *name;
-    ngx_uint_t        i, j;
+    ngx_str_t        *value[3];
+    ngx_uint_t        i;
     ngx_table_elt_t  *h;
-    ngx_list_part_t  *part;
 
     value[0] = token;
     value[1] = &ctx->instance_url;
@@ -253,12 +234,34 @@ ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
         }
     }
 
+    return ngx_http_sf_oauth_drop_metadata(r, ctx);
+}
+
+
+/*
+ * The client's own accesstoken, instanceurl, tenantid and Authorization,
+ * but those that hold the module's values, pass for "Connection": in
+ * every sf_oauth location, so that a gRPC call that is not a Pub/Sub
+ * location's (grpc_pass with a variable) takes none of them upstream
+ * either.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_drop_metadata(ngx_http_request_t *r,
+    ngx_http_sf_oauth_ctx_t *ctx)
+{
+    ngx_str_t        *name;
+    ngx_uint_t        i, j;
+    ngx_table_elt_t  *h;
+    ngx_list_part_t  *part;
+
     for (part = &r->headers_in.headers.part; part; part = part->next) {
         h = part->elts;
 
         for (i = 0; i < part->nelts; i++) {
 
             if (h[i].hash == 0
+                || &h[i] == ctx->auth.header
                 || &h[i] == ctx->meta[0].header
                 || &h[i] == ctx->meta[1].header
                 || &h[i] == ctx->meta[2].header)
@@ -273,7 +276,8 @@ ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
                     && ngx_strncasecmp(h[i].key.data, name->data, name->len)
                        == 0)
                 {
-                    if (ngx_http_sf_oauth_drop_header(r, ctx, &h[i])
+                    if (ngx_http_sf_oauth_drop_header(r, ctx, &h[i],
+                                                      &h[i].value)
                         != NGX_OK)
                     {
                         return NGX_ERROR;
@@ -289,11 +293,14 @@ ngx_http_sf_oauth_set_metadata(ngx_http_request_t *r,
 }
 
 
-/* a client's header that must not go on passes for "Connection" */
+/*
+ * A client's header that must not go on passes for "Connection", with
+ * "value", until ngx_http_sf_oauth_inject_unset_token()
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
-    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h)
+    ngx_http_sf_oauth_ctx_t *ctx, ngx_table_elt_t *h, ngx_str_t *value)
 {
     ngx_http_sf_oauth_slot_t  *slot;
 
@@ -316,7 +323,7 @@ ngx_http_sf_oauth_drop_header(ngx_http_request_t *r,
 
     if (ngx_http_sf_oauth_set_header(r, slot, h, &connection,
                                      ngx_http_sf_oauth_lowcase_connection,
-                                     &h->value)
+                                     value)
         == NULL)
     {
         return NGX_ERROR;

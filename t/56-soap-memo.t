@@ -157,4 +157,6 @@ is(seen(), $first, 'and parsed again the same');
 ok(!$t->log_lines(qr/\[(alert|crit|emerg)\]/), 'no alert');
 ok(!$t->log_lines(qr/\Q$token\E/), 'the token is not logged');
 
+$t->finish;
+
 done_testing();

@@ -42,20 +42,7 @@ my $t = SfTest->new(log_level => 'debug');
 $t->start_mock;
 
 my $gport = SfTest::free_port();     # nginx's h2c server
-my $mport = SfTest::free_port();     # the mock Pub/Sub
-my $cport = SfTest::free_port();     # its control port
-
-my $pid = fork() // die "fork: $!";
-if ($pid == 0) {
-    open STDOUT, '>>', $t->dir . '/pubsub.log';
-    open STDERR, '>&', \*STDOUT;
-    exec $PY, "$ROOT/t/lib/mock_pubsub.py", '--port', $mport,
-         '--control-port', $cport, '--sf-url', $t->mock_url;
-    die "exec: $!";
-}
-push @{ $t->{helper_pids} }, $pid;
-SfTest::wait_port($mport, 'the mock Pub/Sub', 400, $pid);
-SfTest::wait_port($cport, "the mock Pub/Sub's control port", 400, $pid);
+my ($mport, $cport) = $t->start_mock_pubsub;   # the mock Pub/Sub
 
 sub pubsub_stats {
     my $res = HTTP::Tiny->new(timeout => 10)

@@ -188,6 +188,33 @@ sub spawn_mock {
     return $pid;
 }
 
+# Starts the mock Pub/Sub API (t/lib/mock_pubsub.py, with Debian's
+# /usr/bin/python3 and its python3-grpcio), whose calls check their
+# accesstoken against this node's mock Salesforce; stopped with the other
+# helpers.  Returns its gRPC port, its control port and its pid.
+sub start_mock_pubsub {
+    my ($self) = @_;
+
+    my $port = free_port();
+    my $cport = free_port();
+
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', "$self->{dir}/pubsub.log";
+        open STDERR, '>&', \*STDOUT;
+        exec '/usr/bin/python3', "$ROOT/t/lib/mock_pubsub.py",
+             '--port', $port, '--control-port', $cport,
+             '--sf-url', $self->mock_url;
+        die "exec: $!";
+    }
+    push @{ $self->{helper_pids} }, $pid;
+
+    wait_port($port, 'the mock Pub/Sub', 400, $pid);
+    wait_port($cport, "the mock Pub/Sub's control port", 400, $pid);
+
+    return ($port, $cport, $pid);
+}
+
 # One call to a mock's /__mock/ hooks: GET for stats, POST for the others.
 sub mock_hook {
     my ($url, $hook, $query) = @_;
@@ -836,6 +863,30 @@ sub openssl {
     my $cmd = join ' ', 'openssl', @_;
     my $out = `$cmd 2>&1`;
     die "$cmd: $out" if $?;
+}
+
+# A slow client's chunked request: HEAD (the request line and headers, each
+# ending in CRLF, without Transfer-Encoding), then BODY in chunks of SLICE
+# bytes, each written on its own after a pause of 50 ms.  Returns the whole
+# raw answer (the connection is closed).
+sub chunked {
+    my ($self, $head, $body, $slice, %opt) = @_;
+
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $opt{port} || $self->{port})
+        or die "connect: $!";
+
+    print $s $head, "Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    for my $part (unpack("(a$slice)*", $body)) {
+        printf $s "%x\r\n%s\r\n", length $part, $part;
+        $s->flush;
+        sleep 0.05;
+    }
+
+    print $s "0\r\n\r\n";
+
+    return join '', <$s>;
 }
 
 # One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case

@@ -475,7 +475,8 @@ request.
   *    /echo/...                 any other host a configuration sends to
                                  (a mirror, an error_page fallback): 200,
                                  and "echo_log" in the stats records the
-                                 method, path and Authorization header
+                                 method, path, Authorization and
+                                 accesstoken headers
 """
 
 import argparse
@@ -2691,6 +2692,7 @@ class Handler(BaseHTTPRequestHandler):
                 "method": self.command,
                 "path": self.path,
                 "authorization": self.headers.get_all("Authorization") or [],
+                "accesstoken": self.headers.get_all("accesstoken") or [],
                 "body_length": len(data),
             })
         return self.send(200, {"echo": self.path})
