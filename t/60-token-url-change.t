@@ -28,6 +28,7 @@ use Time::HiRes ();
 
 my $PLAIN = '/services/oauth2/token';
 my $MYDOMAIN = '/mydomain/services/oauth2/token';
+my $S = SfTest::time_scale();
 
 my $t = SfTest->new;
 my $dir = $t->dir;
@@ -100,7 +101,7 @@ conf(path => $MYDOMAIN);
 $t->reload;
 
 ok($t->wait_log(qr/credential "crm" changed its token_url: its refresh token is kept/,
-                $mark, 5),
+                $mark, 5 * $S),
    'reload: the notice says the refresh token is kept');
 unlike($t->error_log_since($mark), qr/its cached token is dropped/,
        'reload: nothing dropped');
@@ -119,7 +120,7 @@ $mark = $t->log_mark;
 conf(path => $PLAIN, size => '2m');
 $t->reload;
 
-ok($t->wait_log(qr/its record was carried over/, $mark, 5),
+ok($t->wait_log(qr/its record was carried over/, $mark, 5 * $S),
    'resize: the record is carried over');
 like($t->error_log_since($mark),
      qr/credential "crm" changed its token_url: its refresh token is kept/,
@@ -160,7 +161,7 @@ $mark = $t->log_mark;
 conf_backoff(path => $MYDOMAIN, size => '2m');
 $t->reload;
 ok($t->wait_log(qr/credential "crm" changed its token_url: its refresh token is kept/,
-                $mark, 5),
+                $mark, 5 * $S),
    'token_url fixed: the notice');
 
 $r = $t->get('/services/data/v59.0/fixed');
@@ -212,7 +213,7 @@ conf(path => $PLAIN, state => 1,
 $t->reload;
 
 ok($t->wait_log(qr/credential "crm" changed its token_url, client_id or refresh token: its cached token is dropped/,
-                $mark, 5),
+                $mark, 5 * $S),
    'refresh token changed: the record is dropped');
 
 ($rt, $n) = live();
@@ -266,7 +267,7 @@ sub fleet_url {
     });
     $node->reload;
     ok($node->wait_log(qr/changed its token_url: its refresh token is kept/,
-                       $mark, 5),
+                       $mark, 5 * $S),
        'fleet: the notice on the reloaded node');
     ok(RedisTest::all_connected(10, $node), 'fleet: reconnected');
 }
