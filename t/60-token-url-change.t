@@ -107,13 +107,14 @@ unlike($t->error_log_since($mark), qr/its cached token is dropped/,
        'reload: nothing dropped');
 
 my $r = $t->get('/services/data/v59.0/');
-is($r->{headers}{'x-sf-oauth-status'}, 'HIT', 'reload: the access token is kept');
+is($r->{headers}{'x-sf-oauth-status'}, 'HIT',
+   'reload: the access token is kept');
 is($r->{json}{authorization}, $token, 'reload: the same access token');
 is($t->token_requests, $n, 'reload: no token request');
 
 revoke_and_check('zone kept', $MYDOMAIN, $rt);
 
-# -- a reload that resizes the zone, and back to the login host ----------------
+# -- a reload that resizes the zone, and back to the login host ---------------
 
 ($rt, $n) = live();
 $mark = $t->log_mark;
@@ -131,13 +132,14 @@ is($t->token_requests, $n, 'resize: no token request');
 
 revoke_and_check('zone resized', $PLAIN, $rt);
 
-# -- a wrong token_url, then fixed: the backoff ends at once --------------------
+# -- a wrong token_url, then fixed: the backoff ends at once ------------------
 
 # a long backoff, so that only the reload can end it
 sub conf_backoff {
     conf(@_);
     $t->edit_conf(sub {
-        s/(        client_id )/        backoff 60s 60s;\n$1/ or die 'no client_id';
+        s/(        client_id )/        backoff 60s 60s;\n$1/
+            or die 'no client_id';
     });
 }
 
@@ -174,7 +176,7 @@ is($s->{refresh_log}[-1][0], $rt,
 is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
           'token_url fixed: the mock revoked nothing');
 
-# -- a restart with a state file ------------------------------------------------
+# -- a restart with a state file ----------------------------------------------
 
 # from a new zone and a new chain of refresh tokens
 $t->stop;
@@ -205,7 +207,87 @@ is($t->token_requests, $n, 'state: no token request');
 
 revoke_and_check('state file', $MYDOMAIN, $rt);
 
-# -- the negative: the configured refresh token changed -------------------------
+# -- a state file of an earlier version, without rt_fp ------------------------
+
+# The state file's JSON in clear (AES-256-GCM, the magic as associated
+# data: see ngx_http_sf_oauth_codec.c), with Python's cryptography: the
+# keys of its first record, as JSON; with STRIP, the file is written again
+# without "rt_fp" (after the keys are read), as versions before it wrote it.
+sub state_json {
+    my ($strip) = @_;
+
+    my $py = <<'PY';
+import json, os, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+key = bytes.fromhex(open(sys.argv[1]).read().strip())
+path, strip = sys.argv[2], sys.argv[3] == "1"
+raw = open(path, "rb").read()
+magic, nonce, tag, ct = raw[:8], raw[8:20], raw[20:36], raw[36:]
+doc = json.loads(AESGCM(key).decrypt(nonce, ct + tag, magic))
+print(json.dumps(sorted(doc["credentials"][0].keys())))
+if strip:
+    for c in doc["credentials"]:
+        c.pop("rt_fp", None)
+    nonce = os.urandom(12)
+    out = AESGCM(key).encrypt(nonce, json.dumps(doc).encode(), magic)
+    open(path, "wb").write(magic + nonce + out[-16:] + out[:-16])
+PY
+    my $flag = $strip ? 1 : 0;
+    return `python3 -c '$py' $dir/key $dir/state/sf.state $flag`;
+}
+
+my $mtime;
+
+SKIP: {
+    skip 'no python3 cryptography to rewrite the state file', 9
+        if system('python3', '-c',
+                  'import cryptography.hazmat.primitives.ciphers.aead') != 0;
+
+    # the state file holds the token of this refresh
+    $mtime = (Time::HiRes::stat("$dir/state/sf.state"))[9];
+    $t->mock('revoke');
+    is($t->get('/services/data/v59.0/')->{status}, 200, 'old state: a token');
+    SfTest::wait_event(10, 'the state file is written again', sub {
+        (Time::HiRes::stat("$dir/state/sf.state"))[9] != $mtime
+    });
+    $t->stop;
+
+    like(state_json(0), qr/"conf_fp".*"rt_fp"/,
+         'the state file carries conf_fp and rt_fp');
+    state_json(1);
+    unlike(state_json(0), qr/"rt_fp"/,
+           'old state: rt_fp taken out of the file');
+
+    # the configuration unchanged: restored, by conf_fp
+    ($rt, $n) = live();
+    $t->restart;
+    like($t->error_log, qr/restored 1 credentials from the state file/,
+         'old state, same configuration: restored');
+    is($t->get('/services/data/v59.0/')->{headers}{'x-sf-oauth-status'},
+       'HIT', 'old state, same configuration: HIT');
+    is($t->token_requests, $n,
+       'old state, same configuration: no token request');
+
+    # token_url changed: a record without rt_fp is judged by conf_fp alone
+    # (the documented limit: change token_url once the file was written
+    # again)
+    $t->stop;
+    conf(path => $PLAIN, state => 1);
+    $t->restart;
+    like($t->error_log,
+         qr/the configuration changed since the state file was written/,
+         'old state, token_url changed: judged by conf_fp alone');
+
+    # back, before any request presents the configured (rotated-out) one
+    conf(path => $MYDOMAIN, state => 1);
+    $t->restart;
+    like($t->error_log, qr/restored 1 credentials from the state file/,
+         'old state, back: restored');
+    is($t->get('/services/data/v59.0/')->{headers}{'x-sf-oauth-status'},
+       'HIT', 'old state, back: HIT');
+}
+
+# -- the negative: the configured refresh token changed -----------------------
 
 $mark = $t->log_mark;
 conf(path => $PLAIN, state => 1,
@@ -217,7 +299,7 @@ ok($t->wait_log(qr/credential "crm" changed its token_url, client_id or refresh 
    'refresh token changed: the record is dropped');
 
 ($rt, $n) = live();
-my $mtime = (Time::HiRes::stat("$dir/state/sf.state"))[9];
+$mtime = (Time::HiRes::stat("$dir/state/sf.state"))[9];
 $r = $t->get('/services/data/v59.0/');
 is($r->{status}, 200, 'refresh token changed: 200');
 SfTest::wait_event(10, 'the state file is written again', sub {
@@ -243,7 +325,7 @@ like($t->error_log,
 
 $t->finish;
 
-# -- a fleet of two nodes, token_url changed one node at a time -------------------
+# -- a fleet of two nodes, token_url changed one node at a time ---------------
 
 my $first = SfTest->new;
 $first->start_mock;
@@ -289,7 +371,8 @@ sub fleet_revoke {
 
     my $s = $first->stats;
     is($s->{token_requests}, $before + 1, "$what: one token request");
-    is($s->{token_paths}[-1], $path, "$what: to the refreshing node's token_url");
+    is($s->{token_paths}[-1], $path,
+       "$what: to the refreshing node's token_url");
     RedisTest::no_reuse($first, $what);
 }
 
