@@ -352,6 +352,11 @@ ngx_int_t ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data);
 void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 
 /* store */
+#define NGX_HTTP_SF_OAUTH_SAME_CONF  1
+#define NGX_HTTP_SF_OAUTH_SAME_RT    2
+
+ngx_uint_t ngx_http_sf_oauth_store_same(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *rec);
 ngx_int_t ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);

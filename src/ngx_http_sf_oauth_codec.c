@@ -12,7 +12,10 @@
  *                   ...]}
  *
  * ("token_ms", the wall clock's ms when the token was got, is newer than
- * the format: a record without it tells the second, "token_time".)
+ * the format: a record without it tells the second, "token_time".
+ * "rt_fp", the fingerprint of a refresh_token credential's refresh token
+ * without its token_url, is newer too: a record without it is judged by
+ * conf_fp alone, and versions before it ignore it.)
  *
  * The magic is authenticated too, and so is the caller's context, if any:
  * a fleet record in Redis is bound to its zone, credential and fleet
@@ -49,6 +52,8 @@ static ngx_int_t ngx_http_sf_oauth_record(cJSON *item,
     ngx_http_sf_oauth_node_t *rec);
 static ngx_int_t ngx_http_sf_oauth_json_str(cJSON *obj, const char *name,
     u_char *dst, size_t max, size_t *len, ngx_uint_t optional);
+static ngx_int_t ngx_http_sf_oauth_json_fp(cJSON *obj, const char *name,
+    uint64_t *fp, ngx_uint_t optional);
 
 
 /*
@@ -150,6 +155,16 @@ ngx_http_sf_oauth_add_record(cJSON *list, ngx_http_sf_oauth_node_t *node)
            != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    if (node->rt_fp) {
+        ngx_hex_dump(hex, (u_char *) &node->rt_fp, sizeof(uint64_t));
+
+        if (ngx_http_sf_oauth_add_str(item, "rt_fp", hex, sizeof(hex))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     if (node->state != NGX_HTTP_SF_OAUTH_VALID) {
@@ -326,10 +341,8 @@ ngx_http_sf_oauth_codec_decode(u_char *key, ngx_str_t *context,
 static ngx_int_t
 ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
 {
-    cJSON      *fp, *num;
+    cJSON      *num;
     ngx_str_t   s;
-    ngx_int_t   n;
-    ngx_uint_t  i;
 
     ngx_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
 
@@ -362,19 +375,12 @@ ngx_http_sf_oauth_record(cJSON *item, ngx_http_sf_oauth_node_t *rec)
         return NGX_ERROR;
     }
 
-    fp = cJSON_GetObjectItemCaseSensitive(item, "conf_fp");
-
-    if (!cJSON_IsString(fp) || ngx_strlen(fp->valuestring) != 16) {
+    if (ngx_http_sf_oauth_json_fp(item, "conf_fp", &rec->conf_fp, 0)
+        != NGX_OK
+        || ngx_http_sf_oauth_json_fp(item, "rt_fp", &rec->rt_fp, 1)
+           != NGX_OK)
+    {
         return NGX_ERROR;
-    }
-
-    for (i = 0; i < sizeof(uint64_t); i++) {
-        n = ngx_hextoi((u_char *) fp->valuestring + 2 * i, 2);
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        ((u_char *) &rec->conf_fp)[i] = (u_char) n;
     }
 
     /*
@@ -503,4 +509,38 @@ ngx_http_sf_oauth_crypt(u_char *key, ngx_str_t *context, ngx_uint_t encrypt,
     EVP_CIPHER_CTX_free(ctx);
 
     return rc ? NGX_OK : NGX_ERROR;
+}
+
+
+/* a fingerprint of 16 hex digits; an optional one that is absent is 0 */
+
+static ngx_int_t
+ngx_http_sf_oauth_json_fp(cJSON *obj, const char *name, uint64_t *fp,
+    ngx_uint_t optional)
+{
+    cJSON      *item;
+    ngx_int_t   n;
+    ngx_uint_t  i;
+
+    item = cJSON_GetObjectItemCaseSensitive(obj, name);
+
+    if (item == NULL && optional) {
+        *fp = 0;
+        return NGX_OK;
+    }
+
+    if (!cJSON_IsString(item) || ngx_strlen(item->valuestring) != 16) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < sizeof(uint64_t); i++) {
+        n = ngx_hextoi((u_char *) item->valuestring + 2 * i, 2);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        ((u_char *) fp)[i] = (u_char) n;
+    }
+
+    return NGX_OK;
 }

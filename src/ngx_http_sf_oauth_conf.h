@@ -280,10 +280,12 @@ struct ngx_http_sf_oauth_cred_s {
 
     /*
      * What makes a token (conf_fp), and what proves the app to Salesforce:
-     * the client secret or the private key (secret_fp).  See
-     * ngx_http_sf_oauth_fingerprint_conf.
+     * the client secret or the private key (secret_fp); for the refresh
+     * token grant, what makes its refresh token (rt_fp, 0 for the other
+     * grants).  See ngx_http_sf_oauth_fingerprint_conf.
      */
     uint64_t                     conf_fp;
+    uint64_t                     rt_fp;
     uint64_t                     secret_fp;
 
     u_char                      *file;

@@ -691,6 +691,19 @@ ngx_http_sf_oauth_host_is(ngx_str_t *host, const char *name,
  * the refresh token's, so that its fingerprints stay as they were before
  * these grants came (a state file written before still matches).
  *
+ * rt_fp, for the refresh token grant only: conf_fp without the token_url.
+ * A refresh token is the org's, taken at the login host and at the org's
+ * My Domain alike, so a record whose conf_fp differs but whose rt_fp is
+ * the credential's had only its token_url changed: it is kept, with the
+ * refresh token rotated or connected into it, which may be the only one
+ * Salesforce still takes (sending the configured one, rotated out, gets
+ * every token of the app for the user revoked).  conf_fp itself stays as
+ * it was, token_url included, rather than be computed anew without it:
+ * state files and fleet records written by earlier versions carry it, an
+ * upgrade must match them, and nodes of an earlier version in a fleet must
+ * still match the records the newer ones write.  A record without rt_fp
+ * (written earlier) is judged by conf_fp alone.
+ *
  * secret_fp, what proves the app to Salesforce: the client secret, and the
  * private key (its public half).  They are left out of conf_fp on purpose:
  * a token got with an old secret or key stays valid at Salesforce, so
@@ -744,6 +757,35 @@ ngx_http_sf_oauth_fingerprint_conf(ngx_conf_t *cf,
     EVP_MD_CTX_free(md_ctx);
 
     ngx_memcpy(&cred->conf_fp, md, sizeof(uint64_t));
+
+    cred->rt_fp = 0;
+
+    if (cred->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH) {
+        md_ctx = EVP_MD_CTX_new();
+        if (md_ctx == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (EVP_DigestInit_ex(md_ctx, EVP_sha256(), NULL) != 1
+            || EVP_DigestUpdate(md_ctx, "rt_fp", sizeof("rt_fp")) != 1
+            || EVP_DigestUpdate(md_ctx, cred->client_id.data,
+                                cred->client_id.len + 1) != 1
+            || EVP_DigestUpdate(md_ctx, cred->refresh_token.data,
+                                cred->refresh_token.len + 1) != 1
+            || EVP_DigestFinal_ex(md_ctx, md, &n) != 1)
+        {
+            EVP_MD_CTX_free(md_ctx);
+            return NGX_CONF_ERROR;
+        }
+
+        EVP_MD_CTX_free(md_ctx);
+
+        ngx_memcpy(&cred->rt_fp, md, sizeof(uint64_t));
+
+        if (cred->rt_fp == 0) {
+            cred->rt_fp = 1;
+        }
+    }
 
     ngx_str_null(&der);
 

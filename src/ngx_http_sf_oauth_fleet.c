@@ -2059,7 +2059,7 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
 
     if (rec->name_len != cred->name.len
         || ngx_strncmp(rec->name, cred->name.data, cred->name.len) != 0
-        || rec->conf_fp != cred->conf_fp
+        || !ngx_http_sf_oauth_store_same(cred, rec)
         || rec->token_len == 0)
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,

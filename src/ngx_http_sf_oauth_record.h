@@ -5,6 +5,17 @@
  * node shares, under the zone's lock.  The state file and the fleet's
  * records are made of the same fields (ngx_http_sf_oauth_codec.c).
  *
+ * The layout of these may change from one version of the module to the
+ * next: a zone is only ever shared by processes that run one loaded copy
+ * of it.  A reload after the .so was replaced at the same path keeps the
+ * copy loaded (dlopen() of a path already loaded returns it: the new .so
+ * takes effect at a restart or a binary upgrade, whose zones are new); a
+ * reload whose load_module names another path loads another copy, whose
+ * zones have another tag (&ngx_http_sf_oauth_module), so that nginx gives
+ * them new memory and ngx_http_sf_oauth_zone.c neither reuses nor carries
+ * the old copy's records (they start from the state file).  Records cross
+ * versions only as the codec's JSON, whose new fields are optional.
+ *
  * Included by ngx_http_sf_oauth.h, after its limits; never on its own.
  */
 
@@ -16,7 +27,14 @@
 typedef struct {
     ngx_queue_t                  queue;
 
+    /*
+     * The credential's fingerprints when the record was made: see
+     * ngx_http_sf_oauth_fingerprint_conf and ngx_http_sf_oauth_store_same.
+     * rt_fp is 0 in a record of the grants other than the refresh
+     * token's, and in a state file or fleet record written before it was.
+     */
     uint64_t                     conf_fp;
+    uint64_t                     rt_fp;
     uint64_t                     secret_fp;
     ngx_uint_t                   generation;
     ngx_uint_t                   state;

@@ -332,7 +332,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
     size_t                      len;
     ssize_t                     n;
     ngx_fd_t                    fd;
-    ngx_uint_t                  i, j, nrec, restored;
+    ngx_uint_t                  i, j, nrec, restored, same;
     const char                 *why;
     ngx_file_info_t             fi;
     ngx_http_sf_oauth_node_t   *rec, *node;
@@ -411,7 +411,10 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                 continue;
             }
 
-            if (rec[i].conf_fp == node->conf_fp
+            /* a record whose token_url alone changed is kept */
+            same = ngx_http_sf_oauth_store_same(cred[j], &rec[i]);
+
+            if (same
                 && rec[i].refresh_len == 0
                 && cred[j]->not_connected.len)
             {
@@ -419,7 +422,7 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                 break;
             }
 
-            if (rec[i].conf_fp != node->conf_fp
+            if (same == 0
                 || (rec[i].refresh_len == 0
                     && cred[j]->grant == NGX_HTTP_SF_OAUTH_GRANT_REFRESH))
             {
@@ -429,6 +432,13 @@ ngx_http_sf_oauth_state_load(ngx_http_sf_oauth_zone_t *zone, ngx_log_t *log)
                               "the configured refresh token is used",
                               &cred[j]->name);
                 break;
+            }
+
+            if (same == NGX_HTTP_SF_OAUTH_SAME_RT) {
+                ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                              "sf_oauth: credential \"%V\" changed its "
+                              "token_url since the state file was written: "
+                              "its refresh token is kept", &cred[j]->name);
             }
 
             node->refresh_len = rec[i].refresh_len;

@@ -56,6 +56,32 @@ static ngx_str_t  ngx_http_sf_oauth_error_retired =
 
 
 /*
+ * Whether a record (the zone's, the state file's, the fleet's) was made by
+ * this configuration of the credential: NGX_HTTP_SF_OAUTH_SAME_CONF if its
+ * conf_fp is the credential's; NGX_HTTP_SF_OAUTH_SAME_RT if only its rt_fp
+ * is, a refresh_token credential whose token_url alone changed: its
+ * refresh token (rotated, or from a connection), its access token and its
+ * generation stay good, for they are the org's whatever endpoint issued
+ * them; 0 otherwise (see ngx_http_sf_oauth_fingerprint_conf).
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_same(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *rec)
+{
+    if (rec->conf_fp == cred->conf_fp) {
+        return NGX_HTTP_SF_OAUTH_SAME_CONF;
+    }
+
+    if (cred->rt_fp && rec->rt_fp == cred->rt_fp) {
+        return NGX_HTTP_SF_OAUTH_SAME_RT;
+    }
+
+    return 0;
+}
+
+
+/*
  * With the zone locked: whether the credential's record is still its own.
  * A reload drops the records of removed credentials, while workers of the
  * older configuration may still be finishing requests.
@@ -161,7 +187,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
     }
 
-    if (node->conf_fp != cred->conf_fp) {
+    if (!ngx_http_sf_oauth_store_same(cred, node)) {
 
         /*
          * A reload changed the credential: the record is the new
@@ -254,7 +280,7 @@ ngx_http_sf_oauth_store_handover(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (!ngx_http_sf_oauth_store_owns_node(cred)
-        || node->conf_fp != cred->conf_fp
+        || !ngx_http_sf_oauth_store_same(cred, node)
         || node->state == NGX_HTTP_SF_OAUTH_VALID
         || node->state == NGX_HTTP_SF_OAUTH_FAILED
         || ngx_http_sf_oauth_store_not_connected(cred, node))
@@ -287,7 +313,7 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     changed = ngx_http_sf_oauth_store_owns_node(cred)
-              && cred->rt.node->conf_fp != cred->conf_fp;
+              && !ngx_http_sf_oauth_store_same(cred, cred->rt.node);
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -301,7 +327,8 @@ ngx_http_sf_oauth_store_changed(ngx_http_sf_oauth_cred_t *cred)
  * record has no refresh token.  Nothing else marks it: the record's
  * refresh token is the truth once it has one, from the configuration,
  * the state file, the fleet or a connection; a reload that keeps the
- * record (the credential's configuration unchanged, conf_fp) keeps it.
+ * record (the credential's configuration unchanged but maybe its
+ * token_url, ngx_http_sf_oauth_store_same) keeps it.
  * Its requests get cred->not_connected and it makes no token request;
  * the status, the metrics (held) and the console say so.
  */
@@ -428,7 +455,7 @@ ngx_http_sf_oauth_store_lease_connect(ngx_http_sf_oauth_cred_t *cred)
     ngx_shmtx_lock(&shpool->mutex);
 
     if (!ngx_http_sf_oauth_store_owns_node(cred)
-        || node->conf_fp != cred->conf_fp
+        || !ngx_http_sf_oauth_store_same(cred, node)
         || ngx_http_sf_oauth_store_is_retired(cred))
     {
         rc = NGX_DECLINED;
@@ -480,7 +507,7 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->lease_pid = 0;
     }
 
-    if (node->conf_fp != cred->conf_fp) {
+    if (!ngx_http_sf_oauth_store_same(cred, node)) {
         /*
          * A reload changed the credential meanwhile: the answer is stale,
          * and whoever waited for it needs the new workers' token.  It
@@ -717,7 +744,7 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
 
     if (!ngx_http_sf_oauth_store_owns_node(cred)
         || node->state != NGX_HTTP_SF_OAUTH_VALID
-        || node->conf_fp != cred->conf_fp)
+        || !ngx_http_sf_oauth_store_same(cred, node))
     {
         /*
          * Dropped already, or refreshing, or failed: the lookup tells.
@@ -1006,7 +1033,7 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 
     if (node->generation != generation
         || node->state != NGX_HTTP_SF_OAUTH_VALID
-        || node->conf_fp != cred->conf_fp)
+        || !ngx_http_sf_oauth_store_same(cred, node))
     {
         /* a newer token came meanwhile */
         ngx_shmtx_unlock(&shpool->mutex);

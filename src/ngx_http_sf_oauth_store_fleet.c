@@ -33,7 +33,7 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     ngx_shmtx_lock(&shpool->mutex);
 
     if (!ngx_http_sf_oauth_store_owns_node(cred)
-        || node->conf_fp != cred->conf_fp
+        || !ngx_http_sf_oauth_store_same(cred, node)
         || fleet_generation <= node->fleet_generation)
     {
         ngx_shmtx_unlock(&shpool->mutex);

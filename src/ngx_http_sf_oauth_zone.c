@@ -16,6 +16,8 @@ static ngx_int_t ngx_http_sf_oauth_zone_attach_cred(
     ngx_http_sf_oauth_zone_t *zone, ngx_http_sf_oauth_cred_t *cred);
 static ngx_uint_t ngx_http_sf_oauth_zone_prune_records(
     ngx_http_sf_oauth_zone_t *zone);
+static void ngx_http_sf_oauth_zone_check_url(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone);
 static void ngx_http_sf_oauth_zone_check_secrets(ngx_cycle_t *cycle,
     ngx_http_sf_oauth_zone_t *zone);
 static ngx_http_sf_oauth_node_t *ngx_http_sf_oauth_zone_find_record(
@@ -193,6 +195,7 @@ ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones)
 
         ngx_shmtx_lock(&zone->shpool->mutex);
         n = ngx_http_sf_oauth_zone_prune_records(zone);
+        ngx_http_sf_oauth_zone_check_url(cycle, zone);
         ngx_http_sf_oauth_zone_check_secrets(cycle, zone);
         ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -217,7 +220,14 @@ ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
     node = ngx_http_sf_oauth_zone_find_record(zone, &cred->name);
 
     if (node) {
-        if (node->conf_fp != cred->conf_fp) {
+        /*
+         * A record whose token_url alone changed stays whole: its refresh
+         * token may be the only one Salesforce still takes, and the
+         * workers before the reload keep using it too.  The commit says
+         * so (ngx_http_sf_oauth_zone_check_url).
+         */
+
+        if (ngx_http_sf_oauth_store_same(cred, node) == 0) {
             ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                           "sf_oauth: credential \"%V\" changed its "
                           "token_url, client_id or refresh token: "
@@ -301,6 +311,52 @@ ngx_http_sf_oauth_zone_prune_records(ngx_http_sf_oauth_zone_t *zone)
     }
 
     return n;
+}
+
+
+/*
+ * At the commit, with the zone locked: a refresh_token credential whose
+ * token_url alone changed (ngx_http_sf_oauth_store_same) keeps its record,
+ * kept in the zone or carried over: its refresh token, rotated or got by a
+ * connection, is the org's at any endpoint, and the configured one may be
+ * rotated out (presenting it would get every token of the app for the
+ * user revoked).  The record becomes the new configuration's; the workers
+ * before the reload still take it as theirs (rt_fp).  A backoff or hold
+ * ends, as when the token_url change dropped the record: the change may
+ * be the operator's fix of a wrong token_url.  At the commit, not in
+ * zone_init, so that a reload that fails changes nothing.
+ */
+
+static void
+ngx_http_sf_oauth_zone_check_url(ngx_cycle_t *cycle,
+    ngx_http_sf_oauth_zone_t *zone)
+{
+    ngx_uint_t                  i;
+    ngx_http_sf_oauth_node_t   *node;
+    ngx_http_sf_oauth_cred_t  **cred;
+
+    cred = zone->creds.elts;
+
+    for (i = 0; i < zone->creds.nelts; i++) {
+        node = cred[i]->rt.node;
+
+        if (node == NULL
+            || !ngx_http_sf_oauth_store_owns_node(cred[i])
+            || ngx_http_sf_oauth_store_same(cred[i], node)
+               != NGX_HTTP_SF_OAUTH_SAME_RT)
+        {
+            continue;
+        }
+
+        node->conf_fp = cred[i]->conf_fp;
+        node->failures = 0;
+        node->backoff_until = 0;
+        node->held = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "sf_oauth: credential \"%V\" changed its token_url: "
+                      "its refresh token is kept", &cred[i]->name);
+    }
 }
 
 
@@ -616,7 +672,9 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     /* one source only */
     cred->rt.fresh = 0;
 
-    if (onode->conf_fp != cred->conf_fp) {
+    /* one whose token_url alone changed is copied: see zone_check_url */
+
+    if (ngx_http_sf_oauth_store_same(cred, onode) == 0) {
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                       "sf_oauth: credential \"%V\" changed its "
                       "token_url, client_id or refresh token: "
@@ -676,6 +734,7 @@ ngx_http_sf_oauth_zone_reset_record(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
     node->conf_fp = cred->conf_fp;
+    node->rt_fp = cred->rt_fp;
     node->secret_fp = cred->secret_fp;
     node->state = NGX_HTTP_SF_OAUTH_EMPTY;
     node->generation++;

@@ -1,12 +1,15 @@
 #!/usr/bin/perl
 
 # A reload while a token request is in flight costs nothing.  When the
-# reload changes the credential (token_url, grant), the old worker's token
+# reload changes the credential (the grant), the old worker's token
 # request ends with one result, which the changed record does not take,
 # and no retry after it; the request that waits in the old worker gets
 # the token that the new configuration gets, in the shared zone.  No false
 # "authorize the connected app again".  A reload that changes nothing
-# still costs the one token request.
+# still costs the one token request, and so does one that changes the
+# token_url alone: the record is kept (its refresh token is the org's at
+# any endpoint), and the old worker's answer, with the refresh token the
+# mock rotated into it, is taken (t/60-token-url-change.t).
 
 use strict;
 use warnings;
@@ -176,12 +179,26 @@ sub check {
 cold_start();
 check('no change', 0, 1, reload_during_refresh());
 
-# -- a changed token_url -----------------------------------------------------
+# the mock rotating: no rotated-out refresh token was ever presented
+sub no_reuse {
+    my ($what) = @_;
+
+    my $s = $t->mock('stats');
+    my @bad = grep { $_->[1] ne 'ok' } @{ $s->{refresh_log} };
+    is(scalar @bad, 0, "$what: no rotated-out refresh token presented")
+        or diag(explain $s->{refresh_log});
+    is_deeply($s->{valid_refresh_tokens}, [ $s->{issued_refresh_tokens}[-1] ],
+              "$what: the mock revoked nothing");
+}
+
+# -- a changed token_url: the old worker's answer is taken -------------------
 
 cold_start();
-check('token_url changed', 1, 2,
+$t->mode('rotation');
+check('token_url changed', 0, 1,
       reload_during_refresh(path => '/alt/services/oauth2/token'));
 is($t->mock('stats')->{token_requests}, $t->token_requests, 'one mock');
+no_reuse('token_url changed');
 
 # -- a changed grant: refresh_token to client_credentials --------------------
 
@@ -194,10 +211,12 @@ is($t->mock('stats')->{grants}{client_credentials}, 1,
 # -- a request held after a 401, its refresh in flight, a changed token_url --
 
 cold_start();
+$t->mode('rotation');
 is($t->get('/services/data/v59.0/')->{status}, 200, '401: a first token');
 $t->mock('revoke');
-check('401 held, token_url changed', 1, 3,
+check('401 held, token_url changed', 0, 2,
       reload_during_refresh(path => '/alt/services/oauth2/token'));
+no_reuse('401 held, token_url changed');
 
 $t->finish;
 

@@ -341,6 +341,10 @@ API paths with special answers (after the token check):
 /__mock/stats lists every API request in "api_log": method, path, status,
 the SHA-256 of the body received, and the client's port (to see upstream
 keepalive); "not_found" counts requests outside /services/ and /echo/.
+"token_paths" lists the path of each token request, in order (the
+endpoint under a prefix, /PREFIX/services/oauth2/token, shares every
+token and refresh token with the plain one, as an org's My Domain and its
+login host do).
 
 SOAP (POST; the envelope parsed namespace-aware, any prefix):
 
@@ -659,6 +663,7 @@ class State:
             self.other_refresh = set()
             self.in_flight = set()
             self.refresh_log = []
+            self.token_paths = []
             self.last_token_form = {}
             self.echo_log = []
             self.late401_log = []
@@ -917,6 +922,7 @@ class Handler(BaseHTTPRequestHandler):
                     "issued_access_tokens": st.issued_access,
                     "issued_refresh_tokens": st.issued_refresh,
                     "refresh_log": st.refresh_log,
+                    "token_paths": st.token_paths,
                     "last_token_form": st.last_token_form,
                     "api_log": st.api_log,
                     "introspections": st.introspections,
@@ -1157,6 +1163,9 @@ class Handler(BaseHTTPRequestHandler):
         grant = GRANTS.get(form.get("grant_type"), "other")
         with st.lock:
             st.token_requests += 1
+            # the path each token request came to: /services/oauth2/token,
+            # or a prefixed one (a My Domain's or a site's endpoint)
+            st.token_paths.append(urllib.parse.urlsplit(self.path).path)
             st.grants[grant] += 1
             if "assertion" in form:
                 st.jwt_assertions.append(form["assertion"])
