@@ -324,8 +324,16 @@ ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data);
 void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 
+/* carry: the outcomes that reloads move to another zone */
+char *ngx_http_sf_oauth_carry_conf(ngx_conf_t *cf);
+ngx_int_t ngx_http_sf_oauth_carry_post(ngx_http_sf_oauth_node_t *node,
+    ngx_pid_t pid, ngx_msec_t deadline);
+ngx_int_t ngx_http_sf_oauth_carry_take(ngx_http_sf_oauth_node_t *node,
+    ngx_http_sf_oauth_node_t *out);
+
 /* store */
 ngx_int_t ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_store_carried(ngx_http_sf_oauth_cred_t *cred);
 ngx_int_t ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,

@@ -45,6 +45,18 @@ typedef struct {
      */
     ngx_uint_t                   wanted;
 
+    /*
+     * A reload moved the record to another zone (resized, renamed, or
+     * the credential's new zone): in this old record, "moved" is set, no
+     * token request starts, and the outcome of the one in flight is also
+     * posted to the zone "sf_oauth_carry"; in the new record, "carried"
+     * says that the lease (lease_pid, lease_deadline) is a worker's of
+     * the configuration before, whose outcome comes from there
+     * (ngx_http_sf_oauth_carry.c)
+     */
+    ngx_uint_t                   moved;
+    ngx_uint_t                   carried;
+
     ngx_uint_t                   invalidations;
     ngx_uint_t                   replays;
 
@@ -152,6 +164,29 @@ typedef struct {
     /* Redis is unreachable, and a node's worker has said so */
     ngx_uint_t                   outage;
 } ngx_http_sf_oauth_sh_t;
+
+
+/*
+ * The zone "sf_oauth_carry" (ngx_http_sf_oauth_carry.c): the outcomes of
+ * token requests that were in flight when a reload moved their record to
+ * another zone, each a copy of the old record once the outcome is in it,
+ * keyed by the credential's name and the lease (its pid and deadline).
+ * Its size never changes, so every reload hands it over: the workers
+ * before a reload and after it share it.
+ */
+#define NGX_HTTP_SF_OAUTH_CARRY_SLOTS      16
+#define NGX_HTTP_SF_OAUTH_CARRY_TTL        60000
+
+typedef struct {
+    ngx_pid_t                    pid;       /* 0: free */
+    ngx_msec_t                   deadline;
+    ngx_msec_t                   expires;
+    ngx_http_sf_oauth_node_t     rec;
+} ngx_http_sf_oauth_carry_slot_t;
+
+typedef struct {
+    ngx_http_sf_oauth_carry_slot_t  slot[NGX_HTTP_SF_OAUTH_CARRY_SLOTS];
+} ngx_http_sf_oauth_carry_sh_t;
 
 
 /*

@@ -26,6 +26,10 @@
 
 static ngx_int_t ngx_http_sf_oauth_store_is_retired(
     ngx_http_sf_oauth_cred_t *cred);
+static ngx_uint_t ngx_http_sf_oauth_store_carry(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
+static void ngx_http_sf_oauth_store_outcome(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
@@ -54,6 +58,9 @@ static ngx_str_t  ngx_http_sf_oauth_error_retired =
     ngx_string("a reload resized or removed the sf_oauth_zone: this old "
                "worker process starts no token request");
 
+/* an old worker's record with its outcome, copied out of "sf_oauth_carry" */
+static ngx_http_sf_oauth_node_t  ngx_http_sf_oauth_store_carried_rec;
+
 
 /*
  * With the zone locked: whether the credential's record is still its own.
@@ -73,7 +80,10 @@ ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* whether a reload dropped the credential's zone: see zone_carry_records */
+/*
+ * Whether a reload dropped the credential's zone, or moved its record to
+ * another zone: see zone_carry_records
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
@@ -82,7 +92,146 @@ ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
 
     zone = cred->shm_zone->data;
 
-    return zone->sh->retired;
+    return zone->sh->retired || cred->rt.node->moved;
+}
+
+
+/*
+ * With the zone locked, in a worker of a configuration whose commit copied
+ * into the record the lease of a worker before it (node->carried): that
+ * worker never sees this zone, and posts its outcome to the zone
+ * "sf_oauth_carry" instead.  The outcome, once there, goes into the record
+ * as its own token request's would: a token only over the generation the
+ * lease was taken at, with the refresh token it rotated.  With no
+ * outcome, the lease stays until it is over (its owner gone, or past its
+ * deadline), and then it is taken over as a dead owner's; the outcome is
+ * looked for after the owner was seen gone, as the owner posts it before
+ * it ends.  Returns 1 while the old lease lasts.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_store_carry(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    ngx_uint_t                 i, over;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_node_t  *rec;
+
+    if (!node->carried) {
+        return 0;
+    }
+
+    over = node->lease_pid == 0
+           || (ngx_msec_int_t) (node->lease_deadline - ngx_current_msec) <= 0
+           || (kill(node->lease_pid, 0) == -1 && ngx_errno == NGX_ESRCH);
+
+    rec = &ngx_http_sf_oauth_store_carried_rec;
+
+    if (node->lease_pid == 0
+        || ngx_http_sf_oauth_carry_take(node, rec) != NGX_OK)
+    {
+        if (!over) {
+            return 1;
+        }
+
+        node->carried = 0;
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the token request of "
+                      "process %P, in flight when a reload moved its "
+                      "record to this sf_oauth_zone, ended without an "
+                      "outcome here: this worker process takes the refresh "
+                      "over", &cred->name, node->lease_pid);
+        return 0;
+    }
+
+    node->carried = 0;
+    node->lease_pid = 0;
+
+    if (rec->conf_fp != node->conf_fp) {
+        ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+        return 0;
+    }
+
+    if (rec->token_len && rec->generation > node->generation) {
+        ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+        node->generation = rec->generation;
+
+        zone = cred->shm_zone->data;
+
+        if (zone->redis_name.len) {
+            /* this zone's Redis may be another: the token is written back */
+            node->fleet_generation = ngx_max(node->fleet_generation,
+                                             rec->fleet_generation);
+            node->fleet_dirty = 1;
+        }
+
+    } else if (rec->state == NGX_HTTP_SF_OAUTH_FAILED
+               && node->state != NGX_HTTP_SF_OAUTH_VALID)
+    {
+        node->state = NGX_HTTP_SF_OAUTH_FAILED;
+        node->error_len = rec->error_len;
+        ngx_memcpy(node->error, rec->error, rec->error_len);
+        node->error_time = rec->error_time;
+        node->failures = rec->failures;
+        node->backoff_until = rec->backoff_until;
+        node->held = rec->held;
+    }
+
+    node->busy = rec->busy;
+    node->busy_until = rec->busy_until;
+
+    /* the old worker's counts of its token request, for the metrics */
+    node->token_ok = ngx_max(node->token_ok, rec->token_ok);
+    node->token_transient = ngx_max(node->token_transient,
+                                    rec->token_transient);
+    node->token_operator = ngx_max(node->token_operator, rec->token_operator);
+    node->token_failures = ngx_max(node->token_failures, rec->token_failures);
+
+    if (rec->duration_count > node->duration_count) {
+        node->duration_count = rec->duration_count;
+        node->duration_sum = rec->duration_sum;
+
+        for (i = 0; i < NGX_HTTP_SF_OAUTH_BUCKETS; i++) {
+            node->duration_bucket[i] = rec->duration_bucket[i];
+        }
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": the outcome (%s) of a token "
+                  "request in flight when a reload moved its record to "
+                  "this sf_oauth_zone is stored", &cred->name,
+                  node->state == NGX_HTTP_SF_OAUTH_VALID ? "a token"
+                                                         : "an error");
+
+    return 0;
+}
+
+
+/*
+ * From a timer (ngx_http_sf_oauth_ahead.c), in a worker of a configuration
+ * whose commit copied an old worker's lease into the record: 1 while it
+ * lasts, 0 once its outcome is stored or it is over.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_carried(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t        rc;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    rc = ngx_http_sf_oauth_store_owns_node(cred)
+         && ngx_http_sf_oauth_store_carry(cred, cred->rt.node);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
 }
 
 
@@ -116,6 +265,15 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         lk->error = ngx_http_sf_oauth_error_removed;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID
+        && node->carried
+        && ngx_http_sf_oauth_store_carry(cred, node))
+    {
+        /* the token request of a worker before a reload is in flight */
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_HTTP_SF_OAUTH_GOT_WAIT;
     }
 
     if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
@@ -454,14 +612,19 @@ ngx_http_sf_oauth_store_lease_connect(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* stores the outcome of this worker's token request and drops its lease */
+/*
+ * Stores the outcome of this worker's token request and drops its lease.
+ * A reload that moved the record to another zone meanwhile gets it there
+ * too, through the zone "sf_oauth_carry": the record here keeps serving
+ * this worker's requests, the new one the new workers'.
+ */
 
 void
 ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
-    ngx_uint_t                 error_class;
-    ngx_msec_t                 delay;
+    ngx_uint_t                 carry;
+    ngx_msec_t                 deadline;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -475,6 +638,9 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
+
+    carry = node->moved && node->lease_pid == ngx_pid;
+    deadline = node->lease_deadline;
 
     if (node->lease_pid == ngx_pid) {
         node->lease_pid = 0;
@@ -492,6 +658,31 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
+    ngx_http_sf_oauth_store_outcome(cred, node, tok);
+
+    if (carry
+        && ngx_http_sf_oauth_carry_post(node, ngx_pid, deadline) == NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": a reload moved its "
+                      "record to another sf_oauth_zone while its token "
+                      "request was in flight: the outcome goes there "
+                      "through the zone \"sf_oauth_carry\"", &cred->name);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* with the zone locked: the outcome of a token request into its record */
+
+static void
+ngx_http_sf_oauth_store_outcome(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_uint_t  error_class;
+    ngx_msec_t  delay;
+
     if (tok->ok) {
         ngx_http_sf_oauth_store_set_token(node, tok, NULL);
         node->token_ok++;
@@ -500,7 +691,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         /* the last error stays, for the status output */
 
-        ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
 
@@ -536,7 +726,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->busy_until = ngx_current_msec
                            + ngx_min(delay, cred->backoff_max);
 
-        ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
 
@@ -566,8 +755,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->backoff_until = ngx_current_msec + delay;
         node->held = (error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
     }
-
-    ngx_shmtx_unlock(&shpool->mutex);
 }
 
 
