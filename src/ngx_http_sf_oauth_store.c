@@ -1236,7 +1236,12 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* gives up this worker's lease without a result, as on exit */
+/*
+ * Gives up this worker's lease without a result, as on exit.  If a reload
+ * moved the record meanwhile, the record as it is goes to the new one, so
+ * that its workers take the refresh over now rather than at the lease's
+ * deadline.
+ */
 
 void
 ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
@@ -1250,6 +1255,11 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
     if (ngx_http_sf_oauth_store_owns_node(cred)
         && cred->rt.node->lease_pid == ngx_pid)
     {
+        if (cred->rt.node->moved) {
+            (void) ngx_http_sf_oauth_carry_post(cred->rt.node, ngx_pid,
+                                                cred->rt.node->lease_deadline);
+        }
+
         cred->rt.node->lease_pid = 0;
     }
 
