@@ -166,9 +166,14 @@ ngx_http_sf_oauth_store_carry(ngx_http_sf_oauth_cred_t *cred,
             node->fleet_dirty = 1;
         }
 
-    } else if (rec->state == NGX_HTTP_SF_OAUTH_FAILED
+    } else if (rec->state == NGX_HTTP_SF_OAUTH_FAILED && rec->held
                && node->state != NGX_HTTP_SF_OAUTH_VALID)
     {
+        /*
+         * The operator's to fix (invalid_grant...): held here too.  A
+         * failure that may pass is not carried: the next request here
+         * tries again at once, with the same refresh token.
+         */
         node->state = NGX_HTTP_SF_OAUTH_FAILED;
         node->error_len = rec->error_len;
         ngx_memcpy(node->error, rec->error, rec->error_len);
