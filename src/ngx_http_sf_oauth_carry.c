@@ -233,6 +233,14 @@ ngx_http_sf_oauth_carry_take(ngx_http_sf_oauth_node_t *node,
     for (i = 0; i < NGX_HTTP_SF_OAUTH_CARRY_SLOTS; i++) {
         slot = &sh->slot[i];
 
+        if (slot->pid
+            && (ngx_msec_int_t) (slot->expires - ngx_current_msec) <= 0)
+        {
+            /* its secrets go once it is of no use */
+            ngx_explicit_memzero(slot, sizeof(ngx_http_sf_oauth_carry_slot_t));
+            continue;
+        }
+
         if (slot->pid == node->lease_pid
             && slot->pid != 0
             && slot->deadline == node->lease_deadline

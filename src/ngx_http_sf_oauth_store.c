@@ -543,6 +543,16 @@ ngx_int_t
 ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
+    if (node->carried) {
+        /*
+         * an old worker's lease that a reload carried here: its outcome
+         * first (the refresh ahead, an introspection or a connection look
+         * here without store_lookup's look); taken next time if over
+         */
+        (void) ngx_http_sf_oauth_store_carry(cred, node);
+        return 0;
+    }
+
     if (node->lease_pid == 0) {
         return 1;
     }
