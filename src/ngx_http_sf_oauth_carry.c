@@ -26,7 +26,7 @@ static ngx_int_t ngx_http_sf_oauth_carry_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_shm_zone_t *ngx_http_sf_oauth_carry_zone(void);
 
 
-#define NGX_HTTP_SF_OAUTH_CARRY_ZONE_SIZE  (512 * 1024)
+#define NGX_HTTP_SF_OAUTH_CARRY_ZONE_SIZE  (1024 * 1024)
 
 
 static ngx_str_t  ngx_http_sf_oauth_carry_zone_name =

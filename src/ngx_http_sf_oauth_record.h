@@ -174,7 +174,7 @@ typedef struct {
  * Its size never changes, so every reload hands it over: the workers
  * before a reload and after it share it.
  */
-#define NGX_HTTP_SF_OAUTH_CARRY_SLOTS      16
+#define NGX_HTTP_SF_OAUTH_CARRY_SLOTS      64
 #define NGX_HTTP_SF_OAUTH_CARRY_TTL        60000
 
 typedef struct {
