@@ -11,10 +11,12 @@
  *
  * The old worker posts a copy of its record, the outcome in it, keyed by
  * the credential's name and its lease (pid and deadline); the new workers
- * find it by the lease that the commit copied into the new record.  What
- * they do with it is the store's (ngx_http_sf_oauth_store_carried).  A
- * slot is free again NGX_HTTP_SF_OAUTH_CARRY_TTL after its post, its
- * secrets wiped.
+ * find it by the lease that the commit copied into the new record.  The
+ * other way, an old worker whose request needs a new token posts a wish,
+ * and the new workers answer it with a copy of their record.  What is
+ * done with them is the store's (ngx_http_sf_oauth_store_carried,
+ * ngx_http_sf_oauth_store_relay).  A slot is free again
+ * NGX_HTTP_SF_OAUTH_CARRY_TTL after its post, its secrets wiped.
  */
 
 
@@ -24,6 +26,10 @@
 static ngx_int_t ngx_http_sf_oauth_carry_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_shm_zone_t *ngx_http_sf_oauth_carry_zone(void);
+static ngx_http_sf_oauth_carry_slot_t *ngx_http_sf_oauth_carry_find(
+    ngx_http_sf_oauth_carry_sh_t *sh, ngx_uint_t kind,
+    ngx_http_sf_oauth_node_t *node, ngx_pid_t pid, ngx_msec_t deadline,
+    ngx_uint_t free);
 
 
 #define NGX_HTTP_SF_OAUTH_CARRY_ZONE_SIZE  (1024 * 1024)
@@ -123,21 +129,19 @@ ngx_http_sf_oauth_carry_zone(void)
 
 
 /*
- * In the old worker, its record locked, the outcome in it: a copy of the
- * record for the new workers, under the lease PID and DEADLINE that the
- * commit copied into the new record.  NGX_ERROR: no free slot, logged.
+ * With a record locked: a copy of it in the slot of KIND for its name (and
+ * for an outcome, the lease PID and DEADLINE that the commit copied into
+ * the new record), replacing the one there.  NGX_ERROR: no free slot,
+ * logged.
  */
 
 ngx_int_t
-ngx_http_sf_oauth_carry_post(ngx_http_sf_oauth_node_t *node, ngx_pid_t pid,
-    ngx_msec_t deadline)
+ngx_http_sf_oauth_carry_post(ngx_uint_t kind, ngx_http_sf_oauth_node_t *node,
+    ngx_pid_t pid, ngx_msec_t deadline)
 {
-    ngx_uint_t                       i;
-    ngx_msec_t                       now;
     ngx_shm_zone_t                  *shm_zone;
     ngx_slab_pool_t                 *shpool;
-    ngx_http_sf_oauth_carry_sh_t    *sh;
-    ngx_http_sf_oauth_carry_slot_t  *slot, *free;
+    ngx_http_sf_oauth_carry_slot_t  *slot;
 
     shm_zone = ngx_http_sf_oauth_carry_zone();
     if (shm_zone == NULL) {
@@ -145,56 +149,36 @@ ngx_http_sf_oauth_carry_post(ngx_http_sf_oauth_node_t *node, ngx_pid_t pid,
     }
 
     shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-    sh = shm_zone->data;
-    now = ngx_current_msec;
-    free = NULL;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    for (i = 0; i < NGX_HTTP_SF_OAUTH_CARRY_SLOTS; i++) {
-        slot = &sh->slot[i];
+    slot = ngx_http_sf_oauth_carry_find(shm_zone->data, kind, node, pid,
+                                        deadline, 1);
 
-        if (slot->pid
-            && (ngx_msec_int_t) (slot->expires - now) <= 0)
-        {
-            ngx_explicit_memzero(slot, sizeof(ngx_http_sf_oauth_carry_slot_t));
-        }
-
-        if (slot->pid == 0) {
-            if (free == NULL) {
-                free = slot;
-            }
-
-            continue;
-        }
-
-        if (slot->pid == pid && slot->deadline == deadline
-            && slot->rec.name_len == node->name_len
-            && ngx_memcmp(slot->rec.name, node->name, node->name_len) == 0)
-        {
-            free = slot;
-            break;
-        }
-    }
-
-    if (free == NULL) {
+    if (slot == NULL) {
         ngx_shmtx_unlock(&shpool->mutex);
 
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%*s\": the zone "
-                      "\"sf_oauth_carry\" has no free slot for the outcome "
-                      "of a token request that a reload moved to another "
-                      "zone (%d in a minute): the new worker processes "
-                      "refresh after its lease", node->name_len, node->name,
+                      "\"sf_oauth_carry\" has no free slot for %s (%d in "
+                      "a minute)", node->name_len, node->name,
+                      kind == NGX_HTTP_SF_OAUTH_CARRY_OUTCOME
+                      ? "the outcome of a token request that a reload "
+                        "moved to another zone: the new worker processes "
+                        "refresh after its lease"
+                      : "a token between the worker processes before a "
+                        "reload and after it: the request that needs it "
+                        "waits for it, up to the credential's timeout",
                       NGX_HTTP_SF_OAUTH_CARRY_SLOTS);
         return NGX_ERROR;
     }
 
-    ngx_memcpy(&free->rec, node, sizeof(ngx_http_sf_oauth_node_t));
-    ngx_queue_init(&free->rec.queue);
-    free->pid = pid;
-    free->deadline = deadline;
-    free->expires = now + NGX_HTTP_SF_OAUTH_CARRY_TTL;
+    ngx_memcpy(&slot->rec, node, sizeof(ngx_http_sf_oauth_node_t));
+    ngx_queue_init(&slot->rec.queue);
+    slot->kind = kind;
+    slot->pid = pid;
+    slot->deadline = deadline;
+    slot->expires = ngx_current_msec + NGX_HTTP_SF_OAUTH_CARRY_TTL;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -203,20 +187,18 @@ ngx_http_sf_oauth_carry_post(ngx_http_sf_oauth_node_t *node, ngx_pid_t pid,
 
 
 /*
- * In a new worker, its record locked, the lease in it an old worker's:
- * the outcome that worker posted, copied into OUT (NGX_OK), or NGX_DECLINED
- * while there is none.
+ * With a record locked: the copy in the slot of KIND for its name (and
+ * PID and DEADLINE), into OUT (NGX_OK), or NGX_DECLINED while there is
+ * none.  With DROP, the slot is freed.
  */
 
 ngx_int_t
-ngx_http_sf_oauth_carry_take(ngx_http_sf_oauth_node_t *node,
-    ngx_http_sf_oauth_node_t *out)
+ngx_http_sf_oauth_carry_take(ngx_uint_t kind, ngx_http_sf_oauth_node_t *node,
+    ngx_pid_t pid, ngx_msec_t deadline, ngx_http_sf_oauth_node_t *out,
+    ngx_uint_t drop)
 {
-    ngx_int_t                        rc;
-    ngx_uint_t                       i;
     ngx_shm_zone_t                  *shm_zone;
     ngx_slab_pool_t                 *shpool;
-    ngx_http_sf_oauth_carry_sh_t    *sh;
     ngx_http_sf_oauth_carry_slot_t  *slot;
 
     shm_zone = ngx_http_sf_oauth_carry_zone();
@@ -225,35 +207,67 @@ ngx_http_sf_oauth_carry_take(ngx_http_sf_oauth_node_t *node,
     }
 
     shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-    sh = shm_zone->data;
-    rc = NGX_DECLINED;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    for (i = 0; i < NGX_HTTP_SF_OAUTH_CARRY_SLOTS; i++) {
-        slot = &sh->slot[i];
+    slot = ngx_http_sf_oauth_carry_find(shm_zone->data, kind, node, pid,
+                                        deadline, 0);
 
-        if (slot->pid
-            && (ngx_msec_int_t) (slot->expires - ngx_current_msec) <= 0)
-        {
-            /* its secrets go once it is of no use */
-            ngx_explicit_memzero(slot, sizeof(ngx_http_sf_oauth_carry_slot_t));
-            continue;
-        }
+    if (slot && out) {
+        ngx_memcpy(out, &slot->rec, sizeof(ngx_http_sf_oauth_node_t));
+    }
 
-        if (slot->pid == node->lease_pid
-            && slot->pid != 0
-            && slot->deadline == node->lease_deadline
-            && slot->rec.name_len == node->name_len
-            && ngx_memcmp(slot->rec.name, node->name, node->name_len) == 0)
-        {
-            ngx_memcpy(out, &slot->rec, sizeof(ngx_http_sf_oauth_node_t));
-            rc = NGX_OK;
-            break;
-        }
+    if (slot && drop) {
+        ngx_explicit_memzero(slot, sizeof(ngx_http_sf_oauth_carry_slot_t));
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    return rc;
+    return slot ? NGX_OK : NGX_DECLINED;
+}
+
+
+/*
+ * With the carry zone locked: the slot of KIND, the record's name, PID and
+ * DEADLINE; with FREE, a free one if there is none.  Expired slots are
+ * wiped on the way: their secrets go once they are of no use.
+ */
+
+static ngx_http_sf_oauth_carry_slot_t *
+ngx_http_sf_oauth_carry_find(ngx_http_sf_oauth_carry_sh_t *sh,
+    ngx_uint_t kind, ngx_http_sf_oauth_node_t *node, ngx_pid_t pid,
+    ngx_msec_t deadline, ngx_uint_t free)
+{
+    ngx_uint_t                       i;
+    ngx_http_sf_oauth_carry_slot_t  *slot, *empty;
+
+    empty = NULL;
+
+    for (i = 0; i < NGX_HTTP_SF_OAUTH_CARRY_SLOTS; i++) {
+        slot = &sh->slot[i];
+
+        if (slot->kind
+            && (ngx_msec_int_t) (slot->expires - ngx_current_msec) <= 0)
+        {
+            ngx_explicit_memzero(slot, sizeof(ngx_http_sf_oauth_carry_slot_t));
+        }
+
+        if (slot->kind == 0) {
+            if (empty == NULL) {
+                empty = slot;
+            }
+
+            continue;
+        }
+
+        if (slot->kind == kind && slot->pid == pid
+            && slot->deadline == deadline
+            && slot->rec.name_len == node->name_len
+            && ngx_memcmp(slot->rec.name, node->name, node->name_len) == 0)
+        {
+            return slot;
+        }
+    }
+
+    return free ? empty : NULL;
 }

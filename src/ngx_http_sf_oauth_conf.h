@@ -122,6 +122,11 @@ typedef struct {
      * "sf_oauth_carry" until it is there or the lease is over
      */
     ngx_uint_t                   carried;
+    /*
+     * the commit moved the record here from another zone: its workers
+     * answer the wishes of the workers before it for a token
+     */
+    ngx_uint_t                   relay;
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 

@@ -167,18 +167,26 @@ typedef struct {
 
 
 /*
- * The zone "sf_oauth_carry" (ngx_http_sf_oauth_carry.c): the outcomes of
- * token requests that were in flight when a reload moved their record to
- * another zone, each a copy of the old record once the outcome is in it,
- * keyed by the credential's name and the lease (its pid and deadline).
- * Its size never changes, so every reload hands it over: the workers
- * before a reload and after it share it.
+ * The zone "sf_oauth_carry" (ngx_http_sf_oauth_carry.c), between the
+ * workers before a reload that moved records to other zones and those
+ * after it: the outcomes of token requests that were in flight then
+ * (OUTCOME, a copy of the old record once the outcome is in it, keyed by
+ * the credential's name and the lease, its pid and deadline), an old
+ * worker's wish for a token newer than its record's generation (WANT),
+ * and the new workers' answer to it (FORWARD, a copy of the new record),
+ * each keyed by the name.  Its size never changes, so every reload hands
+ * it over.
  */
 #define NGX_HTTP_SF_OAUTH_CARRY_SLOTS      64
 #define NGX_HTTP_SF_OAUTH_CARRY_TTL        60000
 
+#define NGX_HTTP_SF_OAUTH_CARRY_OUTCOME    1
+#define NGX_HTTP_SF_OAUTH_CARRY_WANT       2
+#define NGX_HTTP_SF_OAUTH_CARRY_FORWARD    3
+
 typedef struct {
-    ngx_pid_t                    pid;       /* 0: free */
+    ngx_uint_t                   kind;      /* 0: free */
+    ngx_pid_t                    pid;
     ngx_msec_t                   deadline;
     ngx_msec_t                   expires;
     ngx_http_sf_oauth_node_t     rec;

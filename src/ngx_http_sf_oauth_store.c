@@ -28,6 +28,8 @@ static ngx_int_t ngx_http_sf_oauth_store_is_retired(
     ngx_http_sf_oauth_cred_t *cred);
 static ngx_uint_t ngx_http_sf_oauth_store_carry(
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
+static void ngx_http_sf_oauth_store_forwarded(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
 static void ngx_http_sf_oauth_store_outcome(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
@@ -128,7 +130,10 @@ ngx_http_sf_oauth_store_carry(ngx_http_sf_oauth_cred_t *cred,
     rec = &ngx_http_sf_oauth_store_carried_rec;
 
     if (node->lease_pid == 0
-        || ngx_http_sf_oauth_carry_take(node, rec) != NGX_OK)
+        || ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                        node, node->lease_pid,
+                                        node->lease_deadline, rec, 0)
+           != NGX_OK)
     {
         if (!over) {
             return 1;
@@ -216,6 +221,123 @@ ngx_http_sf_oauth_store_carry(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * With the zone locked, in a worker before a reload that moved the record
+ * to another zone, its record without a token: the token that the new
+ * workers forwarded to the zone "sf_oauth_carry" (store_relay), if it is
+ * newer than the record's.  The record's refresh token becomes theirs,
+ * though this worker never sends it: no token request starts here.
+ */
+
+static void
+ngx_http_sf_oauth_store_forwarded(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    ngx_http_sf_oauth_node_t  *rec;
+
+    rec = &ngx_http_sf_oauth_store_carried_rec;
+
+    if (ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_FORWARD, node,
+                                     0, 0, rec, 0)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    if (rec->conf_fp == node->conf_fp && rec->token_len
+        && rec->generation > node->generation)
+    {
+        ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+        node->generation = rec->generation;
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the token of the "
+                      "worker processes after the reload is taken",
+                      &cred->name);
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+}
+
+
+/*
+ * From a timer (ngx_http_sf_oauth_ahead.c), in a worker of a configuration
+ * whose commit moved the record here from another zone: whether a worker
+ * before the reload, which cannot refresh in its old record, needs a
+ * token newer than its record's generation (a request of its own got 401
+ * after the reload).  A newer token here is forwarded to it through the
+ * zone "sf_oauth_carry" (NGX_DONE); this token is the one it saw
+ * rejected, or there is none: it is dropped as a 401 would drop it, and
+ * this worker takes the lease as a request would
+ * (NGX_HTTP_SF_OAUTH_GOT_LEASE), or waits for the refresh under way
+ * (NGX_HTTP_SF_OAUTH_GOT_WAIT).  NGX_DECLINED: nothing is wanted.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_relay(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node, *want;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    want = &ngx_http_sf_oauth_store_carried_rec;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
+        || node->conf_fp != cred->conf_fp
+        || ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_WANT, node,
+                                        0, 0, want, 0)
+           != NGX_OK)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    if (want->conf_fp != node->conf_fp) {
+        /* another configuration's wish: not this one's to answer */
+        rc = NGX_DECLINED;
+
+    } else if (node->state == NGX_HTTP_SF_OAUTH_VALID
+               && node->generation > want->generation)
+    {
+        (void) ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_FORWARD,
+                                            node, 0, 0);
+        (void) ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_WANT,
+                                            node, 0, 0, NULL, 1);
+        rc = NGX_DONE;
+
+    } else if (node->state == NGX_HTTP_SF_OAUTH_FAILED
+               && (ngx_msec_int_t) (node->backoff_until - ngx_current_msec)
+                  > 0)
+    {
+        rc = NGX_HTTP_SF_OAUTH_GOT_WAIT;
+
+    } else if (ngx_http_sf_oauth_store_not_connected(cred, node)) {
+        rc = NGX_DECLINED;
+
+    } else {
+        if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
+            /* the token that the old worker's request saw rejected */
+            node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+            node->invalidations++;
+            node->rejected_at = ngx_current_msec;
+        }
+
+        rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
+    }
+
+    ngx_explicit_memzero(want, sizeof(ngx_http_sf_oauth_node_t));
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+/*
  * From a timer (ngx_http_sf_oauth_ahead.c), in a worker of a configuration
  * whose commit copied an old worker's lease into the record: 1 while it
  * lasts, 0 once its outcome is stored or it is over.
@@ -279,6 +401,11 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         /* the token request of a worker before a reload is in flight */
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+    }
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID && node->moved) {
+        /* a reload moved the record: the new workers' token, if any */
+        ngx_http_sf_oauth_store_forwarded(cred, node);
     }
 
     if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
@@ -374,6 +501,21 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (ngx_http_sf_oauth_store_is_retired(cred)) {
+
+        if (node->moved
+            && ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_WANT,
+                                            node, 0, 0)
+               == NGX_OK)
+        {
+            /*
+             * A reload moved the record: this worker cannot refresh, for
+             * the new workers may have rotated the refresh token, but
+             * they get a token for it (store_relay), which its requests
+             * wait for
+             */
+            return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+        }
+
         lk->error = ngx_http_sf_oauth_error_retired;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
@@ -676,7 +818,9 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_store_outcome(cred, node, tok);
 
     if (carry
-        && ngx_http_sf_oauth_carry_post(node, ngx_pid, deadline) == NGX_OK)
+        && ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                        node, ngx_pid, deadline)
+           == NGX_OK)
     {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": a reload moved its "
@@ -1271,8 +1415,10 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
         && cred->rt.node->lease_pid == ngx_pid)
     {
         if (cred->rt.node->moved) {
-            (void) ngx_http_sf_oauth_carry_post(cred->rt.node, ngx_pid,
-                                                cred->rt.node->lease_deadline);
+            (void) ngx_http_sf_oauth_carry_post(
+                                         NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                         cred->rt.node, ngx_pid,
+                                         cred->rt.node->lease_deadline);
         }
 
         cred->rt.node->lease_pid = 0;

@@ -636,6 +636,7 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     node->carried = (pid != 0);
     node->moved = 0;
     cred->rt.carried = (pid != 0);
+    cred->rt.relay = 1;
     onode->moved = 1;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);

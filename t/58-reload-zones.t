@@ -6,7 +6,8 @@
 # mock, a reload
 #   1) resizes the zone (a new shm zone; the old one is retired),
 #   2) renames it,
-#   3) moves the credential to another zone (the old zone is kept),
+#   3) moves the credential to another zone (the old zone is kept), and
+#      back,
 # and, for a fleet zone (two nodes, one Redis, the refresh B's),
 #   4) resizes B's zone,
 #   5) changes the prefix of the sf_oauth_redis block on every node.
@@ -25,6 +26,8 @@ use lib 't/lib';
 use SfTest;
 use RedisTest;
 use Test::More;
+use IO::Select;
+use IO::Socket::INET;
 use Time::HiRes qw(time);
 
 my $S = SfTest::time_scale();
@@ -137,6 +140,57 @@ sub case {
     # and back, to the zone that the last reload left its old record in
     case(what => 'move back', node => $t, mock => $t, loaded => [$t],
          edit => sub { s/zone other;/zone sf2;/ or die });
+
+    # -- an old worker's request that needs a new token after the reload:
+    # it cannot refresh (the new workers may rotate the refresh token), the
+    # new workers refresh for it, and it gets their token
+    {
+        my $what = 'old worker after the reload';
+        my $mark = $t->log_mark;
+        is($t->get('/services/data/v59.0/warm2')->{status}, 200, "$what: warm");
+        my $tr0 = $t->token_requests;
+        $t->mock('revoke');
+
+        # a request with the dead token, whose 401 the mock holds back
+        # until after the reload
+        my $late = 2 * $S;
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $t->port) or die;
+        print $s "GET /services/data/v59.0/old?late401=$late HTTP/1.1\r\n"
+                 . "Host: localhost\r\nConnection: close\r\n\r\n";
+        SfTest::wait_event(10, "$what: the request reached the mock", sub {
+            grep { $_ =~ m{/old\?late401} } @{ $t->stats->{late401_log} }
+        });
+        $t->edit_conf(sub { s/zone=sf2:2m/zone=sf2:4m/ or die });
+        $t->reload;
+
+        my $answer = '';
+        my $sel = IO::Select->new($s);
+        my $end = time + 30 * $S;
+        while (time < $end) {
+            next unless $sel->can_read(0.5);
+            last unless sysread($s, my $chunk, 65536);
+            $answer .= $chunk;
+        }
+        close $s;
+
+        like($answer, qr{^HTTP/1\.1 200}, "$what: the client gets 200")
+            or diag(substr($answer, 0, 300));
+        like($answer, qr{X-SF-OAuth-Status: RETRY}i,
+             "$what: replayed with the new token");
+        is($t->token_requests - $tr0, 1, "$what: one token request");
+        RedisTest::no_reuse($t, $what);
+        like($t->error_log_since($mark),
+             qr/a request of the worker processes before the reload needs a new token: refreshing for it/,
+             "$what: a new worker refreshed for it");
+        my $r = $t->get('/services/data/v59.0/after-old');
+        is($r->{headers}{'x-sf-oauth-status'}, 'HIT',
+           "$what: the new workers have that token");
+        my @alerts = grep { /\[(alert|crit|emerg)\]/ }
+                     split /\n/, $t->error_log_since($mark);
+        is(scalar @alerts, 0, "$what: no alert or crit")
+            or diag(join "\n", @alerts);
+    }
 
     $t->finish;
 }
