@@ -166,16 +166,22 @@ sub case {
 
         my $answer = '';
         my $sel = IO::Select->new($s);
-        my $end = time + 30 * $S;
+        my $t0 = time;
+        my $end = $t0 + 60 * $S;
+        my $err = '';
         while (time < $end) {
             next unless $sel->can_read(0.5);
-            last unless sysread($s, my $chunk, 65536);
+            my $n = sysread($s, my $chunk, 65536);
+            next if !defined $n && $!{EINTR};
+            $err = defined $n ? 'EOF' : "$!";
+            last unless $n;
             $answer .= $chunk;
         }
         close $s;
 
         like($answer, qr{^HTTP/1\.1 200}, "$what: the client gets 200")
-            or diag(substr($answer, 0, 300));
+            or diag(sprintf('after %.1f s (%s): %s', time - $t0, $err,
+                            substr($answer, 0, 300)));
         like($answer, qr{X-SF-OAuth-Status: RETRY}i,
              "$what: replayed with the new token");
         is($t->token_requests - $tr0, 1, "$what: one token request");
