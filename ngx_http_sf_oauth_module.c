@@ -383,6 +383,10 @@ ngx_http_sf_oauth_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     shm_zone->init = ngx_http_sf_oauth_zone_init;
     shm_zone->data = zone;
 
+    if (ngx_http_sf_oauth_carry_conf(cf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     zp = ngx_array_push(&smcf->zones);
     if (zp == NULL) {
         return NGX_CONF_ERROR;

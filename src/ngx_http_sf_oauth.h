@@ -351,6 +351,14 @@ ngx_int_t ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_sf_oauth_zone_init(ngx_shm_zone_t *shm_zone, void *data);
 void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 
+/* carry: the outcomes that reloads move to another zone */
+char *ngx_http_sf_oauth_carry_conf(ngx_conf_t *cf);
+ngx_int_t ngx_http_sf_oauth_carry_post(ngx_uint_t kind,
+    ngx_http_sf_oauth_node_t *node, ngx_pid_t pid, ngx_msec_t deadline);
+ngx_int_t ngx_http_sf_oauth_carry_take(ngx_uint_t kind,
+    ngx_http_sf_oauth_node_t *node, ngx_pid_t pid, ngx_msec_t deadline,
+    ngx_http_sf_oauth_node_t *out, ngx_uint_t drop);
+
 /* store */
 #define NGX_HTTP_SF_OAUTH_SAME_CONF  1
 #define NGX_HTTP_SF_OAUTH_SAME_RT    2
@@ -358,6 +366,9 @@ void ngx_http_sf_oauth_zone_commit(ngx_cycle_t *cycle, ngx_array_t *zones);
 ngx_uint_t ngx_http_sf_oauth_store_same(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *rec);
 ngx_int_t ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_store_carried(ngx_http_sf_oauth_cred_t *cred);
+ngx_int_t ngx_http_sf_oauth_store_relay(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk);
 ngx_int_t ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node);
 ngx_int_t ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,

@@ -18,7 +18,14 @@
  * workers know only the old configuration and cannot get the new one's
  * token: they say that they wait for it, and a worker of the new
  * configuration gets it for them, once their token request in flight is
- * over (the handover).
+ * over (the handover).  And it picks up the outcome of a token request
+ * that a worker before a reload made, when the reload moved the record
+ * to another zone (ngx_http_sf_oauth_store_carried): the requests of this
+ * worker that wait for it are woken by the zone, not by this timer, but a
+ * token that nobody waits for (a refresh ahead) must land here too.  The
+ * other way, it answers the workers before such a reload, which cannot
+ * refresh any more, when a request of theirs needs a new token
+ * (ngx_http_sf_oauth_store_relay): once a second while none does.
  *
  * This file only decides when: the store hands it the lease, and the
  * refresh makes the token request (or the introspection) under it.
@@ -52,7 +59,9 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     cred = smcf->creds.elts;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
-        if (cred[i]->lifetime || cred[i]->introspect || cred[i]->rt.handover) {
+        if (cred[i]->lifetime || cred[i]->introspect || cred[i]->rt.handover
+            || cred[i]->rt.carried || cred[i]->rt.relay)
+        {
             break;
         }
     }
@@ -69,7 +78,7 @@ ngx_http_sf_oauth_ahead_init(ngx_cycle_t *cycle)
     /* a handover at once, the refresh ahead in a second */
 
     for (first = 1000; i < smcf->creds.nelts; i++) {
-        if (cred[i]->rt.handover) {
+        if (cred[i]->rt.handover || cred[i]->rt.carried) {
             first = NGX_HTTP_SF_OAUTH_POLL_MAX;
         }
     }
@@ -109,6 +118,38 @@ ngx_http_sf_oauth_ahead_handler(ngx_event_t *ev)
     active = 0;
 
     for (i = 0; i < smcf->creds.nelts; i++) {
+
+        if (cred[i]->rt.carried) {
+            active = 1;
+
+            if (ngx_http_sf_oauth_store_carried(cred[i])) {
+                /* an old worker's token request, moved by a reload */
+                next = NGX_HTTP_SF_OAUTH_POLL_MAX;
+                continue;
+            }
+
+            cred[i]->rt.carried = 0;
+        }
+
+        if (cred[i]->rt.relay) {
+            active = 1;
+
+            rc = ngx_http_sf_oauth_store_relay(cred[i], pool, &lk);
+
+            if (rc == NGX_HTTP_SF_OAUTH_GOT_LEASE) {
+                ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                              "sf_oauth: credential \"%V\": a request of "
+                              "the worker processes before the reload needs "
+                              "a new token: refreshing for it",
+                              &cred[i]->name);
+
+                (void) ngx_http_sf_oauth_refresh_start(cred[i], &lk);
+            }
+
+            if (rc != NGX_DECLINED) {
+                next = NGX_HTTP_SF_OAUTH_POLL_MAX;
+            }
+        }
 
         if (cred[i]->rt.handover) {
             active = 1;

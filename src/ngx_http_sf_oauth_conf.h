@@ -184,6 +184,17 @@ typedef struct {
      * the token for requests that the workers before it hold
      */
     ngx_uint_t                   handover;
+    /*
+     * the commit copied into this configuration's record the lease of a
+     * worker before it: its workers look for its outcome in the zone
+     * "sf_oauth_carry" until it is there or the lease is over
+     */
+    ngx_uint_t                   carried;
+    /*
+     * the commit moved the record here from another zone: its workers
+     * answer the wishes of the workers before it for a token
+     */
+    ngx_uint_t                   relay;
     ngx_queue_t                  waiters;
     ngx_http_sf_oauth_transfer_t *transfer;
 
@@ -320,6 +331,9 @@ typedef struct {
 
     /* the web server flow's zone, made with the first sf_oauth_console */
     ngx_shm_zone_t              *connect_zone;
+
+    /* the outcomes that reloads carry to new zones, with the first zone */
+    ngx_shm_zone_t              *carry_zone;
 
     /* a location has sf_oauth_console */
     ngx_uint_t                   console;

@@ -63,6 +63,18 @@ typedef struct {
      */
     ngx_uint_t                   wanted;
 
+    /*
+     * A reload moved the record to another zone (resized, renamed, or
+     * the credential's new zone): in this old record, "moved" is set, no
+     * token request starts, and the outcome of the one in flight is also
+     * posted to the zone "sf_oauth_carry"; in the new record, "carried"
+     * says that the lease (lease_pid, lease_deadline) is a worker's of
+     * the configuration before, whose outcome comes from there
+     * (ngx_http_sf_oauth_carry.c)
+     */
+    ngx_uint_t                   moved;
+    ngx_uint_t                   carried;
+
     ngx_uint_t                   invalidations;
     ngx_uint_t                   replays;
 
@@ -202,6 +214,37 @@ typedef struct {
     ngx_msec_t                   refused_last;
     ngx_uint_t                   wait_logged;
 } ngx_http_sf_oauth_sh_t;
+
+
+/*
+ * The zone "sf_oauth_carry" (ngx_http_sf_oauth_carry.c), between the
+ * workers before a reload that moved records to other zones and those
+ * after it: the outcomes of token requests that were in flight then
+ * (OUTCOME, a copy of the old record once the outcome is in it, keyed by
+ * the credential's name and the lease, its pid and deadline), an old
+ * worker's wish for a token newer than its record's generation (WANT),
+ * and the new workers' answer to it (FORWARD, a copy of the new record),
+ * each keyed by the name.  Its size never changes, so every reload hands
+ * it over.
+ */
+#define NGX_HTTP_SF_OAUTH_CARRY_SLOTS      64
+#define NGX_HTTP_SF_OAUTH_CARRY_TTL        60000
+
+#define NGX_HTTP_SF_OAUTH_CARRY_OUTCOME    1
+#define NGX_HTTP_SF_OAUTH_CARRY_WANT       2
+#define NGX_HTTP_SF_OAUTH_CARRY_FORWARD    3
+
+typedef struct {
+    ngx_uint_t                   kind;      /* 0: free */
+    ngx_pid_t                    pid;
+    ngx_msec_t                   deadline;
+    ngx_msec_t                   expires;
+    ngx_http_sf_oauth_node_t     rec;
+} ngx_http_sf_oauth_carry_slot_t;
+
+typedef struct {
+    ngx_http_sf_oauth_carry_slot_t  slot[NGX_HTTP_SF_OAUTH_CARRY_SLOTS];
+} ngx_http_sf_oauth_carry_sh_t;
 
 
 /*

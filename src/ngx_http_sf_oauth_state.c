@@ -563,8 +563,16 @@ ngx_http_sf_oauth_state_write(ngx_http_sf_oauth_zone_t *zone,
          q = ngx_queue_next(q))
     {
         node = ngx_queue_data(q, ngx_http_sf_oauth_node_t, queue);
+
+        if (node->moved) {
+            /* a reload moved it to another zone, whose file has it */
+            continue;
+        }
+
         ngx_memcpy(&nodes[i++], node, sizeof(ngx_http_sf_oauth_node_t));
     }
+
+    n = i;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 

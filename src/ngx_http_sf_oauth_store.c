@@ -24,8 +24,16 @@
 #include "ngx_http_sf_oauth.h"
 
 
+static ngx_uint_t ngx_http_sf_oauth_store_same_records(
+    ngx_http_sf_oauth_node_t *a, ngx_http_sf_oauth_node_t *b);
 static ngx_int_t ngx_http_sf_oauth_store_is_retired(
     ngx_http_sf_oauth_cred_t *cred);
+static ngx_uint_t ngx_http_sf_oauth_store_carry(
+    ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node);
+static void ngx_http_sf_oauth_store_forwarded(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node);
+static void ngx_http_sf_oauth_store_outcome(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_http_sf_oauth_token_t *tok);
 static ngx_int_t ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node, ngx_pool_t *pool,
     ngx_http_sf_oauth_lookup_t *lk);
@@ -53,6 +61,9 @@ static ngx_str_t  ngx_http_sf_oauth_error_removed =
 static ngx_str_t  ngx_http_sf_oauth_error_retired =
     ngx_string("a reload resized or removed the sf_oauth_zone: this old "
                "worker process starts no token request");
+
+/* an old worker's record with its outcome, copied out of "sf_oauth_carry" */
+static ngx_http_sf_oauth_node_t  ngx_http_sf_oauth_store_carried_rec;
 
 
 /*
@@ -82,6 +93,22 @@ ngx_http_sf_oauth_store_same(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * Whether two records, an old worker's and this one's across a reload
+ * that moved the record (see ngx_http_sf_oauth_carry.c), are of one
+ * configuration of the credential, or of two whose refresh token is the
+ * same (token_url alone changed): the old worker's outcome, and its
+ * rotated refresh token above all, is this record's.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_store_same_records(ngx_http_sf_oauth_node_t *a,
+    ngx_http_sf_oauth_node_t *b)
+{
+    return a->conf_fp == b->conf_fp || (a->rt_fp && a->rt_fp == b->rt_fp);
+}
+
+
+/*
  * With the zone locked: whether the credential's record is still its own.
  * A reload drops the records of removed credentials, while workers of the
  * older configuration may still be finishing requests.
@@ -99,7 +126,10 @@ ngx_http_sf_oauth_store_owns_node(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* whether a reload dropped the credential's zone: see zone_carry_records */
+/*
+ * Whether a reload dropped the credential's zone, or moved its record to
+ * another zone: see zone_carry_records
+ */
 
 static ngx_int_t
 ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
@@ -108,7 +138,271 @@ ngx_http_sf_oauth_store_is_retired(ngx_http_sf_oauth_cred_t *cred)
 
     zone = cred->shm_zone->data;
 
-    return zone->sh->retired;
+    return zone->sh->retired || cred->rt.node->moved;
+}
+
+
+/*
+ * With the zone locked, in a worker of a configuration whose commit copied
+ * into the record the lease of a worker before it (node->carried): that
+ * worker never sees this zone, and posts its outcome to the zone
+ * "sf_oauth_carry" instead.  The outcome, once there, goes into the record
+ * as its own token request's would: a token only over the generation the
+ * lease was taken at, with the refresh token it rotated.  With no
+ * outcome, the lease stays until it is over (its owner gone, or past its
+ * deadline), and then it is taken over as a dead owner's; the outcome is
+ * looked for after the owner was seen gone, as the owner posts it before
+ * it ends.  Returns 1 while the old lease lasts.
+ */
+
+static ngx_uint_t
+ngx_http_sf_oauth_store_carry(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    ngx_uint_t                 i, over;
+    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_http_sf_oauth_node_t  *rec;
+
+    if (!node->carried) {
+        return 0;
+    }
+
+    over = node->lease_pid == 0
+           || (ngx_msec_int_t) (node->lease_deadline - ngx_current_msec) <= 0
+           || (kill(node->lease_pid, 0) == -1 && ngx_errno == NGX_ESRCH);
+
+    rec = &ngx_http_sf_oauth_store_carried_rec;
+
+    if (node->lease_pid == 0
+        || ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                        node, node->lease_pid,
+                                        node->lease_deadline, rec, 0)
+           != NGX_OK)
+    {
+        if (!over) {
+            return 1;
+        }
+
+        node->carried = 0;
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the token request of "
+                      "process %P, in flight when a reload moved its "
+                      "record to this sf_oauth_zone, ended without an "
+                      "outcome here: this worker process takes the refresh "
+                      "over", &cred->name, node->lease_pid);
+        return 0;
+    }
+
+    node->carried = 0;
+    node->lease_pid = 0;
+
+    if (!ngx_http_sf_oauth_store_same_records(rec, node)) {
+        ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+        return 0;
+    }
+
+    if (rec->token_len && rec->generation > node->generation) {
+        ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+        node->generation = rec->generation;
+
+        zone = cred->shm_zone->data;
+
+        if (zone->redis_name.len) {
+            /* this zone's Redis may be another: the token is written back */
+            node->fleet_generation = ngx_max(node->fleet_generation,
+                                             rec->fleet_generation);
+            node->fleet_dirty = 1;
+        }
+
+    } else if (rec->state == NGX_HTTP_SF_OAUTH_FAILED && rec->held
+               && node->state != NGX_HTTP_SF_OAUTH_VALID)
+    {
+        /*
+         * The operator's to fix (invalid_grant...): held here too.  A
+         * failure that may pass is not carried: the next request here
+         * tries again at once, with the same refresh token.
+         */
+        node->state = NGX_HTTP_SF_OAUTH_FAILED;
+        node->error_len = rec->error_len;
+        ngx_memcpy(node->error, rec->error, rec->error_len);
+        node->error_time = rec->error_time;
+        node->failures = rec->failures;
+        node->backoff_until = rec->backoff_until;
+        node->held = rec->held;
+    }
+
+    node->busy = rec->busy;
+    node->busy_until = rec->busy_until;
+
+    /* the old worker's counts of its token request, for the metrics */
+    node->token_ok = ngx_max(node->token_ok, rec->token_ok);
+    node->token_transient = ngx_max(node->token_transient,
+                                    rec->token_transient);
+    node->token_operator = ngx_max(node->token_operator, rec->token_operator);
+    node->token_failures = ngx_max(node->token_failures, rec->token_failures);
+
+    if (rec->duration_count > node->duration_count) {
+        node->duration_count = rec->duration_count;
+        node->duration_sum = rec->duration_sum;
+
+        for (i = 0; i < NGX_HTTP_SF_OAUTH_BUCKETS; i++) {
+            node->duration_bucket[i] = rec->duration_bucket[i];
+        }
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sf_oauth: credential \"%V\": the outcome (%s) of a token "
+                  "request in flight when a reload moved its record to "
+                  "this sf_oauth_zone is stored", &cred->name,
+                  node->state == NGX_HTTP_SF_OAUTH_VALID ? "a token"
+                                                         : "an error");
+
+    return 0;
+}
+
+
+/*
+ * With the zone locked, in a worker before a reload that moved the record
+ * to another zone, its record without a token: the token that the new
+ * workers forwarded to the zone "sf_oauth_carry" (store_relay), if it is
+ * newer than the record's.  The record's refresh token becomes theirs,
+ * though this worker never sends it: no token request starts here.
+ */
+
+static void
+ngx_http_sf_oauth_store_forwarded(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node)
+{
+    ngx_http_sf_oauth_node_t  *rec;
+
+    rec = &ngx_http_sf_oauth_store_carried_rec;
+
+    if (ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_FORWARD, node,
+                                     0, 0, rec, 0)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    if (ngx_http_sf_oauth_store_same_records(rec, node) && rec->token_len
+        && rec->generation > node->generation)
+    {
+        ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+        node->generation = rec->generation;
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": the token of the "
+                      "worker processes after the reload is taken",
+                      &cred->name);
+    }
+
+    ngx_explicit_memzero(rec, sizeof(ngx_http_sf_oauth_node_t));
+}
+
+
+/*
+ * From a timer (ngx_http_sf_oauth_ahead.c), in a worker of a configuration
+ * whose commit moved the record here from another zone: whether a worker
+ * before the reload, which cannot refresh in its old record, needs a
+ * token newer than its record's generation (a request of its own got 401
+ * after the reload).  A newer token here is forwarded to it through the
+ * zone "sf_oauth_carry" (NGX_DONE); this token is the one it saw
+ * rejected, or there is none: it is dropped as a 401 would drop it, and
+ * this worker takes the lease as a request would
+ * (NGX_HTTP_SF_OAUTH_GOT_LEASE), or waits for the refresh under way
+ * (NGX_HTTP_SF_OAUTH_GOT_WAIT).  NGX_DECLINED: nothing is wanted.
+ */
+
+ngx_int_t
+ngx_http_sf_oauth_store_relay(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_http_sf_oauth_lookup_t *lk)
+{
+    ngx_int_t                  rc;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node, *want;
+
+    node = cred->rt.node;
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    want = &ngx_http_sf_oauth_store_carried_rec;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!ngx_http_sf_oauth_store_owns_node(cred)
+        || !ngx_http_sf_oauth_store_same(cred, node)
+        || ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_WANT, node,
+                                        0, 0, want, 0)
+           != NGX_OK)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    if (!ngx_http_sf_oauth_store_same_records(want, node)) {
+        /* another configuration's wish: not this one's to answer */
+        rc = NGX_DECLINED;
+
+    } else if (node->state == NGX_HTTP_SF_OAUTH_VALID
+               && node->generation > want->generation)
+    {
+        (void) ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_FORWARD,
+                                            node, 0, 0);
+        (void) ngx_http_sf_oauth_carry_take(NGX_HTTP_SF_OAUTH_CARRY_WANT,
+                                            node, 0, 0, NULL, 1);
+        rc = NGX_DONE;
+
+    } else if (node->state == NGX_HTTP_SF_OAUTH_FAILED
+               && (ngx_msec_int_t) (node->backoff_until - ngx_current_msec)
+                  > 0)
+    {
+        rc = NGX_HTTP_SF_OAUTH_GOT_WAIT;
+
+    } else if (ngx_http_sf_oauth_store_not_connected(cred, node)) {
+        rc = NGX_DECLINED;
+
+    } else {
+        if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
+            /* the token that the old worker's request saw rejected */
+            node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+            node->invalidations++;
+            node->rejected_at = ngx_current_msec;
+        }
+
+        rc = ngx_http_sf_oauth_store_lease(cred, node, pool, lk);
+    }
+
+    ngx_explicit_memzero(want, sizeof(ngx_http_sf_oauth_node_t));
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * From a timer (ngx_http_sf_oauth_ahead.c), in a worker of a configuration
+ * whose commit copied an old worker's lease into the record: 1 while it
+ * lasts, 0 once its outcome is stored or it is over.
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_carried(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t        rc;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    rc = ngx_http_sf_oauth_store_owns_node(cred)
+         && ngx_http_sf_oauth_store_carry(cred, cred->rt.node);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
 }
 
 
@@ -142,6 +436,20 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
         lk->error = ngx_http_sf_oauth_error_removed;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
+    }
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID
+        && node->carried
+        && ngx_http_sf_oauth_store_carry(cred, node))
+    {
+        /* the token request of a worker before a reload is in flight */
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+    }
+
+    if (node->state != NGX_HTTP_SF_OAUTH_VALID && node->moved) {
+        /* a reload moved the record: the new workers' token, if any */
+        ngx_http_sf_oauth_store_forwarded(cred, node);
     }
 
     if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
@@ -237,6 +545,21 @@ ngx_http_sf_oauth_store_lease(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (ngx_http_sf_oauth_store_is_retired(cred)) {
+
+        if (node->moved
+            && ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_WANT,
+                                            node, 0, 0)
+               == NGX_OK)
+        {
+            /*
+             * A reload moved the record: this worker cannot refresh, for
+             * the new workers may have rotated the refresh token, but
+             * they get a token for it (store_relay), which its requests
+             * wait for
+             */
+            return NGX_HTTP_SF_OAUTH_GOT_WAIT;
+        }
+
         lk->error = ngx_http_sf_oauth_error_retired;
         lk->retry_after = 1;
         return NGX_HTTP_SF_OAUTH_GOT_ERROR;
@@ -407,6 +730,16 @@ ngx_int_t
 ngx_http_sf_oauth_store_can_lease(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
+    if (node->carried) {
+        /*
+         * an old worker's lease that a reload carried here: its outcome
+         * first (the refresh ahead, an introspection or a connection look
+         * here without store_lookup's look); taken next time if over
+         */
+        (void) ngx_http_sf_oauth_store_carry(cred, node);
+        return 0;
+    }
+
     if (node->lease_pid == 0) {
         return 1;
     }
@@ -481,14 +814,19 @@ ngx_http_sf_oauth_store_lease_connect(ngx_http_sf_oauth_cred_t *cred)
 }
 
 
-/* stores the outcome of this worker's token request and drops its lease */
+/*
+ * Stores the outcome of this worker's token request and drops its lease.
+ * A reload that moved the record to another zone meanwhile gets it there
+ * too, through the zone "sf_oauth_carry": the record here keeps serving
+ * this worker's requests, the new one the new workers'.
+ */
 
 void
 ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_token_t *tok)
 {
-    ngx_uint_t                 error_class;
-    ngx_msec_t                 delay;
+    ngx_uint_t                 carry;
+    ngx_msec_t                 deadline;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_node_t  *node;
 
@@ -502,6 +840,9 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
+
+    carry = node->moved && node->lease_pid == ngx_pid;
+    deadline = node->lease_deadline;
 
     if (node->lease_pid == ngx_pid) {
         node->lease_pid = 0;
@@ -519,6 +860,33 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         return;
     }
 
+    ngx_http_sf_oauth_store_outcome(cred, node, tok);
+
+    if (carry
+        && ngx_http_sf_oauth_carry_post(NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                        node, ngx_pid, deadline)
+           == NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "sf_oauth: credential \"%V\": a reload moved its "
+                      "record to another sf_oauth_zone while its token "
+                      "request was in flight: the outcome goes there "
+                      "through the zone \"sf_oauth_carry\"", &cred->name);
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/* with the zone locked: the outcome of a token request into its record */
+
+static void
+ngx_http_sf_oauth_store_outcome(ngx_http_sf_oauth_cred_t *cred,
+    ngx_http_sf_oauth_node_t *node, ngx_http_sf_oauth_token_t *tok)
+{
+    ngx_uint_t  error_class;
+    ngx_msec_t  delay;
+
     if (tok->ok) {
         ngx_http_sf_oauth_store_set_token(node, tok, NULL);
         node->token_ok++;
@@ -527,7 +895,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
 
         /* the last error stays, for the status output */
 
-        ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
 
@@ -563,7 +930,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->busy_until = ngx_current_msec
                            + ngx_min(delay, cred->backoff_max);
 
-        ngx_shmtx_unlock(&shpool->mutex);
         return;
     }
 
@@ -593,8 +959,6 @@ ngx_http_sf_oauth_store_result(ngx_http_sf_oauth_cred_t *cred,
         node->backoff_until = ngx_current_msec + delay;
         node->held = (error_class == NGX_HTTP_SF_OAUTH_OPERATOR);
     }
-
-    ngx_shmtx_unlock(&shpool->mutex);
 }
 
 
@@ -1076,7 +1440,12 @@ ngx_http_sf_oauth_store_introspected(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
-/* gives up this worker's lease without a result, as on exit */
+/*
+ * Gives up this worker's lease without a result, as on exit.  If a reload
+ * moved the record meanwhile, the record as it is goes to the new one, so
+ * that its workers take the refresh over now rather than at the lease's
+ * deadline.
+ */
 
 void
 ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
@@ -1090,6 +1459,13 @@ ngx_http_sf_oauth_store_release(ngx_http_sf_oauth_cred_t *cred)
     if (ngx_http_sf_oauth_store_owns_node(cred)
         && cred->rt.node->lease_pid == ngx_pid)
     {
+        if (cred->rt.node->moved) {
+            (void) ngx_http_sf_oauth_carry_post(
+                                         NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                         cred->rt.node, ngx_pid,
+                                         cred->rt.node->lease_deadline);
+        }
+
         cred->rt.node->lease_pid = 0;
     }
 

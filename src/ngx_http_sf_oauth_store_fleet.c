@@ -50,6 +50,13 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
     }
 
     if (node->lease_pid == ngx_pid) {
+        if (node->moved) {
+            /* a reload moved the record: the token goes there too */
+            (void) ngx_http_sf_oauth_carry_post(
+                                         NGX_HTTP_SF_OAUTH_CARRY_OUTCOME,
+                                         node, ngx_pid, node->lease_deadline);
+        }
+
         node->lease_pid = 0;
     }
 

@@ -219,6 +219,19 @@ ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
 
     node = ngx_http_sf_oauth_zone_find_record(zone, &cred->name);
 
+    if (node && node->moved) {
+        /*
+         * The record left for the workers before the last reload, which
+         * moved the credential away; it comes back: its record is the one
+         * in the other zone, copied at the commit (the workers of the
+         * configuration before see this one as not theirs any more)
+         */
+        ngx_queue_remove(&node->queue);
+        ngx_explicit_memzero(node, sizeof(ngx_http_sf_oauth_node_t));
+        ngx_slab_free_locked(zone->shpool, node);
+        node = NULL;
+    }
+
     if (node) {
         /*
          * A record whose token_url alone changed stays whole: its refresh
@@ -271,6 +284,9 @@ ngx_http_sf_oauth_zone_attach_cred(ngx_http_sf_oauth_zone_t *zone,
  * configuration does not have, their secrets wiped first.  A worker of an
  * older configuration that still points to one finds a record that is not
  * its credential's (ngx_http_sf_oauth_store_owns_node) and leaves it alone.
+ * A record that the commit just moved to another zone stays until the
+ * next prune: the workers of the configuration before it still serve
+ * their requests from it, and its token request in flight ends in it.
  */
 
 static ngx_uint_t
@@ -301,6 +317,11 @@ ngx_http_sf_oauth_zone_prune_records(ngx_http_sf_oauth_zone_t *zone)
         }
 
         if (i < zone->creds.nelts) {
+            continue;
+        }
+
+        if (node->moved == 1) {
+            node->moved = 2;
             continue;
         }
 
@@ -525,7 +546,11 @@ ngx_http_sf_oauth_zone_carry_primary(ngx_http_sf_oauth_zone_t *zone,
  * removed) is marked retired: its workers, which never see the new zones,
  * start no token request in it from then on.  Each of its credentials
  * whose record is new in the new configuration gets a copy of the old
- * record: the token, the rotated refresh token, the backoff.
+ * record: the token, the rotated refresh token, the backoff, and the
+ * lease of a token request in flight, whose outcome the old worker posts
+ * to the zone "sf_oauth_carry" (see ngx_http_sf_oauth_store_carried).
+ * Copy and mark happen under the old zone's lock: an outcome is stored
+ * before the copy (and copied), or after the mark (and posted).
  */
 
 static void
@@ -699,11 +724,18 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
     node->queue = queue;
 
     /*
-     * A lease in flight is kept: the new workers wait for it to end, then
-     * take the refresh over, from the refresh token copied here.
+     * A lease in flight is kept: the new workers wait for its outcome,
+     * which the old worker posts to the zone "sf_oauth_carry", or, if it
+     * ends without one, take the refresh over as a dead owner's.  The old
+     * record is moved: no token request starts in it any more.
      */
 
     node->lease_pid = pid;
+    node->carried = (pid != 0);
+    node->moved = 0;
+    cred->rt.carried = (pid != 0);
+    cred->rt.relay = 1;
+    onode->moved = 1;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -714,17 +746,13 @@ ngx_http_sf_oauth_zone_copy_record(ngx_cycle_t *cycle,
                   &zone->name);
 
     if (pid) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                       "sf_oauth: credential \"%V\": the token request of "
                       "process %P was in flight when this reload moved its "
                       "record from the old sf_oauth_zone \"%V\" to the new "
-                      "sf_oauth_zone \"%V\": the token it gets stays in the "
-                      "old zone, and the new workers refresh again from "
-                      "the refresh token the zone held; if Salesforce "
-                      "rotated it, that refresh fails with invalid_grant "
-                      "and the refresh token must be configured anew; "
-                      "change or resize zones while no refresh runs",
-                      &cred->name, pid, &ozone->name, &zone->name);
+                      "sf_oauth_zone \"%V\": the new worker processes wait "
+                      "for its outcome", &cred->name, pid, &ozone->name,
+                      &zone->name);
     }
 }
 
@@ -748,6 +776,7 @@ ngx_http_sf_oauth_zone_reset_record(ngx_http_sf_oauth_cred_t *cred,
     node->backoff_until = 0;
     node->held = 0;
     node->wanted = 0;
+    node->carried = 0;
     node->issued_at = 0;
     node->token_ms = 0;
 

@@ -3,8 +3,8 @@
 # What a reload keeps in the zone: the records of credentials that are no
 # longer configured are dropped (from the zone at once, from the state file
 # at its next write), and a reload that resizes the zone carries the
-# records over, so that a rotated refresh token is never lost; a refresh in
-# flight at that moment is warned about.
+# records over, so that a rotated refresh token is never lost; the outcome
+# of a refresh in flight at that moment reaches the new zone (a notice).
 
 use strict;
 use warnings;
@@ -241,7 +241,7 @@ for my $step ([ 'b', 'zone renamed a -> b', [] ],
 is($t->token_requests, 3, 'three token requests in all: the first and one per revoke');
 $t->stop;
 
-# -- a resize while a refresh is in flight: a loud warning ----------------------
+# -- a resize while a refresh is in flight: a notice -----------------------------
 
 $t->mock('reset');
 $t->mode('hang');
@@ -271,8 +271,8 @@ ok($owner, 'a worker refreshes, its request at the token endpoint');
 conf(size => '2m', timeout => '2s');
 ok(reloaded(), 'resize during the refresh: the reload succeeds');
 like($t->error_log,
-     qr/\[warn\].*credential "crm": the token request of process $owner was in flight when this reload moved its record from the old sf_oauth_zone "sf" to the new sf_oauth_zone "sf"/,
-     'a warning names the credential and the process');
+     qr/\[notice\].*credential "crm": the token request of process $owner was in flight when this reload moved its record from the old sf_oauth_zone "sf" to the new sf_oauth_zone "sf": the new worker processes wait for its outcome/,
+     'a notice names the credential and the process');
 
 # the old worker gave up at its timeout and is gone: the new ones refresh
 waitpid($pid, 0);
