@@ -118,6 +118,14 @@ for my $case (
         RedisTest::all_connected(10, $all ? @n : $B)
             or die "$what: the new workers did not connect to Redis\n";
     }
+    # a new server is a new primary to the fleet: no node takes a lease on
+    # it for a lease's time to live (t/58-fleet-failover.t); the revoke
+    # comes after that, so that its waiters wait for the refresh only
+    if ($what =~ /^server/) {
+        SfTest::wait_event(30, "$what: the quarantine after the new server",
+            sub { !grep { (RedisTest::node_redis($_) || {})->{quarantine_ms} }
+                        $all ? @n : $B });
+    }
     my $info = RedisTest::node_redis($B) || {};
     my $tr = $t->token_requests;
     $t->mock('revoke');
