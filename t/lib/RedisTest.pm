@@ -620,9 +620,12 @@ sub all_connected_to {
 # down-after-milliseconds and failover-timeout, so that a SENTINEL FAILOVER
 # ends in a second or two.  Waits until the replica is in sync and every
 # sentinel knows it (a failover needs a good replica).  Options:
-# sentinels (2), master, sentinel_password (the sentinels' requirepass),
+# sentinels (2), replicas (1 to 3: 1), quorum (1), down_after (the
+# sentinels' down-after-milliseconds, 1000), master, sentinel_password
+# (the sentinels' requirepass),
 # tls (every server and sentinel on TLS only, with the primary's CA).
-# Returns a hashref: primary, replica, sentinels (an arrayref), master.
+# Returns a hashref: primary, replica (the first), replicas, sentinels
+# (arrayrefs), master.
 sub sentinel_group {
     my (%opt) = @_;
 
@@ -635,32 +638,50 @@ sub sentinel_group {
                                                : []);
     $primary->start;
     my @shared = $tls ? (tls => 1, tls_dir => $primary->tls_dir) : ();
-    my $replica = RedisTest->new(dir => $dir, tag => 'b', @shared,
-                                 extra => [ '--replicaof', '127.0.0.1',
-                                            $primary->port,
-                                            $tls ? ('--tls-replication', 'yes')
-                                                 : () ]);
-    $replica->start;
+    my @replicas = map {
+        RedisTest->new(dir => $dir, tag => $_, @shared,
+                       extra => [ '--replicaof', '127.0.0.1', $primary->port,
+                                  $tls ? ('--tls-replication', 'yes') : () ])
+            ->start
+    } ('b', 'c', 'd')[0 .. ($opt{replicas} // 1) - 1];
+    my $replica = $replicas[0];
 
-    SfTest::wait_event(10, 'the replica in sync', sub {
-        ($replica->stats('replication', 'master_link_status') // '') eq 'up'
+    SfTest::wait_event(10, 'the replicas in sync', sub {
+        !grep {
+            ($_->stats('replication', 'master_link_status') // '') ne 'up'
+        } @replicas
     });
 
     my @sentinels = map {
         RedisTest::Sentinel->new(dir => $dir, tag => $_, master => $master,
                                  primary => $primary, @shared,
+                                 quorum => $opt{quorum},
+                                 down_after => $opt{down_after},
                                  password => $opt{sentinel_password})->start
     } 1 .. ($opt{sentinels} // 2);
 
-    SfTest::wait_event(20, 'every sentinel knows the replica', sub {
-        !grep {
-            ($_->cli('SENTINEL', 'replicas', $master) // '')
-                !~ /\b\Q${\ $replica->port }\E\b/
-        } @sentinels
-    });
+    my $group = { primary => $primary, replica => $replica,
+                  replicas => \@replicas, sentinels => \@sentinels,
+                  master => $master };
+    sentinels_know($group, 20);
 
-    return { primary => $primary, replica => $replica,
-             sentinels => \@sentinels, master => $master };
+    return $group;
+}
+
+# Waits until every sentinel of GROUP lists every replica of GROUP, up to
+# SECONDS (scaled), or dies saying so.
+sub sentinels_know {
+    my ($group, $seconds) = @_;
+
+    my $m = $group->{master};
+    SfTest::wait_event($seconds, 'every sentinel knows the replicas', sub {
+        for my $s (@{ $group->{sentinels} }) {
+            my $out = $s->cli('SENTINEL', 'replicas', $m) // '';
+            return 0 if grep { $out !~ /\b\Q${\ $_->port }\E\b/ }
+                        @{ $group->{replicas} };
+        }
+        return 1;
+    });
 }
 
 # "sentinel 127.0.0.1:P1 127.0.0.1:P2;" for an sf_oauth_redis block
@@ -679,6 +700,15 @@ sub sentinel_failover {
     my ($old, $new) = @$group{qw(primary replica)};
     my $m = $group->{master};
 
+    # with several replicas, the sentinels choose one: the one it names
+    if (@{ $group->{replicas} || [] } > 1) {
+        return sentinel_follow($group, sub {
+            my $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m)
+                    // '';
+            die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
+        });
+    }
+
     my $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m) // '';
     die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
 
@@ -693,6 +723,48 @@ sub sentinel_failover {
     });
 
     @$group{qw(primary replica)} = ($new, $old);
+    $group->{replicas} = [ $old ];
+
+    return $new;
+}
+
+# A failover of a GROUP of several replicas (replicas => N): runs TRIGGER
+# (SENTINEL FAILOVER, or the primary killed), waits up to SECONDS (20,
+# scaled) until every sentinel names one of the replicas, and that one says
+# ROLE master; then the group's primary is that one, its replicas the
+# others (the old primary among them, even if it is down).  Returns the new
+# primary.
+sub sentinel_follow {
+    my ($group, $trigger, $seconds) = @_;
+
+    my $old = $group->{primary};
+    my $m = $group->{master};
+    my %by_port = map { $_->port => $_ } @{ $group->{replicas} };
+    my $new;
+
+    $trigger->();
+
+    SfTest::wait_event($seconds // 20, 'the sentinels name a new primary',
+                       sub {
+        my %named;
+        for my $s (@{ $group->{sentinels} }) {
+            my $out = $s->cli('SENTINEL', 'get-master-addr-by-name', $m)
+                      // '';
+            my ($port) = $out =~ /(\d+)\s*\z/ or return 0;
+            $named{$port} = 1;
+        }
+        return 0 unless keys %named == 1;
+        $new = $by_port{ (keys %named)[0] } or return 0;
+        return 1;
+    });
+    SfTest::wait_event(10, 'the new primary says ROLE master', sub {
+        ($new->cli('ROLE') // '') =~ /^master/
+    });
+
+    $group->{primary} = $new;
+    $group->{replicas} = [ $old, grep { $_ != $new }
+                                 @{ $group->{replicas} } ];
+    $group->{replica} = $group->{replicas}[0];
 
     return $new;
 }
@@ -700,9 +772,10 @@ sub sentinel_failover {
 sub sentinel_finish {
     my ($group) = @_;
 
+    my %seen;
     $_->stop for @{ $group->{sentinels} };
-    $group->{replica}->stop;
-    $group->{primary}->stop;
+    $_->stop for grep { !$seen{$_}++ } @{ $group->{replicas} || [] },
+                                       $group->{replica}, $group->{primary};
 }
 
 
@@ -740,8 +813,10 @@ sub new {
     open my $fh, '>', "$self->{dir}/sentinel.conf" or die "$self->{dir}: $!";
     print $fh "port $self->{port}\n", "bind 127.0.0.1\n",
               "daemonize no\n", "dir $self->{dir}\n",
-              "sentinel monitor $opt{master} 127.0.0.1 ${\ $p->port } 1\n",
-              "sentinel down-after-milliseconds $opt{master} 1000\n",
+              "sentinel monitor $opt{master} 127.0.0.1 ${\ $p->port } "
+                  . ($opt{quorum} // 1) . "\n",
+              "sentinel down-after-milliseconds $opt{master} "
+                  . ($opt{down_after} // 1000) . "\n",
               "sentinel failover-timeout $opt{master} 2000\n",
               "sentinel parallel-syncs $opt{master} 1\n";
     print $fh "requirepass $opt{password}\n" if defined $opt{password};
@@ -996,5 +1071,120 @@ sub DESTROY {
         waitpid($k->{pid}, 0);
     }
 }
+
+# -- many keepalive connections in the background ----------------------------------
+
+package RedisTest::Conns;
+
+# CONNS keepalive connections to the nodes (t/lib/conns_load.py, an
+# asyncio loop of its own), spread over them, each sending a request,
+# reading the whole answer and resting INTERVAL seconds, until stop.
+# stats (any time) and stop (the last) return its counts: a hashref of
+# open (connections open now), status ({ "200" => n, ... }), errors
+# (connections reset, closed before an answer, or an answer slower than
+# TIMEOUT), error_kinds, last (the last 20 bad ones).
+#
+#     my $c = RedisTest::Conns->start([@nodes], conns => 500, interval => 1);
+#     $c->wait_open(500, 10);
+#     my $s = $c->stop;   # $s->{status}{200}
+
+use strict;
+use warnings;
+no warnings qw(exec);
+
+use JSON::PP ();
+use POSIX ();
+use Time::HiRes qw(sleep time);
+
+sub start {
+    my ($class, $nodes, %opt) = @_;
+
+    my $file = $nodes->[0]->dir . "/conns.$$." . int(time * 1000);
+    my @args = ('python3', 't/lib/conns_load.py',
+                '--ports', join(',', map { $_->port } @$nodes),
+                '--conns', $opt{conns} // 500,
+                '--interval', $opt{interval} // 1,
+                '--timeout', $opt{timeout} // 30,
+                '--path', $opt{path} // '/services/data/v59.0/load',
+                '--out', $file);
+    my $parent = $$;
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        RedisTest::die_with_parent($parent);
+        open STDOUT, '>>', "$file.log";
+        open STDERR, '>&', \*STDOUT;
+        exec @args;
+        POSIX::_exit(127);
+    }
+
+    return bless { pid => $pid, file => $file }, $class;
+}
+
+sub stats {
+    my ($self) = @_;
+
+    open my $fh, '<', $self->{file} or return undef;
+    local $/;
+    my $json = <$fh>;
+    close $fh;
+    return eval { JSON::PP::decode_json($json) };
+}
+
+# Waits until N connections are open and every one answered once (the
+# 200s count N or more), up to SECONDS (scaled), or dies saying so.
+sub wait_open {
+    my ($self, $n, $seconds) = @_;
+
+    SfTest::wait_event($seconds, "$n connections open and answered", sub {
+        my $s = $self->stats or return 0;
+        return $s->{open} >= $n && ($s->{status}{200} // 0) >= $n;
+    });
+}
+
+# The number of 200s so far (0 before the first count).
+sub ok_count {
+    my ($self) = @_;
+
+    my $s = $self->stats or return 0;
+    return $s->{status}{200} // 0;
+}
+
+# SIGTERM; waits for the answers in flight; the final counts.
+sub stop {
+    my ($self) = @_;
+
+    my $pid = delete $self->{pid} or return $self->stats;
+    kill 'TERM', $pid;
+    waitpid($pid, 0);
+    my $s = $self->stats;
+    unlink $self->{file}, "$self->{file}.log"
+        if $s && $s->{done};
+    return $s;
+}
+
+# "1234 x 200" or "1200 x 200, 3 x 502, 2 errors (reset)": every status
+# counted, and the errors.
+sub tally {
+    my ($s) = @_;
+
+    return 'no counts' unless $s;
+    my $t = join ', ', map { "$s->{status}{$_} x $_" }
+                       sort keys %{ $s->{status} || {} };
+    $t .= ", $s->{errors} errors (" . join(', ', map {
+        "$_: $s->{error_kinds}{$_}" } sort keys %{ $s->{error_kinds} }) . ')'
+        if $s->{errors};
+    return $t;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+
+    local $?;
+    if (my $pid = delete $self->{pid}) {
+        kill 'TERM', $pid;
+        waitpid($pid, 0);
+    }
+}
+
 
 1;
