@@ -424,6 +424,8 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_requested(
     ngx_http_sf_oauth_cred_t *cred, ngx_uint_t requests);
 void ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t dirty);
+void ngx_http_sf_oauth_store_fleet_extend_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_msec_t deadline);
 void ngx_http_sf_oauth_store_fleet_owner(ngx_http_sf_oauth_cred_t *cred,
     u_char *owner, size_t len);
 ngx_uint_t ngx_http_sf_oauth_store_fleet_view(ngx_http_sf_oauth_cred_t *cred,

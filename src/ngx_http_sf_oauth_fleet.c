@@ -698,7 +698,8 @@ ngx_http_sf_oauth_fleet_no_primary(redisReply *r)
 
 /*
  * The wait for another node's lease ends no sooner than the full wait
- * after "wait" ms: those spent in the quarantine or the failover wait
+ * after "wait" ms: those spent in the quarantine or the failover wait;
+ * nor does this worker's lease in the zone
  */
 
 static void
@@ -713,6 +714,9 @@ ngx_http_sf_oauth_fleet_extend(ngx_http_sf_oauth_cred_t *cred,
     if ((ngx_msec_int_t) (deadline - cred->rt.fleet_deadline) > 0) {
         cred->rt.fleet_deadline = deadline;
     }
+
+    /* and the zone's lease of this worker, which the wait outlasts */
+    ngx_http_sf_oauth_store_fleet_extend_lease(cred, deadline);
 }
 
 

@@ -135,6 +135,39 @@ ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * This worker's lease in the zone, while it waits for the fleet (a
+ * failover, the quarantine after a change of primary) and then makes its
+ * token request: kept until "deadline".  Its first deadline, a token
+ * request's time, is shorter than such a wait: the node's other worker
+ * would take the refresh over, and make a token request beside this
+ * one's, with the same refresh token.
+ */
+
+void
+ngx_http_sf_oauth_store_fleet_extend_lease(ngx_http_sf_oauth_cred_t *cred,
+    ngx_msec_t deadline)
+{
+    ngx_slab_pool_t           *shpool;
+    ngx_http_sf_oauth_node_t  *node;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    node = cred->rt.node;
+
+    if (ngx_http_sf_oauth_store_owns_node(cred)
+        && node->lease_pid == ngx_pid
+        && (ngx_msec_int_t) (deadline - node->lease_deadline) > 0)
+    {
+        node->lease_deadline = deadline;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
 /* the last fleet lease owner seen, for sf_oauth_info; NULL: none */
 
 void
