@@ -890,11 +890,13 @@ sub chunked {
 }
 
 # One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case
-# names) and content, as HTTP::Tiny gives them.
+# names) and content, as HTTP::Tiny gives them.  The client waits up to
+# TIMEOUT seconds (timeout =>), 30 times time_scale by default: a request
+# may wait for a token request that long under valgrind.
 sub http {
     my ($self, $method, $path, %opt) = @_;
 
-    my $ua = HTTP::Tiny->new(timeout => $opt{timeout} || 30,
+    my $ua = HTTP::Tiny->new(timeout => $opt{timeout} || 30 * time_scale(),
                              keep_alive => 0);
     my %args = (headers => $opt{headers} || {});
     $args{content} = $opt{body} if defined $opt{body};
