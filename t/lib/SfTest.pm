@@ -13,7 +13,9 @@ package SfTest;
 # When an SfTest object goes away it stops nginx and the mocks by pid;
 # finish also checks that error.log has no [alert], [crit] or [emerg] line.
 #
-# Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards.
+# Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards,
+# and SF_TEST_LOG_LEVEL=debug for error.log at that level (unless the
+# test asks for a level of its own).
 #
 # Another nginx: TEST_NGINX_BINARY, TEST_NGINX_MODULE (this module built for
 # it) and TEST_NGINX_MODULES_DIR (its image_filter), as make
@@ -65,7 +67,7 @@ sub new {
         port => free_port(),
         mock_port => free_port(),
         workers => $opt{workers} || 2,
-        log_level => $opt{log_level} || 'info',
+        log_level => $opt{log_level} || $ENV{SF_TEST_LOG_LEVEL} || 'info',
         mock_args => $opt{mock_args} || [],
     }, $class;
 
