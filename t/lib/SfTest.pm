@@ -914,15 +914,16 @@ sub http {
 sub get { my $self = shift; $self->http('GET', @_) }
 
 # Sends n requests at once over n connections, then reads every answer.
-# Returns the list of status codes (0 for no answer).  Options: timeout;
-# headers, a hashref of request headers, or a sub that gets the request's
-# index (0 .. n-1) and returns one; answers, an arrayref that gets each
-# whole raw answer, in order; ports, an arrayref of ports (several nodes):
+# Returns the list of status codes (0 for no answer).  Options: timeout
+# (seconds for all the answers, 30 times time_scale by default); headers,
+# a hashref of request headers, or a sub that gets the request's index
+# (0 .. n-1) and returns one; answers, an arrayref that gets each whole
+# raw answer, in order; ports, an arrayref of ports (several nodes):
 # request i goes to ports->[i % @ports] instead of this node's port.
 sub parallel {
     my ($self, $n, $path, %opt) = @_;
 
-    my $timeout = $opt{timeout} || 30;
+    my $timeout = $opt{timeout} || 30 * time_scale();
     my (@socks, %buf, %idx);
 
     for my $i (0 .. $n - 1) {
