@@ -942,7 +942,10 @@ package RedisTest::Load;
 # its own child process, so a slow answer of one does not hold the
 # others), until stop.  stop returns the results: hashrefs of t (time
 # sent), node (index), status (0: no answer), oauth (X-SF-OAuth-Status),
-# took (seconds).
+# took (seconds).  A request that gets no answer within TIMEOUT seconds
+# (timeout =>; by default 30 times SfTest::time_scale, longer than a
+# credential's timeout that a test scales so: a request may wait that
+# long for a token) is a status 0.
 #
 #     my $load = RedisTest::Load->start([$n1, $n2, $n3], interval => 0.05);
 #     ...
@@ -974,7 +977,8 @@ sub start {
             my $old = select $fh;
             $| = 1;
             select $old;
-            my $ua = HTTP::Tiny->new(timeout => $opt{timeout} // 30,
+            my $ua = HTTP::Tiny->new(timeout => $opt{timeout}
+                                                // 30 * SfTest::time_scale(),
                                      keep_alive => 0);
             while (!$stop) {
                 my $t0 = time;

@@ -13,7 +13,9 @@ package SfTest;
 # When an SfTest object goes away it stops nginx and the mocks by pid;
 # finish also checks that error.log has no [alert], [crit] or [emerg] line.
 #
-# Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards.
+# Set SF_TEST_KEEP=1 to keep the temp directory for a look afterwards,
+# and SF_TEST_LOG_LEVEL=debug for error.log at that level (unless the
+# test asks for a level of its own).
 #
 # Another nginx: TEST_NGINX_BINARY, TEST_NGINX_MODULE (this module built for
 # it) and TEST_NGINX_MODULES_DIR (its image_filter), as make
@@ -65,7 +67,7 @@ sub new {
         port => free_port(),
         mock_port => free_port(),
         workers => $opt{workers} || 2,
-        log_level => $opt{log_level} || 'info',
+        log_level => $opt{log_level} || $ENV{SF_TEST_LOG_LEVEL} || 'info',
         mock_args => $opt{mock_args} || [],
     }, $class;
 
@@ -890,11 +892,13 @@ sub chunked {
 }
 
 # One HTTP/1.1 request to nginx: a hashref with status, headers (lower-case
-# names) and content, as HTTP::Tiny gives them.
+# names) and content, as HTTP::Tiny gives them.  The client waits up to
+# TIMEOUT seconds (timeout =>), 30 times time_scale by default: a request
+# may wait for a token request that long under valgrind.
 sub http {
     my ($self, $method, $path, %opt) = @_;
 
-    my $ua = HTTP::Tiny->new(timeout => $opt{timeout} || 30,
+    my $ua = HTTP::Tiny->new(timeout => $opt{timeout} || 30 * time_scale(),
                              keep_alive => 0);
     my %args = (headers => $opt{headers} || {});
     $args{content} = $opt{body} if defined $opt{body};
@@ -910,15 +914,16 @@ sub http {
 sub get { my $self = shift; $self->http('GET', @_) }
 
 # Sends n requests at once over n connections, then reads every answer.
-# Returns the list of status codes (0 for no answer).  Options: timeout;
-# headers, a hashref of request headers, or a sub that gets the request's
-# index (0 .. n-1) and returns one; answers, an arrayref that gets each
-# whole raw answer, in order; ports, an arrayref of ports (several nodes):
+# Returns the list of status codes (0 for no answer).  Options: timeout
+# (seconds for all the answers, 30 times time_scale by default); headers,
+# a hashref of request headers, or a sub that gets the request's index
+# (0 .. n-1) and returns one; answers, an arrayref that gets each whole
+# raw answer, in order; ports, an arrayref of ports (several nodes):
 # request i goes to ports->[i % @ports] instead of this node's port.
 sub parallel {
     my ($self, $n, $path, %opt) = @_;
 
-    my $timeout = $opt{timeout} || 30;
+    my $timeout = $opt{timeout} || 30 * time_scale();
     my (@socks, %buf, %idx);
 
     for my $i (0 .. $n - 1) {
