@@ -18,6 +18,12 @@ my $port = SfTest::free_port();
 my $mock_port = SfTest::free_port();
 my $log = SfTest->new->dir . '/run.log';
 
+# a fresh start: make run keeps its state file (conf.example's state=)
+# from run to run, and a token of an earlier run's mock (another port, the
+# same refresh token: token_url alone changed, so the record is kept) would
+# be served from it, to a mock that is gone
+unlink "$SfTest::ROOT/build/run/state/sf.state";
+
 my $pid = fork() // die "fork: $!";
 
 if ($pid == 0) {

@@ -84,10 +84,15 @@ sleep(0.3 * $S);
 
 $redis->start;
 
+# the first request's own wait (timeout and 4 s) is not scaled: under
+# valgrind it may end before Redis is back (a 502, as designed)
 my @status = map { $_->() } @wait;
+my $first = shift @status;
+is($first, 200, 'the first request: 200 once Redis is back')
+    if $S == 1;
 is(scalar(grep { $_ != 200 } @status), 0,
-   'every request 200 once Redis is back')
-    or diag(join ' ', @status);
+   'every later request 200 once Redis is back')
+    or diag(join ' ', $first, @status);
 is(scalar($n->log_lines(qr/taking over the token refresh/, $mark)), 0,
    "the other worker did not take the waiting worker's lease over");
 is($t->token_requests - $before, 1, 'one token request');
