@@ -157,8 +157,15 @@ ngx_http_sf_oauth_store_fleet_extend_lease(ngx_http_sf_oauth_cred_t *cred,
 
     node = cred->rt.node;
 
+    /*
+     * A record that a reload moved keeps its deadline: the new zone's copy
+     * of the lease, and the outcome posted to sf_oauth_carry, are known by
+     * it (see ngx_http_sf_oauth_carry.c)
+     */
+
     if (ngx_http_sf_oauth_store_owns_node(cred)
         && node->lease_pid == ngx_pid
+        && !node->moved
         && (ngx_msec_int_t) (deadline - node->lease_deadline) > 0)
     {
         node->lease_deadline = deadline;
