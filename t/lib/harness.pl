@@ -64,7 +64,7 @@ my @par = sort { expected($b) <=> expected($a) || $pos{$a} <=> $pos{$b} }
           grep { !$serial{$_} } @files;
 my @seq = grep { $serial{$_} } @files;
 
-my (%took, %bad);
+my (%took, %bad, %notok);
 
 print "parallel lane, slowest first: @par[0 .. ($#par < 4 ? $#par : 4)]"
       . (@par > 5 ? ' ...' : '') . "\n" if @par;
@@ -75,6 +75,17 @@ my $harness = TAP::Harness->new({
     verbosity => $ENV{TEST_VERBOSE} ? 1 : 0,
     rules => { seq => [ { par => [ @par ] }, { seq => [ @seq ] } ] },
     callbacks => {
+        # every "not ok" line of a file, said again at the end: a CI log
+        # is often read from its tail
+        made_parser => sub {
+            my ($parser, $job) = @_;
+            my $file = $job->[0];
+            $parser->callback(test => sub {
+                my ($t) = @_;
+                push @{ $notok{$file} }, $t->as_string
+                    if !$t->is_ok || $t->todo_passed;
+            });
+        },
         after_test => sub {
             my ($job, $parser) = @_;
             $took{ $job->[0] } = $parser->end_time - $parser->start_time;
@@ -97,6 +108,14 @@ my @slow = (sort { $took{$b} <=> $took{$a} } keys %took)[0 .. 9];
 
 print "\nthe ten slowest files (wall time, $jobs at a time):\n";
 printf "  %7.1f s  %s\n", $took{$_}, $_ for grep { defined } @slow;
+
+if (%notok) {
+    print "\nthe tests that failed (and TODOs that passed):\n";
+    for my $f (sort keys %notok) {
+        print "  $f\n";
+        print "    $_\n" for @{ $notok{$f} };
+    }
+}
 
 my $failed = grep { $bad{$_} || !defined $took{$_} } @files;
 my $passed = @files - $failed;
