@@ -128,6 +128,10 @@
 /* a Redis server's run_id: 40 hex digits */
 #define NGX_HTTP_SF_OAUTH_RUN_ID_LEN     40
 
+/* what ngx_http_sf_oauth_store_fleet_primary() saw change */
+#define NGX_HTTP_SF_OAUTH_FLEET_NEW_PRIMARY  1
+#define NGX_HTTP_SF_OAUTH_FLEET_NEW_PLACE    2
+
 /* how long past the token request timeout a refresh lease stays valid */
 #define NGX_HTTP_SF_OAUTH_LEASE_SLACK    2000
 

@@ -1943,7 +1943,11 @@ ngx_http_sf_oauth_fleet_ready(ngx_http_sf_oauth_redis_t *rd,
  * The command connection is set up with a server: a run_id other than
  * the last one the zone saw is a new primary (a failover, an endpoint
  * that moved, a restart that lost its data), which may never have seen a
- * lease or a write of the old one.  Said once per node and change.
+ * lease or a write of the old one; the same server with the fleet's keys
+ * elsewhere (a reload changed the prefix or the database) is a new place,
+ * whose keys never saw the lease of a refresh that runs under the old
+ * ones (an old worker's, or a node not reloaded yet).  Said once per
+ * node and change.
  */
 
 static void
@@ -1952,6 +1956,7 @@ ngx_http_sf_oauth_fleet_primary(ngx_http_sf_oauth_redis_t *rd,
 {
     u_char                     buf[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
     ngx_str_t                  run_id, old;
+    ngx_uint_t                 changed;
     ngx_http_sf_oauth_zone_t  *zone;
 
     ngx_http_sf_oauth_redis_run_id(rd, &run_id);
@@ -1959,11 +1964,28 @@ ngx_http_sf_oauth_fleet_primary(ngx_http_sf_oauth_redis_t *rd,
     old.data = buf;
     old.len = 0;
 
-    if (!ngx_http_sf_oauth_store_fleet_primary(cred, &run_id, &old)) {
+    changed = ngx_http_sf_oauth_store_fleet_primary(cred, &run_id, &old);
+
+    if (!changed) {
         return;
     }
 
     zone = cred->shm_zone->data;
+
+    if (changed == NGX_HTTP_SF_OAUTH_FLEET_NEW_PLACE) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sf_oauth: redis \"%V\" at \"%V\": the fleet's keys "
+                      "moved (a reload changed the prefix or the database): "
+                      "a refresh of the old workers or of a node not "
+                      "reloaded yet holds its lease under the old ones, so "
+                      "zone \"%V\" takes no fleet lease for a lease's time "
+                      "to live (a credential's timeout and %d ms), unless a "
+                      "newer token is written back meanwhile; its refreshes "
+                      "wait for that; reload every node of the fleet with "
+                      "the same block", &rd->name, &rd->server, &zone->name,
+                      NGX_HTTP_SF_OAUTH_LEASE_SLACK);
+        return;
+    }
 
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                   "sf_oauth: redis \"%V\" at \"%V\": the primary changed "

@@ -200,6 +200,8 @@ typedef struct {
      */
     size_t                       run_id_len;
     u_char                       run_id[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
+    /* the keys' place on it: a CRC of the block's prefix and database */
+    uint32_t                     place;
     ngx_uint_t                   failovers;
     ngx_msec_t                   failover_at;
 

@@ -361,16 +361,24 @@ ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
 
 /*
  * The run_id of the Redis server that a command connection of the node
- * was just set up with.  Returns 1 when it differs from the last one seen
- * (a failover, an endpoint that moved, a restart that lost its data): the
+ * was just set up with, and the place of the fleet's keys on it (the
+ * sf_oauth_redis block's prefix and database).  Returns
+ * NGX_HTTP_SF_OAUTH_FLEET_NEW_PRIMARY when the run_id differs from the
+ * last one seen (a failover, an endpoint that moved, a restart that lost
+ * its data), NGX_HTTP_SF_OAUTH_FLEET_NEW_PLACE when only the place does (a
+ * reload changed the prefix or the database: the nodes not reloaded yet,
+ * and the old workers, still use the old place, and its lease); either
  * change is counted and timed, and "old" is the run_id before.  The first
- * run_id a zone ever sees is none, nor is an unknown one.
+ * run_id a zone ever sees is none, nor is an unknown one.  A worker that
+ * is shutting down (a reload) has the old configuration: it changes
+ * nothing.
  */
 
 ngx_uint_t
 ngx_http_sf_oauth_store_fleet_primary(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *run_id, ngx_str_t *old)
 {
+    uint32_t                   place;
     ngx_uint_t                 changed;
     ngx_slab_pool_t           *shpool;
     ngx_http_sf_oauth_sh_t    *sh;
@@ -382,8 +390,21 @@ ngx_http_sf_oauth_store_fleet_primary(ngx_http_sf_oauth_cred_t *cred,
 
     changed = 0;
 
-    if (run_id->len == 0 || run_id->len > NGX_HTTP_SF_OAUTH_RUN_ID_LEN) {
+    if (run_id->len == 0 || run_id->len > NGX_HTTP_SF_OAUTH_RUN_ID_LEN
+        || zone->redis == NULL || ngx_exiting)
+    {
         return 0;
+    }
+
+    ngx_crc32_init(place);
+    ngx_crc32_update(&place, zone->redis->prefix.data,
+                     zone->redis->prefix.len);
+    ngx_crc32_update(&place, (u_char *) &zone->redis->database,
+                     sizeof(ngx_int_t));
+    ngx_crc32_final(place);
+
+    if (place == 0) {
+        place = 1;
     }
 
     ngx_shmtx_lock(&shpool->mutex);
@@ -392,16 +413,23 @@ ngx_http_sf_oauth_store_fleet_primary(ngx_http_sf_oauth_cred_t *cred,
         || ngx_memcmp(sh->run_id, run_id->data, run_id->len) != 0)
     {
         if (sh->run_id_len) {
-            changed = 1;
+            changed = NGX_HTTP_SF_OAUTH_FLEET_NEW_PRIMARY;
             ngx_memcpy(old->data, sh->run_id, sh->run_id_len);
             old->len = sh->run_id_len;
-
-            sh->failovers++;
-            sh->failover_at = ngx_current_msec ? ngx_current_msec : 1;
         }
 
         ngx_memcpy(sh->run_id, run_id->data, run_id->len);
         sh->run_id_len = run_id->len;
+
+    } else if (sh->place && sh->place != place) {
+        changed = NGX_HTTP_SF_OAUTH_FLEET_NEW_PLACE;
+    }
+
+    sh->place = place;
+
+    if (changed) {
+        sh->failovers++;
+        sh->failover_at = ngx_current_msec ? ngx_current_msec : 1;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

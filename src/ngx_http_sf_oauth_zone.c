@@ -509,7 +509,8 @@ ngx_http_sf_oauth_zone_find_old(ngx_shm_zone_t *shm_zone)
 
 /*
  * At the commit, for a zone resized: the fleet's Redis primary as the old
- * zone knew it (its run_id, the changes seen and when the last was), so
+ * zone knew it (its run_id, the keys' place on it, the changes seen and
+ * when the last was), so
  * that a reload does not take a new primary for the first one seen
  */
 
@@ -532,6 +533,7 @@ ngx_http_sf_oauth_zone_carry_primary(ngx_http_sf_oauth_zone_t *zone,
     if (zone->sh->run_id_len == 0) {
         ngx_memcpy(zone->sh->run_id, sh.run_id, sh.run_id_len);
         zone->sh->run_id_len = sh.run_id_len;
+        zone->sh->place = sh.place;
         zone->sh->failovers = sh.failovers;
         zone->sh->failover_at = sh.failover_at;
     }

@@ -118,10 +118,11 @@ for my $case (
         RedisTest::all_connected(10, $all ? @n : $B)
             or die "$what: the new workers did not connect to Redis\n";
     }
-    # a new server is a new primary to the fleet: no node takes a lease on
-    # it for a lease's time to live (t/58-fleet-failover.t); the revoke
+    # a new server is a new primary to the fleet, and a new prefix a new
+    # place on it: no node takes a lease there for a lease's time to live
+    # (t/58-fleet-failover.t, t/58-reload-zones.t); the revoke
     # comes after that, so that its waiters wait for the refresh only
-    if ($what =~ /^server/) {
+    if ($what =~ /^(server|prefix)/) {
         SfTest::wait_event(30, "$what: the quarantine after the new server",
             sub { !grep { (RedisTest::node_redis($_) || {})->{quarantine_ms} }
                         $all ? @n : $B });

@@ -31,7 +31,6 @@ use warnings;
 use lib 't/lib';
 use SfTest;
 use RedisTest;
-use POSIX ();
 use Test::More;
 use Time::HiRes qw(sleep time);
 
@@ -80,34 +79,6 @@ RedisTest::all_synced(5, @n);
     is($r->{failover_wait_ms}, 0, 'sf_oauth_info: failover_wait_ms 0');
 }
 
-
-# A GET in a child: a sub that waits for it and gives {status, auth}.
-my $bg = 0;
-sub bg_get {
-    my ($node, $path) = @_;
-
-    my $file = $first->dir . '/bg.' . ++$bg;
-    my $kid = fork() // die "fork: $!";
-    if ($kid == 0) {
-        # never dies: the child must not run the test's destructors
-        eval {
-            my $r = $node->get($path, timeout => 90 * $S);
-            my $j = ref $r->{json} eq 'HASH' ? $r->{json} : {};
-            open my $fh, '>', $file or die;
-            print $fh ($r->{status} // 0), ' ', $j->{authorization} // '';
-            close $fh;
-        };
-        POSIX::_exit(0);
-    }
-
-    return sub {
-        waitpid($kid, 0);
-        open my $fh, '<', $file or return { status => 0 };
-        my ($status, $auth) = split / /, scalar(<$fh>) // '', 2;
-        return { status => $status, auth => $auth // '' };
-    };
-}
-
 sub gen_in_redis { $redis->get($redis->key('gen')) // '' }
 
 sub primary_changed {
@@ -125,7 +96,7 @@ sub primary_changed {
     $first->mock('delay', 'seconds=5');
     $first->mock('revoke');
 
-    my $wa = bg_get($a, '/services/data/v59.0/a-node1');
+    my $wa = RedisTest::bg_get($a, '/services/data/v59.0/a-node1');
 
     SfTest::wait_event(10, "(a): node 1 holding the lease, its token "
                            . 'request at the mock', sub {
@@ -139,7 +110,7 @@ sub primary_changed {
 
     # node 2's request: its token is dead too, it needs a refresh
     my $api401 = $first->stats->{api_401};
-    my $wb = bg_get($b, '/services/data/v59.0/a-node2');
+    my $wb = RedisTest::bg_get($b, '/services/data/v59.0/a-node2');
     SfTest::wait_event(10, "(a): node 2's request got its 401",
                        sub { $first->stats->{api_401} > $api401 });
     my $q = RedisTest::node_redis($b) || {};
@@ -222,7 +193,7 @@ RedisTest::all_synced(10, @n);
     $first->mock('revoke');
     $redis->stop;
 
-    my $wa = bg_get($a, '/services/data/v59.0/c-node1');
+    my $wa = RedisTest::bg_get($a, '/services/data/v59.0/c-node1');
     ok($a->wait_log(qr/\[warn\].*waits for it to be back, up to failover_wait/,
                     $mark, 10 * $S),
        '(c): node 1 says that the refresh waits for Redis');
@@ -257,7 +228,7 @@ RedisTest::all_synced(10, @n);
     is($redis->cli('REPLICAOF', '127.0.0.1', SfTest::free_port()), 'OK',
        '(c) READONLY: Redis becomes a replica');
 
-    my $wa = bg_get($a, '/services/data/v59.0/c-readonly');
+    my $wa = RedisTest::bg_get($a, '/services/data/v59.0/c-readonly');
     ok($a->wait_log(qr/answered READONLY: it is a replica now; its address is fixed/,
                     $mark, 10 * $S),
        '(c) READONLY: node 1 says that Redis answered READONLY');

@@ -17,35 +17,10 @@ use warnings;
 use lib 't/lib';
 use SfTest;
 use RedisTest;
-use POSIX ();
 use Test::More;
 use Time::HiRes qw(sleep time);
 
 my $S = SfTest::time_scale();
-
-# GET PATH on NODE in a child, on a new connection; returns a sub that
-# waits for the child and gives the status (0: no answer)
-my $bg = 0;
-sub bg_get {
-    my ($node, $path) = @_;
-    my $file = $node->dir . '/bg.' . ++$bg;
-    my $kid = fork() // die "fork: $!";
-    if ($kid == 0) {
-        # never dies: the child must not run the test's destructors
-        eval {
-            my $r = $node->get($path, timeout => 60 * $S);
-            open my $fh, '>', $file or die;
-            print $fh $r->{status} // 0;
-            close $fh;
-        };
-        POSIX::_exit(0);
-    }
-    return sub {
-        waitpid($kid, 0);
-        open my $fh, '<', $file or return 0;
-        return scalar(<$fh>) // 0;
-    };
-}
 
 my $t = SfTest->new;
 $t->start_mock;
@@ -70,7 +45,7 @@ $t->mock('revoke');
 $redis->stop;
 
 my $start = time;
-my @wait = (bg_get($n, '/services/data/v59.0/first'));
+my @wait = (RedisTest::bg_get($n, '/services/data/v59.0/first'));
 
 ok($n->wait_log(qr/\[warn\].*waits for it to be back, up to failover_wait/,
                 $mark, 10 * $S),
@@ -79,14 +54,14 @@ ok($n->wait_log(qr/\[warn\].*waits for it to be back, up to failover_wait/,
 # past the lease's first deadline (3 s), requests on new connections, to
 # either worker, each waiting for the refresh
 sleep(3.3 * $S - (time - $start)) if time - $start < 3.3 * $S;
-push @wait, map { bg_get($n, "/services/data/v59.0/later$_") } 1 .. 10;
+push @wait, map { RedisTest::bg_get($n, "/services/data/v59.0/later$_") } 1 .. 10;
 sleep(0.3 * $S);
 
 $redis->start;
 
 # the first request's own wait (timeout and 4 s) is not scaled: under
 # valgrind it may end before Redis is back (a 502, as designed)
-my @status = map { $_->() } @wait;
+my @status = map { $_->()->{status} } @wait;
 my $first = shift @status;
 is($first, 200, 'the first request: 200 once Redis is back')
     if $S == 1;

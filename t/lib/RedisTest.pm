@@ -859,6 +859,37 @@ sub all_synced {
     });
 }
 
+# A GET of PATH from NODE in a child, waited for up to 90 s (scaled): a
+# sub that waits for the child and gives {status, auth} (auth: the
+# Authorization the mock's echo saw, '' if none).
+my $bg = 0;
+
+sub bg_get {
+    my ($node, $path) = @_;
+
+    my $file = $node->dir . "/bg.$$." . ++$bg;
+    my $kid = fork() // die "fork: $!";
+    if ($kid == 0) {
+        # never dies: the child must not run the test's destructors
+        eval {
+            my $r = $node->get($path,
+                               timeout => 90 * SfTest::time_scale());
+            my $j = ref $r->{json} eq 'HASH' ? $r->{json} : {};
+            open my $fh, '>', $file or die;
+            print $fh ($r->{status} // 0), ' ', $j->{authorization} // '';
+            close $fh;
+        };
+        POSIX::_exit(0);
+    }
+
+    return sub {
+        waitpid($kid, 0);
+        open my $fh, '<', $file or return { status => 0, auth => '' };
+        my ($status, $auth) = split / /, scalar(<$fh>) // '', 2;
+        return { status => $status || 0, auth => $auth // '' };
+    };
+}
+
 # "2 x 200, 1 x 502": how many times each value of the list came.
 sub tally {
     my %n;

@@ -572,14 +572,18 @@ sub kill_node {
 }
 
 sub reload {
-    my ($self) = @_;
+    my ($self, %o) = @_;
 
     my @old = $self->worker_pids;
+    my %was = map { $_ => 1 } @old;
     kill 'HUP', $self->{nginx_pid};
 
-    # new workers in, old workers gone
+    # new workers in, old workers gone (with OLD_MAY_STAY, only the former:
+    # an old worker whose token request runs stays until it ends)
     for (1 .. 200) {
         my %now = map { $_ => 1 } $self->worker_pids;
+        my $new = grep { !$was{$_} } keys %now;
+        last if $o{old_may_stay} && $new >= $self->{workers};
         last if !grep { $now{$_} } @old and keys %now >= $self->{workers};
         sleep 0.05;
     }
