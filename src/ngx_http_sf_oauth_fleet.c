@@ -1447,7 +1447,7 @@ ngx_http_sf_oauth_fleet_op_free(ngx_http_sf_oauth_fleet_op_t *op)
 /*
  * Redis holds an older generation than the zone's: it lost its data.  The
  * zone's token goes back as the generation it had, which the other nodes
- * have too, or a newer one.
+ * have too, or a newer one; a rejected one too, for its refresh token.
  */
 
 static void
@@ -1481,8 +1481,25 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
 
     fleet = copy->fleet_generation;
 
-    if (copy->state != NGX_HTTP_SF_OAUTH_VALID || fleet == 0) {
+    if (fleet == 0 || copy->token_len == 0) {
         goto done;
+    }
+
+    if (copy->state != NGX_HTTP_SF_OAUTH_VALID) {
+        /*
+         * A token that Salesforce rejected since (a revoke) goes back
+         * too: its refresh token is still the newest there is, and a node
+         * that knows only Redis would refresh with the one it rotated out.
+         * A record holds an access token: the rejected one goes with it,
+         * and a node that takes it sees it rejected in turn (a 401, and
+         * the replay after one refresh, with the refresh token it brings).
+         */
+
+        if (copy->refresh_len == 0) {
+            goto done;
+        }
+
+        copy->state = NGX_HTTP_SF_OAUTH_VALID;
     }
 
     ngx_http_sf_oauth_fleet_context(cred, fleet, ctx, &context);
