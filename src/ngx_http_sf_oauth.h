@@ -442,6 +442,8 @@ ngx_uint_t ngx_http_sf_oauth_store_fleet_outage(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t outage);
 void ngx_http_sf_oauth_store_fleet_retry(ngx_http_sf_oauth_cred_t *cred,
     ngx_str_t *error);
+ngx_uint_t ngx_http_sf_oauth_store_fleet_unwritten(
+    ngx_http_sf_oauth_cred_t *cred);
 ngx_uint_t ngx_http_sf_oauth_store_fleet_primary(
     ngx_http_sf_oauth_cred_t *cred, ngx_str_t *run_id, ngx_str_t *old);
 void ngx_http_sf_oauth_store_fleet_seen(ngx_http_sf_oauth_cred_t *cred,

@@ -103,6 +103,9 @@ static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
     void *data);
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
+static u_char *ngx_http_sf_oauth_fleet_unwritten(
+    ngx_http_sf_oauth_cred_t *cred, ngx_pool_t *pool, ngx_uint_t *base,
+    size_t *len);
 static void ngx_http_sf_oauth_fleet_asked(void *reply, void *data);
 static ngx_uint_t ngx_http_sf_oauth_fleet_hold(
     ngx_http_sf_oauth_fleet_op_t *op, ngx_msec_t poll);
@@ -200,17 +203,28 @@ static void ngx_http_sf_oauth_fleet_noop(void *reply, void *data);
 /*
  * KEYS: gen, lease, record, keyfp; ARGV: owner, ttl ms, the generation
  * known, whether the lease may be taken ('0' in the quarantine after a
- * change of primary).  {1, gen, record, keyfp}: a newer generation; {2,
- * base, record, keyfp}: the lease is taken, to be written over "base" (the
- * record is '' when Redis holds an older generation than the node: the
- * node's refresh token is newer); {3, gen, owner, ''}: another holds it,
- * or it may not be taken (the owner '' if none).
+ * change of primary), and the node's token that Redis never got ('' if
+ * none) with the generation it was got over, its key's fingerprint,
+ * channel and message.  {1, gen, record, keyfp}: a newer generation, or
+ * the node's token, written as the next one over a generation no newer
+ * than the one it was got over; {2, base, record, keyfp}: the lease is
+ * taken, to be written over "base" (the record is '' when Redis holds an
+ * older generation than the node: the node's refresh token is newer); {3,
+ * gen, owner, ''}: another holds it, or it may not be taken (the owner ''
+ * if none).
  */
 static ngx_str_t  ngx_http_sf_oauth_fleet_acquire_lua = ngx_string(
     NGX_HTTP_SF_OAUTH_FLEET_GEN_LUA
     NGX_HTTP_SF_OAUTH_FLEET_CUT_LUA
     "local g = math.max(gen(KEYS[1]), 0) "
     "local k = tonumber(ARGV[3]) "
+    "if ARGV[5] ~= '' and g <= tonumber(ARGV[6]) then "
+    "  local w = tonumber(ARGV[6]) + 1 "
+    "  redis.call('SET', KEYS[3], ARGV[5]) "
+    "  redis.call('SET', KEYS[4], ARGV[7]) "
+    "  redis.call('SET', KEYS[1], w) "
+    "  redis.call('PUBLISH', ARGV[8], ARGV[9]) "
+    "  return {1, w, ARGV[5], ARGV[7]} end "
     "if g > k then "
     "  return {1, g, record(KEYS[3]), keyfp(KEYS[4])} end "
     "if ARGV[4] == '1' "
@@ -519,18 +533,78 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
 }
 
 
+/*
+ * The zone's token that Redis never got, as a record bound to the
+ * generation after "base", the one it was got over; NULL if there is
+ * none.  Its access token may be dead already: the refresh token is what
+ * matters, and a record holds both (see ngx_http_sf_oauth_fleet_store_op).
+ */
+
+static u_char *
+ngx_http_sf_oauth_fleet_unwritten(ngx_http_sf_oauth_cred_t *cred,
+    ngx_pool_t *pool, ngx_uint_t *base, size_t *len)
+{
+    u_char                     *blob;
+    u_char                      ctx[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                    + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                    + NGX_INT_T_LEN + 2];
+    ngx_str_t                   context;
+    ngx_http_sf_oauth_zone_t   *zone;
+    ngx_http_sf_oauth_node_t   *copy;
+
+    zone = cred->shm_zone->data;
+    blob = NULL;
+
+    copy = ngx_alloc(sizeof(ngx_http_sf_oauth_node_t), ngx_cycle->log);
+    if (copy == NULL) {
+        return NULL;
+    }
+
+    ngx_http_sf_oauth_store_snapshot(cred, copy);
+
+    if (copy->fleet_dirty && copy->token_len) {
+        copy->state = NGX_HTTP_SF_OAUTH_VALID;
+        *base = copy->fleet_generation;
+
+        ngx_http_sf_oauth_fleet_context(cred, *base + 1, ctx, &context);
+
+        blob = ngx_http_sf_oauth_codec_encode(zone->key, &context, copy, 1,
+                                              pool, len);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "sf_oauth: credential \"%V\": this node's token "
+                       "got over fleet generation %ui is not in Redis: it "
+                       "goes with the lease's question", &cred->name, *base);
+    }
+
+    ngx_explicit_memzero(copy, sizeof(ngx_http_sf_oauth_node_t));
+    ngx_free(copy);
+
+    return blob;
+}
+
+
 static void
 ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
 {
     u_char                     ttl[NGX_INT_T_LEN], known[NGX_INT_T_LEN];
-    ngx_str_t                  args[4];
+    u_char                     over[NGX_INT_T_LEN];
+    u_char                     msg[NGX_HTTP_SF_OAUTH_ZONE_NAME_MAX
+                                   + NGX_HTTP_SF_OAUTH_NAME_MAX
+                                   + NGX_INT_T_LEN + 2];
+    size_t                     len;
+    ngx_int_t                  rc;
+    ngx_str_t                  args[9];
+    ngx_uint_t                 base;
     ngx_msec_t                 quarantine;
+    ngx_pool_t                *pool;
     const char                *keys[4] = { "gen", "lease", "record",
                                            "keyfp" };
     ngx_http_sf_oauth_zone_t  *zone;
     ngx_http_sf_oauth_cred_t  *cred;
 
     cred = op->cred;
+    zone = cred->shm_zone->data;
 
     /*
      * After a change of primary, the new one may never have seen a lease
@@ -567,20 +641,58 @@ ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op)
     args[3].data = (u_char *) (quarantine ? "0" : "1");
     args[3].len = 1;
 
-    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
+    /*
+     * A token of this node's that Redis never got (its write-back refused
+     * by a replica in a failover) goes with the question: while this
+     * worker waits, no other of the node writes it (a refresh of the
+     * node's runs), and a node that knows only Redis would refresh with
+     * the refresh token that this one's rotated out
+     */
 
-    if (ngx_http_sf_oauth_fleet_eval(cred,
-                                     &ngx_http_sf_oauth_fleet_acquire_lua,
-                                     "taking the fleet's refresh lease in "
-                                     "Redis",
-                                     4, keys, 4, args,
-                                     ngx_http_sf_oauth_fleet_asked, op)
-        == NGX_OK)
-    {
-        return;
+    pool = NULL;
+    ngx_str_null(&args[4]);
+    base = 0;
+
+    if (ngx_http_sf_oauth_store_fleet_unwritten(cred)) {
+        pool = ngx_create_pool(4096, ngx_cycle->log);
+
+        if (pool != NULL) {
+            args[4].data = ngx_http_sf_oauth_fleet_unwritten(cred, pool,
+                                                             &base, &len);
+            args[4].len = args[4].data ? len : 0;
+        }
     }
 
-    zone = cred->shm_zone->data;
+    args[5].data = over;
+    args[5].len = ngx_sprintf(over, "%ui", base) - over;
+    args[6].data = zone->key_fp;
+    args[6].len = NGX_HTTP_SF_OAUTH_FP_LEN;
+    args[7] = zone->redis->channel;
+    args[8].data = msg;
+    args[8].len = ngx_sprintf(msg, "%V:%V:%ui", &zone->name, &cred->name,
+                              base + 1)
+                  - msg;
+
+    cred->rt.fleet_state = NGX_HTTP_SF_OAUTH_FLEET_ASKING;
+
+    rc = ngx_http_sf_oauth_fleet_eval(cred,
+                                      &ngx_http_sf_oauth_fleet_acquire_lua,
+                                      "taking the fleet's refresh lease in "
+                                      "Redis",
+                                      4, keys, 9, args,
+                                      ngx_http_sf_oauth_fleet_asked, op);
+
+    if (pool != NULL) {
+        if (args[4].len) {
+            ngx_explicit_memzero(args[4].data, args[4].len);
+        }
+
+        ngx_destroy_pool(pool);
+    }
+
+    if (rc == NGX_OK) {
+        return;
+    }
 
     if (ngx_http_sf_oauth_redis_connecting(zone->redis)) {
         /* a worker's first requests: its connection is on its way */

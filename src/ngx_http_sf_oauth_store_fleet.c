@@ -136,6 +136,31 @@ ngx_http_sf_oauth_store_fleet_mark(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * Whether the zone's token is one that Redis never got (its write-back
+ * refused, or Redis unreachable when it was got), whoever holds the lease
+ */
+
+ngx_uint_t
+ngx_http_sf_oauth_store_fleet_unwritten(ngx_http_sf_oauth_cred_t *cred)
+{
+    ngx_uint_t        unwritten;
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    unwritten = ngx_http_sf_oauth_store_owns_node(cred)
+                && cred->rt.node->fleet_dirty
+                && cred->rt.node->token_len;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return unwritten;
+}
+
+
+/*
  * This worker's lease in the zone, while it waits for the fleet (a
  * failover, the quarantine after a change of primary) and then makes its
  * token request: kept until "deadline".  Its first deadline, a token
