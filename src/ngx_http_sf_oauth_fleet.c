@@ -103,6 +103,8 @@ static ngx_int_t ngx_http_sf_oauth_fleet_eval(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t nargs, ngx_str_t *args, ngx_http_sf_oauth_reply_pt handler,
     void *data);
 static void ngx_http_sf_oauth_fleet_ask(ngx_http_sf_oauth_fleet_op_t *op);
+static ngx_int_t ngx_http_sf_oauth_fleet_record(
+    ngx_http_sf_oauth_node_t *copy);
 static u_char *ngx_http_sf_oauth_fleet_unwritten(
     ngx_http_sf_oauth_cred_t *cred, ngx_pool_t *pool, ngx_uint_t *base,
     size_t *len);
@@ -534,6 +536,33 @@ ngx_http_sf_oauth_fleet_acquire(ngx_http_sf_oauth_cred_t *cred,
 
 
 /*
+ * A copy of the zone's record as the fleet's record is to hold it: a
+ * valid token as it is; one that Salesforce rejected since, without its
+ * access token (ngx_http_sf_oauth_codec_encode writes none for a record
+ * not valid) when there is a refresh token, which is what matters in it,
+ * and a node that takes it refreshes with that at once rather than try
+ * the dead access token first; otherwise as if valid, the access token
+ * being all there is.  NGX_DECLINED: nothing to write.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_fleet_record(ngx_http_sf_oauth_node_t *copy)
+{
+    if (copy->state == NGX_HTTP_SF_OAUTH_VALID || copy->refresh_len) {
+        return NGX_OK;
+    }
+
+    if (copy->token_len == 0) {
+        return NGX_DECLINED;
+    }
+
+    copy->state = NGX_HTTP_SF_OAUTH_VALID;
+
+    return NGX_OK;
+}
+
+
+/*
  * The zone's token that Redis never got, as a record bound to the
  * generation after "base", the one it was got over; NULL if there is
  * none.  Its access token may be dead already: the refresh token is what
@@ -562,8 +591,8 @@ ngx_http_sf_oauth_fleet_unwritten(ngx_http_sf_oauth_cred_t *cred,
 
     ngx_http_sf_oauth_store_snapshot(cred, copy);
 
-    if (copy->fleet_dirty && copy->token_len) {
-        copy->state = NGX_HTTP_SF_OAUTH_VALID;
+    if (copy->fleet_dirty && ngx_http_sf_oauth_fleet_record(copy) == NGX_OK)
+    {
         *base = copy->fleet_generation;
 
         ngx_http_sf_oauth_fleet_context(cred, *base + 1, ctx, &context);
@@ -1267,17 +1296,12 @@ ngx_http_sf_oauth_fleet_store_op(ngx_http_sf_oauth_cred_t *cred,
 
     /*
      * Its access token may be dead already (a token that could not be
-     * written back, rejected since): its refresh token is what matters.
-     * It goes with the access token all the same, which a record must
-     * hold: a node that takes it gets a 401, and refreshes with that
-     * refresh token.
+     * written back, rejected since): its refresh token is what matters
      */
 
-    if (copy->token_len == 0) {
+    if (ngx_http_sf_oauth_fleet_record(copy) != NGX_OK) {
         goto failed;
     }
-
-    copy->state = NGX_HTTP_SF_OAUTH_VALID;
 
     op->cred = cred;
     op->handler = handler;
@@ -1593,25 +1617,20 @@ ngx_http_sf_oauth_fleet_restore(ngx_http_sf_oauth_cred_t *cred)
 
     fleet = copy->fleet_generation;
 
-    if (fleet == 0 || copy->token_len == 0) {
+    if (fleet == 0) {
         goto done;
     }
 
-    if (copy->state != NGX_HTTP_SF_OAUTH_VALID) {
-        /*
-         * A token that Salesforce rejected since (a revoke) goes back
-         * too: its refresh token is still the newest there is, and a node
-         * that knows only Redis would refresh with the one it rotated out.
-         * A record holds an access token: the rejected one goes with it,
-         * and a node that takes it sees it rejected in turn (a 401, and
-         * the replay after one refresh, with the refresh token it brings).
-         */
+    /*
+     * A token that Salesforce rejected since (a revoke) goes back too,
+     * for its refresh token, still the newest there is: a node that knows
+     * only Redis would refresh with the one it rotated out.  The record
+     * has no access token then (ngx_http_sf_oauth_fleet_record).  So does
+     * one whose refresh failed since: Redis's older one is no better.
+     */
 
-        if (copy->refresh_len == 0) {
-            goto done;
-        }
-
-        copy->state = NGX_HTTP_SF_OAUTH_VALID;
+    if (ngx_http_sf_oauth_fleet_record(copy) != NGX_OK) {
+        goto done;
     }
 
     ngx_http_sf_oauth_fleet_context(cred, fleet, ctx, &context);
@@ -2215,7 +2234,7 @@ ngx_http_sf_oauth_fleet_decode(ngx_http_sf_oauth_cred_t *cred,
     if (rec->name_len != cred->name.len
         || ngx_strncmp(rec->name, cred->name.data, cred->name.len) != 0
         || !ngx_http_sf_oauth_store_same(cred, rec)
-        || rec->token_len == 0)
+        || (rec->token_len == 0 && rec->refresh_len == 0))
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "sf_oauth: credential \"%V\": the record of fleet "

@@ -17,7 +17,10 @@
 /*
  * The fleet (sf_oauth_zone redis=).  A token from Redis of a newer fleet
  * generation than the zone's is copied in, as a new local generation; the
- * lease of this worker, if any, is given back with it.
+ * lease of this worker, if any, is given back with it.  A record without
+ * an access token (one that Salesforce rejected before it was written:
+ * see ngx_http_sf_oauth_fleet_restore) brings its refresh token only: the
+ * zone's token is dropped, and the next request refreshes with it.
  */
 
 ngx_int_t
@@ -40,14 +43,27 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
         return NGX_DECLINED;
     }
 
-    ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+    if (rec->token_len) {
+        ngx_http_sf_oauth_store_set_token(node, NULL, rec);
+
+        if (rec->token_time == 0) {
+            /* a record that does not say when: got now, for the status */
+            node->token_time = ngx_time();
+        }
+
+    } else {
+        if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
+            node->state = NGX_HTTP_SF_OAUTH_EMPTY;
+            node->invalidations++;
+        }
+
+        ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
+        node->refresh_len = rec->refresh_len;
+        ngx_memcpy(node->refresh, rec->refresh, rec->refresh_len);
+    }
+
     node->fleet_generation = fleet_generation;
     node->fleet_dirty = 0;
-
-    if (rec->token_time == 0) {
-        /* a record that does not say when: got now, for the status */
-        node->token_time = ngx_time();
-    }
 
     if (node->lease_pid == ngx_pid) {
         if (node->moved) {
