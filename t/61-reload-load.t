@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
 # Issue 22's reload test as the issue states it: 20 reloads in a row, each
-# while a slow refresh (the mock holds every token request 2 s) runs,
+# while a slow refresh (the mock holds every token request 3 s) runs,
 # under steady load on every node, in rotation mode.  Two setups side by
 # side, each with its own mock Salesforce (one refresh token each):
 #   - a single node T, zones "sf" (the credential's) and "other": reloads
@@ -41,7 +41,7 @@ my $S = SfTest::time_scale();
 
 # how long the mock holds a token request (the slow refresh): the reload's
 # new workers must start meanwhile, which under valgrind takes seconds
-my $delay = 2 * ($S > 1 ? 4 : 1);
+my $delay = ($S > 1 ? 8 : 3);
 
 my $carried = qr/the outcome \(a token\) of a token request in flight when a reload moved its record to this sf_oauth_zone is stored/;
 
