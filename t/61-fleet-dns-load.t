@@ -39,8 +39,8 @@ use SfTest;
 use RedisTest;
 use Test::More;
 
-plan skip_all => "the DNS failover at issue 22's scale finds a bug not fixed yet: under valgrind, after the name moves, a node whose write-back the failover lost has not written it again when another node's quarantine ends, and a worker waiting for the fleet loses its zone lease to the other worker (two token requests, the rotated-out refresh token presented, the mock revokes all); see HACKING.md. Run it with SF_TEST_FAILOVER_LOAD=1"
-    unless $ENV{SF_TEST_FAILOVER_LOAD};
+plan skip_all => "under valgrind the revokes of this schedule come closer than the nodes answer: requests held for one revoke's refresh are replayed with the token that the next revoke killed, and a 401 to a replay with a token got after the request's own 401 passes to the client (the module refreshes once a request; see wait.c, is_stale_replay), 6 to 13 of 260 answers; the same schedule without valgrind passes. Run it with SF_TEST_FAILOVER_LOAD=1"
+    if $ENV{SF_TEST_VALGRIND} && !$ENV{SF_TEST_FAILOVER_LOAD};
 use POSIX ();
 use IO::Socket::INET;
 use IO::Select;
