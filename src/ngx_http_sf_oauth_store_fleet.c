@@ -20,7 +20,9 @@
  * lease of this worker, if any, is given back with it.  A record without
  * an access token (one that Salesforce rejected before it was written:
  * see ngx_http_sf_oauth_fleet_restore) brings its refresh token only: the
- * zone's token is dropped, and the next request refreshes with it.
+ * zone's token is dropped, a failure or backoff of the zone's ends (as
+ * with a whole record: they were another refresh token's), and the next
+ * request refreshes with it.
  */
 
 ngx_int_t
@@ -55,7 +57,16 @@ ngx_http_sf_oauth_store_fleet(ngx_http_sf_oauth_cred_t *cred,
         if (node->state == NGX_HTTP_SF_OAUTH_VALID) {
             node->state = NGX_HTTP_SF_OAUTH_EMPTY;
             node->invalidations++;
+
+        } else if (node->state == NGX_HTTP_SF_OAUTH_FAILED) {
+            /* the failure was another refresh token's: as set_token */
+            node->state = NGX_HTTP_SF_OAUTH_EMPTY;
         }
+
+        node->failures = 0;
+        node->backoff_until = 0;
+        node->held = 0;
+        node->busy = 0;
 
         ngx_explicit_memzero(node->refresh, sizeof(node->refresh));
         node->refresh_len = rec->refresh_len;
