@@ -242,6 +242,7 @@ typedef struct {
     /* with a token: "Bearer <token>", in the caller's pool, and its age */
     ngx_str_t                    authorization;
     uint64_t                     token_ms;
+    ngx_uint_t                   token_adopted;
 
     ngx_str_t                    error;
     time_t                       retry_after;

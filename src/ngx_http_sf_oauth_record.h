@@ -87,6 +87,13 @@ typedef struct {
      */
     uint64_t                     token_ms;
 
+    /*
+     * The token came from a record (Redis, the state file, a reload's
+     * carry), not from a token request of this zone: see
+     * ngx_http_sf_oauth_wait_is_stale_replay()
+     */
+    ngx_uint_t                   token_adopted;
+
     /* for the refresh ahead of expiry: when the token was got, last used */
     ngx_msec_t                   token_msec;
     ngx_msec_t                   last_use;

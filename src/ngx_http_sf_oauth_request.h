@@ -152,6 +152,9 @@ typedef struct {
      */
     unsigned                     uncured_asked:1;
     unsigned                     uncured:1;
+
+    /* the token came from a record: see wait_is_stale_replay() */
+    unsigned                     token_adopted:1;
 } ngx_http_sf_oauth_ctx_t;
 
 

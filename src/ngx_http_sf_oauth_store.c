@@ -468,6 +468,7 @@ ngx_http_sf_oauth_store_lookup(ngx_http_sf_oauth_cred_t *cred,
 
         lk->generation = node->generation;
         lk->token_ms = node->token_ms;
+        lk->token_adopted = node->token_adopted;
         node->last_use = ngx_current_msec;
 
         ngx_shmtx_unlock(&shpool->mutex);
@@ -1059,6 +1060,8 @@ ngx_http_sf_oauth_store_set_token(ngx_http_sf_oauth_node_t *node,
         node->token_time = ngx_time();
         node->token_ms = ngx_http_sf_oauth_wall_ms(tp);
     }
+
+    node->token_adopted = (rec != NULL);
 
     /* for a refresh ahead, the token's age starts now */
     node->token_msec = ngx_current_msec;

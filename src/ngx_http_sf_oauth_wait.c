@@ -65,6 +65,7 @@ ngx_http_sf_oauth_wait_follow_answer(ngx_http_request_t *r,
         ctx->authorization = lk->authorization;
         ctx->generation = lk->generation;
         ctx->token_ms = lk->token_ms;
+        ctx->token_adopted = lk->token_adopted ? 1 : 0;
 
         if (ctx->status == 0) {
             ctx->status = NGX_HTTP_SF_OAUTH_HIT;
@@ -204,6 +205,7 @@ ngx_http_sf_oauth_wait_hold(ngx_http_request_t *r,
 
     /* the token that failed is no longer the request's */
     ctx->token_ms = 0;
+    ctx->token_adopted = 0;
 
     ctx->noted = 1;
     ctx->held = 1;
@@ -283,6 +285,15 @@ ngx_http_sf_oauth_wait_reconnect(ngx_http_request_t *r,
  * as a rule got after its 401.  A request never has more than two
  * replays.
  *
+ * The same for a token that this zone did not get by a token request but
+ * took from a record (another node's, from Redis; a reload's carry; the
+ * state file), whenever it was got: a request held on this node for the
+ * fleet's refresh may be replayed with it after Salesforce revoked again
+ * (a revoke while the fleet had no primary, or one that came before this
+ * node learned the token), and the node that got it may not have seen it
+ * die yet.  The 401 to such a replay drops that token by the generation
+ * rule, and the second replay has a token got after it.
+ *
  * Unless replays are getting 401s lately: another request's replay, with
  * a token got after its own 401, was answered 401 too and no replay has
  * succeeded since (the store's "uncured").  Then this 401 is the same
@@ -307,7 +318,7 @@ ngx_http_sf_oauth_wait_is_stale_replay(ngx_http_sf_oauth_ctx_t *ctx)
 {
     if (ctx->replays != 1
         || ctx->token_ms == 0
-        || ctx->token_ms >= ctx->rejected_ms)
+        || (ctx->token_ms >= ctx->rejected_ms && !ctx->token_adopted))
     {
         return 0;
     }

@@ -781,6 +781,7 @@ ngx_http_sf_oauth_zone_reset_record(ngx_http_sf_oauth_cred_t *cred,
     node->carried = 0;
     node->issued_at = 0;
     node->token_ms = 0;
+    node->token_adopted = 0;
 
     /*
      * A lease of an old worker is left alone: its answer is discarded,

@@ -12,7 +12,9 @@
 # request made for it.  Under concurrency too: a request whose replay
 # used another request's new token, when that request's replay got 401
 # already, gets its 401 at once, with no second hold and no second token
-# request.
+# request.  And a node's request replayed with a token the fleet got
+# after its 401, which Salesforce killed as it was issued, is replayed
+# once more.
 
 use strict;
 use warnings;
@@ -218,6 +220,60 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
               'fleet: no rotated-out refresh token reused');
     unlike($n[1]->error_log_since($mark), qr/a refresh does not cure/,
            'fleet: no "a refresh does not cure" warning');
+
+    $_->finish for reverse @n;
+    $redis->finish;
+}
+
+# -- a fleet of two: the fleet's new token dies as it is issued ------------
+
+# Node 1's request gets its 401 and waits for node 0's refresh, which it
+# learns from Redis; Salesforce kills that token as it is issued (a
+# revoke right after the token request, or while the fleet had no
+# primary).  The token was got after the request's 401, but not by node
+# 1: its replay's 401 is that token's death, not a 401 that no refresh
+# cures.  Node 1 drops it, refreshes with the refresh token the fleet
+# rotated to, and replays once more.
+
+{
+    my $first = SfTest->new;
+    $first->start_mock;
+    $first->mode('rotation');
+    my $redis = RedisTest->new(dir => $first->dir);
+    $redis->start;
+    my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
+    RedisTest::all_connected(5 * $S, @n);
+
+    is($n[0]->get('/services/data/warm')->{status}, 200, 'dead on issue: warm');
+    ok(RedisTest::wait_for(3 * $S, sub {
+           ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0)
+           == 1 }), 'dead on issue: node 1 learned generation 1');
+    my $before = $first->token_requests;
+    my $mark = $n[1]->log_mark;
+
+    # node 0 refreshes, slowly; node 1's request waits for it
+    $first->mock('delay', 'seconds=' . (1.5 * $S));
+    $first->mock('revoke');
+    $first->mock('revoke_issued', 'count=1');
+    my $fast = slow_get($n[0], '/services/data/fast');
+    SfTest::wait_event(5 * $S, "node 0's token request at the mock", sub {
+        $first->token_requests > $before
+    });
+    $first->mock('delay', 'seconds=0.05');
+    my $slow = slow_get($n[1], '/services/data/node1');
+
+    is($slow->(), 200, 'dead on issue: node 1\'s request, replayed with '
+                       . 'the fleet\'s new token that died as it was '
+                       . 'issued: 200');
+    $fast->();
+    is(scalar(grep { $_->{path} eq '/services/data/node1' }
+                   @{ $first->stats->{api_log} }), 3,
+       'dead on issue: node 1\'s request was replayed twice');
+    is($first->token_requests - $before, 2,
+       'dead on issue: two token requests, one per dead token');
+    RedisTest::no_reuse($first, 'dead on issue');
+    unlike($n[1]->error_log_since($mark), qr/a refresh does not cure/,
+           'dead on issue: no "a refresh does not cure" warning on node 1');
 
     $_->finish for reverse @n;
     $redis->finish;

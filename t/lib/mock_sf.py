@@ -25,6 +25,10 @@ Test hooks, under /__mock/ (never used by the module):
   GET  /__mock/stats             counters and the issued secrets, as JSON
   POST /__mock/mode?mode=M       the token endpoint's mode (see MODES)
   POST /__mock/revoke            every issued access token dies
+  POST /__mock/revoke_issued?count=N
+                                 the next N access tokens issued die as
+                                 they are issued (a revoke that came right
+                                 after the token request); 0: none
   POST /__mock/api_mode?mode=M   "reject": the API answers 401 even to a
                                  valid token (a 401 a refresh cannot cure);
                                  "normal" again
@@ -635,6 +639,14 @@ class State:
         self.lock = threading.Condition()
         self.reset()
 
+    def add_access(self, token):
+        """A new access token lives, unless it is to be issued dead
+        (/__mock/revoke_issued).  With the lock held."""
+        if self.dead_on_issue > 0:
+            self.dead_on_issue -= 1
+            return
+        self.access_tokens.add(token)
+
     def reset(self):
         with self.lock:
             self.args.token_delay = self.args.initial_delay
@@ -667,6 +679,8 @@ class State:
             self.last_token_form = {}
             self.echo_log = []
             self.late401_log = []
+            # tokens still to issue dead (POST /__mock/revoke_issued)
+            self.dead_on_issue = 0
             self.instance_url = self.args.instance_url
             self.xxe_hits = 0
             self.gzip = False
@@ -1054,6 +1068,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.lock.notify_all()
             return self.send(200, {"queued": n,
                                    "replayId": st.cometd_replay})
+        if path == "/__mock/revoke_issued":
+            with st.lock:
+                st.dead_on_issue = int(query.get("count", ["1"])[0])
+            return self.send(200, {"dead_on_issue": st.dead_on_issue})
         if path == "/__mock/revoke":
             with st.lock:
                 st.access_tokens.clear()
@@ -1353,7 +1371,7 @@ class Handler(BaseHTTPRequestHandler):
             }
             with st.lock:
                 st.token_ok += 1
-                st.access_tokens.add(token)
+                st.add_access(token)
                 st.token_issued[token] = st.token_used[token] = time.time()
                 st.issued_access.append(token)
                 if user:
@@ -1400,7 +1418,7 @@ class Handler(BaseHTTPRequestHandler):
         })
         with st.lock:
             st.token_ok += 1
-            st.access_tokens.add(token)
+            st.add_access(token)
             st.token_issued[token] = st.token_used[token] = time.time()
             st.issued_access.append(token)
         return self.send(200, reply)
@@ -1764,7 +1782,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.refresh_user[rt] = c["user"]
                 reply["refresh_token"] = rt
             st.token_ok += 1
-            st.access_tokens.add(token)
+            st.add_access(token)
             st.token_issued[token] = st.token_used[token] = time.time()
             st.issued_access.append(token)
             st.code_access_tokens.append(token)
