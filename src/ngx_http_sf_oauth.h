@@ -401,7 +401,8 @@ ngx_int_t ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_msec_t *until);
 void ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
     ngx_uint_t generation, ngx_uint_t cured, ngx_log_t *log);
-ngx_uint_t ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred);
+ngx_uint_t ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t *cured);
 void ngx_http_sf_oauth_store_snapshot(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *copy);
 ngx_int_t ngx_http_sf_oauth_store_tenant(ngx_http_sf_oauth_cred_t *cred,

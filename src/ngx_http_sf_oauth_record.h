@@ -52,6 +52,9 @@ typedef struct {
     ngx_uint_t                   uncured_generation;
     ngx_msec_t                   rejected_at;
 
+    /* the newest token that a replay succeeded with: it cured a 401 */
+    ngx_uint_t                   cured_generation;
+
     /* BUSY answers in a row, and no token request before busy_until */
     ngx_uint_t                   busy;
     ngx_msec_t                   busy_until;

@@ -152,6 +152,7 @@ typedef struct {
      */
     unsigned                     uncured_asked:1;
     unsigned                     uncured:1;
+    unsigned                     cured:1;
 
     /* the token came from a record: see wait_is_stale_replay() */
     unsigned                     token_adopted:1;

@@ -1162,7 +1162,8 @@ ngx_http_sf_oauth_store_rejected(ngx_http_sf_oauth_cred_t *cred,
 /*
  * The answer to a request replayed after a 401 with the token of
  * "generation": "cured" if it was not a 401 again.  Counted once per
- * token, so that many replays of one refresh count as one.
+ * token, so that many replays of one refresh count as one; the newest
+ * token that cured a 401 is kept (see ngx_http_sf_oauth_store_uncured).
  */
 
 void
@@ -1175,8 +1176,9 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 
     node = cred->rt.node;
 
-    if (cured && node->uncured == 0) {
-        /* the usual case, read without the lock: nothing to reset */
+    if (cured && node->uncured == 0 && node->cured_generation >= generation)
+    {
+        /* the usual case, read without the lock: nothing to change */
         return;
     }
 
@@ -1191,6 +1193,8 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
     } else if (cured) {
         node->uncured = 0;
         node->uncured_generation = 0;
+        node->cured_generation = ngx_max(node->cured_generation,
+                                         generation);
 
     } else if (node->uncured_generation != generation) {
         node->uncured_generation = generation;
@@ -1216,7 +1220,8 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
 /*
  * Whether 401s lately were not cured by a refresh: a request replayed with
  * a token got after its 401 was answered 401 again, and no replay has
- * succeeded since (see ngx_http_sf_oauth_store_replayed).  Read under the
+ * succeeded since (see ngx_http_sf_oauth_store_replayed); and in *cured,
+ * whether a replay succeeded with the token of "generation".  Read under the
  * lock, unlike store_replayed's fast path: it is asked only for a replay's
  * 401, never on the hot path, and whether the record is still the
  * credential's compares its name, which a reload's new workers may be
@@ -1224,7 +1229,8 @@ ngx_http_sf_oauth_store_replayed(ngx_http_sf_oauth_cred_t *cred,
  */
 
 ngx_uint_t
-ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred)
+ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred,
+    ngx_uint_t generation, ngx_uint_t *cured)
 {
     ngx_uint_t                 uncured;
     ngx_slab_pool_t           *shpool;
@@ -1232,10 +1238,15 @@ ngx_http_sf_oauth_store_uncured(ngx_http_sf_oauth_cred_t *cred)
 
     node = cred->rt.node;
     shpool = (ngx_slab_pool_t *) cred->shm_zone->shm.addr;
+    uncured = 0;
+    *cured = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    uncured = ngx_http_sf_oauth_store_owns_node(cred) ? node->uncured : 0;
+    if (ngx_http_sf_oauth_store_owns_node(cred)) {
+        uncured = node->uncured;
+        *cured = (node->cured_generation >= generation);
+    }
 
     ngx_shmtx_unlock(&shpool->mutex);
 

@@ -294,6 +294,13 @@ ngx_http_sf_oauth_wait_reconnect(ngx_http_request_t *r,
  * die yet.  The 401 to such a replay drops that token by the generation
  * rule, and the second replay has a token got after it.
  *
+ * And the same for this zone's own token, got after the request's 401,
+ * once another replay succeeded with it (the store's "cured"): it cured
+ * a 401, so a 401 to this replay says that it died since (a revoke while
+ * this request's replay was on its way), not that no refresh cures it.
+ * Only this zone's own token that cured nothing yet, got for the
+ * request, makes a 401 to its replay pass as one that no refresh cures.
+ *
  * Unless replays are getting 401s lately: another request's replay, with
  * a token got after its own 401, was answered 401 too and no replay has
  * succeeded since (the store's "uncured").  Then this 401 is the same
@@ -308,24 +315,39 @@ ngx_http_sf_oauth_wait_reconnect(ngx_http_request_t *r,
  * one still looks revoked twice and is held a second time, until the next
  * refresh the store allows; so is a request whose token looks older than
  * it is (clocks of a fleet's nodes apart, timer_resolution, a clock
- * stepped back).  And while 401s are not cured, a real second revocation
- * during a slow request passes its 401 to that client; later requests
- * are cured, as the store's rate limit allows.
+ * stepped back).  A revoke that comes after this zone's token request
+ * and before any replay with its token was answered kills a token that
+ * cured nothing: the replays' 401s pass, as for a 401 that no refresh
+ * cures, since nothing tells the two apart.  And while 401s are not
+ * cured, a real second revocation during a slow request passes its 401
+ * to that client; later requests are cured, as the store's rate limit
+ * allows.
  */
 
 ngx_uint_t
 ngx_http_sf_oauth_wait_is_stale_replay(ngx_http_sf_oauth_ctx_t *ctx)
 {
-    if (ctx->replays != 1
-        || ctx->token_ms == 0
-        || (ctx->token_ms >= ctx->rejected_ms && !ctx->token_adopted))
-    {
+    ngx_uint_t  cured;
+
+    if (ctx->replays != 1 || ctx->token_ms == 0) {
         return 0;
     }
 
     if (!ctx->uncured_asked) {
         ctx->uncured_asked = 1;
-        ctx->uncured = (ngx_http_sf_oauth_store_uncured(ctx->cred) != 0);
+        ctx->uncured = (ngx_http_sf_oauth_store_uncured(ctx->cred,
+                                                        ctx->generation,
+                                                        &cured)
+                        != 0);
+        ctx->cured = (cured != 0);
+    }
+
+    if (ctx->token_ms >= ctx->rejected_ms
+        && !ctx->token_adopted
+        && !ctx->cured)
+    {
+        /* this zone's own token, got for the request: it cured nothing */
+        return 0;
     }
 
     return !ctx->uncured;

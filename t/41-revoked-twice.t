@@ -127,6 +127,50 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     $t->finish;
 }
 
+# -- one node: a token that cured a 401 dies under a replay -----------------
+
+# Two requests get their 401 from one revoke and wait for one refresh.
+# The first one's replay gets 200 with the new token; Salesforce revokes
+# again while the second one's replay is on its way (the mock's recheck:
+# the token was live when it came, dead when it is checked again).  The
+# new token was got after the second request's 401, by this node, but it
+# cured a 401 already: its 401 now is that token's death, and the second
+# request is replayed once more.
+
+{
+    my $t = SfTest->new;
+    $t->start_mock;
+    $t->simple_conf;
+    $t->start;
+
+    is($t->get('/services/data/warm')->{status}, 200, 'cured, then dead: warm');
+    my $before = $t->token_requests;
+    my $mark = $t->log_mark;
+
+    $t->mock('delay', 'seconds=' . (1 * $S));
+    $t->mock('revoke');
+    my $a_path = '/services/data/a?late401=' . (0.5 * $S);
+    my $a = slow_get($t, $a_path);
+    late401_begun($t, $a_path);
+    my $b_path = '/services/data/b?recheck=' . (3 * $S);
+    my $b = slow_get($t, $b_path);
+    late401_begun($t, $b_path);
+    $t->mock('delay', 'seconds=0.05');
+
+    is($a->(), 200, 'cured, then dead: the first request, replayed: 200');
+    $t->mock('revoke');
+    is($b->(), 200, 'cured, then dead: the second request, its replay\'s '
+                    . 'token revoked on the way: 200');
+    is(scalar(grep { $_->{path} eq $b_path } @{ $t->stats->{api_log} }), 3,
+       'cured, then dead: the second request was replayed twice');
+    is($t->token_requests - $before, 2,
+       'cured, then dead: two token requests, one per revoke');
+    unlike($t->error_log_since($mark), qr/a refresh does not cure/,
+           'cured, then dead: no "a refresh does not cure" warning');
+
+    $t->finish;
+}
+
 # -- a 401 that no refresh cures, under concurrency -------------------------
 
 # The slow request's token is checked, then its 401 comes "late" seconds

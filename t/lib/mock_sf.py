@@ -328,6 +328,11 @@ API paths with special answers (after the token check):
                                  "late401_log" lists the path of each such
                                  request once its token was checked, before
                                  the wait
+  ?recheck=S                     a live token is checked again S seconds
+                                 later, and that check decides (the token
+                                 was revoked while the request was on its
+                                 way); "late401_log" lists the path before
+                                 the wait, as for ?late401
   ?big401=N                      the 401 has a body of N bytes
   ?cache401=1                    the 401 says Cache-Control: max-age=300
 
@@ -1929,6 +1934,13 @@ class Handler(BaseHTTPRequestHandler):
         auths = self.headers.get_all("Authorization") or []
         token = auths[0][7:] if auths and auths[0].startswith("Bearer ") \
             else None
+        if "recheck" in query:
+            with st.lock:
+                live = self.session_ok(token)
+                if live:
+                    st.late401_log.append(self.path)
+            if live:
+                time.sleep(float(query["recheck"][0]))
         with st.lock:
             st.api_requests += 1
             ok = (self.session_ok(token) and len(auths) == 1
