@@ -28,7 +28,8 @@
 #
 # Under valgrind (SF_TEST_VALGRIND), 60 connections instead of 500, and
 # failover_wait 30s instead of 10s (the nodes' own work is ten times
-# slower); every expectation is the same.
+# slower), and two answers a connection instead of five; every other
+# expectation is the same.
 
 use strict;
 use warnings;
@@ -39,8 +40,6 @@ use SfTest;
 use RedisTest;
 use Test::More;
 
-plan skip_all => "under valgrind the revokes of this schedule come closer than the nodes answer: requests held for one revoke's refresh are replayed with the token that the next revoke killed, and a 401 to a replay with a token got after the request's own 401 passes to the client (the module refreshes once a request; see wait.c, is_stale_replay), 6 to 13 of 260 answers; the same schedule without valgrind passes. Run it with SF_TEST_FAILOVER_LOAD=1"
-    if $ENV{SF_TEST_VALGRIND} && !$ENV{SF_TEST_FAILOVER_LOAD};
 use POSIX ();
 use IO::Socket::INET;
 use IO::Select;
@@ -158,6 +157,14 @@ sub refreshed {
     SfTest::wait_event(30, "the token request of the revoke $what", sub {
         $first->stats->{token_ok} >= $expected
     });
+
+    # Clients get answers with the new token (replays that it cured, as a
+    # rule) before the next revoke: a revoke before any replay with a
+    # node's own new token was answered makes their 401s look like 401s
+    # that no refresh cures (docs/design.md, "The 401 replay")
+    my $ok = $load->ok_count;
+    SfTest::wait_event(30, "answers with the new token of the revoke $what",
+                       sub { $load->ok_count >= $ok + 10 });
 }
 
 # OLD to NEW, NEW a replica of OLD and in sync: a revoke whose token
@@ -224,7 +231,7 @@ is($first->token_requests, $expected, 'B to A: one token request per revoke');
 my $s = $load->stop;
 my $total = 0;
 $total += $_ for values %{ $s->{status} || {} };
-ok($total >= 5 * $CONNS,
+ok($total >= ($V ? 2 : 5) * $CONNS,
    "the load: $total answers, every connection busy through the test");
 is(RedisTest::Conns::tally($s), "$total x 200",
    "$CONNS connections through two failovers: every answer 200, "
