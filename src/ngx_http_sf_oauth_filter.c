@@ -53,7 +53,8 @@
  * Limits: a body streamed with proxy_request_buffering off is gone, so
  * such a 401 passes through.  A replayed request's own 401 passes through,
  * never a second refresh, unless the replay's token was older than the
- * request's 401 and refreshes cured 401s lately
+ * request's 401, came from another node, or cured another replay's 401
+ * already, and refreshes cured 401s lately
  * (ngx_http_sf_oauth_wait_is_stale_replay): then the request is held and
  * replayed once more.  Whether a 401 drops the token and refreshes, or
  * waits because refreshes did not cure 401s lately, is the store's rule
