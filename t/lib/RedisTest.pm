@@ -846,6 +846,29 @@ package RedisTest;
 # be written back to Redis ("unsynced" false), and every node knows the
 # same fleet generation, 1 or more (the fleet's record).  Those are the
 # node's, in its zone: any worker's answer tells them.
+# The token requests that each node made so far, by port.
+sub token_counts {
+    my (@nodes) = @_;
+
+    return { map { $_->port => ((($_->cred_info || {})->{token_requests})
+                                // 0) } @nodes };
+}
+
+# Waits until every node that made a token request since "before" (from
+# token_counts) gave the load "n" more 2xx answers: its requests held for
+# that token request were replayed and answered.
+sub refresher_served {
+    my ($load, $before, $n, $what, @nodes) = @_;
+
+    my %from = map { $_->port => $load->ok_from($_->port) }
+               grep { ((($_->cred_info || {})->{token_requests}) // 0)
+                      > ($before->{ $_->port } // 0) } @nodes;
+
+    return SfTest::wait_event(30, $what, sub {
+        !grep { $load->ok_from($_) < $from{$_} + $n } keys %from
+    });
+}
+
 sub all_synced {
     my ($seconds, @nodes) = @_;
 
@@ -1182,6 +1205,14 @@ sub ok_count {
 
     my $s = $self->stats or return 0;
     return $s->{status}{200} // 0;
+}
+
+# The number of 2xx answers so far from the node on "port".
+sub ok_from {
+    my ($self, $port) = @_;
+
+    my $s = $self->stats or return 0;
+    return $s->{ok_by_port}{$port} // 0;
 }
 
 # SIGTERM; waits for the answers in flight; the final counts.

@@ -17,7 +17,8 @@ TIMEOUT: it is counted, and the connection opened again.
 Every half second, and at the end, FILE holds a JSON object:
     {"open": connections open now, "status": {"200": n, ...},
      "errors": n, "error_kinds": {"reset": n, ...}, "last": [[t, port,
-     status], ...] (the last 20 non-2xx or errors), "done": true|false}
+     status], ...] (the last 20 non-2xx or errors), "ok_by_port":
+     {"PORT": 2xx answers from that port, ...}, "done": true|false}
 Standard library only.
 """
 
@@ -37,6 +38,7 @@ class Stats:
         self.errors = 0
         self.kinds = {}
         self.last = []
+        self.ok_by_port = {}
 
     def bad(self, port, what):
         self.last.append([round(time.time(), 3), port, what])
@@ -106,6 +108,9 @@ async def conn(port, path, interval, timeout, stats, stop):
             stats.status[key] = stats.status.get(key, 0) + 1
             if not 200 <= status < 300:
                 stats.bad(port, status)
+            else:
+                key = str(port)
+                stats.ok_by_port[key] = stats.ok_by_port.get(key, 0) + 1
             if close:
                 writer.close()
                 writer = None
@@ -135,7 +140,8 @@ def dump(path, stats, done):
     with open(path + '.tmp', 'w') as f:
         json.dump({'open': stats.open, 'status': stats.status,
                    'errors': stats.errors, 'error_kinds': stats.kinds,
-                   'last': stats.last, 'done': done}, f)
+                   'last': stats.last, 'ok_by_port': stats.ok_by_port,
+                   'done': done}, f)
     os.replace(path + '.tmp', path)
 
 
