@@ -147,6 +147,9 @@ sub bayeux_read {
     my ($s) = @_;
 
     my $a = read_until($s, 'the whole answer', sub { $_[0]{done} });
+
+    # a socket opened later may get this one's address, and its name
+    delete $t->{partial}{$s};
     close $s;
     my $plain = $a->{body};
     gunzip(\$a->{body} => \$plain)
@@ -175,11 +178,15 @@ sub log_len { scalar @{ $t->stats->{cometd_log} } }
 # A handshook client subscribed to CHANNEL; returns its clientId
 sub subscribed {
     my ($channel, %opt) = @_;
-    my $cid = reply(handshake(%opt), '/meta/handshake')->{clientId};
+    my $hs = handshake(%opt);
+    my $cid = reply($hs, '/meta/handshake')->{clientId};
     my $sub = bayeux([{ channel => '/meta/subscribe', clientId => $cid,
                         subscription => $channel }], %opt);
     ok($cid && reply($sub, '/meta/subscribe')->{successful},
-       "handshook and subscribed to $channel");
+       "handshook and subscribed to $channel")
+        or diag(explain { map { $_->[0] => { status => $_->[1]{status},
+                                             body => $_->[1]{body} } }
+                          [ handshake => $hs ], [ subscribe => $sub ] });
     return $cid;
 }
 
