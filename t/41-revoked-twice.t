@@ -147,7 +147,8 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     my $before = $t->token_requests;
     my $mark = $t->log_mark;
 
-    $t->mock('delay', 'seconds=' . (1 * $S));
+    # the token request slow, well within the credential's timeout (10 s)
+    $t->mock('delay', 'seconds=' . ($S > 3 ? 3 : $S));
     $t->mock('revoke');
     my $a_path = '/services/data/a?late401=' . (0.5 * $S);
     my $a = slow_get($t, $a_path);
@@ -296,7 +297,8 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     my $mark = $n[1]->log_mark;
 
     # node 0 refreshes, slowly; node 1's request waits for it
-    $first->mock('delay', 'seconds=' . (1.5 * $S));
+    # well within the credential's timeout (10 s), under valgrind too
+    $first->mock('delay', 'seconds=' . (1.5 * $S > 6 ? 6 : 1.5 * $S));
     $first->mock('revoke');
     $first->mock('revoke_issued', 'count=1');
     my $fast = slow_get($n[0], '/services/data/fast');
