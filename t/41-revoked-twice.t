@@ -228,7 +228,11 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
 
 # -- a fleet of two ---------------------------------------------------------
 
-{
+# The rotating mock, Redis and two nodes; node 0 gets the first token and
+# node 1 learns it from Redis.  Returns the mock's node, Redis, the nodes.
+sub fleet_of_two {
+    my ($what) = @_;
+
     my $first = SfTest->new;
     $first->start_mock;
     $first->mode('rotation');
@@ -237,10 +241,16 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
     my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
     RedisTest::all_connected(5 * $S, @n);
 
-    is($n[0]->get('/services/data/warm')->{status}, 200, 'fleet: warm');
+    is($n[0]->get('/services/data/warm')->{status}, 200, "$what: warm");
     ok(RedisTest::wait_for(3 * $S, sub {
            ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0)
-           == 1 }), 'fleet: node 1 learned generation 1');
+           == 1 }), "$what: node 1 learned generation 1");
+
+    return ($first, $redis, @n);
+}
+
+{
+    my ($first, $redis, @n) = fleet_of_two('fleet');
     my $before = $first->token_requests;
     my $mark = $n[1]->log_mark;
 
@@ -281,18 +291,7 @@ my $SOAP = qq{<soapenv:Envelope xmlns:soapenv="$ENV_NS"><soapenv:Body>}
 # rotated to, and replays once more.
 
 {
-    my $first = SfTest->new;
-    $first->start_mock;
-    $first->mode('rotation');
-    my $redis = RedisTest->new(dir => $first->dir);
-    $redis->start;
-    my @n = RedisTest::fleet(redis => $redis, first => $first, n => 2);
-    RedisTest::all_connected(5 * $S, @n);
-
-    is($n[0]->get('/services/data/warm')->{status}, 200, 'dead on issue: warm');
-    ok(RedisTest::wait_for(3 * $S, sub {
-           ((RedisTest::node_redis($n[1]) || {})->{fleet_generation} // 0)
-           == 1 }), 'dead on issue: node 1 learned generation 1');
+    my ($first, $redis, @n) = fleet_of_two('dead on issue');
     my $before = $first->token_requests;
     my $mark = $n[1]->log_mark;
 
