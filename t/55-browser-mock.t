@@ -104,9 +104,13 @@ like($r->{json} && $r->{json}{id}, qr{/id/00D5g000009GlbX/005000000000002$},
 
 # a wrong password: the consent never comes, the script says so
 $r = $t->browser('--authorize', authorize_url(redirect_uri => $redirect_uri),
-             '--password', 'wrong', '--timeout', 3 * SfTest::time_scale());
+             '--password', 'wrong', '--timeout', 30 * SfTest::time_scale());
 ok(!$r->{ok}, 'a wrong password: not ok');
-is($r->{steps}[-1]{step}, 'login page', 'a wrong password: stuck at the login');
+like($r->{error} // '', qr/^the login was refused: Please check/,
+     'a wrong password: refused at the login, not a timeout')
+    or diag(explain($r));
+is(last_step($r), 'login page',
+   'a wrong password: stuck at the login');
 like($r->{text} // '', qr/Please check your username and password/,
      'a wrong password: the page says so');
 
@@ -159,9 +163,10 @@ ok(!defined $h->{origin} || $h->{origin} eq 'null'
 my $strict = $t->start_fake_console('crm', '--form-action-self');
 my $before = $t->stats->{authorize}{requests};
 $r = $t->browser('--console', $strict, '--credential', 'crm',
-                 '--timeout', 5 * SfTest::time_scale());
+                 '--timeout', 30 * SfTest::time_scale(),
+                 '--wait-login', 5 * SfTest::time_scale());
 ok(!$r->{ok}, 'form-action \'self\' alone: the flow does not go through');
-is($r->{steps}[-1]{step}, 'console', 'form-action \'self\' alone: no login page');
+is(last_step($r), 'console', 'form-action \'self\' alone: no login page');
 is($t->stats->{authorize}{requests}, $before,
    'form-action \'self\' alone: the mock\'s authorize never reached');
 $fs = decode_json(HTTP::Tiny->new->get($strict . '__state')->{content});
@@ -171,3 +176,12 @@ is(scalar @{ $fs->{connect_headers} }, 1,
 
 $t->finish;
 done_testing;
+
+# the step the browser got to last, or undef when it got nowhere
+sub last_step {
+    my ($r) = @_;
+
+    my @steps = @{ $r->{steps} || [] };
+
+    return @steps ? $steps[-1]{step} : undef;
+}

@@ -31,6 +31,7 @@ use HTTP::Tiny;
 use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Select;
 use IO::Socket::INET;
+use List::Util ();
 use Digest::SHA ();
 use JSON::PP;
 use MIME::Base64 ();
@@ -132,7 +133,12 @@ sub free_udp_port {
 sub wait_port {
     my ($port, $what, $tries, $pid) = @_;
 
-    for (1 .. $tries || 100) {
+    # TRIES of 50 ms, and 30 s at least: a python helper may take seconds
+    # to start on a loaded machine (four Chromiums beside it); one that
+    # exits (PID) fails at once
+    my $end = time + List::Util::max(30, ($tries || 100) * 0.05);
+
+    while (time < $end) {
         die "$what exited before it listened on port $port\n"
             if $pid && waitpid($pid, WNOHANG) == $pid;
 

@@ -18,7 +18,10 @@ python3-selenium: run it with Debian's /usr/bin/python3).
 
 Options: --user (admin@acme) and --password (the mock's for that user),
 --deny, --timeout S (30 by default, per step), --chromium, --chromedriver
-(Debian's paths by default).
+(Debian's paths by default).  A wrong password ends the flow at the login
+page, with the error "the login was refused: " and the page's message.
+--wait-login S: how long the login page may take to come, when it should
+not come at all (the --timeout by default).
 
 It prints one JSON object: ok (the flow got where it should), error (what
 went wrong, when not ok), steps (each: what was done and the URL then),
@@ -50,6 +53,7 @@ def main():
     ap.add_argument("--screenshot")
     ap.add_argument("--screenshot-after")
     ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--wait-login", type=float)
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
@@ -135,16 +139,27 @@ def main():
         else:
             driver.get(args.authorize)
 
-        wait.until(EC.presence_of_element_located((By.ID, "login")))
+        WebDriverWait(driver, args.wait_login or args.timeout,
+                      poll_frequency=0.1,
+                      ignored_exceptions=(WebDriverException,)).until(
+            EC.presence_of_element_located((By.ID, "login")))
         wait.until(loaded)
         step("login page")
         driver.find_element(By.ID, "username").clear()
         driver.find_element(By.ID, "username").send_keys(args.user)
         driver.find_element(By.ID, "password").send_keys(args.password)
+        login_form = driver.find_element(By.ID, "login")
         driver.find_element(By.ID, "Login").click()
 
-        wait.until(EC.presence_of_element_located((By.ID, "consent")))
+        # the consent page, or the login page again with its error (a
+        # wrong password): whichever comes, not a timeout
+        wait.until(lambda d: d.find_elements(By.ID, "consent")
+                   or (stale(login_form)
+                       and d.find_elements(By.ID, "error")))
         wait.until(loaded)
+        if not driver.find_elements(By.ID, "consent"):
+            raise Flow("the login was refused: %s" % driver.find_element(
+                By.ID, "error").text)
         step("consent page")
         mock_origin = origin(driver.current_url)
         driver.find_element(By.ID, "oadeny" if args.deny
@@ -210,6 +225,16 @@ def origin(url):
     from urllib.parse import urlsplit
     u = urlsplit(url)
     return "%s://%s" % (u.scheme, u.netloc)
+
+
+def stale(element):
+    """True when ELEMENT's page was left (a new page was loaded)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
 
 
 def xpath_literal(s):
