@@ -399,17 +399,30 @@ same_outcome(ngx_pool_t *pool, ngx_chain_t *chain, ngx_str_t *ns,
     }
 
     if (env2.call != env->call || env2.size != env->size
-        || env2.pieces.nelts != env->pieces.nelts)
+        || env2.parts.nelts != env->parts.nelts
+        || env2.marks.nelts != env->marks.nelts)
     {
         fail(what, NULL, 0);
     }
 
-    a = env->pieces.elts;
-    b = env2.pieces.elts;
+    a = env->parts.elts;
+    b = env2.parts.elts;
 
-    for (i = 0; i < env->pieces.nelts; i++) {
+    for (i = 0; i < env->parts.nelts; i++) {
         if (a[i].len != b[i].len
-            || ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0)
+            || (a[i].data == NULL) != (b[i].data == NULL)
+            || (a[i].len && ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0))
+        {
+            fail(what, NULL, 0);
+        }
+    }
+
+    a = env->marks.elts;
+    b = env2.marks.elts;
+
+    for (i = 0; i < env->marks.nelts; i++) {
+        if (a[i].len != b[i].len
+            || (a[i].len && ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0))
         {
             fail(what, NULL, 0);
         }
@@ -596,7 +609,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fail("the parse failed with no memory shortage", NULL, 0);
     }
 
-    if (env.pieces.nelts < 2) {
+    if (env.marks.nelts < 2) {
         fail("a plan with no place for the token", NULL, 0);
     }
 
@@ -621,8 +634,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* 4. the rest: the client's bytes from its Body on */
 
-    head = ngx_buf_size(res->buf);
-    rest = out_len - head;
+    /* the rest: the plan's shadows of the body, after the head's bufs */
+
+    rest = 0;
+
+    for (cl = env.rest; cl; cl = cl->next) {
+        rest += ngx_buf_size(cl->buf);
+    }
+
+    head = out_len - rest;
 
     if (rest > len) {
         fail("the output's rest is longer than the input", out, out_len);

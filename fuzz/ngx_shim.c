@@ -343,6 +343,43 @@ ngx_array_push(ngx_array_t *a)
 }
 
 
+void *
+ngx_array_push_n(ngx_array_t *a, ngx_uint_t n)
+{
+    void        *elt;
+    ngx_uint_t   i;
+
+    /* one at a time: each push may move the array, as ASan should see */
+
+    for (i = 0; i < n; i++) {
+        if (ngx_array_push(a) == NULL) {
+            a->nelts -= i;
+            return NULL;
+        }
+    }
+
+    elt = (u_char *) a->elts + a->size * (a->nelts - n);
+
+    return elt;
+}
+
+
+u_char *
+ngx_pstrdup(ngx_pool_t *pool, ngx_str_t *src)
+{
+    u_char  *dst;
+
+    dst = ngx_pnalloc(pool, src->len);
+    if (dst == NULL) {
+        return NULL;
+    }
+
+    memcpy(dst, src->data, src->len);
+
+    return dst;
+}
+
+
 ngx_array_t *
 ngx_array_create(ngx_pool_t *p, ngx_uint_t n, size_t size)
 {

@@ -157,7 +157,13 @@ static ngx_str_t *ngx_http_sf_oauth_envelope_prefix(
     ngx_http_sf_oauth_parse_t *ps, const xmlChar *prefix);
 static xmlParserCtxtPtr ngx_http_sf_oauth_envelope_context(void);
 static ngx_http_sf_oauth_memo_t *ngx_http_sf_oauth_envelope_recall(
-    ngx_chain_t *body, ngx_str_t *ns, size_t *have, u_char **head);
+    ngx_chain_t *body, ngx_str_t *ns, size_t *have);
+static ngx_int_t ngx_http_sf_oauth_envelope_same(ngx_chain_t *body,
+    u_char *head, size_t len);
+static ngx_int_t ngx_http_sf_oauth_envelope_in_memory(ngx_chain_t *body,
+    off_t len);
+static ngx_int_t ngx_http_sf_oauth_envelope_part(ngx_array_t *parts,
+    ngx_chain_t *body, u_char *copy, off_t start, off_t end);
 static void ngx_http_sf_oauth_envelope_memorize(ngx_http_sf_oauth_parse_t *ps);
 static void ngx_http_sf_oauth_envelope_forget(size_t size);
 
@@ -418,7 +424,7 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
 
     have = got;
 
-    m = ngx_http_sf_oauth_envelope_recall(body, ns, &have, &ps.head);
+    m = ngx_http_sf_oauth_envelope_recall(body, ns, &have);
 
     if (m == (void *) NGX_ERROR) {
         return NGX_ERROR;
@@ -589,23 +595,18 @@ ngx_http_sf_oauth_envelope_parse(ngx_pool_t *pool, ngx_chain_t *body,
  * The plan parsed before for an envelope that begins with the same bytes,
  * for the same endpoint; NULL when there is none, (void *) NGX_ERROR when
  * the body cannot be read.  The first bytes are compared where they are
- * when the body's first buffer is in memory and holds them, and *head
- * then points there; or else read into the head buffer, where they stay
- * for the parse ("have").
+ * when the body holds them in memory; or else read into the head buffer,
+ * where they stay for the parse ("have").
  */
 
 static ngx_http_sf_oauth_memo_t *
 ngx_http_sf_oauth_envelope_recall(ngx_chain_t *body, ngx_str_t *ns,
-    size_t *have, u_char **head)
+    size_t *have)
 {
-    u_char                    *p;
-    size_t                     in_memory;
     ssize_t                    got;
+    ngx_int_t                  rc;
     ngx_queue_t               *q;
     ngx_http_sf_oauth_memo_t  *m;
-
-    in_memory = (body && ngx_buf_in_memory(body->buf))
-                ? (size_t) (body->buf->last - body->buf->pos) : 0;
 
     for (q = ngx_queue_head(&ngx_http_sf_oauth_envelope_memo);
          q != ngx_queue_sentinel(&ngx_http_sf_oauth_envelope_memo);
@@ -619,16 +620,17 @@ ngx_http_sf_oauth_envelope_recall(ngx_chain_t *body, ngx_str_t *ns,
             continue;
         }
 
-        if (m->len <= in_memory) {
-            p = body->buf->pos;
+        rc = ngx_http_sf_oauth_envelope_same(body, m->head, m->len);
 
-            if (ngx_memcmp(p, m->head, m->len) != 0) {
-                continue;
-            }
-
-            *head = p;
+        if (rc == 1) {
             goto found;
         }
+
+        if (rc == 0) {
+            continue;
+        }
+
+        /* not in memory: from the file, into the head buffer */
 
         if (m->len > *have) {
             got = ngx_http_sf_oauth_envelope_read(body, *have,
@@ -662,6 +664,67 @@ ngx_http_sf_oauth_envelope_recall(ngx_chain_t *body, ngx_str_t *ns,
     }
 
     return NULL;
+}
+
+
+/*
+ * Whether the body begins with the "len" bytes of "head", compared in the
+ * body's buffers: 1 or 0; NGX_DECLINED when they are not all in memory.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_same(ngx_chain_t *body, u_char *head, size_t len)
+{
+    size_t        n;
+    ngx_chain_t  *cl;
+
+    for (cl = body; cl && len; cl = cl->next) {
+
+        if (!ngx_buf_in_memory(cl->buf)) {
+            if (ngx_buf_size(cl->buf) == 0) {
+                continue;
+            }
+
+            return NGX_DECLINED;
+        }
+
+        n = ngx_min(len, (size_t) (cl->buf->last - cl->buf->pos));
+
+        if (ngx_memcmp(cl->buf->pos, head, n) != 0) {
+            return 0;
+        }
+
+        head += n;
+        len -= n;
+    }
+
+    /* the body is shorter */
+
+    return len ? 0 : 1;
+}
+
+
+/* whether the body's first "len" bytes are all in memory */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_in_memory(ngx_chain_t *body, off_t len)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = body; cl && len > 0; cl = cl->next) {
+
+        if (!ngx_buf_in_memory(cl->buf)) {
+            if (ngx_buf_size(cl->buf) == 0) {
+                continue;
+            }
+
+            return 0;
+        }
+
+        len -= cl->buf->last - cl->buf->pos;
+    }
+
+    return len <= 0;
 }
 
 
@@ -1286,8 +1349,11 @@ failed:
 
 
 /*
- * The plan: the pieces of the head, in order, a token between each two,
- * and the rest of the body from the Body's start tag, as it was read.
+ * The plan: the parts of the head, in order, with a null part where a
+ * token goes, the markup around each token, and the rest of the body from
+ * the Body's start tag, as it was read.  The parts are not copied where
+ * the body's buffers hold the head in memory (nginx read it there, for
+ * the request's life): a 60 KB head costs the upstream request no copy.
  */
 
 static ngx_int_t
@@ -1295,35 +1361,45 @@ ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
     ngx_chain_t *body, ngx_http_sf_oauth_envelope_t *env)
 {
     off_t                      pos, skip, size;
-    u_char                    *p;
-    size_t                     len;
+    u_char                    *copy;
     ngx_buf_t                 *b;
-    ngx_str_t                 *piece;
-    ngx_uint_t                 i;
+    ngx_str_t                 *part, *mark, *text;
+    ngx_uint_t                 i, j;
     ngx_chain_t               *cl, **ll;
     ngx_http_sf_oauth_edit_t  *e;
 
     e = ps->edits.elts;
 
-    if (ngx_array_init(&env->pieces, ps->pool, ps->edits.nelts + 1,
+    copy = NULL;
+
+    if (!ngx_http_sf_oauth_envelope_in_memory(body, ps->body)) {
+        /* the head buffer is the next parse's: the parts need a copy */
+
+        copy = ngx_pnalloc(ps->pool, (size_t) ps->body);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(copy, ps->head, (size_t) ps->body);
+    }
+
+    if (ngx_array_init(&env->parts, ps->pool, 2 * ps->edits.nelts + 2,
                        sizeof(ngx_str_t))
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    /* the pieces: head text and the edits' markup around each token */
+    if (ngx_array_init(&env->marks, ps->pool, 2 * ps->edits.nelts + 1,
+                       sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     pos = 0;
-    len = 0;
-    piece = NULL;
 
     for (i = 0; i <= ps->edits.nelts; i++) {
-
-        piece = ngx_array_push(&env->pieces);
-        if (piece == NULL) {
-            return NGX_ERROR;
-        }
 
         size = (i < ps->edits.nelts ? e[i].start : ps->body) - pos;
 
@@ -1331,33 +1407,51 @@ ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
             return NGX_ERROR;
         }
 
-        len = (size_t) size
-              + (i > 0 && e[i - 1].after ? e[i - 1].after->len : 0)
-              + (i < ps->edits.nelts && e[i].before ? e[i].before->len : 0);
-
-        piece->data = ngx_pnalloc(ps->pool, len);
-        if (piece->data == NULL) {
+        if (ngx_http_sf_oauth_envelope_part(&env->parts, body, copy, pos,
+                                            pos + size)
+            != NGX_OK)
+        {
             return NGX_ERROR;
         }
 
-        p = piece->data;
+        env->size += size;
 
-        if (i > 0 && e[i - 1].after) {
-            p = ngx_cpymem(p, e[i - 1].after->data, e[i - 1].after->len);
+        if (i == ps->edits.nelts) {
+            break;
         }
 
-        p = ngx_cpymem(p, ps->head + pos, (size_t) size);
+        pos = e[i].end;
 
-        if (i < ps->edits.nelts) {
-            if (e[i].before) {
-                p = ngx_cpymem(p, e[i].before->data, e[i].before->len);
+        part = ngx_array_push(&env->parts);
+        if (part == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_null(part);
+
+        /* a memorized plan's markup goes with its memo: a copy */
+
+        mark = ngx_array_push_n(&env->marks, 2);
+        if (mark == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < 2; j++) {
+            text = j ? e[i].after : e[i].before;
+
+            if (text == NULL || text->len == 0) {
+                ngx_str_null(&mark[j]);
+                continue;
             }
 
-            pos = e[i].end;
-        }
+            mark[j].data = ngx_pstrdup(ps->pool, text);
+            if (mark[j].data == NULL) {
+                return NGX_ERROR;
+            }
 
-        piece->len = p - piece->data;
-        env->size += piece->len;
+            mark[j].len = text->len;
+            env->size += text->len;
+        }
     }
 
     /* the rest of the body, from the Body's start tag: shadows */
@@ -1408,6 +1502,65 @@ ngx_http_sf_oauth_envelope_plan(ngx_http_sf_oauth_parse_t *ps,
     }
 
     *ll = NULL;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The head's bytes [start, end) as parts: from "copy", or where the body's
+ * buffers hold them.  An empty range adds nothing.
+ */
+
+static ngx_int_t
+ngx_http_sf_oauth_envelope_part(ngx_array_t *parts, ngx_chain_t *body,
+    u_char *copy, off_t start, off_t end)
+{
+    off_t         at, size, from, to;
+    ngx_str_t    *part;
+    ngx_chain_t  *cl;
+
+    if (start == end) {
+        return NGX_OK;
+    }
+
+    if (copy) {
+        part = ngx_array_push(parts);
+        if (part == NULL) {
+            return NGX_ERROR;
+        }
+
+        part->data = copy + start;
+        part->len = (size_t) (end - start);
+
+        return NGX_OK;
+    }
+
+    at = 0;
+
+    for (cl = body; cl && at < end; cl = cl->next) {
+
+        if (!ngx_buf_in_memory(cl->buf)) {
+            continue;
+        }
+
+        size = cl->buf->last - cl->buf->pos;
+
+        from = ngx_max(start, at);
+        to = ngx_min(end, at + size);
+
+        if (from < to) {
+            part = ngx_array_push(parts);
+            if (part == NULL) {
+                return NGX_ERROR;
+            }
+
+            part->data = cl->buf->pos + (from - at);
+            part->len = (size_t) (to - from);
+        }
+
+        at += size;
+    }
 
     return NGX_OK;
 }
@@ -1629,7 +1782,9 @@ ngx_http_sf_oauth_envelope_prefix(ngx_http_sf_oauth_parse_t *ps,
 
 /*
  * The body for one upstream request: the plan with "token" in it,
- * XML-escaped.  *size is its length, for the Content-Length.
+ * XML-escaped.  The head's parts are sent where they are; only each
+ * token, with its markup, is written.  *size is its length, for the
+ * Content-Length.
  */
 
 ngx_int_t
@@ -1638,52 +1793,68 @@ ngx_http_sf_oauth_envelope_body(ngx_pool_t *pool,
     off_t *size)
 {
     u_char       *p;
-    size_t        len, esc;
+    size_t        esc;
     ngx_buf_t    *b;
-    ngx_str_t    *piece;
+    ngx_str_t    *part, *mark;
     ngx_uint_t    i;
-    ngx_chain_t  *cl;
+    ngx_chain_t  *cl, **ll;
 
-    piece = env->pieces.elts;
+    part = env->parts.elts;
+    mark = env->marks.elts;
 
     esc = token->len + ngx_escape_html(NULL, token->data, token->len);
 
-    len = 0;
+    ll = out;
 
-    for (i = 0; i < env->pieces.nelts; i++) {
-        len += piece[i].len;
-    }
+    for (i = 0; i < env->parts.nelts; i++) {
 
-    len += (env->pieces.nelts - 1) * esc;
+        if (part[i].data) {
+            b = ngx_calloc_buf(pool);
+            if (b == NULL) {
+                return NGX_ERROR;
+            }
 
-    b = ngx_create_temp_buf(pool, len);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
+            /* an upstream retry rewinds a request buffer to its start */
+            b->start = part[i].data;
+            b->pos = b->start;
+            b->last = b->start + part[i].len;
+            b->end = b->last;
+            b->memory = 1;
 
-    p = b->pos;
+        } else {
+            b = ngx_create_temp_buf(pool, mark[0].len + esc + mark[1].len);
+            if (b == NULL) {
+                return NGX_ERROR;
+            }
 
-    for (i = 0; i < env->pieces.nelts; i++) {
+            p = b->pos;
 
-        if (i > 0) {
+            if (mark[0].len) {
+                p = ngx_cpymem(p, mark[0].data, mark[0].len);
+            }
+
             p = (u_char *) ngx_escape_html(p, token->data, token->len);
+
+            if (mark[1].len) {
+                p = ngx_cpymem(p, mark[1].data, mark[1].len);
+            }
+
+            b->last = p;
+            mark += 2;
         }
 
-        p = ngx_cpymem(p, piece[i].data, piece[i].len);
+        cl = ngx_alloc_chain_link(pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl->buf = b;
+        *ll = cl;
+        ll = &cl->next;
     }
 
-    b->last = p;
-
-    cl = ngx_alloc_chain_link(pool);
-    if (cl == NULL) {
-        return NGX_ERROR;
-    }
-
-    cl->buf = b;
-    cl->next = env->rest;
-
-    *out = cl;
-    *size = env->size + (env->pieces.nelts - 1) * esc;
+    *ll = env->rest;
+    *size = env->size + env->marks.nelts / 2 * esc;
 
     return NGX_OK;
 }

@@ -25,7 +25,8 @@ typedef struct {
 
 /* a SOAP envelope's plan: see ngx_http_sf_oauth_envelope.c */
 typedef struct {
-    ngx_array_t                  pieces;      /* ngx_str_t, tokens between */
+    ngx_array_t                  parts;       /* ngx_str_t, null: a token */
+    ngx_array_t                  marks;       /* ngx_str_t: before, after */
     ngx_chain_t                 *rest;
     off_t                        size;
 
