@@ -56,7 +56,9 @@
 # CPU 0; 0: no pinning), PATHS (a comma-separated subset of the path ids:
 # aa,rest,soap,soapmiss,soap64,soaphead,bulk,cred,redis), CREDS (1000), SCRAPES
 # (21), BENCH (all: also the soak and the fleet storm), SOAK (60 s),
-# LIFETIME (5 s), TRIAL (1: results.md says at its top that it is a trial).
+# LIFETIME (5 s), TRIAL (1: results.md says at its top that it is a trial),
+# HOLD (1: set up, print each path's wrk command lines and the workers'
+# pids, and wait to be killed, for a profiler; no rounds).
 
 use strict;
 use warnings;
@@ -672,6 +674,23 @@ sub run_side {
 
     return wrk($p->{"${which}_url"}, script => $p->{script}, env => $p->{"${which}_env"},
                pin => 1);
+}
+
+# HOLD=1: no rounds; the wrk command of each side, for a profiler, and
+# nginx stays up until the bench is killed
+if ($ENV{HOLD}) {
+    for my $p (@paths) {
+        for my $w ('a', 'b') {
+            my $env = join '', map { "$_=$p->{\"${w}_env\"}{$_} " }
+                               sort keys %{ $p->{"${w}_env"} || {} };
+            printf "hold %s %s: %s%swrk -t%d -c%d -d10s %shttp://127.0.0.1:%d%s\n",
+                   $p->{id}, $w, $env, $wrk_cpu, $threads, $conns,
+                   $p->{script} ? "-s $p->{script} " : '', $port,
+                   $p->{"${w}_url"};
+        }
+    }
+    printf "hold: workers %s\n", join ' ', $t->worker_pids;
+    sleep 1 while 1;
 }
 
 # warm-up: each side once, 1 s
