@@ -347,7 +347,7 @@ sub credential {
 
     my $block = "    sf_oauth_credential $name {\n";
     for my $k (qw(zone token_url client_id client_secret client_secret_file
-                  refresh_token refresh_token_file timeout))
+                  refresh_token refresh_token_file timeout backoff))
     {
         next unless defined $line{$k};
         $block .= "        $k $line{$k};\n";
