@@ -18,6 +18,8 @@
 #                    Header): the same POST proxied with no rewrite vs
 #                    sf_oauth putting the session into the SessionHeader
 #             Bulk   Bulk 1.0 GET job: static X-SFDC-Session vs sf_oauth
+#             CometD a /meta/connect POST: static Authorization vs sf_oauth
+#                    (which reads the Bayeux answer for a dead session)
 #             $cred  sf_oauth $cred over CREDS (1,000) credentials, each
 #                    request another one (a wrk script cycling X-Cred),
 #                    vs the static header with the same script
@@ -54,8 +56,9 @@
 # ROUNDS (default 16), DURATION of each wrk run in the rounds (2 s),
 # CONNECTIONS (32), THREADS (1), PIN (1: wrk on CPU 1, nginx's workers on
 # CPU 0; 0: no pinning), PATHS (a comma-separated subset of the path ids:
-# aa,rest,soap,soapmiss,soap64,soaphead,bulk,cred,redis), CREDS (1000), SCRAPES
-# (21), BENCH (all: also the soak and the fleet storm), SOAK (60 s),
+# aa,rest,soap,soapmiss,soap64,soaphead,bulk,cometd,cred,redis), CREDS
+# (1000), SCRAPES (21), BENCH (all: also the soak and the fleet storm),
+# SOAK (60 s),
 # LIFETIME (5 s), TRIAL (1: results.md says at its top that it is a trial),
 # HOLD (1: set up, print each path's wrk command lines and the workers'
 # pids, and wait to be killed, for a profiler; no rounds).
@@ -251,6 +254,15 @@ function request()
 end
 EOF
 
+# a CometD client's long poll: POST /meta/connect, as Faye and cometd-java
+# send it (its answer is read by sf_oauth for a dead session)
+my $cometd_lua = $t->write_file('cometd.lua', <<'EOF', 0644);
+wrk.method = "POST"
+wrk.body = '[{"channel":"/meta/connect","clientId":"4i1mock0cometd0client",'
+           .. '"connectionType":"long-polling","id":"7"}]'
+wrk.headers["Content-Type"] = "application/json;charset=UTF-8"
+EOF
+
 # each request another credential: X-Cred c0001 .. cNNNN, in turn; the
 # requests are formatted once, at init
 my $cred_lua = $t->write_file('cred.lua', <<'EOF', 0644);
@@ -338,6 +350,16 @@ $cred_map    }
         location ~ /services/Soap/ {
             default_type text/xml;
             return 200 '$soap_ok';
+        }
+
+        # a /meta/connect's answer, as Salesforce gives it while the
+        # session lives; a wrong token is an HTTP 401, as for REST
+        location ~ /cometd/ {
+            default_type application/json;
+            if (\$http_authorization != "Bearer $token") {
+                return 401 '[{"channel":"/meta/connect","successful":false,"error":"401::Authentication invalid"}]';
+            }
+            return 200 '[{"clientId":"4i1mock0cometd0client","channel":"/meta/connect","id":"7","successful":true,"advice":{"reconnect":"retry","interval":0,"timeout":110000}}]';
         }
 
         location ~ /services/async/ {
@@ -569,6 +591,7 @@ sub log_summary {
 my $REST = '/services/data/v59.0/query';
 my $SOAP = '/services/Soap/u/59.0/00D5g000004Tmock';
 my $BULK = '/services/async/59.0/job/750Mock00000000001';
+my $COMETD = '/cometd/59.0';
 
 sub must {
     my ($what, $r, $status) = @_;
@@ -588,6 +611,14 @@ must('Bulk, without a session: the upstream refuses it',
 must('REST, without a token: the upstream refuses it',
      $t->get("/n$REST"), 401);
 must('redis=, sf_oauth', $t->get("/r$REST"));
+for my $side ('a', 'b') {
+    my $r = HTTP::Tiny->new->request('POST', "http://127.0.0.1:$port/$side$COMETD", {
+        content => '[{"channel":"/meta/connect","clientId":"4i1mock0cometd0client",'
+                   . '"connectionType":"long-polling","id":"7"}]',
+        headers => { 'Content-Type' => 'application/json' } });
+    die "CometD ($side): $r->{status} $r->{content}\n"
+        unless $r->{status} == 200 && $r->{content} =~ /"successful":true/;
+}
 
 # SOAP: the upstream got the injected session, not the client's stale one
 for my $k (sort keys %env) {
@@ -658,6 +689,10 @@ my @paths = (
     { id => 'bulk', name => 'Bulk 1.0 GET job',
       a_is => 'static X-SFDC-Session', b_is => 'sf_oauth, cached token',
       a_url => "/ab$BULK", b_url => "/b$BULK", target => 0.97 },
+    { id => 'cometd', name => 'CometD /meta/connect',
+      a_is => 'static Authorization', b_is => 'sf_oauth, cached token, the answer read',
+      a_url => "/a$COMETD", b_url => "/b$COMETD", script => $cometd_lua,
+      target => 0.97 },
     { id => 'cred', name => "\$cred over $ncreds credentials",
       a_is => 'static Authorization', b_is => 'sf_oauth $cred, each request another credential',
       a_url => "/a$REST", b_url => "/c$REST", script => $cred_lua,
@@ -1363,7 +1398,8 @@ ratio b/a (requests/s); the table gives the median of those ratios, their
 spread (min–max and the middle half, q1–q3), and the medians of the
 runs' requests/s and latencies. Every path proxies to the same fast nginx
 upstream over a keepalive pool; it answers 200 only to the right token
-(`Authorization: Bearer` for REST, `X-SFDC-Session` for Bulk), so a
+(`Authorization: Bearer` for REST and CometD, `X-SFDC-Session` for
+Bulk), so a
 broken path shows as errors. For SOAP, a sanity request before the
 rounds checked that the upstream got the injected session and not the
 client's stale one (and that the no-rewrite path carries the token the
@@ -1387,6 +1423,10 @@ client put there). Request bodies stay in memory (client_body_buffer_size
   head costs to parse.
 - Bulk 1.0: GET of a job, (a) `proxy_set_header X-SFDC-Session`, (b)
   `sf_oauth` (which sets X-SFDC-Session and Authorization).
+- CometD: POST of a `/meta/connect` (a long poll) to `/cometd/59.0`,
+  answered at once with `successful:true`; (a) a static Authorization,
+  (b) `sf_oauth`, which reads the Bayeux answer for a dead session (a
+  connect's answer up to 8 KiB, parsed as JSON).
 - \$cred: $ncreds `sf_oauth_credential` blocks, each with its own refresh
   token, `sf_oauth \$cred` with a `map` of the X-Cred header to the names;
   wrk's script sends each request with the next name (c0001, c0002, ...),
@@ -1413,8 +1453,8 @@ path's rounds lies beyond the target by more than the noise (the A/A
 control's distance from 1 plus the width of its middle half), whatever
 the rule says. Targets (issue 21): SOAP
 ≥ 0.95 of the same call proxied with no rewrite (1 KB to 64 KB), Bulk 1.0,
-\$cred over 1,000 credentials and a zone with `redis=` ≥ 0.97 of the static
-header.
+CometD, \$cred over 1,000 credentials and a zone with `redis=` ≥ 0.97 of
+the static header.
 
 ## Storms: one revoke under 500 connections, per family
 
