@@ -22,7 +22,9 @@
 #                    (which reads the Bayeux answer for a dead session)
 #             $cred  sf_oauth $cred over CREDS (1,000) credentials, each
 #                    request another one (a wrk script cycling X-Cred),
-#                    vs the static header with the same script
+#                    vs the static header that a map of X-Cred over the
+#                    same names chooses, with the same script (the
+#                    static way to choose among credentials)
 #             redis= sf_oauth in a zone with redis= (a redis-server of its
 #                    own) vs the static header
 #           The upstream answers 200 only to the right token for REST and
@@ -286,6 +288,7 @@ EOF
 my $up = SfTest::free_port();
 my $creds = join '', map { $t->credential(name => $_) } @cred_names;
 my $cred_map = join '', map { "        $_ $_;\n" } @cred_names;
+my $cred_static = join '', map { "        $_ \"Bearer $token\";\n" } @cred_names;
 my $soap_ok = '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
     . 'xmlns:soapenv="' . $ENV_NS . '" xmlns="' . $PARTNER . '"><soapenv:Body>'
     . '<queryResponse><result><done>true</done><queryLocator xsi:nil="true" '
@@ -309,6 +312,13 @@ $t->write_conf($redis->conf_block
     map \$http_x_cred \$cred {
         default "";
 $cred_map    }
+
+    # (a) for \$cred: the static header of the credential that the same
+    # X-Cred names, chosen by the same kind of map over the same names
+    # (the mock gives every credential one token, so the values are one)
+    map \$http_x_cred \$cred_static {
+        default "";
+$cred_static    }
 
     # the SOAP sanity request: what the upstream got
     map \$request_body \$soap_token_seen {
@@ -395,6 +405,13 @@ $cred_map    }
         location /a/ {
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer $token";
+            proxy_pass http://fast;
+        }
+
+        # (a) for \$cred: a static header chosen among the names
+        location /ac/ {
+            proxy_set_header Connection "";
+            proxy_set_header Authorization \$cred_static;
             proxy_pass http://fast;
         }
 
@@ -651,6 +668,10 @@ for my $k (sort keys %env) {
 }
 must('$cred, no credential named: the upstream refuses it',
      $t->get("/c$REST"), 401);
+must("\$cred's static side, $cred_names[-1]",
+     $t->get("/ac$REST", headers => { 'X-Cred' => $cred_names[-1] }));
+must("\$cred's static side, no credential named: the upstream refuses it",
+     $t->get("/ac$REST"), 401);
 
 # -- the rounds ----------------------------------------------------------------------
 
@@ -694,8 +715,9 @@ my @paths = (
       a_url => "/a$COMETD", b_url => "/b$COMETD", script => $cometd_lua,
       target => 0.97 },
     { id => 'cred', name => "\$cred over $ncreds credentials",
-      a_is => 'static Authorization', b_is => 'sf_oauth $cred, each request another credential',
-      a_url => "/a$REST", b_url => "/c$REST", script => $cred_lua,
+      a_is => 'static Authorization chosen by a map of X-Cred',
+      b_is => 'sf_oauth $cred, each request another credential',
+      a_url => "/ac$REST", b_url => "/c$REST", script => $cred_lua,
       a_env => { BENCH_CREDS => $ncreds }, b_env => { BENCH_CREDS => $ncreds },
       target => 0.97 },
     { id => 'redis', name => 'zone with redis=',
@@ -1430,8 +1452,10 @@ client put there). Request bodies stay in memory (client_body_buffer_size
 - \$cred: $ncreds `sf_oauth_credential` blocks, each with its own refresh
   token, `sf_oauth \$cred` with a `map` of the X-Cred header to the names;
   wrk's script sends each request with the next name (c0001, c0002, ...),
-  and the same script runs for (a). Every token was fetched before the
-  rounds.
+  and the same script runs for (a), whose static Authorization a `map`
+  of X-Cred over the same names chooses (the mock gives every
+  credential the same token, so the map's values are one string). Every
+  token was fetched before the rounds.
 - redis=: a credential in a zone with `redis=` connected to a
   redis-server of its own (in the same rounds as the rest).
 
