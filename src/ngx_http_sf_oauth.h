@@ -591,8 +591,19 @@ void ngx_http_sf_oauth_primary_cancel(ngx_http_sf_oauth_locate_t *lc);
 ngx_int_t ngx_http_sf_oauth_primary_watch(ngx_http_sf_oauth_redis_t *rd,
     ngx_cycle_t *cycle, ngx_http_sf_oauth_moved_pt moved);
 void ngx_http_sf_oauth_primary_unwatch(ngx_http_sf_oauth_redis_t *rd);
+void ngx_http_sf_oauth_primary_watched(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *sentinel);
 
-/* redis */
+/* redis: what a worker's command connection is on, for the status */
+typedef struct {
+    ngx_str_t                    primary;     /* "ip:port"; empty: none */
+    const char                  *source;      /* where primary came from */
+    ngx_str_t                    sentinel;    /* the one that named it */
+    ngx_str_t                    role;        /* ROLE's; empty: not known */
+    ngx_str_t                    watched;     /* for +switch-master */
+    ngx_msec_int_t               ok_ago;      /* last success, ms; -1 */
+} ngx_http_sf_oauth_redis_view_t;
+
 ngx_int_t ngx_http_sf_oauth_redis_init(ngx_http_sf_oauth_redis_t *rd,
     ngx_cycle_t *cycle, ngx_http_sf_oauth_reply_pt message,
     ngx_http_sf_oauth_redis_ready_pt ready, void *data);
@@ -604,8 +615,8 @@ void ngx_http_sf_oauth_redis_run_id(ngx_http_sf_oauth_redis_t *rd,
 ngx_int_t ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
     ngx_uint_t argc, ngx_str_t *argv, ngx_http_sf_oauth_reply_pt handler,
     void *data, char *action);
-ngx_uint_t ngx_http_sf_oauth_redis_primary(ngx_http_sf_oauth_redis_t *rd,
-    ngx_str_t *addr, const char **source);
+void ngx_http_sf_oauth_redis_view(ngx_http_sf_oauth_redis_t *rd,
+    ngx_http_sf_oauth_redis_view_t *v);
 
 /* jwt */
 char *ngx_http_sf_oauth_jwt_key(ngx_conf_t *cf, ngx_http_sf_oauth_cred_t *cred,

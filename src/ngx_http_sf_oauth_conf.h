@@ -67,6 +67,8 @@ struct ngx_http_sf_oauth_locate_s {
     in_port_t                      port;
     /* "configuration", "resolver" or "sentinel" */
     const char                    *source;
+    /* the sentinel that named it, as configured; empty for the others */
+    ngx_str_t                      sentinel;
     const char                    *why;
     u_char                         why_buf[256];
 

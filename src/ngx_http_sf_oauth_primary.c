@@ -153,6 +153,7 @@ ngx_http_sf_oauth_primary_locate(ngx_http_sf_oauth_locate_t *lc)
     ngx_http_sf_oauth_primary_cancel(lc);
 
     lc->why = NULL;
+    ngx_str_null(&lc->sentinel);
 
     if (rd->sentinels) {
         lc->tried = 0;
@@ -993,6 +994,7 @@ ngx_http_sf_oauth_primary_master(ngx_http_sf_oauth_primary_t *s,
     lc->host.data = lc->host_buf;
     lc->host.len = n;
     lc->source = "sentinel";
+    lc->sentinel = s->sentinel->text;
 
     /* done with the sentinel */
 
@@ -1272,6 +1274,21 @@ ngx_http_sf_oauth_primary_unwatch(ngx_http_sf_oauth_redis_t *rd)
 
     ngx_http_sf_oauth_primary_close(s);
     ngx_free(s);
+}
+
+
+/* the sentinel this worker listens to for +switch-master, if subscribed */
+
+void
+ngx_http_sf_oauth_primary_watched(ngx_http_sf_oauth_redis_t *rd,
+    ngx_str_t *sentinel)
+{
+    if (rd->watch == NULL || !rd->watch->subscribed) {
+        ngx_str_null(sentinel);
+        return;
+    }
+
+    *sentinel = rd->watch->sentinel->text;
 }
 
 

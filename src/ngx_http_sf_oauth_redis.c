@@ -16,7 +16,9 @@
  * connection's setup checks with ROLE that the server is the primary; a
  * ROLE not "master", a -READONLY reply to any command, or the sentinels'
  * +switch-master to another address close the connections, as a failure
- * does (their commands fail), and the next connection asks again.
+ * does (their commands fail), and the next connection asks again.  The
+ * command connection asks ROLE again every second, as the subscriber
+ * PINGs: a primary demoted under a worker that only reads is left too.
  *
  * Each worker keeps two connections per sf_oauth_redis block: one for
  * commands, whose replies come back in order and go to each command's
@@ -31,7 +33,7 @@
  * trickles in; it may be NGX_HTTP_SF_OAUTH_REDIS_REPLY_MAX bytes at most,
  * whatever it announces or holds.  The subscriber, which otherwise only
  * listens, sends a PING every second, so that a server that went silent
- * is noticed too.
+ * is noticed too; the command connection sends its ROLE then.
  *
  * Each connection logs with a copy of the cycle's log, whose action says
  * what the connection does: connecting, the TLS handshake, its setup, the
@@ -69,8 +71,13 @@
 #define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MIN   100
 #define NGX_HTTP_SF_OAUTH_REDIS_RETRY_MAX   1000
 
-/* how often the subscriber sends a PING, ms */
+/* how often the subscriber sends a PING, and the other ROLE, ms */
 #define NGX_HTTP_SF_OAUTH_REDIS_PING        1000
+
+/* whose a command is: the caller's, the setup's, the connection's own */
+#define NGX_HTTP_SF_OAUTH_REDIS_CALLER      0
+#define NGX_HTTP_SF_OAUTH_REDIS_SETUP       1
+#define NGX_HTTP_SF_OAUTH_REDIS_OWN         2
 
 /* the task hiredis's reader is on, and the count of an array's elements */
 #if (HIREDIS_MAJOR >= 1)
@@ -86,7 +93,10 @@ typedef struct {
     ngx_queue_t                    queue;
     ngx_http_sf_oauth_reply_pt     handler;
     void                          *data;
-    /* a command of the connection's own handshake: AUTH, SELECT, SUBSCRIBE */
+    /*
+     * NGX_HTTP_SF_OAUTH_REDIS_SETUP: of the connection's handshake (AUTH,
+     * SELECT, ROLE, SUBSCRIBE); _OWN: its PING or ROLE once ready
+     */
     ngx_uint_t                     setup;
     /* when its reply is due, from when it was sent */
     ngx_msec_t                     deadline;
@@ -128,6 +138,17 @@ struct ngx_http_sf_oauth_redis_conn_s {
     size_t                         run_id_len;
     u_char                         run_id[NGX_HTTP_SF_OAUTH_RUN_ID_LEN];
 
+    /* what ROLE said of the server ("master"); 0: not known */
+    size_t                         role_len;
+    u_char                         role[16];
+    /* the periodic ROLE: refused at the setup, or waiting for its reply */
+    ngx_uint_t                     role_refused;
+    ngx_uint_t                     role_asked;
+
+    /* when a command of the caller's last got a reply not an error */
+    ngx_msec_t                     ok_at;
+    ngx_uint_t                     ok_seen;
+
     ngx_http_sf_oauth_reply_pt     message;
     ngx_http_sf_oauth_redis_ready_pt  ready;
     void                          *data;
@@ -142,8 +163,11 @@ static void ngx_http_sf_oauth_redis_located(ngx_http_sf_oauth_locate_t *lc,
     ngx_int_t rv);
 static void ngx_http_sf_oauth_redis_role(void *reply, void *data);
 static ngx_uint_t ngx_http_sf_oauth_redis_readonly(redisReply *r);
-static void ngx_http_sf_oauth_redis_readonly_all(
-    ngx_http_sf_oauth_redis_conn_t *rc);
+static const char *ngx_http_sf_oauth_redis_next(
+    ngx_http_sf_oauth_redis_t *rd);
+static void ngx_http_sf_oauth_redis_replica(
+    ngx_http_sf_oauth_redis_conn_t *rc, ngx_str_t *said);
+static void ngx_http_sf_oauth_redis_role_again(void *reply, void *data);
 static void ngx_http_sf_oauth_redis_moved(ngx_http_sf_oauth_redis_t *rd,
     ngx_str_t *addr);
 static void ngx_http_sf_oauth_redis_retry(ngx_event_t *ev);
@@ -153,6 +177,10 @@ static void ngx_http_sf_oauth_redis_handshake(ngx_connection_t *c);
 #endif
 static void ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_setup_done(void *reply, void *data);
+static void ngx_http_sf_oauth_redis_setup_next(
+    ngx_http_sf_oauth_redis_conn_t *rc);
+static ngx_uint_t ngx_http_sf_oauth_redis_moves(
+    ngx_http_sf_oauth_redis_conn_t *rc);
 static void ngx_http_sf_oauth_redis_setup_info(void *reply, void *data);
 static void ngx_http_sf_oauth_redis_ping(ngx_event_t *ev);
 static void ngx_http_sf_oauth_redis_pong(void *reply, void *data);
@@ -282,31 +310,39 @@ ngx_http_sf_oauth_redis_connecting(ngx_http_sf_oauth_redis_t *rd)
 
 
 /*
- * The primary the command connection is set up with, or ready on, and
- * where its address came from: "configuration", "resolver", "sentinel";
- * whether the connection is ready.
+ * What the command connection is on, for the status: the primary it is
+ * set up with, or ready on, where its address came from ("configuration",
+ * "resolver", "sentinel") and the sentinel that named it, what ROLE said
+ * of it, the sentinel listened to, and how long ago a command last
+ * succeeded.
  */
 
-ngx_uint_t
-ngx_http_sf_oauth_redis_primary(ngx_http_sf_oauth_redis_t *rd,
-    ngx_str_t *addr, const char **source)
+void
+ngx_http_sf_oauth_redis_view(ngx_http_sf_oauth_redis_t *rd,
+    ngx_http_sf_oauth_redis_view_t *v)
 {
     ngx_http_sf_oauth_redis_conn_t  *rc;
 
+    ngx_memzero(v, sizeof(ngx_http_sf_oauth_redis_view_t));
+
     rc = rd->cmd;
+
+    ngx_http_sf_oauth_primary_watched(rd, &v->watched);
+
+    v->ok_ago = (rc && rc->ok_seen)
+                ? (ngx_msec_int_t) (ngx_current_msec - rc->ok_at) : -1;
 
     if (rc == NULL || rc->state == NGX_HTTP_SF_OAUTH_REDIS_CLOSED
         || rc->state == NGX_HTTP_SF_OAUTH_REDIS_LOCATING)
     {
-        ngx_str_null(addr);
-        *source = NULL;
-        return 0;
+        return;
     }
 
-    *addr = rc->locate.name;
-    *source = rc->locate.source;
-
-    return rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY;
+    v->primary = rc->locate.name;
+    v->source = rc->locate.source;
+    v->sentinel = rc->locate.sentinel;
+    v->role.data = rc->role;
+    v->role.len = rc->role_len;
 }
 
 
@@ -346,7 +382,8 @@ ngx_http_sf_oauth_redis_command(ngx_http_sf_oauth_redis_t *rd,
         return NGX_DECLINED;
     }
 
-    return ngx_http_sf_oauth_redis_send(rd->cmd, argc, argv, handler, data, 0,
+    return ngx_http_sf_oauth_redis_send(rd->cmd, argc, argv, handler, data,
+                                        NGX_HTTP_SF_OAUTH_REDIS_CALLER,
                                         action);
 }
 
@@ -652,6 +689,8 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_HANDSHAKE;
     rc->setup_left = 0;
     rc->run_id_len = 0;
+    rc->role_len = 0;
+    rc->role_refused = 0;
     rc->log.action = "setting up the connection to Redis";
 
     if (rd->password.len) {
@@ -666,7 +705,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, n, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "setting up the connection to Redis")
             != NGX_OK)
         {
@@ -686,7 +725,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "setting up the connection to Redis")
             != NGX_OK)
         {
@@ -695,16 +734,17 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
     }
 
     /*
-     * A primary that may have moved (the resolver's, the sentinels'):
-     * whether this server is it, or a replica now, or still
+     * Whether this server is the primary, or a replica now, or still: on
+     * every command connection, and on the subscriber too when the
+     * primary may have moved (the resolver's, the sentinels')
      */
 
-    if (rc->locate.source && ngx_strcmp(rc->locate.source, "configuration")) {
+    if (!rc->subscriber || ngx_http_sf_oauth_redis_moves(rc)) {
         ngx_str_set(&argv[0], "ROLE");
 
         if (ngx_http_sf_oauth_redis_send(rc, 1, argv,
                                          ngx_http_sf_oauth_redis_role,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "checking that Redis is the "
                                          "primary")
             != NGX_OK)
@@ -720,7 +760,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
                                          ngx_http_sf_oauth_redis_setup_info,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "setting up the connection to Redis")
             != NGX_OK)
         {
@@ -732,7 +772,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 1, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "setting up the connection to Redis")
             != NGX_OK)
         {
@@ -745,7 +785,7 @@ ngx_http_sf_oauth_redis_setup(ngx_http_sf_oauth_redis_conn_t *rc)
 
         if (ngx_http_sf_oauth_redis_send(rc, 2, argv,
                                          ngx_http_sf_oauth_redis_setup_done,
-                                         rc, 1,
+                                         rc, NGX_HTTP_SF_OAUTH_REDIS_SETUP,
                                          "setting up the connection to Redis")
             != NGX_OK)
         {
@@ -791,9 +831,23 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
             return;
         }
 
-        if (--rc->setup_left) {
-            return;
-        }
+    }
+
+    ngx_http_sf_oauth_redis_setup_next(rc);
+}
+
+
+/* a command of the setup answered: ready when all are */
+
+static void
+ngx_http_sf_oauth_redis_setup_next(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    ngx_http_sf_oauth_redis_t  *rd;
+
+    rd = rc->rd;
+
+    if (rc->setup_left && --rc->setup_left) {
+        return;
     }
 
     rc->state = NGX_HTTP_SF_OAUTH_REDIS_READY;
@@ -809,9 +863,8 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
      * outage is logged once.
      */
 
-    if (rc->subscriber) {
-        ngx_add_timer(&rc->ping, NGX_HTTP_SF_OAUTH_REDIS_PING);
-    }
+    /* the subscriber's PING, the command connection's ROLE */
+    ngx_add_timer(&rc->ping, NGX_HTTP_SF_OAUTH_REDIS_PING);
 
     if (rc->ready) {
         rc->ready(rd, rc->subscriber, rc->data);
@@ -819,7 +872,21 @@ ngx_http_sf_oauth_redis_setup_done(void *reply, void *data)
 }
 
 
-/* ROLE's reply: ["master", ...], or the server is not the primary */
+/* whether the primary may move: the resolver's, or the sentinels' */
+
+static ngx_uint_t
+ngx_http_sf_oauth_redis_moves(ngx_http_sf_oauth_redis_conn_t *rc)
+{
+    return rc->locate.source
+           && ngx_strcmp(rc->locate.source, "configuration") != 0;
+}
+
+
+/*
+ * ROLE's reply: ["master", ...], or the server is not the primary.  A
+ * primary that may move must answer it; a fixed address that refuses it
+ * (an ACL user without +role) is taken, its role not known.
+ */
 
 static void
 ngx_http_sf_oauth_redis_role(void *reply, void *data)
@@ -833,18 +900,21 @@ ngx_http_sf_oauth_redis_role(void *reply, void *data)
 
     rd = rc->rd;
 
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        /* the connection failed, or the setup's error, said as such */
-        ngx_http_sf_oauth_redis_setup_done(reply, data);
+    if (r && r->type == REDIS_REPLY_ERROR
+        && !ngx_http_sf_oauth_redis_moves(rc))
+    {
+        ngx_log_debug4(NGX_LOG_DEBUG_EVENT, &rc->log, 0,
+                       "sf_oauth: redis \"%V\": \"%V\" refused ROLE: "
+                       "\"%*s\", its role not known",
+                       &rd->name, &rc->locate.name, ngx_min(r->len, 200),
+                       r->str);
+        rc->role_refused = 1;
+        ngx_http_sf_oauth_redis_setup_next(rc);
         return;
     }
 
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0
-        && r->element[0]->type == REDIS_REPLY_STRING
-        && r->element[0]->len == sizeof("master") - 1
-        && ngx_strncmp(r->element[0]->str, "master", sizeof("master") - 1)
-           == 0)
-    {
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        /* the connection failed, or the setup's error, said as such */
         ngx_http_sf_oauth_redis_setup_done(reply, data);
         return;
     }
@@ -853,13 +923,24 @@ ngx_http_sf_oauth_redis_role(void *reply, void *data)
             && r->element[0]->type == REDIS_REPLY_STRING)
            ? r->element[0] : NULL;
 
+    if (role && role->len <= sizeof(rc->role)) {
+        rc->role_len = role->len;
+        ngx_memcpy(rc->role, role->str, role->len);
+    }
+
+    if (role && role->len == sizeof("master") - 1
+        && ngx_strncmp(role->str, "master", sizeof("master") - 1) == 0)
+    {
+        ngx_http_sf_oauth_redis_setup_done(reply, data);
+        return;
+    }
+
     p = ngx_snprintf(why, sizeof(why) - 1,
                      "\"%V\" (from the %s) is not the primary: ROLE says "
                      "\"%*s\"; %s", &rc->locate.name, rc->locate.source,
                      role ? ngx_min(role->len, 32) : 7,
                      role ? role->str : "unknown",
-                     rd->sentinels ? "asking the sentinels again"
-                                   : "resolving the name again");
+                     ngx_http_sf_oauth_redis_next(rd));
     *p = '\0';
 
     ngx_http_sf_oauth_redis_fail(rc, NGX_LOG_WARN, (char *) why);
@@ -877,14 +958,30 @@ ngx_http_sf_oauth_redis_readonly(redisReply *r)
 }
 
 
+/* what a connection that found a replica does next, for the log */
+
+static const char *
+ngx_http_sf_oauth_redis_next(ngx_http_sf_oauth_redis_t *rd)
+{
+    return rd->sentinels ? "asking the sentinels where the primary is"
+           : rd->primary.is_ip ? "its address is fixed: the fleet waits "
+                                 "for it to be the primary again"
+           : rd->primary.resolved ? "its address is fixed (see "
+                                    "\"resolver\")"
+           : "resolving the name again";
+}
+
+
 /*
- * A command got -READONLY: the connection fails (its commands fail, that
- * one too, as on a lost connection), and so does the other one to the
- * same server; both ask where the primary is again.
+ * A command got -READONLY (said: "READONLY"), or the periodic ROLE named
+ * another role: the connection fails (its commands fail, as on a lost
+ * connection), and so does the other one to the same server; both ask
+ * where the primary is again.
  */
 
 static void
-ngx_http_sf_oauth_redis_readonly_all(ngx_http_sf_oauth_redis_conn_t *rc)
+ngx_http_sf_oauth_redis_replica(ngx_http_sf_oauth_redis_conn_t *rc,
+    ngx_str_t *said)
 {
     u_char                           why[256], *p;
     ngx_http_sf_oauth_redis_t       *rd;
@@ -894,16 +991,8 @@ ngx_http_sf_oauth_redis_readonly_all(ngx_http_sf_oauth_redis_conn_t *rc)
     other = rc->subscriber ? rd->cmd : rd->sub;
 
     p = ngx_snprintf(why, sizeof(why) - 1,
-                     "\"%V\" answered READONLY: it is a replica now; %s",
-                     &rc->locate.name,
-                     rd->sentinels ? "asking the sentinels where the primary "
-                                     "is"
-                     : rd->primary.is_ip ? "its address is fixed: the "
-                                           "fleet waits for it to be the "
-                                           "primary again"
-                     : rd->primary.resolved ? "its address is fixed (see "
-                                              "\"resolver\")"
-                     : "resolving the name again");
+                     "\"%V\" answered %V: it is a replica now; %s",
+                     &rc->locate.name, said, ngx_http_sf_oauth_redis_next(rd));
     *p = '\0';
 
     if (other && other->state != NGX_HTTP_SF_OAUTH_REDIS_CLOSED
@@ -1102,7 +1191,7 @@ ngx_http_sf_oauth_redis_send(ngx_http_sf_oauth_redis_conn_t *rc,
     q->deadline = ngx_current_msec + rc->rd->timeout;
     q->action = action;
 
-    if (setup) {
+    if (setup == NGX_HTTP_SF_OAUTH_REDIS_SETUP) {
         rc->setup_left++;
     }
 
@@ -1191,15 +1280,33 @@ ngx_http_sf_oauth_redis_ping(ngx_event_t *ev)
         return;
     }
 
-    /* one at a time: the read timer runs for the one not answered yet */
+    if (rc->subscriber) {
 
-    if (ngx_queue_empty(&rc->pending)) {
-        ngx_str_set(&argv[0], "PING");
+        /* one at a time: the read timer runs for the one not answered yet */
+
+        if (ngx_queue_empty(&rc->pending)) {
+            ngx_str_set(&argv[0], "PING");
+
+            (void) ngx_http_sf_oauth_redis_send(rc, 1, argv,
+                                                ngx_http_sf_oauth_redis_pong,
+                                                rc,
+                                                NGX_HTTP_SF_OAUTH_REDIS_OWN,
+                                                "listening on the fleet's "
+                                                "channel in Redis");
+        }
+
+    } else if (!rc->role_asked && !rc->role_refused) {
+
+        /* whether the server is still the primary, one ROLE at a time */
+
+        ngx_str_set(&argv[0], "ROLE");
+        rc->role_asked = 1;
 
         (void) ngx_http_sf_oauth_redis_send(rc, 1, argv,
-                                            ngx_http_sf_oauth_redis_pong, rc,
-                                            0, "listening on the fleet's "
-                                               "channel in Redis");
+                                            ngx_http_sf_oauth_redis_role_again,
+                                            rc, NGX_HTTP_SF_OAUTH_REDIS_OWN,
+                                            "checking that Redis is the "
+                                            "primary");
     }
 
     if (rc->state == NGX_HTTP_SF_OAUTH_REDIS_READY) {
@@ -1211,6 +1318,49 @@ ngx_http_sf_oauth_redis_ping(ngx_event_t *ev)
 static void
 ngx_http_sf_oauth_redis_pong(void *reply, void *data)
 {
+}
+
+
+/* the periodic ROLE's reply: a primary demoted since is left */
+
+static void
+ngx_http_sf_oauth_redis_role_again(void *reply, void *data)
+{
+    redisReply                      *r = reply;
+    ngx_http_sf_oauth_redis_conn_t  *rc = data;
+
+    u_char      buf[64];
+    ngx_str_t   said;
+    redisReply  *role;
+
+    rc->role_asked = 0;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0
+        || r->element[0]->type != REDIS_REPLY_STRING)
+    {
+        /* the connection failed, or ROLE is refused now: nothing known */
+        return;
+    }
+
+    role = r->element[0];
+
+    if (role->len <= sizeof(rc->role)) {
+        rc->role_len = role->len;
+        ngx_memcpy(rc->role, role->str, role->len);
+    }
+
+    if (role->len == sizeof("master") - 1
+        && ngx_strncmp(role->str, "master", sizeof("master") - 1) == 0)
+    {
+        return;
+    }
+
+    said.data = buf;
+    said.len = ngx_snprintf(buf, sizeof(buf), "ROLE \"%*s\"",
+                            ngx_min(role->len, 32), role->str)
+               - buf;
+
+    ngx_http_sf_oauth_redis_replica(rc, &said);
 }
 
 
@@ -1242,6 +1392,7 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
     void                            *reply;
     u_char                           buf[16384], why[128], *p;
     ssize_t                          n;
+    ngx_str_t                        said;
     ngx_queue_t                     *q;
     redisReply                      *r;
     ngx_connection_t                *c;
@@ -1318,7 +1469,8 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
 
             if (ngx_http_sf_oauth_redis_readonly(r)) {
                 freeReplyObject(r);
-                ngx_http_sf_oauth_redis_readonly_all(rc);
+                ngx_str_set(&said, "READONLY");
+                ngx_http_sf_oauth_redis_replica(rc, &said);
                 return;
             }
 
@@ -1326,8 +1478,15 @@ ngx_http_sf_oauth_redis_read(ngx_event_t *ev)
             ngx_queue_remove(q);
             cmd = ngx_queue_data(q, ngx_http_sf_oauth_redis_cmd_t, queue);
 
-            if (!cmd->setup) {
+            if (cmd->setup != NGX_HTTP_SF_OAUTH_REDIS_SETUP) {
                 ngx_http_sf_oauth_redis_proven(rc);
+            }
+
+            if (cmd->setup == NGX_HTTP_SF_OAUTH_REDIS_CALLER
+                && r->type != REDIS_REPLY_ERROR)
+            {
+                rc->ok_at = ngx_current_msec;
+                rc->ok_seen = 1;
             }
 
             cmd->handler(r, cmd->data);

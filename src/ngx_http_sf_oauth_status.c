@@ -14,6 +14,8 @@ static size_t ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
 static u_char *ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_uint_t last_cred);
+static u_char *ngx_http_sf_oauth_status_json_opt(u_char *p, u_char *last,
+    const char *key, ngx_str_t *s);
 
 
 static const char  *ngx_http_sf_oauth_states[] = {
@@ -29,7 +31,7 @@ static const char  *ngx_http_sf_oauth_states[] = {
  */
 
 #define NGX_HTTP_SF_OAUTH_INFO_KEYS      1400
-#define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   19
+#define NGX_HTTP_SF_OAUTH_INFO_NUMBERS   20
 
 
 static const char  *ngx_http_sf_oauth_grants[] = {
@@ -141,7 +143,22 @@ static size_t
 ngx_http_sf_oauth_info_len(ngx_http_sf_oauth_cred_t *cred,
     ngx_http_sf_oauth_node_t *node)
 {
+    size_t                           redis;
+    ngx_http_sf_oauth_zone_t        *zone;
+    ngx_http_sf_oauth_redis_view_t   view;
+
+    zone = cred->shm_zone->data;
+    redis = 0;
+
+    if (zone->redis) {
+        /* the strings of the connection's view, escaped at worst */
+        ngx_http_sf_oauth_redis_view(zone->redis, &view);
+        redis = 6 * (view.primary.len + view.sentinel.len + view.role.len
+                     + view.watched.len);
+    }
+
     return NGX_HTTP_SF_OAUTH_INFO_KEYS
+           + redis
            + NGX_HTTP_SF_OAUTH_INFO_NUMBERS * NGX_INT64_LEN
            + cred->name.len
            + ngx_escape_json(NULL, cred->name.data, cred->name.len)
@@ -167,10 +184,9 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     u_char                     refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
     time_t                     now;
     ngx_uint_t                 rotated, refreshing;
-    ngx_str_t                  primary;
-    ngx_msec_t                 retry;
-    const char                *source;
-    ngx_http_sf_oauth_zone_t  *zone;
+    ngx_msec_t                      retry;
+    ngx_http_sf_oauth_zone_t       *zone;
+    ngx_http_sf_oauth_redis_view_t  view;
 
     now = ngx_time();
 
@@ -289,19 +305,32 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
                                               node->fleet_owner,
                                               node->fleet_owner_len);
 
-        /* the primary the command connection is on, and who said so */
-        (void) ngx_http_sf_oauth_redis_primary(zone->redis, &primary,
-                                               &source);
+        /*
+         * the primary the command connection is on, who said so, what
+         * ROLE said of it, the sentinel listened to, the last success
+         */
+        ngx_http_sf_oauth_redis_view(zone->redis, &view);
 
-        if (primary.len) {
+        if (view.primary.len) {
             p = ngx_http_sf_oauth_status_json_str(p, last, ",\"primary\":",
-                                                  primary.data, primary.len);
-            p = ngx_slprintf(p, last, ",\"primary_from\":\"%s\"", source);
+                                                  view.primary.data,
+                                                  view.primary.len);
+            p = ngx_slprintf(p, last, ",\"primary_from\":\"%s\"",
+                             view.source);
 
         } else {
             p = ngx_slprintf(p, last, ",\"primary\":null,"
                              "\"primary_from\":null");
         }
+
+        p = ngx_http_sf_oauth_status_json_opt(p, last, ",\"role\":",
+                                              &view.role);
+        p = ngx_http_sf_oauth_status_json_opt(p, last, ",\"sentinel\":",
+                                              &view.sentinel);
+        p = ngx_http_sf_oauth_status_json_opt(p, last,
+                                              ",\"sentinel_subscribed\":",
+                                              &view.watched);
+        p = ngx_slprintf(p, last, ",\"last_ok_ms\":%M", view.ok_ago);
 
         /* after a change of primary, and while Redis is down: ms left */
         p = ngx_slprintf(p, last, ",\"failovers\":%ui,\"quarantine_ms\":%M,"
@@ -325,6 +354,21 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     p = ngx_slprintf(p, last, "}%s\n", last_cred ? "" : ",");
 
     return p;
+}
+
+
+/* a key and its string value, or null when the string is empty */
+
+static u_char *
+ngx_http_sf_oauth_status_json_opt(u_char *p, u_char *last, const char *key,
+    ngx_str_t *s)
+{
+    if (s->len) {
+        return ngx_http_sf_oauth_status_json_str(p, last, key, s->data,
+                                                 s->len);
+    }
+
+    return ngx_slprintf(p, last, "%snull", key);
 }
 
 

@@ -62,6 +62,18 @@ my $connected = RedisTest::all_connected(5, @n);
 ok($connected, 'sf_oauth_info: every node is connected to Redis');
 is((RedisTest::node_redis($n[0]) || {})->{name}, 'fleet',
    'sf_oauth_info: redis.name is the sf_oauth_redis block');
+{
+    my $info = RedisTest::node_redis($n[0]) || {};
+    is($info->{role}, 'master', 'sf_oauth_info: role: master, by ROLE');
+    ok(exists $info->{sentinel} && !defined $info->{sentinel}
+       && exists $info->{sentinel_subscribed}
+       && !defined $info->{sentinel_subscribed},
+       'sf_oauth_info: no sentinel: sentinel and sentinel_subscribed null');
+    ok(RedisTest::wait_for(5, sub {
+           ((RedisTest::node_redis($n[0]) || {})->{last_ok_ms} // '')
+               =~ /^\d+$/ }),
+       'sf_oauth_info: last_ok_ms, since a command last worked');
+}
 
 
 sub auths_of {

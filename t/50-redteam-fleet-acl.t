@@ -111,6 +111,20 @@ is($redis->cli('ACL', 'SETUSER', 'fleet', '-getrange'), 'OK',
 ok(RedisTest::wait_for(4, sub { count_since($node, $mark, $read) >= 1 }),
    'said again after a read that worked');
 
+# -- ROLE refused: a fixed address is taken, its role not known -------------------
+
+is($redis->cli('ACL', 'SETUSER', 'fleet', '+getrange', '-role'), 'OK',
+   'the ACL user loses ROLE');
+$redis->cli('CLIENT', 'KILL', 'USER', 'fleet');
+ok(RedisTest::wait_for(5, sub {
+       my $i = RedisTest::node_redis($node) || {};
+       $i->{connected} && exists $i->{role} && !defined $i->{role} }),
+   'ROLE refused on a fixed address: connected again, role null (not known)')
+    or diag(explain(RedisTest::node_redis($node)));
+ok(RedisTest::all_connected(5, $node), 'every worker connected without ROLE');
+is($node->get('/services/data/v59.0/no-role')->{status}, 200,
+   'a request: 200');
+
 unlike($node->error_log, qr/\[(alert|emerg|crit)\]/,
        'no alert, emerg or crit');
 

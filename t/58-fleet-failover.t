@@ -229,12 +229,29 @@ RedisTest::all_synced(10, @n);
        '(c) READONLY: Redis becomes a replica');
 
     my $wa = RedisTest::bg_get($a, '/services/data/v59.0/c-readonly');
-    ok($a->wait_log(qr/answered READONLY: it is a replica now; its address is fixed/,
+    ok($a->wait_log(qr/answered (READONLY|ROLE "slave"): it is a replica now; its address is fixed/,
                     $mark, 10 * $S),
-       '(c) READONLY: node 1 says that Redis answered READONLY');
+       '(c) READONLY: node 1 says that Redis is a replica (READONLY, or '
+       . 'the periodic ROLE)');
     ok($a->wait_log(qr/\[warn\].*waits for it to be back, up to failover_wait/,
                     $mark, 10 * $S),
        '(c) READONLY: node 1 says that the refresh waits for Redis');
+
+    # each worker leaves the replica: the one whose write met READONLY,
+    # the other by its periodic ROLE (within a second); each reconnect
+    # asks ROLE, so neither says "connected" while Redis is a replica
+    ok(SfTest::wait_for(5, sub {
+           my %pids = map { /#(\d+):/ ? ($1 => 1) : () }
+                      $a->log_lines(qr/answered (READONLY|ROLE "slave")/,
+                                    $mark);
+           keys %pids == 2 }),
+       '(c) READONLY: both workers of node 1 left the replica');
+    my @seen = map { sleep 0.2; (RedisTest::node_redis($a) || {})->{connected}
+                                    ? 1 : 0 } 1 .. 10;
+    is(join('', @seen), '0' x 10,
+       '(c) READONLY: sf_oauth_info says not connected while Redis is a '
+       . 'replica (10 looks in 2 s)')
+        or diag(explain(RedisTest::node_redis($a)));
     is($first->stats->{token_requests}, $before->{token_requests},
        '(c) READONLY: no token request while Redis refuses');
 
@@ -245,8 +262,8 @@ RedisTest::all_synced(10, @n);
     is($first->stats->{token_requests} - $before->{token_requests}, 1,
        '(c) READONLY: one token request');
     RedisTest::no_reuse($first, '(c) READONLY');
-    is(scalar($a->log_lines(qr/answered READONLY/, $mark)), 1,
-       '(c) READONLY: the refusal said once for the outage');
+    is(scalar($a->log_lines(qr/answered (READONLY|ROLE)/, $mark)), 2,
+       '(c) READONLY: the refusal said once for the outage by each worker');
     is(scalar($a->log_lines(qr/not coordinated/, $mark)), 0,
        '(c) READONLY: node 1 never refreshed alone');
     is((RedisTest::node_redis($a) || {})->{failovers}, $failovers,

@@ -94,6 +94,21 @@ ok(RedisTest::all_connected_to(10, $a0->server, @n),
     or diag(explain [ map { RedisTest::node_redis($_) } @n ]);
 is((RedisTest::node_redis($n[0]) || {})->{primary_from}, 'sentinel',
    'sf_oauth_info: the primary came from a sentinel');
+{
+    my %sentinels = map { $_ => 1 } split ' ', RedisTest::sentinel_addrs($g);
+    my $info = RedisTest::node_redis($n[0]) || {};
+    is($info->{role}, 'master', 'sf_oauth_info: role, as ROLE says: master');
+    ok($sentinels{ $info->{sentinel} // '' },
+       "sf_oauth_info: sentinel, the one that named the primary: "
+       . ($info->{sentinel} // 'null'));
+    ok(RedisTest::wait_for(5, sub {
+           $sentinels{ (RedisTest::node_redis($n[0]) || {})
+                           ->{sentinel_subscribed} // '' } }),
+       'sf_oauth_info: sentinel_subscribed, the one listened to');
+    my $ok_ms = $info->{last_ok_ms} // -1;
+    ok($ok_ms >= 0 && $ok_ms < 5000 * $S,
+       "sf_oauth_info: last_ok_ms, since the last command that worked: $ok_ms");
+}
 
 my @s = $first->parallel(40, '/services/data/v59.0/before', ports => \@ports,
                          timeout => 30 * $S);
@@ -126,7 +141,7 @@ RedisTest::all_synced(10, @n);
        'the new primary holds the fleet record');
 }
 
-like($n[0]->error_log, qr/the sentinels switched the master from "\Q${\ $a0->server }\E" to "\Q${\ $new->server }\E"|READONLY|ROLE says/,
+like($n[0]->error_log, qr/the sentinels switched the master from "\Q${\ $a0->server }\E" to "\Q${\ $new->server }\E"|READONLY|ROLE says|answered ROLE/,
      'the log says why the node left the old primary');
 
 # -- the first sentinel stops: the subscription moves to the second ----------------
