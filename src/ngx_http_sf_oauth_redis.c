@@ -1329,8 +1329,8 @@ ngx_http_sf_oauth_redis_role_again(void *reply, void *data)
     redisReply                      *r = reply;
     ngx_http_sf_oauth_redis_conn_t  *rc = data;
 
-    u_char      buf[64];
-    ngx_str_t   said;
+    u_char       buf[64];
+    ngx_str_t    said;
     redisReply  *role;
 
     rc->role_asked = 0;

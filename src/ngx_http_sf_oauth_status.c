@@ -180,10 +180,10 @@ ngx_http_sf_oauth_info_cred(u_char *p, u_char *last,
     ngx_http_sf_oauth_cred_t *cred, ngx_http_sf_oauth_node_t *node,
     ngx_uint_t last_cred)
 {
-    u_char                     token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
-    u_char                     refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
-    time_t                     now;
-    ngx_uint_t                 rotated, refreshing;
+    u_char                          token_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    u_char                          refresh_fp[NGX_HTTP_SF_OAUTH_FP_LEN];
+    time_t                          now;
+    ngx_uint_t                      rotated, refreshing;
     ngx_msec_t                      retry;
     ngx_http_sf_oauth_zone_t       *zone;
     ngx_http_sf_oauth_redis_view_t  view;
