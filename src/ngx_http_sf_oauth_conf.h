@@ -182,13 +182,11 @@ typedef struct {
 
     /*
      * What every request touches comes first, on the cache line of the
-     * node's pointer, not 2.4 KB further on past the fleet's buffers:
-     * with a thousand credentials, each request another one, each line
-     * of a credential is a miss
-     */
-    /*
-     * The metrics of this worker not yet in the zone: requests by status,
-     * the last API usage Salesforce reported, and when they were flushed
+     * node's pointer, not 2.4 KB further on past the fleet's buffers
+     * (with a thousand credentials, each request another one, each line
+     * of a credential is a miss): the metrics of this worker not yet in
+     * the zone (requests by status, the last API usage Salesforce
+     * reported, and when they were flushed)
      */
     ngx_uint_t                   counted[NGX_HTTP_SF_OAUTH_STATUSES];
     ngx_uint_t                   api_used;
