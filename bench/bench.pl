@@ -629,10 +629,10 @@ must('REST, without a token: the upstream refuses it',
      $t->get("/n$REST"), 401);
 must('redis=, sf_oauth', $t->get("/r$REST"));
 for my $side ('a', 'b') {
-    my $r = HTTP::Tiny->new->request('POST', "http://127.0.0.1:$port/$side$COMETD", {
-        content => '[{"channel":"/meta/connect","clientId":"4i1mock0cometd0client",'
-                   . '"connectionType":"long-polling","id":"7"}]',
-        headers => { 'Content-Type' => 'application/json' } });
+    my $r = $t->http('POST', "/$side$COMETD",
+        body => '[{"channel":"/meta/connect","clientId":"4i1mock0cometd0client",'
+                . '"connectionType":"long-polling","id":"7"}]',
+        headers => { 'Content-Type' => 'application/json' });
     die "CometD ($side): $r->{status} $r->{content}\n"
         unless $r->{status} == 200 && $r->{content} =~ /"successful":true/;
 }

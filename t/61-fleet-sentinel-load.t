@@ -147,9 +147,8 @@ ready();
     revoke('before the first failover');
     my $t0 = time;
     my $new = RedisTest::sentinel_follow($g, sub {
-        my $r = $g->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m) // '';
-        die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
-    });
+        RedisTest::sentinel_ask($g);
+    }, undef, again => sub { RedisTest::sentinel_ask($g) });
     follow('the first SENTINEL FAILOVER', $t0, $new);
     refreshed('before the first failover');
 
@@ -166,10 +165,9 @@ ready();
 {
     my $t0 = time;
     my $new = RedisTest::sentinel_follow($g, sub {
-        my $r = $g->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m) // '';
-        die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
+        RedisTest::sentinel_ask($g);
         revoke('during the second failover');
-    });
+    }, undef, again => sub { RedisTest::sentinel_ask($g) });
     follow('the second SENTINEL FAILOVER', $t0, $new);
     refreshed('during the second failover');
     RedisTest::all_synced(15, @n);

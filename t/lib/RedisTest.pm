@@ -693,91 +693,53 @@ sub sentinel_addrs {
 }
 
 # SENTINEL FAILOVER on the first sentinel, then waits until every sentinel
-# names the other server, and that server says ROLE master.  Returns the
-# new primary (a RedisTest) and swaps primary and replica in GROUP.
+# names another server, and that server says ROLE master, as
+# sentinel_follow does, asking again on a miss.  Returns the new primary
+# (a RedisTest), and the group's primary and replicas are swapped.
 sub sentinel_failover {
     my ($group) = @_;
 
-    my ($old, $new) = @$group{qw(primary replica)};
-    my $m = $group->{master};
-
-    # with several replicas, the sentinels choose one: the one it names
-    if (@{ $group->{replicas} || [] } > 1) {
-        return sentinel_follow($group, sub {
-            my $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m)
-                    // '';
-            die "SENTINEL FAILOVER: $r\n" unless $r eq 'OK';
-        });
-    }
-
-    my $named = sub {
-        !grep {
-            ($_->cli('SENTINEL', 'get-master-addr-by-name', $m) // '')
-                !~ /\b\Q${\ $new->port }\E\b/
-        } @{ $group->{sentinels} }
-    };
-
-    # Once under make test-valgrind, no sentinel named the replica in
-    # 200 s, and nothing said why.  Sentinel aborts a failover whose
-    # replica it does not see promoted within the failover-timeout (2 s
-    # here: -failover-abort-slave-timeout, seen with the replica stopped
-    # for 7 s), and answers NOGOODSLAVE while the replica looks unwell.
-    # So the failover is asked again, up to 5 times, each waited for
-    # 20 s (Sentinel runs natively: not scaled), and each miss shows the
-    # sentinels' failover lines
-    my ($done, $r);
-    for my $try (1 .. 5) {
-        $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER', $m) // '';
-        die "SENTINEL FAILOVER: $r\n"
-            unless $r eq 'OK' || $r =~ /INPROG|NOGOODSLAVE/;
-
-        my $end = Time::HiRes::time() + 20;
-        until (($done = $named->()) || Time::HiRes::time() > $end) {
-            Time::HiRes::sleep(0.1);
-        }
-        last if $done;
-
-        # what the sentinels said of it, for the next reader
-        Test::More::diag("SENTINEL FAILOVER, try $try (it said \"$r\"): "
-                         . "no sentinel named " . $new->server
-                         . " in 20 s; asked again. The "
-                         . "sentinels' failover lines:\n"
-                         . join '', map {
-                             my @l = grep { /failover|switch|abort|odown/ }
-                                     split /^/, $_->log;
-                             @l[-List::Util::min(12, scalar @l) .. -1];
-                         } @{ $group->{sentinels} });
-    }
-    die "gave up waiting: the sentinels name the new primary did not "
-        . "happen in 5 tries\n" unless $done;
-    SfTest::wait_event(10, 'the new primary says ROLE master', sub {
-        ($new->cli('ROLE') // '') =~ /^master/
-    });
-
-    @$group{qw(primary replica)} = ($new, $old);
-    $group->{replicas} = [ $old ];
-
-    return $new;
+    return sentinel_follow($group, sub { sentinel_ask($group) }, undef,
+                           again => sub { sentinel_ask($group) });
 }
 
-# A failover of a GROUP of several replicas (replicas => N): runs TRIGGER
-# (SENTINEL FAILOVER, or the primary killed), waits up to SECONDS (20,
-# scaled) until every sentinel names one of the replicas, and that one says
-# ROLE master; then the group's primary is that one, its replicas the
-# others (the old primary among them, even if it is down).  Returns the new
-# primary.
+# SENTINEL FAILOVER asked of the first sentinel of GROUP: what it said, OK
+# or the refusals that a later try may not meet (INPROG: one runs,
+# NOGOODSLAVE: no replica looks well yet); dies on anything else.
+sub sentinel_ask {
+    my ($group) = @_;
+
+    my $r = $group->{sentinels}[0]->cli('SENTINEL', 'FAILOVER',
+                                        $group->{master}) // '';
+    die "SENTINEL FAILOVER: $r\n"
+        unless $r eq 'OK' || $r =~ /INPROG|NOGOODSLAVE/;
+    return $r;
+}
+
+# A failover of GROUP: runs TRIGGER (SENTINEL FAILOVER, or the primary
+# killed), waits until every sentinel names one of the replicas, and that
+# one says ROLE master; then the group's primary is that one, its replicas
+# the others (the old primary among them, even if it is down).  Returns
+# the new primary.
+#
+# The wait: SECONDS (20, scaled); or, with again => CODE, up to 5 tries of
+# 20 s each (Sentinel runs natively: not scaled), CODE run after each miss
+# (it asks for the failover again: not TRIGGER, which may do more).  Once
+# under make test-valgrind no sentinel named the replica in 200 s, and
+# nothing said why: Sentinel aborts a failover whose replica it does not
+# see promoted within the failover-timeout (2 s here:
+# -failover-abort-slave-timeout, or -failover-abort-no-good-slave when
+# the replica looks unwell).  Each miss shows the sentinels' failover lines.
 sub sentinel_follow {
-    my ($group, $trigger, $seconds) = @_;
+    my ($group, $trigger, $seconds, %opt) = @_;
 
     my $old = $group->{primary};
     my $m = $group->{master};
-    my %by_port = map { $_->port => $_ } @{ $group->{replicas} };
+    my @replicas = @{ $group->{replicas} || [ $group->{replica} ] };
+    my %by_port = map { $_->port => $_ } @replicas;
     my $new;
 
-    $trigger->();
-
-    SfTest::wait_event($seconds // 20, 'the sentinels name a new primary',
-                       sub {
+    my $named = sub {
         my %named;
         for my $s (@{ $group->{sentinels} }) {
             my $out = $s->cli('SENTINEL', 'get-master-addr-by-name', $m)
@@ -788,14 +750,44 @@ sub sentinel_follow {
         return 0 unless keys %named == 1;
         $new = $by_port{ (keys %named)[0] } or return 0;
         return 1;
-    });
+    };
+
+    $trigger->();
+
+    if (my $again = $opt{again}) {
+        my $done;
+
+        for my $try (1 .. 5) {
+            my $end = Time::HiRes::time() + 20;
+            until (($done = $named->()) || Time::HiRes::time() > $end) {
+                Time::HiRes::sleep(0.1);
+            }
+            last if $done;
+
+            my $said = $try < 5 ? 'asked again: ' . $again->() : 'the last';
+            Test::More::diag("failover, try $try: no sentinel named a new "
+                             . "primary in 20 s ($said). The sentinels' "
+                             . "failover lines:\n"
+                             . join '', map {
+                                 my @l = grep { /failover|switch|abort|odown/ }
+                                         split /^/, $_->log;
+                                 @l[-List::Util::min(12, scalar @l) .. -1];
+                             } @{ $group->{sentinels} });
+        }
+        die "gave up waiting: the sentinels name a new primary did not "
+            . "happen in 5 tries\n" unless $done;
+
+    } else {
+        SfTest::wait_event($seconds // 20, 'the sentinels name a new primary',
+                           $named);
+    }
+
     SfTest::wait_event(10, 'the new primary says ROLE master', sub {
         ($new->cli('ROLE') // '') =~ /^master/
     });
 
     $group->{primary} = $new;
-    $group->{replicas} = [ $old, grep { $_ != $new }
-                                 @{ $group->{replicas} } ];
+    $group->{replicas} = [ $old, grep { $_ != $new } @replicas ];
     $group->{replica} = $group->{replicas}[0];
 
     return $new;
