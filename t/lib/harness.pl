@@ -28,10 +28,10 @@ my @SERIAL = qw(t/08-make-run.t t/33-deb.t t/35-nginx-src.t);
 
 # the slowest files (under valgrind t/32 is among them), slowest first:
 # the order for files that have no time of their own yet
-my @SLOW = qw(t/61-reload-load.t t/41-revoked-twice-combos.t
+my @SLOW = qw(t/41-revoked-twice-combos.t
               t/47-reload-refresh.t t/38-fleet-waiters.t
               t/41-revoked-twice.t t/40-fleet-reload.t
-              t/61-fleet-sentinel-load.t
+              t/61-fleet-sentinel-load.t t/61-reload-load.t
               t/32-fleet-failures.t t/61-fleet-dns-load.t);
 
 my $TIMES = 'build/test-times' . ($ENV{SF_TEST_VALGRIND} ? '-valgrind' : '');

@@ -36,6 +36,10 @@ Test hooks, under /__mock/ (never used by the module):
                                  report in Sforce-Limit-Info (api-usage=
                                  the API requests so far / N)
   POST /__mock/delay?seconds=S   how long a successful token request takes
+  POST /__mock/gate?open=0|1     0: a successful token request, after its
+                                 delay, waits until the test opens the gate
+                                 again (1; 10 minutes at most); open by
+                                 default, and again after a reset
   POST /__mock/fixed?token=T     issue T as the access token from now on
                                  (the benchmark's upstream knows it); empty:
                                  random tokens again
@@ -642,6 +646,7 @@ class State:
     def __init__(self, args):
         self.args = args
         self.lock = threading.Condition()
+        self.token_gate = threading.Event()
         self.reset()
 
     def add_access(self, token):
@@ -653,6 +658,7 @@ class State:
         self.access_tokens.add(token)
 
     def reset(self):
+        self.token_gate.set()
         with self.lock:
             self.args.token_delay = self.args.initial_delay
             self.mode = "normal"
@@ -1017,6 +1023,12 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__mock/delay":
             st.args.token_delay = float(query.get("seconds", ["0.05"])[0])
             return self.send(200, {"delay": st.args.token_delay})
+        if path == "/__mock/gate":
+            if query.get("open", ["1"])[0] == "0":
+                st.token_gate.clear()
+            else:
+                st.token_gate.set()
+            return self.send(200, {"open": st.token_gate.is_set()})
         if path == "/__mock/api_mode":
             with st.lock:
                 st.api_mode = query.get("mode", ["normal"])[0]
@@ -1358,6 +1370,7 @@ class Handler(BaseHTTPRequestHandler):
 
         try:
             time.sleep(args.token_delay)
+            st.token_gate.wait(600)
             token = st.fixed_token or new_access_token()
             if mode == "crlf":
                 token = token[:20] + "\r\nX-Injected: 1"
@@ -1407,6 +1420,7 @@ class Handler(BaseHTTPRequestHandler):
         st = self.server.state
         args = st.args
         time.sleep(args.token_delay)
+        st.token_gate.wait(600)
         token = st.fixed_token or new_access_token()
         if mode == "crlf":
             token = token[:20] + "\r\nX-Injected: 1"
@@ -1756,6 +1770,7 @@ class Handler(BaseHTTPRequestHandler):
                               "invalid code verifier")
 
         time.sleep(args.token_delay)
+        st.token_gate.wait(600)
         token = st.fixed_token or new_access_token()
         if mode == "crlf":
             token = token[:20] + "\r\nX-Injected: 1"
